@@ -1,0 +1,186 @@
+//! Arrival processes as written in a scenario file, and the library that builds them,
+//! loading (and caching) each trace file once however many models replay it.
+
+use crate::arrivals::{ArrivalProcess, ModulatedRenewal, RateSchedule, Replay, SpreadCounts};
+use crate::azure::{FunctionCounts, FunctionSelection, read_timestamps};
+use crate::error::{DataError, Result};
+use crate::source::Source;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn one() -> f64 {
+    1.0
+}
+fn sixty() -> f64 {
+    60.0
+}
+
+/// One model's arrivals, as a scenario states them (`kind = "..."`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ArrivalSpec {
+    /// Poisson arrivals at `rate` requests/s.
+    Poisson { rate: f64 },
+    /// Gamma-renewal arrivals at `rate` requests/s with interval coefficient of variation `cv`.
+    Gamma { rate: f64, cv: f64 },
+    /// Piecewise-constant rate: `steps = [[start_s, rate], ...]`, first at 0; Gamma(cv) intervals.
+    Steps {
+        steps: Vec<(f64, f64)>,
+        #[serde(default = "one")]
+        cv: f64,
+    },
+    /// `mean_rate * (1 + amplitude * sin(2π (t + phase_s) / period_s))`, stepped every `step_s`.
+    Diurnal {
+        mean_rate: f64,
+        amplitude: f64,
+        period_s: f64,
+        #[serde(default)]
+        phase_s: f64,
+        #[serde(default = "sixty")]
+        step_s: f64,
+        #[serde(default = "one")]
+        cv: f64,
+    },
+    /// Replays the timestamps of an Azure LLM 2023 trace from `start_s` on, `speedup` times faster.
+    Replay {
+        trace: String,
+        #[serde(default = "one")]
+        speedup: f64,
+        #[serde(default)]
+        start_s: f64,
+    },
+    /// Azure Functions 2019 per-minute counts of the selected functions, from `start_minute` on,
+    /// times `scale`, spread at random inside each minute.
+    PerMinuteCounts {
+        trace: String,
+        functions: FunctionSelection,
+        #[serde(default = "one")]
+        scale: f64,
+        #[serde(default)]
+        start_minute: usize,
+    },
+}
+
+/// Builds arrival processes, loading each trace once.
+pub struct TraceLibrary {
+    base_dir: PathBuf,
+    timestamps: HashMap<String, Arc<[f64]>>,
+    counts: HashMap<String, Arc<FunctionCounts>>,
+}
+
+impl TraceLibrary {
+    /// Relative trace paths are taken from `base_dir` (the scenario file's folder).
+    pub fn new(base_dir: impl Into<PathBuf>) -> TraceLibrary {
+        TraceLibrary { base_dir: base_dir.into(), timestamps: HashMap::new(), counts: HashMap::new() }
+    }
+
+    fn timestamps(&mut self, trace: &str) -> Result<Arc<[f64]>> {
+        if let Some(t) = self.timestamps.get(trace) {
+            return Ok(t.clone());
+        }
+        let times: Arc<[f64]> = read_timestamps(&Source::load(trace, &self.base_dir)?)?.into();
+        self.timestamps.insert(trace.to_string(), times.clone());
+        Ok(times)
+    }
+
+    /// The per-minute function counts of a trace file, loaded once.
+    pub fn function_counts(&mut self, trace: &str) -> Result<Arc<FunctionCounts>> {
+        if let Some(c) = self.counts.get(trace) {
+            return Ok(c.clone());
+        }
+        let counts = Arc::new(FunctionCounts::parse(&Source::load(trace, &self.base_dir)?)?);
+        self.counts.insert(trace.to_string(), counts.clone());
+        Ok(counts)
+    }
+
+    /// A process for `spec`, seeded with `seed`, ending at `horizon_s` if given.
+    /// `what` names the spec in errors (e.g. `models[2].arrivals`).
+    pub fn build(&mut self, spec: &ArrivalSpec, seed: u64, horizon_s: Option<f64>, what: &str) -> Result<Box<dyn ArrivalProcess>> {
+        let bad = |problem: String| DataError::malformed(what, None, None, problem);
+        let positive = |name: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(bad(format!("{name} must be > 0, got {v}"))) };
+        Ok(match spec {
+            ArrivalSpec::Poisson { rate } => {
+                positive("rate", *rate)?;
+                Box::new(ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(bad)?, 1.0, seed).map_err(bad)?)
+            }
+            ArrivalSpec::Gamma { rate, cv } => {
+                positive("rate", *rate)?;
+                Box::new(ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(bad)?, *cv, seed).map_err(bad)?)
+            }
+            ArrivalSpec::Steps { steps, cv } => {
+                Box::new(ModulatedRenewal::new(RateSchedule::steps(steps, horizon_s).map_err(bad)?, *cv, seed).map_err(bad)?)
+            }
+            ArrivalSpec::Diurnal { mean_rate, amplitude, period_s, phase_s, step_s, cv } => {
+                let end = horizon_s.ok_or_else(|| bad("a diurnal process needs the scenario's duration_s".into()))?;
+                positive("mean_rate", *mean_rate)?;
+                let schedule = RateSchedule::diurnal(*mean_rate, *amplitude, *period_s, *phase_s, *step_s, end).map_err(bad)?;
+                Box::new(ModulatedRenewal::new(schedule, *cv, seed).map_err(bad)?)
+            }
+            ArrivalSpec::Replay { trace, speedup, start_s } => {
+                positive("speedup", *speedup)?;
+                let all = self.timestamps(trace)?;
+                let times: Arc<[f64]> = if *start_s > 0.0 {
+                    all.iter().filter(|t| **t >= *start_s).map(|t| t - start_s).collect()
+                } else {
+                    all
+                };
+                Box::new(Replay::new(times, *speedup, horizon_s))
+            }
+            ArrivalSpec::PerMinuteCounts { trace, functions, scale, start_minute } => {
+                positive("scale", *scale)?;
+                let counts = self.function_counts(trace)?;
+                let sums = counts.select(functions, what)?;
+                let window: Arc<[u64]> = sums.get(*start_minute..).unwrap_or_default().into();
+                Box::new(SpreadCounts::new(window, 60.0, *scale, horizon_s, seed))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_from_toml_and_build() {
+        #[derive(Deserialize)]
+        struct Doc {
+            a: Vec<ArrivalSpec>,
+        }
+        let doc: Doc = toml::from_str(
+            r#"
+            a = [
+              { kind = "poisson", rate = 10.0 },
+              { kind = "gamma", rate = 10.0, cv = 2.0 },
+              { kind = "steps", steps = [[0, 5.0], [10, 20.0]] },
+              { kind = "diurnal", mean_rate = 10.0, amplitude = 0.5, period_s = 60.0 },
+              { kind = "replay", trace = "builtin:azure-llm-conv", speedup = 2.0, start_s = 60.0 },
+              { kind = "per-minute-counts", trace = "builtin:azure-functions-2019", functions = "all", scale = 0.01 },
+              { kind = "per-minute-counts", trace = "builtin:azure-functions-2019", functions = { every = 8, offset = 1 } },
+              { kind = "per-minute-counts", trace = "builtin:azure-functions-2019", functions = [0, 3] },
+            ]"#,
+        )
+        .unwrap();
+        let mut library = TraceLibrary::new(".");
+        for (i, spec) in doc.a.iter().enumerate() {
+            let mut process = library.build(spec, i as u64, Some(120.0), "test").unwrap();
+            let times: Vec<f64> = std::iter::from_fn(|| process.next_arrival()).collect();
+            assert!(!times.is_empty(), "{spec:?} gave no arrivals");
+            assert!(times.iter().all(|t| *t >= 0.0 && *t < 120.0), "{spec:?}");
+        }
+        assert_eq!(library.counts.len(), 1, "the functions trace is parsed once");
+    }
+
+    #[test]
+    fn unknown_kinds_and_fields_are_refused() {
+        assert!(toml::from_str::<ArrivalSpec>("kind = \"poison\"\nrate = 1.0").unwrap_err().to_string().contains("poison"));
+        assert!(toml::from_str::<ArrivalSpec>("kind = \"poisson\"\nrat = 1.0").is_err());
+        let mut library = TraceLibrary::new(".");
+        let err = library.build(&ArrivalSpec::Poisson { rate: -1.0 }, 0, None, "models[0].arrivals").err().unwrap();
+        assert_eq!(err.to_string(), "models[0].arrivals: rate must be > 0, got -1");
+        let missing = ArrivalSpec::Replay { trace: "no/such.csv".into(), speedup: 1.0, start_s: 0.0 };
+        assert!(library.build(&missing, 0, None, "x").err().unwrap().to_string().contains("no/such.csv"));
+    }
+}
