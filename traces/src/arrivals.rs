@@ -67,7 +67,6 @@ impl RateSchedule {
         RateSchedule::steps(&steps, Some(end))
     }
 }
-}
 
 /// Unit-mean renewal intervals.
 #[derive(Debug, Clone, Copy)]
