@@ -1,0 +1,22 @@
+//! A deterministic (seeded) discrete-event simulator of one GPU serving several inference models:
+//! per model a request queue, a batcher (max batch, batch timeout) and execution on the model's
+//! slice, with service times from the calibrated latency model; temporal, default-MPS and
+//! controlled spatial sharing; reallocations that cost a standby handover or a cold restart;
+//! deadline drops; and metrics per model, per control interval and in total.
+
+mod config;
+mod engine;
+mod metrics;
+mod service;
+
+pub use config::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
+pub use engine::{BatchSample, ModelInterval, ModelReport, Report, RequestRecord, SimError, Simulator};
+pub use metrics::Summary;
+
+/// Simulated time, in nanoseconds from the start.
+pub type Nanos = u64;
+
+/// Seconds to nanoseconds, rounded; negative or NaN input gives 0.
+pub fn secs_to_ns(secs: f64) -> Nanos {
+    (secs * 1e9).round().max(0.0) as Nanos
+}

@@ -1,0 +1,123 @@
+//! What a simulation is given: how the GPU is shared, what reallocations cost, and per model its
+//! SLO, service-time model, allocation and arrivals.
+
+use gpuslice_traces::{ArrivalProcess, LatencyModel};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// How the models share the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sharing {
+    /// Time slicing: one batch on the whole GPU at a time, across all models.
+    Temporal,
+    /// MPS with every model at 100%: batches run together and contend for SMs.
+    DefaultMps,
+    /// Controlled MPS / SM partitions: each model runs on its own GPU% (the sum at most 100).
+    Spatial,
+}
+
+impl std::fmt::Display for Sharing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sharing::Temporal => "temporal",
+            Sharing::DefaultMps => "default-mps",
+            Sharing::Spatial => "spatial",
+        })
+    }
+}
+
+/// One model's slice and batching.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// MPS active-thread percentage (or SM share), in (0, 100].
+    pub gpu_pct: f64,
+    /// Largest batch the batcher forms.
+    pub max_batch: u32,
+    /// How long the oldest queued request may wait for a fuller batch.
+    pub batch_timeout_ms: f64,
+}
+
+impl Allocation {
+    /// Why this allocation cannot be applied, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if !(self.gpu_pct > 0.0 && self.gpu_pct <= 100.0) {
+            return Some(format!("gpu_pct must be in (0, 100], got {}", self.gpu_pct));
+        }
+        if self.max_batch == 0 {
+            return Some("max_batch must be at least 1".into());
+        }
+        if !(self.batch_timeout_ms.is_finite() && self.batch_timeout_ms >= 0.0) {
+            return Some(format!("batch_timeout_ms must be >= 0, got {}", self.batch_timeout_ms));
+        }
+        None
+    }
+}
+
+/// What it costs a model to change its allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ReallocationCost {
+    /// A standby worker already holds the new slice; only the queue handover pauses dispatch.
+    /// The old worker finishes its in-flight batch meanwhile.
+    Standby { handover_us: f64 },
+    /// The worker is restarted with the new slice; the model dispatches nothing for `restart_s`.
+    ColdRestart { restart_s: f64 },
+}
+
+impl ReallocationCost {
+    pub fn pause_ns(&self) -> u64 {
+        match self {
+            ReallocationCost::Standby { handover_us } => crate::secs_to_ns(handover_us * 1e-6),
+            ReallocationCost::ColdRestart { restart_s } => crate::secs_to_ns(*restart_s),
+        }
+    }
+}
+
+/// How long a batch takes when it runs alone on its slice.
+#[derive(Debug, Clone)]
+pub enum ServiceModel {
+    /// From a calibration profile; with `jitter`, a log-normal spread whose p99/p50 matches the profile.
+    Calibrated { latency: Arc<LatencyModel>, jitter: bool },
+    /// A fixed time, whatever the batch and slice (for M/D/1 checks).
+    Constant { ms: f64 },
+    /// Exponentially distributed with this mean (for M/M/1 checks).
+    Exponential { mean_ms: f64 },
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub sharing: Sharing,
+    /// Slowdown from memory-bandwidth and L2 contention: a running batch is slowed by
+    /// `1 + interference * (sum of the other running batches' GPU shares) / 100`.
+    pub interference: f64,
+    pub reallocation: ReallocationCost,
+    /// Requests still queued this long after arrival are dropped (None: never).
+    pub drop_after_ms: Option<f64>,
+    pub seed: u64,
+    /// Keep one record per completed request (for tests and per-request CSV output).
+    pub record_requests: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            sharing: Sharing::Spatial,
+            interference: 0.0,
+            reallocation: ReallocationCost::Standby { handover_us: 100.0 },
+            drop_after_ms: None,
+            seed: 0,
+            record_requests: false,
+        }
+    }
+}
+
+/// One served model.
+pub struct ModelSetup {
+    pub name: String,
+    pub slo_ms: f64,
+    pub service: ServiceModel,
+    pub allocation: Allocation,
+    pub arrivals: Box<dyn ArrivalProcess>,
+}

@@ -1,0 +1,604 @@
+//! The event loop.
+//!
+//! Events are request arrivals (one pending per model, pulled lazily from its arrival process),
+//! batch timeouts, ends of reallocation pauses, and batch completions. Completions are not kept
+//! in the heap: at most a few batches run at once, and their finish times move whenever the set
+//! of co-running batches changes (contention), so the next one is found by a scan instead.
+//!
+//! A running batch progresses at `speed / solo_time` per ns, where `solo_time` is its service
+//! time alone on its slice and `speed` <= 1 accounts for sharing:
+//! - temporal: one batch at a time on the whole GPU, speed 1;
+//! - spatial: each model on its own GPU%, slowed only by memory interference,
+//!   `speed = 1 / (1 + interference * others_share / 100)`;
+//! - default MPS: every model asks for 100%; n co-running batches split the SMs evenly (the
+//!   block scheduler interleaves resident kernels), so a batch runs as it would on 100/n % of
+//!   the GPU, `speed = median(b, 100) / median(b, 100/n)`, and memory interference comes on top.
+//!   Small batches past their knee lose little when their share shrinks; large ones slow down
+//!   nearly in proportion, which is what makes default MPS latency unpredictable.
+
+use crate::config::{Allocation, ModelSetup, ServiceModel, SimConfig, Sharing};
+use crate::metrics::{Counters, Summary};
+use crate::service::ServiceSampler;
+use crate::{Nanos, secs_to_ns};
+use gpuslice_traces::ArrivalProcess;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// A simulation input that cannot run.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SimError {
+    #[error("model {model}: {problem}")]
+    InvalidModel { model: String, problem: String },
+    #[error("spatial sharing: GPU% of all models adds up to {total_pct:.1}, more than 100")]
+    OverSubscribed { total_pct: f64 },
+    #[error("no model with index {0}")]
+    UnknownModel(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EventKind {
+    Arrival,
+    /// Batch-formation timeout of the given version (older versions are stale).
+    Timeout(u64),
+    /// End of a reallocation pause of the given version.
+    Resume(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    at: Nanos,
+    seq: u64,
+    model: usize,
+    kind: EventKind,
+}
+
+struct Batch {
+    model: usize,
+    /// The model's worker generation when the batch started (a reallocation starts a new one).
+    generation: u64,
+    arrivals: Vec<Nanos>,
+    started: Nanos,
+    size: u32,
+    gpu_pct: f64,
+    solo_ns: f64,
+    /// Fraction of the work done at `updated`.
+    progress: f64,
+    speed: f64,
+    /// GPU% this batch holds now (its slice; 100/n under default MPS).
+    share: f64,
+    updated: Nanos,
+    finish_at: Nanos,
+}
+
+/// One completed batch, as a policy observes it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BatchSample {
+    pub size: u32,
+    pub gpu_pct: f64,
+    /// Wall time from start to completion, contention included.
+    pub exec_ms: f64,
+}
+
+/// One completed request (kept when `SimConfig::record_requests` is set).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RequestRecord {
+    pub model: usize,
+    pub arrival_ns: Nanos,
+    pub start_ns: Nanos,
+    pub end_ns: Nanos,
+    /// Service time the batch would have had alone on its slice.
+    pub solo_ns: Nanos,
+}
+
+/// What happened to one model during one control interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInterval {
+    pub model: String,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub allocation: Allocation,
+    pub queue_len: usize,
+    pub summary: Summary,
+    pub batches: Vec<BatchSample>,
+}
+
+/// Whole-run figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub sharing: Sharing,
+    pub elapsed_s: f64,
+    pub events: u64,
+    pub models: Vec<ModelReport>,
+    pub total: Summary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelReport {
+    pub model: String,
+    pub slo_ms: f64,
+    pub allocation: Allocation,
+    pub reallocations: u64,
+    pub summary: Summary,
+}
+
+struct ModelState {
+    name: String,
+    slo_ns: Nanos,
+    service: ServiceSampler,
+    allocation: Allocation,
+    /// Allocation waiting for the end of a reallocation pause.
+    pending: Option<Allocation>,
+    worker_busy: bool,
+    generation: u64,
+    resume_at: Nanos,
+    resume_version: u64,
+    timeout_at: Option<Nanos>,
+    timeout_version: u64,
+    queue: VecDeque<Nanos>,
+    queue_changed_at: Nanos,
+    arrivals: Box<dyn ArrivalProcess>,
+    total: Counters,
+    interval: Counters,
+    interval_batches: Vec<BatchSample>,
+    reallocations: u64,
+}
+
+impl ModelState {
+    /// Accounts queue length x time up to `now`; call before the queue changes.
+    fn touch_queue(&mut self, now: Nanos) {
+        let area = self.queue.len() as f64 * (now - self.queue_changed_at) as f64;
+        self.total.queue_area += area;
+        self.interval.queue_area += area;
+        self.queue_changed_at = now;
+    }
+}
+
+/// The simulator of one GPU serving several models.
+pub struct Simulator {
+    config: SimConfig,
+    drop_after_ns: Option<Nanos>,
+    now: Nanos,
+    seq: u64,
+    rng: SmallRng,
+    heap: BinaryHeap<Reverse<Event>>,
+    models: Vec<ModelState>,
+    running: Vec<Batch>,
+    next_completion: Nanos,
+    spare_vecs: Vec<Vec<Nanos>>,
+    events: u64,
+    interval_start: Nanos,
+    requests: Vec<RequestRecord>,
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig, setups: Vec<ModelSetup>) -> Result<Simulator, SimError> {
+        let mut models = Vec::with_capacity(setups.len());
+        for setup in setups {
+            let invalid = |problem: String| SimError::InvalidModel { model: setup.name.clone(), problem };
+            if let Some(problem) = setup.allocation.problem() {
+                return Err(invalid(problem));
+            }
+            if !(setup.slo_ms.is_finite() && setup.slo_ms > 0.0) {
+                return Err(invalid(format!("slo_ms must be > 0, got {}", setup.slo_ms)));
+            }
+            match setup.service {
+                ServiceModel::Constant { ms: v } | ServiceModel::Exponential { mean_ms: v } if !(v.is_finite() && v > 0.0) => {
+                    return Err(invalid(format!("service time must be > 0 ms, got {v}")));
+                }
+                _ => {}
+            }
+            models.push(ModelState {
+                name: setup.name,
+                slo_ns: secs_to_ns(setup.slo_ms * 1e-3),
+                service: ServiceSampler::new(setup.service),
+                allocation: setup.allocation,
+                pending: None,
+                worker_busy: false,
+                generation: 0,
+                resume_at: 0,
+                resume_version: 0,
+                timeout_at: None,
+                timeout_version: 0,
+                queue: VecDeque::new(),
+                queue_changed_at: 0,
+                arrivals: setup.arrivals,
+                total: Counters::new(),
+                interval: Counters::new(),
+                interval_batches: Vec::new(),
+                reallocations: 0,
+            });
+        }
+        let mut sim = Simulator {
+            drop_after_ns: config.drop_after_ms.map(|ms| secs_to_ns(ms * 1e-3)),
+            rng: SmallRng::seed_from_u64(config.seed),
+            config,
+            now: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            models,
+            running: Vec::new(),
+            next_completion: Nanos::MAX,
+            spare_vecs: Vec::new(),
+            events: 0,
+            interval_start: 0,
+            requests: Vec::new(),
+        };
+        sim.check_capacity()?;
+        for m in 0..sim.models.len() {
+            sim.schedule_next_arrival(m);
+        }
+        Ok(sim)
+    }
+
+    /// Simulated time now, in ns.
+    pub fn now(&self) -> Nanos {
+        self.now
+    }
+
+    /// Events handled so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn model_names(&self) -> impl Iterator<Item = &str> {
+        self.models.iter().map(|m| m.name.as_str())
+    }
+
+    /// The allocation a model is heading to (its pending one during a reallocation pause).
+    pub fn allocation(&self, model: usize) -> Result<Allocation, SimError> {
+        let m = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        Ok(m.pending.unwrap_or(m.allocation))
+    }
+
+    /// Handles every event up to and including `until`, then sets the clock to `until`.
+    pub fn run_until(&mut self, until: Nanos) {
+        loop {
+            let heap_next = self.heap.peek().map_or(Nanos::MAX, |Reverse(e)| e.at);
+            let next = heap_next.min(self.next_completion);
+            if next == Nanos::MAX || next > until {
+                break;
+            }
+            self.now = next;
+            self.events += 1;
+            if self.next_completion <= heap_next {
+                self.complete_next_batch();
+            } else if let Some(Reverse(event)) = self.heap.pop() {
+                self.handle(event);
+            }
+        }
+        if until != Nanos::MAX {
+            self.now = self.now.max(until);
+        }
+    }
+
+    /// Runs until every arrival has been served or dropped.
+    pub fn finish(&mut self) {
+        self.run_until(Nanos::MAX);
+    }
+
+    /// True when no arrivals, queued requests or running batches remain.
+    pub fn is_drained(&self) -> bool {
+        self.heap.is_empty() && self.running.is_empty() && self.models.iter().all(|m| m.queue.is_empty())
+    }
+
+    /// Changes a model's allocation. A new GPU% or batch size takes effect after the configured
+    /// reallocation pause; a new batch timeout at once.
+    pub fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), SimError> {
+        let state = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        if let Some(problem) = allocation.problem() {
+            return Err(SimError::InvalidModel { model: state.name.clone(), problem });
+        }
+        let target = state.pending.unwrap_or(state.allocation);
+        if target == allocation {
+            return Ok(());
+        }
+        let previous = (state.allocation, state.pending);
+        let state = &mut self.models[model];
+        if target.gpu_pct == allocation.gpu_pct && target.max_batch == allocation.max_batch {
+            match &mut state.pending {
+                Some(pending) => pending.batch_timeout_ms = allocation.batch_timeout_ms,
+                None => state.allocation.batch_timeout_ms = allocation.batch_timeout_ms,
+            }
+            state.timeout_at = None;
+            state.timeout_version += 1;
+        } else {
+            state.pending = Some(allocation);
+            if let Err(e) = self.check_capacity() {
+                let state = &mut self.models[model];
+                (state.allocation, state.pending) = previous;
+                return Err(e);
+            }
+            let state = &mut self.models[model];
+            state.reallocations += 1;
+            state.generation += 1;
+            state.worker_busy = false;
+            state.resume_at = self.now + self.config.reallocation.pause_ns();
+            state.resume_version += 1;
+            state.timeout_at = None;
+            let (at, version) = (state.resume_at, state.resume_version);
+            self.push(at, model, EventKind::Resume(version));
+        }
+        self.dispatch_after(model);
+        Ok(())
+    }
+
+    /// Per-model figures since the previous call (or the start), then starts a new interval.
+    pub fn take_interval(&mut self) -> Vec<ModelInterval> {
+        self.advance_running();
+        let (start, now) = (self.interval_start, self.now);
+        self.interval_start = now;
+        self.models
+            .iter_mut()
+            .map(|m| {
+                m.touch_queue(now);
+                let summary = m.interval.summary(now - start);
+                m.interval.reset();
+                ModelInterval {
+                    model: m.name.clone(),
+                    start_s: start as f64 * 1e-9,
+                    end_s: now as f64 * 1e-9,
+                    allocation: m.pending.unwrap_or(m.allocation),
+                    queue_len: m.queue.len(),
+                    summary,
+                    batches: std::mem::take(&mut m.interval_batches),
+                }
+            })
+            .collect()
+    }
+
+    /// Whole-run figures up to now.
+    pub fn report(&mut self) -> Report {
+        self.advance_running();
+        let now = self.now;
+        let mut total = Counters::new();
+        let models = self
+            .models
+            .iter_mut()
+            .map(|m| {
+                m.touch_queue(now);
+                total.merge(&m.total);
+                ModelReport {
+                    model: m.name.clone(),
+                    slo_ms: m.slo_ns as f64 * 1e-6,
+                    allocation: m.pending.unwrap_or(m.allocation),
+                    reallocations: m.reallocations,
+                    summary: m.total.summary(now),
+                }
+            })
+            .collect();
+        Report { sharing: self.config.sharing, elapsed_s: now as f64 * 1e-9, events: self.events, models, total: total.summary(now) }
+    }
+
+    /// The per-request records kept so far (empty unless `record_requests`).
+    pub fn take_requests(&mut self) -> Vec<RequestRecord> {
+        std::mem::take(&mut self.requests)
+    }
+
+    fn check_capacity(&self) -> Result<(), SimError> {
+        if self.config.sharing != Sharing::Spatial {
+            return Ok(());
+        }
+        let total_pct: f64 = self.models.iter().map(|m| m.pending.unwrap_or(m.allocation).gpu_pct).sum();
+        if total_pct > 100.0 + 1e-9 { Err(SimError::OverSubscribed { total_pct }) } else { Ok(()) }
+    }
+
+    fn push(&mut self, at: Nanos, model: usize, kind: EventKind) {
+        self.seq += 1;
+        self.heap.push(Reverse(Event { at, seq: self.seq, model, kind }));
+    }
+
+    fn schedule_next_arrival(&mut self, model: usize) {
+        if let Some(t) = self.models[model].arrivals.next_arrival() {
+            let at = secs_to_ns(t).max(self.now);
+            self.push(at, model, EventKind::Arrival);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let m = event.model;
+        match event.kind {
+            EventKind::Arrival => {
+                let state = &mut self.models[m];
+                state.touch_queue(self.now);
+                state.queue.push_back(self.now);
+                state.total.arrivals += 1;
+                state.interval.arrivals += 1;
+                let len = state.queue.len();
+                state.total.max_queue = state.total.max_queue.max(len);
+                state.interval.max_queue = state.interval.max_queue.max(len);
+                self.schedule_next_arrival(m);
+            }
+            EventKind::Timeout(version) => {
+                if version != self.models[m].timeout_version {
+                    return;
+                }
+                self.models[m].timeout_at = None;
+            }
+            EventKind::Resume(version) => {
+                let state = &mut self.models[m];
+                if version != state.resume_version {
+                    return;
+                }
+                if let Some(allocation) = state.pending.take() {
+                    state.allocation = allocation;
+                }
+            }
+        }
+        self.dispatch_after(m);
+    }
+
+    /// Starts whatever batches can start now that `model`'s state changed.
+    fn dispatch_after(&mut self, model: usize) {
+        if self.config.sharing == Sharing::Temporal {
+            self.dispatch_temporal();
+        } else if !self.models[model].worker_busy && self.ready(model) {
+            self.start_batch(model);
+        }
+    }
+
+    /// Temporal sharing: when the GPU is free, the ready model with the oldest request goes next.
+    fn dispatch_temporal(&mut self) {
+        if !self.running.is_empty() {
+            return;
+        }
+        let mut best: Option<(Nanos, usize)> = None;
+        for m in 0..self.models.len() {
+            if self.ready(m) {
+                let head = self.models[m].queue[0];
+                if best.is_none_or(|(t, _)| head < t) {
+                    best = Some((head, m));
+                }
+            }
+        }
+        if let Some((_, m)) = best {
+            self.start_batch(m);
+        }
+    }
+
+    /// Whether the model can start a batch now: drops expired requests, and when the queue is
+    /// neither full nor timed out, arms the batch timeout.
+    fn ready(&mut self, model: usize) -> bool {
+        let now = self.now;
+        let state = &mut self.models[model];
+        if now < state.resume_at {
+            return false;
+        }
+        if let Some(limit) = self.drop_after_ns {
+            let expired = state.queue.iter().take_while(|a| now - **a > limit).count();
+            if expired > 0 {
+                state.touch_queue(now);
+                state.queue.drain(..expired);
+                state.total.dropped += expired as u64;
+                state.interval.dropped += expired as u64;
+            }
+        }
+        let Some(&head) = state.queue.front() else { return false };
+        let deadline = head + secs_to_ns(state.allocation.batch_timeout_ms * 1e-3);
+        if state.queue.len() >= state.allocation.max_batch as usize || now >= deadline {
+            return true;
+        }
+        if state.timeout_at != Some(deadline) {
+            state.timeout_at = Some(deadline);
+            state.timeout_version += 1;
+            let version = state.timeout_version;
+            self.push(deadline, model, EventKind::Timeout(version));
+        }
+        false
+    }
+
+    fn start_batch(&mut self, model: usize) {
+        self.advance_running();
+        let now = self.now;
+        let mut arrivals = self.spare_vecs.pop().unwrap_or_default();
+        let state = &mut self.models[model];
+        state.touch_queue(now);
+        let size = state.queue.len().min(state.allocation.max_batch as usize);
+        arrivals.extend(state.queue.drain(..size));
+        state.worker_busy = true;
+        state.timeout_at = None;
+        state.total.batches += 1;
+        state.interval.batches += 1;
+        let gpu_pct = match self.config.sharing {
+            Sharing::Spatial => state.allocation.gpu_pct,
+            Sharing::Temporal | Sharing::DefaultMps => 100.0,
+        };
+        let solo_ns = state.service.sample_ns(size as u32, gpu_pct, &mut self.rng).max(1.0);
+        self.running.push(Batch {
+            model,
+            generation: state.generation,
+            arrivals,
+            started: now,
+            size: size as u32,
+            gpu_pct,
+            solo_ns,
+            progress: 0.0,
+            speed: 1.0,
+            share: gpu_pct,
+            updated: now,
+            finish_at: now,
+        });
+        self.reschedule_running();
+    }
+
+    /// Brings every running batch's progress and SM-time accounting up to now.
+    fn advance_running(&mut self) {
+        let now = self.now;
+        for batch in &mut self.running {
+            let dt = (now - batch.updated) as f64;
+            batch.progress += dt * batch.speed / batch.solo_ns;
+            batch.updated = now;
+            let state = &mut self.models[batch.model];
+            state.total.sm_pct_ns += batch.share * dt;
+            state.interval.sm_pct_ns += batch.share * dt;
+        }
+    }
+
+    /// Recomputes every running batch's speed and finish time after the running set changed.
+    /// Progress must be current (`advance_running`).
+    fn reschedule_running(&mut self) {
+        let n = self.running.len();
+        if self.config.sharing == Sharing::DefaultMps {
+            let share = 100.0 / n as f64;
+            for batch in &mut self.running {
+                batch.share = share;
+            }
+        }
+        let total_share: f64 = self.running.iter().map(|b| b.share).sum();
+        let now = self.now;
+        self.next_completion = Nanos::MAX;
+        for batch in &mut self.running {
+            let contention = if self.config.sharing == Sharing::DefaultMps && n > 1 {
+                let service = &mut self.models[batch.model].service;
+                service.median_ns(batch.size, 100.0) / service.median_ns(batch.size, batch.share)
+            } else {
+                1.0
+            };
+            batch.speed = contention / (1.0 + self.config.interference * (total_share - batch.share) / 100.0);
+            let remaining = ((1.0 - batch.progress).max(0.0) * batch.solo_ns / batch.speed).ceil();
+            batch.finish_at = now + remaining as Nanos;
+            self.next_completion = self.next_completion.min(batch.finish_at);
+        }
+    }
+
+    fn complete_next_batch(&mut self) {
+        let now = self.now;
+        self.advance_running();
+        let Some(i) = self.running.iter().position(|b| b.finish_at == now) else { return };
+        let mut batch = self.running.swap_remove(i);
+        let state = &mut self.models[batch.model];
+        if batch.generation == state.generation {
+            state.worker_busy = false;
+        }
+        for &arrival in &batch.arrivals {
+            let latency = now - arrival;
+            let within = latency <= state.slo_ns;
+            state.total.record_latency(latency, within);
+            state.interval.record_latency(latency, within);
+            if self.config.record_requests {
+                self.requests.push(RequestRecord {
+                    model: batch.model,
+                    arrival_ns: arrival,
+                    start_ns: batch.started,
+                    end_ns: now,
+                    solo_ns: batch.solo_ns.floor() as Nanos,
+                });
+            }
+        }
+        state.interval_batches.push(BatchSample {
+            size: batch.size,
+            gpu_pct: batch.gpu_pct,
+            exec_ms: (now - batch.started) as f64 * 1e-6,
+        });
+        batch.arrivals.clear();
+        self.spare_vecs.push(batch.arrivals);
+        self.reschedule_running();
+        if self.config.sharing == Sharing::Temporal {
+            self.dispatch_temporal();
+        } else {
+            self.dispatch_after(batch.model);
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Counters kept per model (over the whole run and per control interval) and the summaries
+//! computed from them: latency percentiles, SLO attainment, goodput, throughput, drops, queue
+//! length and GPU SM-time.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latencies are recorded in microseconds, up to one hour, to 3 significant digits.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+#[derive(Clone)]
+pub(crate) struct Counters {
+    pub arrivals: u64,
+    pub completed: u64,
+    pub within_slo: u64,
+    pub dropped: u64,
+    pub batches: u64,
+    /// Sum over time of (GPU% held by running batches) x ns.
+    pub sm_pct_ns: f64,
+    /// Sum over time of queue length x ns.
+    pub queue_area: f64,
+    pub max_queue: usize,
+    pub latency_us: Histogram<u64>,
+}
+
+impl Counters {
+    pub fn new() -> Self {
+        Counters {
+            arrivals: 0,
+            completed: 0,
+            within_slo: 0,
+            dropped: 0,
+            batches: 0,
+            sm_pct_ns: 0.0,
+            queue_area: 0.0,
+            max_queue: 0,
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+        }
+    }
+
+    /// Zeroes every counter, keeping the histogram's allocation.
+    pub fn reset(&mut self) {
+        let Counters { arrivals, completed, within_slo, dropped, batches, sm_pct_ns, queue_area, max_queue, latency_us } = self;
+        (*arrivals, *completed, *within_slo, *dropped, *batches) = (0, 0, 0, 0, 0);
+        (*sm_pct_ns, *queue_area, *max_queue) = (0.0, 0.0, 0);
+        latency_us.reset();
+    }
+
+    pub fn record_latency(&mut self, latency_ns: u64, within_slo: bool) {
+        self.completed += 1;
+        self.within_slo += u64::from(within_slo);
+        self.latency_us.saturating_record((latency_ns / 1000).max(1));
+    }
+
+    /// Adds `other` into `self` (for totals across models).
+    pub fn merge(&mut self, other: &Counters) {
+        self.arrivals += other.arrivals;
+        self.completed += other.completed;
+        self.within_slo += other.within_slo;
+        self.dropped += other.dropped;
+        self.batches += other.batches;
+        self.sm_pct_ns += other.sm_pct_ns;
+        self.queue_area += other.queue_area;
+        self.max_queue = self.max_queue.max(other.max_queue);
+        self.latency_us.add(&other.latency_us).expect("same histogram bounds");
+    }
+
+    pub fn summary(&self, elapsed_ns: u64) -> Summary {
+        let secs = (elapsed_ns as f64 * 1e-9).max(1e-9);
+        let pct = |q: f64| if self.completed == 0 { 0.0 } else { self.latency_us.value_at_quantile(q) as f64 / 1000.0 };
+        let finished = self.completed + self.dropped;
+        Summary {
+            arrivals: self.arrivals,
+            completed: self.completed,
+            dropped: self.dropped,
+            within_slo: self.within_slo,
+            slo_attainment: if finished == 0 { 1.0 } else { self.within_slo as f64 / finished as f64 },
+            goodput_rps: self.within_slo as f64 / secs,
+            throughput_rps: self.completed as f64 / secs,
+            arrival_rps: self.arrivals as f64 / secs,
+            p50_ms: pct(0.50),
+            p95_ms: pct(0.95),
+            p99_ms: pct(0.99),
+            mean_ms: if self.completed == 0 { 0.0 } else { self.latency_us.mean() / 1000.0 },
+            mean_batch: if self.batches == 0 { 0.0 } else { self.completed as f64 / self.batches as f64 },
+            mean_queue: self.queue_area / elapsed_ns.max(1) as f64,
+            max_queue: self.max_queue,
+            gpu_util: self.sm_pct_ns / 100.0 / elapsed_ns.max(1) as f64,
+        }
+    }
+}
+
+/// Figures of one model (or all) over a span of time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub arrivals: u64,
+    pub completed: u64,
+    pub dropped: u64,
+    pub within_slo: u64,
+    /// Requests completed within the SLO / requests finished (completed or dropped).
+    pub slo_attainment: f64,
+    /// Requests completed within the SLO per second.
+    pub goodput_rps: f64,
+    pub throughput_rps: f64,
+    pub arrival_rps: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    /// Requests per batch.
+    pub mean_batch: f64,
+    /// Time-weighted mean queue length.
+    pub mean_queue: f64,
+    pub max_queue: usize,
+    /// Fraction of the GPU's SM-time held by this model's running batches.
+    pub gpu_util: f64,
+}

@@ -1,0 +1,165 @@
+//! Properties that hold for any scenario: conservation, causality, determinism.
+
+use gpuslice_simulator::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig, Simulator};
+use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+use gpuslice_traces::{LatencyModel, ProfileSet, Source};
+use proptest::prelude::*;
+use std::sync::{Arc, OnceLock};
+
+const MODELS: [&str; 4] = ["resnet50", "mobilenet_v3_large", "vgg16", "densenet121"];
+
+fn latency_models() -> &'static Vec<Arc<LatencyModel>> {
+    static MODELS_FITTED: OnceLock<Vec<Arc<LatencyModel>>> = OnceLock::new();
+    MODELS_FITTED.get_or_init(|| {
+        let set = ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
+        let mut fitted = LatencyModel::fit_all(&set).unwrap();
+        MODELS.iter().map(|m| Arc::new(fitted.remove(*m).unwrap())).collect()
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    sharing: Sharing,
+    interference: f64,
+    cold: bool,
+    drop_after_ms: Option<f64>,
+    seed: u64,
+    /// Per model: (arrival rate, cv, gpu%, max batch, timeout ms)
+    models: Vec<(f64, f64, f64, u32, f64)>,
+    /// (interval index, model, new gpu%, new max batch)
+    reallocations: Vec<(usize, usize, f64, u32)>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop_oneof![Just(Sharing::Temporal), Just(Sharing::DefaultMps), Just(Sharing::Spatial)],
+        0.0..0.5f64,
+        any::<bool>(),
+        prop::option::of(5.0..200.0f64),
+        any::<u64>(),
+        prop::collection::vec((10.0..3000.0f64, 0.3..4.0f64, 5.0..25.0f64, 1u32..64, 0.0..10.0f64), 1..=4),
+        prop::collection::vec((0usize..20, 0usize..4, 5.0..25.0f64, 1u32..64), 0..6),
+    )
+        .prop_map(|(sharing, interference, cold, drop_after_ms, seed, models, reallocations)| Case {
+            sharing,
+            interference,
+            cold,
+            drop_after_ms,
+            seed,
+            models,
+            reallocations,
+        })
+}
+
+/// Runs a case for 2 s of arrivals in 100 ms intervals with its reallocations, then drains.
+fn run(case: &Case) -> Simulator {
+    let config = SimConfig {
+        sharing: case.sharing,
+        interference: case.interference,
+        reallocation: if case.cold {
+            ReallocationCost::ColdRestart { restart_s: 0.05 }
+        } else {
+            ReallocationCost::Standby { handover_us: 100.0 }
+        },
+        drop_after_ms: case.drop_after_ms,
+        seed: case.seed,
+        record_requests: true,
+    };
+    let setups = case
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, &(rate, cv, gpu_pct, max_batch, timeout))| ModelSetup {
+            name: MODELS[i].into(),
+            slo_ms: 50.0,
+            service: ServiceModel::Calibrated { latency: latency_models()[i].clone(), jitter: true },
+            allocation: Allocation { gpu_pct, max_batch, batch_timeout_ms: timeout },
+            arrivals: Box::new(
+                ModulatedRenewal::new(RateSchedule::constant(rate, Some(2.0)).unwrap(), cv, case.seed ^ i as u64).unwrap(),
+            ),
+        })
+        .collect();
+    let mut sim = Simulator::new(config, setups).unwrap();
+    for interval in 0..20 {
+        sim.run_until((interval + 1) * 100_000_000);
+        for &(at, model, gpu_pct, max_batch) in &case.reallocations {
+            if at == interval as usize && model < case.models.len() {
+                let mut allocation = sim.allocation(model).unwrap();
+                (allocation.gpu_pct, allocation.max_batch) = (gpu_pct, max_batch);
+                sim.set_allocation(model, allocation).unwrap();
+            }
+        }
+        sim.take_interval();
+    }
+    sim.finish();
+    sim
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_arrival_ends_completed_or_dropped(case in case()) {
+        let mut sim = run(&case);
+        prop_assert!(sim.is_drained());
+        let report = sim.report();
+        for model in &report.models {
+            let s = &model.summary;
+            prop_assert!(s.arrivals > 0);
+            prop_assert_eq!(s.arrivals, s.completed + s.dropped, "{}", model.model);
+        }
+        prop_assert_eq!(sim.take_requests().len() as u64, report.total.completed);
+    }
+
+    #[test]
+    fn no_latency_below_its_service_time(case in case()) {
+        let mut sim = run(&case);
+        for r in sim.take_requests() {
+            prop_assert!(r.start_ns >= r.arrival_ns);
+            prop_assert!(r.end_ns - r.start_ns >= r.solo_ns, "{:?}", r);
+            prop_assert!(r.solo_ns > 0);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_result(case in case()) {
+        let (mut a, mut b) = (run(&case), run(&case));
+        prop_assert_eq!(a.report(), b.report());
+        prop_assert_eq!(a.take_requests(), b.take_requests());
+    }
+}
+
+#[test]
+fn a_different_seed_gives_a_different_run() {
+    let case = Case {
+        sharing: Sharing::Spatial,
+        interference: 0.1,
+        cold: false,
+        drop_after_ms: None,
+        seed: 1,
+        models: vec![(500.0, 1.0, 40.0, 8, 2.0), (800.0, 2.0, 40.0, 16, 2.0)],
+        reallocations: vec![],
+    };
+    let other = Case { seed: 2, ..case.clone() };
+    assert_ne!(run(&case).report(), run(&other).report());
+}
+
+#[test]
+fn spatial_oversubscription_and_bad_allocations_are_refused() {
+    let setup = |gpu_pct: f64| ModelSetup {
+        name: "m".into(),
+        slo_ms: 10.0,
+        service: ServiceModel::Constant { ms: 1.0 },
+        allocation: Allocation { gpu_pct, max_batch: 4, batch_timeout_ms: 1.0 },
+        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(1.0, Some(1.0)).unwrap(), 1.0, 0).unwrap()),
+    };
+    let err = Simulator::new(SimConfig::default(), vec![setup(60.0), setup(50.0)]).err().unwrap();
+    assert_eq!(err.to_string(), "spatial sharing: GPU% of all models adds up to 110.0, more than 100");
+    let err = Simulator::new(SimConfig::default(), vec![setup(0.0)]).err().unwrap();
+    assert_eq!(err.to_string(), "model m: gpu_pct must be in (0, 100], got 0");
+    let mut sim = Simulator::new(SimConfig::default(), vec![setup(60.0), setup(40.0)]).unwrap();
+    let bigger = Allocation { gpu_pct: 70.0, max_batch: 4, batch_timeout_ms: 1.0 };
+    assert!(sim.set_allocation(0, bigger).is_err());
+    assert_eq!(sim.allocation(0).unwrap().gpu_pct, 60.0, "a refused change leaves the allocation as it was");
+    assert!(sim.set_allocation(5, bigger).is_err());
+}
