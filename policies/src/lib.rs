@@ -1,0 +1,1 @@
+//! Allocation policies (filled in by the policy work; see the issues).

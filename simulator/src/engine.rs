@@ -10,13 +10,14 @@
 //! - temporal: one batch at a time on the whole GPU, speed 1;
 //! - spatial: each model on its own GPU%, slowed only by memory interference,
 //!   `speed = 1 / (1 + interference * others_share / 100)`;
-//! - default MPS: every model asks for 100%; n co-running batches split the SMs evenly (the
-//!   block scheduler interleaves resident kernels), so a batch runs as it would on 100/n % of
-//!   the GPU, `speed = median(b, 100) / median(b, 100/n)`, and memory interference comes on top.
-//!   Small batches past their knee lose little when their share shrinks; large ones slow down
-//!   nearly in proportion, which is what makes default MPS latency unpredictable.
+//! - default MPS: every model may use all SMs; co-running batches split them max-min fairly over
+//!   their demands (each batch's knee GPU%), since the block scheduler interleaves the resident
+//!   kernels of all clients. A batch holding share s runs as it would on s% of the GPU,
+//!   `speed = median(b, 100) / median(b, s)`, with memory interference on top. A batch's
+//!   latency thus depends on what else happens to run: small batches past their knee lose
+//!   little, large ones slow down nearly in proportion to the co-runners.
 
-use crate::config::{Allocation, ModelSetup, ServiceModel, SimConfig, Sharing};
+use crate::config::{Allocation, ModelSetup, ServiceModel, Sharing, SimConfig};
 use crate::metrics::{Counters, Summary};
 use crate::service::ServiceSampler;
 use crate::{Nanos, secs_to_ns};
@@ -72,6 +73,10 @@ struct Batch {
     updated: Nanos,
     finish_at: Nanos,
 }
+
+/// Completed batches kept per model and interval: the most recent ones, in a ring, so that long
+/// intervals at high load do not hold millions of samples.
+pub const BATCH_SAMPLES_PER_INTERVAL: usize = 1024;
 
 /// One completed batch, as a policy observes it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -143,6 +148,8 @@ struct ModelState {
     total: Counters,
     interval: Counters,
     interval_batches: Vec<BatchSample>,
+    /// Batches completed this interval (the ring's write position).
+    interval_batches_seen: usize,
     reallocations: u64,
 }
 
@@ -177,7 +184,10 @@ impl Simulator {
     pub fn new(config: SimConfig, setups: Vec<ModelSetup>) -> Result<Simulator, SimError> {
         let mut models = Vec::with_capacity(setups.len());
         for setup in setups {
-            let invalid = |problem: String| SimError::InvalidModel { model: setup.name.clone(), problem };
+            let invalid = |problem: String| SimError::InvalidModel {
+                model: setup.name.clone(),
+                problem,
+            };
             if let Some(problem) = setup.allocation.problem() {
                 return Err(invalid(problem));
             }
@@ -185,7 +195,9 @@ impl Simulator {
                 return Err(invalid(format!("slo_ms must be > 0, got {}", setup.slo_ms)));
             }
             match setup.service {
-                ServiceModel::Constant { ms: v } | ServiceModel::Exponential { mean_ms: v } if !(v.is_finite() && v > 0.0) => {
+                ServiceModel::Constant { ms: v } | ServiceModel::Exponential { mean_ms: v }
+                    if !(v.is_finite() && v > 0.0) =>
+                {
                     return Err(invalid(format!("service time must be > 0 ms, got {v}")));
                 }
                 _ => {}
@@ -208,6 +220,7 @@ impl Simulator {
                 total: Counters::new(),
                 interval: Counters::new(),
                 interval_batches: Vec::new(),
+                interval_batches_seen: 0,
                 reallocations: 0,
             });
         }
@@ -249,7 +262,10 @@ impl Simulator {
 
     /// The allocation a model is heading to (its pending one during a reallocation pause).
     pub fn allocation(&self, model: usize) -> Result<Allocation, SimError> {
-        let m = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        let m = self
+            .models
+            .get(model)
+            .ok_or(SimError::UnknownModel(model))?;
         Ok(m.pending.unwrap_or(m.allocation))
     }
 
@@ -281,15 +297,23 @@ impl Simulator {
 
     /// True when no arrivals, queued requests or running batches remain.
     pub fn is_drained(&self) -> bool {
-        self.heap.is_empty() && self.running.is_empty() && self.models.iter().all(|m| m.queue.is_empty())
+        self.heap.is_empty()
+            && self.running.is_empty()
+            && self.models.iter().all(|m| m.queue.is_empty())
     }
 
     /// Changes a model's allocation. A new GPU% or batch size takes effect after the configured
     /// reallocation pause; a new batch timeout at once.
     pub fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), SimError> {
-        let state = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        let state = self
+            .models
+            .get(model)
+            .ok_or(SimError::UnknownModel(model))?;
         if let Some(problem) = allocation.problem() {
-            return Err(SimError::InvalidModel { model: state.name.clone(), problem });
+            return Err(SimError::InvalidModel {
+                model: state.name.clone(),
+                problem,
+            });
         }
         let target = state.pending.unwrap_or(state.allocation);
         if target == allocation {
@@ -336,6 +360,7 @@ impl Simulator {
                 m.touch_queue(now);
                 let summary = m.interval.summary(now - start);
                 m.interval.reset();
+                m.interval_batches_seen = 0;
                 ModelInterval {
                     model: m.name.clone(),
                     start_s: start as f64 * 1e-9,
@@ -369,7 +394,13 @@ impl Simulator {
                 }
             })
             .collect();
-        Report { sharing: self.config.sharing, elapsed_s: now as f64 * 1e-9, events: self.events, models, total: total.summary(now) }
+        Report {
+            sharing: self.config.sharing,
+            elapsed_s: now as f64 * 1e-9,
+            events: self.events,
+            models,
+            total: total.summary(now),
+        }
     }
 
     /// The per-request records kept so far (empty unless `record_requests`).
@@ -381,13 +412,26 @@ impl Simulator {
         if self.config.sharing != Sharing::Spatial {
             return Ok(());
         }
-        let total_pct: f64 = self.models.iter().map(|m| m.pending.unwrap_or(m.allocation).gpu_pct).sum();
-        if total_pct > 100.0 + 1e-9 { Err(SimError::OverSubscribed { total_pct }) } else { Ok(()) }
+        let total_pct: f64 = self
+            .models
+            .iter()
+            .map(|m| m.pending.unwrap_or(m.allocation).gpu_pct)
+            .sum();
+        if total_pct > 100.0 + 1e-9 {
+            Err(SimError::OverSubscribed { total_pct })
+        } else {
+            Ok(())
+        }
     }
 
     fn push(&mut self, at: Nanos, model: usize, kind: EventKind) {
         self.seq += 1;
-        self.heap.push(Reverse(Event { at, seq: self.seq, model, kind }));
+        self.heap.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            model,
+            kind,
+        }));
     }
 
     fn schedule_next_arrival(&mut self, model: usize) {
@@ -475,7 +519,9 @@ impl Simulator {
                 state.interval.dropped += expired as u64;
             }
         }
-        let Some(&head) = state.queue.front() else { return false };
+        let Some(&head) = state.queue.front() else {
+            return false;
+        };
         let deadline = head + secs_to_ns(state.allocation.batch_timeout_ms * 1e-3);
         if state.queue.len() >= state.allocation.max_batch as usize || now >= deadline {
             return true;
@@ -505,7 +551,10 @@ impl Simulator {
             Sharing::Spatial => state.allocation.gpu_pct,
             Sharing::Temporal | Sharing::DefaultMps => 100.0,
         };
-        let solo_ns = state.service.sample_ns(size as u32, gpu_pct, &mut self.rng).max(1.0);
+        let solo_ns = state
+            .service
+            .sample_ns(size as u32, gpu_pct, &mut self.rng)
+            .max(1.0);
         self.running.push(Batch {
             model,
             generation: state.generation,
@@ -539,34 +588,52 @@ impl Simulator {
     /// Recomputes every running batch's speed and finish time after the running set changed.
     /// Progress must be current (`advance_running`).
     fn reschedule_running(&mut self) {
-        let n = self.running.len();
         if self.config.sharing == Sharing::DefaultMps {
-            let share = 100.0 / n as f64;
-            for batch in &mut self.running {
-                batch.share = share;
-            }
+            self.share_sms_max_min();
         }
         let total_share: f64 = self.running.iter().map(|b| b.share).sum();
         let now = self.now;
         self.next_completion = Nanos::MAX;
         for batch in &mut self.running {
-            let contention = if self.config.sharing == Sharing::DefaultMps && n > 1 {
+            let contention = if self.config.sharing == Sharing::DefaultMps && batch.share < 100.0 {
                 let service = &mut self.models[batch.model].service;
                 service.median_ns(batch.size, 100.0) / service.median_ns(batch.size, batch.share)
             } else {
                 1.0
             };
-            batch.speed = contention / (1.0 + self.config.interference * (total_share - batch.share) / 100.0);
+            batch.speed =
+                contention / (1.0 + self.config.interference * (total_share - batch.share) / 100.0);
             let remaining = ((1.0 - batch.progress).max(0.0) * batch.solo_ns / batch.speed).ceil();
             batch.finish_at = now + remaining as Nanos;
             self.next_completion = self.next_completion.min(batch.finish_at);
         }
     }
 
+    /// Default MPS: the SMs are split max-min fairly over the running batches' demands (their
+    /// knees). Kernels of all clients interleave at block granularity, so a batch that needs few
+    /// SMs gets them, and the rest is shared evenly by the batches that want more.
+    fn share_sms_max_min(&mut self) {
+        let mut order: Vec<(f64, usize)> = (0..self.running.len())
+            .map(|i| {
+                let batch = &self.running[i];
+                (self.models[batch.model].service.knee_pct(batch.size), i)
+            })
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut remaining = 100.0;
+        for (k, &(demand, i)) in order.iter().enumerate() {
+            let share = demand.min(remaining / (order.len() - k) as f64);
+            self.running[i].share = share;
+            remaining -= share;
+        }
+    }
+
     fn complete_next_batch(&mut self) {
         let now = self.now;
         self.advance_running();
-        let Some(i) = self.running.iter().position(|b| b.finish_at == now) else { return };
+        let Some(i) = self.running.iter().position(|b| b.finish_at == now) else {
+            return;
+        };
         let mut batch = self.running.swap_remove(i);
         let state = &mut self.models[batch.model];
         if batch.generation == state.generation {
@@ -587,11 +654,17 @@ impl Simulator {
                 });
             }
         }
-        state.interval_batches.push(BatchSample {
+        let sample = BatchSample {
             size: batch.size,
             gpu_pct: batch.gpu_pct,
             exec_ms: (now - batch.started) as f64 * 1e-6,
-        });
+        };
+        let slot = state.interval_batches_seen % BATCH_SAMPLES_PER_INTERVAL;
+        state.interval_batches_seen += 1;
+        match state.interval_batches.get_mut(slot) {
+            Some(old) => *old = sample,
+            None => state.interval_batches.push(sample),
+        }
         batch.arrivals.clear();
         self.spare_vecs.push(batch.arrivals);
         self.reschedule_running();

@@ -20,12 +20,23 @@ struct SliceTable {
 pub(crate) struct ServiceSampler {
     model: ServiceModel,
     tables: Vec<SliceTable>,
+    /// Knee GPU% by batch size, computed on first use.
+    knees: Vec<Option<f64>>,
     normal: Normal,
 }
 
+/// A batch's knee: the smallest GPU% (in steps of 5) at which it runs within this factor of its
+/// time on the whole GPU. Past it, more SMs buy little.
+const KNEE_SLOWDOWN: f64 = 1.1;
+
 impl ServiceSampler {
     pub fn new(model: ServiceModel) -> Self {
-        ServiceSampler { model, tables: Vec::new(), normal: Normal::standard() }
+        ServiceSampler {
+            model,
+            tables: Vec::new(),
+            knees: Vec::new(),
+            normal: Normal::standard(),
+        }
     }
 
     /// Median service time and its log-normal spread at this point.
@@ -36,7 +47,10 @@ impl ServiceSampler {
                 if self.tables.len() == CACHED_SLICES {
                     self.tables.remove(0);
                 }
-                self.tables.push(SliceTable { gpu_pct, by_batch: Vec::new() });
+                self.tables.push(SliceTable {
+                    gpu_pct,
+                    by_batch: Vec::new(),
+                });
                 self.tables.len() - 1
             }
         };
@@ -47,7 +61,11 @@ impl ServiceSampler {
         }
         *by_batch[b].get_or_insert_with(|| match &self.model {
             ServiceModel::Calibrated { latency, jitter } => {
-                let sigma = if *jitter { latency.tail_ratio(batch, gpu_pct).ln() / Z99 } else { 0.0 };
+                let sigma = if *jitter {
+                    latency.tail_ratio(batch, gpu_pct).ln() / Z99
+                } else {
+                    0.0
+                };
                 (latency.p50_ms(batch, gpu_pct) * 1e6, sigma)
             }
             ServiceModel::Constant { ms } => (ms * 1e6, 0.0),
@@ -60,12 +78,36 @@ impl ServiceSampler {
         self.point(batch, gpu_pct).0
     }
 
+    /// The batch size's knee GPU% (see `KNEE_SLOWDOWN`).
+    pub fn knee_pct(&mut self, batch: u32) -> f64 {
+        let b = batch as usize;
+        if self.knees.len() <= b {
+            self.knees.resize(b + 1, None);
+        }
+        if let Some(knee) = self.knees[b] {
+            return knee;
+        }
+        let full = self.median_ns(batch, 100.0);
+        let knee = (1..=20)
+            .map(|step| step as f64 * 5.0)
+            .find(|g| self.median_ns(batch, *g) <= KNEE_SLOWDOWN * full)
+            .unwrap_or(100.0);
+        self.knees[b] = Some(knee);
+        knee
+    }
+
     /// One service time in ns of a batch running alone on `gpu_pct`%.
     pub fn sample_ns(&mut self, batch: u32, gpu_pct: f64, rng: &mut SmallRng) -> f64 {
         if let ServiceModel::Exponential { mean_ms } = self.model {
-            return Exp::new(1.0 / (mean_ms * 1e6)).expect("mean_ms validated > 0").sample(rng);
+            return Exp::new(1.0 / (mean_ms * 1e6))
+                .expect("mean_ms validated > 0")
+                .sample(rng);
         }
         let (median, sigma) = self.point(batch, gpu_pct);
-        if sigma > 0.0 { median * (sigma * self.normal.sample(rng)).exp() } else { median }
+        if sigma > 0.0 {
+            median * (sigma * self.normal.sample(rng)).exp()
+        } else {
+            median
+        }
     }
 }

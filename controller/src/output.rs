@@ -1,0 +1,225 @@
+//! What a run shows a person: a per-model table on the terminal, and under `--out` CSV files and
+//! SVG plots of latency and GPU share over time.
+
+use crate::plot::{Series, line_chart};
+use anyhow::{Context, Result};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use gpuslice_simulator::{ModelInterval, Report, Summary};
+use serde::Serialize;
+use std::path::Path;
+
+/// The per-model table of a finished run, with a total row.
+pub fn summary_table(report: &Report) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "model",
+        "GPU%",
+        "batch",
+        "SLO ms",
+        "arrivals",
+        "done",
+        "dropped",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "SLO met",
+        "goodput/s",
+        "thru/s",
+        "avg batch",
+        "avg queue",
+        "GPU util",
+    ]);
+    let row = |name: &str, gpu: String, batch: String, slo: String, s: &Summary| {
+        vec![
+            name.to_string(),
+            gpu,
+            batch,
+            slo,
+            s.arrivals.to_string(),
+            s.completed.to_string(),
+            s.dropped.to_string(),
+            format!("{:.2}", s.p50_ms),
+            format!("{:.2}", s.p95_ms),
+            format!("{:.2}", s.p99_ms),
+            format!("{:.1}%", s.slo_attainment * 100.0),
+            format!("{:.0}", s.goodput_rps),
+            format!("{:.0}", s.throughput_rps),
+            format!("{:.1}", s.mean_batch),
+            format!("{:.1}", s.mean_queue),
+            format!("{:.1}%", s.gpu_util * 100.0),
+        ]
+    };
+    for m in &report.models {
+        let a = &m.allocation;
+        table.add_row(row(
+            &m.model,
+            format!("{:.0}", a.gpu_pct),
+            a.max_batch.to_string(),
+            format!("{:.0}", m.slo_ms),
+            &m.summary,
+        ));
+    }
+    table.add_row(row("total", "".into(), "".into(), "".into(), &report.total));
+    table
+}
+
+#[derive(Serialize)]
+struct SummaryRow<'a> {
+    model: &'a str,
+    sharing: String,
+    gpu_pct: f64,
+    max_batch: u32,
+    batch_timeout_ms: f64,
+    slo_ms: f64,
+    reallocations: u64,
+}
+
+#[derive(Serialize)]
+struct IntervalRow<'a> {
+    model: &'a str,
+    start_s: f64,
+    end_s: f64,
+    gpu_pct: f64,
+    max_batch: u32,
+    batch_timeout_ms: f64,
+    queue_len: usize,
+}
+
+/// Writes rows of (description, summary) pairs: the csv crate writes a tuple of structs as one
+/// row with both structs' headers, where `#[serde(flatten)]` is not supported.
+fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    let mut writer = csv::Writer::from_path(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    for row in rows {
+        writer
+            .serialize(row)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    writer
+        .flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes `summary.csv`, `intervals.csv`, `latency.svg` and `gpu.svg` into `dir`.
+pub fn write_run(
+    dir: &Path,
+    report: &Report,
+    intervals: &[ModelInterval],
+) -> Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let summary_rows = report.models.iter().map(|m| {
+        (
+            SummaryRow {
+                model: &m.model,
+                sharing: report.sharing.to_string(),
+                gpu_pct: m.allocation.gpu_pct,
+                max_batch: m.allocation.max_batch,
+                batch_timeout_ms: m.allocation.batch_timeout_ms,
+                slo_ms: m.slo_ms,
+                reallocations: m.reallocations,
+            },
+            &m.summary,
+        )
+    });
+    let files = ["summary.csv", "intervals.csv", "latency.svg", "gpu.svg"].map(|f| dir.join(f));
+    write_csv(&files[0], summary_rows)?;
+    write_csv(
+        &files[1],
+        intervals.iter().map(|i| {
+            (
+                IntervalRow {
+                    model: &i.model,
+                    start_s: i.start_s,
+                    end_s: i.end_s,
+                    gpu_pct: i.allocation.gpu_pct,
+                    max_batch: i.allocation.max_batch,
+                    batch_timeout_ms: i.allocation.batch_timeout_ms,
+                    queue_len: i.queue_len,
+                },
+                &i.summary,
+            )
+        }),
+    )?;
+    let x_end = intervals.iter().map(|i| i.end_s).fold(0.0, f64::max);
+    let series = |suffix: &str,
+                  dashed: bool,
+                  value: &dyn Fn(&ModelInterval) -> Option<f64>|
+     -> Vec<Series> {
+        report
+            .models
+            .iter()
+            .enumerate()
+            .map(|(color, m)| Series {
+                name: format!("{}{suffix}", m.model),
+                points: intervals
+                    .iter()
+                    .filter(|i| i.model == m.model)
+                    .filter_map(|i| value(i).map(|v| (i.end_s, v)))
+                    .collect(),
+                color,
+                dashed,
+            })
+            .collect()
+    };
+    let mut latency = series("", false, &|i| {
+        (i.summary.completed > 0).then_some(i.summary.p99_ms)
+    });
+    latency.extend(report.models.iter().enumerate().map(|(color, m)| Series {
+        name: format!("{} SLO", m.model),
+        points: vec![(0.0, m.slo_ms), (x_end, m.slo_ms)],
+        color,
+        dashed: true,
+    }));
+    let title = format!("p99 latency per control interval ({})", report.sharing);
+    line_chart(&files[2], &title, "time (s)", "p99 latency (ms)", &latency)?;
+    let mut gpu = series(" allocated", false, &|i| Some(i.allocation.gpu_pct));
+    gpu.extend(series(" used", true, &|i| Some(i.summary.gpu_util * 100.0)));
+    line_chart(
+        &files[3],
+        &format!("GPU% allocated and SM-time used ({})", report.sharing),
+        "time (s)",
+        "GPU %",
+        &gpu,
+    )?;
+    Ok(files.to_vec())
+}
+
+/// Per model: how well the parametric latency form fits the profile's p50s.
+pub fn fit_table(
+    set: &gpuslice_traces::ProfileSet,
+    fitted: &std::collections::BTreeMap<String, gpuslice_traces::LatencyModel>,
+) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "model",
+        "points",
+        "GPU% levels",
+        "exponent p",
+        "p from",
+        "RMS rel. error",
+        "max rel. error",
+    ]);
+    for (name, model) in fitted {
+        let levels: Vec<String> = set.models[name]
+            .gpu_levels()
+            .iter()
+            .map(|g| format!("{g:.0}"))
+            .collect();
+        table.add_row(vec![
+            name.clone(),
+            model.fit.points.to_string(),
+            levels.join(","),
+            format!("{:.3}", model.fit.exponent),
+            if model.fit.exponent_fitted {
+                "fitted"
+            } else {
+                "pooled"
+            }
+            .to_string(),
+            format!("{:.2}%", model.fit.rms_rel_error * 100.0),
+            format!("{:.2}%", model.fit.max_rel_error * 100.0),
+        ]);
+    }
+    table
+}

@@ -1,0 +1,194 @@
+//! Scenario files (TOML): the GPU sharing mode, the profile, and per model its SLO, allocation
+//! and arrivals. `scenarios/default.toml` is embedded and used when no file is given.
+
+use anyhow::{Context, Result, bail};
+use gpuslice_simulator::{
+    Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig,
+};
+use gpuslice_traces::{ArrivalSpec, LatencyModel, ProfileSet, Source, TraceLibrary};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The scenario used when none is given.
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.toml");
+
+fn default_interval() -> f64 {
+    1.0
+}
+fn default_profile() -> String {
+    "builtin:h100-cudagraph".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reallocation() -> ReallocationCost {
+    ReallocationCost::Standby { handover_us: 100.0 }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// Arrivals stop after this many seconds (replayed traces stop at their end anyway).
+    pub duration_s: Option<f64>,
+    #[serde(default = "default_interval")]
+    pub control_interval_s: f64,
+    pub sharing: Sharing,
+    /// See `SimConfig::interference`.
+    #[serde(default)]
+    pub interference: f64,
+    pub drop_after_ms: Option<f64>,
+    /// Calibration profile: a CSV path (relative to the scenario file) or `builtin:NAME`.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Log-normal service-time spread matching the profile's p99/p50.
+    #[serde(default = "default_true")]
+    pub service_jitter: bool,
+    #[serde(default = "default_reallocation")]
+    pub reallocation: ReallocationCost,
+    pub models: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+    /// The profile's model name, when it differs from `name`.
+    pub profile_model: Option<String>,
+    pub slo_ms: f64,
+    pub gpu_pct: f64,
+    pub max_batch: u32,
+    pub batch_timeout_ms: f64,
+    pub arrivals: ArrivalSpec,
+}
+
+/// A scenario together with the folder its relative paths are taken from.
+#[derive(Debug, Clone)]
+pub struct LoadedScenario {
+    pub scenario: Scenario,
+    pub base_dir: PathBuf,
+    pub origin: String,
+}
+
+impl LoadedScenario {
+    /// Reads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<LoadedScenario> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read scenario {}", path.display()))?;
+                let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                LoadedScenario::from_text(&text, &path.display().to_string(), base_dir)
+            }
+            None => {
+                LoadedScenario::from_text(DEFAULT_SCENARIO, "builtin:default", PathBuf::from("."))
+            }
+        }
+    }
+
+    /// Parses scenario `text`; `origin` names it in errors, relative paths start at `base_dir`.
+    pub fn from_text(text: &str, origin: &str, base_dir: PathBuf) -> Result<LoadedScenario> {
+        let scenario: Scenario =
+            toml::from_str(text).with_context(|| format!("scenario {origin} is malformed"))?;
+        let loaded = LoadedScenario {
+            scenario,
+            base_dir,
+            origin: origin.to_string(),
+        };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let s = &self.scenario;
+        let origin = &self.origin;
+        if s.models.is_empty() {
+            bail!("scenario {origin}: no [[models]]");
+        }
+        if !(s.control_interval_s.is_finite() && s.control_interval_s > 0.0) {
+            bail!(
+                "scenario {origin}: control_interval_s must be > 0, got {}",
+                s.control_interval_s
+            );
+        }
+        if let Some(d) = s.duration_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
+            bail!("scenario {origin}: duration_s must be > 0, got {d}");
+        }
+        if !(s.interference.is_finite() && s.interference >= 0.0) {
+            bail!(
+                "scenario {origin}: interference must be >= 0, got {}",
+                s.interference
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in s.models.iter().enumerate() {
+            if !seen.insert(&m.name) {
+                bail!(
+                    "scenario {origin}: models[{i}]: duplicate model name {:?}",
+                    m.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The fitted latency models of the scenario's profile, by profile model name.
+    pub fn latency_models(&self) -> Result<BTreeMap<String, LatencyModel>> {
+        let source = Source::load(&self.scenario.profile, &self.base_dir)?;
+        let profiles = ProfileSet::parse(&source)?;
+        for (i, m) in self.scenario.models.iter().enumerate() {
+            let wanted = m.profile_model.as_deref().unwrap_or(&m.name);
+            profiles
+                .model(wanted)
+                .with_context(|| format!("scenario {}: models[{i}] ({})", self.origin, m.name))?;
+        }
+        Ok(LatencyModel::fit_all(&profiles)?)
+    }
+
+    /// The simulator's inputs, with `sharing` overriding the scenario's mode if given.
+    pub fn build(&self, sharing: Option<Sharing>) -> Result<(SimConfig, Vec<ModelSetup>)> {
+        let s = &self.scenario;
+        let latency = self.latency_models()?;
+        let config = SimConfig {
+            sharing: sharing.unwrap_or(s.sharing),
+            interference: s.interference,
+            reallocation: s.reallocation,
+            drop_after_ms: s.drop_after_ms,
+            seed: s.seed,
+            record_requests: false,
+        };
+        let mut library = TraceLibrary::new(&self.base_dir);
+        let mut setups = Vec::with_capacity(s.models.len());
+        for (i, m) in s.models.iter().enumerate() {
+            let what = format!(
+                "scenario {}: models[{i}] ({}).arrivals",
+                self.origin, m.name
+            );
+            let seed = s
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(i as u64 + 1);
+            let arrivals = library.build(&m.arrivals, seed, s.duration_s, &what)?;
+            let profile_model = m.profile_model.as_deref().unwrap_or(&m.name);
+            setups.push(ModelSetup {
+                name: m.name.clone(),
+                slo_ms: m.slo_ms,
+                service: ServiceModel::Calibrated {
+                    latency: Arc::new(latency[profile_model].clone()),
+                    jitter: s.service_jitter,
+                },
+                allocation: Allocation {
+                    gpu_pct: m.gpu_pct,
+                    max_batch: m.max_batch,
+                    batch_timeout_ms: m.batch_timeout_ms,
+                },
+                arrivals,
+            });
+        }
+        Ok((config, setups))
+    }
+}

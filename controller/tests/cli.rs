@@ -1,0 +1,168 @@
+//! The `gpuslice` binary as a user runs it.
+
+use std::process::{Command, Output};
+
+fn gpuslice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuslice"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn simulate_without_arguments_prints_the_default_table() {
+    let out = gpuslice(&["--log", "warn", "simulate", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for model in ["densenet121", "resnext50_32x4d", "vgg16", "total"] {
+        assert!(text.contains(model), "table lacks {model}:\n{text}");
+    }
+    assert!(text.contains("p99 ms") && text.contains("SLO met") && text.contains("goodput/s"));
+}
+
+#[test]
+fn simulate_writes_csv_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gpuslice(&[
+        "--log",
+        "warn",
+        "simulate",
+        "--quiet",
+        "--sharing",
+        "temporal",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
+    assert!(summary.starts_with("model,sharing,gpu_pct,max_batch,batch_timeout_ms,slo_ms,reallocations,arrivals,completed,dropped"));
+    assert_eq!(summary.lines().count(), 4, "header and three models");
+    assert!(summary.lines().skip(1).all(|l| l.contains(",temporal,")));
+    let intervals = std::fs::read_to_string(dir.path().join("intervals.csv")).unwrap();
+    assert!(
+        intervals.lines().count() > 3 * 50,
+        "one row per model and 0.25 s interval"
+    );
+    for svg in ["latency.svg", "gpu.svg"] {
+        let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("densenet121"),
+            "{svg}"
+        );
+    }
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = gpuslice(&["simulate", "--help"]);
+    let text = stdout(&out);
+    for flag in [
+        "--config",
+        "--sharing",
+        "--seed",
+        "--out",
+        "--quiet",
+        "--log-format",
+        "--log",
+    ] {
+        assert!(text.contains(flag), "simulate --help lacks {flag}");
+    }
+    assert!(text.contains("temporal") && text.contains("default-mps") && text.contains("spatial"));
+    for command in ["simulate", "fit", "bench"] {
+        assert!(stdout(&gpuslice(&["--help"])).contains(command));
+    }
+}
+
+#[test]
+fn bad_scenarios_fail_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let model = |name: &str, arrivals: &str| {
+        format!(
+            "name = \"t\"\nsharing = \"spatial\"\nduration_s = 1\n[[models]]\nname = \"{name}\"\nslo_ms = 10\ngpu_pct = 50\nmax_batch = 4\nbatch_timeout_ms = 1\narrivals = {arrivals}\n"
+        )
+    };
+    let cases = [
+        (
+            write(
+                "unknown.toml",
+                &model("resnet5", "{ kind = \"poisson\", rate = 10 }"),
+            ),
+            "unknown model \"resnet5\"",
+        ),
+        (
+            write(
+                "kind.toml",
+                &model("resnet50", "{ kind = \"poison\", rate = 10 }"),
+            ),
+            "poison",
+        ),
+        (
+            write(
+                "trace.toml",
+                &model("resnet50", "{ kind = \"replay\", trace = \"missing.csv\" }"),
+            ),
+            "missing.csv: cannot read",
+        ),
+        (
+            write(
+                "broken.toml",
+                "name = \"t\"\nsharing = \"sideways\"\nmodels = []\n",
+            ),
+            "sideways",
+        ),
+    ];
+    for (path, expected) in cases {
+        let out = gpuslice(&["--log", "warn", "simulate", "--quiet", "--config", &path]);
+        assert!(!out.status.success(), "{path} should fail");
+        let message = stderr(&out);
+        assert!(
+            message.contains(expected),
+            "{path}: expected {expected:?} in {message}"
+        );
+        assert!(!message.contains("panicked"), "{message}");
+    }
+    let bad_profile = write(
+        "p.csv",
+        "engine,model,dtype,gpu_pct,sms,batch,p50_ms,p99_ms,mean_ms,imgs_per_s\ne,m,fp16,50,66,1,1.0,1.2,1.0,1\ne,m,fp16,150,66,2,1.0,1.2,1.0,1\n",
+    );
+    let out = gpuslice(&["fit", "--profile", &bad_profile]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("p.csv:3 field `gpu_pct`: GPU% must be in (0, 100], got 150"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn fit_reports_every_model_error() {
+    let out = gpuslice(&["fit"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for model in [
+        "alexnet",
+        "densenet121",
+        "efficientnet_b0",
+        "mobilenet_v3_large",
+        "resnet50",
+        "resnext50_32x4d",
+        "vgg16",
+        "vit_b_16",
+    ] {
+        assert!(text.contains(model));
+    }
+    assert!(text.contains("RMS rel. error"));
+}
