@@ -47,10 +47,7 @@ fn bench_one(text: &str, origin: &str) -> Result<BenchRow> {
 pub fn run(quick: bool, out: Option<&Path>) -> Result<()> {
     let mut rows = vec![bench_one(EVENTS_SCENARIO, "builtin:bench-events")?];
     if !quick {
-        rows.push(bench_one(
-            AZURE_DAY_SCENARIO,
-            "builtin:azure-functions-day",
-        )?);
+        rows.push(bench_one(AZURE_DAY_SCENARIO, "builtin:azure-functions-day")?);
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
@@ -79,8 +76,7 @@ pub fn run(quick: bool, out: Option<&Path>) -> Result<()> {
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join("bench.csv");
-        let mut writer = csv::Writer::from_path(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut writer = csv::Writer::from_path(&path).with_context(|| format!("cannot create {}", path.display()))?;
         for r in &rows {
             writer.serialize(r)?;
         }

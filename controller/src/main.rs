@@ -89,9 +89,7 @@ enum Command {
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -112,13 +110,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Simulate {
-            config,
-            sharing,
-            seed,
-            out,
-            quiet,
-        } => {
+        Command::Simulate { config, sharing, seed, out, quiet } => {
             let mut loaded = scenario::LoadedScenario::load(config.as_deref())?;
             if let Some(seed) = seed {
                 loaded.scenario.seed = seed;
@@ -141,10 +133,7 @@ fn run(command: Command) -> Result<()> {
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;
             let set = gpuslice_traces::ProfileSet::parse(&source)?;
-            println!(
-                "{}",
-                output::fit_table(&set, &gpuslice_traces::LatencyModel::fit_all(&set)?)
-            );
+            println!("{}", output::fit_table(&set, &gpuslice_traces::LatencyModel::fit_all(&set)?));
             Ok(())
         }
         Command::Bench { quick, out } => bench::run(quick, out.as_deref()),

@@ -88,25 +88,16 @@ struct IntervalRow<'a> {
 /// Writes rows of (description, summary) pairs: the csv crate writes a tuple of structs as one
 /// row with both structs' headers, where `#[serde(flatten)]` is not supported.
 fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
-    let mut writer = csv::Writer::from_path(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut writer = csv::Writer::from_path(path).with_context(|| format!("cannot create {}", path.display()))?;
     for row in rows {
-        writer
-            .serialize(row)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        writer.serialize(row).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    writer
-        .flush()
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer.flush().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 /// Writes `summary.csv`, `intervals.csv`, `latency.svg` and `gpu.svg` into `dir`.
-pub fn write_run(
-    dir: &Path,
-    report: &Report,
-    intervals: &[ModelInterval],
-) -> Result<Vec<std::path::PathBuf>> {
+pub fn write_run(dir: &Path, report: &Report, intervals: &[ModelInterval]) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let summary_rows = report.models.iter().map(|m| {
         (
@@ -142,10 +133,7 @@ pub fn write_run(
         }),
     )?;
     let x_end = intervals.iter().map(|i| i.end_s).fold(0.0, f64::max);
-    let series = |suffix: &str,
-                  dashed: bool,
-                  value: &dyn Fn(&ModelInterval) -> Option<f64>|
-     -> Vec<Series> {
+    let series = |suffix: &str, dashed: bool, value: &dyn Fn(&ModelInterval) -> Option<f64>| -> Vec<Series> {
         report
             .models
             .iter()
@@ -162,9 +150,7 @@ pub fn write_run(
             })
             .collect()
     };
-    let mut latency = series("", false, &|i| {
-        (i.summary.completed > 0).then_some(i.summary.p99_ms)
-    });
+    let mut latency = series("", false, &|i| (i.summary.completed > 0).then_some(i.summary.p99_ms));
     latency.extend(report.models.iter().enumerate().map(|(color, m)| Series {
         name: format!("{} SLO", m.model),
         points: vec![(0.0, m.slo_ms), (x_end, m.slo_ms)],
@@ -175,13 +161,7 @@ pub fn write_run(
     line_chart(&files[2], &title, "time (s)", "p99 latency (ms)", &latency)?;
     let mut gpu = series(" allocated", false, &|i| Some(i.allocation.gpu_pct));
     gpu.extend(series(" used", true, &|i| Some(i.summary.gpu_util * 100.0)));
-    line_chart(
-        &files[3],
-        &format!("GPU% allocated and SM-time used ({})", report.sharing),
-        "time (s)",
-        "GPU %",
-        &gpu,
-    )?;
+    line_chart(&files[3], &format!("GPU% allocated and SM-time used ({})", report.sharing), "time (s)", "GPU %", &gpu)?;
     Ok(files.to_vec())
 }
 
@@ -201,22 +181,13 @@ pub fn fit_table(
         "max rel. error",
     ]);
     for (name, model) in fitted {
-        let levels: Vec<String> = set.models[name]
-            .gpu_levels()
-            .iter()
-            .map(|g| format!("{g:.0}"))
-            .collect();
+        let levels: Vec<String> = set.models[name].gpu_levels().iter().map(|g| format!("{g:.0}")).collect();
         table.add_row(vec![
             name.clone(),
             model.fit.points.to_string(),
             levels.join(","),
             format!("{:.3}", model.fit.exponent),
-            if model.fit.exponent_fitted {
-                "fitted"
-            } else {
-                "pooled"
-            }
-            .to_string(),
+            if model.fit.exponent_fitted { "fitted" } else { "pooled" }.to_string(),
             format!("{:.2}%", model.fit.rms_rel_error * 100.0),
             format!("{:.2}%", model.fit.max_rel_error * 100.0),
         ]);

@@ -13,20 +13,9 @@ pub struct Series {
 }
 
 /// Draws `series` as solid or dashed lines into an SVG file.
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<()> {
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
-    let finite = || {
-        series
-            .iter()
-            .flat_map(|s| s.points.iter())
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
-    };
+    let finite = || series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
     let x_max = finite().map(|p| p.0).fold(1e-9, f64::max);
     let y_max = finite().map(|p| p.1).fold(1e-9, f64::max) * 1.1;
     let root = SVGBackend::new(path, (1000, 520)).into_drawing_area();
@@ -38,12 +27,7 @@ pub fn line_chart(
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)
         .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .draw()
-        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
     for s in series {
         let color = Palette99::pick(s.color).to_rgba();
         let points = s.points.iter().copied();
@@ -56,9 +40,7 @@ pub fn line_chart(
         drawn
             .map_err(|e| err(&e))?
             .label(s.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width)));
     }
     chart
         .configure_series_labels()

@@ -2,9 +2,7 @@
 //! and arrivals. `scenarios/default.toml` is embedded and used when no file is given.
 
 use anyhow::{Context, Result, bail};
-use gpuslice_simulator::{
-    Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig,
-};
+use gpuslice_simulator::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
 use gpuslice_traces::{ArrivalSpec, LatencyModel, ProfileSet, Source, TraceLibrary};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -84,21 +82,14 @@ impl LoadedScenario {
                 let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 LoadedScenario::from_text(&text, &path.display().to_string(), base_dir)
             }
-            None => {
-                LoadedScenario::from_text(DEFAULT_SCENARIO, "builtin:default", PathBuf::from("."))
-            }
+            None => LoadedScenario::from_text(DEFAULT_SCENARIO, "builtin:default", PathBuf::from(".")),
         }
     }
 
     /// Parses scenario `text`; `origin` names it in errors, relative paths start at `base_dir`.
     pub fn from_text(text: &str, origin: &str, base_dir: PathBuf) -> Result<LoadedScenario> {
-        let scenario: Scenario =
-            toml::from_str(text).with_context(|| format!("scenario {origin} is malformed"))?;
-        let loaded = LoadedScenario {
-            scenario,
-            base_dir,
-            origin: origin.to_string(),
-        };
+        let scenario: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin} is malformed"))?;
+        let loaded = LoadedScenario { scenario, base_dir, origin: origin.to_string() };
         loaded.validate()?;
         Ok(loaded)
     }
@@ -110,27 +101,18 @@ impl LoadedScenario {
             bail!("scenario {origin}: no [[models]]");
         }
         if !(s.control_interval_s.is_finite() && s.control_interval_s > 0.0) {
-            bail!(
-                "scenario {origin}: control_interval_s must be > 0, got {}",
-                s.control_interval_s
-            );
+            bail!("scenario {origin}: control_interval_s must be > 0, got {}", s.control_interval_s);
         }
         if let Some(d) = s.duration_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
             bail!("scenario {origin}: duration_s must be > 0, got {d}");
         }
         if !(s.interference.is_finite() && s.interference >= 0.0) {
-            bail!(
-                "scenario {origin}: interference must be >= 0, got {}",
-                s.interference
-            );
+            bail!("scenario {origin}: interference must be >= 0, got {}", s.interference);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in s.models.iter().enumerate() {
             if !seen.insert(&m.name) {
-                bail!(
-                    "scenario {origin}: models[{i}]: duplicate model name {:?}",
-                    m.name
-                );
+                bail!("scenario {origin}: models[{i}]: duplicate model name {:?}", m.name);
             }
         }
         Ok(())
@@ -142,9 +124,7 @@ impl LoadedScenario {
         let profiles = ProfileSet::parse(&source)?;
         for (i, m) in self.scenario.models.iter().enumerate() {
             let wanted = m.profile_model.as_deref().unwrap_or(&m.name);
-            profiles
-                .model(wanted)
-                .with_context(|| format!("scenario {}: models[{i}] ({})", self.origin, m.name))?;
+            profiles.model(wanted).with_context(|| format!("scenario {}: models[{i}] ({})", self.origin, m.name))?;
         }
         Ok(LatencyModel::fit_all(&profiles)?)
     }
@@ -164,14 +144,8 @@ impl LoadedScenario {
         let mut library = TraceLibrary::new(&self.base_dir);
         let mut setups = Vec::with_capacity(s.models.len());
         for (i, m) in s.models.iter().enumerate() {
-            let what = format!(
-                "scenario {}: models[{i}] ({}).arrivals",
-                self.origin, m.name
-            );
-            let seed = s
-                .seed
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(i as u64 + 1);
+            let what = format!("scenario {}: models[{i}] ({}).arrivals", self.origin, m.name);
+            let seed = s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1);
             let arrivals = library.build(&m.arrivals, seed, s.duration_s, &what)?;
             let profile_model = m.profile_model.as_deref().unwrap_or(&m.name);
             setups.push(ModelSetup {

@@ -26,29 +26,20 @@ pub struct LateProgress {
 impl LateProgress {
     pub fn new(total_s: Option<f64>, what: &str, enabled: bool) -> LateProgress {
         let bar = match total_s {
-            Some(total) => ProgressBar::with_draw_target(
-                Some(total.ceil() as u64),
-                ProgressDrawTarget::hidden(),
-            )
-            .with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {pos}/{len} s simulated, {elapsed} elapsed, eta {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            ),
+            Some(total) => ProgressBar::with_draw_target(Some(total.ceil() as u64), ProgressDrawTarget::hidden())
+                .with_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:40}] {pos}/{len} s simulated, {elapsed} elapsed, eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                ),
             None => ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()).with_style(
-                ProgressStyle::with_template("{spinner} {msg} {pos} s simulated, {elapsed}")
-                    .expect("valid template"),
+                ProgressStyle::with_template("{spinner} {msg} {pos} s simulated, {elapsed}").expect("valid template"),
             ),
         };
         bar.set_message(what.to_string());
-        LateProgress {
-            bar,
-            started: Instant::now(),
-            shown: false,
-            enabled,
-        }
+        LateProgress { bar, started: Instant::now(), shown: false, enabled }
     }
 
     pub fn set(&mut self, simulated_s: f64) {
@@ -65,30 +56,20 @@ impl LateProgress {
 }
 
 /// Runs `loaded` to the end of its arrivals (and until every request is served or dropped).
-pub fn run(
-    loaded: &LoadedScenario,
-    sharing: Option<Sharing>,
-    show_progress: bool,
-) -> Result<SimRun> {
+pub fn run(loaded: &LoadedScenario, sharing: Option<Sharing>, show_progress: bool) -> Result<SimRun> {
     let (config, setups) = loaded.build(sharing)?;
     let mode = config.sharing;
     let mut sim = Simulator::new(config, setups)?;
     let interval = secs_to_ns(loaded.scenario.control_interval_s).max(1);
-    let mut progress = LateProgress::new(
-        loaded.scenario.duration_s,
-        &format!("{} ({mode})", loaded.scenario.name),
-        show_progress,
-    );
+    let mut progress =
+        LateProgress::new(loaded.scenario.duration_s, &format!("{} ({mode})", loaded.scenario.name), show_progress);
     let started = Instant::now();
     let mut intervals = Vec::new();
     let mut t = 0;
     while !sim.is_drained() {
         t += interval;
         sim.run_until(t);
-        intervals.extend(sim.take_interval().into_iter().map(|i| ModelInterval {
-            batches: Vec::new(),
-            ..i
-        }));
+        intervals.extend(sim.take_interval().into_iter().map(|i| ModelInterval { batches: Vec::new(), ..i }));
         progress.set(t as f64 * 1e-9);
     }
     progress.finish();
@@ -102,9 +83,5 @@ pub fn run(
         wall_s = wall.as_secs_f64(),
         "simulation finished"
     );
-    Ok(SimRun {
-        report,
-        intervals,
-        wall,
-    })
+    Ok(SimRun { report, intervals, wall })
 }

@@ -3,10 +3,7 @@
 use std::process::{Command, Output};
 
 fn gpuslice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gpuslice"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_gpuslice")).args(args).output().expect("the binary runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -43,20 +40,16 @@ fn simulate_writes_csv_and_svg() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
-    assert!(summary.starts_with("model,sharing,gpu_pct,max_batch,batch_timeout_ms,slo_ms,reallocations,arrivals,completed,dropped"));
+    assert!(summary.starts_with(
+        "model,sharing,gpu_pct,max_batch,batch_timeout_ms,slo_ms,reallocations,arrivals,completed,dropped"
+    ));
     assert_eq!(summary.lines().count(), 4, "header and three models");
     assert!(summary.lines().skip(1).all(|l| l.contains(",temporal,")));
     let intervals = std::fs::read_to_string(dir.path().join("intervals.csv")).unwrap();
-    assert!(
-        intervals.lines().count() > 3 * 50,
-        "one row per model and 0.25 s interval"
-    );
+    assert!(intervals.lines().count() > 3 * 50, "one row per model and 0.25 s interval");
     for svg in ["latency.svg", "gpu.svg"] {
         let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
-        assert!(
-            text.starts_with("<svg") && text.contains("densenet121"),
-            "{svg}"
-        );
+        assert!(text.starts_with("<svg") && text.contains("densenet121"), "{svg}");
     }
 }
 
@@ -64,15 +57,7 @@ fn simulate_writes_csv_and_svg() {
 fn help_explains_every_flag() {
     let out = gpuslice(&["simulate", "--help"]);
     let text = stdout(&out);
-    for flag in [
-        "--config",
-        "--sharing",
-        "--seed",
-        "--out",
-        "--quiet",
-        "--log-format",
-        "--log",
-    ] {
+    for flag in ["--config", "--sharing", "--seed", "--out", "--quiet", "--log-format", "--log"] {
         assert!(text.contains(flag), "simulate --help lacks {flag}");
     }
     assert!(text.contains("temporal") && text.contains("default-mps") && text.contains("spatial"));
@@ -95,43 +80,19 @@ fn bad_scenarios_fail_with_a_clear_message() {
         )
     };
     let cases = [
+        (write("unknown.toml", &model("resnet5", "{ kind = \"poisson\", rate = 10 }")), "unknown model \"resnet5\""),
+        (write("kind.toml", &model("resnet50", "{ kind = \"poison\", rate = 10 }")), "poison"),
         (
-            write(
-                "unknown.toml",
-                &model("resnet5", "{ kind = \"poisson\", rate = 10 }"),
-            ),
-            "unknown model \"resnet5\"",
-        ),
-        (
-            write(
-                "kind.toml",
-                &model("resnet50", "{ kind = \"poison\", rate = 10 }"),
-            ),
-            "poison",
-        ),
-        (
-            write(
-                "trace.toml",
-                &model("resnet50", "{ kind = \"replay\", trace = \"missing.csv\" }"),
-            ),
+            write("trace.toml", &model("resnet50", "{ kind = \"replay\", trace = \"missing.csv\" }")),
             "missing.csv: cannot read",
         ),
-        (
-            write(
-                "broken.toml",
-                "name = \"t\"\nsharing = \"sideways\"\nmodels = []\n",
-            ),
-            "sideways",
-        ),
+        (write("broken.toml", "name = \"t\"\nsharing = \"sideways\"\nmodels = []\n"), "sideways"),
     ];
     for (path, expected) in cases {
         let out = gpuslice(&["--log", "warn", "simulate", "--quiet", "--config", &path]);
         assert!(!out.status.success(), "{path} should fail");
         let message = stderr(&out);
-        assert!(
-            message.contains(expected),
-            "{path}: expected {expected:?} in {message}"
-        );
+        assert!(message.contains(expected), "{path}: expected {expected:?} in {message}");
         assert!(!message.contains("panicked"), "{message}");
     }
     let bad_profile = write(
@@ -140,11 +101,7 @@ fn bad_scenarios_fail_with_a_clear_message() {
     );
     let out = gpuslice(&["fit", "--profile", &bad_profile]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("p.csv:3 field `gpu_pct`: GPU% must be in (0, 100], got 150"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("p.csv:3 field `gpu_pct`: GPU% must be in (0, 100], got 150"), "{}", stderr(&out));
 }
 
 #[test]

@@ -48,10 +48,7 @@ impl Allocation {
             return Some("max_batch must be at least 1".into());
         }
         if !(self.batch_timeout_ms.is_finite() && self.batch_timeout_ms >= 0.0) {
-            return Some(format!(
-                "batch_timeout_ms must be >= 0, got {}",
-                self.batch_timeout_ms
-            ));
+            return Some(format!("batch_timeout_ms must be >= 0, got {}", self.batch_timeout_ms));
         }
         None
     }
@@ -81,10 +78,7 @@ impl ReallocationCost {
 #[derive(Debug, Clone)]
 pub enum ServiceModel {
     /// From a calibration profile; with `jitter`, a log-normal spread whose p99/p50 matches the profile.
-    Calibrated {
-        latency: Arc<LatencyModel>,
-        jitter: bool,
-    },
+    Calibrated { latency: Arc<LatencyModel>, jitter: bool },
     /// A fixed time, whatever the batch and slice (for M/D/1 checks).
     Constant { ms: f64 },
     /// Exponentially distributed with this mean (for M/M/1 checks).

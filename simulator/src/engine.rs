@@ -184,10 +184,7 @@ impl Simulator {
     pub fn new(config: SimConfig, setups: Vec<ModelSetup>) -> Result<Simulator, SimError> {
         let mut models = Vec::with_capacity(setups.len());
         for setup in setups {
-            let invalid = |problem: String| SimError::InvalidModel {
-                model: setup.name.clone(),
-                problem,
-            };
+            let invalid = |problem: String| SimError::InvalidModel { model: setup.name.clone(), problem };
             if let Some(problem) = setup.allocation.problem() {
                 return Err(invalid(problem));
             }
@@ -262,10 +259,7 @@ impl Simulator {
 
     /// The allocation a model is heading to (its pending one during a reallocation pause).
     pub fn allocation(&self, model: usize) -> Result<Allocation, SimError> {
-        let m = self
-            .models
-            .get(model)
-            .ok_or(SimError::UnknownModel(model))?;
+        let m = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
         Ok(m.pending.unwrap_or(m.allocation))
     }
 
@@ -297,23 +291,15 @@ impl Simulator {
 
     /// True when no arrivals, queued requests or running batches remain.
     pub fn is_drained(&self) -> bool {
-        self.heap.is_empty()
-            && self.running.is_empty()
-            && self.models.iter().all(|m| m.queue.is_empty())
+        self.heap.is_empty() && self.running.is_empty() && self.models.iter().all(|m| m.queue.is_empty())
     }
 
     /// Changes a model's allocation. A new GPU% or batch size takes effect after the configured
     /// reallocation pause; a new batch timeout at once.
     pub fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), SimError> {
-        let state = self
-            .models
-            .get(model)
-            .ok_or(SimError::UnknownModel(model))?;
+        let state = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
         if let Some(problem) = allocation.problem() {
-            return Err(SimError::InvalidModel {
-                model: state.name.clone(),
-                problem,
-            });
+            return Err(SimError::InvalidModel { model: state.name.clone(), problem });
         }
         let target = state.pending.unwrap_or(state.allocation);
         if target == allocation {
@@ -412,26 +398,13 @@ impl Simulator {
         if self.config.sharing != Sharing::Spatial {
             return Ok(());
         }
-        let total_pct: f64 = self
-            .models
-            .iter()
-            .map(|m| m.pending.unwrap_or(m.allocation).gpu_pct)
-            .sum();
-        if total_pct > 100.0 + 1e-9 {
-            Err(SimError::OverSubscribed { total_pct })
-        } else {
-            Ok(())
-        }
+        let total_pct: f64 = self.models.iter().map(|m| m.pending.unwrap_or(m.allocation).gpu_pct).sum();
+        if total_pct > 100.0 + 1e-9 { Err(SimError::OverSubscribed { total_pct }) } else { Ok(()) }
     }
 
     fn push(&mut self, at: Nanos, model: usize, kind: EventKind) {
         self.seq += 1;
-        self.heap.push(Reverse(Event {
-            at,
-            seq: self.seq,
-            model,
-            kind,
-        }));
+        self.heap.push(Reverse(Event { at, seq: self.seq, model, kind }));
     }
 
     fn schedule_next_arrival(&mut self, model: usize) {
@@ -551,10 +524,7 @@ impl Simulator {
             Sharing::Spatial => state.allocation.gpu_pct,
             Sharing::Temporal | Sharing::DefaultMps => 100.0,
         };
-        let solo_ns = state
-            .service
-            .sample_ns(size as u32, gpu_pct, &mut self.rng)
-            .max(1.0);
+        let solo_ns = state.service.sample_ns(size as u32, gpu_pct, &mut self.rng).max(1.0);
         self.running.push(Batch {
             model,
             generation: state.generation,
@@ -601,8 +571,7 @@ impl Simulator {
             } else {
                 1.0
             };
-            batch.speed =
-                contention / (1.0 + self.config.interference * (total_share - batch.share) / 100.0);
+            batch.speed = contention / (1.0 + self.config.interference * (total_share - batch.share) / 100.0);
             let remaining = ((1.0 - batch.progress).max(0.0) * batch.solo_ns / batch.speed).ceil();
             batch.finish_at = now + remaining as Nanos;
             self.next_completion = self.next_completion.min(batch.finish_at);
@@ -654,11 +623,8 @@ impl Simulator {
                 });
             }
         }
-        let sample = BatchSample {
-            size: batch.size,
-            gpu_pct: batch.gpu_pct,
-            exec_ms: (now - batch.started) as f64 * 1e-6,
-        };
+        let sample =
+            BatchSample { size: batch.size, gpu_pct: batch.gpu_pct, exec_ms: (now - batch.started) as f64 * 1e-6 };
         let slot = state.interval_batches_seen % BATCH_SAMPLES_PER_INTERVAL;
         state.interval_batches_seen += 1;
         match state.interval_batches.get_mut(slot) {

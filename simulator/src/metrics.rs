@@ -34,8 +34,7 @@ impl Counters {
             sm_pct_ns: 0.0,
             queue_area: 0.0,
             max_queue: 0,
-            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-                .expect("valid histogram bounds"),
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
         }
     }
 
@@ -60,8 +59,7 @@ impl Counters {
     pub fn record_latency(&mut self, latency_ns: u64, within_slo: bool) {
         self.completed += 1;
         self.within_slo += u64::from(within_slo);
-        self.latency_us
-            .saturating_record((latency_ns / 1000).max(1));
+        self.latency_us.saturating_record((latency_ns / 1000).max(1));
     }
 
     /// Adds `other` into `self` (for totals across models).
@@ -74,19 +72,13 @@ impl Counters {
         self.sm_pct_ns += other.sm_pct_ns;
         self.queue_area += other.queue_area;
         self.max_queue = self.max_queue.max(other.max_queue);
-        self.latency_us
-            .add(&other.latency_us)
-            .expect("same histogram bounds");
+        self.latency_us.add(&other.latency_us).expect("same histogram bounds");
     }
 
     pub fn summary(&self, elapsed_ns: u64) -> Summary {
         let secs = (elapsed_ns as f64 * 1e-9).max(1e-9);
         let pct = |q: f64| {
-            if self.completed == 0 {
-                0.0
-            } else {
-                self.latency_us.value_at_quantile(q) as f64 / 1000.0
-            }
+            if self.completed == 0 { 0.0 } else { self.latency_us.value_at_quantile(q) as f64 / 1000.0 }
         };
         let finished = self.completed + self.dropped;
         Summary {
@@ -94,27 +86,15 @@ impl Counters {
             completed: self.completed,
             dropped: self.dropped,
             within_slo: self.within_slo,
-            slo_attainment: if finished == 0 {
-                1.0
-            } else {
-                self.within_slo as f64 / finished as f64
-            },
+            slo_attainment: if finished == 0 { 1.0 } else { self.within_slo as f64 / finished as f64 },
             goodput_rps: self.within_slo as f64 / secs,
             throughput_rps: self.completed as f64 / secs,
             arrival_rps: self.arrivals as f64 / secs,
             p50_ms: pct(0.50),
             p95_ms: pct(0.95),
             p99_ms: pct(0.99),
-            mean_ms: if self.completed == 0 {
-                0.0
-            } else {
-                self.latency_us.mean() / 1000.0
-            },
-            mean_batch: if self.batches == 0 {
-                0.0
-            } else {
-                self.completed as f64 / self.batches as f64
-            },
+            mean_ms: if self.completed == 0 { 0.0 } else { self.latency_us.mean() / 1000.0 },
+            mean_batch: if self.batches == 0 { 0.0 } else { self.completed as f64 / self.batches as f64 },
             mean_queue: self.queue_area / elapsed_ns.max(1) as f64,
             max_queue: self.max_queue,
             gpu_util: self.sm_pct_ns / 100.0 / elapsed_ns.max(1) as f64,

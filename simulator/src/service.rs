@@ -31,12 +31,7 @@ const KNEE_SLOWDOWN: f64 = 1.1;
 
 impl ServiceSampler {
     pub fn new(model: ServiceModel) -> Self {
-        ServiceSampler {
-            model,
-            tables: Vec::new(),
-            knees: Vec::new(),
-            normal: Normal::standard(),
-        }
+        ServiceSampler { model, tables: Vec::new(), knees: Vec::new(), normal: Normal::standard() }
     }
 
     /// Median service time and its log-normal spread at this point.
@@ -47,10 +42,7 @@ impl ServiceSampler {
                 if self.tables.len() == CACHED_SLICES {
                     self.tables.remove(0);
                 }
-                self.tables.push(SliceTable {
-                    gpu_pct,
-                    by_batch: Vec::new(),
-                });
+                self.tables.push(SliceTable { gpu_pct, by_batch: Vec::new() });
                 self.tables.len() - 1
             }
         };
@@ -61,11 +53,7 @@ impl ServiceSampler {
         }
         *by_batch[b].get_or_insert_with(|| match &self.model {
             ServiceModel::Calibrated { latency, jitter } => {
-                let sigma = if *jitter {
-                    latency.tail_ratio(batch, gpu_pct).ln() / Z99
-                } else {
-                    0.0
-                };
+                let sigma = if *jitter { latency.tail_ratio(batch, gpu_pct).ln() / Z99 } else { 0.0 };
                 (latency.p50_ms(batch, gpu_pct) * 1e6, sigma)
             }
             ServiceModel::Constant { ms } => (ms * 1e6, 0.0),
@@ -99,15 +87,9 @@ impl ServiceSampler {
     /// One service time in ns of a batch running alone on `gpu_pct`%.
     pub fn sample_ns(&mut self, batch: u32, gpu_pct: f64, rng: &mut SmallRng) -> f64 {
         if let ServiceModel::Exponential { mean_ms } = self.model {
-            return Exp::new(1.0 / (mean_ms * 1e6))
-                .expect("mean_ms validated > 0")
-                .sample(rng);
+            return Exp::new(1.0 / (mean_ms * 1e6)).expect("mean_ms validated > 0").sample(rng);
         }
         let (median, sigma) = self.point(batch, gpu_pct);
-        if sigma > 0.0 {
-            median * (sigma * self.normal.sample(rng)).exp()
-        } else {
-            median
-        }
+        if sigma > 0.0 { median * (sigma * self.normal.sample(rng)).exp() } else { median }
     }
 }

@@ -1,8 +1,6 @@
 //! Properties that hold for any scenario: conservation, causality, determinism.
 
-use gpuslice_simulator::{
-    Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig, Simulator,
-};
+use gpuslice_simulator::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig, Simulator};
 use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use proptest::prelude::*;
@@ -13,15 +11,10 @@ const MODELS: [&str; 4] = ["resnet50", "mobilenet_v3_large", "vgg16", "densenet1
 fn latency_models() -> &'static Vec<Arc<LatencyModel>> {
     static MODELS_FITTED: OnceLock<Vec<Arc<LatencyModel>>> = OnceLock::new();
     MODELS_FITTED.get_or_init(|| {
-        let set = ProfileSet::parse(
-            &Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap(),
-        )
-        .unwrap();
+        let set =
+            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
         let mut fitted = LatencyModel::fit_all(&set).unwrap();
-        MODELS
-            .iter()
-            .map(|m| Arc::new(fitted.remove(*m).unwrap()))
-            .collect()
+        MODELS.iter().map(|m| Arc::new(fitted.remove(*m).unwrap())).collect()
     })
 }
 
@@ -40,38 +33,23 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        prop_oneof![
-            Just(Sharing::Temporal),
-            Just(Sharing::DefaultMps),
-            Just(Sharing::Spatial)
-        ],
+        prop_oneof![Just(Sharing::Temporal), Just(Sharing::DefaultMps), Just(Sharing::Spatial)],
         0.0..0.5f64,
         any::<bool>(),
         prop::option::of(5.0..200.0f64),
         any::<u64>(),
-        prop::collection::vec(
-            (
-                10.0..3000.0f64,
-                0.3..4.0f64,
-                5.0..25.0f64,
-                1u32..64,
-                0.0..10.0f64,
-            ),
-            1..=4,
-        ),
+        prop::collection::vec((10.0..3000.0f64, 0.3..4.0f64, 5.0..25.0f64, 1u32..64, 0.0..10.0f64), 1..=4),
         prop::collection::vec((0usize..20, 0usize..4, 5.0..25.0f64, 1u32..64), 0..6),
     )
-        .prop_map(
-            |(sharing, interference, cold, drop_after_ms, seed, models, reallocations)| Case {
-                sharing,
-                interference,
-                cold,
-                drop_after_ms,
-                seed,
-                models,
-                reallocations,
-            },
-        )
+        .prop_map(|(sharing, interference, cold, drop_after_ms, seed, models, reallocations)| Case {
+            sharing,
+            interference,
+            cold,
+            drop_after_ms,
+            seed,
+            models,
+            reallocations,
+        })
 }
 
 /// Runs a case for 2 s of arrivals in 100 ms intervals with its reallocations, then drains.
@@ -95,22 +73,11 @@ fn run(case: &Case) -> Simulator {
         .map(|(i, &(rate, cv, gpu_pct, max_batch, timeout))| ModelSetup {
             name: MODELS[i].into(),
             slo_ms: 50.0,
-            service: ServiceModel::Calibrated {
-                latency: latency_models()[i].clone(),
-                jitter: true,
-            },
-            allocation: Allocation {
-                gpu_pct,
-                max_batch,
-                batch_timeout_ms: timeout,
-            },
+            service: ServiceModel::Calibrated { latency: latency_models()[i].clone(), jitter: true },
+            allocation: Allocation { gpu_pct, max_batch, batch_timeout_ms: timeout },
             arrivals: Box::new(
-                ModulatedRenewal::new(
-                    RateSchedule::constant(rate, Some(2.0)).unwrap(),
-                    cv,
-                    case.seed ^ i as u64,
-                )
-                .unwrap(),
+                ModulatedRenewal::new(RateSchedule::constant(rate, Some(2.0)).unwrap(), cv, case.seed ^ i as u64)
+                    .unwrap(),
             ),
         })
         .collect();
@@ -175,10 +142,7 @@ fn a_different_seed_gives_a_different_run() {
         models: vec![(500.0, 1.0, 40.0, 8, 2.0), (800.0, 2.0, 40.0, 16, 2.0)],
         reallocations: vec![],
     };
-    let other = Case {
-        seed: 2,
-        ..case.clone()
-    };
+    let other = Case { seed: 2, ..case.clone() };
     assert_ne!(run(&case).report(), run(&other).report());
 }
 
@@ -188,40 +152,16 @@ fn spatial_oversubscription_and_bad_allocations_are_refused() {
         name: "m".into(),
         slo_ms: 10.0,
         service: ServiceModel::Constant { ms: 1.0 },
-        allocation: Allocation {
-            gpu_pct,
-            max_batch: 4,
-            batch_timeout_ms: 1.0,
-        },
-        arrivals: Box::new(
-            ModulatedRenewal::new(RateSchedule::constant(1.0, Some(1.0)).unwrap(), 1.0, 0).unwrap(),
-        ),
+        allocation: Allocation { gpu_pct, max_batch: 4, batch_timeout_ms: 1.0 },
+        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(1.0, Some(1.0)).unwrap(), 1.0, 0).unwrap()),
     };
-    let err = Simulator::new(SimConfig::default(), vec![setup(60.0), setup(50.0)])
-        .err()
-        .unwrap();
-    assert_eq!(
-        err.to_string(),
-        "spatial sharing: GPU% of all models adds up to 110.0, more than 100"
-    );
-    let err = Simulator::new(SimConfig::default(), vec![setup(0.0)])
-        .err()
-        .unwrap();
-    assert_eq!(
-        err.to_string(),
-        "model m: gpu_pct must be in (0, 100], got 0"
-    );
+    let err = Simulator::new(SimConfig::default(), vec![setup(60.0), setup(50.0)]).err().unwrap();
+    assert_eq!(err.to_string(), "spatial sharing: GPU% of all models adds up to 110.0, more than 100");
+    let err = Simulator::new(SimConfig::default(), vec![setup(0.0)]).err().unwrap();
+    assert_eq!(err.to_string(), "model m: gpu_pct must be in (0, 100], got 0");
     let mut sim = Simulator::new(SimConfig::default(), vec![setup(60.0), setup(40.0)]).unwrap();
-    let bigger = Allocation {
-        gpu_pct: 70.0,
-        max_batch: 4,
-        batch_timeout_ms: 1.0,
-    };
+    let bigger = Allocation { gpu_pct: 70.0, max_batch: 4, batch_timeout_ms: 1.0 };
     assert!(sim.set_allocation(0, bigger).is_err());
-    assert_eq!(
-        sim.allocation(0).unwrap().gpu_pct,
-        60.0,
-        "a refused change leaves the allocation as it was"
-    );
+    assert_eq!(sim.allocation(0).unwrap().gpu_pct, 60.0, "a refused change leaves the allocation as it was");
     assert!(sim.set_allocation(5, bigger).is_err());
 }

@@ -10,42 +10,20 @@ const SERVICE_MS: f64 = 1.0;
 fn mean_wait_ms(service: ServiceModel, rho: f64, arrivals: usize) -> f64 {
     let rate = rho / (SERVICE_MS * 1e-3);
     let horizon = arrivals as f64 / rate;
-    let process = ModulatedRenewal::new(
-        RateSchedule::constant(rate, Some(horizon)).unwrap(),
-        1.0,
-        42,
-    )
-    .unwrap();
-    let config = SimConfig {
-        record_requests: true,
-        seed: 7,
-        ..SimConfig::default()
-    };
+    let process = ModulatedRenewal::new(RateSchedule::constant(rate, Some(horizon)).unwrap(), 1.0, 42).unwrap();
+    let config = SimConfig { record_requests: true, seed: 7, ..SimConfig::default() };
     let model = ModelSetup {
         name: "queue".into(),
         slo_ms: 1e6,
         service,
-        allocation: Allocation {
-            gpu_pct: 100.0,
-            max_batch: 1,
-            batch_timeout_ms: 0.0,
-        },
+        allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
         arrivals: Box::new(process),
     };
     let mut sim = Simulator::new(config, vec![model]).unwrap();
     sim.finish();
     let records = sim.take_requests();
-    assert!(
-        records.len() as f64 > arrivals as f64 * 0.99,
-        "only {} requests",
-        records.len()
-    );
-    records
-        .iter()
-        .map(|r| (r.start_ns - r.arrival_ns) as f64)
-        .sum::<f64>()
-        / records.len() as f64
-        * 1e-6
+    assert!(records.len() as f64 > arrivals as f64 * 0.99, "only {} requests", records.len());
+    records.iter().map(|r| (r.start_ns - r.arrival_ns) as f64).sum::<f64>() / records.len() as f64 * 1e-6
 }
 
 fn check(service: ServiceModel, rho: f64, expected_ms: f64, arrivals: usize) {
@@ -62,14 +40,7 @@ fn check(service: ServiceModel, rho: f64, expected_ms: f64, arrivals: usize) {
 fn mm1_mean_wait_matches_closed_form() {
     for (rho, arrivals) in [(0.5, 1_500_000), (0.8, 4_000_000)] {
         let mu = 1.0 / SERVICE_MS;
-        check(
-            ServiceModel::Exponential {
-                mean_ms: SERVICE_MS,
-            },
-            rho,
-            rho / (mu - rho * mu),
-            arrivals,
-        );
+        check(ServiceModel::Exponential { mean_ms: SERVICE_MS }, rho, rho / (mu - rho * mu), arrivals);
     }
 }
 
@@ -77,11 +48,6 @@ fn mm1_mean_wait_matches_closed_form() {
 fn md1_mean_wait_matches_closed_form() {
     for (rho, arrivals) in [(0.5, 1_000_000), (0.8, 2_000_000)] {
         let mu = 1.0 / SERVICE_MS;
-        check(
-            ServiceModel::Constant { ms: SERVICE_MS },
-            rho,
-            rho / (2.0 * mu * (1.0 - rho)),
-            arrivals,
-        );
+        check(ServiceModel::Constant { ms: SERVICE_MS }, rho, rho / (2.0 * mu * (1.0 - rho)), arrivals);
     }
 }

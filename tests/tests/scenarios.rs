@@ -12,16 +12,9 @@ fn scenarios_dir() -> &'static Path {
 #[test]
 fn controlled_spatial_sharing_beats_temporal_on_the_default_scenario() {
     let loaded = LoadedScenario::load(None).unwrap();
-    let spatial = simulate::run(&loaded, Some(Sharing::Spatial), false)
-        .unwrap()
-        .report;
-    let temporal = simulate::run(&loaded, Some(Sharing::Temporal), false)
-        .unwrap()
-        .report;
-    assert_eq!(
-        spatial.total.arrivals, temporal.total.arrivals,
-        "same arrivals for both"
-    );
+    let spatial = simulate::run(&loaded, Some(Sharing::Spatial), false).unwrap().report;
+    let temporal = simulate::run(&loaded, Some(Sharing::Temporal), false).unwrap().report;
+    assert_eq!(spatial.total.arrivals, temporal.total.arrivals, "same arrivals for both");
     for (s, t) in spatial.models.iter().zip(&temporal.models) {
         assert!(
             s.summary.p99_ms < t.summary.p99_ms,
@@ -45,17 +38,11 @@ fn every_shipped_scenario_runs_and_conserves_requests() {
             continue;
         }
         count += 1;
-        let loaded = LoadedScenario::load(Some(&path))
-            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let loaded = LoadedScenario::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         let run = simulate::run(&loaded, None, false).unwrap();
         let total = &run.report.total;
         assert!(total.arrivals > 0, "{}", path.display());
-        assert_eq!(
-            total.arrivals,
-            total.completed + total.dropped,
-            "{}",
-            path.display()
-        );
+        assert_eq!(total.arrivals, total.completed + total.dropped, "{}", path.display());
     }
     assert!(count >= 3);
 }

@@ -34,23 +34,11 @@ impl RateSchedule {
         }
         for (i, w) in steps.windows(2).enumerate() {
             if w[1].0 <= w[0].0 {
-                return Err(format!(
-                    "step {} starts at {} s, not after step {} at {} s",
-                    i + 1,
-                    w[1].0,
-                    i,
-                    w[0].0
-                ));
+                return Err(format!("step {} starts at {} s, not after step {} at {} s", i + 1, w[1].0, i, w[0].0));
             }
         }
-        if let Some((i, (_, rate))) = steps
-            .iter()
-            .enumerate()
-            .find(|(_, (_, r))| !(r.is_finite() && *r >= 0.0))
-        {
-            return Err(format!(
-                "step {i} has rate {rate}; rates must be finite and >= 0"
-            ));
+        if let Some((i, (_, rate))) = steps.iter().enumerate().find(|(_, (_, r))| !(r.is_finite() && *r >= 0.0)) {
+            return Err(format!("step {i} has rate {rate}; rates must be finite and >= 0"));
         }
         Ok(RateSchedule {
             starts: steps.iter().map(|s| s.0).collect(),
@@ -84,11 +72,7 @@ impl RateSchedule {
         let steps: Vec<(f64, f64)> = (0..n)
             .map(|i| {
                 let mid = (i as f64 + 0.5) * step;
-                (
-                    i as f64 * step,
-                    mean * (1.0
-                        + amplitude * (std::f64::consts::TAU * (mid + phase) / period).sin()),
-                )
+                (i as f64 * step, mean * (1.0 + amplitude * (std::f64::consts::TAU * (mid + phase) / period).sin()))
             })
             .collect();
         RateSchedule::steps(&steps, Some(end))
@@ -150,11 +134,7 @@ impl ArrivalProcess for ModulatedRenewal {
         loop {
             let rate = s.rates[self.segment];
             let next_start = s.starts.get(self.segment + 1).copied().or(s.end);
-            let t = if rate > 0.0 {
-                self.segment_wall + (self.op - self.segment_op) / rate
-            } else {
-                f64::INFINITY
-            };
+            let t = if rate > 0.0 { self.segment_wall + (self.op - self.segment_op) / rate } else { f64::INFINITY };
             match next_start {
                 Some(limit) if t >= limit => {
                     if self.segment + 1 >= s.rates.len() {
@@ -181,12 +161,7 @@ pub struct Replay {
 impl Replay {
     /// `speedup` > 1 compresses time (a 1 h trace at speedup 10 plays in 6 min at 10x the rate).
     pub fn new(times: Arc<[f64]>, speedup: f64, end: Option<f64>) -> Replay {
-        Replay {
-            times,
-            next: 0,
-            speedup,
-            end,
-        }
+        Replay { times, next: 0, speedup, end }
     }
 }
 
@@ -214,22 +189,8 @@ pub struct SpreadCounts {
 
 impl SpreadCounts {
     /// `scale` multiplies every count (fractions rounded up or down at random, keeping the mean).
-    pub fn new(
-        counts: Arc<[u64]>,
-        bin_s: f64,
-        scale: f64,
-        end: Option<f64>,
-        seed: u64,
-    ) -> SpreadCounts {
-        SpreadCounts {
-            counts,
-            bin_s,
-            scale,
-            end,
-            rng: SmallRng::seed_from_u64(seed),
-            bin: 0,
-            pending: Vec::new(),
-        }
+    pub fn new(counts: Arc<[u64]>, bin_s: f64, scale: f64, end: Option<f64>, seed: u64) -> SpreadCounts {
+        SpreadCounts { counts, bin_s, scale, end, rng: SmallRng::seed_from_u64(seed), bin: 0, pending: Vec::new() }
     }
 
     /// Fills `pending` with the next bin's times, sorted descending (so `pop` yields ascending).
@@ -283,9 +244,7 @@ mod tests {
     use super::*;
 
     fn collect(mut p: impl ArrivalProcess, limit: usize) -> Vec<f64> {
-        std::iter::from_fn(|| p.next_arrival())
-            .take(limit)
-            .collect()
+        std::iter::from_fn(|| p.next_arrival()).take(limit).collect()
     }
 
     fn mean_and_cv(times: &[f64]) -> (f64, f64) {
@@ -298,24 +257,17 @@ mod tests {
     #[test]
     fn poisson_and_gamma_have_the_asked_rate_and_cv() {
         for cv in [1.0, 0.5, 3.0] {
-            let p =
-                ModulatedRenewal::new(RateSchedule::constant(200.0, None).unwrap(), cv, 7).unwrap();
+            let p = ModulatedRenewal::new(RateSchedule::constant(200.0, None).unwrap(), cv, 7).unwrap();
             let (mean, got_cv) = mean_and_cv(&collect(p, 400_000));
-            assert!(
-                (mean * 200.0 - 1.0).abs() < 0.02,
-                "cv {cv}: mean gap {mean}"
-            );
+            assert!((mean * 200.0 - 1.0).abs() < 0.02, "cv {cv}: mean gap {mean}");
             assert!((got_cv - cv).abs() / cv < 0.03, "cv {cv}: got {got_cv}");
         }
     }
 
     #[test]
     fn steps_follow_their_rates_and_stop_at_the_end() {
-        let schedule = RateSchedule::steps(
-            &[(0.0, 100.0), (10.0, 400.0), (20.0, 0.0), (25.0, 50.0)],
-            Some(35.0),
-        )
-        .unwrap();
+        let schedule =
+            RateSchedule::steps(&[(0.0, 100.0), (10.0, 400.0), (20.0, 0.0), (25.0, 50.0)], Some(35.0)).unwrap();
         let times = collect(ModulatedRenewal::new(schedule, 1.0, 3).unwrap(), usize::MAX);
         let count = |a: f64, b: f64| times.iter().filter(|t| **t >= a && **t < b).count() as f64;
         assert!((count(0.0, 10.0) - 1000.0).abs() < 120.0);
@@ -328,21 +280,9 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_refused_with_a_reason() {
-        assert!(
-            RateSchedule::steps(&[(1.0, 5.0)], None)
-                .unwrap_err()
-                .contains("time 0")
-        );
-        assert!(
-            RateSchedule::steps(&[(0.0, 5.0), (0.0, 6.0)], None)
-                .unwrap_err()
-                .contains("not after")
-        );
-        assert!(
-            RateSchedule::steps(&[(0.0, -1.0)], None)
-                .unwrap_err()
-                .contains("rate")
-        );
+        assert!(RateSchedule::steps(&[(1.0, 5.0)], None).unwrap_err().contains("time 0"));
+        assert!(RateSchedule::steps(&[(0.0, 5.0), (0.0, 6.0)], None).unwrap_err().contains("not after"));
+        assert!(RateSchedule::steps(&[(0.0, -1.0)], None).unwrap_err().contains("rate"));
         assert!(RateSchedule::diurnal(10.0, 2.0, 60.0, 0.0, 1.0, 60.0).is_err());
     }
 
@@ -352,23 +292,14 @@ mod tests {
         let times = collect(SpreadCounts::new(counts, 60.0, 1.0, None, 11), usize::MAX);
         assert_eq!(times.len(), 1008);
         assert!(times.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(
-            times.iter().filter(|t| **t >= 120.0 && **t < 180.0).count(),
-            1000
-        );
+        assert_eq!(times.iter().filter(|t| **t >= 120.0 && **t < 180.0).count(), 1000);
         assert!(times.iter().all(|t| !(60.0..120.0).contains(t)));
     }
 
     #[test]
     fn replay_speedup_compresses_time() {
         let times: Arc<[f64]> = vec![0.0, 10.0, 20.0, 40.0].into();
-        assert_eq!(
-            collect(Replay::new(times.clone(), 10.0, None), 10),
-            vec![0.0, 1.0, 2.0, 4.0]
-        );
-        assert_eq!(
-            collect(Replay::new(times, 1.0, Some(25.0)), 10),
-            vec![0.0, 10.0, 20.0]
-        );
+        assert_eq!(collect(Replay::new(times.clone(), 10.0, None), 10), vec![0.0, 1.0, 2.0, 4.0]);
+        assert_eq!(collect(Replay::new(times, 1.0, Some(25.0)), 10), vec![0.0, 10.0, 20.0]);
     }
 }

@@ -15,26 +15,14 @@ pub fn read_timestamps(source: &Source) -> Result<Vec<f64>> {
     while table.next_record(&mut reader, &mut record)? {
         let raw = record.get(col).unwrap_or("");
         let stamp = NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S%.f").map_err(|e| {
-            table.error(
-                &record,
-                col,
-                format!("bad timestamp {raw:?} ({e}); expected YYYY-MM-DD HH:MM:SS.fffffff"),
-            )
+            table.error(&record, col, format!("bad timestamp {raw:?} ({e}); expected YYYY-MM-DD HH:MM:SS.fffffff"))
         })?;
         stamps.push(stamp);
     }
-    let first = *stamps
-        .iter()
-        .min()
-        .ok_or_else(|| DataError::malformed(&source.name, None, None, "trace has no requests"))?;
-    let mut times: Vec<f64> = stamps
-        .iter()
-        .map(|s| {
-            (*s - first)
-                .num_nanoseconds()
-                .map_or(f64::INFINITY, |ns| ns as f64 * 1e-9)
-        })
-        .collect();
+    let first =
+        *stamps.iter().min().ok_or_else(|| DataError::malformed(&source.name, None, None, "trace has no requests"))?;
+    let mut times: Vec<f64> =
+        stamps.iter().map(|s| (*s - first).num_nanoseconds().map_or(f64::INFINITY, |ns| ns as f64 * 1e-9)).collect();
     times.sort_by(f64::total_cmp);
     Ok(times)
 }
@@ -82,32 +70,17 @@ impl FunctionCounts {
                     &source.name,
                     CsvTable::line(&record),
                     None,
-                    format!(
-                        "row has {} fields, header has {}",
-                        record.len(),
-                        table.headers().len()
-                    ),
+                    format!("row has {} fields, header has {}", record.len(), table.headers().len()),
                 ));
             }
             functions.push(table.parse::<String>(&record, hash)?);
-            let row: Result<Vec<u32>> = (first_minute..record.len())
-                .map(|c| table.parse::<u32>(&record, c))
-                .collect();
+            let row: Result<Vec<u32>> = (first_minute..record.len()).map(|c| table.parse::<u32>(&record, c)).collect();
             counts.push(row?);
         }
         if functions.is_empty() {
-            return Err(DataError::malformed(
-                &source.name,
-                None,
-                None,
-                "trace has no function rows",
-            ));
+            return Err(DataError::malformed(&source.name, None, None, "trace has no function rows"));
         }
-        Ok(FunctionCounts {
-            functions,
-            counts,
-            minutes,
-        })
+        Ok(FunctionCounts { functions, counts, minutes })
     }
 
     /// Per-minute sums over the selected functions.
@@ -132,12 +105,7 @@ impl FunctionCounts {
                 .iter()
                 .map(|h| {
                     self.functions.iter().position(|f| f == h).ok_or_else(|| {
-                        DataError::malformed(
-                            source,
-                            None,
-                            Some("functions"),
-                            format!("no function with hash {h}"),
-                        )
+                        DataError::malformed(source, None, Some("functions"), format!("no function with hash {h}"))
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -169,44 +137,23 @@ mod tests {
     use std::path::Path;
 
     fn text(name: &str, text: &str) -> Source {
-        Source {
-            name: name.into(),
-            text: text.to_string().into(),
-        }
+        Source { name: name.into(), text: text.to_string().into() }
     }
 
     #[test]
     fn shipped_traces_parse() {
-        let code =
-            read_timestamps(&Source::load("builtin:azure-llm-code", Path::new(".")).unwrap())
-                .unwrap();
+        let code = read_timestamps(&Source::load("builtin:azure-llm-code", Path::new(".")).unwrap()).unwrap();
         assert_eq!(code.len(), 8819);
         assert_eq!(code[0], 0.0);
         assert!(code.windows(2).all(|w| w[0] <= w[1]));
-        let functions = FunctionCounts::parse(
-            &Source::load("builtin:azure-functions-2019", Path::new(".")).unwrap(),
-        )
-        .unwrap();
+        let functions =
+            FunctionCounts::parse(&Source::load("builtin:azure-functions-2019", Path::new(".")).unwrap()).unwrap();
         assert_eq!((functions.functions.len(), functions.minutes), (1000, 1440));
-        let total: u64 = functions
-            .select(&FunctionSelection::All(AllKeyword::All), "t")
-            .unwrap()
-            .iter()
-            .sum();
+        let total: u64 = functions.select(&FunctionSelection::All(AllKeyword::All), "t").unwrap().iter().sum();
         assert_eq!(total, 11_639_447);
         let split: u64 = (0..8)
             .map(|o| {
-                functions
-                    .select(
-                        &FunctionSelection::Modulo {
-                            every: 8,
-                            offset: o,
-                        },
-                        "t",
-                    )
-                    .unwrap()
-                    .iter()
-                    .sum::<u64>()
+                functions.select(&FunctionSelection::Modulo { every: 8, offset: o }, "t").unwrap().iter().sum::<u64>()
             })
             .sum();
         assert_eq!(split, total);
@@ -214,36 +161,19 @@ mod tests {
 
     #[test]
     fn malformed_traces_name_file_line_and_field() {
-        let err = read_timestamps(&text(
-            "llm.csv",
-            "TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.97,5\nyesterday,4\n",
-        ))
-        .unwrap_err();
-        assert_eq!(
-            err.to_string().split(": bad").next().unwrap(),
-            "llm.csv:3 field `TIMESTAMP`"
-        );
+        let err = read_timestamps(&text("llm.csv", "TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.97,5\nyesterday,4\n"))
+            .unwrap_err();
+        assert_eq!(err.to_string().split(": bad").next().unwrap(), "llm.csv:3 field `TIMESTAMP`");
         let err = FunctionCounts::parse(&text(
             "f.csv",
             "HashFunction,HashApp,HashOwner,minute_1,minute_2\na,b,c,1,2\nd,e,f,3,x\n",
         ))
         .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("f.csv:3 field `minute_2`: cannot parse \"x\""),
-            "{err}"
-        );
-        let err = FunctionCounts::parse(&text(
-            "f.csv",
-            "HashFunction,HashApp,HashOwner,minute_1\na,b,c,1,2\n",
-        ))
-        .unwrap_err();
+        assert!(err.to_string().starts_with("f.csv:3 field `minute_2`: cannot parse \"x\""), "{err}");
+        let err =
+            FunctionCounts::parse(&text("f.csv", "HashFunction,HashApp,HashOwner,minute_1\na,b,c,1,2\n")).unwrap_err();
         assert!(err.to_string().contains("f.csv:2"), "{err}");
         let err = read_timestamps(&text("e.csv", "Other\n1\n")).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("`TIMESTAMP`: required column is missing"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("`TIMESTAMP`: required column is missing"), "{err}");
     }
 }

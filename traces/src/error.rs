@@ -31,40 +31,21 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{location}: cannot read: {cause}")]
-    Io {
-        location: Location,
-        cause: std::io::Error,
-    },
+    Io { location: Location, cause: std::io::Error },
     #[error("{location}: {problem}")]
     Malformed { location: Location, problem: String },
 }
 
 impl DataError {
-    pub fn malformed(
-        source: &str,
-        line: Option<u64>,
-        field: Option<&str>,
-        problem: impl Into<String>,
-    ) -> Self {
+    pub fn malformed(source: &str, line: Option<u64>, field: Option<&str>, problem: impl Into<String>) -> Self {
         DataError::Malformed {
-            location: Location {
-                source: source.to_string(),
-                line,
-                field: field.map(str::to_string),
-            },
+            location: Location { source: source.to_string(), line, field: field.map(str::to_string) },
             problem: problem.into(),
         }
     }
 
     pub fn io(source: &str, cause: std::io::Error) -> Self {
-        DataError::Io {
-            location: Location {
-                source: source.to_string(),
-                line: None,
-                field: None,
-            },
-            cause,
-        }
+        DataError::Io { location: Location { source: source.to_string(), line: None, field: None }, cause }
     }
 }
 

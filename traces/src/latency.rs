@@ -88,11 +88,7 @@ impl MeasuredGrid {
     fn at(&self, batch: f64, gpu_pct: f64) -> f64 {
         let log_b = batch.max(1.0).log2();
         let x = 100.0 / gpu_pct.clamp(1.0, 100.0);
-        let per_level: Vec<(f64, f64)> = self
-            .levels
-            .iter()
-            .map(|(lx, row)| (*lx, interpolate(row, log_b)))
-            .collect();
+        let per_level: Vec<(f64, f64)> = self.levels.iter().map(|(lx, row)| (*lx, interpolate(row, log_b))).collect();
         interpolate(&per_level, x)
     }
 }
@@ -129,15 +125,8 @@ impl LatencyModel {
         let problem = FitProblem::new(profile, (!fit_exponent).then_some(shared_exponent));
         let (problem, report) = LevenbergMarquardt::new().minimize(problem);
         let parametric = problem.parametric();
-        let valid = [
-            parametric.a0,
-            parametric.a1,
-            parametric.c0,
-            parametric.c1,
-            parametric.p,
-        ]
-        .iter()
-        .all(|v| v.is_finite());
+        let valid =
+            [parametric.a0, parametric.a1, parametric.c0, parametric.c1, parametric.p].iter().all(|v| v.is_finite());
         if !report.termination.was_successful() && !valid {
             return Err(DataError::malformed(
                 &profile.model,
@@ -163,9 +152,7 @@ impl LatencyModel {
             model: profile.model.clone(),
             parametric,
             fit,
-            residual: MeasuredGrid::new(profile, |pt| {
-                pt.p50_ms / parametric.eval_ms(pt.batch as f64, pt.gpu_pct)
-            }),
+            residual: MeasuredGrid::new(profile, |pt| pt.p50_ms / parametric.eval_ms(pt.batch as f64, pt.gpu_pct)),
             tail_ratio: MeasuredGrid::new(profile, |pt| pt.p99_ms / pt.p50_ms),
         })
     }
@@ -180,11 +167,7 @@ impl LatencyModel {
             fitted.insert(profile.model.clone(), model);
         }
         exponents.sort_by(f64::total_cmp);
-        let shared = if exponents.is_empty() {
-            1.0
-        } else {
-            exponents[exponents.len() / 2]
-        };
+        let shared = if exponents.is_empty() { 1.0 } else { exponents[exponents.len() / 2] };
         for profile in set.models.values().filter(|p| p.gpu_levels().len() < 3) {
             fitted.insert(profile.model.clone(), LatencyModel::fit(profile, shared)?);
         }
@@ -203,33 +186,22 @@ struct FitProblem {
 
 impl FitProblem {
     fn new(profile: &ModelProfile, fixed_exponent: Option<f64>) -> Self {
-        let points: Vec<(f64, f64, f64)> = profile
-            .points
-            .iter()
-            .map(|p| (p.batch as f64, 100.0 / p.gpu_pct, p.p50_ms))
-            .collect();
+        let points: Vec<(f64, f64, f64)> =
+            profile.points.iter().map(|p| (p.batch as f64, 100.0 / p.gpu_pct, p.p50_ms)).collect();
         // Start from an even split of the smallest latency into fixed and parallel parts, and of
         // the per-item slope at the largest GPU% likewise.
         let top = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
         let mut at_top: Vec<_> = points.iter().filter(|p| p.1 == top).collect();
         at_top.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (first, last) = (at_top[0], at_top[at_top.len() - 1]);
-        let slope = if last.0 > first.0 {
-            ((last.2 - first.2) / (last.0 - first.0)).max(1e-6)
-        } else {
-            first.2 * 0.05
-        };
+        let slope = if last.0 > first.0 { ((last.2 - first.2) / (last.0 - first.0)).max(1e-6) } else { first.2 * 0.05 };
         let half_fixed = (first.2 / 2.0).sqrt();
         let half_slope = (slope / 2.0).sqrt();
         let mut theta = vec![half_fixed, half_slope, half_fixed, half_slope];
         if fixed_exponent.is_none() {
             theta.push(1.0);
         }
-        FitProblem {
-            points,
-            theta: DVector::from_vec(theta),
-            fixed_exponent,
-        }
+        FitProblem { points, theta: DVector::from_vec(theta), fixed_exponent }
     }
 
     fn parametric(&self) -> Parametric {
@@ -261,9 +233,7 @@ impl LeastSquaresProblem<f64, Dyn, Dyn> for FitProblem {
         let f = self.parametric();
         Some(DVector::from_iterator(
             self.points.len(),
-            self.points
-                .iter()
-                .map(|&(b, x, y)| (f.eval_ms(b, 100.0 / x) - y) / y),
+            self.points.iter().map(|&(b, x, y)| (f.eval_ms(b, 100.0 / x) - y) / y),
         ))
     }
 
@@ -312,20 +282,10 @@ mod tests {
         let models = h100();
         for profile in set.models.values() {
             let model = &models[&profile.model];
-            assert!(
-                model.fit.rms_rel_error < 0.25,
-                "{}: rms {}",
-                profile.model,
-                model.fit.rms_rel_error
-            );
+            assert!(model.fit.rms_rel_error < 0.25, "{}: rms {}", profile.model, model.fit.rms_rel_error);
             for pt in &profile.points {
                 let got = model.p50_ms(pt.batch, pt.gpu_pct);
-                assert!(
-                    (got - pt.p50_ms).abs() / pt.p50_ms < 1e-9,
-                    "{} {:?} -> {got}",
-                    profile.model,
-                    pt
-                );
+                assert!((got - pt.p50_ms).abs() / pt.p50_ms < 1e-9, "{} {:?} -> {got}", profile.model, pt);
                 assert!((model.p99_ms(pt.batch, pt.gpu_pct) - pt.p99_ms).abs() / pt.p99_ms < 1e-9);
             }
         }

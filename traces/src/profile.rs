@@ -61,11 +61,7 @@ impl ProfileSet {
                 mean_ms: table.positive(&record, mean)?,
             };
             if point.gpu_pct > 100.0 {
-                return Err(table.error(
-                    &record,
-                    gpu_pct,
-                    format!("GPU% must be in (0, 100], got {}", point.gpu_pct),
-                ));
+                return Err(table.error(&record, gpu_pct, format!("GPU% must be in (0, 100], got {}", point.gpu_pct)));
             }
             if point.batch == 0 {
                 return Err(table.error(&record, batch, "batch must be at least 1"));
@@ -95,34 +91,19 @@ impl ProfileSet {
                     ),
                 ));
             }
-            if entry
-                .points
-                .iter()
-                .any(|p| p.gpu_pct == point.gpu_pct && p.batch == point.batch)
-            {
+            if entry.points.iter().any(|p| p.gpu_pct == point.gpu_pct && p.batch == point.batch) {
                 return Err(table.error(
                     &record,
                     batch,
-                    format!(
-                        "duplicate point for {name} at GPU% {} batch {}",
-                        point.gpu_pct, point.batch
-                    ),
+                    format!("duplicate point for {name} at GPU% {} batch {}", point.gpu_pct, point.batch),
                 ));
             }
             entry.points.push(point);
         }
         if models.is_empty() {
-            return Err(DataError::malformed(
-                &source.name,
-                None,
-                None,
-                "profile has no data rows",
-            ));
+            return Err(DataError::malformed(&source.name, None, None, "profile has no data rows"));
         }
-        Ok(ProfileSet {
-            source: source.name.clone(),
-            models,
-        })
+        Ok(ProfileSet { source: source.name.clone(), models })
     }
 
     pub fn model(&self, name: &str) -> Result<&ModelProfile> {
@@ -132,10 +113,7 @@ impl ProfileSet {
                 &self.source,
                 None,
                 None,
-                format!(
-                    "unknown model {name:?}; the profile has: {}",
-                    known.join(", ")
-                ),
+                format!("unknown model {name:?}; the profile has: {}", known.join(", ")),
             )
         })
     }

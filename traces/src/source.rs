@@ -6,26 +6,11 @@ use std::path::Path;
 
 /// Embedded data sets, by name. Their origin and licenses: `traces/data/SOURCES.md`.
 const BUILTINS: &[(&str, &str)] = &[
-    (
-        "h100-cudagraph",
-        include_str!("../data/calibration/h100/torch_cudagraph_fp16.csv"),
-    ),
-    (
-        "h100-eager",
-        include_str!("../data/calibration/h100/torch_eager_fp16.csv"),
-    ),
-    (
-        "azure-llm-code",
-        include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_code.csv"),
-    ),
-    (
-        "azure-llm-conv",
-        include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"),
-    ),
-    (
-        "azure-functions-2019",
-        include_str!("../data/azure_functions_2019/1000_inv.csv"),
-    ),
+    ("h100-cudagraph", include_str!("../data/calibration/h100/torch_cudagraph_fp16.csv")),
+    ("h100-eager", include_str!("../data/calibration/h100/torch_eager_fp16.csv")),
+    ("azure-llm-code", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_code.csv")),
+    ("azure-llm-conv", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")),
+    ("azure-functions-2019", include_str!("../data/azure_functions_2019/1000_inv.csv")),
 ];
 
 /// The prefix that names embedded data instead of a file.
@@ -49,10 +34,7 @@ impl Source {
             return BUILTINS
                 .iter()
                 .find(|(builtin, _)| *builtin == name)
-                .map(|(_, text)| Source {
-                    name: spec.to_string(),
-                    text: (*text).into(),
-                })
+                .map(|(_, text)| Source { name: spec.to_string(), text: (*text).into() })
                 .ok_or_else(|| {
                     let known: Vec<_> = builtin_names().collect();
                     DataError::malformed(
@@ -66,10 +48,7 @@ impl Source {
         let path = base_dir.join(spec);
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path).map_err(|cause| DataError::io(&name, cause))?;
-        Ok(Source {
-            name,
-            text: text.into(),
-        })
+        Ok(Source { name, text: text.into() })
     }
 }
 
@@ -81,14 +60,10 @@ pub struct CsvTable<'a> {
 
 impl<'a> CsvTable<'a> {
     pub fn new(source: &'a Source) -> Result<(CsvTable<'a>, csv::Reader<&'a [u8]>)> {
-        let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_reader(source.text.as_bytes());
+        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(source.text.as_bytes());
         let headers = reader
             .headers()
-            .map_err(|e| {
-                DataError::malformed(&source.name, Some(1), None, format!("bad header row: {e}"))
-            })?
+            .map_err(|e| DataError::malformed(&source.name, Some(1), None, format!("bad header row: {e}")))?
             .clone();
         Ok((CsvTable { source, headers }, reader))
     }
@@ -100,29 +75,15 @@ impl<'a> CsvTable<'a> {
     /// Index of a required column.
     pub fn column(&self, name: &str) -> Result<usize> {
         self.headers.iter().position(|h| h == name).ok_or_else(|| {
-            DataError::malformed(
-                &self.source.name,
-                Some(1),
-                Some(name),
-                "required column is missing from the header",
-            )
+            DataError::malformed(&self.source.name, Some(1), Some(name), "required column is missing from the header")
         })
     }
 
     /// The next record, or None at the end; a broken record is an error naming its line.
-    pub fn next_record(
-        &self,
-        reader: &mut csv::Reader<&[u8]>,
-        record: &mut csv::StringRecord,
-    ) -> Result<bool> {
+    pub fn next_record(&self, reader: &mut csv::Reader<&[u8]>, record: &mut csv::StringRecord) -> Result<bool> {
         reader.read_record(record).map_err(|e| {
             let line = e.position().map(|p| p.line());
-            DataError::malformed(
-                &self.source.name,
-                line,
-                None,
-                format!("unreadable CSV record: {e}"),
-            )
+            DataError::malformed(&self.source.name, line, None, format!("unreadable CSV record: {e}"))
         })
     }
 
@@ -135,14 +96,11 @@ impl<'a> CsvTable<'a> {
     where
         T::Err: std::fmt::Display,
     {
-        let raw = record
-            .get(col)
-            .ok_or_else(|| self.error(record, col, "field is missing (short row)"))?;
+        let raw = record.get(col).ok_or_else(|| self.error(record, col, "field is missing (short row)"))?;
         if raw.is_empty() {
             return Err(self.error(record, col, "field is empty"));
         }
-        raw.parse::<T>()
-            .map_err(|e| self.error(record, col, format!("cannot parse {raw:?}: {e}")))
+        raw.parse::<T>().map_err(|e| self.error(record, col, format!("cannot parse {raw:?}: {e}")))
     }
 
     /// A finite, strictly positive number from field `col`.
@@ -155,18 +113,8 @@ impl<'a> CsvTable<'a> {
         }
     }
 
-    pub fn error(
-        &self,
-        record: &csv::StringRecord,
-        col: usize,
-        problem: impl Into<String>,
-    ) -> crate::error::DataError {
-        DataError::malformed(
-            &self.source.name,
-            Self::line(record),
-            self.headers.get(col),
-            problem,
-        )
+    pub fn error(&self, record: &csv::StringRecord, col: usize, problem: impl Into<String>) -> crate::error::DataError {
+        DataError::malformed(&self.source.name, Self::line(record), self.headers.get(col), problem)
     }
 
     pub fn source_name(&self) -> &str {

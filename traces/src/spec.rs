@@ -73,11 +73,7 @@ pub struct TraceLibrary {
 impl TraceLibrary {
     /// Relative trace paths are taken from `base_dir` (the scenario file's folder).
     pub fn new(base_dir: impl Into<PathBuf>) -> TraceLibrary {
-        TraceLibrary {
-            base_dir: base_dir.into(),
-            timestamps: HashMap::new(),
-            counts: HashMap::new(),
-        }
+        TraceLibrary { base_dir: base_dir.into(), timestamps: HashMap::new(), counts: HashMap::new() }
     }
 
     fn timestamps(&mut self, trace: &str) -> Result<Arc<[f64]>> {
@@ -94,10 +90,7 @@ impl TraceLibrary {
         if let Some(c) = self.counts.get(trace) {
             return Ok(c.clone());
         }
-        let counts = Arc::new(FunctionCounts::parse(&Source::load(
-            trace,
-            &self.base_dir,
-        )?)?);
+        let counts = Arc::new(FunctionCounts::parse(&Source::load(trace, &self.base_dir)?)?);
         self.counts.insert(trace.to_string(), counts.clone());
         Ok(counts)
     }
@@ -113,84 +106,44 @@ impl TraceLibrary {
     ) -> Result<Box<dyn ArrivalProcess>> {
         let bad = |problem: String| DataError::malformed(what, None, None, problem);
         let positive = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(bad(format!("{name} must be > 0, got {v}")))
-            }
+            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(bad(format!("{name} must be > 0, got {v}"))) }
         };
         Ok(match spec {
             ArrivalSpec::Poisson { rate } => {
                 positive("rate", *rate)?;
                 Box::new(
-                    ModulatedRenewal::new(
-                        RateSchedule::constant(*rate, horizon_s).map_err(bad)?,
-                        1.0,
-                        seed,
-                    )
-                    .map_err(bad)?,
+                    ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(bad)?, 1.0, seed)
+                        .map_err(bad)?,
                 )
             }
             ArrivalSpec::Gamma { rate, cv } => {
                 positive("rate", *rate)?;
                 Box::new(
-                    ModulatedRenewal::new(
-                        RateSchedule::constant(*rate, horizon_s).map_err(bad)?,
-                        *cv,
-                        seed,
-                    )
-                    .map_err(bad)?,
+                    ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(bad)?, *cv, seed)
+                        .map_err(bad)?,
                 )
             }
             ArrivalSpec::Steps { steps, cv } => Box::new(
-                ModulatedRenewal::new(
-                    RateSchedule::steps(steps, horizon_s).map_err(bad)?,
-                    *cv,
-                    seed,
-                )
-                .map_err(bad)?,
+                ModulatedRenewal::new(RateSchedule::steps(steps, horizon_s).map_err(bad)?, *cv, seed).map_err(bad)?,
             ),
-            ArrivalSpec::Diurnal {
-                mean_rate,
-                amplitude,
-                period_s,
-                phase_s,
-                step_s,
-                cv,
-            } => {
-                let end = horizon_s.ok_or_else(|| {
-                    bad("a diurnal process needs the scenario's duration_s".into())
-                })?;
+            ArrivalSpec::Diurnal { mean_rate, amplitude, period_s, phase_s, step_s, cv } => {
+                let end = horizon_s.ok_or_else(|| bad("a diurnal process needs the scenario's duration_s".into()))?;
                 positive("mean_rate", *mean_rate)?;
-                let schedule = RateSchedule::diurnal(
-                    *mean_rate, *amplitude, *period_s, *phase_s, *step_s, end,
-                )
-                .map_err(bad)?;
+                let schedule =
+                    RateSchedule::diurnal(*mean_rate, *amplitude, *period_s, *phase_s, *step_s, end).map_err(bad)?;
                 Box::new(ModulatedRenewal::new(schedule, *cv, seed).map_err(bad)?)
             }
-            ArrivalSpec::Replay {
-                trace,
-                speedup,
-                start_s,
-            } => {
+            ArrivalSpec::Replay { trace, speedup, start_s } => {
                 positive("speedup", *speedup)?;
                 let all = self.timestamps(trace)?;
                 let times: Arc<[f64]> = if *start_s > 0.0 {
-                    all.iter()
-                        .filter(|t| **t >= *start_s)
-                        .map(|t| t - start_s)
-                        .collect()
+                    all.iter().filter(|t| **t >= *start_s).map(|t| t - start_s).collect()
                 } else {
                     all
                 };
                 Box::new(Replay::new(times, *speedup, horizon_s))
             }
-            ArrivalSpec::PerMinuteCounts {
-                trace,
-                functions,
-                scale,
-                start_minute,
-            } => {
+            ArrivalSpec::PerMinuteCounts { trace, functions, scale, start_minute } => {
                 positive("scale", *scale)?;
                 let counts = self.function_counts(trace)?;
                 let sums = counts.select(functions, what)?;
@@ -232,48 +185,19 @@ mod tests {
             assert!(!times.is_empty(), "{spec:?} gave no arrivals");
             assert!(times.iter().all(|t| *t >= 0.0 && *t < 120.0), "{spec:?}");
         }
-        assert_eq!(
-            library.counts.len(),
-            1,
-            "the functions trace is parsed once"
-        );
+        assert_eq!(library.counts.len(), 1, "the functions trace is parsed once");
     }
 
     #[test]
     fn unknown_kinds_and_fields_are_refused() {
         assert!(
-            toml::from_str::<ArrivalSpec>("kind = \"poison\"\nrate = 1.0")
-                .unwrap_err()
-                .to_string()
-                .contains("poison")
+            toml::from_str::<ArrivalSpec>("kind = \"poison\"\nrate = 1.0").unwrap_err().to_string().contains("poison")
         );
         assert!(toml::from_str::<ArrivalSpec>("kind = \"poisson\"\nrat = 1.0").is_err());
         let mut library = TraceLibrary::new(".");
-        let err = library
-            .build(
-                &ArrivalSpec::Poisson { rate: -1.0 },
-                0,
-                None,
-                "models[0].arrivals",
-            )
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "models[0].arrivals: rate must be > 0, got -1"
-        );
-        let missing = ArrivalSpec::Replay {
-            trace: "no/such.csv".into(),
-            speedup: 1.0,
-            start_s: 0.0,
-        };
-        assert!(
-            library
-                .build(&missing, 0, None, "x")
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("no/such.csv")
-        );
+        let err = library.build(&ArrivalSpec::Poisson { rate: -1.0 }, 0, None, "models[0].arrivals").err().unwrap();
+        assert_eq!(err.to_string(), "models[0].arrivals: rate must be > 0, got -1");
+        let missing = ArrivalSpec::Replay { trace: "no/such.csv".into(), speedup: 1.0, start_s: 0.0 };
+        assert!(library.build(&missing, 0, None, "x").err().unwrap().to_string().contains("no/such.csv"));
     }
 }
