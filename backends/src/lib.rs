@@ -1,1 +1,57 @@
-//! Backends that the controller drives (filled in by the backend work; see the issues).
+//! What the controller drives: a `Backend` serves the models, reports what happened in each
+//! control interval, and applies allocations. `SimBackend` runs the discrete-event simulator; the
+//! GPU backend will implement the same trait, so a policy runs unchanged offline and live.
+
+use gpuslice_simulator::{Allocation, ModelInterval, Report, SimError, Simulator, secs_to_ns};
+
+/// A backend refused an allocation or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Simulator(#[from] SimError),
+}
+
+/// One GPU serving several models, observed and steered once per control interval.
+pub trait Backend {
+    /// Serves until the end of the next control interval and returns what each model saw in it,
+    /// or `None` once the workload has ended and every request is served or dropped.
+    fn next_interval(&mut self) -> Option<Vec<ModelInterval>>;
+
+    /// Changes one model's allocation (it takes effect after the backend's reallocation cost).
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
+
+    /// Whole-run figures so far.
+    fn report(&mut self) -> Report;
+}
+
+/// The simulator as a backend, advancing simulated time one control interval per call.
+pub struct SimBackend {
+    sim: Simulator,
+    interval_ns: u64,
+    until: u64,
+}
+
+impl SimBackend {
+    pub fn new(sim: Simulator, control_interval_s: f64) -> SimBackend {
+        SimBackend { sim, interval_ns: secs_to_ns(control_interval_s).max(1), until: 0 }
+    }
+}
+
+impl Backend for SimBackend {
+    fn next_interval(&mut self) -> Option<Vec<ModelInterval>> {
+        if self.sim.is_drained() {
+            return None;
+        }
+        self.until += self.interval_ns;
+        self.sim.run_until(self.until);
+        Some(self.sim.take_interval())
+    }
+
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        Ok(self.sim.set_allocation(model, allocation)?)
+    }
+
+    fn report(&mut self) -> Report {
+        self.sim.report()
+    }
+}

@@ -28,9 +28,9 @@ fn bench_one(text: &str, origin: &str) -> Result<BenchRow> {
     let started = Instant::now();
     let loaded = LoadedScenario::from_text(text, origin, PathBuf::from("."))?;
     // Parsing traces and fitting the profile, timed apart: the run below builds again, outside its timer.
-    loaded.build(None)?;
+    loaded.build()?;
     let load_s = started.elapsed().as_secs_f64();
-    let run = simulate::run(&loaded, None, true)?;
+    let run = simulate::run(&loaded, &simulate::PolicyChoice::Scenario(loaded.scenario.sharing), true)?;
     let simulate_s = run.wall.as_secs_f64();
     Ok(BenchRow {
         scenario: loaded.scenario.name.clone(),

@@ -3,6 +3,8 @@
 //! on the calibrated simulator, benchmark it, and show results as tables, CSV and SVG plots.
 
 pub mod bench;
+pub mod evaluate;
+pub mod oracle;
 pub mod output;
 pub mod plot;
 pub mod scenario;

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use gpuslice::{bench, output, scenario, simulate};
+use gpuslice::simulate::PolicyChoice;
+use gpuslice::{bench, evaluate, output, scenario, simulate};
 use gpuslice_simulator::Sharing;
 use std::path::PathBuf;
 
@@ -55,13 +56,44 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Override the scenario's sharing mode: temporal (time slicing), default-mps (all at
-        /// 100%), spatial (each model at its GPU%).
-        #[arg(long, value_enum)]
+        /// 100%), spatial (each model at its GPU%). The scenario's allocations stay fixed.
+        #[arg(long, value_enum, conflicts_with = "policy")]
         sharing: Option<SharingArg>,
+        /// Steer the run with a policy instead of the scenario's fixed allocations: static,
+        /// temporal, default-mps, triton-like, gslice, model-based or oracle.
+        #[arg(long)]
+        policy: Option<String>,
         /// Override the scenario's random seed.
         #[arg(long)]
         seed: Option<u64>,
         /// Write summary.csv, intervals.csv, latency.svg and gpu.svg into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Compare policies on the same arrivals: a table of goodput, SLO attainment, p99 per model,
+    /// GPU% used, reallocations and drops, with the spread over seeds.
+    Evaluate {
+        /// Scenario file (TOML); the embedded default without it.
+        #[arg(long, short)]
+        scenario: Option<PathBuf>,
+        /// Comma-separated policies: static, temporal, default-mps, triton-like, gslice,
+        /// model-based, oracle.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "temporal,default-mps,triton-like,gslice,model-based,oracle"
+        )]
+        policies: Vec<String>,
+        /// Number of seeds (the scenario's seed, +1, +2, ...).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Policy the "vs ref" column divides by.
+        #[arg(long, default_value = "model-based")]
+        reference: String,
+        /// Write evaluate.csv, decisions.csv, slo.svg and gpu.svg into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
         /// No progress bar.
@@ -110,23 +142,45 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Simulate { config, sharing, seed, out, quiet } => {
+        Command::Simulate { config, sharing, policy, seed, out, quiet } => {
             let mut loaded = scenario::LoadedScenario::load(config.as_deref())?;
             if let Some(seed) = seed {
                 loaded.scenario.seed = seed;
             }
-            let run = simulate::run(&loaded, sharing.map(Sharing::from), !quiet)?;
+            let choice = match policy {
+                Some(name) => PolicyChoice::Named(name),
+                None => PolicyChoice::Scenario(sharing.map_or(loaded.scenario.sharing, Sharing::from)),
+            };
+            let run = simulate::run(&loaded, &choice, !quiet)?;
             println!(
-                "{} — {} sharing, {:.1} s simulated in {:.2} s",
+                "{} — policy {}, {} sharing, {:.1} s simulated in {:.2} s, {} reallocations",
                 loaded.scenario.name,
+                run.policy,
                 run.report.sharing,
                 run.report.elapsed_s,
-                run.wall.as_secs_f64()
+                run.wall.as_secs_f64(),
+                run.decisions.len()
             );
             println!("{}", output::summary_table(&run.report));
             if let Some(dir) = out {
                 let files = output::write_run(&dir, &run.report, &run.intervals)?;
                 tracing::info!(files = ?files, "results written");
+            }
+            Ok(())
+        }
+        Command::Evaluate { scenario, policies, seeds, reference, out, quiet } => {
+            let loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
+            let results = evaluate::run(&loaded, &policies, seeds.max(1), !quiet)?;
+            println!(
+                "{} — {} seed(s), means ± standard deviation; vs ref = goodput / {reference}'s",
+                loaded.scenario.name,
+                seeds.max(1)
+            );
+            let reference = policies.contains(&reference).then_some(reference.as_str());
+            println!("{}", evaluate::table(&results, &policies, reference));
+            if let Some(dir) = out {
+                evaluate::write(&dir, &results, &policies)?;
+                tracing::info!(dir = %dir.display(), "results written");
             }
             Ok(())
         }

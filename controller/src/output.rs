@@ -87,7 +87,7 @@ struct IntervalRow<'a> {
 
 /// Writes rows of (description, summary) pairs: the csv crate writes a tuple of structs as one
 /// row with both structs' headers, where `#[serde(flatten)]` is not supported.
-fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+pub fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
     let mut writer = csv::Writer::from_path(path).with_context(|| format!("cannot create {}", path.display()))?;
     for row in rows {
         writer.serialize(row).with_context(|| format!("cannot write {}", path.display()))?;

@@ -2,6 +2,7 @@
 //! and arrivals. `scenarios/default.toml` is embedded and used when no file is given.
 
 use anyhow::{Context, Result, bail};
+use gpuslice_policies::ModelContext;
 use gpuslice_simulator::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
 use gpuslice_traces::{ArrivalSpec, LatencyModel, ProfileSet, Source, TraceLibrary};
 use serde::Deserialize;
@@ -48,6 +49,8 @@ pub struct Scenario {
     pub service_jitter: bool,
     #[serde(default = "default_reallocation")]
     pub reallocation: ReallocationCost,
+    /// Control intervals per window of the `oracle` policy's plan (default 5).
+    pub oracle_window_intervals: Option<usize>,
     pub models: Vec<ModelEntry>,
 }
 
@@ -61,6 +64,9 @@ pub struct ModelEntry {
     pub gpu_pct: f64,
     pub max_batch: u32,
     pub batch_timeout_ms: f64,
+    /// Higher is more important when the GPU cannot meet every SLO.
+    #[serde(default)]
+    pub priority: u32,
     pub arrivals: ArrivalSpec,
 }
 
@@ -129,12 +135,13 @@ impl LoadedScenario {
         Ok(LatencyModel::fit_all(&profiles)?)
     }
 
-    /// The simulator's inputs, with `sharing` overriding the scenario's mode if given.
-    pub fn build(&self, sharing: Option<Sharing>) -> Result<(SimConfig, Vec<ModelSetup>)> {
+    /// The simulator's inputs (with the scenario's sharing and allocations) and what a policy
+    /// knows of each model.
+    pub fn build(&self) -> Result<(SimConfig, Vec<ModelSetup>, Vec<ModelContext>)> {
         let s = &self.scenario;
         let latency = self.latency_models()?;
         let config = SimConfig {
-            sharing: sharing.unwrap_or(s.sharing),
+            sharing: s.sharing,
             interference: s.interference,
             reallocation: s.reallocation,
             drop_after_ms: s.drop_after_ms,
@@ -142,27 +149,29 @@ impl LoadedScenario {
             record_requests: false,
         };
         let mut library = TraceLibrary::new(&self.base_dir);
-        let mut setups = Vec::with_capacity(s.models.len());
+        let (mut setups, mut contexts) = (Vec::with_capacity(s.models.len()), Vec::with_capacity(s.models.len()));
         for (i, m) in s.models.iter().enumerate() {
             let what = format!("scenario {}: models[{i}] ({}).arrivals", self.origin, m.name);
             let seed = s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1);
             let arrivals = library.build(&m.arrivals, seed, s.duration_s, &what)?;
-            let profile_model = m.profile_model.as_deref().unwrap_or(&m.name);
+            let model_latency = Arc::new(latency[m.profile_model.as_deref().unwrap_or(&m.name)].clone());
+            let allocation =
+                Allocation { gpu_pct: m.gpu_pct, max_batch: m.max_batch, batch_timeout_ms: m.batch_timeout_ms };
             setups.push(ModelSetup {
                 name: m.name.clone(),
                 slo_ms: m.slo_ms,
-                service: ServiceModel::Calibrated {
-                    latency: Arc::new(latency[profile_model].clone()),
-                    jitter: s.service_jitter,
-                },
-                allocation: Allocation {
-                    gpu_pct: m.gpu_pct,
-                    max_batch: m.max_batch,
-                    batch_timeout_ms: m.batch_timeout_ms,
-                },
+                service: ServiceModel::Calibrated { latency: model_latency.clone(), jitter: s.service_jitter },
+                allocation,
                 arrivals,
             });
+            contexts.push(ModelContext {
+                name: m.name.clone(),
+                slo_ms: m.slo_ms,
+                priority: m.priority,
+                latency: model_latency,
+                configured: allocation,
+            });
         }
-        Ok((config, setups))
+        Ok((config, setups, contexts))
     }
 }

@@ -1,21 +1,47 @@
-//! Runs a scenario on the simulator, one control interval at a time, with a progress bar.
+//! Runs a scenario under a policy: the control loop over the simulated backend, one control
+//! interval at a time, with a progress bar.
 
 use crate::scenario::LoadedScenario;
-use anyhow::Result;
-use gpuslice_simulator::{ModelInterval, Report, Sharing, Simulator, secs_to_ns};
+use anyhow::{Result, anyhow};
+use gpuslice_backends::{Backend, SimBackend};
+use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
+use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Simulator};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 use std::time::{Duration, Instant};
 
-/// A finished simulation.
+/// Which policy steers a run.
+#[derive(Debug, Clone)]
+pub enum PolicyChoice {
+    /// The scenario's own allocations, never changed, under this sharing mode.
+    Scenario(Sharing),
+    /// A policy by name (`gpuslice_policies::POLICY_NAMES`).
+    Named(String),
+}
+
+/// One reallocation the policy made.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimedDecision {
+    pub time_s: f64,
+    pub model: String,
+    pub gpu_pct: f64,
+    pub max_batch: u32,
+    pub batch_timeout_ms: f64,
+    pub reason: String,
+}
+
+/// A finished run.
 pub struct SimRun {
+    pub policy: String,
     pub report: Report,
     /// Per model and control interval (batch samples left out).
     pub intervals: Vec<ModelInterval>,
-    /// Wall time of the simulation itself, without loading the scenario.
+    pub decisions: Vec<TimedDecision>,
+    /// Wall time of the run itself, without loading the scenario.
     pub wall: Duration,
 }
 
-/// A progress bar over simulated time that appears only once a run has lasted a second.
+/// A progress bar that appears only once a run has lasted a second.
 pub struct LateProgress {
     bar: ProgressBar,
     started: Instant,
@@ -24,30 +50,28 @@ pub struct LateProgress {
 }
 
 impl LateProgress {
-    pub fn new(total_s: Option<f64>, what: &str, enabled: bool) -> LateProgress {
-        let bar = match total_s {
-            Some(total) => ProgressBar::with_draw_target(Some(total.ceil() as u64), ProgressDrawTarget::hidden())
-                .with_style(
-                    ProgressStyle::with_template(
-                        "{msg} [{bar:40}] {pos}/{len} s simulated, {elapsed} elapsed, eta {eta}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                ),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()).with_style(
-                ProgressStyle::with_template("{spinner} {msg} {pos} s simulated, {elapsed}").expect("valid template"),
-            ),
+    /// `total` in `unit`s (simulated seconds, runs...), if known.
+    pub fn new(total: Option<f64>, unit: &str, what: &str, enabled: bool) -> LateProgress {
+        let template = match total {
+            Some(_) => format!("{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}"),
+            None => format!("{{spinner}} {{msg}} {{pos}} {unit}, {{elapsed}}"),
         };
+        let bar = ProgressBar::with_draw_target(total.map(|t| t.ceil() as u64), ProgressDrawTarget::hidden())
+            .with_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
         bar.set_message(what.to_string());
         LateProgress { bar, started: Instant::now(), shown: false, enabled }
     }
 
-    pub fn set(&mut self, simulated_s: f64) {
+    pub fn set(&mut self, position: f64) {
         if self.enabled && !self.shown && self.started.elapsed() > Duration::from_secs(1) {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
             self.shown = true;
         }
-        self.bar.set_position(simulated_s as u64);
+        self.bar.set_position(position as u64);
+    }
+
+    pub fn set_message(&self, what: &str) {
+        self.bar.set_message(what.to_string());
     }
 
     pub fn finish(self) {
@@ -55,33 +79,66 @@ impl LateProgress {
     }
 }
 
-/// Runs `loaded` to the end of its arrivals (and until every request is served or dropped).
-pub fn run(loaded: &LoadedScenario, sharing: Option<Sharing>, show_progress: bool) -> Result<SimRun> {
-    let (config, setups) = loaded.build(sharing)?;
+fn policy_for(choice: &PolicyChoice, loaded: &LoadedScenario, contexts: &[ModelContext]) -> Result<Box<dyn Policy>> {
+    match choice {
+        PolicyChoice::Scenario(sharing) => Ok(Box::new(FixedPolicy::configured("scenario", *sharing, contexts))),
+        PolicyChoice::Named(name) => {
+            let plan: Option<OraclePlan> =
+                if name == "oracle" { Some(crate::oracle::plan(loaded, contexts)?) } else { None };
+            gpuslice_policies::build(name, contexts, plan).map_err(|e| anyhow!(e))
+        }
+    }
+}
+
+/// Runs `loaded` under `choice` to the end of its arrivals (and until every request is served
+/// or dropped).
+pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) -> Result<SimRun> {
+    let (mut config, mut setups, contexts) = loaded.build()?;
+    let mut policy = policy_for(choice, loaded, &contexts)?;
+    config.sharing = policy.sharing();
+    for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
+        setup.allocation = allocation;
+    }
+    let names: Vec<String> = contexts.iter().map(|c| c.name.clone()).collect();
     let mode = config.sharing;
-    let mut sim = Simulator::new(config, setups)?;
-    let interval = secs_to_ns(loaded.scenario.control_interval_s).max(1);
-    let mut progress =
-        LateProgress::new(loaded.scenario.duration_s, &format!("{} ({mode})", loaded.scenario.name), show_progress);
+    let mut backend = SimBackend::new(Simulator::new(config, setups)?, loaded.scenario.control_interval_s);
+    let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());
+    let mut progress = LateProgress::new(loaded.scenario.duration_s, "s simulated", &what, show_progress);
     let started = Instant::now();
-    let mut intervals = Vec::new();
-    let mut t = 0;
-    while !sim.is_drained() {
-        t += interval;
-        sim.run_until(t);
-        intervals.extend(sim.take_interval().into_iter().map(|i| ModelInterval { batches: Vec::new(), ..i }));
-        progress.set(t as f64 * 1e-9);
+    let (mut intervals, mut decisions) = (Vec::new(), Vec::new());
+    while let Some(observed) = backend.next_interval() {
+        let now = observed.first().map_or(0.0, |o| o.end_s);
+        let mut chosen = policy.decide(&observed);
+        // Shrink slices before growing others, so the GPU is never oversubscribed in between.
+        let growth = |model: usize, a: &Allocation| a.gpu_pct - observed[model].allocation.gpu_pct;
+        chosen.sort_by(|a, b| growth(a.model, &a.allocation).total_cmp(&growth(b.model, &b.allocation)));
+        for d in chosen {
+            backend.apply(d.model, d.allocation)?;
+            tracing::debug!(time_s = now, model = %names[d.model], gpu_pct = d.allocation.gpu_pct, max_batch = d.allocation.max_batch, reason = %d.reason, "reallocation");
+            decisions.push(TimedDecision {
+                time_s: now,
+                model: names[d.model].clone(),
+                gpu_pct: d.allocation.gpu_pct,
+                max_batch: d.allocation.max_batch,
+                batch_timeout_ms: d.allocation.batch_timeout_ms,
+                reason: d.reason,
+            });
+        }
+        intervals.extend(observed.into_iter().map(|i| ModelInterval { batches: Vec::new(), ..i }));
+        progress.set(now);
     }
     progress.finish();
     let wall = started.elapsed();
-    let report = sim.report();
+    let report = backend.report();
     tracing::info!(
         scenario = %loaded.scenario.name,
+        policy = policy.name(),
         sharing = %mode,
         simulated_s = report.elapsed_s,
         events = report.events,
+        reallocations = decisions.len(),
         wall_s = wall.as_secs_f64(),
-        "simulation finished"
+        "run finished"
     );
-    Ok(SimRun { report, intervals, wall })
+    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, wall })
 }

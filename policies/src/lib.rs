@@ -1,1 +1,72 @@
-//! Allocation policies (filled in by the policy work; see the issues).
+//! Allocation policies behind one trait. Each control interval a policy sees, per model, what
+//! happened (arrival rate, queue length, completed batches with their size and GPU%, latency
+//! percentiles, drops) and returns decisions: a model's GPU%, max batch and batch timeout, each
+//! with a short reason.
+
+mod fixed;
+mod gslice;
+mod model_based;
+mod oracle;
+mod shares;
+
+pub use fixed::FixedPolicy;
+pub use gslice::Gslice;
+pub use model_based::ModelBased;
+pub use oracle::{Oracle, OraclePlan, PlanInputs};
+
+use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+use gpuslice_traces::LatencyModel;
+use std::sync::Arc;
+
+/// What a policy knows of a model before it runs.
+#[derive(Debug, Clone)]
+pub struct ModelContext {
+    pub name: String,
+    pub slo_ms: f64,
+    /// Higher is more important; kept when the GPU cannot meet every SLO.
+    pub priority: u32,
+    /// The latency model calibrated from the profile (a policy's prior).
+    pub latency: Arc<LatencyModel>,
+    /// The allocation the scenario states.
+    pub configured: Allocation,
+}
+
+/// A change of one model's allocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub model: usize,
+    pub allocation: Allocation,
+    pub reason: String,
+}
+
+/// A policy: chooses how the GPU is shared and, each control interval, each model's allocation.
+pub trait Policy: Send {
+    fn name(&self) -> &str;
+
+    /// How the backend shares the GPU under this policy.
+    fn sharing(&self) -> Sharing;
+
+    /// Allocations before the first interval, one per model.
+    fn initial(&mut self) -> Vec<Allocation>;
+
+    /// Decisions after an interval; `observations[i]` is model i's interval.
+    fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision>;
+}
+
+/// Names accepted by `build`.
+pub const POLICY_NAMES: [&str; 7] =
+    ["static", "temporal", "default-mps", "triton-like", "gslice", "model-based", "oracle"];
+
+/// The policy called `name` for these models. `oracle` needs its plan (see `OraclePlan`).
+pub fn build(name: &str, models: &[ModelContext], oracle_plan: Option<OraclePlan>) -> Result<Box<dyn Policy>, String> {
+    Ok(match name {
+        "static" => Box::new(FixedPolicy::configured("static", Sharing::Spatial, models)),
+        "temporal" => Box::new(FixedPolicy::configured("temporal", Sharing::Temporal, models)),
+        "default-mps" => Box::new(FixedPolicy::configured("default-mps", Sharing::DefaultMps, models)),
+        "triton-like" => Box::new(FixedPolicy::triton_like(models)),
+        "gslice" => Box::new(Gslice::new(models.to_vec())),
+        "model-based" => Box::new(ModelBased::new(models.to_vec())),
+        "oracle" => Box::new(Oracle::new(oracle_plan.ok_or("the oracle needs a plan computed from the whole trace")?)),
+        other => return Err(format!("unknown policy {other:?}; known: {}", POLICY_NAMES.join(", "))),
+    })
+}

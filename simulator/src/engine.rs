@@ -176,6 +176,8 @@ pub struct Simulator {
     next_completion: Nanos,
     spare_vecs: Vec<Vec<Nanos>>,
     events: u64,
+    /// Time of the latest arrival: the span whole-run rates are taken over.
+    last_arrival: Nanos,
     interval_start: Nanos,
     requests: Vec<RequestRecord>,
 }
@@ -233,6 +235,7 @@ impl Simulator {
             next_completion: Nanos::MAX,
             spare_vecs: Vec::new(),
             events: 0,
+            last_arrival: 0,
             interval_start: 0,
             requests: Vec::new(),
         };
@@ -344,7 +347,7 @@ impl Simulator {
             .iter_mut()
             .map(|m| {
                 m.touch_queue(now);
-                let summary = m.interval.summary(now - start);
+                let summary = m.interval.summary(now - start, now - start);
                 m.interval.reset();
                 m.interval_batches_seen = 0;
                 ModelInterval {
@@ -364,6 +367,7 @@ impl Simulator {
     pub fn report(&mut self) -> Report {
         self.advance_running();
         let now = self.now;
+        let span = if self.last_arrival > 0 { self.last_arrival } else { now };
         let mut total = Counters::new();
         let models = self
             .models
@@ -376,7 +380,7 @@ impl Simulator {
                     slo_ms: m.slo_ns as f64 * 1e-6,
                     allocation: m.pending.unwrap_or(m.allocation),
                     reallocations: m.reallocations,
-                    summary: m.total.summary(now),
+                    summary: m.total.summary(now, span),
                 }
             })
             .collect();
@@ -385,7 +389,7 @@ impl Simulator {
             elapsed_s: now as f64 * 1e-9,
             events: self.events,
             models,
-            total: total.summary(now),
+            total: total.summary(now, span),
         }
     }
 
@@ -421,6 +425,7 @@ impl Simulator {
                 let state = &mut self.models[m];
                 state.touch_queue(self.now);
                 state.queue.push_back(self.now);
+                self.last_arrival = self.now;
                 state.total.arrivals += 1;
                 state.interval.arrivals += 1;
                 let len = state.queue.len();

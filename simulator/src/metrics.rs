@@ -75,8 +75,9 @@ impl Counters {
         self.latency_us.add(&other.latency_us).expect("same histogram bounds");
     }
 
-    pub fn summary(&self, elapsed_ns: u64) -> Summary {
-        let secs = (elapsed_ns as f64 * 1e-9).max(1e-9);
+    /// Figures over `elapsed_ns`; rates are per second of `rate_span_ns`.
+    pub fn summary(&self, elapsed_ns: u64, rate_span_ns: u64) -> Summary {
+        let secs = (rate_span_ns as f64 * 1e-9).max(1e-9);
         let pct = |q: f64| {
             if self.completed == 0 { 0.0 } else { self.latency_us.value_at_quantile(q) as f64 / 1000.0 }
         };
@@ -111,7 +112,8 @@ pub struct Summary {
     pub within_slo: u64,
     /// Requests completed within the SLO / requests finished (completed or dropped).
     pub slo_attainment: f64,
-    /// Requests completed within the SLO per second.
+    /// Requests completed within the SLO per second. Over a whole run, rates are per second of
+    /// offered traffic (start to last arrival), the same span for every policy.
     pub goodput_rps: f64,
     pub throughput_rps: f64,
     pub arrival_rps: f64,

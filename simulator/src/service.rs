@@ -25,10 +25,6 @@ pub(crate) struct ServiceSampler {
     normal: Normal,
 }
 
-/// A batch's knee: the smallest GPU% (in steps of 5) at which it runs within this factor of its
-/// time on the whole GPU. Past it, more SMs buy little.
-const KNEE_SLOWDOWN: f64 = 1.1;
-
 impl ServiceSampler {
     pub fn new(model: ServiceModel) -> Self {
         ServiceSampler { model, tables: Vec::new(), knees: Vec::new(), normal: Normal::standard() }
@@ -66,22 +62,17 @@ impl ServiceSampler {
         self.point(batch, gpu_pct).0
     }
 
-    /// The batch size's knee GPU% (see `KNEE_SLOWDOWN`).
+    /// The batch size's knee GPU% (`LatencyModel::knee_pct`); 5% for service times that do not
+    /// depend on the slice.
     pub fn knee_pct(&mut self, batch: u32) -> f64 {
         let b = batch as usize;
         if self.knees.len() <= b {
             self.knees.resize(b + 1, None);
         }
-        if let Some(knee) = self.knees[b] {
-            return knee;
-        }
-        let full = self.median_ns(batch, 100.0);
-        let knee = (1..=20)
-            .map(|step| step as f64 * 5.0)
-            .find(|g| self.median_ns(batch, *g) <= KNEE_SLOWDOWN * full)
-            .unwrap_or(100.0);
-        self.knees[b] = Some(knee);
-        knee
+        *self.knees[b].get_or_insert_with(|| match &self.model {
+            ServiceModel::Calibrated { latency, .. } => latency.knee_pct(batch),
+            ServiceModel::Constant { .. } | ServiceModel::Exponential { .. } => 5.0,
+        })
     }
 
     /// One service time in ns of a batch running alone on `gpu_pct`%.

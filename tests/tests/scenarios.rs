@@ -1,7 +1,7 @@
 //! Shipped scenarios run end to end, and the default one shows what the profiles imply.
 
 use gpuslice::scenario::LoadedScenario;
-use gpuslice::simulate;
+use gpuslice::simulate::{self, PolicyChoice};
 use gpuslice_simulator::Sharing;
 use std::path::Path;
 
@@ -12,8 +12,8 @@ fn scenarios_dir() -> &'static Path {
 #[test]
 fn controlled_spatial_sharing_beats_temporal_on_the_default_scenario() {
     let loaded = LoadedScenario::load(None).unwrap();
-    let spatial = simulate::run(&loaded, Some(Sharing::Spatial), false).unwrap().report;
-    let temporal = simulate::run(&loaded, Some(Sharing::Temporal), false).unwrap().report;
+    let spatial = simulate::run(&loaded, &PolicyChoice::Scenario(Sharing::Spatial), false).unwrap().report;
+    let temporal = simulate::run(&loaded, &PolicyChoice::Scenario(Sharing::Temporal), false).unwrap().report;
     assert_eq!(spatial.total.arrivals, temporal.total.arrivals, "same arrivals for both");
     for (s, t) in spatial.models.iter().zip(&temporal.models) {
         assert!(
@@ -39,7 +39,7 @@ fn every_shipped_scenario_runs_and_conserves_requests() {
         }
         count += 1;
         let loaded = LoadedScenario::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-        let run = simulate::run(&loaded, None, false).unwrap();
+        let run = simulate::run(&loaded, &PolicyChoice::Scenario(loaded.scenario.sharing), false).unwrap();
         let total = &run.report.total;
         assert!(total.arrivals > 0, "{}", path.display());
         assert_eq!(total.arrivals, total.completed + total.dropped, "{}", path.display());

@@ -18,6 +18,9 @@ use levenberg_marquardt::{LeastSquaresProblem, LevenbergMarquardt};
 use nalgebra::{DMatrix, DVector, Dyn, Owned};
 use std::collections::BTreeMap;
 
+/// See `LatencyModel::knee_pct`.
+pub const KNEE_SLOWDOWN: f64 = 1.1;
+
 /// How well the parametric form matches the measured p50s.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitQuality {
@@ -117,6 +120,13 @@ impl LatencyModel {
 
     pub fn p99_ms(&self, batch: u32, gpu_pct: f64) -> f64 {
         self.p50_ms(batch, gpu_pct) * self.tail_ratio(batch, gpu_pct)
+    }
+
+    /// The knee GPU% of a batch size: the smallest GPU% (in steps of 5) at which the batch runs
+    /// within `KNEE_SLOWDOWN` of its time on the whole GPU. Past it, more SMs buy little.
+    pub fn knee_pct(&self, batch: u32) -> f64 {
+        let full = self.p50_ms(batch, 100.0);
+        (1..=20).map(|step| step as f64 * 5.0).find(|g| self.p50_ms(batch, *g) <= KNEE_SLOWDOWN * full).unwrap_or(100.0)
     }
 
     /// Fits one model; `shared_exponent` is used when the profile has fewer than 3 GPU% levels.

@@ -1,0 +1,197 @@
+//! GSLICE's self-tuning (Dhakal et al., SoCC'20, and its authors' code), with latency `L` taken
+//! as the interval's p99:
+//! - start each model at its knee GPU% (max-min shares when the knees add up to more than 100);
+//! - GPU%: over the SLO, target `g + g(L-SLO)/L`; under it, `g - g(SLO-L)/SLO`; when arrival
+//!   rate and throughput differ by more than `RATE_GAP`, the rate-based `g * lambda/mu` instead;
+//!   clamp to [5, 100], ignore changes under 3 points, act after 5 consecutive triggers;
+//! - batch: per-item time `t = L/b`; over the SLO shrink by `(L-SLO)/t`; with at least 10%
+//!   headroom grow by `max(1, headroom/t)`; at most 64.
+
+use crate::shares::max_min;
+use crate::{Decision, ModelContext, Policy};
+use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+
+pub const MIN_GPU_PCT: f64 = 5.0;
+pub const MAX_GPU_PCT: f64 = 100.0;
+/// Changes smaller than this many GPU% points are ignored.
+pub const MIN_CHANGE_PCT: f64 = 3.0;
+/// A GPU% change is applied after this many consecutive intervals ask for it.
+pub const TRIGGERS_TO_ACT: u32 = 5;
+/// Arrival rate and throughput this far apart switch to the rate-based target.
+pub const RATE_GAP: f64 = 0.12;
+/// Slack under the SLO (as a fraction of it) needed before the batch grows.
+pub const BATCH_HEADROOM: f64 = 0.10;
+pub const MAX_BATCH: u32 = 64;
+
+/// The GPU% GSLICE aims for, and which rule gave it.
+pub fn gpu_target(
+    gpu_pct: f64,
+    latency_ms: f64,
+    slo_ms: f64,
+    arrival_rps: f64,
+    throughput_rps: f64,
+) -> (f64, &'static str) {
+    let (target, rule) = if throughput_rps <= 0.0 && arrival_rps > 0.0 {
+        (MAX_GPU_PCT, "nothing completed")
+    } else if throughput_rps > 0.0 && (arrival_rps - throughput_rps).abs() > RATE_GAP * throughput_rps {
+        (gpu_pct * arrival_rps / throughput_rps, "rate")
+    } else if latency_ms > slo_ms {
+        (gpu_pct + gpu_pct * (latency_ms - slo_ms) / latency_ms, "over SLO")
+    } else {
+        (gpu_pct - gpu_pct * (slo_ms - latency_ms) / slo_ms, "under SLO")
+    };
+    (target.clamp(MIN_GPU_PCT, MAX_GPU_PCT), rule)
+}
+
+/// The batch size GSLICE moves to from `batch` at latency `latency_ms`.
+pub fn batch_target(batch: u32, latency_ms: f64, slo_ms: f64) -> u32 {
+    let per_item = latency_ms / batch as f64;
+    if latency_ms > slo_ms {
+        let shrink = ((latency_ms - slo_ms) / per_item).ceil() as u32;
+        batch.saturating_sub(shrink).max(1)
+    } else if slo_ms - latency_ms >= BATCH_HEADROOM * slo_ms {
+        let grow = (((slo_ms - latency_ms) / per_item).floor() as u32).max(1);
+        (batch + grow).min(MAX_BATCH)
+    } else {
+        batch
+    }
+}
+
+/// Each model's knee GPU% at its configured batch, as max-min shares of the GPU.
+pub fn initial_shares(models: &[ModelContext]) -> Vec<f64> {
+    let knees: Vec<f64> = models.iter().map(|m| m.latency.knee_pct(m.configured.max_batch)).collect();
+    max_min(&knees, 100.0)
+}
+
+pub struct Gslice {
+    models: Vec<ModelContext>,
+    /// Consecutive intervals whose target differed by at least `MIN_CHANGE_PCT`, and its sign.
+    triggers: Vec<(u32, f64)>,
+}
+
+impl Gslice {
+    pub fn new(models: Vec<ModelContext>) -> Gslice {
+        let triggers = vec![(0, 0.0); models.len()];
+        Gslice { models, triggers }
+    }
+}
+
+impl Policy for Gslice {
+    fn name(&self) -> &str {
+        "gslice"
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::Spatial
+    }
+
+    fn initial(&mut self) -> Vec<Allocation> {
+        let shares = initial_shares(&self.models);
+        self.models.iter().zip(shares).map(|(m, gpu_pct)| Allocation { gpu_pct, ..m.configured }).collect()
+    }
+
+    fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
+        let mut wanted: Vec<(f64, u32, String)> = Vec::with_capacity(observations.len());
+        for (i, obs) in observations.iter().enumerate() {
+            let (g, b) = (obs.allocation.gpu_pct, obs.allocation.max_batch);
+            let s = &obs.summary;
+            if s.arrivals == 0 && s.completed == 0 {
+                self.triggers[i] = (0, 0.0);
+                wanted.push((g, b, String::new()));
+                continue;
+            }
+            let slo = self.models[i].slo_ms;
+            let latency = s.p99_ms;
+            let (target, rule) = gpu_target(g, latency, slo, s.arrival_rps, s.throughput_rps);
+            let direction = (target - g).signum();
+            let trigger = &mut self.triggers[i];
+            *trigger = if (target - g).abs() >= MIN_CHANGE_PCT {
+                if trigger.1 == direction { (trigger.0 + 1, direction) } else { (1, direction) }
+            } else {
+                (0, 0.0)
+            };
+            let mut reason = format!("p99 {latency:.1} ms vs SLO {slo:.0} ms");
+            let new_g = if trigger.0 >= TRIGGERS_TO_ACT {
+                *trigger = (0, 0.0);
+                reason += &format!(", {rule} rule {TRIGGERS_TO_ACT} intervals running: GPU {g:.0}% -> {target:.0}%");
+                target
+            } else {
+                g
+            };
+            let new_b = if s.completed > 0 { batch_target(b, latency, slo) } else { b };
+            if new_b != b {
+                reason += &format!(", batch {b} -> {new_b}");
+            }
+            wanted.push((new_g, new_b, reason));
+        }
+        let total: f64 = wanted.iter().map(|w| w.0).sum();
+        let gpu: Vec<f64> = if total > 100.0 {
+            max_min(&wanted.iter().map(|w| w.0).collect::<Vec<_>>(), 100.0)
+        } else {
+            wanted.iter().map(|w| w.0).collect()
+        };
+        observations
+            .iter()
+            .zip(wanted)
+            .zip(gpu)
+            .enumerate()
+            .filter(|(_, ((obs, (_, b, _)), g))| {
+                (g - obs.allocation.gpu_pct).abs() > 1e-9 || *b != obs.allocation.max_batch
+            })
+            .map(|(model, ((obs, (_, max_batch, mut reason)), gpu_pct))| {
+                if total > 100.0 {
+                    reason += &format!(", GPU requests add up to {total:.0}%: max-min share {gpu_pct:.0}%");
+                }
+                Decision { model, allocation: Allocation { gpu_pct, max_batch, ..obs.allocation }, reason }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_slo_grows_the_slice_by_the_relative_excess() {
+        // g + g(L-SLO)/L = 40 + 40 * 10/50
+        assert_eq!(gpu_target(40.0, 50.0, 40.0, 100.0, 100.0), (48.0, "over SLO"));
+    }
+
+    #[test]
+    fn under_slo_shrinks_the_slice_by_the_relative_slack() {
+        // g - g(SLO-L)/SLO = 40 - 40 * 10/40
+        assert_eq!(gpu_target(40.0, 30.0, 40.0, 100.0, 100.0), (30.0, "under SLO"));
+    }
+
+    #[test]
+    fn a_rate_gap_over_the_threshold_scales_by_lambda_over_mu() {
+        assert_eq!(gpu_target(30.0, 10.0, 40.0, 150.0, 100.0), (45.0, "rate"));
+        // 10% apart is under the gap: the latency rule applies.
+        assert_eq!(gpu_target(30.0, 10.0, 40.0, 110.0, 100.0).1, "under SLO");
+    }
+
+    #[test]
+    fn targets_are_clamped_to_5_and_100() {
+        assert_eq!(gpu_target(8.0, 1.0, 40.0, 100.0, 100.0).0, MIN_GPU_PCT);
+        assert_eq!(gpu_target(90.0, 400.0, 40.0, 100.0, 100.0).0, MAX_GPU_PCT);
+    }
+
+    #[test]
+    fn batch_shrinks_by_excess_over_per_item_time() {
+        // t = 48/16 = 3 ms; shrink by ceil(8/3) = 3
+        assert_eq!(batch_target(16, 48.0, 40.0), 13);
+        assert_eq!(batch_target(2, 400.0, 40.0), 1);
+    }
+
+    #[test]
+    fn batch_grows_with_headroom_and_is_capped() {
+        // t = 20/8 = 2.5 ms; headroom 20 ms -> grow by 8
+        assert_eq!(batch_target(8, 20.0, 40.0), 16);
+        // headroom 1 ms < 10% of SLO: unchanged
+        assert_eq!(batch_target(8, 39.0, 40.0), 8);
+        // at least one: headroom 5 ms, t = 35 ms
+        assert_eq!(batch_target(1, 35.0, 40.0), 2);
+        assert_eq!(batch_target(60, 6.0, 40.0), MAX_BATCH);
+    }
+}

@@ -1,0 +1,345 @@
+//! The model-based policy (ours). Per model it keeps
+//! - the profile's latency surface p50(b, g) and p99/p50, tabulated once for the batch sizes it
+//!   uses and every whole GPU%;
+//! - an online fit of how the GPU differs from the profile: a multiplicative correction of
+//!   service time, the least-squares fit in log space of observed batch times against the
+//!   profile's prediction, with exponential forgetting and a prior at 1 (the profile);
+//! - a correction of the end-to-end tail, from the observed p99 against the prediction;
+//! - an arrival-rate forecast that follows rises at once and falls gradually.
+//!
+//! Each interval it picks, per model, the smallest GPU% for which some batch size has a
+//! predicted p99 (batch-formation wait + queueing + service tail) under the SLO with a margin,
+//! then hands the leftover GPU, a point at a time, to the model with the least headroom, and
+//! picks each model's batch with the most headroom on its final slice. When the smallest slices
+//! add up to more than the GPU, models are served in priority order and the rest degrade.
+
+use crate::shares::max_min;
+use crate::{Decision, ModelContext, Policy};
+use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+
+/// Batch sizes considered (the real backend keeps one CUDA graph for each).
+pub const BATCH_SIZES: [u32; 11] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+/// Predicted p99 must stay under (1 - MARGIN) x SLO.
+pub const MARGIN: f64 = 0.10;
+/// Highest planned utilization of a model's slice.
+pub const MAX_UTILIZATION: f64 = 0.85;
+/// A slice change smaller than this is skipped while the current allocation still meets the SLO.
+pub const HYSTERESIS_PCT: f64 = 5.0;
+/// Weight of the prior (the profile) in the service-time fit, in batches.
+const PRIOR_WEIGHT: f64 = 20.0;
+/// Per-interval decay of old observations in the fits.
+const FORGETTING: f64 = 0.7;
+/// z of the 99th percentile of the standard normal.
+const Z99: f64 = 2.326;
+
+/// What the policy has learned of one model.
+struct Learned {
+    /// p50 ms and p99/p50 by [batch index][GPU% - 1], from the profile.
+    p50: Vec<[f64; 100]>,
+    tail: Vec<[f64; 100]>,
+    /// Exponentially forgotten sums over batches of w, w ln(r), w ln(r)^2 with
+    /// r = observed / profile time.
+    sum_w: f64,
+    sum_log: f64,
+    sum_log2: f64,
+    /// Observed p99 over predicted p99 at the allocation in force, smoothed: the model's error
+    /// either way (the formation wait it predicts is a worst case, contention adds to service).
+    tail_excess: f64,
+    rate_ewma: f64,
+}
+
+/// One feasible (batch, GPU%) choice and its prediction.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    batch_index: usize,
+    gpu: usize,
+    predicted_p99_ms: f64,
+    timeout_ms: f64,
+    /// Planned busy fraction of the slice: the lower, the larger the burst it absorbs.
+    utilization: f64,
+}
+
+pub struct ModelBased {
+    models: Vec<ModelContext>,
+    learned: Vec<Learned>,
+}
+
+/// The load a model must be planned for in one interval.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    /// Forecast arrivals per ms.
+    rate: f64,
+    /// Arrivals per ms plus what it takes to drain the backlog within one interval.
+    capacity_rate: f64,
+}
+
+impl ModelBased {
+    pub fn new(models: Vec<ModelContext>) -> ModelBased {
+        let learned = models
+            .iter()
+            .map(|m| {
+                let table = |f: &dyn Fn(u32, f64) -> f64| -> Vec<[f64; 100]> {
+                    BATCH_SIZES.iter().map(|&b| std::array::from_fn(|g| f(b, (g + 1) as f64))).collect()
+                };
+                Learned {
+                    p50: table(&|b, g| m.latency.p50_ms(b, g)),
+                    tail: table(&|b, g| m.latency.tail_ratio(b, g)),
+                    sum_w: 0.0,
+                    sum_log: 0.0,
+                    sum_log2: 0.0,
+                    tail_excess: 1.0,
+                    rate_ewma: 0.0,
+                }
+            })
+            .collect();
+        ModelBased { models, learned }
+    }
+
+    /// Median service time correction (profile -> this GPU) and the spread seen around it.
+    fn correction(l: &Learned) -> (f64, f64) {
+        let n = l.sum_w + PRIOR_WEIGHT;
+        let mean = l.sum_log / n;
+        let spread = (l.sum_log2 / n - mean * mean).max(0.0).sqrt();
+        (mean.exp(), spread)
+    }
+
+    /// Predicted p99, batch-formation time and utilization of model `m` at (batch index, GPU%)
+    /// in steady state at the forecast rate, or None when the slice would be busier than
+    /// `max_utilization` at that rate, or could not drain the backlog within an interval.
+    /// Batches run in near-constant time (the profile's p99/p50 is within a few percent), so
+    /// queueing follows M/D/1: `Wq = s * rho / (2 (1 - rho))`.
+    fn predict(
+        &self,
+        m: usize,
+        batch_index: usize,
+        gpu: usize,
+        load: Load,
+        max_utilization: f64,
+    ) -> Option<(f64, f64, f64)> {
+        let l = &self.learned[m];
+        let (scale, spread) = Self::correction(l);
+        let service = l.p50[batch_index][gpu - 1] * scale;
+        let tail = l.tail[batch_index][gpu - 1].max((Z99 * spread).exp()) * l.tail_excess;
+        let batch = BATCH_SIZES[batch_index] as f64;
+        let utilization = load.rate * service / batch;
+        if utilization >= max_utilization || load.capacity_rate * service / batch >= 1.0 {
+            return None;
+        }
+        let formation = if load.rate > 0.0 { (batch - 1.0) / load.rate } else { 0.0 };
+        let queueing = service * utilization / (2.0 * (1.0 - utilization));
+        Some((formation + queueing + service * tail, formation, utilization))
+    }
+
+    /// The plan at (batch index, GPU%) if it meets the SLO with the margin.
+    fn plan(&self, m: usize, batch_index: usize, gpu: usize, load: Load) -> Option<Plan> {
+        let (predicted_p99_ms, timeout_ms, utilization) = self.predict(m, batch_index, gpu, load, MAX_UTILIZATION)?;
+        let budget = self.models[m].slo_ms * (1.0 - MARGIN);
+        (predicted_p99_ms <= budget).then_some(Plan { batch_index, gpu, predicted_p99_ms, timeout_ms, utilization })
+    }
+
+    /// The best plan at exactly `gpu`%: of those meeting the SLO, the one with the most spare
+    /// capacity (lowest utilization), so a rise in load between two decisions is absorbed.
+    fn best_at(&self, m: usize, gpu: usize, load: Load) -> Option<Plan> {
+        (0..BATCH_SIZES.len())
+            .filter_map(|b| self.plan(m, b, gpu, load))
+            .min_by(|a, b| a.utilization.total_cmp(&b.utilization))
+    }
+
+    /// The smallest GPU% at which some batch size meets the SLO (binary search per batch size:
+    /// more SMs never make the profile slower).
+    fn smallest_slice(&self, m: usize, load: Load) -> Option<usize> {
+        (0..BATCH_SIZES.len())
+            .filter_map(|b| {
+                self.plan(m, b, 100, load)?;
+                let (mut lo, mut hi) = (1, 100);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if self.plan(m, b, mid, load).is_some() { hi = mid } else { lo = mid + 1 }
+                }
+                Some(lo)
+            })
+            .min()
+    }
+
+    /// Learns from one interval: service-time fit, tail excess, and rate forecast.
+    fn observe(&mut self, m: usize, obs: &ModelInterval) -> Load {
+        let interval_ms = ((obs.end_s - obs.start_s) * 1e3).max(1e-3);
+        let l = &mut self.learned[m];
+        l.sum_w *= FORGETTING;
+        l.sum_log *= FORGETTING;
+        l.sum_log2 *= FORGETTING;
+        for sample in &obs.batches {
+            let Some(b) = BATCH_SIZES.iter().position(|&b| b >= sample.size) else { continue };
+            let g = (sample.gpu_pct.round() as usize).clamp(1, 100);
+            let r = (sample.exec_ms / l.p50[b][g - 1]).ln();
+            if r.is_finite() {
+                l.sum_w += 1.0;
+                l.sum_log += r;
+                l.sum_log2 += r * r;
+            }
+        }
+        let rate = obs.summary.arrivals as f64 / interval_ms;
+        l.rate_ewma = if l.rate_ewma == 0.0 { rate } else { 0.5 * l.rate_ewma + 0.5 * rate };
+        let load = Load {
+            rate: rate.max(l.rate_ewma),
+            capacity_rate: rate.max(l.rate_ewma) + obs.queue_len as f64 / interval_ms,
+        };
+        // How far the end-to-end tail ran over what the model predicts for the allocation in
+        // force, learned only from steady intervals: a backlog or drops mean the load outran the
+        // slice, which the rate forecast answers, not the latency model.
+        let steady = obs.summary.dropped == 0 && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
+        let previous = self.learned[m].tail_excess;
+        if steady && obs.summary.completed > 0 {
+            let a = obs.allocation;
+            let b = BATCH_SIZES.iter().position(|&b| b >= a.max_batch).unwrap_or(BATCH_SIZES.len() - 1);
+            let gpu = (a.gpu_pct.round() as usize).clamp(1, 100);
+            self.learned[m].tail_excess = 1.0;
+            let excess = match self.predict(m, b, gpu, load, MAX_UTILIZATION) {
+                Some((predicted, _, _)) => (obs.summary.p99_ms / predicted).clamp(0.5, 3.0),
+                None => previous,
+            };
+            self.learned[m].tail_excess = 0.5 * previous + 0.5 * excess;
+        } else {
+            self.learned[m].tail_excess = 1.0 + (previous - 1.0) * FORGETTING;
+        }
+        load
+    }
+}
+
+impl Policy for ModelBased {
+    fn name(&self) -> &str {
+        "model-based"
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::Spatial
+    }
+
+    /// Before any traffic is seen: each model at its knee (max-min shares), configured batching.
+    fn initial(&mut self) -> Vec<Allocation> {
+        let shares = crate::gslice::initial_shares(&self.models);
+        self.models.iter().zip(shares).map(|(m, gpu_pct)| Allocation { gpu_pct, ..m.configured }).collect()
+    }
+
+    fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
+        let n = self.models.len();
+        let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
+        let needed: Vec<Option<usize>> = (0..n).map(|m| self.smallest_slice(m, loads[m])).collect();
+
+        // Smallest slices in priority order; whoever does not fit degrades.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&m| (std::cmp::Reverse(self.models[m].priority), needed[m].unwrap_or(101)));
+        let mut gpu = vec![0usize; n];
+        let mut remaining = 100usize;
+        let mut degraded = Vec::new();
+        for &m in &order {
+            match needed[m] {
+                Some(g) if g <= remaining => {
+                    gpu[m] = g;
+                    remaining -= g;
+                }
+                _ => degraded.push(m),
+            }
+        }
+        if !degraded.is_empty() {
+            let demands: Vec<f64> = degraded.iter().map(|&m| needed[m].unwrap_or(100) as f64).collect();
+            for (&m, share) in degraded.iter().zip(max_min(&demands, remaining as f64)) {
+                gpu[m] = (share.floor() as usize).max(1);
+            }
+            remaining = 100usize.saturating_sub(gpu.iter().sum());
+        }
+
+        // Leftover, a point at a time, to the model with the least headroom.
+        let headroom = |this: &Self, m: usize, g: usize| {
+            this.best_at(m, g, loads[m])
+                .map_or(f64::INFINITY, |p| (1.0 - p.predicted_p99_ms / this.models[m].slo_ms).min(1.0 - p.utilization))
+        };
+        let mut room: Vec<f64> =
+            (0..n).map(|m| if degraded.contains(&m) { f64::INFINITY } else { headroom(self, m, gpu[m]) }).collect();
+        while remaining > 0 {
+            let Some(m) =
+                (0..n).filter(|&m| gpu[m] < 100 && room[m].is_finite()).min_by(|a, b| room[*a].total_cmp(&room[*b]))
+            else {
+                break;
+            };
+            gpu[m] += 1;
+            remaining -= 1;
+            room[m] = headroom(self, m, gpu[m]);
+        }
+
+        let mut chosen: Vec<(Allocation, String)> = (0..n)
+            .map(|m| {
+                let load = loads[m];
+                let rate = load.rate * 1e3;
+                match self.best_at(m, gpu[m], load) {
+                    Some(plan) => (
+                        Allocation {
+                            gpu_pct: plan.gpu as f64,
+                            max_batch: BATCH_SIZES[plan.batch_index],
+                            batch_timeout_ms: plan.timeout_ms,
+                        },
+                        format!(
+                            "rate {rate:.0}/s, queue {}: needs {}% for SLO {:.0} ms with {:.0}% margin, holds {}% at batch {} (predicted p99 {:.1} ms)",
+                            observations[m].queue_len,
+                            needed[m].unwrap_or(100),
+                            self.models[m].slo_ms,
+                            MARGIN * 100.0,
+                            plan.gpu,
+                            BATCH_SIZES[plan.batch_index],
+                            plan.predicted_p99_ms
+                        ),
+                    ),
+                    None => {
+                        // Degraded: the batch closest to the SLO that the slice can serve without
+                        // overload, else the largest.
+                        let b = (0..BATCH_SIZES.len())
+                            .filter_map(|b| self.predict(m, b, gpu[m], load, 1.0).map(|(p99, _, _)| (b, p99)))
+                            .min_by(|x, y| x.1.total_cmp(&y.1))
+                            .map_or(BATCH_SIZES.len() - 1, |(b, _)| b);
+                        let formation = if load.rate > 0.0 { (BATCH_SIZES[b] as f64 - 1.0) / load.rate } else { 0.0 };
+                        (
+                            Allocation { gpu_pct: gpu[m] as f64, max_batch: BATCH_SIZES[b], batch_timeout_ms: formation },
+                            format!(
+                                "degraded (priority {}): rate {rate:.0}/s needs {} for SLO {:.0} ms, {}% left after higher-priority models",
+                                self.models[m].priority,
+                                needed[m].map_or("more than the GPU".to_string(), |g| format!("{g}%")),
+                                self.models[m].slo_ms,
+                                gpu[m]
+                            ),
+                        )
+                    }
+                }
+            })
+            .collect();
+
+        // Hysteresis: keep an allocation that still meets the SLO when the new slice is close.
+        let kept: Vec<bool> = (0..n)
+            .map(|m| {
+                let current = observations[m].allocation;
+                let b = BATCH_SIZES.iter().position(|&b| b == current.max_batch);
+                let g = (current.gpu_pct.round() as usize).clamp(1, 100);
+                (current.gpu_pct - chosen[m].0.gpu_pct).abs() < HYSTERESIS_PCT
+                    && b.is_some_and(|b| self.plan(m, b, g, loads[m]).is_some())
+            })
+            .collect();
+        let total: f64 =
+            (0..n).map(|m| if kept[m] { observations[m].allocation.gpu_pct } else { chosen[m].0.gpu_pct }).sum();
+        if total <= 100.0 + 1e-9 {
+            for m in (0..n).filter(|&m| kept[m]) {
+                chosen[m].0 = observations[m].allocation;
+            }
+        }
+
+        chosen
+            .into_iter()
+            .enumerate()
+            .filter(|(m, (a, _))| {
+                let current = observations[*m].allocation;
+                let timeout_moved = (a.batch_timeout_ms - current.batch_timeout_ms).abs()
+                    > 0.2 * current.batch_timeout_ms.max(a.batch_timeout_ms).max(0.1);
+                a.gpu_pct != current.gpu_pct || a.max_batch != current.max_batch || timeout_moved
+            })
+            .map(|(model, (allocation, reason))| Decision { model, allocation, reason })
+            .collect()
+    }
+}

@@ -1,0 +1,195 @@
+//! The oracle: allocations planned offline with the whole trace known (see `OraclePlan`).
+
+use crate::{Decision, Policy};
+use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+
+/// Allocations per window, computed offline.
+#[derive(Debug, Clone)]
+pub struct OraclePlan {
+    /// windows[w][m]: model m's allocation during window w.
+    pub windows: Vec<Vec<Allocation>>,
+    /// Control intervals per window.
+    pub intervals_per_window: usize,
+}
+
+pub struct Oracle {
+    plan: OraclePlan,
+    interval: usize,
+}
+
+impl Oracle {
+    pub fn new(plan: OraclePlan) -> Oracle {
+        Oracle { plan, interval: 0 }
+    }
+}
+
+impl Policy for Oracle {
+    fn name(&self) -> &str {
+        "oracle"
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::Spatial
+    }
+
+    fn initial(&mut self) -> Vec<Allocation> {
+        self.plan.windows[0].clone()
+    }
+
+    fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
+        self.interval += 1;
+        if self.interval % self.plan.intervals_per_window != 0 {
+            return Vec::new();
+        }
+        let window = self.interval / self.plan.intervals_per_window;
+        let Some(next) = self.plan.windows.get(window) else { return Vec::new() };
+        next.iter()
+            .zip(observations)
+            .enumerate()
+            .filter(|(_, (a, obs))| **a != obs.allocation)
+            .map(|(model, (a, _))| Decision { model, allocation: *a, reason: format!("planned for window {window}") })
+            .collect()
+    }
+}
+
+/// Inputs of the offline planner.
+pub struct PlanInputs<'a> {
+    pub models: &'a [crate::ModelContext],
+    /// Every model's arrival times (seconds), ascending: the whole trace, known in advance.
+    pub arrivals: Vec<Vec<f64>>,
+    pub control_interval_s: f64,
+    pub intervals_per_window: usize,
+    pub drop_after_ms: Option<f64>,
+    pub service_jitter: bool,
+    pub seed: u64,
+}
+
+/// GPU% grid of the planner.
+const GPU_STEP: usize = 5;
+const GPU_LEVELS: usize = 100 / GPU_STEP;
+const PLAN_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// Per model and window: for each GPU% level, the best goodput and the allocation giving it.
+type Table = Vec<Vec<[(u64, Allocation); GPU_LEVELS]>>;
+
+impl OraclePlan {
+    /// For each window: every model is simulated alone on the window's arrivals at every GPU% of
+    /// a 5% grid and every batch size, and a knapsack over GPU% picks the split with the most
+    /// requests served within their SLOs. Co-location interference is left out, which makes the
+    /// plan optimistic: an upper bound for the comparison.
+    pub fn compute(inputs: PlanInputs) -> Result<OraclePlan, gpuslice_simulator::SimError> {
+        let window_s = inputs.control_interval_s * inputs.intervals_per_window as f64;
+        let end = inputs.arrivals.iter().filter_map(|a| a.last()).fold(0.0_f64, |m, t| m.max(*t));
+        let windows = ((end / window_s).floor() as usize + 1).max(1);
+        let tables: Vec<Result<Vec<[(u64, Allocation); GPU_LEVELS]>, _>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..inputs.models.len())
+                .map(|m| {
+                    scope.spawn({
+                        let inputs = &inputs;
+                        move || model_table(inputs, m, windows, window_s)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("planner thread")).collect()
+        });
+        let tables: Table = tables.into_iter().collect::<Result<_, _>>()?;
+        let windows = (0..windows).map(|w| split_window(&tables, w)).collect();
+        Ok(OraclePlan { windows, intervals_per_window: inputs.intervals_per_window })
+    }
+}
+
+/// The best allocation and goodput of model `m` per window and GPU% level.
+fn model_table(
+    inputs: &PlanInputs,
+    m: usize,
+    windows: usize,
+    window_s: f64,
+) -> Result<Vec<[(u64, Allocation); GPU_LEVELS]>, gpuslice_simulator::SimError> {
+    use gpuslice_simulator::{ModelSetup, ServiceModel, SimConfig, Simulator};
+    use gpuslice_traces::arrivals::Replay;
+    let model = &inputs.models[m];
+    let arrivals = &inputs.arrivals[m];
+    let mut table = Vec::with_capacity(windows);
+    for w in 0..windows {
+        let (start, end) = (w as f64 * window_s, (w + 1) as f64 * window_s);
+        let times: std::sync::Arc<[f64]> =
+            arrivals.iter().filter(|t| **t >= start && **t < end).map(|t| t - start).collect();
+        let rate_per_ms = times.len() as f64 / (window_s * 1e3);
+        let mut row: [(u64, Allocation); GPU_LEVELS] = std::array::from_fn(|level| {
+            (0, Allocation { gpu_pct: ((level + 1) * GPU_STEP) as f64, max_batch: 1, batch_timeout_ms: 0.0 })
+        });
+        let mut all_served = false;
+        let mut previous = row[0].1;
+        for (level, slot) in row.iter_mut().enumerate() {
+            let gpu_pct = ((level + 1) * GPU_STEP) as f64;
+            if all_served || times.is_empty() {
+                *slot = (times.len() as u64, Allocation { gpu_pct, ..previous });
+                continue;
+            }
+            for &max_batch in &PLAN_BATCHES {
+                let formation = if rate_per_ms > 0.0 { (max_batch as f64 - 1.0) / rate_per_ms } else { 0.0 };
+                let allocation = Allocation { gpu_pct, max_batch, batch_timeout_ms: formation.min(model.slo_ms / 2.0) };
+                let config = SimConfig {
+                    drop_after_ms: inputs.drop_after_ms,
+                    seed: inputs.seed ^ (w as u64) << 8 ^ m as u64,
+                    ..SimConfig::default()
+                };
+                let setup = ModelSetup {
+                    name: model.name.clone(),
+                    slo_ms: model.slo_ms,
+                    service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: inputs.service_jitter },
+                    allocation,
+                    arrivals: Box::new(Replay::new(times.clone(), 1.0, None)),
+                };
+                let mut sim = Simulator::new(config, vec![setup])?;
+                sim.finish();
+                let goodput = sim.report().total.within_slo;
+                if goodput > slot.0 {
+                    *slot = (goodput, allocation);
+                }
+            }
+            all_served = slot.0 == times.len() as u64;
+            previous = slot.1;
+        }
+        table.push(row);
+    }
+    Ok(table)
+}
+
+/// The knapsack over GPU% for one window: one level per model (at least 5% each) with the most
+/// goodput in total, fewest GPU% among equals; leftover GPU is then spread over the models in turn.
+fn split_window(tables: &Table, w: usize) -> Vec<Allocation> {
+    let n = tables.len();
+    if n > GPU_LEVELS {
+        // More models than 5% slices: an even split, each at its best batching for 5%.
+        return (0..n).map(|m| Allocation { gpu_pct: 100.0 / n as f64, ..tables[m][w][0].1 }).collect();
+    }
+    // best[k][c]: (goodput, units used) of models 0..k within c units, and model k-1's units.
+    let mut best = vec![vec![Some((0u64, 0usize)); GPU_LEVELS + 1]; n + 1];
+    let mut choice = vec![vec![0usize; GPU_LEVELS + 1]; n + 1];
+    let better = |a: (u64, usize), b: Option<(u64, usize)>| b.is_none_or(|b| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1));
+    for k in 0..n {
+        for c in 0..=GPU_LEVELS {
+            best[k + 1][c] = None;
+            for units in 1..=c {
+                let Some((goodput, used)) = best[k][c - units] else { continue };
+                let candidate = (goodput + tables[k][w][units - 1].0, used + units);
+                if better(candidate, best[k + 1][c]) {
+                    best[k + 1][c] = Some(candidate);
+                    choice[k + 1][c] = units;
+                }
+            }
+        }
+    }
+    let mut units = vec![0usize; n];
+    let mut c = GPU_LEVELS;
+    for k in (0..n).rev() {
+        units[k] = choice[k + 1][c];
+        c -= units[k];
+    }
+    let leftover = GPU_LEVELS - units.iter().sum::<usize>();
+    for i in 0..leftover {
+        units[i % n] += 1;
+    }
+    (0..n).map(|m| Allocation { gpu_pct: (units[m] * GPU_STEP) as f64, ..tables[m][w][units[m] - 1].1 }).collect()
+}
