@@ -143,6 +143,7 @@ impl LoadedScenario {
         let config = SimConfig {
             sharing: s.sharing,
             interference: s.interference,
+            background_pct: 0.0,
             reallocation: s.reallocation,
             drop_after_ms: s.drop_after_ms,
             seed: s.seed,

@@ -37,6 +37,8 @@ pub struct SimRun {
     /// Per model and control interval (batch samples left out).
     pub intervals: Vec<ModelInterval>,
     pub decisions: Vec<TimedDecision>,
+    /// Decisions the backend refused (each logged as a warning).
+    pub refused: usize,
     /// Wall time of the run itself, without loading the scenario.
     pub wall: Duration,
 }
@@ -105,7 +107,7 @@ pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) 
     let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());
     let mut progress = LateProgress::new(loaded.scenario.duration_s, "s simulated", &what, show_progress);
     let started = Instant::now();
-    let (mut intervals, mut decisions) = (Vec::new(), Vec::new());
+    let (mut intervals, mut decisions, mut refused) = (Vec::new(), Vec::new(), 0);
     while let Some(observed) = backend.next_interval() {
         let now = observed.first().map_or(0.0, |o| o.end_s);
         let mut chosen = policy.decide(&observed);
@@ -113,7 +115,12 @@ pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) 
         let growth = |model: usize, a: &Allocation| a.gpu_pct - observed[model].allocation.gpu_pct;
         chosen.sort_by(|a, b| growth(a.model, &a.allocation).total_cmp(&growth(b.model, &b.allocation)));
         for d in chosen {
-            backend.apply(d.model, d.allocation)?;
+            // A refused decision leaves the model as it was; serving goes on.
+            if let Err(e) = backend.apply(d.model, d.allocation) {
+                tracing::warn!(time_s = now, model = %names[d.model], error = %e, reason = %d.reason, "decision refused");
+                refused += 1;
+                continue;
+            }
             tracing::debug!(time_s = now, model = %names[d.model], gpu_pct = d.allocation.gpu_pct, max_batch = d.allocation.max_batch, reason = %d.reason, "reallocation");
             decisions.push(TimedDecision {
                 time_s: now,
@@ -137,8 +144,9 @@ pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) 
         simulated_s = report.elapsed_s,
         events = report.events,
         reallocations = decisions.len(),
+        refused,
         wall_s = wall.as_secs_f64(),
         "run finished"
     );
-    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, wall })
+    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, wall })
 }

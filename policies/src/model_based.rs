@@ -22,7 +22,7 @@ pub const BATCH_SIZES: [u32; 11] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 /// Predicted p99 must stay under (1 - MARGIN) x SLO.
 pub const MARGIN: f64 = 0.10;
 /// Highest planned utilization of a model's slice.
-pub const MAX_UTILIZATION: f64 = 0.85;
+pub const MAX_UTILIZATION: f64 = 0.9;
 /// A slice change smaller than this is skipped while the current allocation still meets the SLO.
 pub const HYSTERESIS_PCT: f64 = 5.0;
 /// Weight of the prior (the profile) in the service-time fit, in batches.
@@ -31,6 +31,11 @@ const PRIOR_WEIGHT: f64 = 20.0;
 const FORGETTING: f64 = 0.7;
 /// z of the 99th percentile of the standard normal.
 const Z99: f64 = 2.326;
+/// A backlog is planned to drain within this many seconds (or one interval, if longer).
+const DRAIN_S: f64 = 1.0;
+/// Intervals over which the peak arrival rate is remembered: leftover GPU first goes to models
+/// whose recent peak needs more than their current slice, so a bursty model is not caught small.
+const PEAK_WINDOW: usize = 20;
 
 /// What the policy has learned of one model.
 struct Learned {
@@ -46,6 +51,11 @@ struct Learned {
     /// either way (the formation wait it predicts is a worst case, contention adds to service).
     tail_excess: f64,
     rate_ewma: f64,
+    /// Arrival rates of the last `PEAK_WINDOW` intervals, per ms (a ring).
+    recent_rates: Vec<f64>,
+    /// Largest queue length seen in each of the last `PEAK_WINDOW` intervals (a ring).
+    recent_bursts: Vec<usize>,
+    intervals_seen: usize,
 }
 
 /// One feasible (batch, GPU%) choice and its prediction.
@@ -69,8 +79,12 @@ pub struct ModelBased {
 struct Load {
     /// Forecast arrivals per ms.
     rate: f64,
-    /// Arrivals per ms plus what it takes to drain the backlog within one interval.
+    /// Arrivals per ms plus what it takes to drain the backlog within `DRAIN_S`.
     capacity_rate: f64,
+    /// The highest arrival rate of the recent intervals, per ms.
+    peak_rate: f64,
+    /// The largest queue of the recent intervals: a burst the slice should clear within the SLO.
+    peak_burst: usize,
 }
 
 impl ModelBased {
@@ -89,6 +103,9 @@ impl ModelBased {
                     sum_log2: 0.0,
                     tail_excess: 1.0,
                     rate_ewma: 0.0,
+                    recent_rates: vec![0.0; PEAK_WINDOW],
+                    recent_bursts: vec![0; PEAK_WINDOW],
+                    intervals_seen: 0,
                 }
             })
             .collect();
@@ -105,9 +122,12 @@ impl ModelBased {
 
     /// Predicted p99, batch-formation time and utilization of model `m` at (batch index, GPU%)
     /// in steady state at the forecast rate, or None when the slice would be busier than
-    /// `max_utilization` at that rate, or could not drain the backlog within an interval.
-    /// Batches run in near-constant time (the profile's p99/p50 is within a few percent), so
-    /// queueing follows M/D/1: `Wq = s * rho / (2 (1 - rho))`.
+    /// `max_utilization` at that rate, or could not drain the backlog within `DRAIN_S`.
+    ///
+    /// A request either finds the slice idle and waits for its batch to form (up to
+    /// `(b-1)/rate`, the timeout), or finds it busy and waits for the running batch, then rides
+    /// in the next one, which below full utilization takes everything queued: its p99 is the
+    /// longer of the two waits plus the service tail.
     fn predict(
         &self,
         m: usize,
@@ -126,8 +146,8 @@ impl ModelBased {
             return None;
         }
         let formation = if load.rate > 0.0 { (batch - 1.0) / load.rate } else { 0.0 };
-        let queueing = service * utilization / (2.0 * (1.0 - utilization));
-        Some((formation + queueing + service * tail, formation, utilization))
+        let busy_wait = if utilization > 0.01 { service } else { 0.0 };
+        Some((formation.max(busy_wait) + service * tail, formation, utilization))
     }
 
     /// The plan at (batch index, GPU%) if it meets the SLO with the margin.
@@ -161,6 +181,24 @@ impl ModelBased {
             .min()
     }
 
+    /// The smallest GPU% at which a burst of `burst` queued requests is served within the SLO
+    /// budget, in batches of the best size.
+    fn burst_slice(&self, m: usize, burst: usize) -> usize {
+        if burst == 0 {
+            return 1;
+        }
+        let l = &self.learned[m];
+        let (scale, _) = Self::correction(l);
+        let budget = self.models[m].slo_ms * (1.0 - MARGIN);
+        let clears = |g: usize| {
+            (0..BATCH_SIZES.len()).any(|b| {
+                let rounds = burst.div_ceil(BATCH_SIZES[b] as usize) as f64;
+                rounds * l.p50[b][g - 1] * scale * l.tail[b][g - 1] <= budget
+            })
+        };
+        (1..=100).find(|&g| clears(g)).unwrap_or(100)
+    }
+
     /// Learns from one interval: service-time fit, tail excess, and rate forecast.
     fn observe(&mut self, m: usize, obs: &ModelInterval) -> Load {
         let interval_ms = ((obs.end_s - obs.start_s) * 1e3).max(1e-3);
@@ -180,9 +218,14 @@ impl ModelBased {
         }
         let rate = obs.summary.arrivals as f64 / interval_ms;
         l.rate_ewma = if l.rate_ewma == 0.0 { rate } else { 0.5 * l.rate_ewma + 0.5 * rate };
+        l.recent_rates[l.intervals_seen % PEAK_WINDOW] = rate;
+        l.recent_bursts[l.intervals_seen % PEAK_WINDOW] = obs.summary.max_queue;
+        l.intervals_seen += 1;
         let load = Load {
             rate: rate.max(l.rate_ewma),
-            capacity_rate: rate.max(l.rate_ewma) + obs.queue_len as f64 / interval_ms,
+            capacity_rate: rate.max(l.rate_ewma) + obs.queue_len as f64 / (DRAIN_S * 1e3).max(interval_ms),
+            peak_rate: l.recent_rates.iter().fold(rate, |a, b| a.max(*b)),
+            peak_burst: l.recent_bursts.iter().copied().max().unwrap_or(0),
         };
         // How far the end-to-end tail ran over what the model predicts for the allocation in
         // force, learned only from steady intervals: a backlog or drops mean the load outran the
@@ -226,30 +269,44 @@ impl Policy for ModelBased {
         let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
         let needed: Vec<Option<usize>> = (0..n).map(|m| self.smallest_slice(m, loads[m])).collect();
 
-        // Smallest slices in priority order; whoever does not fit degrades.
+        // Every model keeps at least 1% so it still serves; then the smallest slices, in
+        // priority order; whoever does not fit degrades.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&m| (std::cmp::Reverse(self.models[m].priority), needed[m].unwrap_or(101)));
-        let mut gpu = vec![0usize; n];
-        let mut remaining = 100usize;
+        let mut gpu = vec![1usize; n];
+        let mut remaining = 100usize.saturating_sub(n);
         let mut degraded = Vec::new();
         for &m in &order {
             match needed[m] {
-                Some(g) if g <= remaining => {
+                Some(g) if g - 1 <= remaining => {
                     gpu[m] = g;
-                    remaining -= g;
+                    remaining -= g - 1;
                 }
                 _ => degraded.push(m),
             }
         }
         if !degraded.is_empty() {
-            let demands: Vec<f64> = degraded.iter().map(|&m| needed[m].unwrap_or(100) as f64).collect();
+            let demands: Vec<f64> = degraded.iter().map(|&m| needed[m].unwrap_or(100) as f64 - 1.0).collect();
             for (&m, share) in degraded.iter().zip(max_min(&demands, remaining as f64)) {
-                gpu[m] = (share.floor() as usize).max(1);
+                gpu[m] = 1 + share.floor() as usize;
             }
             remaining = 100usize.saturating_sub(gpu.iter().sum());
         }
 
-        // Leftover, a point at a time, to the model with the least headroom.
+        // Leftover first lifts models towards what their recent peak rate and largest burst need.
+        for &m in order.iter().filter(|m| !degraded.contains(m)) {
+            let peak = Load {
+                rate: loads[m].peak_rate,
+                capacity_rate: loads[m].peak_rate.max(loads[m].capacity_rate),
+                ..loads[m]
+            };
+            let wanted = self.smallest_slice(m, peak).unwrap_or(100).max(self.burst_slice(m, loads[m].peak_burst));
+            let extra = wanted.saturating_sub(gpu[m]).min(remaining);
+            gpu[m] += extra;
+            remaining -= extra;
+        }
+
+        // The rest, a point at a time, to the model with the least headroom.
         let headroom = |this: &Self, m: usize, g: usize| {
             this.best_at(m, g, loads[m])
                 .map_or(f64::INFINITY, |p| (1.0 - p.predicted_p99_ms / this.models[m].slo_ms).min(1.0 - p.utilization))

@@ -60,6 +60,7 @@ pub struct PlanInputs<'a> {
     pub control_interval_s: f64,
     pub intervals_per_window: usize,
     pub drop_after_ms: Option<f64>,
+    pub interference: f64,
     pub service_jitter: bool,
     pub seed: u64,
 }
@@ -75,8 +76,8 @@ type Table = Vec<Vec<[(u64, Allocation); GPU_LEVELS]>>;
 impl OraclePlan {
     /// For each window: every model is simulated alone on the window's arrivals at every GPU% of
     /// a 5% grid and every batch size, and a knapsack over GPU% picks the split with the most
-    /// requests served within their SLOs. Co-location interference is left out, which makes the
-    /// plan optimistic: an upper bound for the comparison.
+    /// requests served within their SLOs. Each model is planned as if the rest of the GPU were
+    /// busy all the time (worst-case interference), so the plan holds when the models run together.
     pub fn compute(inputs: PlanInputs) -> Result<OraclePlan, gpuslice_simulator::SimError> {
         let window_s = inputs.control_interval_s * inputs.intervals_per_window as f64;
         let end = inputs.arrivals.iter().filter_map(|a| a.last()).fold(0.0_f64, |m, t| m.max(*t));
@@ -131,6 +132,8 @@ fn model_table(
                 let allocation = Allocation { gpu_pct, max_batch, batch_timeout_ms: formation.min(model.slo_ms / 2.0) };
                 let config = SimConfig {
                     drop_after_ms: inputs.drop_after_ms,
+                    interference: inputs.interference,
+                    background_pct: 100.0 - gpu_pct,
                     seed: inputs.seed ^ (w as u64) << 8 ^ m as u64,
                     ..SimConfig::default()
                 };

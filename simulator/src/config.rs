@@ -92,6 +92,9 @@ pub struct SimConfig {
     /// Slowdown from memory-bandwidth and L2 contention: a running batch is slowed by
     /// `1 + interference * (sum of the other running batches' GPU shares) / 100`.
     pub interference: f64,
+    /// GPU% held by work outside this simulation, counted as a co-runner in the interference
+    /// (the oracle's planner simulates one model at a time this way).
+    pub background_pct: f64,
     pub reallocation: ReallocationCost,
     /// Requests still queued this long after arrival are dropped (None: never).
     pub drop_after_ms: Option<f64>,
@@ -105,6 +108,7 @@ impl Default for SimConfig {
         SimConfig {
             sharing: Sharing::Spatial,
             interference: 0.0,
+            background_pct: 0.0,
             reallocation: ReallocationCost::Standby { handover_us: 100.0 },
             drop_after_ms: None,
             seed: 0,

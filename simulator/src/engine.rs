@@ -566,7 +566,7 @@ impl Simulator {
         if self.config.sharing == Sharing::DefaultMps {
             self.share_sms_max_min();
         }
-        let total_share: f64 = self.running.iter().map(|b| b.share).sum();
+        let total_share: f64 = self.running.iter().map(|b| b.share).sum::<f64>() + self.config.background_pct;
         let now = self.now;
         self.next_completion = Nanos::MAX;
         for batch in &mut self.running {

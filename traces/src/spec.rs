@@ -52,7 +52,8 @@ pub enum ArrivalSpec {
         start_s: f64,
     },
     /// Azure Functions 2019 per-minute counts of the selected functions, from `start_minute` on,
-    /// times `scale`, spread at random inside each minute.
+    /// times `scale`, spread at random inside each minute. `minute_s` below 60 compresses the
+    /// day (1 plays each minute's count in one second: the day in 24 minutes).
     PerMinuteCounts {
         trace: String,
         functions: FunctionSelection,
@@ -60,6 +61,8 @@ pub enum ArrivalSpec {
         scale: f64,
         #[serde(default)]
         start_minute: usize,
+        #[serde(default = "sixty")]
+        minute_s: f64,
     },
 }
 
@@ -143,12 +146,13 @@ impl TraceLibrary {
                 };
                 Box::new(Replay::new(times, *speedup, horizon_s))
             }
-            ArrivalSpec::PerMinuteCounts { trace, functions, scale, start_minute } => {
+            ArrivalSpec::PerMinuteCounts { trace, functions, scale, start_minute, minute_s } => {
                 positive("scale", *scale)?;
+                positive("minute_s", *minute_s)?;
                 let counts = self.function_counts(trace)?;
                 let sums = counts.select(functions, what)?;
                 let window: Arc<[u64]> = sums.get(*start_minute..).unwrap_or_default().into();
-                Box::new(SpreadCounts::new(window, 60.0, *scale, horizon_s, seed))
+                Box::new(SpreadCounts::new(window, *minute_s, *scale, horizon_s, seed))
             }
         })
     }

@@ -1,0 +1,162 @@
+//! Policies through their public interface, on hand-computed cases.
+
+use gpuslice_policies::{ModelContext, build};
+use gpuslice_simulator::{Allocation, ModelInterval, Summary};
+use gpuslice_traces::{LatencyModel, ProfileSet, Source};
+use std::sync::Arc;
+
+/// A profile whose latency is exactly `(0.5 + 0.5 b) * 100 / g` ms (p99 = p50), measured at
+/// GPU% 25, 50, 100 and batch 1..64: the parametric form fits it exactly.
+fn toy_latency() -> Arc<LatencyModel> {
+    let mut csv = String::from("engine,model,dtype,gpu_pct,sms,batch,p50_ms,p99_ms,mean_ms,imgs_per_s\n");
+    for g in [25.0, 50.0, 100.0] {
+        for b in [1u32, 2, 4, 8, 16, 32, 64] {
+            let t = (0.5 + 0.5 * b as f64) * 100.0 / g;
+            csv += &format!("toy,toy,fp16,{g},132,{b},{t},{t},{t},1\n");
+        }
+    }
+    let set = ProfileSet::parse(&Source { name: "toy.csv".into(), text: csv.into() }).unwrap();
+    Arc::new(LatencyModel::fit_all(&set).unwrap().remove("toy").unwrap())
+}
+
+fn context(name: &str, latency: Arc<LatencyModel>, slo_ms: f64, priority: u32) -> ModelContext {
+    ModelContext {
+        name: name.into(),
+        slo_ms,
+        priority,
+        latency,
+        configured: Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 2.0 },
+    }
+}
+
+/// One 1-second interval of a model at `allocation` with `arrivals`, p99 `p99_ms`, `completed`.
+fn interval(allocation: Allocation, arrivals: u64, completed: u64, p99_ms: f64) -> ModelInterval {
+    ModelInterval {
+        model: "m".into(),
+        start_s: 0.0,
+        end_s: 1.0,
+        allocation,
+        queue_len: 0,
+        summary: Summary {
+            arrivals,
+            completed,
+            dropped: 0,
+            within_slo: completed,
+            slo_attainment: 1.0,
+            goodput_rps: completed as f64,
+            throughput_rps: completed as f64,
+            arrival_rps: arrivals as f64,
+            p50_ms: p99_ms / 2.0,
+            p95_ms: p99_ms,
+            p99_ms,
+            mean_ms: p99_ms / 2.0,
+            mean_batch: 1.0,
+            mean_queue: 0.0,
+            max_queue: 0,
+            gpu_util: 0.0,
+        },
+        batches: Vec::new(),
+    }
+}
+
+#[test]
+fn the_toy_profile_is_fitted_exactly() {
+    let latency = toy_latency();
+    for (b, g) in [(8, 63.0), (12, 100.0), (4, 70.0)] {
+        let exact = (0.5 + 0.5 * b as f64) * 100.0 / g;
+        assert!((latency.p50_ms(b, g) - exact).abs() / exact < 1e-3, "b {b} g {g}: {}", latency.p50_ms(b, g));
+    }
+}
+
+// At 1,000 requests/s (1 per ms), SLO 20 ms, 10% margin (budget 18 ms), utilization <= 0.9,
+// p99 = max((b-1)/rate, s) + s with s = (0.5 + 0.5 b) 100/g:
+//   b=8: utilization 56.25/g <= 0.9 needs g >= 63; p99 at 63 = max(7, 7.14) + 7.14 = 14.3 ms;
+//   b=6 needs 65, b=4 needs 70, b=2 needs 84, b=12 needs 93, b=1 and b>=16 never fit.
+// So the smallest slice is 63%. Alone, the model also gets the other 37%; at 100% the feasible
+// batch with the lowest utilization is 12 (s = 6.5 ms, utilization 0.54, p99 11 + 6.5 = 17.5).
+#[test]
+fn model_based_picks_the_smallest_slice_then_the_most_spare_batch() {
+    let mut policy = build("model-based", &[context("toy", toy_latency(), 20.0, 0)], None).unwrap();
+    let current = policy.initial()[0];
+    let decisions = policy.decide(&[interval(current, 1000, 0, 0.0)]);
+    assert_eq!(decisions.len(), 1);
+    let a = decisions[0].allocation;
+    assert_eq!((a.gpu_pct, a.max_batch), (100.0, 12));
+    assert!((a.batch_timeout_ms - 11.0).abs() < 1e-9, "timeout = (b-1)/rate = 11 ms, got {}", a.batch_timeout_ms);
+    assert!(decisions[0].reason.contains("needs 63%"), "{}", decisions[0].reason);
+}
+
+// Two such models need 63% each: the higher priority one gets its 63% (batch 8, the only batch
+// feasible there, timeout 7 ms), the other degrades to the remaining 37% and says so.
+#[test]
+fn model_based_degrades_by_priority_when_demand_exceeds_the_gpu() {
+    let latency = toy_latency();
+    let models = [context("low", latency.clone(), 20.0, 0), context("high", latency, 20.0, 5)];
+    let mut policy = build("model-based", &models, None).unwrap();
+    let start = policy.initial();
+    let decisions = policy.decide(&[interval(start[0], 1000, 0, 0.0), interval(start[1], 1000, 0, 0.0)]);
+    let of = |m: usize| decisions.iter().find(|d| d.model == m).expect("a decision for each model");
+    assert_eq!((of(1).allocation.gpu_pct, of(1).allocation.max_batch), (63.0, 8));
+    assert!((of(1).allocation.batch_timeout_ms - 7.0).abs() < 1e-9);
+    assert_eq!(of(0).allocation.gpu_pct, 37.0);
+    assert!(of(0).reason.starts_with("degraded (priority 0)"), "{}", of(0).reason);
+}
+
+#[test]
+fn gslice_starts_at_the_knees_and_shares_max_min() {
+    let source = Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap();
+    let mut fitted = LatencyModel::fit_all(&ProfileSet::parse(&source).unwrap()).unwrap();
+    let names = ["resnet50", "vgg16", "densenet121", "mobilenet_v3_large", "efficientnet_b0"];
+    let models: Vec<ModelContext> =
+        names.iter().map(|n| context(n, Arc::new(fitted.remove(*n).unwrap()), 30.0, 0)).collect();
+    let knees: Vec<f64> = models.iter().map(|m| m.latency.knee_pct(8)).collect();
+    let initial = build("gslice", &models, None).unwrap().initial();
+    let total: f64 = initial.iter().map(|a| a.gpu_pct).sum();
+    if knees.iter().sum::<f64>() <= 100.0 {
+        assert_eq!(initial.iter().map(|a| a.gpu_pct).collect::<Vec<_>>(), knees);
+    } else {
+        assert!((total - 100.0).abs() < 1e-9, "knees {knees:?} add up to more than 100: shares {initial:?}");
+        // A model whose knee is below the even split keeps it.
+        for (a, knee) in initial.iter().zip(&knees) {
+            assert!(a.gpu_pct <= *knee + 1e-9);
+        }
+    }
+}
+
+#[test]
+fn gslice_moves_the_slice_only_after_five_consecutive_triggers() {
+    let latency = toy_latency();
+    let mut policy = build("gslice", &[context("toy", latency, 20.0, 0)], None).unwrap();
+    let mut current = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    // p99 25 ms over a 20 ms SLO: target 40 + 40 * 5/25 = 48, 8 points away, every interval.
+    for round in 1..=5 {
+        let decisions = policy.decide(&[interval(current, 1000, 1000, 25.0)]);
+        let gpu = decisions.first().map_or(current.gpu_pct, |d| d.allocation.gpu_pct);
+        if round < 5 {
+            assert_eq!(gpu, 40.0, "round {round}: no GPU change before the fifth trigger");
+        } else {
+            assert_eq!(gpu, 48.0, "round 5 applies the target");
+        }
+        if let Some(d) = decisions.first() {
+            current = d.allocation;
+        }
+    }
+}
+
+#[test]
+fn gslice_ignores_changes_under_three_points() {
+    let mut policy = build("gslice", &[context("toy", toy_latency(), 20.0, 0)], None).unwrap();
+    let current = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    // p99 19 ms: target 40 - 40 * 1/20 = 38, 2 points: ignored however long it lasts.
+    for _ in 0..10 {
+        let decisions = policy.decide(&[interval(current, 1000, 1000, 19.0)]);
+        assert!(decisions.iter().all(|d| d.allocation.gpu_pct == 40.0), "{decisions:?}");
+    }
+}
+
+#[test]
+fn unknown_policies_are_named_in_the_error() {
+    let err = build("gslise", &[], None).err().unwrap();
+    assert!(err.contains("gslise") && err.contains("model-based"), "{err}");
+    assert!(build("oracle", &[], None).err().unwrap().contains("plan"));
+}
