@@ -75,12 +75,7 @@ pub fn run(quick: bool, out: Option<&Path>) -> Result<()> {
     println!("{table}");
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("bench.csv");
-        let mut writer = csv::Writer::from_path(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        for r in &rows {
-            writer.serialize(r)?;
-        }
-        writer.flush()?;
+        crate::output::write_csv(&dir.join("bench.csv"), &rows)?;
     }
     Ok(())
 }

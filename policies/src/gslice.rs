@@ -57,10 +57,12 @@ pub fn batch_target(batch: u32, latency_ms: f64, slo_ms: f64) -> u32 {
     }
 }
 
-/// Each model's knee GPU% at its configured batch, as max-min shares of the GPU.
-pub fn initial_shares(models: &[ModelContext]) -> Vec<f64> {
+/// Each model at its knee GPU% for its configured batch (max-min shares of the GPU when the
+/// knees add up to more than 100), with its configured batching.
+pub fn knee_allocations(models: &[ModelContext]) -> Vec<Allocation> {
     let knees: Vec<f64> = models.iter().map(|m| m.latency.knee_pct(m.configured.max_batch)).collect();
-    max_min(&knees, 100.0)
+    let shares = max_min(&knees, 100.0);
+    models.iter().zip(shares).map(|(m, gpu_pct)| Allocation { gpu_pct, ..m.configured }).collect()
 }
 
 pub struct Gslice {
@@ -86,8 +88,7 @@ impl Policy for Gslice {
     }
 
     fn initial(&mut self) -> Vec<Allocation> {
-        let shares = initial_shares(&self.models);
-        self.models.iter().zip(shares).map(|(m, gpu_pct)| Allocation { gpu_pct, ..m.configured }).collect()
+        knee_allocations(&self.models)
     }
 
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {

@@ -260,8 +260,7 @@ impl Policy for ModelBased {
 
     /// Before any traffic is seen: each model at its knee (max-min shares), configured batching.
     fn initial(&mut self) -> Vec<Allocation> {
-        let shares = crate::gslice::initial_shares(&self.models);
-        self.models.iter().zip(shares).map(|(m, gpu_pct)| Allocation { gpu_pct, ..m.configured }).collect()
+        crate::gslice::knee_allocations(&self.models)
     }
 
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {

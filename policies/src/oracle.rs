@@ -38,7 +38,7 @@ impl Policy for Oracle {
 
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
         self.interval += 1;
-        if self.interval % self.plan.intervals_per_window != 0 {
+        if !self.interval.is_multiple_of(self.plan.intervals_per_window) {
             return Vec::new();
         }
         let window = self.interval / self.plan.intervals_per_window;
@@ -70,8 +70,10 @@ const GPU_STEP: usize = 5;
 const GPU_LEVELS: usize = 100 / GPU_STEP;
 const PLAN_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
 
-/// Per model and window: for each GPU% level, the best goodput and the allocation giving it.
-type Table = Vec<Vec<[(u64, Allocation); GPU_LEVELS]>>;
+/// For each GPU% level of one window, the best goodput and the allocation giving it.
+type WindowRow = [(u64, Allocation); GPU_LEVELS];
+/// Per model and window, a `WindowRow`.
+type Table = Vec<Vec<WindowRow>>;
 
 impl OraclePlan {
     /// For each window: every model is simulated alone on the window's arrivals at every GPU% of
@@ -82,7 +84,7 @@ impl OraclePlan {
         let window_s = inputs.control_interval_s * inputs.intervals_per_window as f64;
         let end = inputs.arrivals.iter().filter_map(|a| a.last()).fold(0.0_f64, |m, t| m.max(*t));
         let windows = ((end / window_s).floor() as usize + 1).max(1);
-        let tables: Vec<Result<Vec<[(u64, Allocation); GPU_LEVELS]>, _>> = std::thread::scope(|scope| {
+        let tables: Vec<Result<Vec<WindowRow>, _>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..inputs.models.len())
                 .map(|m| {
                     scope.spawn({
@@ -105,7 +107,7 @@ fn model_table(
     m: usize,
     windows: usize,
     window_s: f64,
-) -> Result<Vec<[(u64, Allocation); GPU_LEVELS]>, gpuslice_simulator::SimError> {
+) -> Result<Vec<WindowRow>, gpuslice_simulator::SimError> {
     use gpuslice_simulator::{ModelSetup, ServiceModel, SimConfig, Simulator};
     use gpuslice_traces::arrivals::Replay;
     let model = &inputs.models[m];
