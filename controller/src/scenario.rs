@@ -132,7 +132,19 @@ impl LoadedScenario {
             let wanted = m.profile_model.as_deref().unwrap_or(&m.name);
             profiles.model(wanted).with_context(|| format!("scenario {}: models[{i}] ({})", self.origin, m.name))?;
         }
-        Ok(LatencyModel::fit_all(&profiles)?)
+        let fitted = LatencyModel::fit_all(&profiles)?;
+        for (i, m) in self.scenario.models.iter().enumerate() {
+            let best = fitted[m.profile_model.as_deref().unwrap_or(&m.name)].p99_ms(1, 100.0);
+            if m.slo_ms < best {
+                bail!(
+                    "scenario {}: models[{i}] ({}): slo_ms {} cannot be met: the best achievable p99 is {best:.2} ms (batch 1 on the whole GPU)",
+                    self.origin,
+                    m.name,
+                    m.slo_ms
+                );
+            }
+        }
+        Ok(fitted)
     }
 
     /// The simulator's inputs (with the scenario's sharing and allocations) and what a policy

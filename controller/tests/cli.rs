@@ -87,6 +87,13 @@ fn bad_scenarios_fail_with_a_clear_message() {
             "missing.csv: cannot read",
         ),
         (write("broken.toml", "name = \"t\"\nsharing = \"sideways\"\nmodels = []\n"), "sideways"),
+        (
+            write(
+                "slo.toml",
+                &model("resnet50", "{ kind = \"poisson\", rate = 10 }").replace("slo_ms = 10", "slo_ms = 0.5"),
+            ),
+            "slo_ms 0.5 cannot be met: the best achievable p99 is 1.18 ms",
+        ),
     ];
     for (path, expected) in cases {
         let out = gpuslice(&["--log", "warn", "simulate", "--quiet", "--config", &path]);
