@@ -4,14 +4,17 @@
 //! - an online fit of how the GPU differs from the profile: a multiplicative correction of
 //!   service time, the least-squares fit in log space of observed batch times against the
 //!   profile's prediction, with exponential forgetting and a prior at 1 (the profile);
-//! - a correction of the end-to-end tail, from the observed p99 against the prediction;
-//! - an arrival-rate forecast that follows rises at once and falls gradually.
+//! - a correction of the end-to-end tail, from the observed p99 against the prediction, learned
+//!   in steady intervals only;
+//! - an arrival-rate forecast that follows rises at once and falls gradually, and the peak rate
+//!   and largest queue of the recent intervals.
 //!
 //! Each interval it picks, per model, the smallest GPU% for which some batch size has a
-//! predicted p99 (batch-formation wait + queueing + service tail) under the SLO with a margin,
-//! then hands the leftover GPU, a point at a time, to the model with the least headroom, and
-//! picks each model's batch with the most headroom on its final slice. When the smallest slices
-//! add up to more than the GPU, models are served in priority order and the rest degrade.
+//! predicted p99 (see `predict`) under the SLO with a margin; when those add up to more than the
+//! GPU, models are served in priority order and the rest degrade. Leftover GPU first lifts each
+//! model towards what its recent peak rate and largest burst need, then goes, a point at a time,
+//! to the model with the least headroom. On its final slice each model takes the feasible batch
+//! with the most spare capacity. Small moves are skipped while the current allocation holds.
 
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
@@ -236,6 +239,7 @@ impl ModelBased {
             let a = obs.allocation;
             let b = BATCH_SIZES.iter().position(|&b| b >= a.max_batch).unwrap_or(BATCH_SIZES.len() - 1);
             let gpu = (a.gpu_pct.round() as usize).clamp(1, 100);
+            // The model's own prediction, without the correction being learned.
             self.learned[m].tail_excess = 1.0;
             let excess = match self.predict(m, b, gpu, load, MAX_UTILIZATION) {
                 Some((predicted, _, _)) => (obs.summary.p99_ms / predicted).clamp(0.5, 3.0),
