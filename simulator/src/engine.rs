@@ -68,8 +68,11 @@ struct Batch {
     /// Fraction of the work done at `updated`.
     progress: f64,
     speed: f64,
-    /// GPU% this batch holds now (its slice; 100/n under default MPS).
+    /// GPU% this batch holds now (its slice; its max-min share under default MPS).
     share: f64,
+    /// Under default MPS: its knee GPU% (what it asks for) and its median time on the whole GPU.
+    knee_pct: f64,
+    full_gpu_ns: f64,
     updated: Nanos,
     finish_at: Nanos,
 }
@@ -175,6 +178,8 @@ pub struct Simulator {
     running: Vec<Batch>,
     next_completion: Nanos,
     spare_vecs: Vec<Vec<Nanos>>,
+    /// Scratch space of the default-MPS share computation.
+    scratch_order: Vec<(f64, usize)>,
     events: u64,
     /// Time of the latest arrival: the span whole-run rates are taken over.
     last_arrival: Nanos,
@@ -234,6 +239,7 @@ impl Simulator {
             running: Vec::new(),
             next_completion: Nanos::MAX,
             spare_vecs: Vec::new(),
+            scratch_order: Vec::new(),
             events: 0,
             last_arrival: 0,
             interval_start: 0,
@@ -530,6 +536,7 @@ impl Simulator {
             Sharing::Temporal | Sharing::DefaultMps => 100.0,
         };
         let solo_ns = state.service.sample_ns(size as u32, gpu_pct, &mut self.rng).max(1.0);
+        let default_mps = self.config.sharing == Sharing::DefaultMps;
         self.running.push(Batch {
             model,
             generation: state.generation,
@@ -541,6 +548,8 @@ impl Simulator {
             progress: 0.0,
             speed: 1.0,
             share: gpu_pct,
+            knee_pct: if default_mps { state.service.knee_pct(size as u32) } else { 100.0 },
+            full_gpu_ns: if default_mps { state.service.median_ns(size as u32, 100.0) } else { solo_ns },
             updated: now,
             finish_at: now,
         });
@@ -571,8 +580,9 @@ impl Simulator {
         self.next_completion = Nanos::MAX;
         for batch in &mut self.running {
             let contention = if self.config.sharing == Sharing::DefaultMps && batch.share < 100.0 {
-                let service = &mut self.models[batch.model].service;
-                service.median_ns(batch.size, 100.0) / service.median_ns(batch.size, batch.share)
+                // Shares are looked up at 0.5% resolution so the per-slice cache stays small.
+                let share = (batch.share * 2.0).round().max(1.0) / 2.0;
+                batch.full_gpu_ns / self.models[batch.model].service.median_ns(batch.size, share)
             } else {
                 1.0
             };
@@ -587,13 +597,10 @@ impl Simulator {
     /// knees). Kernels of all clients interleave at block granularity, so a batch that needs few
     /// SMs gets them, and the rest is shared evenly by the batches that want more.
     fn share_sms_max_min(&mut self) {
-        let mut order: Vec<(f64, usize)> = (0..self.running.len())
-            .map(|i| {
-                let batch = &self.running[i];
-                (self.models[batch.model].service.knee_pct(batch.size), i)
-            })
-            .collect();
-        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let order = &mut self.scratch_order;
+        order.clear();
+        order.extend(self.running.iter().enumerate().map(|(i, b)| (b.knee_pct, i)));
+        order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut remaining = 100.0;
         for (k, &(demand, i)) in order.iter().enumerate() {
             let share = demand.min(remaining / (order.len() - k) as f64);
