@@ -22,6 +22,13 @@ fn default_profile() -> String {
 fn default_true() -> bool {
     true
 }
+/// Fitted to the co-location run measured on the H100 (bench/results/2026-11-23-h100-colocation.csv).
+fn h100_interference() -> f64 {
+    0.5
+}
+fn h100_mps_launch_contention() -> f64 {
+    2.0
+}
 fn default_reallocation() -> ReallocationCost {
     ReallocationCost::Standby { handover_us: 100.0 }
 }
@@ -37,9 +44,12 @@ pub struct Scenario {
     #[serde(default = "default_interval")]
     pub control_interval_s: f64,
     pub sharing: Sharing,
-    /// See `SimConfig::interference`.
-    #[serde(default)]
+    /// See `SimConfig::interference`; the default is the H100 calibration.
+    #[serde(default = "h100_interference")]
     pub interference: f64,
+    /// See `SimConfig::mps_launch_contention`; the default is the H100 calibration.
+    #[serde(default = "h100_mps_launch_contention")]
+    pub mps_launch_contention: f64,
     pub drop_after_ms: Option<f64>,
     /// Calibration profile: a CSV path (relative to the scenario file) or `builtin:NAME`.
     #[serde(default = "default_profile")]
@@ -115,6 +125,9 @@ impl LoadedScenario {
         if !(s.interference.is_finite() && s.interference >= 0.0) {
             bail!("scenario {origin}: interference must be >= 0, got {}", s.interference);
         }
+        if !(s.mps_launch_contention.is_finite() && s.mps_launch_contention >= 0.0) {
+            bail!("scenario {origin}: mps_launch_contention must be >= 0, got {}", s.mps_launch_contention);
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in s.models.iter().enumerate() {
             if !seen.insert(&m.name) {
@@ -155,6 +168,7 @@ impl LoadedScenario {
         let config = SimConfig {
             sharing: s.sharing,
             interference: s.interference,
+            mps_launch_contention: s.mps_launch_contention,
             background_pct: 0.0,
             reallocation: s.reallocation,
             drop_after_ms: s.drop_after_ms,

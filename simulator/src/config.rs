@@ -92,6 +92,10 @@ pub struct SimConfig {
     /// Slowdown from memory-bandwidth and L2 contention: a running batch is slowed by
     /// `1 + interference * (sum of the other running batches' GPU shares) / 100`.
     pub interference: f64,
+    /// Default MPS only: the launch-bound part of a batch (its many small kernels) waits for SM
+    /// slots held by co-running batches' large kernels, and takes `1 + this * (sum of the other
+    /// running batches' SM-bound fractions)` times as long.
+    pub mps_launch_contention: f64,
     /// GPU% held by work outside this simulation, counted as a co-runner in the interference
     /// (the oracle's planner simulates one model at a time this way).
     pub background_pct: f64,
@@ -108,6 +112,7 @@ impl Default for SimConfig {
         SimConfig {
             sharing: Sharing::Spatial,
             interference: 0.0,
+            mps_launch_contention: 0.0,
             background_pct: 0.0,
             reallocation: ReallocationCost::Standby { handover_us: 100.0 },
             drop_after_ms: None,

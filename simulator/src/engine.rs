@@ -10,12 +10,13 @@
 //! - temporal: one batch at a time on the whole GPU, speed 1;
 //! - spatial: each model on its own GPU%, slowed only by memory interference,
 //!   `speed = 1 / (1 + interference * others_share / 100)`;
-//! - default MPS: every model may use all SMs; co-running batches split them max-min fairly over
-//!   their demands (each batch's knee GPU%), since the block scheduler interleaves the resident
-//!   kernels of all clients. A batch holding share s runs as it would on s% of the GPU,
-//!   `speed = median(b, 100) / median(b, s)`, with memory interference on top. A batch's
-//!   latency thus depends on what else happens to run: small batches past their knee lose
-//!   little, large ones slow down nearly in proportion to the co-runners.
+//! - default MPS: every model may use all SMs. Co-running batches get SM shares that follow how
+//!   SM-bound they are (large kernels keep blocks queued and hold the SMs), capped at their
+//!   knees; the SM-bound part of a batch runs as it would on its share, and its launch-bound
+//!   part (many small kernels) waits for SM slots behind the others' large kernels, stretched by
+//!   `1 + mps_launch_contention * (others' SM-bound fractions)`; memory interference on top.
+//!   Latency thus depends on who else runs, and latency-bound models suffer most, as measured
+//!   on the H100.
 
 use crate::config::{Allocation, ModelSetup, ServiceModel, Sharing, SimConfig};
 use crate::metrics::{Counters, Summary};
@@ -27,6 +28,11 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+
+/// Default MPS: how strongly SM shares follow the batches' SM-bound fractions (0: even split,
+/// 1: proportional). 0.5 with `mps_launch_contention` 2 fits the H100 trio of
+/// `bench/results/2026-11-23-h100-colocation.csv` best among the values tried.
+const SM_SHARE_EXPONENT: f64 = 0.5;
 
 /// A simulation input that cannot run.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -70,9 +76,11 @@ struct Batch {
     speed: f64,
     /// GPU% this batch holds now (its slice; its max-min share under default MPS).
     share: f64,
-    /// Under default MPS: its knee GPU% (what it asks for) and its median time on the whole GPU.
+    /// Under default MPS: its knee GPU% (what it asks for), its median time on the whole GPU, and
+    /// the launch-bound fraction of that time.
     knee_pct: f64,
     full_gpu_ns: f64,
+    launch_fraction: f64,
     updated: Nanos,
     finish_at: Nanos,
 }
@@ -537,6 +545,8 @@ impl Simulator {
         };
         let solo_ns = state.service.sample_ns(size as u32, gpu_pct, &mut self.rng).max(1.0);
         let default_mps = self.config.sharing == Sharing::DefaultMps;
+        let (knee_pct, launch_fraction) =
+            if default_mps { state.service.knee_and_launch_fraction(size as u32) } else { (100.0, 0.0) };
         self.running.push(Batch {
             model,
             generation: state.generation,
@@ -548,8 +558,9 @@ impl Simulator {
             progress: 0.0,
             speed: 1.0,
             share: gpu_pct,
-            knee_pct: if default_mps { state.service.knee_pct(size as u32) } else { 100.0 },
+            knee_pct,
             full_gpu_ns: if default_mps { state.service.median_ns(size as u32, 100.0) } else { solo_ns },
+            launch_fraction,
             updated: now,
             finish_at: now,
         });
@@ -573,39 +584,59 @@ impl Simulator {
     /// Progress must be current (`advance_running`).
     fn reschedule_running(&mut self) {
         if self.config.sharing == Sharing::DefaultMps {
-            self.share_sms_max_min();
+            self.share_sms_by_pressure();
         }
         let total_share: f64 = self.running.iter().map(|b| b.share).sum::<f64>() + self.config.background_pct;
+        let total_sm_bound: f64 = self.running.iter().map(|b| 1.0 - b.launch_fraction).sum();
         let now = self.now;
         self.next_completion = Nanos::MAX;
         for batch in &mut self.running {
-            let contention = if self.config.sharing == Sharing::DefaultMps && batch.share < 100.0 {
+            // Time relative to running alone: on a default-MPS share, the SM-bound part stretches
+            // as the share shrinks and the launch-bound part waits behind the others' kernels.
+            let stretch = if self.config.sharing == Sharing::DefaultMps {
                 // Shares are looked up at 0.5% resolution so the per-slice cache stays small.
                 let share = (batch.share * 2.0).round().max(1.0) / 2.0;
-                batch.full_gpu_ns / self.models[batch.model].service.median_ns(batch.size, share)
+                let on_share = self.models[batch.model].service.median_ns(batch.size, share) / batch.full_gpu_ns;
+                let others_sm_bound = total_sm_bound - (1.0 - batch.launch_fraction);
+                on_share + batch.launch_fraction * self.config.mps_launch_contention * others_sm_bound
             } else {
                 1.0
             };
-            batch.speed = contention / (1.0 + self.config.interference * (total_share - batch.share) / 100.0);
+            batch.speed = 1.0 / (stretch * (1.0 + self.config.interference * (total_share - batch.share) / 100.0));
             let remaining = ((1.0 - batch.progress).max(0.0) * batch.solo_ns / batch.speed).ceil();
             batch.finish_at = now + remaining as Nanos;
             self.next_completion = self.next_completion.min(batch.finish_at);
         }
     }
 
-    /// Default MPS: the SMs are split max-min fairly over the running batches' demands (their
-    /// knees). Kernels of all clients interleave at block granularity, so a batch that needs few
-    /// SMs gets them, and the rest is shared evenly by the batches that want more.
-    fn share_sms_max_min(&mut self) {
+    /// Default MPS: the SMs go to the running batches in proportion to their SM-bound fractions
+    /// raised to `SM_SHARE_EXPONENT` (a kernel holds SMs in proportion to the blocks it keeps
+    /// queued, so large kernels take most of them), none beyond its knee, the excess shared out
+    /// again the same way.
+    fn share_sms_by_pressure(&mut self) {
         let order = &mut self.scratch_order;
         order.clear();
         order.extend(self.running.iter().enumerate().map(|(i, b)| (b.knee_pct, i)));
-        order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let weight = |b: &Batch| (1.0 - b.launch_fraction).max(1e-3).powf(SM_SHARE_EXPONENT);
         let mut remaining = 100.0;
-        for (k, &(demand, i)) in order.iter().enumerate() {
-            let share = demand.min(remaining / (order.len() - k) as f64);
-            self.running[i].share = share;
-            remaining -= share;
+        // Fix, one at a time, the batches whose proportional share would pass their knee.
+        loop {
+            let total_weight: f64 = order.iter().map(|&(_, i)| weight(&self.running[i])).sum();
+            let capped =
+                order.iter().position(|&(knee, i)| remaining * weight(&self.running[i]) / total_weight >= knee);
+            match capped {
+                Some(k) => {
+                    let (knee, i) = order.swap_remove(k);
+                    self.running[i].share = knee;
+                    remaining -= knee;
+                }
+                None => {
+                    for &(_, i) in order.iter() {
+                        self.running[i].share = remaining * weight(&self.running[i]) / total_weight;
+                    }
+                    return;
+                }
+            }
         }
     }
 

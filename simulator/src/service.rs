@@ -20,8 +20,8 @@ struct SliceTable {
 pub(crate) struct ServiceSampler {
     model: ServiceModel,
     tables: Vec<SliceTable>,
-    /// Knee GPU% by batch size, computed on first use.
-    knees: Vec<Option<f64>>,
+    /// Knee GPU% and launch-bound fraction by batch size, computed on first use.
+    knees: Vec<Option<(f64, f64)>>,
     normal: Normal,
 }
 
@@ -62,16 +62,17 @@ impl ServiceSampler {
         self.point(batch, gpu_pct).0
     }
 
-    /// The batch size's knee GPU% (`LatencyModel::knee_pct`); 5% for service times that do not
-    /// depend on the slice.
-    pub fn knee_pct(&mut self, batch: u32) -> f64 {
+    /// The batch size's knee GPU% (`LatencyModel::knee_pct`) and the fraction of its time that is
+    /// launch-bound (`LatencyModel::launch_bound_fraction`). Service times that do not depend on
+    /// the slice count as wholly launch-bound with a knee of 5%.
+    pub fn knee_and_launch_fraction(&mut self, batch: u32) -> (f64, f64) {
         let b = batch as usize;
         if self.knees.len() <= b {
             self.knees.resize(b + 1, None);
         }
         *self.knees[b].get_or_insert_with(|| match &self.model {
-            ServiceModel::Calibrated { latency, .. } => latency.knee_pct(batch),
-            ServiceModel::Constant { .. } | ServiceModel::Exponential { .. } => 5.0,
+            ServiceModel::Calibrated { latency, .. } => (latency.knee_pct(batch), latency.launch_bound_fraction(batch)),
+            ServiceModel::Constant { .. } | ServiceModel::Exponential { .. } => (5.0, 1.0),
         })
     }
 

@@ -57,6 +57,7 @@ fn run(case: &Case) -> Simulator {
     let config = SimConfig {
         sharing: case.sharing,
         interference: case.interference,
+        mps_launch_contention: case.interference * 6.0,
         background_pct: 0.0,
         reallocation: if case.cold {
             ReallocationCost::ColdRestart { restart_s: 0.05 }

@@ -81,3 +81,35 @@ fn model_based_beats_gslice_and_temporal_on_the_step() {
     assert!(ours >= 2.0 * goodput("temporal"));
     assert!(ours >= 0.95 * goodput("oracle"));
 }
+
+/// The default-MPS contention model against the trio measured on the H100: densenet121,
+/// resnext50_32x4d and vgg16 at batch 8, back to back, all at 100% under MPS.
+#[test]
+fn default_mps_reproduces_the_measured_h100_trio() {
+    let measured = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../bench/results/2026-11-23-h100-colocation.csv"
+    ))
+    .unwrap();
+    let measured_ms = |model: &str| -> f64 {
+        let row = measured.lines().find(|l| l.starts_with(&format!("default-mps,{model},"))).unwrap();
+        row.split(',').nth(5).unwrap().parse().unwrap()
+    };
+    let mut text = String::from("name = \"trio\"\nduration_s = 3\nsharing = \"default-mps\"\ndrop_after_ms = 100\n");
+    for model in ["densenet121", "resnext50_32x4d", "vgg16"] {
+        text += &format!(
+            "[[models]]\nname = \"{model}\"\nslo_ms = 100\ngpu_pct = 30\nmax_batch = 8\nbatch_timeout_ms = 0\narrivals = {{ kind = \"poisson\", rate = 20000 }}\n"
+        );
+    }
+    let loaded = LoadedScenario::from_text(&text, "trio", ".".into()).unwrap();
+    let run = simulate::run(&loaded, &PolicyChoice::Scenario(Sharing::DefaultMps), false).unwrap();
+    // Saturated: batches of 8 back to back, so a batch takes 8 / throughput.
+    let batch_ms = |i: usize| 8000.0 / run.report.models[i].summary.throughput_rps;
+    let (densenet, resnext, vgg) = (batch_ms(0), batch_ms(1), batch_ms(2));
+    for (got, model) in [(densenet, "densenet121"), (resnext, "resnext50_32x4d")] {
+        let want = measured_ms(model);
+        assert!((got - want).abs() / want < 0.15, "{model}: simulated {got:.2} ms, measured {want:.2} ms");
+    }
+    // Who suffers most: the latency-bound models, far more than the SM-bound vgg16.
+    assert!(densenet > 2.0 * resnext && resnext > 1.5 * vgg, "{densenet:.2} {resnext:.2} {vgg:.2}");
+}

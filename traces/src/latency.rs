@@ -129,6 +129,13 @@ impl LatencyModel {
         (1..=20).map(|step| step as f64 * 5.0).find(|g| self.p50_ms(batch, *g) <= KNEE_SLOWDOWN * full).unwrap_or(100.0)
     }
 
+    /// The share of the batch's time on the whole GPU that does not shrink with more SMs (the
+    /// fitted fixed and per-item terms): kernel launches and small, latency-bound kernels.
+    pub fn launch_bound_fraction(&self, batch: u32) -> f64 {
+        let b = batch as f64;
+        ((self.parametric.a0 + self.parametric.a1 * b) / self.parametric.eval_ms(b, 100.0)).clamp(0.0, 1.0)
+    }
+
     /// Fits one model; `shared_exponent` is used when the profile has fewer than 3 GPU% levels.
     pub fn fit(profile: &ModelProfile, shared_exponent: f64) -> Result<LatencyModel> {
         let fit_exponent = profile.gpu_levels().len() >= 3;
