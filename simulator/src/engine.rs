@@ -43,6 +43,8 @@ pub enum SimError {
     OverSubscribed { total_pct: f64 },
     #[error("no model with index {0}")]
     UnknownModel(usize),
+    #[error("model {0} is retired and takes no requests")]
+    Retired(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,11 +64,23 @@ struct Event {
     kind: EventKind,
 }
 
+/// A request waiting in a model's queue.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    arrival: Nanos,
+    /// Who to tell when it finishes (`NO_TICKET` for generated arrivals).
+    ticket: Ticket,
+}
+
+/// Identifies a request submitted from outside (`Simulator::submit`).
+pub type Ticket = u64;
+const NO_TICKET: Ticket = 0;
+
 struct Batch {
     model: usize,
     /// The model's worker generation when the batch started (a reallocation starts a new one).
     generation: u64,
-    arrivals: Vec<Nanos>,
+    requests: Vec<Queued>,
     started: Nanos,
     size: u32,
     gpu_pct: f64,
@@ -98,9 +112,12 @@ pub struct BatchSample {
     pub exec_ms: f64,
 }
 
-/// One completed request (kept when `SimConfig::record_requests` is set).
+/// One completed request (kept when `SimConfig::record_requests` is set, and always for
+/// submitted requests).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RequestRecord {
+    /// The ticket `submit` returned, or 0 for generated arrivals.
+    pub ticket: Ticket,
     pub model: usize,
     pub arrival_ns: Nanos,
     pub start_ns: Nanos,
@@ -153,8 +170,10 @@ struct ModelState {
     resume_version: u64,
     timeout_at: Option<Nanos>,
     timeout_version: u64,
-    queue: VecDeque<Nanos>,
+    queue: VecDeque<Queued>,
     queue_changed_at: Nanos,
+    /// Retired models take no new requests and serve out their queue.
+    retired: bool,
     arrivals: Box<dyn ArrivalProcess>,
     total: Counters,
     interval: Counters,
@@ -185,7 +204,7 @@ pub struct Simulator {
     models: Vec<ModelState>,
     running: Vec<Batch>,
     next_completion: Nanos,
-    spare_vecs: Vec<Vec<Nanos>>,
+    spare_vecs: Vec<Vec<Queued>>,
     /// Scratch space of the default-MPS share computation.
     scratch_order: Vec<(f64, usize)>,
     events: u64,
@@ -193,49 +212,14 @@ pub struct Simulator {
     last_arrival: Nanos,
     interval_start: Nanos,
     requests: Vec<RequestRecord>,
+    /// Submitted requests dropped at their deadline, not yet taken.
+    dropped_tickets: Vec<Ticket>,
+    next_ticket: Ticket,
 }
 
 impl Simulator {
     pub fn new(config: SimConfig, setups: Vec<ModelSetup>) -> Result<Simulator, SimError> {
-        let mut models = Vec::with_capacity(setups.len());
-        for setup in setups {
-            let invalid = |problem: String| SimError::InvalidModel { model: setup.name.clone(), problem };
-            if let Some(problem) = setup.allocation.problem() {
-                return Err(invalid(problem));
-            }
-            if !(setup.slo_ms.is_finite() && setup.slo_ms > 0.0) {
-                return Err(invalid(format!("slo_ms must be > 0, got {}", setup.slo_ms)));
-            }
-            match setup.service {
-                ServiceModel::Constant { ms: v } | ServiceModel::Exponential { mean_ms: v }
-                    if !(v.is_finite() && v > 0.0) =>
-                {
-                    return Err(invalid(format!("service time must be > 0 ms, got {v}")));
-                }
-                _ => {}
-            }
-            models.push(ModelState {
-                name: setup.name,
-                slo_ns: secs_to_ns(setup.slo_ms * 1e-3),
-                service: ServiceSampler::new(setup.service),
-                allocation: setup.allocation,
-                pending: None,
-                worker_busy: false,
-                generation: 0,
-                resume_at: 0,
-                resume_version: 0,
-                timeout_at: None,
-                timeout_version: 0,
-                queue: VecDeque::new(),
-                queue_changed_at: 0,
-                arrivals: setup.arrivals,
-                total: Counters::new(),
-                interval: Counters::new(),
-                interval_batches: Vec::new(),
-                interval_batches_seen: 0,
-                reallocations: 0,
-            });
-        }
+        let models = setups.into_iter().map(Self::model_state).collect::<Result<Vec<_>, _>>()?;
         let mut sim = Simulator {
             drop_after_ns: config.drop_after_ms.map(|ms| secs_to_ns(ms * 1e-3)),
             rng: SmallRng::seed_from_u64(config.seed),
@@ -252,12 +236,95 @@ impl Simulator {
             last_arrival: 0,
             interval_start: 0,
             requests: Vec::new(),
+            dropped_tickets: Vec::new(),
+            next_ticket: NO_TICKET + 1,
         };
         sim.check_capacity()?;
         for m in 0..sim.models.len() {
             sim.schedule_next_arrival(m);
         }
         Ok(sim)
+    }
+
+    fn model_state(setup: ModelSetup) -> Result<ModelState, SimError> {
+        let invalid = |problem: String| SimError::InvalidModel { model: setup.name.clone(), problem };
+        if let Some(problem) = setup.allocation.problem() {
+            return Err(invalid(problem));
+        }
+        if !(setup.slo_ms.is_finite() && setup.slo_ms > 0.0) {
+            return Err(invalid(format!("slo_ms must be > 0, got {}", setup.slo_ms)));
+        }
+        match setup.service {
+            ServiceModel::Constant { ms: v } | ServiceModel::Exponential { mean_ms: v }
+                if !(v.is_finite() && v > 0.0) =>
+            {
+                return Err(invalid(format!("service time must be > 0 ms, got {v}")));
+            }
+            _ => {}
+        }
+        Ok(ModelState {
+            name: setup.name,
+            slo_ns: secs_to_ns(setup.slo_ms * 1e-3),
+            service: ServiceSampler::new(setup.service),
+            allocation: setup.allocation,
+            pending: None,
+            worker_busy: false,
+            generation: 0,
+            resume_at: 0,
+            resume_version: 0,
+            timeout_at: None,
+            timeout_version: 0,
+            queue: VecDeque::new(),
+            queue_changed_at: 0,
+            retired: false,
+            arrivals: setup.arrivals,
+            total: Counters::new(),
+            interval: Counters::new(),
+            interval_batches: Vec::new(),
+            interval_batches_seen: 0,
+            reallocations: 0,
+        })
+    }
+
+    /// Adds a model while running; returns its index. Its allocation must fit the GPU.
+    pub fn add_model(&mut self, setup: ModelSetup) -> Result<usize, SimError> {
+        let mut state = Self::model_state(setup)?;
+        state.queue_changed_at = self.now;
+        self.models.push(state);
+        if let Err(e) = self.check_capacity() {
+            self.models.pop();
+            return Err(e);
+        }
+        let m = self.models.len() - 1;
+        self.schedule_next_arrival(m);
+        Ok(m)
+    }
+
+    /// Stops a model taking requests; what it has queued or running is still served. Its slice
+    /// no longer counts against the GPU.
+    pub fn retire_model(&mut self, model: usize) -> Result<(), SimError> {
+        let state = self.models.get_mut(model).ok_or(SimError::UnknownModel(model))?;
+        state.retired = true;
+        Ok(())
+    }
+
+    /// Enqueues a request for `model` now; its record comes out of `take_finished` with the
+    /// returned ticket once it completes (or its ticket in the dropped list).
+    pub fn submit(&mut self, model: usize) -> Result<Ticket, SimError> {
+        let state = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        if state.retired {
+            return Err(SimError::Retired(state.name.clone()));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.enqueue(model, ticket);
+        self.dispatch_after(model);
+        Ok(ticket)
+    }
+
+    /// Submitted requests finished since the last call: completed ones, and dropped tickets.
+    pub fn take_finished(&mut self) -> (Vec<RequestRecord>, Vec<Ticket>) {
+        (std::mem::take(&mut self.requests), std::mem::take(&mut self.dropped_tickets))
     }
 
     /// Simulated time now, in ns.
@@ -416,13 +483,26 @@ impl Simulator {
         if self.config.sharing != Sharing::Spatial {
             return Ok(());
         }
-        let total_pct: f64 = self.models.iter().map(|m| m.pending.unwrap_or(m.allocation).gpu_pct).sum();
+        let total_pct: f64 =
+            self.models.iter().filter(|m| !m.retired).map(|m| m.pending.unwrap_or(m.allocation).gpu_pct).sum();
         if total_pct > 100.0 + 1e-9 { Err(SimError::OverSubscribed { total_pct }) } else { Ok(()) }
     }
 
     fn push(&mut self, at: Nanos, model: usize, kind: EventKind) {
         self.seq += 1;
         self.heap.push(Reverse(Event { at, seq: self.seq, model, kind }));
+    }
+
+    fn enqueue(&mut self, model: usize, ticket: Ticket) {
+        let state = &mut self.models[model];
+        state.touch_queue(self.now);
+        state.queue.push_back(Queued { arrival: self.now, ticket });
+        self.last_arrival = self.now;
+        state.total.arrivals += 1;
+        state.interval.arrivals += 1;
+        let len = state.queue.len();
+        state.total.max_queue = state.total.max_queue.max(len);
+        state.interval.max_queue = state.interval.max_queue.max(len);
     }
 
     fn schedule_next_arrival(&mut self, model: usize) {
@@ -436,15 +516,10 @@ impl Simulator {
         let m = event.model;
         match event.kind {
             EventKind::Arrival => {
-                let state = &mut self.models[m];
-                state.touch_queue(self.now);
-                state.queue.push_back(self.now);
-                self.last_arrival = self.now;
-                state.total.arrivals += 1;
-                state.interval.arrivals += 1;
-                let len = state.queue.len();
-                state.total.max_queue = state.total.max_queue.max(len);
-                state.interval.max_queue = state.interval.max_queue.max(len);
+                if self.models[m].retired {
+                    return;
+                }
+                self.enqueue(m, NO_TICKET);
                 self.schedule_next_arrival(m);
             }
             EventKind::Timeout(version) => {
@@ -483,7 +558,7 @@ impl Simulator {
         let mut best: Option<(Nanos, usize)> = None;
         for m in 0..self.models.len() {
             if self.ready(m) {
-                let head = self.models[m].queue[0];
+                let head = self.models[m].queue[0].arrival;
                 if best.is_none_or(|(t, _)| head < t) {
                     best = Some((head, m));
                 }
@@ -503,15 +578,16 @@ impl Simulator {
             return false;
         }
         if let Some(limit) = self.drop_after_ns {
-            let expired = state.queue.iter().take_while(|a| now - **a > limit).count();
+            let expired = state.queue.iter().take_while(|q| now - q.arrival > limit).count();
             if expired > 0 {
                 state.touch_queue(now);
-                state.queue.drain(..expired);
+                let dropped = state.queue.drain(..expired).map(|q| q.ticket).filter(|t| *t != NO_TICKET);
+                self.dropped_tickets.extend(dropped);
                 state.total.dropped += expired as u64;
                 state.interval.dropped += expired as u64;
             }
         }
-        let Some(&head) = state.queue.front() else {
+        let Some(head) = state.queue.front().map(|q| q.arrival) else {
             return false;
         };
         let deadline = head + secs_to_ns(state.allocation.batch_timeout_ms * 1e-3);
@@ -530,11 +606,11 @@ impl Simulator {
     fn start_batch(&mut self, model: usize) {
         self.advance_running();
         let now = self.now;
-        let mut arrivals = self.spare_vecs.pop().unwrap_or_default();
+        let mut requests = self.spare_vecs.pop().unwrap_or_default();
         let state = &mut self.models[model];
         state.touch_queue(now);
         let size = state.queue.len().min(state.allocation.max_batch as usize);
-        arrivals.extend(state.queue.drain(..size));
+        requests.extend(state.queue.drain(..size));
         state.worker_busy = true;
         state.timeout_at = None;
         state.total.batches += 1;
@@ -550,7 +626,7 @@ impl Simulator {
         self.running.push(Batch {
             model,
             generation: state.generation,
-            arrivals,
+            requests,
             started: now,
             size: size as u32,
             gpu_pct,
@@ -651,13 +727,14 @@ impl Simulator {
         if batch.generation == state.generation {
             state.worker_busy = false;
         }
-        for &arrival in &batch.arrivals {
+        for &Queued { arrival, ticket } in &batch.requests {
             let latency = now - arrival;
             let within = latency <= state.slo_ns;
             state.total.record_latency(latency, within);
             state.interval.record_latency(latency, within);
-            if self.config.record_requests {
+            if self.config.record_requests || ticket != NO_TICKET {
                 self.requests.push(RequestRecord {
+                    ticket,
                     model: batch.model,
                     arrival_ns: arrival,
                     start_ns: batch.started,
@@ -674,8 +751,8 @@ impl Simulator {
             Some(old) => *old = sample,
             None => state.interval_batches.push(sample),
         }
-        batch.arrivals.clear();
-        self.spare_vecs.push(batch.arrivals);
+        batch.requests.clear();
+        self.spare_vecs.push(batch.requests);
         self.reschedule_running();
         if self.config.sharing == Sharing::Temporal {
             self.dispatch_temporal();

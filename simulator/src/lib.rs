@@ -10,7 +10,7 @@ mod metrics;
 mod service;
 
 pub use config::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
-pub use engine::{BatchSample, ModelInterval, ModelReport, Report, RequestRecord, SimError, Simulator};
+pub use engine::{BatchSample, ModelInterval, ModelReport, Report, RequestRecord, SimError, Simulator, Ticket};
 pub use metrics::Summary;
 
 /// Simulated time, in nanoseconds from the start.
