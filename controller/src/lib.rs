@@ -4,8 +4,18 @@
 
 pub mod bench;
 pub mod evaluate;
+pub mod grpc;
+pub mod live;
+pub mod node;
 pub mod oracle;
 pub mod output;
 pub mod plot;
 pub mod scenario;
 pub mod simulate;
+
+/// The generated gpuslice.v1 gRPC types and services.
+pub mod proto {
+    tonic::include_proto!("gpuslice.v1");
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gpuslice_v1_descriptor");
+}

@@ -100,6 +100,26 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the controller live behind the gRPC control plane (gpuslice.v1, with health and
+    /// reflection) until SIGINT or SIGTERM; then stop accepting and answer every accepted request.
+    Serve {
+        /// The backend that serves requests: `sim` runs the simulator in wall-clock time (Infer
+        /// waits for the simulated completion). The GPU backend is not built yet.
+        #[arg(long, default_value = "sim")]
+        backend: String,
+        /// gRPC address; loopback unless told otherwise [default: 127.0.0.1:50051, or the config's].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Address of the Prometheus text metrics endpoint (/metrics) [default: the config's, or none].
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Node configuration (TOML): listen addresses, [controller] settings, [[models]] to register.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Policy to run: static, gslice or model-based [default: the config's, or model-based].
+        #[arg(long)]
+        policy: Option<String>,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -116,6 +136,22 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -183,6 +219,25 @@ fn run(command: Command) -> Result<()> {
                 tracing::info!(dir = %dir.display(), "results written");
             }
             Ok(())
+        }
+        Command::Serve { backend, listen, metrics_listen, config, policy } => {
+            if backend != "sim" {
+                anyhow::bail!("--backend {backend:?}: only the simulated backend (sim) is available in this build");
+            }
+            let options =
+                gpuslice::node::NodeConfig::load(config.as_deref())?.into_options(listen, metrics_listen, policy);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async move {
+                let running = gpuslice::grpc::start(options).await?;
+                println!(
+                    "serving gpuslice.v1 on {}{}",
+                    running.grpc,
+                    running.metrics.map_or(String::new(), |m| format!(", metrics on http://{m}/metrics"))
+                );
+                shutdown_signal().await;
+                tracing::info!("shutting down: no new calls; answering accepted requests");
+                running.stop().await
+            })
         }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;

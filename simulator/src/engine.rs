@@ -124,6 +124,8 @@ pub struct RequestRecord {
     pub end_ns: Nanos,
     /// Service time the batch would have had alone on its slice.
     pub solo_ns: Nanos,
+    /// Requests in its batch.
+    pub batch_size: u32,
 }
 
 /// What happened to one model during one control interval.
@@ -740,6 +742,7 @@ impl Simulator {
                     start_ns: batch.started,
                     end_ns: now,
                     solo_ns: batch.solo_ns.floor() as Nanos,
+                    batch_size: batch.size,
                 });
             }
         }

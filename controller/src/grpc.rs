@@ -1,0 +1,355 @@
+//! The gRPC control plane (`gpuslice.v1.Controller`), standard health and reflection, and
+//! Prometheus text metrics over HTTP, in front of the live controller.
+
+use crate::live::{self, Command, LiveConfig, LiveError, LiveHandle, ModelSpec};
+use crate::proto::controller_server::{Controller, ControllerServer};
+use crate::proto::*;
+use gpuslice_simulator::Summary;
+use gpuslice_traces::{LatencyModel, ProfileSet, Source};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::{Request, Response, Status};
+
+impl From<LiveError> for Status {
+    fn from(e: LiveError) -> Status {
+        match e {
+            LiveError::InvalidArgument(m) => Status::invalid_argument(m),
+            LiveError::NotFound(m) => Status::not_found(m),
+            LiveError::AlreadyExists(m) => Status::already_exists(m),
+            LiveError::FailedPrecondition(m) => Status::failed_precondition(m),
+            LiveError::Unavailable(m) => Status::unavailable(m),
+        }
+    }
+}
+
+fn to_proto(a: gpuslice_simulator::Allocation) -> crate::proto::Allocation {
+    crate::proto::Allocation { gpu_pct: a.gpu_pct, max_batch: a.max_batch, batch_timeout_ms: a.batch_timeout_ms }
+}
+
+fn metrics(model: String, s: &Summary) -> ModelMetrics {
+    ModelMetrics {
+        model,
+        arrivals: s.arrivals,
+        completed: s.completed,
+        dropped: s.dropped,
+        within_slo: s.within_slo,
+        slo_attainment: s.slo_attainment,
+        goodput_rps: s.goodput_rps,
+        throughput_rps: s.throughput_rps,
+        p50_ms: s.p50_ms,
+        p95_ms: s.p95_ms,
+        p99_ms: s.p99_ms,
+        mean_ms: s.mean_ms,
+        mean_batch: s.mean_batch,
+        mean_queue: s.mean_queue,
+        max_queue: s.max_queue as u64,
+        gpu_util: s.gpu_util,
+    }
+}
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
+    if value.trim().is_empty() { Err(Status::invalid_argument(format!("{field} is required"))) } else { Ok(value) }
+}
+
+/// Parses and fits the request's profile (off the async threads: fitting takes milliseconds).
+async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
+    let name = required(&r.name, "name")?.to_string();
+    if !(r.slo_ms.is_finite() && r.slo_ms > 0.0) {
+        return Err(Status::invalid_argument(format!("slo_ms must be > 0, got {}", r.slo_ms)));
+    }
+    if r.max_batch == 0 {
+        return Err(Status::invalid_argument("max_batch must be at least 1"));
+    }
+    let profile =
+        r.profile.ok_or_else(|| Status::invalid_argument("profile is required: profile_path or profile_csv"))?;
+    let wanted = if r.profile_model.is_empty() { name.clone() } else { r.profile_model.clone() };
+    let latency = tokio::task::spawn_blocking(move || -> Result<LatencyModel, String> {
+        let source = match profile {
+            register_model_request::Profile::ProfilePath(path) => {
+                Source::load(&path, std::path::Path::new(".")).map_err(|e| format!("profile_path: {e}"))?
+            }
+            register_model_request::Profile::ProfileCsv(text) => {
+                Source { name: "profile_csv".into(), text: text.into() }
+            }
+        };
+        let set = ProfileSet::parse(&source).map_err(|e| format!("profile: {e}"))?;
+        let profile = set.model(&wanted).map_err(|e| format!("profile_model: {e}"))?;
+        let all = LatencyModel::fit_all(&set).map_err(|e| format!("profile: {e}"))?;
+        Ok(all.get(&profile.model).cloned().expect("fit_all fits every model"))
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(Status::invalid_argument)?;
+    Ok(ModelSpec {
+        name,
+        slo_ms: r.slo_ms,
+        priority: r.priority,
+        max_batch: r.max_batch.min(64),
+        latency: Arc::new(latency),
+    })
+}
+
+/// The gRPC service.
+pub struct Service {
+    live: LiveHandle,
+    /// Turns true when the server shuts down, ending decision streams.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl Controller for Service {
+    async fn register_model(
+        &self,
+        request: Request<RegisterModelRequest>,
+    ) -> Result<Response<RegisterModelResponse>, Status> {
+        let spec = model_spec(request.into_inner()).await?;
+        let allocation = self.live.ask(|reply| Command::Register(spec, reply)).await?;
+        Ok(Response::new(RegisterModelResponse { allocation: Some(to_proto(allocation)) }))
+    }
+
+    async fn unregister_model(
+        &self,
+        request: Request<UnregisterModelRequest>,
+    ) -> Result<Response<UnregisterModelResponse>, Status> {
+        let name = required(&request.get_ref().name, "name")?.to_string();
+        self.live.ask(|reply| Command::Unregister(name, reply)).await?;
+        Ok(Response::new(UnregisterModelResponse {}))
+    }
+
+    async fn list_models(&self, _: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        let (views, policy) = self.views().await?;
+        Ok(Response::new(ListModelsResponse { models: views, policy }))
+    }
+
+    async fn get_allocation(
+        &self,
+        request: Request<GetAllocationRequest>,
+    ) -> Result<Response<GetAllocationResponse>, Status> {
+        let name = request.into_inner().name;
+        let (mut models, _) = self.views().await?;
+        if !name.is_empty() {
+            models.retain(|m| m.name == name);
+            if models.is_empty() {
+                return Err(Status::not_found(format!("no model named {name:?}")));
+            }
+        }
+        Ok(Response::new(GetAllocationResponse { models }))
+    }
+
+    async fn set_policy(&self, request: Request<SetPolicyRequest>) -> Result<Response<SetPolicyResponse>, Status> {
+        let policy = required(&request.get_ref().policy, "policy")?.to_string();
+        let previous = self.live.ask(|reply| Command::SetPolicy(policy, reply)).await?;
+        Ok(Response::new(SetPolicyResponse { previous }))
+    }
+
+    async fn override_allocation(
+        &self,
+        request: Request<OverrideAllocationRequest>,
+    ) -> Result<Response<OverrideAllocationResponse>, Status> {
+        let r = request.into_inner();
+        let name = required(&r.name, "name")?.to_string();
+        let pin = if r.release {
+            None
+        } else {
+            let a =
+                r.allocation.ok_or_else(|| Status::invalid_argument("allocation is required unless release is set"))?;
+            Some(gpuslice_simulator::Allocation {
+                gpu_pct: a.gpu_pct,
+                max_batch: a.max_batch,
+                batch_timeout_ms: a.batch_timeout_ms,
+            })
+        };
+        let allocation = self.live.ask(|reply| Command::Override(name, pin, reply)).await?;
+        Ok(Response::new(OverrideAllocationResponse { allocation: Some(to_proto(allocation)) }))
+    }
+
+    type WatchDecisionsStream = Pin<Box<dyn Stream<Item = Result<Decision, Status>> + Send>>;
+
+    async fn watch_decisions(
+        &self,
+        _: Request<WatchDecisionsRequest>,
+    ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let decisions =
+            futures_util::StreamExt::take_until(BroadcastStream::new(self.live.decisions.subscribe()), stopped);
+        let stream = decisions.map(|event| match event {
+            Ok(d) => Ok(Decision {
+                time_s: d.time_s,
+                model: d.model,
+                allocation: Some(to_proto(d.allocation)),
+                reason: d.reason,
+                source: d.source,
+            }),
+            Err(lagged) => Err(Status::data_loss(format!("watcher too slow: {lagged}"))),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_metrics(&self, request: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
+        let name = request.into_inner().name;
+        let filter = (!name.is_empty()).then_some(name);
+        let (models, total) = self.live.ask(|reply| Command::Metrics(filter, reply)).await?;
+        Ok(Response::new(GetMetricsResponse {
+            models: models.into_iter().map(|(m, s)| metrics(m, &s)).collect(),
+            total: Some(metrics("total".into(), &total)),
+        }))
+    }
+
+    async fn infer(&self, request: Request<InferRequest>) -> Result<Response<InferResponse>, Status> {
+        let model = required(&request.get_ref().model, "model")?.to_string();
+        let done = self.live.ask(|reply| Command::Infer(model, reply)).await?;
+        Ok(Response::new(InferResponse {
+            request_id: done.ticket,
+            timings: Some(StageTimings {
+                queue_ms: done.queue_ms,
+                host_to_device_ms: 0.0,
+                inference_ms: done.inference_ms,
+                device_to_host_ms: 0.0,
+                total_ms: done.total_ms,
+            }),
+            batch_size: done.batch_size,
+        }))
+    }
+}
+
+impl Service {
+    async fn views(&self) -> Result<(Vec<ModelInfo>, String), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.live
+            .commands
+            .send(Command::List(tx))
+            .await
+            .map_err(|_| Status::unavailable("the controller has stopped"))?;
+        let (views, policy) = rx.await.map_err(|_| Status::unavailable("the controller has stopped"))?;
+        let models = views
+            .into_iter()
+            .map(|v| ModelInfo {
+                name: v.name,
+                slo_ms: v.slo_ms,
+                priority: v.priority,
+                allocation: Some(to_proto(v.allocation)),
+                pinned: v.pinned,
+            })
+            .collect();
+        Ok((models, policy))
+    }
+}
+
+/// Prometheus text exposition of the per-model metrics.
+async fn prometheus(live: LiveHandle) -> Result<String, Status> {
+    let (models, total) = live.ask(|reply| Command::Metrics(None, reply)).await?;
+    let series: [(&str, &str, fn(&Summary) -> f64); 8] = [
+        ("gpuslice_arrivals_total", "counter", |s| s.arrivals as f64),
+        ("gpuslice_completed_total", "counter", |s| s.completed as f64),
+        ("gpuslice_dropped_total", "counter", |s| s.dropped as f64),
+        ("gpuslice_within_slo_total", "counter", |s| s.within_slo as f64),
+        ("gpuslice_latency_p50_ms", "gauge", |s| s.p50_ms),
+        ("gpuslice_latency_p99_ms", "gauge", |s| s.p99_ms),
+        ("gpuslice_slo_attainment", "gauge", |s| s.slo_attainment),
+        ("gpuslice_gpu_util", "gauge", |s| s.gpu_util),
+    ];
+    let mut text = String::new();
+    for (name, kind, value) in series {
+        text += &format!("# TYPE {name} {kind}\n");
+        for (model, s) in models.iter().map(|(m, s)| (m.as_str(), s)).chain(std::iter::once(("total", &total))) {
+            text += &format!("{name}{{model=\"{model}\"}} {}\n", value(s));
+        }
+    }
+    Ok(text)
+}
+
+/// Where and how `serve` runs.
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub controller: LiveConfig,
+    /// Models registered before the server takes calls.
+    pub models: Vec<RegisterModelRequest>,
+}
+
+/// A running server: its bound addresses, and how to stop it.
+pub struct Running {
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, answers every accepted request, then returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.done.await?
+    }
+}
+
+/// Binds and starts the gRPC server (and the metrics endpoint).
+pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
+    let live::Started { handle: live, stop: stop_controller, task: controller_task } =
+        live::start(options.controller).map_err(|e| anyhow::anyhow!("controller: {e:?}"))?;
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let grpc = listener.local_addr()?;
+    let metrics = match options.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            let handle = live.clone();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let handle = handle.clone();
+                    async move { prometheus(handle).await.unwrap_or_else(|s| format!("# error: {}\n", s.message())) }
+                }),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ControllerServer<Service>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    for model in options.models {
+        let name = model.name.clone();
+        let spec = model_spec(model).await.map_err(|s| anyhow::anyhow!("model {name}: {}", s.message()))?;
+        live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e:?}"))?;
+    }
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let service = ControllerServer::new(Service { live, stopping });
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                let _ = shutdown_rx.await;
+                let _ = stopping_tx.send(true);
+            })
+            .await?;
+        // No new calls reach the controller now; it stops once the requests it accepted are
+        // answered (calls still in flight wait for theirs).
+        let _ = stop_controller.send(());
+        controller_task.await?;
+        Ok(())
+    });
+    tracing::info!(%grpc, metrics = ?metrics, "serving gpuslice.v1");
+    Ok(Running { grpc, metrics, shutdown, done })
+}

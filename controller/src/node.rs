@@ -1,0 +1,83 @@
+//! Node configuration for `gpuslice serve` (TOML): where to listen, how the controller runs, and
+//! models to register at start.
+
+use crate::grpc::ServeOptions;
+use crate::live::LiveConfig;
+use crate::proto::{RegisterModelRequest, register_model_request::Profile};
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// gRPC address (default 127.0.0.1:50051).
+    pub listen: Option<SocketAddr>,
+    /// Prometheus text metrics address (default: none).
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub controller: LiveConfig,
+    #[serde(default)]
+    pub models: Vec<NodeModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeModel {
+    pub name: String,
+    pub slo_ms: f64,
+    #[serde(default)]
+    pub priority: u32,
+    pub max_batch: u32,
+    /// A profile CSV path (relative to the config file) or builtin:NAME.
+    pub profile: String,
+    pub profile_model: Option<String>,
+}
+
+impl NodeConfig {
+    pub fn load(path: Option<&Path>) -> Result<NodeConfig> {
+        let Some(path) = path else { return Ok(NodeConfig::default()) };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read node config {}", path.display()))?;
+        let mut config: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("node config {} is malformed", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for m in &mut config.models {
+            if !m.profile.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) {
+                m.profile = base.join(&m.profile).display().to_string();
+            }
+        }
+        Ok(config)
+    }
+
+    /// Serve options, with command-line overrides applied.
+    pub fn into_options(
+        self,
+        listen: Option<SocketAddr>,
+        metrics_listen: Option<SocketAddr>,
+        policy: Option<String>,
+    ) -> ServeOptions {
+        let mut controller = self.controller;
+        if let Some(policy) = policy {
+            controller.policy = policy;
+        }
+        ServeOptions {
+            listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
+            metrics_listen: metrics_listen.or(self.metrics_listen),
+            controller,
+            models: self
+                .models
+                .into_iter()
+                .map(|m| RegisterModelRequest {
+                    name: m.name,
+                    slo_ms: m.slo_ms,
+                    priority: m.priority,
+                    max_batch: m.max_batch,
+                    profile: Some(Profile::ProfilePath(m.profile)),
+                    profile_model: m.profile_model.unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The gRPC control plane end to end, with the tonic client, on 127.0.0.1:0.
+
+use gpuslice::grpc::{self, Running, ServeOptions};
+use gpuslice::live::LiveConfig;
+use gpuslice::proto::controller_client::ControllerClient;
+use gpuslice::proto::register_model_request::Profile;
+use gpuslice::proto::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>) {
+    let running = grpc::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
+        models: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    (running, client)
+}
+
+fn register(name: &str, slo_ms: f64) -> RegisterModelRequest {
+    RegisterModelRequest {
+        name: name.into(),
+        slo_ms,
+        priority: 0,
+        max_batch: 16,
+        profile: Some(Profile::ProfilePath("builtin:h100-cudagraph".into())),
+        profile_model: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_infer_and_watch_decisions() {
+    let (running, mut client) = server(0.2).await;
+    let mut watch = client.watch_decisions(WatchDecisionsRequest {}).await.unwrap().into_inner();
+
+    let first = client.register_model(register("resnet50", 20.0)).await.unwrap().into_inner();
+    assert!(first.allocation.unwrap().gpu_pct > 0.0);
+    let registered = watch.message().await.unwrap().unwrap();
+    assert_eq!((registered.model.as_str(), registered.source.as_str()), ("resnet50", "register"));
+
+    // A request per ms for a while: every one answered, with consistent stage timings.
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move {
+            c.infer(InferRequest { model: "resnet50".into(), payload: vec![0; 16] }).await.map(|r| r.into_inner())
+        }));
+        tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+    }
+    for call in calls {
+        let done = call.await.unwrap().unwrap();
+        let t = done.timings.unwrap();
+        assert!(t.inference_ms > 0.5 && t.total_ms >= t.inference_ms + t.queue_ms - 1e-9, "{t:?}");
+        assert!(done.batch_size >= 1);
+    }
+
+    // A second model gets an allocation from the running policy within one control interval.
+    client.register_model(register("vgg16", 30.0)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(200 + 150);
+    let mut from_policy = None;
+    while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, futures_next(&mut watch)).await {
+        if d.source == "model-based" && d.model == "vgg16" {
+            from_policy = Some(d);
+            break;
+        }
+    }
+    let d = from_policy.expect("a model-based decision for vgg16 within one control interval");
+    assert!(d.reason.contains("needs") || d.reason.contains("degraded"), "{}", d.reason);
+
+    let metrics = client.get_metrics(GetMetricsRequest { name: "resnet50".into() }).await.unwrap().into_inner();
+    assert_eq!(metrics.models[0].completed, 200);
+    running.stop().await.unwrap();
+}
+
+/// The error of a call that must fail.
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
+    r.expect_err("the call must fail")
+}
+
+async fn futures_next(stream: &mut tonic::Streaming<Decision>) -> Option<Result<Decision, tonic::Status>> {
+    stream.message().await.transpose()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_the_right_codes() {
+    let (running, mut client) = server(0.5).await;
+    client.register_model(register("resnet50", 20.0)).await.unwrap();
+
+    let e = code(client.register_model(register("resnet50", 20.0)).await);
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = code(client.register_model(register("vgg16", 0.2)).await);
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("best achievable p99"), "{}", e.message());
+    let e = code(client.register_model(register("vgg16", -1.0)).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("slo_ms"));
+    let e = code(client.register_model(register("", 20.0)).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("name"));
+    let e = code(client.register_model(register("no_such_model", 20.0)).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("profile_model"), "{}", e.message());
+    let bad_csv =
+        RegisterModelRequest { profile: Some(Profile::ProfileCsv("engine,model\nx".into())), ..register("m", 20.0) };
+    let e = code(client.register_model(bad_csv).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("profile_csv"), "{}", e.message());
+
+    let e = code(client.infer(InferRequest { model: "nope".into(), payload: vec![] }).await);
+    assert_eq!(e.code(), Code::NotFound);
+    let e = code(client.unregister_model(UnregisterModelRequest { name: "nope".into() }).await);
+    assert_eq!(e.code(), Code::NotFound);
+    let e = code(client.set_policy(SetPolicyRequest { policy: "oracle".into() }).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let too_big = OverrideAllocationRequest {
+        name: "resnet50".into(),
+        allocation: Some(Allocation { gpu_pct: 150.0, max_batch: 8, batch_timeout_ms: 1.0 }),
+        release: false,
+    };
+    assert_eq!(code(client.override_allocation(too_big).await).code(), Code::InvalidArgument);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_policies_and_health() {
+    let (running, mut client) = server(0.2).await;
+    client.register_model(register("resnet50", 20.0)).await.unwrap();
+    client.register_model(register("densenet121", 30.0)).await.unwrap();
+    let pin = Allocation { gpu_pct: 30.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let request = OverrideAllocationRequest { name: "resnet50".into(), allocation: Some(pin), release: false };
+    client.override_allocation(request).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = client.get_allocation(GetAllocationRequest { name: "resnet50".into() }).await.unwrap().into_inner();
+    assert!(got.models[0].pinned);
+    assert_eq!(got.models[0].allocation.unwrap().gpu_pct, 30.0, "the policy leaves a pinned model alone");
+    let release = OverrideAllocationRequest { name: "resnet50".into(), allocation: None, release: true };
+    client.override_allocation(release).await.unwrap();
+
+    let previous = client.set_policy(SetPolicyRequest { policy: "gslice".into() }).await.unwrap().into_inner();
+    assert_eq!(previous.previous, "model-based");
+    let listed = client.list_models(ListModelsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.policy, "gslice");
+    assert_eq!(listed.models.len(), 2);
+    let total: f64 = listed.models.iter().map(|m| m.allocation.unwrap().gpu_pct).sum();
+    assert!(total <= 100.0 + 1e-9);
+
+    let channel = Channel::from_shared(format!("http://{}", running.grpc)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "gpuslice.v1.Controller".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+
+    client.unregister_model(UnregisterModelRequest { name: "densenet121".into() }).await.unwrap();
+    let e = client.infer(InferRequest { model: "densenet121".into(), payload: vec![] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_accepted_request() {
+    let (running, mut client) = server(0.2).await;
+    client.register_model(register("vgg16", 50.0)).await.unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..300 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move { c.infer(InferRequest { model: "vgg16".into(), payload: vec![] }).await }));
+    }
+    // Let them all reach the server, then stop while they are queued.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let stopping = tokio::spawn(running.stop());
+    let mut answered = 0;
+    for call in calls {
+        call.await.unwrap().expect("every accepted request is answered");
+        answered += 1;
+    }
+    stopping.await.unwrap().unwrap();
+    assert_eq!(answered, 300);
+}
