@@ -243,7 +243,8 @@ impl Service {
 /// Prometheus text exposition of the per-model metrics.
 async fn prometheus(live: LiveHandle) -> Result<String, Status> {
     let (models, total) = live.ask(|reply| Command::Metrics(None, reply)).await?;
-    let series: [(&str, &str, fn(&Summary) -> f64); 8] = [
+    type Series = (&'static str, &'static str, fn(&Summary) -> f64);
+    let series: [Series; 8] = [
         ("gpuslice_arrivals_total", "counter", |s| s.arrivals as f64),
         ("gpuslice_completed_total", "counter", |s| s.completed as f64),
         ("gpuslice_dropped_total", "counter", |s| s.dropped as f64),

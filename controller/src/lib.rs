@@ -6,6 +6,7 @@ pub mod bench;
 pub mod evaluate;
 pub mod grpc;
 pub mod live;
+pub mod loadtest;
 pub mod node;
 pub mod oracle;
 pub mod output;

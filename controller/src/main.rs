@@ -120,6 +120,22 @@ enum Command {
         #[arg(long)]
         policy: Option<String>,
     },
+    /// Load-test the gRPC plane on loopback: open-loop Infer calls plus control calls for a
+    /// bounded time, then a table of calls sent, answered, failed and latency percentiles.
+    LoadTest {
+        /// A running server to test (loopback only); without it, one is started in-process.
+        #[arg(long)]
+        target: Option<std::net::SocketAddr>,
+        /// How long to send, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Infer calls per second, spread over three models.
+        #[arg(long, default_value_t = 5000)]
+        infer_rps: u32,
+        /// Control calls per second (GetAllocation, ListModels, GetMetrics, OverrideAllocation).
+        #[arg(long, default_value_t = 1000)]
+        control_rps: u32,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -238,6 +254,23 @@ fn run(command: Command) -> Result<()> {
                 tracing::info!("shutting down: no new calls; answering accepted requests");
                 running.stop().await
             })
+        }
+        Command::LoadTest { target, seconds, infer_rps, control_rps } => {
+            anyhow::ensure!(seconds > 0.0 && seconds <= 600.0, "--seconds must be in (0, 600]");
+            let options = gpuslice::loadtest::LoadTestOptions {
+                target,
+                duration: std::time::Duration::from_secs_f64(seconds),
+                infer_rps,
+                control_rps,
+            };
+            let report = tokio::runtime::Runtime::new()?.block_on(gpuslice::loadtest::run(options))?;
+            println!("{}", report.table());
+            let lost = report.infer.sent - report.infer.ok - report.infer.failed;
+            println!(
+                "Infer: {} sent, {} answered OK, {} failed, {lost} unanswered",
+                report.infer.sent, report.infer.ok, report.infer.failed
+            );
+            Ok(())
         }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;

@@ -180,3 +180,20 @@ async fn shutdown_answers_every_accepted_request() {
     stopping.await.unwrap().unwrap();
     assert_eq!(answered, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_load_test_loses_nothing() {
+    let report = gpuslice::loadtest::run(gpuslice::loadtest::LoadTestOptions {
+        target: None,
+        duration: std::time::Duration::from_secs(2),
+        infer_rps: 1000,
+        control_rps: 200,
+    })
+    .await
+    .unwrap();
+    for stats in [&report.infer, &report.control] {
+        assert!(stats.sent > 0);
+        assert_eq!((stats.ok, stats.failed), (stats.sent, 0), "{}: every call answered", stats.kind);
+    }
+    assert!(report.infer.sent >= 1900, "offered load kept: {}", report.infer.sent);
+}
