@@ -197,3 +197,42 @@ async fn a_short_load_test_loses_nothing() {
     }
     assert!(report.infer.sent >= 1900, "offered load kept: {}", report.infer.sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_prometheus_metrics() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let (running, mut client) = server(0.2).await;
+    client.register_model(register("resnet50", 20.0)).await.unwrap();
+    client.infer(InferRequest { model: "resnet50".into(), payload: vec![] }).await.unwrap();
+
+    let channel = Channel::from_shared(format!("http://{}", running.grpc)).unwrap().connect().await.unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("a list of services");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"gpuslice.v1.Controller") && names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    let mut http = tokio::net::TcpStream::connect(running.metrics.unwrap()).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("# TYPE gpuslice_completed_total counter"));
+    assert!(text.contains("gpuslice_completed_total{model=\"resnet50\"} 1\n"), "{text}");
+    running.stop().await.unwrap();
+}
