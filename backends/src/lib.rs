@@ -1,6 +1,9 @@
 //! What the controller drives: a `Backend` serves the models, reports what happened in each
 //! control interval, and applies allocations. `SimBackend` runs the discrete-event simulator; the
 //! GPU backend will implement the same trait, so a policy runs unchanged offline and live.
+//! `netml` is the packet data path that feeds a real backend.
+
+pub mod netml;
 
 use gpuslice_simulator::{Allocation, ModelInterval, Report, SimError, Simulator, secs_to_ns};
 

@@ -1,0 +1,6 @@
+//! The NetML data path: requests arrive as many small UDP packets; the packets stay in a pool of
+//! receive buffers (pinned and registered with the CUDA driver on the GPU machine), and complete
+//! images are gathered from there into the batch's input.
+
+pub mod packet;
+pub mod reassembly;
