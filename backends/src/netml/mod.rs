@@ -3,4 +3,6 @@
 //! images are gathered from there into the batch's input.
 
 pub mod packet;
+pub mod pool;
 pub mod reassembly;
+pub mod udp;

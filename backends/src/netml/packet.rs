@@ -60,24 +60,18 @@ impl PacketHeader {
         if datagram.len() < HEADER {
             return Err(PacketError::Short(datagram.len()));
         }
-        let u16_at = |i: usize| u16::from_le_bytes([datagram[i], datagram[i + 1]]);
-        let u32_at = |i: usize| u32::from_le_bytes(datagram[i..i + 4].try_into().expect("4 bytes"));
-        let magic = u16_at(0);
+        let magic = u16::from_le_bytes([datagram[0], datagram[1]]);
         if magic != MAGIC {
             return Err(PacketError::Magic(magic));
         }
         if datagram[2] != VERSION {
             return Err(PacketError::Version(datagram[2]));
         }
-        let header = PacketHeader {
-            image_id: u64::from_le_bytes(datagram[4..12].try_into().expect("8 bytes")),
-            offset: u32_at(12),
-            total_len: u32_at(16),
-        };
+        let header = Self::parse_header_only(datagram);
         if header.total_len == 0 || header.total_len > MAX_IMAGE {
             return Err(PacketError::TotalLen(header.total_len));
         }
-        if header.offset % PAYLOAD as u32 != 0 || header.offset >= header.total_len {
+        if !header.offset.is_multiple_of(PAYLOAD as u32) || header.offset >= header.total_len {
             return Err(PacketError::Offset { offset: header.offset, total_len: header.total_len });
         }
         let payload = &datagram[HEADER..];
@@ -86,6 +80,16 @@ impl PacketHeader {
             return Err(PacketError::PayloadLen { offset: header.offset, got: payload.len(), expected });
         }
         Ok((header, payload))
+    }
+
+    /// The header of a datagram already checked by `parse` (e.g. one kept in the pool).
+    pub fn parse_header_only(datagram: &[u8]) -> PacketHeader {
+        let u32_at = |i: usize| u32::from_le_bytes(datagram[i..i + 4].try_into().expect("4 bytes"));
+        PacketHeader {
+            image_id: u64::from_le_bytes(datagram[4..12].try_into().expect("8 bytes")),
+            offset: u32_at(12),
+            total_len: u32_at(16),
+        }
     }
 
     /// Writes the header into the first `HEADER` bytes of `out`.

@@ -1,0 +1,152 @@
+//! Receiving packets with `recvmmsg` straight into pool slots, reassembling them, and the
+//! CPU-Copy transfer mode; plus a loopback traffic generator.
+
+use super::packet::{PacketHeader, packetize};
+use super::pool::PacketPool;
+use super::reassembly::{CompleteImage, Outcome, Reassembler, ReassemblyStats, Slot};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use std::io::IoSliceMut;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+/// Datagrams taken per `recvmmsg` call.
+pub const RECV_BATCH: usize = 64;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveStats {
+    pub datagrams: u64,
+    /// Datagrams whose header did not parse (dropped).
+    pub malformed: u64,
+    /// Polls that found no free slot: images not released fast enough.
+    pub pool_exhausted: u64,
+}
+
+pub struct Receiver {
+    socket: UdpSocket,
+    pub pool: PacketPool,
+    reassembler: Reassembler,
+    headers: MultiHeaders<SockaddrStorage>,
+    pub stats: ReceiveStats,
+}
+
+impl Receiver {
+    /// Binds `address` (non-blocking) with a pool of `slots` buffers; incomplete images are
+    /// dropped `timeout_ns` after their first packet.
+    pub fn bind(address: SocketAddr, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
+        let socket = UdpSocket::bind(address)?;
+        socket.set_nonblocking(true)?;
+        Ok(Receiver {
+            socket,
+            pool: PacketPool::new(slots)?,
+            reassembler: Reassembler::new(timeout_ns, (slots / 64).max(16)),
+            headers: MultiHeaders::preallocate(RECV_BATCH, None),
+            stats: ReceiveStats::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn reassembly(&self) -> ReassemblyStats {
+        self.reassembler.stats
+    }
+
+    /// Receives what is waiting (one batch), appends completed images to `complete`, and drops
+    /// images past their timeout. Returns the datagrams received.
+    pub fn poll(&mut self, now_ns: u64, complete: &mut Vec<CompleteImage>) -> std::io::Result<usize> {
+        let mut released = Vec::new();
+        self.reassembler.expire(now_ns, &mut released);
+        for slot in released.drain(..) {
+            self.pool.give(slot);
+        }
+        let slots: Vec<Slot> = std::iter::from_fn(|| self.pool.take()).take(RECV_BATCH).collect();
+        if slots.is_empty() {
+            self.stats.pool_exhausted += 1;
+            return Ok(0);
+        }
+        let received: Result<Vec<usize>, nix::errno::Errno> = {
+            let mut iovs: Vec<[IoSliceMut; 1]> =
+                self.pool.buffers_mut(&slots).into_iter().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(self.socket.as_raw_fd(), &mut self.headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
+                Ok(messages) => Ok(messages.map(|m| m.bytes).collect()),
+                Err(nix::errno::Errno::EAGAIN) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        };
+        let lengths = match received {
+            Ok(lengths) => lengths,
+            Err(e) => {
+                slots.iter().for_each(|&s| self.pool.give(s));
+                return Err(e.into());
+            }
+        };
+        for (i, &slot) in slots.iter().enumerate() {
+            let Some(&len) = lengths.get(i) else {
+                self.pool.give(slot);
+                continue;
+            };
+            self.stats.datagrams += 1;
+            let outcome = match PacketHeader::parse(&self.pool.slot(slot)[..len]) {
+                Ok((header, _)) => self.reassembler.on_packet(header, slot, now_ns, &mut released),
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    Outcome::Discard(slot)
+                }
+            };
+            match outcome {
+                Outcome::Complete(image) => complete.push(image),
+                Outcome::Discard(slot) => self.pool.give(slot),
+                Outcome::Pending => {}
+            }
+        }
+        for slot in released {
+            self.pool.give(slot);
+        }
+        Ok(lengths.len())
+    }
+
+    /// CPU-Copy: gathers an image's payloads into `out`, in order.
+    pub fn gather_cpu(&self, image: &CompleteImage, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(image.total_len as usize);
+        for &slot in &image.slots {
+            let datagram = self.pool.slot(slot);
+            let header = PacketHeader::parse_header_only(datagram);
+            let len = ((image.total_len - header.offset) as usize).min(super::packet::PAYLOAD);
+            out.extend_from_slice(&datagram[super::packet::HEADER..super::packet::HEADER + len]);
+        }
+    }
+
+    /// Returns a gathered image's slots to the pool.
+    pub fn release(&mut self, image: CompleteImage) {
+        for slot in image.slots {
+            self.pool.give(slot);
+        }
+    }
+}
+
+/// Sends images over UDP as packets: the loopback traffic generator.
+pub struct Sender {
+    socket: UdpSocket,
+    destination: SocketAddr,
+}
+
+impl Sender {
+    pub fn new(destination: SocketAddr) -> std::io::Result<Sender> {
+        let socket = UdpSocket::bind(SocketAddr::new(destination.ip(), 0))?;
+        Ok(Sender { socket, destination })
+    }
+
+    /// Sends `image`'s packets whose index `keep` accepts (to simulate loss), in order.
+    pub fn send(&self, image_id: u64, image: &[u8], mut keep: impl FnMut(usize) -> bool) -> std::io::Result<usize> {
+        let mut sent = 0;
+        for (i, datagram) in packetize(image_id, image).iter().enumerate() {
+            if keep(i) {
+                self.socket.send_to(datagram, self.destination)?;
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+}
