@@ -7,6 +7,7 @@ pub mod evaluate;
 pub mod grpc;
 pub mod live;
 pub mod loadtest;
+pub mod netml_bench;
 pub mod node;
 pub mod oracle;
 pub mod output;

@@ -136,6 +136,19 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         control_rps: u32,
     },
+    /// On the GPU machine: CPU time and latency of moving batches of packetized images to the GPU
+    /// by per-packet copies, CPU-Copy and the GPU gather kernel (each checked byte for byte first).
+    NetmlBench {
+        /// Batch sizes, in images of 224x224x3 fp32.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
+        batches: Vec<usize>,
+        /// Transfers per mode and batch size.
+        #[arg(long, default_value_t = 50)]
+        repeats: usize,
+        /// Write netml.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -272,6 +285,7 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::NetmlBench { batches, repeats, out } => gpuslice::netml_bench::run(&batches, repeats.max(1), out.as_deref()),
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;
             let set = gpuslice_traces::ProfileSet::parse(&source)?;

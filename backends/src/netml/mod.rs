@@ -2,6 +2,7 @@
 //! receive buffers (pinned and registered with the CUDA driver on the GPU machine), and complete
 //! images are gathered from there into the batch's input.
 
+pub mod gpu;
 pub mod packet;
 pub mod pool;
 pub mod reassembly;

@@ -1,0 +1,246 @@
+//! The three ways a batch of reassembled images reaches GPU memory:
+//! - per-packet: one `cuMemcpyHtoDAsync` per packet, from the registered pool;
+//! - CPU-Copy: the CPU gathers payloads into a pinned contiguous buffer, then one copy;
+//! - GPU gather: a kernel (NVRTC-compiled) reads the payloads over UVA straight from the
+//!   registered pool into the batch buffer; the CPU only writes a small per-packet descriptor.
+//!
+//! Completion is learned by polling a CUDA event (`cuEventQuery`), not by stream callbacks.
+
+use super::packet::{HEADER, PAYLOAD, PacketHeader};
+use super::pool::{PacketPool, SLOT_BYTES};
+use super::reassembly::CompleteImage;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, sys};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a batch is moved to the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferMode {
+    PerPacket,
+    CpuCopy,
+    GpuGather,
+}
+
+impl TransferMode {
+    pub const ALL: [TransferMode; 3] = [TransferMode::PerPacket, TransferMode::CpuCopy, TransferMode::GpuGather];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TransferMode::PerPacket => "per-packet",
+            TransferMode::CpuCopy => "cpu-copy",
+            TransferMode::GpuGather => "gpu-gather",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no CUDA driver on this machine (libcuda not found)")]
+    NoDriver,
+    #[error("CUDA: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    #[error("NVRTC: {0}")]
+    Compile(String),
+    #[error("CUDA call {call} failed: {result:?}")]
+    Call { call: &'static str, result: sys::CUresult },
+    #[error("batch of {got} bytes is larger than the {capacity}-byte transfer buffer")]
+    TooLarge { got: usize, capacity: usize },
+}
+
+fn check(call: &'static str, result: sys::CUresult) -> Result<(), GpuError> {
+    if result == sys::CUresult::CUDA_SUCCESS { Ok(()) } else { Err(GpuError::Call { call, result }) }
+}
+
+const GATHER_KERNEL: &str = r#"
+extern "C" __global__ void gather(const unsigned char* pool, const unsigned int* desc, unsigned int n,
+                                  unsigned char* out) {
+    // desc: n source slots, then n destination offsets, then n lengths.
+    unsigned int p = blockIdx.x;
+    if (p >= n) return;
+    const unsigned char* src = pool + (size_t)desc[p] * SLOT_BYTES + HEADER_BYTES;
+    unsigned char* dst = out + desc[n + p];
+    unsigned int len = desc[2 * n + p];
+    if (((size_t)src & 3) == 0 && ((size_t)dst & 3) == 0) {
+        const unsigned int* s = (const unsigned int*)src;
+        unsigned int* d = (unsigned int*)dst;
+        for (unsigned int i = threadIdx.x; i < len / 4; i += blockDim.x) d[i] = s[i];
+        for (unsigned int i = (len / 4) * 4 + threadIdx.x; i < len; i += blockDim.x) dst[i] = src[i];
+    } else {
+        for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) dst[i] = src[i];
+    }
+}
+"#;
+
+/// What one transfer cost.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferCost {
+    /// CPU time of the calling thread spent issuing the transfer (gathers, descriptors, calls).
+    pub cpu: Duration,
+    /// Wall time from the start until the completion event was seen.
+    pub latency: Duration,
+}
+
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map(Duration::from).unwrap_or_default()
+}
+
+/// Pinned host memory from `cuMemHostAlloc`.
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc and freed once.
+        unsafe { sys::cuMemFreeHost(self.ptr.cast()) };
+    }
+}
+
+pub struct GpuTransfer {
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    gather: CudaFunction,
+    pool_host: *const u8,
+    pool_device: sys::CUdeviceptr,
+    staging: Pinned,
+    descriptors: Pinned,
+    descriptors_device: CudaSlice<u32>,
+    pub output: CudaSlice<u8>,
+}
+
+impl GpuTransfer {
+    /// Registers `pool` with the CUDA driver (once), compiles the gather kernel, and allocates a
+    /// batch buffer of `capacity` bytes for up to `max_packets` packets.
+    pub fn new(pool: &PacketPool, capacity: usize, max_packets: usize) -> Result<GpuTransfer, GpuError> {
+        // SAFETY: only probes for the library; without it cudarc would panic on first use.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(GpuError::NoDriver);
+        }
+        let ctx = CudaContext::new(0)?;
+        let stream = ctx.default_stream();
+        let memory = pool.memory();
+        let mut pool_device: sys::CUdeviceptr = 0;
+        // SAFETY: the pool's mapping outlives this struct's use of it (the caller keeps the pool);
+        // registering makes it pinned and mapped into the device's address space.
+        unsafe {
+            check(
+                "cuMemHostRegister",
+                sys::cuMemHostRegister_v2(memory.as_ptr() as *mut _, memory.len(), sys::CU_MEMHOSTREGISTER_DEVICEMAP),
+            )?;
+            check("cuMemHostGetDevicePointer", sys::cuMemHostGetDevicePointer_v2(&mut pool_device, memory.as_ptr() as *mut _, 0))?;
+        }
+        let source = format!("#define SLOT_BYTES {SLOT_BYTES}\n#define HEADER_BYTES {HEADER}\n{GATHER_KERNEL}");
+        let ptx = cudarc::nvrtc::compile_ptx(source).map_err(|e| GpuError::Compile(e.to_string()))?;
+        let gather = ctx.load_module(ptx)?.load_function("gather")?;
+        let pinned = |len: usize| -> Result<Pinned, GpuError> {
+            let mut ptr: *mut std::ffi::c_void = std::ptr::null_mut();
+            // SAFETY: a plain pinned allocation, freed by Pinned::drop.
+            check("cuMemHostAlloc", unsafe { sys::cuMemHostAlloc(&mut ptr, len.max(1), 0) })?;
+            Ok(Pinned { ptr: ptr.cast(), len })
+        };
+        Ok(GpuTransfer {
+            staging: pinned(capacity)?,
+            descriptors: pinned(3 * max_packets * 4)?,
+            descriptors_device: stream.alloc_zeros(3 * max_packets)?,
+            output: stream.alloc_zeros(capacity)?,
+            pool_host: memory.as_ptr(),
+            pool_device,
+            gather,
+            stream,
+            _ctx: ctx,
+        })
+    }
+
+    /// Moves `images` (their bytes back to back) into `output` by `mode`, and waits for it by
+    /// polling an event.
+    pub fn transfer(&mut self, pool: &PacketPool, images: &[CompleteImage], mode: TransferMode) -> Result<TransferCost, GpuError> {
+        let started = Instant::now();
+        let cpu_started = thread_cpu();
+        let total: usize = images.iter().map(|i| i.total_len as usize).sum();
+        if total > self.staging.len {
+            return Err(GpuError::TooLarge { got: total, capacity: self.staging.len });
+        }
+        let packets = images.iter().map(|i| i.slots.len()).sum::<usize>();
+        if 3 * packets * 4 > self.descriptors.len {
+            return Err(GpuError::TooLarge { got: packets, capacity: self.descriptors.len / 12 });
+        }
+        let (out, _sync) = self.output.device_ptr(&self.stream);
+        let cu_stream = self.stream.cu_stream();
+        // Each packet: (slot, destination offset, length).
+        let pieces = images.iter().scan(0usize, |base, image| {
+            let start = *base;
+            *base += image.total_len as usize;
+            Some(image.slots.iter().enumerate().map(move |(i, &slot)| {
+                let offset = i * PAYLOAD;
+                (slot, start + offset, (image.total_len as usize - offset).min(PAYLOAD))
+            }))
+        });
+        match mode {
+            TransferMode::PerPacket => {
+                for (slot, dst, len) in pieces.flatten() {
+                    // SAFETY: the source lies in the registered pool, the destination in `output`
+                    // (total checked above); the stream orders the copies.
+                    let src = unsafe { self.pool_host.add(slot as usize * SLOT_BYTES + HEADER) };
+                    check("cuMemcpyHtoDAsync", unsafe { sys::cuMemcpyHtoDAsync_v2(out + dst as u64, src.cast(), len, cu_stream) })?;
+                }
+            }
+            TransferMode::CpuCopy => {
+                // SAFETY: `staging` holds `capacity` >= total bytes, written before the copy is issued.
+                let staging = unsafe { std::slice::from_raw_parts_mut(self.staging.ptr, total) };
+                for (slot, dst, len) in pieces.flatten() {
+                    staging[dst..dst + len].copy_from_slice(&pool.slot(slot)[HEADER..HEADER + len]);
+                }
+                check("cuMemcpyHtoDAsync", unsafe { sys::cuMemcpyHtoDAsync_v2(out, self.staging.ptr.cast(), total, cu_stream) })?;
+            }
+            TransferMode::GpuGather => {
+                // SAFETY: `descriptors` holds 3 * max_packets u32 (checked above).
+                let desc = unsafe { std::slice::from_raw_parts_mut(self.descriptors.ptr.cast::<u32>(), 3 * packets) };
+                for (k, (slot, dst, len)) in pieces.flatten().enumerate() {
+                    (desc[k], desc[packets + k], desc[2 * packets + k]) = (slot, dst as u32, len as u32);
+                }
+                let (desc_device, _desc_sync) = self.descriptors_device.device_ptr(&self.stream);
+                check("cuMemcpyHtoDAsync", unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(desc_device, self.descriptors.ptr.cast(), 3 * packets * 4, cu_stream)
+                })?;
+                let config = LaunchConfig { grid_dim: (packets as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+                let n = packets as u32;
+                let mut launch = self.stream.launch_builder(&self.gather);
+                launch.arg(&self.pool_device).arg(&desc_device).arg(&n).arg(&out);
+                // SAFETY: the kernel reads `packets` descriptors and the registered pool, and writes
+                // inside `output` (total checked above).
+                unsafe { launch.launch(config) }?;
+            }
+        }
+        let cpu = thread_cpu().saturating_sub(cpu_started);
+        let event = self.stream.context().new_event(None)?;
+        event.record(&self.stream)?;
+        // SAFETY: a valid event of this context.
+        while unsafe { sys::cuEventQuery(event.cu_event()) } == sys::CUresult::CUDA_ERROR_NOT_READY {
+            std::hint::spin_loop();
+        }
+        Ok(TransferCost { cpu, latency: started.elapsed() })
+    }
+
+    /// The first `len` bytes of the batch buffer, copied back (to check a transfer).
+    pub fn read_back(&self, len: usize) -> Result<Vec<u8>, GpuError> {
+        let all = self.stream.clone_dtoh(&self.output)?;
+        Ok(all[..len.min(all.len())].to_vec())
+    }
+}
+
+/// Writes `image`'s packets into free pool slots, as if they had been received, and returns the
+/// reassembled image (for benchmarks and tests of the transfer alone).
+pub fn stage_image(pool: &mut PacketPool, image_id: u64, image: &[u8]) -> Option<CompleteImage> {
+    let datagrams = super::packet::packetize(image_id, image);
+    let slots: Vec<_> = std::iter::from_fn(|| pool.take()).take(datagrams.len()).collect();
+    if slots.len() < datagrams.len() {
+        slots.into_iter().for_each(|s| pool.give(s));
+        return None;
+    }
+    for (buffer, datagram) in pool.buffers_mut(&slots).into_iter().zip(&datagrams) {
+        buffer[..datagram.len()].copy_from_slice(datagram);
+    }
+    let total_len = PacketHeader::parse(&datagrams[0]).ok()?.0.total_len;
+    Some(CompleteImage { image_id, total_len, slots })
+}
