@@ -62,3 +62,26 @@ fn malformed_datagrams_are_counted_and_dropped() {
     assert_eq!((receiver.stats.datagrams, receiver.stats.malformed), (3, 3));
     assert_eq!(receiver.pool.free_slots(), 256);
 }
+
+/// On a machine with an NVIDIA GPU, each transfer mode delivers a staged image intact; without
+/// one, setting up says so (and the GPU part is skipped).
+#[test]
+fn gpu_transfer_modes_deliver_intact_or_say_why_not() {
+    use gpuslice_backends::netml::gpu::{GpuError, GpuTransfer, TransferMode, stage_image};
+    use gpuslice_backends::netml::pool::PacketPool;
+    let mut pool = PacketPool::new(2 * 588).unwrap();
+    let bytes: Vec<u8> = (0..IMAGE_BYTES).map(|i| (i % 251) as u8).collect();
+    let image = stage_image(&mut pool, 1, &bytes).unwrap();
+    match GpuTransfer::new(&pool, IMAGE_BYTES, 588) {
+        Err(GpuError::NoDriver) => {
+            eprintln!("skipped: no CUDA driver on this machine; scripts run the GPU checks on the GPU machine")
+        }
+        Err(e) => panic!("GPU set-up failed: {e}"),
+        Ok(mut gpu) => {
+            for mode in TransferMode::ALL {
+                gpu.transfer(&pool, std::slice::from_ref(&image), mode).unwrap();
+                assert_eq!(gpu.read_back(IMAGE_BYTES).unwrap(), bytes, "{}", mode.name());
+            }
+        }
+    }
+}

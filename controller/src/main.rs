@@ -285,7 +285,9 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::NetmlBench { batches, repeats, out } => gpuslice::netml_bench::run(&batches, repeats.max(1), out.as_deref()),
+        Command::NetmlBench { batches, repeats, out } => {
+            gpuslice::netml_bench::run(&batches, repeats.max(1), out.as_deref())
+        }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;
             let set = gpuslice_traces::ProfileSet::parse(&source)?;

@@ -36,11 +36,16 @@ pub fn run(batches: &[usize], repeats: usize, out: Option<&Path>) -> Result<()> 
         .enumerate()
         .map(|(k, bytes)| stage_image(&mut pool, k as u64, bytes).context("pool too small"))
         .collect::<Result<_>>()?;
-    let mut gpu = GpuTransfer::new(&pool, largest * IMAGE_BYTES, largest * packets_per_image).context("GPU transfer")?;
+    let mut gpu =
+        GpuTransfer::new(&pool, largest * IMAGE_BYTES, largest * packets_per_image).context("GPU transfer")?;
     let expected: Vec<u8> = originals.concat();
     for mode in TransferMode::ALL {
         gpu.transfer(&pool, &images, mode)?;
-        ensure!(gpu.read_back(expected.len())? == expected, "{}: the batch on the GPU differs from the images sent", mode.name());
+        ensure!(
+            gpu.read_back(expected.len())? == expected,
+            "{}: the batch on the GPU differs from the images sent",
+            mode.name()
+        );
     }
     let mut rows = Vec::new();
     for &batch in batches {
@@ -64,7 +69,13 @@ pub fn run(batches: &[usize], repeats: usize, out: Option<&Path>) -> Result<()> 
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "mode", "batch", "CPU us/batch", "CPU us/image", "latency p50 ms", "latency max ms", "GB/s",
+        "mode",
+        "batch",
+        "CPU us/batch",
+        "CPU us/image",
+        "latency p50 ms",
+        "latency max ms",
+        "GB/s",
     ]);
     for r in &rows {
         table.add_row(vec![

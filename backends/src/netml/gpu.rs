@@ -128,7 +128,10 @@ impl GpuTransfer {
                 "cuMemHostRegister",
                 sys::cuMemHostRegister_v2(memory.as_ptr() as *mut _, memory.len(), sys::CU_MEMHOSTREGISTER_DEVICEMAP),
             )?;
-            check("cuMemHostGetDevicePointer", sys::cuMemHostGetDevicePointer_v2(&mut pool_device, memory.as_ptr() as *mut _, 0))?;
+            check(
+                "cuMemHostGetDevicePointer",
+                sys::cuMemHostGetDevicePointer_v2(&mut pool_device, memory.as_ptr() as *mut _, 0),
+            )?;
         }
         let source = format!("#define SLOT_BYTES {SLOT_BYTES}\n#define HEADER_BYTES {HEADER}\n{GATHER_KERNEL}");
         let ptx = cudarc::nvrtc::compile_ptx(source).map_err(|e| GpuError::Compile(e.to_string()))?;
@@ -154,7 +157,12 @@ impl GpuTransfer {
 
     /// Moves `images` (their bytes back to back) into `output` by `mode`, and waits for it by
     /// polling an event.
-    pub fn transfer(&mut self, pool: &PacketPool, images: &[CompleteImage], mode: TransferMode) -> Result<TransferCost, GpuError> {
+    pub fn transfer(
+        &mut self,
+        pool: &PacketPool,
+        images: &[CompleteImage],
+        mode: TransferMode,
+    ) -> Result<TransferCost, GpuError> {
         let started = Instant::now();
         let cpu_started = thread_cpu();
         let total: usize = images.iter().map(|i| i.total_len as usize).sum();
@@ -182,7 +190,9 @@ impl GpuTransfer {
                     // SAFETY: the source lies in the registered pool, the destination in `output`
                     // (total checked above); the stream orders the copies.
                     let src = unsafe { self.pool_host.add(slot as usize * SLOT_BYTES + HEADER) };
-                    check("cuMemcpyHtoDAsync", unsafe { sys::cuMemcpyHtoDAsync_v2(out + dst as u64, src.cast(), len, cu_stream) })?;
+                    check("cuMemcpyHtoDAsync", unsafe {
+                        sys::cuMemcpyHtoDAsync_v2(out + dst as u64, src.cast(), len, cu_stream)
+                    })?;
                 }
             }
             TransferMode::CpuCopy => {
@@ -191,7 +201,9 @@ impl GpuTransfer {
                 for (slot, dst, len) in pieces.flatten() {
                     staging[dst..dst + len].copy_from_slice(&pool.slot(slot)[HEADER..HEADER + len]);
                 }
-                check("cuMemcpyHtoDAsync", unsafe { sys::cuMemcpyHtoDAsync_v2(out, self.staging.ptr.cast(), total, cu_stream) })?;
+                check("cuMemcpyHtoDAsync", unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(out, self.staging.ptr.cast(), total, cu_stream)
+                })?;
             }
             TransferMode::GpuGather => {
                 // SAFETY: `descriptors` holds 3 * max_packets u32 (checked above).
@@ -203,7 +215,8 @@ impl GpuTransfer {
                 check("cuMemcpyHtoDAsync", unsafe {
                     sys::cuMemcpyHtoDAsync_v2(desc_device, self.descriptors.ptr.cast(), 3 * packets * 4, cu_stream)
                 })?;
-                let config = LaunchConfig { grid_dim: (packets as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+                let config =
+                    LaunchConfig { grid_dim: (packets as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
                 let n = packets as u32;
                 let mut launch = self.stream.launch_builder(&self.gather);
                 launch.arg(&self.pool_device).arg(&desc_device).arg(&n).arg(&out);
