@@ -339,10 +339,6 @@ impl Simulator {
         self.events
     }
 
-    pub fn model_names(&self) -> impl Iterator<Item = &str> {
-        self.models.iter().map(|m| m.name.as_str())
-    }
-
     /// The allocation a model is heading to (its pending one during a reallocation pause).
     pub fn allocation(&self, model: usize) -> Result<Allocation, SimError> {
         let m = self.models.get(model).ok_or(SimError::UnknownModel(model))?;

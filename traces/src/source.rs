@@ -116,8 +116,4 @@ impl<'a> CsvTable<'a> {
     pub fn error(&self, record: &csv::StringRecord, col: usize, problem: impl Into<String>) -> crate::error::DataError {
         DataError::malformed(&self.source.name, Self::line(record), self.headers.get(col), problem)
     }
-
-    pub fn source_name(&self) -> &str {
-        &self.source.name
-    }
 }
