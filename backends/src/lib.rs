@@ -3,6 +3,7 @@
 //! GPU backend will implement the same trait, so a policy runs unchanged offline and live.
 //! `netml` is the packet data path that feeds a real backend.
 
+pub mod gpu;
 pub mod netml;
 
 use gpuslice_simulator::{Allocation, ModelInterval, Report, SimError, Simulator, secs_to_ns};

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod evaluate;
+pub mod gpu_probe;
 pub mod grpc;
 pub mod live;
 pub mod loadtest;

@@ -149,6 +149,29 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// On the GPU machine: models served together by the GPU backend's workers (MPS daemon, one
+    /// worker per model at its GPU%, batches through shared memory), closed loop; per model the GPU
+    /// time and round trip of its batches and its throughput.
+    GpuProbe {
+        /// Models and their GPU%, as NAME:PCT,NAME:PCT (torchvision names).
+        #[arg(long, default_value = "densenet121:25,resnext50_32x4d:35,vgg16:40")]
+        models: String,
+        /// Batch size every model runs.
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Run without MPS: the driver time-slices the workers (temporal sharing); GPU% ignored.
+        #[arg(long)]
+        no_mps: bool,
+        /// Label of this run in the table and the CSV name.
+        #[arg(long, default_value = "run")]
+        label: String,
+        /// Write gpu-probe-LABEL.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -287,6 +310,9 @@ fn run(command: Command) -> Result<()> {
         }
         Command::NetmlBench { batches, repeats, out } => {
             gpuslice::netml_bench::run(&batches, repeats.max(1), out.as_deref())
+        }
+        Command::GpuProbe { models, batch, seconds, no_mps, label, out } => {
+            gpuslice::gpu_probe::run(&models, batch, seconds, !no_mps, &label, out.as_deref())
         }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;

@@ -1,0 +1,211 @@
+//! A model worker process (`backends/worker/gpuslice_worker.py`): batches go in and come out
+//! through a shared-memory file, commands and completions as JSON lines on its stdin/stdout.
+
+use memmap2::MmapMut;
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The worker script: `$GPUSLICE_WORKER`, else the repository's `backends/worker/gpuslice_worker.py`
+/// below the current folder (a carried binary runs from the repository root), else where it was
+/// at build time.
+pub fn default_script() -> PathBuf {
+    if let Some(path) = std::env::var_os("GPUSLICE_WORKER") {
+        return PathBuf::from(path);
+    }
+    let relative = PathBuf::from("backends/worker/gpuslice_worker.py");
+    if relative.exists() {
+        return relative;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/worker/gpuslice_worker.py"))
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub model: String,
+    pub batches: Vec<u32>,
+    pub script: PathBuf,
+    /// Environment for the worker (e.g. its MPS client variables).
+    pub env: Vec<(String, String)>,
+    /// Serve without a GPU, sleeping this long per batch (tests).
+    pub fake_ms: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker for {model} could not start: {cause}")]
+    Spawn { model: String, cause: std::io::Error },
+    #[error("worker for {model} died ({status}); its last words: {stderr}")]
+    Died { model: String, status: String, stderr: String },
+    #[error("worker for {model} said something unexpected: {line:?}")]
+    Protocol { model: String, line: String },
+    #[error("worker for {model} has no CUDA graph for batch {batch}; it has {have:?}")]
+    Batch { model: String, batch: u32, have: Vec<u32> },
+    #[error("shared memory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// GPU time of one batch's stages (from CUDA events in the worker) and the round trip seen here.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct StageTimes {
+    pub h2d_ms: f64,
+    pub infer_ms: f64,
+    pub d2h_ms: f64,
+    #[serde(skip)]
+    pub round_trip: Duration,
+}
+
+#[derive(Deserialize)]
+struct Ready {
+    batches: Vec<u32>,
+    input_bytes: usize,
+    output_bytes: usize,
+}
+
+#[derive(Deserialize)]
+struct Done {
+    done: u64,
+    #[serde(flatten)]
+    times: StageTimes,
+}
+
+pub struct Worker {
+    pub model: String,
+    pub batches: Vec<u32>,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    stderr_path: PathBuf,
+    shm_path: PathBuf,
+    shm: MmapMut,
+    input_bytes: usize,
+    seq: u64,
+}
+
+/// Bytes of one fp16 3x224x224 input.
+pub const INPUT_BYTES_PER_ITEM: usize = 3 * 224 * 224 * 2;
+
+impl Worker {
+    /// Starts the worker and waits until it has captured its graphs.
+    pub fn spawn(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
+        let largest = spec.batches.iter().copied().max().unwrap_or(1) as usize;
+        let size = largest * INPUT_BYTES_PER_ITEM + largest * 1000 * 2;
+        let unique = format!("gpuslice-{}-{}-{}", std::process::id(), spec.model, Instant::now().elapsed().as_nanos());
+        let shm_dir =
+            if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let shm_path = shm_dir.join(&unique);
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&shm_path)?;
+        file.set_len(size as u64)?;
+        // SAFETY: the file is private to this worker pair and not truncated while mapped.
+        let shm = unsafe { MmapMut::map_mut(&file)? };
+        let stderr_path = std::env::temp_dir().join(format!("{unique}.stderr"));
+        let batches: Vec<String> = spec.batches.iter().map(|b| b.to_string()).collect();
+        let mut command = Command::new("python3");
+        command
+            .arg(&spec.script)
+            .args(["--model", &spec.model, "--batches", &batches.join(","), "--shm"])
+            .arg(&shm_path)
+            .envs(spec.env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path)?);
+        if let Some(ms) = spec.fake_ms {
+            command.args(["--fake-ms", &ms.to_string()]);
+        }
+        let mut child = command.spawn().map_err(|cause| WorkerError::Spawn { model: spec.model.clone(), cause })?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut worker = Worker {
+            model: spec.model.clone(),
+            batches: spec.batches.clone(),
+            child,
+            stdin,
+            stdout,
+            stderr_path,
+            shm_path,
+            shm,
+            input_bytes: 0,
+            seq: 0,
+        };
+        let line = worker.read_line()?;
+        let ready: Ready = serde_json::from_str(&line).map_err(|_| worker.protocol(&line))?;
+        if ready.input_bytes + ready.output_bytes > worker.shm.len() {
+            return Err(worker.protocol(&line));
+        }
+        worker.batches = ready.batches;
+        worker.input_bytes = ready.input_bytes;
+        Ok(worker)
+    }
+
+    fn protocol(&self, line: &str) -> WorkerError {
+        WorkerError::Protocol { model: self.model.clone(), line: line.to_string() }
+    }
+
+    /// The next line from the worker, or why there is none.
+    fn read_line(&mut self) -> Result<String, WorkerError> {
+        let mut line = String::new();
+        let read = self.stdout.read_line(&mut line)?;
+        if read == 0 {
+            let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+            let tail: String =
+                stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+            return Err(WorkerError::Died { model: self.model.clone(), status, stderr: tail });
+        }
+        Ok(line)
+    }
+
+    /// The batch input area: write the batch's items here before `run`.
+    pub fn input_mut(&mut self) -> &mut [u8] {
+        &mut self.shm[..self.input_bytes]
+    }
+
+    /// The outputs of the last batch.
+    pub fn output(&self) -> &[u8] {
+        &self.shm[self.input_bytes..]
+    }
+
+    /// Runs a batch of `batch` items already in the input area; returns when it has completed.
+    pub fn run(&mut self, batch: u32) -> Result<StageTimes, WorkerError> {
+        if !self.batches.contains(&batch) {
+            return Err(WorkerError::Batch { model: self.model.clone(), batch, have: self.batches.clone() });
+        }
+        self.seq += 1;
+        let started = Instant::now();
+        let command = format!("{{\"run\": {}, \"batch\": {batch}}}\n", self.seq);
+        if self.stdin.write_all(command.as_bytes()).and_then(|_| self.stdin.flush()).is_err() {
+            return Err(self.read_line().err().unwrap_or_else(|| self.protocol("stdin closed")));
+        }
+        let line = self.read_line()?;
+        let done: Done = serde_json::from_str(&line).map_err(|_| self.protocol(&line))?;
+        if done.done != self.seq {
+            return Err(self.protocol(&line));
+        }
+        Ok(StageTimes { round_trip: started.elapsed(), ..done.times })
+    }
+
+    /// The worker's process id (to watch or kill it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.stdin.write_all(b"{\"quit\": true}\n");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.shm_path);
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}

@@ -1,0 +1,60 @@
+//! The worker protocol against the shipped worker in its GPU-less mode (`--fake-ms`), and MPS
+//! detection. The GPU runs of the same worker are in scripts/gpu-test.sh.
+
+use gpuslice_backends::gpu::mps::{MpsDaemon, MpsError};
+use gpuslice_backends::gpu::worker::{Worker, WorkerError, WorkerSpec, default_script};
+
+fn fake(model: &str) -> WorkerSpec {
+    WorkerSpec {
+        model: model.into(),
+        batches: vec![1, 2, 4, 8],
+        script: default_script(),
+        env: Vec::new(),
+        fake_ms: Some(2.0),
+    }
+}
+
+#[test]
+fn batches_go_through_shared_memory_and_come_back_timed() {
+    let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
+    assert_eq!(worker.batches, vec![1, 2, 4, 8]);
+    worker.input_mut()[..8].copy_from_slice(b"gpuslice");
+    let times = worker.run(4).unwrap();
+    assert_eq!(&worker.output()[..8], b"gpuslice", "the worker read the batch from shared memory");
+    assert_eq!(times.infer_ms, 2.0);
+    assert!(times.round_trip.as_secs_f64() * 1e3 >= 2.0);
+    for _ in 0..20 {
+        worker.run(1).unwrap();
+    }
+}
+
+#[test]
+fn a_batch_without_a_graph_and_a_dead_worker_are_clear_errors() {
+    let mut worker = Worker::spawn(&fake("vgg16")).unwrap();
+    let err = worker.run(3).unwrap_err();
+    assert!(matches!(err, WorkerError::Batch { batch: 3, .. }), "{err}");
+    std::process::Command::new("kill").args(["-9", &worker.pid().to_string()]).status().unwrap();
+    let err = worker.run(1).unwrap_err();
+    assert!(matches!(err, WorkerError::Died { .. }), "{err}");
+    assert!(err.to_string().starts_with("worker for vgg16 died"), "{err}");
+}
+
+#[test]
+fn a_worker_that_cannot_start_says_which_model() {
+    let spec = WorkerSpec { script: "/nonexistent/worker.py".into(), ..fake("densenet121") };
+    let err = Worker::spawn(&spec).err().unwrap();
+    assert!(err.to_string().starts_with("worker for densenet121 died"), "{err}");
+}
+
+#[test]
+fn mps_is_started_or_reported_missing() {
+    let dir = std::env::temp_dir().join(format!("gpuslice-mps-test-{}", std::process::id()));
+    match MpsDaemon::start(&dir) {
+        Err(MpsError::NotInstalled) => eprintln!("skipped: MPS is not installed on this machine"),
+        Err(e) => panic!("MPS failed to start: {e}"),
+        Ok(daemon) => {
+            let env = daemon.client_env(35.0);
+            assert!(env.iter().any(|(k, v)| k == "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" && v == "35"));
+        }
+    }
+}
