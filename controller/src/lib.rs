@@ -13,6 +13,7 @@ pub mod node;
 pub mod oracle;
 pub mod output;
 pub mod plot;
+pub mod realloc_gap;
 pub mod scenario;
 pub mod simulate;
 

@@ -172,6 +172,24 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// On the GPU machine: the service gap of a reallocation with standby workers (already at the
+    /// new GPU%) over many reallocations, and the time to serve after a cold restart.
+    ReallocGap {
+        /// torchvision model.
+        #[arg(long, default_value = "resnet50")]
+        model: String,
+        /// GPU% values to move between.
+        #[arg(long, value_delimiter = ',', default_value = "30,60")]
+        pcts: Vec<f64>,
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        /// Reallocations to measure.
+        #[arg(long, default_value_t = 100)]
+        switches: usize,
+        /// Batches served between two reallocations.
+        #[arg(long, default_value_t = 5)]
+        batches_between: usize,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -313,6 +331,9 @@ fn run(command: Command) -> Result<()> {
         }
         Command::GpuProbe { models, batch, seconds, no_mps, label, out } => {
             gpuslice::gpu_probe::run(&models, batch, seconds, !no_mps, &label, out.as_deref())
+        }
+        Command::ReallocGap { model, pcts, batch, switches, batches_between } => {
+            gpuslice::realloc_gap::run(&model, &pcts, batch, switches.max(1), batches_between.max(1))
         }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;
