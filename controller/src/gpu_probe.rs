@@ -25,6 +25,15 @@ struct Row {
     imgs_per_s: f64,
 }
 
+/// What one worker's closed loop saw.
+struct Probe {
+    model: String,
+    gpu: Histogram<u64>,
+    round_trip: Histogram<u64>,
+    batches: u64,
+    elapsed: Duration,
+}
+
 /// `name:gpu_pct` pairs.
 fn parse_models(spec: &str) -> Result<Vec<(String, f64)>> {
     spec.split(',')
@@ -67,7 +76,7 @@ pub fn run(models: &str, batch: u32, seconds: f64, mps: bool, label: &str, out: 
         let handles: Vec<_> = workers
             .into_iter()
             .map(|mut worker| {
-                scope.spawn(move || -> Result<(String, Histogram<u64>, Histogram<u64>, u64, Duration)> {
+                scope.spawn(move || -> Result<Probe> {
                     let new = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
                     let (mut gpu, mut round_trip) = (new(), new());
                     std::thread::sleep(start_line.saturating_duration_since(Instant::now()));
@@ -79,7 +88,7 @@ pub fn run(models: &str, batch: u32, seconds: f64, mps: bool, label: &str, out: 
                         round_trip.record(t.round_trip.as_micros() as u64 + 1)?;
                         batches += 1;
                     }
-                    Ok((worker.model.clone(), gpu, round_trip, batches, started.elapsed()))
+                    Ok(Probe { model: worker.model.clone(), gpu, round_trip, batches, elapsed: started.elapsed() })
                 })
             })
             .collect();
@@ -87,7 +96,7 @@ pub fn run(models: &str, batch: u32, seconds: f64, mps: bool, label: &str, out: 
     });
     let mut rows = Vec::new();
     for (result, (_, pct)) in results.into_iter().zip(&models) {
-        let (model, gpu, round_trip, batches, elapsed) = result?;
+        let Probe { model, gpu, round_trip, batches, elapsed } = result?;
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         rows.push(Row {
             mode: label.to_string(),
