@@ -58,3 +58,51 @@ fn mps_is_started_or_reported_missing() {
         }
     }
 }
+
+/// The GPU backend's serving logic on GPU-less workers: queues, batching, intervals, and a standby
+/// reallocation in the middle, with nothing lost.
+#[test]
+fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
+    use gpuslice_backends::Backend;
+    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
+    use gpuslice_simulator::Allocation;
+    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+    use std::time::Duration;
+    let setup = |name: &str, seed: u64| GpuModelSetup {
+        name: name.into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: Box::new(
+            ModulatedRenewal::new(RateSchedule::constant(300.0, Some(1.5)).unwrap(), 1.0, seed).unwrap(),
+        ),
+    };
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0) };
+    let mut backend =
+        GpuBackend::start(vec![setup("a", 1), setup("b", 2)], Duration::from_millis(250), None, template, None)
+            .unwrap();
+    let mut intervals = 0;
+    while let Some(observed) = backend.next_interval() {
+        intervals += 1;
+        assert_eq!(observed.len(), 2);
+        if intervals == 2 {
+            let bigger = Allocation { gpu_pct: 55.0, max_batch: 16, batch_timeout_ms: 2.0 };
+            backend.apply(0, bigger).unwrap();
+            let too_big = Allocation { gpu_pct: 70.0, ..bigger };
+            assert!(backend.apply(1, too_big).is_err(), "55 + 70 > 100");
+        }
+        assert!(
+            intervals < 40,
+            "the run ends: {:?}",
+            observed.iter().map(|o| (o.summary.arrivals, o.summary.completed, o.queue_len)).collect::<Vec<_>>()
+        );
+    }
+    let report = backend.report();
+    for m in &report.models {
+        let s = &m.summary;
+        assert!(s.arrivals > 300, "{}: {} arrivals", m.model, s.arrivals);
+        assert_eq!(s.completed, s.arrivals, "{}: every request served", m.model);
+        assert!(s.p50_ms >= 2.0, "a batch takes the worker's 2 ms");
+    }
+    assert_eq!(report.models[0].reallocations, 1);
+    assert_eq!(report.models[0].allocation.gpu_pct, 55.0);
+}

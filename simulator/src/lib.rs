@@ -11,7 +11,7 @@ mod service;
 
 pub use config::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
 pub use engine::{BatchSample, ModelInterval, ModelReport, Report, RequestRecord, SimError, Simulator, Ticket};
-pub use metrics::Summary;
+pub use metrics::{Counters, Summary};
 
 /// Simulated time, in nanoseconds from the start.
 pub type Nanos = u64;

@@ -8,8 +8,10 @@ use serde::Serialize;
 /// Latencies are recorded in microseconds, up to one hour, to 3 significant digits.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
+/// Counters of one model over a span of time (the simulator's, and any real backend's, so both
+/// report the same `Summary`).
 #[derive(Clone)]
-pub(crate) struct Counters {
+pub struct Counters {
     pub arrivals: u64,
     pub completed: u64,
     pub within_slo: u64,
@@ -100,6 +102,12 @@ impl Counters {
             max_queue: self.max_queue,
             gpu_util: self.sm_pct_ns / 100.0 / elapsed_ns.max(1) as f64,
         }
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new()
     }
 }
 

@@ -1,4 +1,6 @@
-//! The real GPU backend's parts: NVIDIA MPS control and model worker processes.
+//! The real GPU backend: NVIDIA MPS control, model worker processes, and `GpuBackend`, which
+//! serves models on them behind the `Backend` trait.
 
 pub mod mps;
+pub mod serving;
 pub mod worker;

@@ -1,0 +1,361 @@
+//! The GPU backend: per model a request queue fed in wall-clock time, a dispatcher thread that
+//! forms batches and runs them on the model's worker (at its MPS GPU%), and standby
+//! reallocation — a worker at the new GPU% is started beside the old one, and the queue moves to
+//! it once it is ready, so service never stops. Implements the same `Backend` trait as the
+//! simulator.
+
+use super::mps::MpsDaemon;
+use super::worker::{INPUT_BYTES_PER_ITEM, Worker, WorkerError, WorkerSpec};
+use crate::{Backend, BackendError};
+use gpuslice_simulator::{Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, Sharing, SimError};
+use gpuslice_traces::ArrivalProcess;
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Batch sizes each worker captures a CUDA graph for; a batch runs on the smallest graph that
+/// holds it.
+pub const GRAPH_BATCHES: [u32; 6] = [1, 2, 4, 8, 16, 32];
+
+/// One model served on the GPU.
+pub struct GpuModelSetup {
+    pub name: String,
+    pub slo_ms: f64,
+    pub allocation: Allocation,
+    pub arrivals: Box<dyn ArrivalProcess>,
+}
+
+/// How workers are started (the script, and the GPU-less mode for tests).
+#[derive(Clone)]
+pub struct WorkerTemplate {
+    pub script: std::path::PathBuf,
+    pub fake_ms: Option<f64>,
+}
+
+/// What a model's dispatcher and the backend share.
+struct Shared {
+    queue: VecDeque<Instant>,
+    allocation: Allocation,
+    total: Counters,
+    interval: Counters,
+    samples: Vec<BatchSample>,
+    arrivals_done: bool,
+    /// A batch is running on the worker.
+    in_flight: bool,
+    stop: bool,
+    /// Set when the worker died; the model serves nothing more.
+    failed: Option<String>,
+}
+
+struct ModelHandle {
+    name: String,
+    slo_ms: f64,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    /// Ready standby workers go to the dispatcher through this.
+    handover: mpsc::Sender<(Worker, f64)>,
+    reallocations: u64,
+}
+
+pub struct GpuBackend {
+    models: Vec<ModelHandle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+    interval: Duration,
+    next_boundary: Instant,
+    interval_start: Instant,
+    drop_after: Option<Duration>,
+    template: WorkerTemplate,
+    mps: Option<Arc<MpsDaemon>>,
+}
+
+fn graph_for(n: usize) -> u32 {
+    GRAPH_BATCHES.iter().copied().find(|&b| b as usize >= n).unwrap_or(GRAPH_BATCHES[GRAPH_BATCHES.len() - 1])
+}
+
+fn spawn_worker(
+    template: &WorkerTemplate,
+    mps: Option<&MpsDaemon>,
+    model: &str,
+    gpu_pct: f64,
+) -> Result<Worker, WorkerError> {
+    Worker::spawn(&WorkerSpec {
+        model: model.into(),
+        batches: GRAPH_BATCHES.to_vec(),
+        script: template.script.clone(),
+        env: mps.map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
+        fake_ms: template.fake_ms,
+    })
+}
+
+impl GpuBackend {
+    /// Starts every model's worker (in parallel), arrival feeder and dispatcher.
+    pub fn start(
+        setups: Vec<GpuModelSetup>,
+        control_interval: Duration,
+        drop_after: Option<Duration>,
+        template: WorkerTemplate,
+        mps: Option<MpsDaemon>,
+    ) -> Result<GpuBackend, WorkerError> {
+        let mps = mps.map(Arc::new);
+        let workers: Vec<Worker> = std::thread::scope(|scope| {
+            let handles: Vec<_> = setups
+                .iter()
+                .map(|s| {
+                    let (template, mps) = (&template, mps.as_deref());
+                    let (name, gpu_pct) = (s.name.clone(), s.allocation.gpu_pct);
+                    scope.spawn(move || spawn_worker(template, mps, &name, gpu_pct))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<_, _>>()
+        })?;
+        let started = Instant::now();
+        let mut backend = GpuBackend {
+            models: Vec::new(),
+            threads: Vec::new(),
+            started,
+            interval: control_interval,
+            next_boundary: started + control_interval,
+            interval_start: started,
+            drop_after,
+            template,
+            mps,
+        };
+        for (setup, worker) in setups.into_iter().zip(workers) {
+            backend.add(setup, worker);
+        }
+        Ok(backend)
+    }
+
+    fn add(&mut self, setup: GpuModelSetup, worker: Worker) {
+        let shared = Arc::new((
+            Mutex::new(Shared {
+                queue: VecDeque::new(),
+                allocation: setup.allocation,
+                total: Counters::new(),
+                interval: Counters::new(),
+                samples: Vec::new(),
+                arrivals_done: false,
+                in_flight: false,
+                stop: false,
+                failed: None,
+            }),
+            Condvar::new(),
+        ));
+        let (handover, standby) = mpsc::channel();
+        let slo_ns = (setup.slo_ms * 1e6) as u64;
+        let (feeder_shared, started) = (shared.clone(), self.started);
+        let mut arrivals = setup.arrivals;
+        self.threads.push(std::thread::spawn(move || {
+            while let Some(t) = arrivals.next_arrival() {
+                let at = started + Duration::from_secs_f64(t);
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                let (lock, ready) = &*feeder_shared;
+                let mut s = lock.lock().expect("model state");
+                if s.stop {
+                    return;
+                }
+                s.queue.push_back(Instant::now());
+                s.total.arrivals += 1;
+                s.interval.arrivals += 1;
+                let len = s.queue.len();
+                s.total.max_queue = s.total.max_queue.max(len);
+                s.interval.max_queue = s.interval.max_queue.max(len);
+                ready.notify_one();
+            }
+            let (lock, ready) = &*feeder_shared;
+            lock.lock().expect("model state").arrivals_done = true;
+            ready.notify_one();
+        }));
+        let (dispatch_shared, drop_after) = (shared.clone(), self.drop_after);
+        let mut current = (worker, setup.allocation.gpu_pct);
+        self.threads.push(std::thread::spawn(move || {
+            let (lock, ready) = &*dispatch_shared;
+            loop {
+                // A standby that is ready takes over between two batches.
+                if let Ok(next) = standby.try_recv() {
+                    current = next;
+                }
+                let mut s = lock.lock().expect("model state");
+                let now = Instant::now();
+                if let Some(limit) = drop_after {
+                    let expired = s.queue.iter().take_while(|a| now - **a > limit).count();
+                    s.queue.drain(..expired);
+                    s.total.dropped += expired as u64;
+                    s.interval.dropped += expired as u64;
+                }
+                let Some(&head) = s.queue.front() else {
+                    if s.stop || s.arrivals_done {
+                        return;
+                    }
+                    drop(ready.wait_timeout(s, Duration::from_millis(5)).expect("model state"));
+                    continue;
+                };
+                let a = s.allocation;
+                let max = (a.max_batch as usize).min(*GRAPH_BATCHES.last().expect("graphs") as usize);
+                let deadline = head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3);
+                if s.queue.len() < max && now < deadline && !s.arrivals_done {
+                    drop(ready.wait_timeout(s, deadline - now).expect("model state"));
+                    continue;
+                }
+                let n = s.queue.len().min(max);
+                let batch: Vec<Instant> = s.queue.drain(..n).collect();
+                s.in_flight = true;
+                drop(s);
+                let (worker, gpu_pct) = &mut current;
+                // The requests' inputs go to the worker's shared memory (their payload bytes).
+                let graph = graph_for(n);
+                worker.input_mut()[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0);
+                let started = Instant::now();
+                let result = worker.run(graph);
+                let done = Instant::now();
+                let mut s = lock.lock().expect("model state");
+                s.in_flight = false;
+                match result {
+                    Ok(times) => {
+                        s.total.batches += 1;
+                        s.interval.batches += 1;
+                        let busy = (done - started).as_nanos() as f64 * *gpu_pct;
+                        s.total.sm_pct_ns += busy;
+                        s.interval.sm_pct_ns += busy;
+                        s.samples.push(BatchSample { size: n as u32, gpu_pct: *gpu_pct, exec_ms: times.infer_ms });
+                        for arrival in batch {
+                            let latency = (done - arrival).as_nanos() as u64;
+                            s.total.record_latency(latency, latency <= slo_ns);
+                            s.interval.record_latency(latency, latency <= slo_ns);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker failed; its requests are dropped");
+                        s.total.dropped += batch.len() as u64 + s.queue.len() as u64;
+                        s.interval.dropped += batch.len() as u64 + s.queue.len() as u64;
+                        s.queue.clear();
+                        s.failed = Some(e.to_string());
+                        s.stop = true;
+                        return;
+                    }
+                }
+            }
+        }));
+        self.models.push(ModelHandle { name: setup.name, slo_ms: setup.slo_ms, shared, handover, reallocations: 0 });
+    }
+
+    /// True once every model's arrivals have ended and its queue is served.
+    fn drained(&self) -> bool {
+        self.models.iter().all(|m| {
+            let s = m.shared.0.lock().expect("model state");
+            (s.arrivals_done && s.queue.is_empty() && !s.in_flight) || s.stop
+        })
+    }
+}
+
+impl Backend for GpuBackend {
+    fn next_interval(&mut self) -> Option<Vec<ModelInterval>> {
+        if self.drained() {
+            return None;
+        }
+        std::thread::sleep(self.next_boundary.saturating_duration_since(Instant::now()));
+        let (start, end) = (self.interval_start, Instant::now());
+        self.interval_start = end;
+        self.next_boundary += self.interval;
+        let span = (end - start).as_nanos() as u64;
+        Some(
+            self.models
+                .iter()
+                .map(|m| {
+                    let mut s = m.shared.0.lock().expect("model state");
+                    let summary = s.interval.summary(span, span);
+                    s.interval.reset();
+                    ModelInterval {
+                        model: m.name.clone(),
+                        start_s: (start - self.started).as_secs_f64(),
+                        end_s: (end - self.started).as_secs_f64(),
+                        allocation: s.allocation,
+                        queue_len: s.queue.len(),
+                        summary,
+                        batches: std::mem::take(&mut s.samples),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// A new GPU% starts a standby worker beside the old one (in the background; the old one
+    /// serves until the standby is ready); batch size and timeout change at once.
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        let name = self.models.get(model).ok_or(SimError::UnknownModel(model))?.name.clone();
+        if let Some(problem) = allocation.problem() {
+            return Err(SimError::InvalidModel { model: name, problem }.into());
+        }
+        let total: f64 = self
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if i == model { allocation.gpu_pct } else { m.shared.0.lock().expect("model state").allocation.gpu_pct }
+            })
+            .sum();
+        if total > 100.0 + 1e-9 {
+            return Err(SimError::OverSubscribed { total_pct: total }.into());
+        }
+        let handle = &mut self.models[model];
+        let previous = {
+            let mut s = handle.shared.0.lock().expect("model state");
+            std::mem::replace(&mut s.allocation, allocation)
+        };
+        if previous.gpu_pct != allocation.gpu_pct {
+            handle.reallocations += 1;
+            let (template, mps, handover) = (self.template.clone(), self.mps.clone(), handle.handover.clone());
+            std::thread::spawn(move || match spawn_worker(&template, mps.as_deref(), &name, allocation.gpu_pct) {
+                Ok(worker) => {
+                    let _ = handover.send((worker, allocation.gpu_pct));
+                }
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e, "standby worker failed to start; the old one keeps serving")
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn report(&mut self) -> Report {
+        let end = Instant::now();
+        let span = (end - self.started).as_nanos() as u64;
+        let mut total = Counters::new();
+        let models = self
+            .models
+            .iter()
+            .map(|m| {
+                let s = m.shared.0.lock().expect("model state");
+                total.merge(&s.total);
+                ModelReport {
+                    model: m.name.clone(),
+                    slo_ms: m.slo_ms,
+                    allocation: s.allocation,
+                    reallocations: m.reallocations,
+                    summary: s.total.summary(span, span),
+                }
+            })
+            .collect();
+        Report {
+            sharing: Sharing::Spatial,
+            elapsed_s: span as f64 * 1e-9,
+            events: 0,
+            models,
+            total: total.summary(span, span),
+        }
+    }
+}
+
+impl Drop for GpuBackend {
+    fn drop(&mut self) {
+        for m in &self.models {
+            let (lock, ready) = &*m.shared;
+            lock.lock().expect("model state").stop = true;
+            ready.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
