@@ -190,6 +190,23 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         batches_between: usize,
     },
+    /// On the GPU machine: run a scenario live on the GPU — its arrivals in wall-clock time, one
+    /// worker per model under MPS, the policy reallocating with standby workers — and print the
+    /// same table as `simulate` (and write the same CSV and plots).
+    GpuRun {
+        /// Scenario file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Policy: static, gslice or model-based (spatial sharing).
+        #[arg(long, default_value = "model-based")]
+        policy: String,
+        /// Write summary.csv, intervals.csv, decisions.csv, latency.svg and gpu.svg into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Workers without a GPU that take this many ms per batch (for trying the run anywhere).
+        #[arg(long)]
+        fake_ms: Option<f64>,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -334,6 +351,28 @@ fn run(command: Command) -> Result<()> {
         }
         Command::ReallocGap { model, pcts, batch, switches, batches_between } => {
             gpuslice::realloc_gap::run(&model, &pcts, batch, switches.max(1), batches_between.max(1))
+        }
+        Command::GpuRun { config, policy, out, fake_ms } => {
+            let loaded = scenario::LoadedScenario::load(Some(&config))?;
+            let template = gpuslice_backends::gpu::serving::WorkerTemplate {
+                script: gpuslice_backends::gpu::worker::default_script(),
+                fake_ms,
+            };
+            let on = simulate::BackendChoice::Gpu(template);
+            let run = simulate::run_on(&loaded, &PolicyChoice::Named(policy), &on, true)?;
+            println!(
+                "{} — policy {} on the GPU, {:.1} s, {} reallocations",
+                loaded.scenario.name,
+                run.policy,
+                run.report.elapsed_s,
+                run.decisions.len()
+            );
+            println!("{}", output::summary_table(&run.report));
+            if let Some(dir) = out {
+                output::write_run(&dir, &run.report, &run.intervals)?;
+                output::write_csv(&dir.join("decisions.csv"), &run.decisions)?;
+            }
+            Ok(())
         }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;

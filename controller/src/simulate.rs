@@ -3,6 +3,7 @@
 
 use crate::scenario::LoadedScenario;
 use anyhow::{Result, anyhow};
+use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
 use gpuslice_backends::{Backend, SimBackend};
 use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Simulator};
@@ -92,9 +93,27 @@ fn policy_for(choice: &PolicyChoice, loaded: &LoadedScenario, contexts: &[ModelC
     }
 }
 
+/// Which backend serves a run.
+pub enum BackendChoice {
+    /// The discrete-event simulator.
+    Simulated,
+    /// The GPU, through model workers under MPS.
+    Gpu(WorkerTemplate),
+}
+
 /// Runs `loaded` under `choice` to the end of its arrivals (and until every request is served
-/// or dropped).
+/// or dropped), on the simulator.
 pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) -> Result<SimRun> {
+    run_on(loaded, choice, &BackendChoice::Simulated, show_progress)
+}
+
+/// Runs `loaded` under `choice` on the chosen backend: the same control loop either way.
+pub fn run_on(
+    loaded: &LoadedScenario,
+    choice: &PolicyChoice,
+    on: &BackendChoice,
+    show_progress: bool,
+) -> Result<SimRun> {
     let (mut config, mut setups, contexts) = loaded.build()?;
     let mut policy = policy_for(choice, loaded, &contexts)?;
     config.sharing = policy.sharing();
@@ -103,9 +122,45 @@ pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) 
     }
     let names: Vec<String> = contexts.iter().map(|c| c.name.clone()).collect();
     let mode = config.sharing;
-    let mut backend = SimBackend::new(Simulator::new(config, setups)?, loaded.scenario.control_interval_s);
+    let interval = loaded.scenario.control_interval_s;
+    let mut backend: Box<dyn Backend> = match on {
+        BackendChoice::Simulated => Box::new(SimBackend::new(Simulator::new(config, setups)?, interval)),
+        BackendChoice::Gpu(template) => {
+            anyhow::ensure!(
+                mode == Sharing::Spatial,
+                "the GPU backend runs spatial sharing; policy {} needs {mode}",
+                policy.name()
+            );
+            // GPU-less workers (tests) need no MPS.
+            let mps = match template.fake_ms {
+                Some(_) => None,
+                None => {
+                    let base = std::env::temp_dir().join(format!("gpuslice-mps-{}", std::process::id()));
+                    Some(gpuslice_backends::gpu::mps::MpsDaemon::start(&base)?)
+                }
+            };
+            let gpu_setups = setups
+                .into_iter()
+                .map(|s| GpuModelSetup {
+                    name: s.name,
+                    slo_ms: s.slo_ms,
+                    allocation: s.allocation,
+                    arrivals: s.arrivals,
+                })
+                .collect();
+            let drop_after = loaded.scenario.drop_after_ms.map(|ms| Duration::from_secs_f64(ms * 1e-3));
+            Box::new(GpuBackend::start(
+                gpu_setups,
+                Duration::from_secs_f64(interval),
+                drop_after,
+                template.clone(),
+                mps,
+            )?)
+        }
+    };
     let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());
-    let mut progress = LateProgress::new(loaded.scenario.duration_s, "s simulated", &what, show_progress);
+    let unit = if matches!(on, BackendChoice::Simulated) { "s simulated" } else { "s on the GPU" };
+    let mut progress = LateProgress::new(loaded.scenario.duration_s, unit, &what, show_progress);
     let started = Instant::now();
     let (mut intervals, mut decisions, mut refused) = (Vec::new(), Vec::new(), 0);
     while let Some(observed) = backend.next_interval() {

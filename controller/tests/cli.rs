@@ -130,3 +130,35 @@ fn fit_reports_every_model_error() {
     }
     assert!(text.contains("RMS rel. error"));
 }
+
+#[test]
+fn gpu_run_serves_a_scenario_on_workers_and_loses_nothing() {
+    // GPU-less workers (--fake-ms) through the whole live path: wall-clock arrivals, batching
+    // dispatchers, the model-based policy reallocating with standby workers.
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/gpu-step.toml")).unwrap();
+    let short = shipped.replace("duration_s = 60", "duration_s = 3").replace("[30, 600]", "[1.5, 600]");
+    let scenario = dir.path().join("short.toml");
+    std::fs::write(&scenario, short).unwrap();
+    let out = dir.path().join("out");
+    let run = gpuslice(&[
+        "--log",
+        "warn",
+        "gpu-run",
+        "--config",
+        scenario.to_str().unwrap(),
+        "--fake-ms",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    for line in summary.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (arrivals, completed, dropped) = (fields[7], fields[8], fields[9]);
+        assert!(arrivals.parse::<u64>().unwrap() > 100, "{line}");
+        assert_eq!((completed, dropped), (arrivals, "0"), "{line}");
+    }
+    assert!(std::fs::read_to_string(out.join("decisions.csv")).unwrap().lines().count() > 1);
+}

@@ -54,6 +54,8 @@ struct ModelHandle {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     /// Ready standby workers go to the dispatcher through this.
     handover: mpsc::Sender<(Worker, f64)>,
+    /// A standby worker is starting; further GPU% changes wait for it.
+    standby_starting: Arc<std::sync::atomic::AtomicBool>,
     reallocations: u64,
 }
 
@@ -237,7 +239,14 @@ impl GpuBackend {
                 }
             }
         }));
-        self.models.push(ModelHandle { name: setup.name, slo_ms: setup.slo_ms, shared, handover, reallocations: 0 });
+        self.models.push(ModelHandle {
+            name: setup.name,
+            slo_ms: setup.slo_ms,
+            shared,
+            handover,
+            standby_starting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            reallocations: 0,
+        });
     }
 
     /// True once every model's arrivals have ended and its queue is served.
@@ -298,21 +307,32 @@ impl Backend for GpuBackend {
         if total > 100.0 + 1e-9 {
             return Err(SimError::OverSubscribed { total_pct: total }.into());
         }
+        use std::sync::atomic::Ordering;
         let handle = &mut self.models[model];
-        let previous = {
-            let mut s = handle.shared.0.lock().expect("model state");
-            std::mem::replace(&mut s.allocation, allocation)
-        };
-        if previous.gpu_pct != allocation.gpu_pct {
+        let previous = handle.shared.0.lock().expect("model state").allocation;
+        let new_slice = previous.gpu_pct != allocation.gpu_pct;
+        // One standby at a time per model: a slice change asked for while one starts keeps the
+        // current slice (the policy asks again next interval); batching changes apply at once.
+        if new_slice && handle.standby_starting.swap(true, Ordering::SeqCst) {
+            handle.shared.0.lock().expect("model state").allocation =
+                Allocation { gpu_pct: previous.gpu_pct, ..allocation };
+            return Ok(());
+        }
+        handle.shared.0.lock().expect("model state").allocation = allocation;
+        if new_slice {
             handle.reallocations += 1;
             let (template, mps, handover) = (self.template.clone(), self.mps.clone(), handle.handover.clone());
-            std::thread::spawn(move || match spawn_worker(&template, mps.as_deref(), &name, allocation.gpu_pct) {
-                Ok(worker) => {
-                    let _ = handover.send((worker, allocation.gpu_pct));
+            let starting = handle.standby_starting.clone();
+            std::thread::spawn(move || {
+                match spawn_worker(&template, mps.as_deref(), &name, allocation.gpu_pct) {
+                    Ok(worker) => {
+                        let _ = handover.send((worker, allocation.gpu_pct));
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %name, error = %e, "standby worker failed to start; the old one keeps serving")
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(model = %name, error = %e, "standby worker failed to start; the old one keeps serving")
-                }
+                starting.store(false, Ordering::SeqCst);
             });
         }
         Ok(())
