@@ -76,7 +76,7 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
             ModulatedRenewal::new(RateSchedule::constant(300.0, Some(1.5)).unwrap(), 1.0, seed).unwrap(),
         ),
     };
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0) };
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
     let mut backend =
         GpuBackend::start(vec![setup("a", 1), setup("b", 2)], Duration::from_millis(250), None, template, None)
             .unwrap();
@@ -105,4 +105,32 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
     }
     assert_eq!(report.models[0].reallocations, 1);
     assert_eq!(report.models[0].allocation.gpu_pct, 55.0);
+}
+
+/// With a standby pool, a reallocation switches to the worker already at the level below the
+/// asked GPU%.
+#[test]
+fn a_standby_pool_switches_levels_at_once() {
+    use gpuslice_backends::Backend;
+    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
+    use gpuslice_simulator::Allocation;
+    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+    use std::time::Duration;
+    let setup = GpuModelSetup {
+        name: "a".into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 35.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.0)).unwrap(), 1.0, 3).unwrap()),
+    };
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 60.0] };
+    let mut backend = GpuBackend::start(vec![setup], Duration::from_millis(200), None, template, None).unwrap();
+    let first = backend.next_interval().unwrap();
+    assert_eq!(first[0].allocation.gpu_pct, 30.0, "35% is served by the 30% worker");
+    backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
+    let second = backend.next_interval().unwrap();
+    assert_eq!(second[0].allocation.gpu_pct, 60.0);
+    assert!(second[0].batches.iter().any(|b| b.gpu_pct == 60.0), "batches already run on the 60% worker");
+    while backend.next_interval().is_some() {}
+    let report = backend.report();
+    assert_eq!(report.models[0].summary.completed, report.models[0].summary.arrivals);
 }

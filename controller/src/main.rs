@@ -206,6 +206,10 @@ enum Command {
         /// Workers without a GPU that take this many ms per batch (for trying the run anywhere).
         #[arg(long)]
         fake_ms: Option<f64>,
+        /// Standby pool: GPU% levels each model keeps a worker at, so a reallocation switches at
+        /// once (allocations are rounded down to a level). Empty: start a worker per change.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80")]
+        pool_levels: Vec<f64>,
     },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
@@ -352,11 +356,12 @@ fn run(command: Command) -> Result<()> {
         Command::ReallocGap { model, pcts, batch, switches, batches_between } => {
             gpuslice::realloc_gap::run(&model, &pcts, batch, switches.max(1), batches_between.max(1))
         }
-        Command::GpuRun { config, policy, out, fake_ms } => {
+        Command::GpuRun { config, policy, out, fake_ms, pool_levels } => {
             let loaded = scenario::LoadedScenario::load(Some(&config))?;
             let template = gpuslice_backends::gpu::serving::WorkerTemplate {
                 script: gpuslice_backends::gpu::worker::default_script(),
                 fake_ms,
+                pool_levels,
             };
             let on = simulate::BackendChoice::Gpu(template);
             let run = simulate::run_on(&loaded, &PolicyChoice::Named(policy), &on, true)?;

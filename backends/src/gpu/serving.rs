@@ -26,11 +26,31 @@ pub struct GpuModelSetup {
     pub arrivals: Box<dyn ArrivalProcess>,
 }
 
-/// How workers are started (the script, and the GPU-less mode for tests).
+/// How workers are started (the script, the GPU-less mode for tests) and how GPU% changes.
 #[derive(Clone)]
 pub struct WorkerTemplate {
     pub script: std::path::PathBuf,
     pub fake_ms: Option<f64>,
+    /// Standby pool: with levels, every model starts a worker at each GPU% level up front and a
+    /// reallocation switches to the one at the level just below the asked GPU% (at once);
+    /// without, a worker at the new GPU% is started when asked (seconds).
+    pub pool_levels: Vec<f64>,
+}
+
+impl WorkerTemplate {
+    /// The pool level serving `gpu_pct`: the highest level not above it (the lowest if none).
+    fn level(&self, gpu_pct: f64) -> f64 {
+        let below = self.pool_levels.iter().copied().filter(|l| *l <= gpu_pct + 1e-9).fold(f64::NAN, f64::max);
+        if below.is_nan() { self.pool_levels.iter().copied().fold(f64::INFINITY, f64::min) } else { below }
+    }
+}
+
+/// What the backend hands a model's dispatcher.
+enum Handover {
+    /// A standby worker just started at this GPU%: serve with it from now on.
+    Started(Worker, f64),
+    /// Serve with the pool's worker at this GPU% level from now on.
+    Level(f64),
 }
 
 /// What a model's dispatcher and the backend share.
@@ -53,7 +73,7 @@ struct ModelHandle {
     slo_ms: f64,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     /// Ready standby workers go to the dispatcher through this.
-    handover: mpsc::Sender<(Worker, f64)>,
+    handover: mpsc::Sender<Handover>,
     /// A standby worker is starting; further GPU% changes wait for it.
     standby_starting: Arc<std::sync::atomic::AtomicBool>,
     reallocations: u64,
@@ -100,16 +120,37 @@ impl GpuBackend {
         mps: Option<MpsDaemon>,
     ) -> Result<GpuBackend, WorkerError> {
         let mps = mps.map(Arc::new);
-        let workers: Vec<Worker> = std::thread::scope(|scope| {
-            let handles: Vec<_> = setups
+        let mut setups = setups;
+        if !template.pool_levels.is_empty() {
+            for s in &mut setups {
+                s.allocation.gpu_pct = template.level(s.allocation.gpu_pct);
+            }
+        }
+        // Each model's workers: one at its GPU%, or one per pool level; all started in parallel.
+        let wanted: Vec<Vec<f64>> = setups
+            .iter()
+            .map(|s| {
+                if template.pool_levels.is_empty() { vec![s.allocation.gpu_pct] } else { template.pool_levels.clone() }
+            })
+            .collect();
+        let workers: Vec<Vec<(Worker, f64)>> = std::thread::scope(|scope| {
+            let handles: Vec<Vec<_>> = setups
                 .iter()
-                .map(|s| {
-                    let (template, mps) = (&template, mps.as_deref());
-                    let (name, gpu_pct) = (s.name.clone(), s.allocation.gpu_pct);
-                    scope.spawn(move || spawn_worker(template, mps, &name, gpu_pct))
+                .zip(&wanted)
+                .map(|(s, levels)| {
+                    levels
+                        .iter()
+                        .map(|&pct| {
+                            let (template, mps, name) = (&template, mps.as_deref(), s.name.clone());
+                            scope.spawn(move || spawn_worker(template, mps, &name, pct).map(|w| (w, pct)))
+                        })
+                        .collect()
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<_, _>>()
+            handles
+                .into_iter()
+                .map(|hs| hs.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<_, _>>()
         })?;
         let started = Instant::now();
         let mut backend = GpuBackend {
@@ -123,13 +164,13 @@ impl GpuBackend {
             template,
             mps,
         };
-        for (setup, worker) in setups.into_iter().zip(workers) {
-            backend.add(setup, worker);
+        for (setup, pool) in setups.into_iter().zip(workers) {
+            backend.add(setup, pool);
         }
         Ok(backend)
     }
 
-    fn add(&mut self, setup: GpuModelSetup, worker: Worker) {
+    fn add(&mut self, setup: GpuModelSetup, workers: Vec<(Worker, f64)>) {
         let shared = Arc::new((
             Mutex::new(Shared {
                 queue: VecDeque::new(),
@@ -170,13 +211,22 @@ impl GpuBackend {
             ready.notify_one();
         }));
         let (dispatch_shared, drop_after) = (shared.clone(), self.drop_after);
-        let mut current = (worker, setup.allocation.gpu_pct);
+        let mut pool = workers;
+        let mut active = pool.iter().position(|(_, pct)| *pct == setup.allocation.gpu_pct).unwrap_or(0);
         self.threads.push(std::thread::spawn(move || {
             let (lock, ready) = &*dispatch_shared;
             loop {
-                // A standby that is ready takes over between two batches.
-                if let Ok(next) = standby.try_recv() {
-                    current = next;
+                // A reallocation takes effect between two batches.
+                while let Ok(handover) = standby.try_recv() {
+                    match handover {
+                        Handover::Started(worker, pct) => {
+                            pool = vec![(worker, pct)];
+                            active = 0;
+                        }
+                        Handover::Level(pct) => {
+                            active = pool.iter().position(|(_, p)| *p == pct).unwrap_or(active);
+                        }
+                    }
                 }
                 let mut s = lock.lock().expect("model state");
                 let now = Instant::now();
@@ -204,7 +254,7 @@ impl GpuBackend {
                 let batch: Vec<Instant> = s.queue.drain(..n).collect();
                 s.in_flight = true;
                 drop(s);
-                let (worker, gpu_pct) = &mut current;
+                let (worker, gpu_pct) = &mut pool[active];
                 // The requests' inputs go to the worker's shared memory (their payload bytes).
                 let graph = graph_for(n);
                 worker.input_mut()[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0);
@@ -293,6 +343,10 @@ impl Backend for GpuBackend {
     /// serves until the standby is ready); batch size and timeout change at once.
     fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
         let name = self.models.get(model).ok_or(SimError::UnknownModel(model))?.name.clone();
+        let mut allocation = allocation;
+        if !self.template.pool_levels.is_empty() {
+            allocation.gpu_pct = self.template.level(allocation.gpu_pct);
+        }
         if let Some(problem) = allocation.problem() {
             return Err(SimError::InvalidModel { model: name, problem }.into());
         }
@@ -311,6 +365,14 @@ impl Backend for GpuBackend {
         let handle = &mut self.models[model];
         let previous = handle.shared.0.lock().expect("model state").allocation;
         let new_slice = previous.gpu_pct != allocation.gpu_pct;
+        if !self.template.pool_levels.is_empty() {
+            handle.shared.0.lock().expect("model state").allocation = allocation;
+            if new_slice {
+                handle.reallocations += 1;
+                let _ = handle.handover.send(Handover::Level(allocation.gpu_pct));
+            }
+            return Ok(());
+        }
         // One standby at a time per model: a slice change asked for while one starts keeps the
         // current slice (the policy asks again next interval); batching changes apply at once.
         if new_slice && handle.standby_starting.swap(true, Ordering::SeqCst) {
@@ -326,7 +388,7 @@ impl Backend for GpuBackend {
             std::thread::spawn(move || {
                 match spawn_worker(&template, mps.as_deref(), &name, allocation.gpu_pct) {
                     Ok(worker) => {
-                        let _ = handover.send((worker, allocation.gpu_pct));
+                        let _ = handover.send(Handover::Started(worker, allocation.gpu_pct));
                     }
                     Err(e) => {
                         tracing::error!(model = %name, error = %e, "standby worker failed to start; the old one keeps serving")

@@ -92,7 +92,9 @@ impl Worker {
     pub fn spawn(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
         let largest = spec.batches.iter().copied().max().unwrap_or(1) as usize;
         let size = largest * INPUT_BYTES_PER_ITEM + largest * 1000 * 2;
-        let unique = format!("gpuslice-{}-{}-{}", std::process::id(), spec.model, Instant::now().elapsed().as_nanos());
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = format!("gpuslice-{}-{}-{n}", std::process::id(), spec.model);
         let shm_dir =
             if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
         let shm_path = shm_dir.join(&unique);
