@@ -48,7 +48,7 @@ impl WorkerTemplate {
 /// What the backend hands a model's dispatcher.
 enum Handover {
     /// A standby worker just started at this GPU%: serve with it from now on.
-    Started(Worker, f64),
+    Started(Box<Worker>, f64),
     /// Serve with the pool's worker at this GPU% level from now on.
     Level(f64),
 }
@@ -220,7 +220,7 @@ impl GpuBackend {
                 while let Ok(handover) = standby.try_recv() {
                     match handover {
                         Handover::Started(worker, pct) => {
-                            pool = vec![(worker, pct)];
+                            pool = vec![(*worker, pct)];
                             active = 0;
                         }
                         Handover::Level(pct) => {
@@ -388,7 +388,7 @@ impl Backend for GpuBackend {
             std::thread::spawn(move || {
                 match spawn_worker(&template, mps.as_deref(), &name, allocation.gpu_pct) {
                     Ok(worker) => {
-                        let _ = handover.send(Handover::Started(worker, allocation.gpu_pct));
+                        let _ = handover.send(Handover::Started(Box::new(worker), allocation.gpu_pct));
                     }
                     Err(e) => {
                         tracing::error!(model = %name, error = %e, "standby worker failed to start; the old one keeps serving")
