@@ -26,6 +26,22 @@ pub trait Backend {
 
     /// Whole-run figures so far.
     fn report(&mut self) -> Report;
+
+    /// The device's state at the end of the last interval, where the backend has a device.
+    fn device(&mut self) -> Option<DeviceSample> {
+        None
+    }
+}
+
+/// A reading of the GPU (NVML).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DeviceSample {
+    pub time_s: f64,
+    /// Percent of the last sample period the GPU ran kernels.
+    pub gpu_util_pct: u32,
+    pub memory_util_pct: u32,
+    pub memory_used_mib: u64,
+    pub sm_clock_mhz: u32,
 }
 
 /// The simulator as a backend, advancing simulated time one control interval per call.

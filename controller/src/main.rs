@@ -373,9 +373,20 @@ fn run(command: Command) -> Result<()> {
                 run.decisions.len()
             );
             println!("{}", output::summary_table(&run.report));
+            if !run.device.is_empty() {
+                let n = run.device.len() as f64;
+                let mean = |f: fn(&gpuslice_backends::DeviceSample) -> f64| run.device.iter().map(f).sum::<f64>() / n;
+                println!(
+                    "GPU (NVML, per interval): utilization {:.0}%, memory used {:.0} MiB, SM clock {:.0} MHz (means)",
+                    mean(|d| d.gpu_util_pct as f64),
+                    mean(|d| d.memory_used_mib as f64),
+                    mean(|d| d.sm_clock_mhz as f64)
+                );
+            }
             if let Some(dir) = out {
                 output::write_run(&dir, &run.report, &run.intervals)?;
                 output::write_csv(&dir.join("decisions.csv"), &run.decisions)?;
+                output::write_csv(&dir.join("device.csv"), &run.device)?;
             }
             Ok(())
         }

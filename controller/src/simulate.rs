@@ -4,7 +4,7 @@
 use crate::scenario::LoadedScenario;
 use anyhow::{Result, anyhow};
 use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
-use gpuslice_backends::{Backend, SimBackend};
+use gpuslice_backends::{Backend, DeviceSample, SimBackend};
 use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Simulator};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -40,6 +40,8 @@ pub struct SimRun {
     pub decisions: Vec<TimedDecision>,
     /// Decisions the backend refused (each logged as a warning).
     pub refused: usize,
+    /// The device's readings, one per interval (a real GPU backend only).
+    pub device: Vec<DeviceSample>,
     /// Wall time of the run itself, without loading the scenario.
     pub wall: Duration,
 }
@@ -162,8 +164,9 @@ pub fn run_on(
     let unit = if matches!(on, BackendChoice::Simulated) { "s simulated" } else { "s on the GPU" };
     let mut progress = LateProgress::new(loaded.scenario.duration_s, unit, &what, show_progress);
     let started = Instant::now();
-    let (mut intervals, mut decisions, mut refused) = (Vec::new(), Vec::new(), 0);
+    let (mut intervals, mut decisions, mut refused, mut device) = (Vec::new(), Vec::new(), 0, Vec::new());
     while let Some(observed) = backend.next_interval() {
+        device.extend(backend.device());
         let now = observed.first().map_or(0.0, |o| o.end_s);
         let mut chosen = policy.decide(&observed);
         // Shrink slices before growing others, so the GPU is never oversubscribed in between.
@@ -203,5 +206,5 @@ pub fn run_on(
         wall_s = wall.as_secs_f64(),
         "run finished"
     );
-    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, wall })
+    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, device, wall })
 }

@@ -3,4 +3,5 @@
 
 pub mod mps;
 pub mod serving;
+pub mod telemetry;
 pub mod worker;

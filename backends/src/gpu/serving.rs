@@ -5,8 +5,9 @@
 //! simulator.
 
 use super::mps::MpsDaemon;
+use super::telemetry::Telemetry;
 use super::worker::{INPUT_BYTES_PER_ITEM, Worker, WorkerError, WorkerSpec};
-use crate::{Backend, BackendError};
+use crate::{Backend, BackendError, DeviceSample};
 use gpuslice_simulator::{Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, Sharing, SimError};
 use gpuslice_traces::ArrivalProcess;
 use std::collections::VecDeque;
@@ -89,6 +90,8 @@ pub struct GpuBackend {
     drop_after: Option<Duration>,
     template: WorkerTemplate,
     mps: Option<Arc<MpsDaemon>>,
+    telemetry: Option<Telemetry>,
+    last_sample: Option<DeviceSample>,
 }
 
 fn graph_for(n: usize) -> u32 {
@@ -161,8 +164,14 @@ impl GpuBackend {
             next_boundary: started + control_interval,
             interval_start: started,
             drop_after,
+            telemetry: if template.fake_ms.is_some() {
+                None
+            } else {
+                Telemetry::open().map_err(|e| tracing::warn!("{e}")).ok()
+            },
             template,
             mps,
+            last_sample: None,
         };
         for (setup, pool) in setups.into_iter().zip(workers) {
             backend.add(setup, pool);
@@ -318,6 +327,9 @@ impl Backend for GpuBackend {
         self.interval_start = end;
         self.next_boundary += self.interval;
         let span = (end - start).as_nanos() as u64;
+        let time_s = (end - self.started).as_secs_f64();
+        self.last_sample =
+            self.telemetry.as_ref().and_then(|t| t.sample(time_s).map_err(|e| tracing::warn!("NVML: {e}")).ok());
         Some(
             self.models
                 .iter()
@@ -398,6 +410,10 @@ impl Backend for GpuBackend {
             });
         }
         Ok(())
+    }
+
+    fn device(&mut self) -> Option<DeviceSample> {
+        self.last_sample
     }
 
     fn report(&mut self) -> Report {
