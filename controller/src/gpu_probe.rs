@@ -50,8 +50,7 @@ fn parse_models(spec: &str) -> Result<Vec<(String, f64)>> {
 
 pub fn run(models: &str, batch: u32, seconds: f64, mps: bool, label: &str, out: Option<&Path>) -> Result<()> {
     let models = parse_models(models)?;
-    let base = std::env::temp_dir().join(format!("gpuslice-mps-{}", std::process::id()));
-    let daemon = if mps { Some(MpsDaemon::start(&base)?) } else { None };
+    let daemon = if mps { Some(MpsDaemon::start_private()?) } else { None };
     // Graph capture takes seconds per model: start the workers in parallel.
     let workers: Vec<Worker> = std::thread::scope(|scope| {
         let handles: Vec<_> = models

@@ -219,13 +219,7 @@ impl Controller for Service {
 
 impl Service {
     async fn views(&self) -> Result<(Vec<ModelInfo>, String), Status> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.live
-            .commands
-            .send(Command::List(tx))
-            .await
-            .map_err(|_| Status::unavailable("the controller has stopped"))?;
-        let (views, policy) = rx.await.map_err(|_| Status::unavailable("the controller has stopped"))?;
+        let (views, policy) = self.live.ask(Command::List).await?;
         let models = views
             .into_iter()
             .map(|v| ModelInfo {

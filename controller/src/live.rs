@@ -99,7 +99,7 @@ type Reply<T> = oneshot::Sender<Result<T, LiveError>>;
 pub enum Command {
     Register(ModelSpec, Reply<Allocation>),
     Unregister(String, Reply<()>),
-    List(oneshot::Sender<(Vec<ModelView>, String)>),
+    List(Reply<(Vec<ModelView>, String)>),
     SetPolicy(String, Reply<String>),
     /// Pin (Some) or release (None).
     Override(String, Option<Allocation>, Reply<Allocation>),
@@ -329,7 +329,7 @@ impl Live {
                 let _ = reply.send(self.unregister(&name));
             }
             Command::List(reply) => {
-                let _ = reply.send((self.views(), self.policy_name.clone()));
+                let _ = reply.send(Ok((self.views(), self.policy_name.clone())));
             }
             Command::SetPolicy(name, reply) => {
                 let _ = reply.send(self.set_policy(&name));

@@ -26,8 +26,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 pub fn run(model: &str, pcts: &[f64], batch: u32, switches: usize, batches_between: usize) -> Result<()> {
     ensure!(pcts.len() >= 2, "--pcts needs at least two GPU% values to move between");
-    let base = std::env::temp_dir().join(format!("gpuslice-mps-{}", std::process::id()));
-    let mps = MpsDaemon::start(&base)?;
+    let mps = MpsDaemon::start_private()?;
     // Cold: decision to first batch served on a worker started then.
     let mut cold = Vec::new();
     for &pct in pcts {

@@ -136,10 +136,7 @@ pub fn run_on(
             // GPU-less workers (tests) need no MPS.
             let mps = match template.fake_ms {
                 Some(_) => None,
-                None => {
-                    let base = std::env::temp_dir().join(format!("gpuslice-mps-{}", std::process::id()));
-                    Some(gpuslice_backends::gpu::mps::MpsDaemon::start(&base)?)
-                }
+                None => Some(gpuslice_backends::gpu::mps::MpsDaemon::start_private()?),
             };
             let gpu_setups = setups
                 .into_iter()

@@ -56,6 +56,11 @@ impl MpsDaemon {
         Ok(daemon)
     }
 
+    /// Starts a daemon of this process's own, under the temporary folder.
+    pub fn start_private() -> Result<MpsDaemon, MpsError> {
+        MpsDaemon::start(&std::env::temp_dir().join(format!("gpuslice-mps-{}", std::process::id())))
+    }
+
     /// The variables every client of this daemon needs.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
