@@ -5,7 +5,8 @@ percentage is fixed when CUDA starts, from CUDA_MPS_ACTIVE_THREAD_PERCENTAGE).
 It loads a torchvision model (random weights, fp16), captures one CUDA graph per batch size, and
 serves batches the Rust backend places in shared memory: inputs at the start of the shared file,
 outputs after them. The protocol is one JSON object per line:
-  worker -> backend: {"ready": true, "batches": [...], "input_bytes": N, "output_bytes": M}
+  worker -> backend: {"ready": true, "batches": [...], "input_bytes": N, "output_bytes": M,
+                      "engine": "torch-graph-VERSION", "sms": SM_COUNT}
   backend -> worker: {"run": SEQ, "batch": B}          (B inputs already written to shared memory)
   worker -> backend: {"done": SEQ, "h2d_ms": .., "infer_ms": .., "d2h_ms": ..}
   backend -> worker: {"quit": true}
@@ -43,7 +44,8 @@ def main():
     shared = mmap.mmap(fd, input_bytes + output_bytes)
 
     if args.fake_ms is not None:
-        reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes})
+        reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
+               "engine": "fake", "sms": 0})
         for line in sys.stdin:
             msg = json.loads(line)
             if msg.get("quit"):
@@ -75,7 +77,8 @@ def main():
             graphs[b] = g
     torch.cuda.synchronize()
     events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-    reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes})
+    reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
+           "engine": f"torch-graph-{torch.__version__}", "sms": torch.cuda.get_device_properties(0).multi_processor_count})
     for line in sys.stdin:
         msg = json.loads(line)
         if msg.get("quit"):

@@ -13,6 +13,7 @@ pub mod node;
 pub mod oracle;
 pub mod output;
 pub mod plot;
+pub mod profile;
 pub mod realloc_gap;
 pub mod scenario;
 pub mod simulate;

@@ -211,6 +211,28 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80")]
         pool_levels: Vec<f64>,
     },
+    /// On the GPU machine: measure batch latency over a grid of GPU% (MPS) and batch sizes for
+    /// the given models through the GPU backend's worker, into a calibration CSV.
+    Profile {
+        /// torchvision models.
+        #[arg(long, value_delimiter = ',', default_value = "resnet50")]
+        models: Vec<String>,
+        /// MPS GPU% levels.
+        #[arg(long, value_delimiter = ',', default_value = "100,80,60,50,40,30,20,10")]
+        gpu_pcts: Vec<f64>,
+        /// Batch sizes (one CUDA graph each).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+        batches: Vec<u32>,
+        /// Timed replays per point (after 5 warm-up replays).
+        #[arg(long, default_value_t = 30)]
+        repeats: usize,
+        /// Output CSV.
+        #[arg(long, default_value = "profiles/h100/profile.csv")]
+        out: PathBuf,
+        /// GPU-less workers taking this many ms per batch (to try the command anywhere).
+        #[arg(long)]
+        fake_ms: Option<f64>,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -389,6 +411,16 @@ fn run(command: Command) -> Result<()> {
                 output::write_csv(&dir.join("device.csv"), &run.device)?;
             }
             Ok(())
+        }
+        Command::Profile { models, gpu_pcts, batches, repeats, out, fake_ms } => {
+            gpuslice::profile::run(gpuslice::profile::ProfileOptions {
+                models: &models,
+                gpu_pcts: &gpu_pcts,
+                batches: &batches,
+                repeats: repeats.max(1),
+                out: &out,
+                fake_ms,
+            })
         }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;

@@ -162,3 +162,33 @@ fn gpu_run_serves_a_scenario_on_workers_and_loses_nothing() {
     }
     assert!(std::fs::read_to_string(out.join("decisions.csv")).unwrap().lines().count() > 1);
 }
+
+#[test]
+fn profile_writes_the_calibration_schema_that_fit_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("profile.csv");
+    let run = gpuslice(&[
+        "--log",
+        "warn",
+        "profile",
+        "--models",
+        "resnet50,vgg16",
+        "--gpu-pcts",
+        "100,50,25",
+        "--batches",
+        "1,4",
+        "--repeats",
+        "3",
+        "--fake-ms",
+        "1",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("engine,model,dtype,gpu_pct,sms,batch,p50_ms,p99_ms,mean_ms,imgs_per_s\n"));
+    assert_eq!(text.lines().count(), 1 + 2 * 3 * 2);
+    let fit = gpuslice(&["fit", "--profile", csv.to_str().unwrap()]);
+    assert!(fit.status.success(), "{}", stderr(&fit));
+    assert!(stdout(&fit).contains("resnet50") && stdout(&fit).contains("vgg16"));
+}

@@ -62,6 +62,8 @@ struct Ready {
     batches: Vec<u32>,
     input_bytes: usize,
     output_bytes: usize,
+    engine: String,
+    sms: u32,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +76,9 @@ struct Done {
 pub struct Worker {
     pub model: String,
     pub batches: Vec<u32>,
+    /// What runs the model (e.g. `torch-graph-2.11.0+cu130`) and the device's SM count.
+    pub engine: String,
+    pub sms: u32,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -122,6 +127,8 @@ impl Worker {
         let mut worker = Worker {
             model: spec.model.clone(),
             batches: spec.batches.clone(),
+            engine: String::new(),
+            sms: 0,
             child,
             stdin,
             stdout,
@@ -138,6 +145,8 @@ impl Worker {
         }
         worker.batches = ready.batches;
         worker.input_bytes = ready.input_bytes;
+        worker.engine = ready.engine;
+        worker.sms = ready.sms;
         Ok(worker)
     }
 
