@@ -139,10 +139,23 @@ impl ModelBased {
         load: Load,
         max_utilization: f64,
     ) -> Option<(f64, f64, f64)> {
+        self.predict_with_excess(m, batch_index, gpu, load, max_utilization, self.learned[m].tail_excess)
+    }
+
+    /// `predict` with a given tail excess (1: the model's own prediction, uncorrected).
+    fn predict_with_excess(
+        &self,
+        m: usize,
+        batch_index: usize,
+        gpu: usize,
+        load: Load,
+        max_utilization: f64,
+        tail_excess: f64,
+    ) -> Option<(f64, f64, f64)> {
         let l = &self.learned[m];
         let (scale, spread) = Self::correction(l);
         let service = l.p50[batch_index][gpu - 1] * scale;
-        let tail = l.tail[batch_index][gpu - 1].max((Z99 * spread).exp()) * l.tail_excess;
+        let tail = l.tail[batch_index][gpu - 1].max((Z99 * spread).exp()) * tail_excess;
         let batch = BATCH_SIZES[batch_index] as f64;
         let utilization = load.rate * service / batch;
         if utilization >= max_utilization || load.capacity_rate * service / batch >= 1.0 {
@@ -239,9 +252,8 @@ impl ModelBased {
             let a = obs.allocation;
             let b = BATCH_SIZES.iter().position(|&b| b >= a.max_batch).unwrap_or(BATCH_SIZES.len() - 1);
             let gpu = (a.gpu_pct.round() as usize).clamp(1, 100);
-            // The model's own prediction, without the correction being learned.
-            self.learned[m].tail_excess = 1.0;
-            let excess = match self.predict(m, b, gpu, load, MAX_UTILIZATION) {
+            // Against the model's own prediction, without the correction being learned.
+            let excess = match self.predict_with_excess(m, b, gpu, load, MAX_UTILIZATION, 1.0) {
                 Some((predicted, _, _)) => (obs.summary.p99_ms / predicted).clamp(0.5, 3.0),
                 None => previous,
             };
