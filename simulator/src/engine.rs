@@ -324,7 +324,8 @@ impl Simulator {
         Ok(ticket)
     }
 
-    /// Submitted requests finished since the last call: completed ones, and dropped tickets.
+    /// Requests finished since the last call: the completed ones recorded (every submitted one,
+    /// and all when `record_requests`), and the tickets of submitted ones dropped.
     pub fn take_finished(&mut self) -> (Vec<RequestRecord>, Vec<Ticket>) {
         (std::mem::take(&mut self.requests), std::mem::take(&mut self.dropped_tickets))
     }
@@ -470,11 +471,6 @@ impl Simulator {
             models,
             total: total.summary(now, span),
         }
-    }
-
-    /// The per-request records kept so far (empty unless `record_requests`).
-    pub fn take_requests(&mut self) -> Vec<RequestRecord> {
-        std::mem::take(&mut self.requests)
     }
 
     fn check_capacity(&self) -> Result<(), SimError> {

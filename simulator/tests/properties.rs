@@ -112,13 +112,13 @@ proptest! {
             prop_assert!(s.arrivals > 0);
             prop_assert_eq!(s.arrivals, s.completed + s.dropped, "{}", model.model);
         }
-        prop_assert_eq!(sim.take_requests().len() as u64, report.total.completed);
+        prop_assert_eq!(sim.take_finished().0.len() as u64, report.total.completed);
     }
 
     #[test]
     fn no_latency_below_its_service_time(case in case()) {
         let mut sim = run(&case);
-        for r in sim.take_requests() {
+        for r in sim.take_finished().0 {
             prop_assert!(r.start_ns >= r.arrival_ns);
             prop_assert!(r.end_ns - r.start_ns >= r.solo_ns, "{:?}", r);
             prop_assert!(r.solo_ns > 0);
@@ -129,7 +129,7 @@ proptest! {
     fn same_seed_same_result(case in case()) {
         let (mut a, mut b) = (run(&case), run(&case));
         prop_assert_eq!(a.report(), b.report());
-        prop_assert_eq!(a.take_requests(), b.take_requests());
+        prop_assert_eq!(a.take_finished().0, b.take_finished().0);
     }
 }
 

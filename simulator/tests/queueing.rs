@@ -21,7 +21,7 @@ fn mean_wait_ms(service: ServiceModel, rho: f64, arrivals: usize) -> f64 {
     };
     let mut sim = Simulator::new(config, vec![model]).unwrap();
     sim.finish();
-    let records = sim.take_requests();
+    let records = sim.take_finished().0;
     assert!(records.len() as f64 > arrivals as f64 * 0.99, "only {} requests", records.len());
     records.iter().map(|r| (r.start_ns - r.arrival_ns) as f64).sum::<f64>() / records.len() as f64 * 1e-6
 }
