@@ -38,7 +38,7 @@ impl Default for LiveConfig {
             control_interval_s: 0.5,
             drop_after_ms: Some(1000.0),
             reallocation: ReallocationCost::Standby { handover_us: 100.0 },
-            interference: 0.5,
+            interference: gpuslice_simulator::H100_INTERFERENCE,
             seed: 1,
         }
     }

@@ -22,12 +22,11 @@ fn default_profile() -> String {
 fn default_true() -> bool {
     true
 }
-/// Fitted to the co-location run measured on the H100 (bench/results/2026-11-23-h100-colocation.csv).
 fn h100_interference() -> f64 {
-    0.5
+    gpuslice_simulator::H100_INTERFERENCE
 }
 fn h100_mps_launch_contention() -> f64 {
-    2.0
+    gpuslice_simulator::H100_MPS_LAUNCH_CONTENTION
 }
 fn default_reallocation() -> ReallocationCost {
     ReallocationCost::Standby { handover_us: 100.0 }

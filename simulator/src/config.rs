@@ -85,6 +85,12 @@ pub enum ServiceModel {
     Exponential { mean_ms: f64 },
 }
 
+/// `SimConfig::interference` fitted to the co-location run measured on the H100
+/// (bench/results/2026-11-23-h100-colocation.csv).
+pub const H100_INTERFERENCE: f64 = 0.5;
+/// `SimConfig::mps_launch_contention` fitted to the same run.
+pub const H100_MPS_LAUNCH_CONTENTION: f64 = 2.0;
+
 /// Settings of one run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {

@@ -9,7 +9,10 @@ mod engine;
 mod metrics;
 mod service;
 
-pub use config::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
+pub use config::{
+    Allocation, H100_INTERFERENCE, H100_MPS_LAUNCH_CONTENTION, ModelSetup, ReallocationCost, ServiceModel, Sharing,
+    SimConfig,
+};
 pub use engine::{BatchSample, ModelInterval, ModelReport, Report, RequestRecord, SimError, Simulator, Ticket};
 pub use metrics::{Counters, Summary};
 
