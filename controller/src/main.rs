@@ -153,10 +153,10 @@ enum Command {
     /// worker per model at its GPU%, batches through shared memory), closed loop; per model the GPU
     /// time and round trip of its batches and its throughput.
     GpuProbe {
-        /// Models and their GPU%, as NAME:PCT,NAME:PCT (torchvision names).
+        /// Models, their GPU% and optionally batch size, as NAME:PCT[:BATCH],... (torchvision names).
         #[arg(long, default_value = "densenet121:25,resnext50_32x4d:35,vgg16:40")]
         models: String,
-        /// Batch size every model runs.
+        /// Batch size of the models that name none.
         #[arg(long, default_value_t = 8)]
         batch: u32,
         /// How long to run, in seconds.
@@ -224,11 +224,25 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
         batches: Vec<u32>,
         /// Timed replays per point (after 5 warm-up replays).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 100)]
         repeats: usize,
-        /// Output CSV.
+        /// Output CSV of the grid.
         #[arg(long, default_value = "profiles/h100/profile.csv")]
         out: PathBuf,
+        /// Co-location groups to measure after the grid, each `MODEL:GPU%[:BATCH]` joined by `+`
+        /// (e.g. `densenet121:25+resnext50_32x4d:35+vgg16:40`), groups separated by `,`. All at
+        /// 100% is default MPS. `--models ''` skips the grid.
+        #[arg(long, value_delimiter = ',')]
+        colocate: Vec<String>,
+        /// Batch size of co-located placements that name none.
+        #[arg(long, default_value_t = 8)]
+        colocate_batch: u32,
+        /// Seconds each co-location group runs together (each worker also runs half as long alone).
+        #[arg(long, default_value_t = 4.0)]
+        colocate_seconds: f64,
+        /// Output CSV of the co-location groups.
+        #[arg(long, default_value = "profiles/h100/colocation.csv")]
+        colocation_out: PathBuf,
         /// GPU-less workers taking this many ms per batch (to try the command anywhere).
         #[arg(long)]
         fake_ms: Option<f64>,
@@ -412,13 +426,29 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Profile { models, gpu_pcts, batches, repeats, out, fake_ms } => {
+        Command::Profile {
+            models,
+            gpu_pcts,
+            batches,
+            repeats,
+            out,
+            colocate,
+            colocate_batch,
+            colocate_seconds,
+            colocation_out,
+            fake_ms,
+        } => {
+            let models: Vec<String> = models.into_iter().filter(|m| !m.is_empty()).collect();
             gpuslice::profile::run(gpuslice::profile::ProfileOptions {
                 models: &models,
                 gpu_pcts: &gpu_pcts,
                 batches: &batches,
                 repeats: repeats.max(1),
                 out: &out,
+                colocate: &colocate,
+                colocate_batch,
+                colocate_seconds,
+                colocation_out: &colocation_out,
                 fake_ms,
             })
         }

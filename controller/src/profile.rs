@@ -1,15 +1,25 @@
 //! `gpuslice profile` (on the GPU machine): measures each model's batch latency over a grid of
-//! GPU% (MPS) and batch sizes through the GPU backend's worker, one worker at a time on a quiet
-//! GPU, and writes the calibration schema of shared/calibration
-//! (`engine,model,dtype,gpu_pct,sms,batch,p50_ms,p99_ms,mean_ms,imgs_per_s`), which
-//! `gpuslice fit` and the simulator read.
+//! GPU% (MPS) and batch sizes through the GPU backend's worker, and models running together.
+//!
+//! The grid is measured one worker at a time on a quiet GPU and written in the calibration
+//! schema of shared/calibration (`engine,model,dtype,gpu_pct,sms,batch,p50_ms,p99_ms,mean_ms,
+//! imgs_per_s`), which `gpuslice fit`, `calibrate` and the simulator read. A model's workers for
+//! every GPU% are started together (their start-up is mostly Python and graph capture) and then
+//! measured in turn; the file is rewritten after each model, so a cut-off run keeps what it had.
+//!
+//! Co-location groups (`A:PCT[:B]+B:PCT[:B]`) go to a second file, one row per model of a group
+//! (see `ColocationRow`): each model's GPU time while the group runs closed loop together, and the
+//! same worker's GPU time alone just before, so the inflation is measured on one process.
 
+use crate::colocate::{LoopResult, Placement, group_label, run_together, spawn_all, worker_spec};
 use anyhow::{Context, Result};
 use gpuslice_backends::gpu::mps::MpsDaemon;
-use gpuslice_backends::gpu::worker::{Worker, WorkerSpec, default_script};
+use gpuslice_backends::gpu::worker::Worker;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 #[derive(Serialize)]
 struct Row {
@@ -25,39 +35,90 @@ struct Row {
     imgs_per_s: f64,
 }
 
+/// One model of a co-location group. Times are GPU time per batch (CUDA events in the worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColocationRow {
+    /// Every placement of the group, `MODEL:GPU%:BATCH` joined by `+`.
+    pub group: String,
+    pub model: String,
+    pub gpu_pct: f64,
+    pub batch: u32,
+    /// Batches timed while the group ran together.
+    pub batches: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub imgs_per_s: f64,
+    /// The same worker alone, just before.
+    pub solo_p50_ms: f64,
+    pub solo_p99_ms: f64,
+}
+
 pub struct ProfileOptions<'a> {
     pub models: &'a [String],
     pub gpu_pcts: &'a [f64],
     pub batches: &'a [u32],
     pub repeats: usize,
     pub out: &'a Path,
+    /// Co-location groups, and how long each runs together.
+    pub colocate: &'a [String],
+    pub colocate_batch: u32,
+    pub colocate_seconds: f64,
+    pub colocation_out: &'a Path,
     /// GPU-less workers taking this long per batch (tests).
     pub fake_ms: Option<f64>,
 }
 
+fn progress(len: u64, what: &str) -> ProgressBar {
+    ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(&format!("{{msg}} [{{bar:40}}] {{pos}}/{{len}} {what}, {{elapsed}}, eta {{eta}}"))
+            .expect("template")
+            .progress_chars("=> "),
+    )
+}
+
 pub fn run(o: ProfileOptions) -> Result<()> {
+    let groups: Vec<Vec<Placement>> = o
+        .colocate
+        .iter()
+        .map(|g| Placement::parse_group(g, o.colocate_batch).with_context(|| format!("--colocate {g:?}")))
+        .collect::<Result<_>>()?;
     let mps = match o.fake_ms {
         Some(_) => None,
         None => Some(MpsDaemon::start_private()?),
     };
-    let steps = (o.models.len() * o.gpu_pcts.len() * o.batches.len()) as u64;
-    let bar = ProgressBar::new(steps).with_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} points, {elapsed}, eta {eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    if !o.models.is_empty() {
+        profile_grid(&o, mps.as_ref())?;
+    }
+    if !groups.is_empty() {
+        profile_groups(&o, &groups, mps.as_ref())?;
+    }
+    Ok(())
+}
+
+fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::output::write_csv(path, rows)
+}
+
+fn profile_grid(o: &ProfileOptions, mps: Option<&MpsDaemon>) -> Result<()> {
+    let bar = progress((o.models.len() * o.gpu_pcts.len() * o.batches.len()) as u64, "points");
     let mut rows = Vec::new();
     for model in o.models {
-        for &pct in o.gpu_pcts {
+        bar.set_message(format!("{model}: starting {} workers", o.gpu_pcts.len()));
+        let specs: Vec<_> = o
+            .gpu_pcts
+            .iter()
+            .map(|&gpu_pct| {
+                let placement = Placement { model: model.clone(), gpu_pct, batch: 1 };
+                worker_spec(&placement, o.batches.to_vec(), mps, o.fake_ms)
+            })
+            .collect();
+        let workers = spawn_all(&specs)?;
+        for (mut worker, &pct) in workers.into_iter().zip(o.gpu_pcts) {
             bar.set_message(format!("{model} at {pct}%"));
-            let spec = WorkerSpec {
-                model: model.clone(),
-                batches: o.batches.to_vec(),
-                script: default_script(),
-                env: mps.as_ref().map(|m| m.client_env(pct)).unwrap_or_default(),
-                fake_ms: o.fake_ms,
-            };
-            let mut worker = Worker::spawn(&spec).with_context(|| format!("{model} at {pct}%"))?;
             for &batch in o.batches {
                 for _ in 0..5 {
                     worker.run(batch)?;
@@ -82,12 +143,64 @@ pub fn run(o: ProfileOptions) -> Result<()> {
                 bar.inc(1);
             }
         }
+        write_rows(o.out, &rows)?;
     }
     bar.finish_and_clear();
-    if let Some(dir) = o.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    crate::output::write_csv(o.out, &rows)?;
     println!("{} points written to {}", rows.len(), o.out.display());
+    Ok(())
+}
+
+fn profile_groups(o: &ProfileOptions, groups: &[Vec<Placement>], mps: Option<&MpsDaemon>) -> Result<()> {
+    // One worker per distinct placement, shared by the groups that use it.
+    let mut placements: Vec<Placement> = groups.iter().flatten().cloned().collect();
+    placements.sort_by_key(Placement::label);
+    placements.dedup();
+    let bar = progress((placements.len() + groups.len()) as u64, "runs");
+    bar.set_message(format!("starting {} workers", placements.len()));
+    let specs: Vec<_> = placements.iter().map(|p| worker_spec(p, vec![p.batch], mps, o.fake_ms)).collect();
+    let mut workers: BTreeMap<String, Worker> =
+        placements.iter().map(Placement::label).zip(spawn_all(&specs)?).collect();
+    let seconds = Duration::from_secs_f64(o.colocate_seconds);
+    let warmup = Duration::from_millis(300);
+    let mut solo: BTreeMap<String, LoopResult> = BTreeMap::new();
+    for p in &placements {
+        bar.set_message(format!("{} alone", p.label()));
+        let worker = workers.get_mut(&p.label()).expect("spawned");
+        let alone = run_together(std::slice::from_mut(worker), &[p.batch], warmup, seconds / 2)?;
+        solo.insert(p.label(), alone.into_iter().next().expect("one result"));
+        bar.inc(1);
+    }
+    let mut rows = Vec::new();
+    for group in groups {
+        let label = group_label(group);
+        bar.set_message(label.clone());
+        let mut together: Vec<Worker> =
+            group.iter().map(|p| workers.remove(&p.label()).expect("spawned")).collect();
+        let batches: Vec<u32> = group.iter().map(|p| p.batch).collect();
+        let results = run_together(&mut together, &batches, warmup, seconds);
+        for (p, worker) in group.iter().zip(together) {
+            workers.insert(p.label(), worker);
+        }
+        for (p, r) in group.iter().zip(results.with_context(|| format!("co-location group {label}"))?) {
+            let alone = &solo[&p.label()];
+            rows.push(ColocationRow {
+                group: label.clone(),
+                model: p.model.clone(),
+                gpu_pct: p.gpu_pct,
+                batch: p.batch,
+                batches: r.batches,
+                p50_ms: r.gpu_ms(0.5),
+                p99_ms: r.gpu_ms(0.99),
+                mean_ms: r.gpu_mean_ms(),
+                imgs_per_s: r.items_per_s,
+                solo_p50_ms: alone.gpu_ms(0.5),
+                solo_p99_ms: alone.gpu_ms(0.99),
+            });
+        }
+        write_rows(o.colocation_out, &rows)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!("{} co-located rows written to {}", rows.len(), o.colocation_out.display());
     Ok(())
 }
