@@ -88,7 +88,11 @@ pub fn spawn_all(specs: &[WorkerSpec]) -> Result<Vec<Worker>> {
 }
 
 /// One worker per placement, with a CUDA graph at its batch size.
-pub fn spawn_workers(placements: &[Placement], daemon: Option<&MpsDaemon>, fake_ms: Option<f64>) -> Result<Vec<Worker>> {
+pub fn spawn_workers(
+    placements: &[Placement],
+    daemon: Option<&MpsDaemon>,
+    fake_ms: Option<f64>,
+) -> Result<Vec<Worker>> {
     let specs: Vec<WorkerSpec> = placements.iter().map(|p| worker_spec(p, vec![p.batch], daemon, fake_ms)).collect();
     spawn_all(&specs)
 }

@@ -32,8 +32,7 @@ pub fn run(models: &str, batch: u32, seconds: f64, mps: bool, label: &str, out: 
     let daemon = if mps { Some(MpsDaemon::start_private()?) } else { None };
     let mut workers = spawn_workers(&placements, daemon.as_ref(), None)?;
     let batches: Vec<u32> = placements.iter().map(|p| p.batch).collect();
-    let results =
-        run_together(&mut workers, &batches, Duration::from_millis(500), Duration::from_secs_f64(seconds))?;
+    let results = run_together(&mut workers, &batches, Duration::from_millis(500), Duration::from_secs_f64(seconds))?;
     let rows: Vec<Row> = placements
         .iter()
         .zip(&results)

@@ -3,6 +3,7 @@
 //! on the calibrated simulator, benchmark it, and show results as tables, CSV and SVG plots.
 
 pub mod bench;
+pub mod calibration;
 pub mod colocate;
 pub mod evaluate;
 pub mod gpu_probe;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use gpuslice::simulate::PolicyChoice;
-use gpuslice::{bench, evaluate, output, scenario, simulate};
+use gpuslice::{bench, calibration, evaluate, output, scenario, simulate};
 use gpuslice_simulator::Sharing;
 use std::path::PathBuf;
 
@@ -247,6 +247,43 @@ enum Command {
         #[arg(long)]
         fake_ms: Option<f64>,
     },
+    /// Fit the simulator to measurements from `profile`: the latency model of every model (fit
+    /// error printed), then the co-location parameters (`interference` on controlled groups,
+    /// `mps_launch_contention` on default-MPS groups); save a calibration file scenarios load.
+    Calibrate {
+        /// Profile CSV (the grid), or `builtin:NAME`.
+        #[arg(long, default_value = "profiles/h100/grid.csv")]
+        profile: String,
+        /// Co-location CSV from `gpuslice profile --colocate`.
+        #[arg(long, default_value = "profiles/h100/colocation.csv")]
+        colocation: PathBuf,
+        /// Fit only on groups of at most this many models (larger ones are left for `validate`).
+        #[arg(long, default_value_t = 2)]
+        fit_group_size: usize,
+        /// Calibration file to write (TOML).
+        #[arg(long, default_value = "profiles/h100/calibration.toml")]
+        out: PathBuf,
+    },
+    /// Check the simulator against measurements it was not fitted on: (a) GPU% levels left out
+    /// of the latency fit, (b) co-located groups, each run in the simulator closed loop as on the
+    /// GPU; prints predicted against measured p50 and p99 with the relative error.
+    Validate {
+        /// Profile CSV (the grid), or `builtin:NAME`.
+        #[arg(long, default_value = "profiles/h100/grid.csv")]
+        profile: String,
+        /// GPU% levels left out of the fit and predicted.
+        #[arg(long, value_delimiter = ',', default_value = "80,50,30")]
+        hold_out: Vec<f64>,
+        /// Co-location CSV from `gpuslice profile --colocate`.
+        #[arg(long, default_value = "profiles/h100/colocation.csv")]
+        colocation: PathBuf,
+        /// Calibration whose co-location parameters predict the groups (its profile is used too).
+        #[arg(long, default_value = "profiles/h100/calibration.toml")]
+        calibration: String,
+        /// Write held-out.csv and colocated.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Fit the latency model to a calibration profile and print each model's fit error.
     Fit {
         /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
@@ -451,6 +488,18 @@ fn run(command: Command) -> Result<()> {
                 colocation_out: &colocation_out,
                 fake_ms,
             })
+        }
+        Command::Calibrate { profile, colocation, fit_group_size, out } => {
+            calibration::calibrate(&calibration::CalibrateOptions {
+                profile: &profile,
+                colocation: &colocation,
+                fit_group_size,
+                out: &out,
+            })?;
+            Ok(())
+        }
+        Command::Validate { profile, hold_out, colocation, calibration, out } => {
+            calibration::validate(&profile, &hold_out, &colocation, &calibration, out.as_deref())
         }
         Command::Fit { profile } => {
             let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;

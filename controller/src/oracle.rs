@@ -20,7 +20,8 @@ pub fn plan(loaded: &LoadedScenario, contexts: &[ModelContext]) -> Result<Oracle
         control_interval_s: s.control_interval_s,
         intervals_per_window: s.oracle_window_intervals.unwrap_or(DEFAULT_INTERVALS_PER_WINDOW),
         drop_after_ms: s.drop_after_ms,
-        interference: s.interference,
+        interference: loaded.contention.interference,
+        interference_by_model: loaded.interference_by_model(),
         service_jitter: s.service_jitter,
         seed: s.seed,
     })?)

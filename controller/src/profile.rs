@@ -174,8 +174,7 @@ fn profile_groups(o: &ProfileOptions, groups: &[Vec<Placement>], mps: Option<&Mp
     for group in groups {
         let label = group_label(group);
         bar.set_message(label.clone());
-        let mut together: Vec<Worker> =
-            group.iter().map(|p| workers.remove(&p.label()).expect("spawned")).collect();
+        let mut together: Vec<Worker> = group.iter().map(|p| workers.remove(&p.label()).expect("spawned")).collect();
         let batches: Vec<u32> = group.iter().map(|p| p.batch).collect();
         let results = run_together(&mut together, &batches, warmup, seconds);
         for (p, worker) in group.iter().zip(together) {

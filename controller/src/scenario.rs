@@ -1,6 +1,7 @@
 //! Scenario files (TOML): the GPU sharing mode, the profile, and per model its SLO, allocation
 //! and arrivals. `scenarios/default.toml` is embedded and used when no file is given.
 
+use crate::calibration::{Calibration, Contention};
 use anyhow::{Context, Result, bail};
 use gpuslice_policies::ModelContext;
 use gpuslice_simulator::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
@@ -16,17 +17,10 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.toml");
 fn default_interval() -> f64 {
     1.0
 }
-fn default_profile() -> String {
-    "builtin:h100-cudagraph".into()
-}
+/// The profile of scenarios that name neither a profile nor a calibration.
+const DEFAULT_PROFILE: &str = "builtin:h100-cudagraph";
 fn default_true() -> bool {
     true
-}
-fn h100_interference() -> f64 {
-    gpuslice_simulator::H100_INTERFERENCE
-}
-fn h100_mps_launch_contention() -> f64 {
-    gpuslice_simulator::H100_MPS_LAUNCH_CONTENTION
 }
 fn default_reallocation() -> ReallocationCost {
     ReallocationCost::Standby { handover_us: 100.0 }
@@ -43,16 +37,18 @@ pub struct Scenario {
     #[serde(default = "default_interval")]
     pub control_interval_s: f64,
     pub sharing: Sharing,
-    /// See `SimConfig::interference`; the default is the H100 calibration.
-    #[serde(default = "h100_interference")]
-    pub interference: f64,
-    /// See `SimConfig::mps_launch_contention`; the default is the H100 calibration.
-    #[serde(default = "h100_mps_launch_contention")]
-    pub mps_launch_contention: f64,
+    /// A calibration file from `gpuslice calibrate` (path relative to the scenario file, or
+    /// `builtin:h100-calibration`): the profile and the co-location parameters below.
+    pub calibration: Option<String>,
+    /// See `SimConfig::interference` (overrides the calibration's, per-model values included);
+    /// without a calibration the default is the first H100 trio's fit.
+    pub interference: Option<f64>,
+    /// See `SimConfig::mps_launch_contention` (overrides the calibration's).
+    pub mps_launch_contention: Option<f64>,
     pub drop_after_ms: Option<f64>,
-    /// Calibration profile: a CSV path (relative to the scenario file) or `builtin:NAME`.
-    #[serde(default = "default_profile")]
-    pub profile: String,
+    /// Calibration profile: a CSV path (relative to the scenario file) or `builtin:NAME`
+    /// (overrides the calibration's; default `builtin:h100-cudagraph`).
+    pub profile: Option<String>,
     /// Log-normal service-time spread matching the profile's p99/p50.
     #[serde(default = "default_true")]
     pub service_jitter: bool,
@@ -79,12 +75,18 @@ pub struct ModelEntry {
     pub arrivals: ArrivalSpec,
 }
 
-/// A scenario together with the folder its relative paths are taken from.
+/// A scenario together with the folder its relative paths are taken from, and its calibration
+/// resolved.
 #[derive(Debug, Clone)]
 pub struct LoadedScenario {
     pub scenario: Scenario,
     pub base_dir: PathBuf,
     pub origin: String,
+    /// The profile (`builtin:NAME` or a path below `profile_base`).
+    pub profile: String,
+    pub profile_base: PathBuf,
+    /// Co-location parameters, per-model interference by profile model name.
+    pub contention: Contention,
 }
 
 impl LoadedScenario {
@@ -104,7 +106,25 @@ impl LoadedScenario {
     /// Parses scenario `text`; `origin` names it in errors, relative paths start at `base_dir`.
     pub fn from_text(text: &str, origin: &str, base_dir: PathBuf) -> Result<LoadedScenario> {
         let scenario: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin} is malformed"))?;
-        let loaded = LoadedScenario { scenario, base_dir, origin: origin.to_string() };
+        let (mut profile, mut profile_base, mut contention) = match &scenario.calibration {
+            Some(spec) => {
+                let c = Calibration::load(spec, &base_dir).with_context(|| format!("scenario {origin}"))?;
+                (c.profile, c.profile_base, c.contention)
+            }
+            None => (DEFAULT_PROFILE.to_string(), base_dir.clone(), Contention::first_h100_trio()),
+        };
+        if let Some(p) = &scenario.profile {
+            (profile, profile_base) = (p.clone(), base_dir.clone());
+        }
+        if let Some(k) = scenario.interference {
+            contention.interference = k;
+            contention.interference_by_model.clear();
+        }
+        if let Some(c) = scenario.mps_launch_contention {
+            contention.mps_launch_contention = c;
+        }
+        let loaded =
+            LoadedScenario { scenario, base_dir, origin: origin.to_string(), profile, profile_base, contention };
         loaded.validate()?;
         Ok(loaded)
     }
@@ -121,11 +141,12 @@ impl LoadedScenario {
         if let Some(d) = s.duration_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
             bail!("scenario {origin}: duration_s must be > 0, got {d}");
         }
-        if !(s.interference.is_finite() && s.interference >= 0.0) {
-            bail!("scenario {origin}: interference must be >= 0, got {}", s.interference);
+        let c = &self.contention;
+        if !(c.interference.is_finite() && c.interference >= 0.0) {
+            bail!("scenario {origin}: interference must be >= 0, got {}", c.interference);
         }
-        if !(s.mps_launch_contention.is_finite() && s.mps_launch_contention >= 0.0) {
-            bail!("scenario {origin}: mps_launch_contention must be >= 0, got {}", s.mps_launch_contention);
+        if !(c.mps_launch_contention.is_finite() && c.mps_launch_contention >= 0.0) {
+            bail!("scenario {origin}: mps_launch_contention must be >= 0, got {}", c.mps_launch_contention);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in s.models.iter().enumerate() {
@@ -138,7 +159,7 @@ impl LoadedScenario {
 
     /// The fitted latency models of the scenario's profile, by profile model name.
     pub fn latency_models(&self) -> Result<BTreeMap<String, LatencyModel>> {
-        let source = Source::load(&self.scenario.profile, &self.base_dir)?;
+        let source = Source::load(&self.profile, &self.profile_base)?;
         let profiles = ProfileSet::parse(&source)?;
         for (i, m) in self.scenario.models.iter().enumerate() {
             let wanted = m.profile_model.as_deref().unwrap_or(&m.name);
@@ -159,20 +180,29 @@ impl LoadedScenario {
         Ok(fitted)
     }
 
+    /// The calibration's per-model interference, by the scenario's model names.
+    pub fn interference_by_model(&self) -> BTreeMap<String, f64> {
+        let by_profile = &self.contention.interference_by_model;
+        self.scenario
+            .models
+            .iter()
+            .filter_map(|m| {
+                let k = by_profile.get(m.profile_model.as_deref().unwrap_or(&m.name))?;
+                Some((m.name.clone(), *k))
+            })
+            .collect()
+    }
+
     /// The simulator's inputs (with the scenario's sharing and allocations) and what a policy
     /// knows of each model.
     pub fn build(&self) -> Result<(SimConfig, Vec<ModelSetup>, Vec<ModelContext>)> {
         let s = &self.scenario;
         let latency = self.latency_models()?;
         let config = SimConfig {
-            sharing: s.sharing,
-            interference: s.interference,
-            mps_launch_contention: s.mps_launch_contention,
-            background_pct: 0.0,
             reallocation: s.reallocation,
             drop_after_ms: s.drop_after_ms,
-            seed: s.seed,
-            record_requests: false,
+            interference_by_model: self.interference_by_model(),
+            ..self.contention.config(s.sharing, s.seed)
         };
         let mut library = TraceLibrary::new(&self.base_dir);
         let (mut setups, mut contexts) = (Vec::with_capacity(s.models.len()), Vec::with_capacity(s.models.len()));

@@ -128,14 +128,16 @@ pub fn run_on(
     let mut backend: Box<dyn Backend> = match on {
         BackendChoice::Simulated => Box::new(SimBackend::new(Simulator::new(config, setups)?, interval)),
         BackendChoice::Gpu(template) => {
-            anyhow::ensure!(
-                mode == Sharing::Spatial,
-                "the GPU backend runs spatial sharing; policy {} needs {mode}",
-                policy.name()
-            );
+            // Temporal sharing is the driver time-slicing the workers' contexts (no MPS); default
+            // MPS runs every worker at 100%. Neither reallocates, so neither keeps a standby pool.
+            let mut template = template.clone();
+            if mode != Sharing::Spatial {
+                template.pool_levels.clear();
+            }
             // GPU-less workers (tests) need no MPS.
             let mps = match template.fake_ms {
                 Some(_) => None,
+                None if mode == Sharing::Temporal => None,
                 None => Some(gpuslice_backends::gpu::mps::MpsDaemon::start_private()?),
             };
             let gpu_setups = setups
@@ -148,13 +150,7 @@ pub fn run_on(
                 })
                 .collect();
             let drop_after = loaded.scenario.drop_after_ms.map(|ms| Duration::from_secs_f64(ms * 1e-3));
-            Box::new(GpuBackend::start(
-                gpu_setups,
-                Duration::from_secs_f64(interval),
-                drop_after,
-                template.clone(),
-                mps,
-            )?)
+            Box::new(GpuBackend::start(gpu_setups, Duration::from_secs_f64(interval), drop_after, template, mps)?)
         }
     };
     let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());

@@ -61,6 +61,8 @@ pub struct PlanInputs<'a> {
     pub intervals_per_window: usize,
     pub drop_after_ms: Option<f64>,
     pub interference: f64,
+    /// Per model (by name), where measured; see `SimConfig::interference_by_model`.
+    pub interference_by_model: std::collections::BTreeMap<String, f64>,
     pub service_jitter: bool,
     pub seed: u64,
 }
@@ -135,6 +137,7 @@ fn model_table(
                 let config = SimConfig {
                     drop_after_ms: inputs.drop_after_ms,
                     interference: inputs.interference,
+                    interference_by_model: inputs.interference_by_model.clone(),
                     background_pct: 100.0 - gpu_pct,
                     seed: inputs.seed ^ (w as u64) << 8 ^ m as u64,
                     ..SimConfig::default()

@@ -29,11 +29,6 @@ use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-/// Default MPS: how strongly SM shares follow the batches' SM-bound fractions (0: even split,
-/// 1: proportional). 0.5 with `mps_launch_contention` 2 fits the H100 trio of
-/// `bench/results/2026-11-23-h100-colocation.csv` best among the values tried.
-const SM_SHARE_EXPONENT: f64 = 0.5;
-
 /// A simulation input that cannot run.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SimError {
@@ -163,6 +158,8 @@ struct ModelState {
     name: String,
     slo_ns: Nanos,
     service: ServiceSampler,
+    /// This model's `SimConfig::interference`.
+    interference: f64,
     allocation: Allocation,
     /// Allocation waiting for the end of a reallocation pause.
     pending: Option<Allocation>,
@@ -221,7 +218,8 @@ pub struct Simulator {
 
 impl Simulator {
     pub fn new(config: SimConfig, setups: Vec<ModelSetup>) -> Result<Simulator, SimError> {
-        let models = setups.into_iter().map(Self::model_state).collect::<Result<Vec<_>, _>>()?;
+        let models =
+            setups.into_iter().map(|setup| Self::model_state(&config, setup)).collect::<Result<Vec<_>, _>>()?;
         let mut sim = Simulator {
             drop_after_ns: config.drop_after_ms.map(|ms| secs_to_ns(ms * 1e-3)),
             rng: SmallRng::seed_from_u64(config.seed),
@@ -248,7 +246,7 @@ impl Simulator {
         Ok(sim)
     }
 
-    fn model_state(setup: ModelSetup) -> Result<ModelState, SimError> {
+    fn model_state(config: &SimConfig, setup: ModelSetup) -> Result<ModelState, SimError> {
         let invalid = |problem: String| SimError::InvalidModel { model: setup.name.clone(), problem };
         if let Some(problem) = setup.allocation.problem() {
             return Err(invalid(problem));
@@ -265,6 +263,7 @@ impl Simulator {
             _ => {}
         }
         Ok(ModelState {
+            interference: config.interference_by_model.get(&setup.name).copied().unwrap_or(config.interference),
             name: setup.name,
             slo_ns: secs_to_ns(setup.slo_ms * 1e-3),
             service: ServiceSampler::new(setup.service),
@@ -290,7 +289,7 @@ impl Simulator {
 
     /// Adds a model while running; returns its index. Its allocation must fit the GPU.
     pub fn add_model(&mut self, setup: ModelSetup) -> Result<usize, SimError> {
-        let mut state = Self::model_state(setup)?;
+        let mut state = Self::model_state(&self.config, setup)?;
         state.queue_changed_at = self.now;
         self.models.push(state);
         if let Err(e) = self.check_capacity() {
@@ -672,7 +671,8 @@ impl Simulator {
             } else {
                 1.0
             };
-            batch.speed = 1.0 / (stretch * (1.0 + self.config.interference * (total_share - batch.share) / 100.0));
+            let interference = self.models[batch.model].interference;
+            batch.speed = 1.0 / (stretch * (1.0 + interference * (total_share - batch.share) / 100.0));
             let remaining = ((1.0 - batch.progress).max(0.0) * batch.solo_ns / batch.speed).ceil();
             batch.finish_at = now + remaining as Nanos;
             self.next_completion = self.next_completion.min(batch.finish_at);
@@ -680,14 +680,15 @@ impl Simulator {
     }
 
     /// Default MPS: the SMs go to the running batches in proportion to their SM-bound fractions
-    /// raised to `SM_SHARE_EXPONENT` (a kernel holds SMs in proportion to the blocks it keeps
+    /// raised to `SimConfig::mps_share_exponent` (a kernel holds SMs in proportion to the blocks it keeps
     /// queued, so large kernels take most of them), none beyond its knee, the excess shared out
     /// again the same way.
     fn share_sms_by_pressure(&mut self) {
         let order = &mut self.scratch_order;
         order.clear();
         order.extend(self.running.iter().enumerate().map(|(i, b)| (b.knee_pct, i)));
-        let weight = |b: &Batch| (1.0 - b.launch_fraction).max(1e-3).powf(SM_SHARE_EXPONENT);
+        let exponent = self.config.mps_share_exponent;
+        let weight = |b: &Batch| (1.0 - b.launch_fraction).max(1e-3).powf(exponent);
         let mut remaining = 100.0;
         // Fix, one at a time, the batches whose proportional share would pass their knee.
         loop {

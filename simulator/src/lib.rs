@@ -10,8 +10,8 @@ mod metrics;
 mod service;
 
 pub use config::{
-    Allocation, H100_INTERFERENCE, H100_MPS_LAUNCH_CONTENTION, ModelSetup, ReallocationCost, ServiceModel, Sharing,
-    SimConfig,
+    Allocation, H100_INTERFERENCE, H100_MPS_LAUNCH_CONTENTION, H100_MPS_SHARE_EXPONENT, ModelSetup, ReallocationCost,
+    ServiceModel, Sharing, SimConfig,
 };
 pub use engine::{BatchSample, ModelInterval, ModelReport, Report, RequestRecord, SimError, Simulator, Ticket};
 pub use metrics::{Counters, Summary};

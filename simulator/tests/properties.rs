@@ -57,7 +57,9 @@ fn run(case: &Case) -> Simulator {
     let config = SimConfig {
         sharing: case.sharing,
         interference: case.interference,
+        interference_by_model: Default::default(),
         mps_launch_contention: case.interference * 6.0,
+        mps_share_exponent: 0.5,
         background_pct: 0.0,
         reallocation: if case.cold {
             ReallocationCost::ColdRestart { restart_s: 0.05 }

@@ -8,6 +8,9 @@ use std::path::Path;
 const BUILTINS: &[(&str, &str)] = &[
     ("h100-cudagraph", include_str!("../data/calibration/h100/torch_cudagraph_fp16.csv")),
     ("h100-eager", include_str!("../data/calibration/h100/torch_eager_fp16.csv")),
+    // Measured with `gpuslice profile` and fitted with `gpuslice calibrate` (profiles/h100/README.md).
+    ("h100-grid", include_str!("../../profiles/h100/grid.csv")),
+    ("h100-calibration", include_str!("../../profiles/h100/calibration.toml")),
     ("azure-llm-code", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_code.csv")),
     ("azure-llm-conv", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")),
     ("azure-functions-2019", include_str!("../data/azure_functions_2019/1000_inv.csv")),
