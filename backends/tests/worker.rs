@@ -11,6 +11,7 @@ fn fake(model: &str) -> WorkerSpec {
         script: default_script(),
         env: Vec::new(),
         fake_ms: Some(2.0),
+        input_ipc: None,
     }
 }
 

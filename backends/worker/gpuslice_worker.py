@@ -10,6 +10,9 @@ outputs after them. The protocol is one JSON object per line:
   backend -> worker: {"run": SEQ, "batch": B}          (B inputs already written to shared memory)
   worker -> backend: {"done": SEQ, "h2d_ms": .., "infer_ms": .., "d2h_ms": ..}
   backend -> worker: {"quit": true}
+With --input-ipc HANDLE the inputs come instead from a GPU buffer of another process (the NetML
+transfer's batch buffer, fp32 images back to back), opened once through CUDA IPC: each batch is
+cast to fp16 on the GPU, never crossing the host (h2d_ms then times that device-side copy).
 Stage times come from CUDA events, whose completion the worker polls (event.query()), never a
 stream callback. With --fake-ms the worker needs no GPU: it sleeps that long per batch (for tests).
 """
@@ -29,12 +32,26 @@ def poll(event):
         pass
 
 
+def open_ipc_input(handle_hex, largest):
+    """The fp32 batch buffer another process exported, as a tensor on this GPU (no copy)."""
+    import cupy, torch
+
+    pointer = cupy.cuda.runtime.ipcOpenMemHandle(bytes.fromhex(handle_hex))
+    count = largest * IMAGE[0] * IMAGE[1] * IMAGE[2]
+
+    class Exported:
+        __cuda_array_interface__ = {"shape": (count,), "typestr": "<f4", "data": (pointer, False), "version": 3}
+
+    return torch.as_tensor(Exported(), device="cuda").view(largest, *IMAGE)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--batches", default="1,2,4,8,16,32")
     p.add_argument("--shm", required=True, help="shared file for inputs and outputs")
     p.add_argument("--fake-ms", type=float, default=None)
+    p.add_argument("--input-ipc", default=None, help="CUDA IPC handle (hex) of an fp32 input buffer")
     args = p.parse_args()
     batches = sorted(int(b) for b in args.batches.split(","))
     largest = batches[-1]
@@ -61,6 +78,9 @@ def main():
     host_in = torch.frombuffer(shared, dtype=torch.float16, count=input_bytes // 2).view(largest, *IMAGE)
     host_out = torch.frombuffer(shared, dtype=torch.float16, count=output_bytes // 2, offset=input_bytes).view(largest, CLASSES)
     static_in = torch.zeros(largest, *IMAGE, device="cuda", dtype=torch.float16)
+    source_in = host_in
+    if args.input_ipc is not None:
+        source_in = open_ipc_input(args.input_ipc, largest)
     graphs, outputs = {}, {}
     with torch.inference_mode():
         for b in batches:
@@ -85,7 +105,7 @@ def main():
             return
         b = msg["batch"]
         events[0].record()
-        static_in[:b].copy_(host_in[:b], non_blocking=True)
+        static_in[:b].copy_(source_in[:b], non_blocking=True)
         events[1].record()
         graphs[b].replay()
         events[2].record()

@@ -639,7 +639,7 @@ mod tests {
     fn minimize_1d_finds_the_bottom_of_a_bowl() {
         let x = minimize_1d(0.0, 3.0, |x| Ok((x - 1.234).powi(2))).unwrap();
         assert!((x - 1.234).abs() < 1e-3, "{x}");
-        let edge = minimize_1d(0.0, 3.0, |x| Ok(x)).unwrap();
+        let edge = minimize_1d(0.0, 3.0, Ok).unwrap();
         assert!(edge < 1e-3, "{edge}");
     }
 

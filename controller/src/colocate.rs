@@ -69,6 +69,7 @@ pub fn worker_spec(p: &Placement, batches: Vec<u32>, daemon: Option<&MpsDaemon>,
         script: default_script(),
         env: daemon.map(|d| d.client_env(p.gpu_pct)).unwrap_or_default(),
         fake_ms,
+        input_ipc: None,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod live;
 pub mod loadtest;
 pub mod netml_bench;
+pub mod netml_e2e;
 pub mod node;
 pub mod oracle;
 pub mod output;

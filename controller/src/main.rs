@@ -172,6 +172,35 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// On the GPU machine: images as UDP packets over loopback into the packet pool, to the GPU
+    /// by each transfer mode, inferred by a worker reading the batch buffer through CUDA IPC;
+    /// throughput and latency per mode, and the latency of one large image arriving at line rate.
+    NetmlE2e {
+        /// torchvision model the worker runs.
+        #[arg(long, default_value = "resnet50")]
+        model: String,
+        /// Images per batch.
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        /// Seconds of traffic per mode (after 0.3 s of warm-up).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Images the sender keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Run the worker under MPS at this GPU% (default: no MPS).
+        #[arg(long)]
+        gpu_pct: Option<f64>,
+        /// Bytes of the image of the line-rate run.
+        #[arg(long, default_value_t = 500 * 1024)]
+        line_rate_bytes: usize,
+        /// Images of the line-rate run, per mode.
+        #[arg(long, default_value_t = 50)]
+        line_rate_repeats: usize,
+        /// Write netml-e2e.csv and netml-line-rate.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// On the GPU machine: the service gap of a reallocation with standby workers (already at the
     /// new GPU%) over many reallocations, and the time to serve after a cold restart.
     ReallocGap {
@@ -422,6 +451,18 @@ fn run(command: Command) -> Result<()> {
         }
         Command::NetmlBench { batches, repeats, out } => {
             gpuslice::netml_bench::run(&batches, repeats.max(1), out.as_deref())
+        }
+        Command::NetmlE2e { model, batch, seconds, window, gpu_pct, line_rate_bytes, line_rate_repeats, out } => {
+            gpuslice::netml_e2e::run(&gpuslice::netml_e2e::E2eOptions {
+                model: &model,
+                batch: batch.max(1),
+                seconds,
+                window: window.max(batch as usize),
+                gpu_pct,
+                line_rate_bytes,
+                line_rate_repeats: line_rate_repeats.max(1),
+                out: out.as_deref(),
+            })
         }
         Command::GpuProbe { models, batch, seconds, no_mps, label, out } => {
             gpuslice::gpu_probe::run(&models, batch, seconds, !no_mps, &label, out.as_deref())

@@ -17,6 +17,7 @@ fn spec(model: &str, batch: u32, mps: &MpsDaemon, pct: f64) -> WorkerSpec {
         script: default_script(),
         env: mps.client_env(pct),
         fake_ms: None,
+        input_ipc: None,
     }
 }
 

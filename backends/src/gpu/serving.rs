@@ -110,6 +110,7 @@ fn spawn_worker(
         script: template.script.clone(),
         env: mps.map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
         fake_ms: template.fake_ms,
+        input_ipc: None,
     })
 }
 

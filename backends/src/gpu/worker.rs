@@ -31,6 +31,9 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
     /// Serve without a GPU, sleeping this long per batch (tests).
     pub fake_ms: Option<f64>,
+    /// Take batch inputs from this CUDA IPC buffer (hex handle; fp32 images back to back, as the
+    /// NetML transfer leaves them) instead of the shared-memory file.
+    pub input_ipc: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,9 @@ impl Worker {
             .stderr(std::fs::File::create(&stderr_path)?);
         if let Some(ms) = spec.fake_ms {
             command.args(["--fake-ms", &ms.to_string()]);
+        }
+        if let Some(handle) = &spec.input_ipc {
+            command.args(["--input-ipc", handle]);
         }
         let mut child = command.spawn().map_err(|cause| WorkerError::Spawn { model: spec.model.clone(), cause })?;
         let stdin = child.stdin.take().expect("piped");

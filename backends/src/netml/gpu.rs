@@ -97,6 +97,20 @@ impl Drop for Pinned {
     }
 }
 
+/// Device memory from `cuMemAlloc` (not a stream-ordered pool), so it can be shared with another
+/// process through CUDA IPC.
+struct DeviceBuffer {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemAlloc and freed once.
+        unsafe { sys::cuMemFree_v2(self.ptr) };
+    }
+}
+
 pub struct GpuTransfer {
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -106,7 +120,8 @@ pub struct GpuTransfer {
     staging: Pinned,
     descriptors: Pinned,
     descriptors_device: CudaSlice<u32>,
-    pub output: CudaSlice<u8>,
+    /// The batch's bytes on the GPU, back to back.
+    output: DeviceBuffer,
 }
 
 impl GpuTransfer {
@@ -142,11 +157,14 @@ impl GpuTransfer {
             check("cuMemHostAlloc", unsafe { sys::cuMemHostAlloc(&mut ptr, len.max(1), 0) })?;
             Ok(Pinned { ptr: ptr.cast(), len })
         };
+        let mut output = DeviceBuffer { ptr: 0, len: capacity.max(1) };
+        // SAFETY: a plain device allocation, freed by DeviceBuffer::drop.
+        check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut output.ptr, output.len) })?;
         Ok(GpuTransfer {
+            output,
             staging: pinned(capacity)?,
             descriptors: pinned(3 * max_packets * 4)?,
             descriptors_device: stream.alloc_zeros(3 * max_packets)?,
-            output: stream.alloc_zeros(capacity)?,
             pool_host: memory.as_ptr(),
             pool_device,
             gather,
@@ -173,7 +191,7 @@ impl GpuTransfer {
         if 3 * packets * 4 > self.descriptors.len {
             return Err(GpuError::TooLarge { got: packets, capacity: self.descriptors.len / 12 });
         }
-        let (out, _sync) = self.output.device_ptr(&self.stream);
+        let out = self.output.ptr;
         let cu_stream = self.stream.cu_stream();
         // Each packet: (slot, destination offset, length).
         let pieces = images.iter().scan(0usize, |base, image| {
@@ -237,8 +255,22 @@ impl GpuTransfer {
 
     /// The first `len` bytes of the batch buffer, copied back (to check a transfer).
     pub fn read_back(&self, len: usize) -> Result<Vec<u8>, GpuError> {
-        let all = self.stream.clone_dtoh(&self.output)?;
-        Ok(all[..len.min(all.len())].to_vec())
+        let mut bytes = vec![0u8; len.min(self.output.len)];
+        // SAFETY: `bytes` holds at most the buffer's length; the copy is synchronous.
+        check("cuMemcpyDtoH", unsafe {
+            sys::cuMemcpyDtoH_v2(bytes.as_mut_ptr().cast(), self.output.ptr, bytes.len())
+        })?;
+        Ok(bytes)
+    }
+
+    /// A CUDA IPC handle of the batch buffer, hex-encoded: a worker process opens it
+    /// (`cudaIpcOpenMemHandle`) and reads each batch where the transfer put it, with no copy
+    /// through the host.
+    pub fn ipc_handle_hex(&self) -> Result<String, GpuError> {
+        let mut handle = sys::CUipcMemHandle { reserved: [0; 64] };
+        // SAFETY: `output` is a cuMemAlloc allocation of this context.
+        check("cuIpcGetMemHandle", unsafe { sys::cuIpcGetMemHandle(&mut handle, self.output.ptr) })?;
+        Ok(handle.reserved.iter().map(|b| format!("{:02x}", *b as u8)).collect())
     }
 }
 
@@ -255,5 +287,5 @@ pub fn stage_image(pool: &mut PacketPool, image_id: u64, image: &[u8]) -> Option
         buffer[..datagram.len()].copy_from_slice(datagram);
     }
     let total_len = PacketHeader::parse(&datagrams[0]).ok()?.0.total_len;
-    Some(CompleteImage { image_id, total_len, slots })
+    Some(CompleteImage { image_id, total_len, slots, first_seen_ns: 0 })
 }

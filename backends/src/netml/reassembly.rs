@@ -18,6 +18,8 @@ pub struct CompleteImage {
     pub total_len: u32,
     /// The slot of packet i at index i.
     pub slots: Vec<Slot>,
+    /// When its first packet arrived (the receiver's clock).
+    pub first_seen_ns: u64,
 }
 
 /// What became of one packet. Slots in `Discard` go back to the pool.
@@ -122,6 +124,7 @@ impl Reassembler {
             image_id: header.image_id,
             total_len: done.total_len,
             slots: done.slots.into_iter().map(|s| s.expect("all received")).collect(),
+            first_seen_ns: done.first_seen_ns,
         })
     }
 

@@ -21,6 +21,9 @@ pub struct ReceiveStats {
     pub pool_exhausted: u64,
 }
 
+/// The socket receive buffer asked for.
+const RECEIVE_BUFFER_BYTES: usize = 64 << 20;
+
 pub struct Receiver {
     socket: UdpSocket,
     pub pool: PacketPool,
@@ -35,6 +38,9 @@ impl Receiver {
     pub fn bind(address: SocketAddr, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
         let socket = UdpSocket::bind(address)?;
         socket.set_nonblocking(true)?;
+        // A deep socket buffer rides out the time the receiving thread spends on the GPU; the
+        // kernel caps it at net.core.rmem_max, so asking is best effort.
+        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &RECEIVE_BUFFER_BYTES);
         Ok(Receiver {
             socket,
             pool: PacketPool::new(slots)?,
