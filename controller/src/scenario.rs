@@ -231,3 +231,56 @@ impl LoadedScenario {
         Ok((config, setups, contexts))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_MODELS: &str = r#"
+name = "two"
+sharing = "spatial"
+calibration = "builtin:h100-calibration"
+[[models]]
+name = "front"
+profile_model = "vgg16"
+slo_ms = 30
+gpu_pct = 50
+max_batch = 8
+batch_timeout_ms = 2
+arrivals = { kind = "poisson", rate = 100 }
+[[models]]
+name = "densenet121"
+slo_ms = 30
+gpu_pct = 50
+max_batch = 8
+batch_timeout_ms = 2
+arrivals = { kind = "poisson", rate = 100 }
+"#;
+
+    #[test]
+    fn a_calibration_brings_its_profile_and_per_model_interference() {
+        let loaded = LoadedScenario::from_text(TWO_MODELS, "two", ".".into()).unwrap();
+        assert_eq!(loaded.profile, "builtin:h100-grid");
+        let (config, _, _) = loaded.build().unwrap();
+        // Keyed by the scenario's names, looked up by profile model.
+        let by_model = &config.interference_by_model;
+        assert_eq!(by_model["front"], loaded.contention.interference_by_model["vgg16"]);
+        assert!(by_model["front"] < by_model["densenet121"]);
+    }
+
+    #[test]
+    fn a_scenario_value_overrides_the_calibration() {
+        let text = TWO_MODELS.replace("sharing = \"spatial\"", "sharing = \"spatial\"\ninterference = 0.3");
+        let loaded = LoadedScenario::from_text(&text, "two", ".".into()).unwrap();
+        let (config, _, _) = loaded.build().unwrap();
+        assert_eq!(config.interference, 0.3);
+        assert!(config.interference_by_model.is_empty());
+    }
+
+    #[test]
+    fn a_missing_calibration_is_named() {
+        let text = TWO_MODELS.replace("builtin:h100-calibration", "no/such/calibration.toml");
+        let err = format!("{:#}", LoadedScenario::from_text(&text, "two", ".".into()).unwrap_err());
+        assert!(err.contains("no/such/calibration.toml"), "{err}");
+    }
+}

@@ -192,3 +192,106 @@ fn profile_writes_the_calibration_schema_that_fit_reads() {
     assert!(fit.status.success(), "{}", stderr(&fit));
     assert!(stdout(&fit).contains("resnet50") && stdout(&fit).contains("vgg16"));
 }
+
+/// The shipped H100 measurements (profiles/h100).
+fn shipped(file: &str) -> String {
+    format!("{}/../profiles/h100/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads a CSV written by the binary into rows of named fields.
+fn csv_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines.map(|l| header.iter().map(|h| h.to_string()).zip(l.split(',').map(str::to_string)).collect()).collect()
+}
+
+#[test]
+fn calibrate_then_validate_on_the_shipped_h100_measurements() {
+    let dir = tempfile::tempdir().unwrap();
+    let calibration = dir.path().join("calibration.toml");
+    let run = gpuslice(&[
+        "--log",
+        "warn",
+        "calibrate",
+        "--profile",
+        &shipped("grid.csv"),
+        "--colocation",
+        &shipped("colocation.csv"),
+        "--out",
+        calibration.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).contains("RMS rel. error"), "{}", stdout(&run));
+    let text = std::fs::read_to_string(&calibration).unwrap();
+    let file: toml::Table = toml::from_str(&text).unwrap();
+    // The profile path is kept relative to the calibration file when it can be, else absolute.
+    assert!(file["profile"].as_str().unwrap().ends_with("grid.csv"), "{text}");
+    // What the pairs show: VGG-16's big kernels suffer far less from a neighbour than DenseNet's.
+    let k = |model: &str| file["interference_by_model"][model].as_float().unwrap();
+    assert!(k("vgg16") < 0.5 * k("densenet121"), "{text}");
+
+    let run = gpuslice(&[
+        "--log",
+        "warn",
+        "validate",
+        "--profile",
+        &shipped("grid.csv"),
+        "--colocation",
+        &shipped("colocation.csv"),
+        "--calibration",
+        calibration.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let held_out = csv_rows(&dir.path().join("held-out.csv"));
+    assert_eq!(held_out.len(), 7 * 3 * 7, "7 models x 3 held-out GPU% x 7 batch sizes");
+    let mut p50_errors: Vec<f64> = held_out.iter().map(|r| r["p50_error"].parse::<f64>().unwrap().abs()).collect();
+    p50_errors.sort_by(f64::total_cmp);
+    assert!(p50_errors[p50_errors.len() / 2] < 0.05, "median held-out p50 error {}", p50_errors[p50_errors.len() / 2]);
+    // The controlled triples were not fitted on: each model's p50 within 15%.
+    let colocated = csv_rows(&dir.path().join("colocated.csv"));
+    let unseen_controlled: Vec<_> =
+        colocated.iter().filter(|r| r["fitted_on"] == "false" && r["gpu_pct"].parse::<f64>().unwrap() < 100.0).collect();
+    assert_eq!(unseen_controlled.len(), 6, "two controlled triples");
+    for r in unseen_controlled {
+        let error: f64 = r["p50_error"].parse().unwrap();
+        assert!(error.abs() < 0.15, "{} in {}: p50 error {error}", r["model"], r["group"]);
+    }
+}
+
+#[test]
+fn profile_measures_colocation_groups_with_their_solo_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("colocation.csv");
+    let run = gpuslice(&[
+        "--log",
+        "warn",
+        "profile",
+        "--models",
+        "",
+        "--colocate",
+        "resnet50:50+vgg16:50:4,resnet50:100+vgg16:100",
+        "--colocate-seconds",
+        "0.4",
+        "--fake-ms",
+        "2",
+        "--colocation-out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let rows = csv_rows(&csv);
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[1]["group"], "resnet50:50:8+vgg16:50:4");
+    assert_eq!(rows[1]["batch"], "4");
+    for r in &rows {
+        let (p50, solo): (f64, f64) = (r["p50_ms"].parse().unwrap(), r["solo_p50_ms"].parse().unwrap());
+        // The fake worker sleeps 2 ms per batch, together or alone.
+        assert!((2.0..3.0).contains(&p50) && (2.0..3.0).contains(&solo), "{r:?}");
+        assert!(r["batches"].parse::<u64>().unwrap() > 50, "{r:?}");
+    }
+    let bad = gpuslice(&["profile", "--models", "", "--colocate", "resnet50:150", "--fake-ms", "1"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("GPU% must be in (0, 100]"), "{}", stderr(&bad));
+}
