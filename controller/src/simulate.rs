@@ -150,7 +150,7 @@ pub fn run_on(
                 })
                 .collect();
             let drop_after = loaded.scenario.drop_after_ms.map(|ms| Duration::from_secs_f64(ms * 1e-3));
-            Box::new(GpuBackend::start(gpu_setups, Duration::from_secs_f64(interval), drop_after, template, mps)?)
+            Box::new(GpuBackend::start(gpu_setups, Duration::from_secs_f64(interval), drop_after, template, mps, mode)?)
         }
     };
     let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());

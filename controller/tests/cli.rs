@@ -295,3 +295,32 @@ fn profile_measures_colocation_groups_with_their_solo_reference() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("GPU% must be in (0, 100]"), "{}", stderr(&bad));
 }
+
+#[test]
+fn gpu_run_serves_temporal_and_default_mps_without_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/gpu-trio.toml")).unwrap();
+    let scenario = dir.path().join("short.toml");
+    std::fs::write(&scenario, shipped.replace("duration_s = 20", "duration_s = 1")).unwrap();
+    for policy in ["temporal", "default-mps"] {
+        let out = dir.path().join(policy);
+        let run = gpuslice(&[
+            "--log",
+            "warn",
+            "gpu-run",
+            "--config",
+            scenario.to_str().unwrap(),
+            "--policy",
+            policy,
+            "--fake-ms",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{policy}: {}", stderr(&run));
+        for row in csv_rows(&out.join("summary.csv")) {
+            assert_eq!(row["sharing"], policy, "{row:?}");
+            assert_eq!(row["completed"], row["arrivals"], "{policy}: nothing lost: {row:?}");
+        }
+    }
+}

@@ -92,6 +92,9 @@ pub struct GpuBackend {
     mps: Option<Arc<MpsDaemon>>,
     telemetry: Option<Telemetry>,
     last_sample: Option<DeviceSample>,
+    /// How the workers share the GPU (for reports): spatial under MPS slices, default MPS,
+    /// or temporal (no MPS, the driver time-slices).
+    sharing: Sharing,
 }
 
 fn graph_for(n: usize) -> u32 {
@@ -122,6 +125,7 @@ impl GpuBackend {
         drop_after: Option<Duration>,
         template: WorkerTemplate,
         mps: Option<MpsDaemon>,
+        sharing: Sharing,
     ) -> Result<GpuBackend, WorkerError> {
         let mps = mps.map(Arc::new);
         let mut setups = setups;
@@ -173,6 +177,7 @@ impl GpuBackend {
             template,
             mps,
             last_sample: None,
+            sharing,
         };
         for (setup, pool) in setups.into_iter().zip(workers) {
             backend.add(setup, pool);
@@ -437,7 +442,7 @@ impl Backend for GpuBackend {
             })
             .collect();
         Report {
-            sharing: Sharing::Spatial,
+            sharing: self.sharing,
             elapsed_s: span as f64 * 1e-9,
             events: 0,
             models,
