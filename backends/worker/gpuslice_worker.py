@@ -82,6 +82,8 @@ def main():
     if args.input_ipc is not None:
         source_in = open_ipc_input(args.input_ipc, largest)
     graphs, outputs = {}, {}
+    # The graphs never run at once: one memory pool for all, sized by the largest batch.
+    graph_pool = torch.cuda.graph_pool_handle()
     with torch.inference_mode():
         for b in batches:
             x = static_in[:b]
@@ -92,7 +94,7 @@ def main():
                     model(x)
             torch.cuda.current_stream().wait_stream(s)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            with torch.cuda.graph(g, pool=graph_pool):
                 outputs[b] = model(x)
             graphs[b] = g
     torch.cuda.synchronize()
