@@ -108,8 +108,8 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
     assert_eq!(report.models[0].allocation.gpu_pct, 55.0);
 }
 
-/// With a standby pool, a reallocation switches to the worker already at the level below the
-/// asked GPU%.
+/// With a standby pool, a reallocation switches at once to the worker at the level above the
+/// asked GPU% when the GPU has room for it, else to the one below.
 #[test]
 fn a_standby_pool_switches_levels_at_once() {
     use gpuslice_backends::Backend;
@@ -129,8 +129,11 @@ fn a_standby_pool_switches_levels_at_once() {
     assert_eq!(first[0].allocation.gpu_pct, 30.0, "35% is served by the 30% worker");
     backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
     let second = backend.next_interval().unwrap();
-    assert_eq!(second[0].allocation.gpu_pct, 60.0);
+    assert_eq!(second[0].allocation.gpu_pct, 60.0, "no level at or above 70%: the one below");
     assert!(second[0].batches.iter().any(|b| b.gpu_pct == 60.0), "batches already run on the 60% worker");
+    backend.apply(0, Allocation { gpu_pct: 25.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
+    let third = backend.next_interval().unwrap();
+    assert_eq!(third[0].allocation.gpu_pct, 30.0, "25% asked, the GPU has room: the 30% worker");
     while backend.next_interval().is_some() {}
     let report = backend.report();
     assert_eq!(report.models[0].summary.completed, report.models[0].summary.arrivals);

@@ -33,16 +33,24 @@ pub struct WorkerTemplate {
     pub script: std::path::PathBuf,
     pub fake_ms: Option<f64>,
     /// Standby pool: with levels, every model starts a worker at each GPU% level up front and a
-    /// reallocation switches to the one at the level just below the asked GPU% (at once);
+    /// reallocation switches to the one at the level just above the asked GPU% where the GPU has
+    /// room for it, else just below (at once);
     /// without, a worker at the new GPU% is started when asked (seconds).
     pub pool_levels: Vec<f64>,
 }
 
 impl WorkerTemplate {
-    /// The pool level serving `gpu_pct`: the highest level not above it (the lowest if none).
-    fn level(&self, gpu_pct: f64) -> f64 {
-        let below = self.pool_levels.iter().copied().filter(|l| *l <= gpu_pct + 1e-9).fold(f64::NAN, f64::max);
-        if below.is_nan() { self.pool_levels.iter().copied().fold(f64::INFINITY, f64::min) } else { below }
+    /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest
+    /// level at or above it if that fits (a slice rounded down would serve less than the policy
+    /// planned), else the highest level below it (the lowest level if none is).
+    fn level(&self, gpu_pct: f64, room: f64) -> f64 {
+        let levels = self.pool_levels.iter().copied();
+        let above = levels.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
+        if above <= room + 1e-9 {
+            return above;
+        }
+        let below = levels.clone().filter(|l| *l <= gpu_pct + 1e-9).fold(f64::NAN, f64::max);
+        if below.is_nan() { levels.fold(f64::INFINITY, f64::min) } else { below }
     }
 }
 
@@ -131,7 +139,7 @@ impl GpuBackend {
         let mut setups = setups;
         if !template.pool_levels.is_empty() {
             for s in &mut setups {
-                s.allocation.gpu_pct = template.level(s.allocation.gpu_pct);
+                s.allocation.gpu_pct = template.level(s.allocation.gpu_pct, s.allocation.gpu_pct);
             }
         }
         // Each model's workers: one at its GPU%, or one per pool level; all started in parallel.
@@ -366,7 +374,14 @@ impl Backend for GpuBackend {
         let name = self.models.get(model).ok_or(SimError::UnknownModel(model))?.name.clone();
         let mut allocation = allocation;
         if !self.template.pool_levels.is_empty() {
-            allocation.gpu_pct = self.template.level(allocation.gpu_pct);
+            let others: f64 = self
+                .models
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != model)
+                .map(|(_, m)| m.shared.0.lock().expect("model state").allocation.gpu_pct)
+                .sum();
+            allocation.gpu_pct = self.template.level(allocation.gpu_pct, 100.0 - others);
         }
         if let Some(problem) = allocation.problem() {
             return Err(SimError::InvalidModel { model: name, problem }.into());
