@@ -78,9 +78,15 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
         ),
     };
     let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
-    let mut backend =
-        GpuBackend::start(vec![setup("a", 1), setup("b", 2)], Duration::from_millis(250), None, template, None, Sharing::Spatial)
-            .unwrap();
+    let mut backend = GpuBackend::start(
+        vec![setup("a", 1), setup("b", 2)],
+        Duration::from_millis(250),
+        None,
+        template,
+        None,
+        Sharing::Spatial,
+    )
+    .unwrap();
     let mut intervals = 0;
     while let Some(observed) = backend.next_interval() {
         intervals += 1;
@@ -124,7 +130,8 @@ fn a_standby_pool_switches_levels_at_once() {
         arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.0)).unwrap(), 1.0, 3).unwrap()),
     };
     let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 60.0] };
-    let mut backend = GpuBackend::start(vec![setup], Duration::from_millis(200), None, template, None, Sharing::Spatial).unwrap();
+    let mut backend =
+        GpuBackend::start(vec![setup], Duration::from_millis(200), None, template, None, Sharing::Spatial).unwrap();
     let first = backend.next_interval().unwrap();
     assert_eq!(first[0].allocation.gpu_pct, 30.0, "35% is served by the 30% worker");
     backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();

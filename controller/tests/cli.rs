@@ -252,8 +252,10 @@ fn calibrate_then_validate_on_the_shipped_h100_measurements() {
     assert!(p50_errors[p50_errors.len() / 2] < 0.05, "median held-out p50 error {}", p50_errors[p50_errors.len() / 2]);
     // The controlled triples were not fitted on: each model's p50 within 15%.
     let colocated = csv_rows(&dir.path().join("colocated.csv"));
-    let unseen_controlled: Vec<_> =
-        colocated.iter().filter(|r| r["fitted_on"] == "false" && r["gpu_pct"].parse::<f64>().unwrap() < 100.0).collect();
+    let unseen_controlled: Vec<_> = colocated
+        .iter()
+        .filter(|r| r["fitted_on"] == "false" && r["gpu_pct"].parse::<f64>().unwrap() < 100.0)
+        .collect();
     assert_eq!(unseen_controlled.len(), 6, "two controlled triples");
     for r in unseen_controlled {
         let error: f64 = r["p50_error"].parse().unwrap();
