@@ -31,6 +31,28 @@ pub trait Backend {
     fn device(&mut self) -> Option<DeviceSample> {
         None
     }
+
+    /// Per model, where its requests' time went, where the backend measures the stages.
+    fn stage_times(&mut self) -> Vec<StageSummary> {
+        Vec::new()
+    }
+}
+
+/// Where one model's requests spent their time, over the whole run: waiting in the queue (and
+/// for their batch to form), then their batch's host-to-device copy, inference and
+/// device-to-host copy (CUDA events in the worker), and in all from arrival to result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageSummary {
+    pub model: String,
+    pub requests: u64,
+    pub queue_p50_ms: f64,
+    pub queue_p99_ms: f64,
+    pub h2d_mean_ms: f64,
+    pub infer_mean_ms: f64,
+    pub infer_p99_ms: f64,
+    pub d2h_mean_ms: f64,
+    pub total_p50_ms: f64,
+    pub total_p99_ms: f64,
 }
 
 /// A reading of the GPU (NVML).

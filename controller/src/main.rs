@@ -487,6 +487,7 @@ fn run(command: Command) -> Result<()> {
                 run.decisions.len()
             );
             println!("{}", output::summary_table(&run.report));
+            println!("{}", output::stage_table(&run.stages));
             if !run.device.is_empty() {
                 let n = run.device.len() as f64;
                 let mean = |f: fn(&gpuslice_backends::DeviceSample) -> f64| run.device.iter().map(f).sum::<f64>() / n;
@@ -501,6 +502,7 @@ fn run(command: Command) -> Result<()> {
                 output::write_run(&dir, &run.report, &run.intervals)?;
                 output::write_csv(&dir.join("decisions.csv"), &run.decisions)?;
                 output::write_csv(&dir.join("device.csv"), &run.device)?;
+                output::write_csv(&dir.join("stages.csv"), &run.stages)?;
             }
             Ok(())
         }

@@ -96,6 +96,38 @@ pub fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -
     Ok(())
 }
 
+/// Per model, where its requests' time went on the GPU backend.
+pub fn stage_table(stages: &[gpuslice_backends::StageSummary]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "model",
+        "requests",
+        "queue p50 ms",
+        "queue p99 ms",
+        "H2D ms (mean)",
+        "inference ms (mean)",
+        "inference p99 ms",
+        "D2H ms (mean)",
+        "total p50 ms",
+        "total p99 ms",
+    ]);
+    for s in stages {
+        table.add_row(vec![
+            s.model.clone(),
+            s.requests.to_string(),
+            format!("{:.2}", s.queue_p50_ms),
+            format!("{:.2}", s.queue_p99_ms),
+            format!("{:.3}", s.h2d_mean_ms),
+            format!("{:.3}", s.infer_mean_ms),
+            format!("{:.3}", s.infer_p99_ms),
+            format!("{:.3}", s.d2h_mean_ms),
+            format!("{:.2}", s.total_p50_ms),
+            format!("{:.2}", s.total_p99_ms),
+        ]);
+    }
+    table
+}
+
 /// Writes `summary.csv`, `intervals.csv`, `latency.svg` and `gpu.svg` into `dir`.
 pub fn write_run(dir: &Path, report: &Report, intervals: &[ModelInterval]) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -4,7 +4,7 @@
 use crate::scenario::LoadedScenario;
 use anyhow::{Result, anyhow};
 use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
-use gpuslice_backends::{Backend, DeviceSample, SimBackend};
+use gpuslice_backends::{Backend, DeviceSample, SimBackend, StageSummary};
 use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Simulator};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,6 +42,8 @@ pub struct SimRun {
     pub refused: usize,
     /// The device's readings, one per interval (a real GPU backend only).
     pub device: Vec<DeviceSample>,
+    /// Per model, where its requests' time went (a real GPU backend only).
+    pub stages: Vec<StageSummary>,
     /// Wall time of the run itself, without loading the scenario.
     pub wall: Duration,
 }
@@ -188,6 +190,7 @@ pub fn run_on(
     progress.finish();
     let wall = started.elapsed();
     let report = backend.report();
+    let stages = backend.stage_times();
     tracing::info!(
         scenario = %loaded.scenario.name,
         policy = policy.name(),
@@ -199,5 +202,5 @@ pub fn run_on(
         wall_s = wall.as_secs_f64(),
         "run finished"
     );
-    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, device, wall })
+    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, device, stages, wall })
 }

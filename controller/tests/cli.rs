@@ -161,6 +161,17 @@ fn gpu_run_serves_a_scenario_on_workers_and_loses_nothing() {
         assert_eq!((completed, dropped), (arrivals, "0"), "{line}");
     }
     assert!(std::fs::read_to_string(out.join("decisions.csv")).unwrap().lines().count() > 1);
+    // Per-stage timing per request: the fake worker's 3 ms is the inference stage, and a
+    // request's total is at least its queueing plus that.
+    let arrivals: u64 = summary.lines().skip(1).map(|l| l.split(',').nth(7).unwrap().parse::<u64>().unwrap()).sum();
+    let stages = csv_rows(&out.join("stages.csv"));
+    assert_eq!(stages.len(), summary.lines().count() - 1);
+    assert_eq!(stages.iter().map(|s| s["requests"].parse::<u64>().unwrap()).sum::<u64>(), arrivals);
+    for s in &stages {
+        let field = |k: &str| s[k].parse::<f64>().unwrap();
+        assert!((field("infer_mean_ms") - 3.0).abs() < 0.05, "{s:?}");
+        assert!(field("total_p50_ms") >= field("queue_p50_ms") + 3.0 - 0.05, "{s:?}");
+    }
 }
 
 #[test]

@@ -6,10 +6,11 @@
 
 use super::mps::MpsDaemon;
 use super::telemetry::Telemetry;
-use super::worker::{INPUT_BYTES_PER_ITEM, Worker, WorkerError, WorkerSpec};
-use crate::{Backend, BackendError, DeviceSample};
+use super::worker::{INPUT_BYTES_PER_ITEM, StageTimes, Worker, WorkerError, WorkerSpec};
+use crate::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_simulator::{Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, Sharing, SimError};
 use gpuslice_traces::ArrivalProcess;
+use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -63,8 +64,55 @@ enum Handover {
 }
 
 /// What a model's dispatcher and the backend share.
+/// Per-request stage times of one model, in microseconds.
+struct StageRecorder {
+    queue: Histogram<u64>,
+    h2d: Histogram<u64>,
+    infer: Histogram<u64>,
+    d2h: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+impl StageRecorder {
+    fn new() -> StageRecorder {
+        let new = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+        StageRecorder { queue: new(), h2d: new(), infer: new(), d2h: new(), total: new() }
+    }
+
+    /// One batch of requests (their arrival times) that started at `started` and ended at `done`.
+    fn record(&mut self, arrivals: &[Instant], started: Instant, done: Instant, times: &StageTimes) {
+        let us = |d: Duration| d.as_micros() as u64 + 1;
+        let ms_us = |ms: f64| (ms * 1000.0) as u64 + 1;
+        let n = arrivals.len() as u64;
+        for &arrival in arrivals {
+            let _ = self.queue.record(us(started.saturating_duration_since(arrival)));
+            let _ = self.total.record(us(done.saturating_duration_since(arrival)));
+        }
+        let _ = self.h2d.record_n(ms_us(times.h2d_ms), n);
+        let _ = self.infer.record_n(ms_us(times.infer_ms), n);
+        let _ = self.d2h.record_n(ms_us(times.d2h_ms), n);
+    }
+
+    fn summary(&self, model: &str) -> StageSummary {
+        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        StageSummary {
+            model: model.to_string(),
+            requests: self.total.len(),
+            queue_p50_ms: q(&self.queue, 0.5),
+            queue_p99_ms: q(&self.queue, 0.99),
+            h2d_mean_ms: self.h2d.mean() / 1000.0,
+            infer_mean_ms: self.infer.mean() / 1000.0,
+            infer_p99_ms: q(&self.infer, 0.99),
+            d2h_mean_ms: self.d2h.mean() / 1000.0,
+            total_p50_ms: q(&self.total, 0.5),
+            total_p99_ms: q(&self.total, 0.99),
+        }
+    }
+}
+
 struct Shared {
     queue: VecDeque<Instant>,
+    stages: StageRecorder,
     allocation: Allocation,
     total: Counters,
     interval: Counters,
@@ -197,6 +245,7 @@ impl GpuBackend {
         let shared = Arc::new((
             Mutex::new(Shared {
                 queue: VecDeque::new(),
+                stages: StageRecorder::new(),
                 allocation: setup.allocation,
                 total: Counters::new(),
                 interval: Counters::new(),
@@ -289,7 +338,8 @@ impl GpuBackend {
                 let mut s = lock.lock().expect("model state");
                 s.in_flight = false;
                 match result {
-                    Ok(_) => {
+                    Ok(times) => {
+                        s.stages.record(&batch, started, done, &times);
                         s.total.batches += 1;
                         s.interval.batches += 1;
                         let busy = (done - started).as_nanos() as f64 * *gpu_pct;
@@ -438,6 +488,10 @@ impl Backend for GpuBackend {
 
     fn device(&mut self) -> Option<DeviceSample> {
         self.last_sample
+    }
+
+    fn stage_times(&mut self) -> Vec<StageSummary> {
+        self.models.iter().map(|m| m.shared.0.lock().expect("model state").stages.summary(&m.name)).collect()
     }
 
     fn report(&mut self) -> Report {
