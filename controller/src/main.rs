@@ -277,11 +277,13 @@ enum Command {
         fake_ms: Option<f64>,
     },
     /// Fit the simulator to measurements from `profile`: the latency model of every model (fit
-    /// error printed), then the co-location parameters (`interference` on controlled groups,
-    /// `mps_launch_contention` on default-MPS groups); save a calibration file scenarios load.
+    /// error printed), then the co-location parameters (each model's `interference` on the
+    /// controlled groups; the default-MPS share exponent and `mps_launch_contention` on the
+    /// default-MPS groups); save a calibration file scenarios load. With the defaults it
+    /// reproduces the shipped `profiles/h100/calibration.toml`.
     Calibrate {
-        /// Profile CSV (the grid), or `builtin:NAME`.
-        #[arg(long, default_value = "profiles/h100/grid.csv")]
+        /// Profile CSV (the grid), or `builtin:NAME` (`builtin:h100-grid` is `profiles/h100/grid.csv`).
+        #[arg(long, default_value = "builtin:h100-grid")]
         profile: String,
         /// Co-location CSV from `gpuslice profile --colocate`.
         #[arg(long, default_value = "profiles/h100/colocation.csv")]
