@@ -15,6 +15,7 @@ for test in out/gpu-tests/*; do
   "$test" --nocapture 2>&1 | tee -a "$OUT/tests.txt" || status=1
 done
 ./out/gpuslice netml-bench --out "$OUT" | tee "$OUT/netml.txt"
+./out/gpuslice --log warn netml-e2e --out "$OUT" | tee "$OUT/netml-e2e.txt" || status=1
 # The co-location experiment takes about six minutes: COLOCATION=1 to run it.
 if [ "${COLOCATION:-0}" = 1 ]; then
   python3 scripts/colocation.py "$OUT" > "$OUT/colocation.txt" 2>&1 || status=1
