@@ -2,11 +2,13 @@
 //! to what `gpuslice profile` measured, `gpuslice validate` checks its predictions against
 //! measurements it was not fitted on.
 //!
-//! A calibration file (TOML) names the profile the latency models are fitted from and the two
-//! co-location parameters of the simulator: `interference` (controlled MPS: slices slow each
-//! other through memory and L2) and `mps_launch_contention` (default MPS: latency-bound models
-//! wait behind the others' kernels). Both are fitted by simulating the measured co-location
-//! groups closed loop and minimizing the squared log error of each model's p50 batch time.
+//! A calibration file (TOML) names the profile the latency models are fitted from and the
+//! simulator's co-location parameters (`Contention`): each model's `interference` (controlled
+//! MPS: slices slow each other through memory and L2), and for default MPS how SM shares follow
+//! the batches' SM-bound fractions (`mps_share_exponent`) and how long latency-bound models wait
+//! behind the others' kernels (`mps_launch_contention`). All are fitted by simulating the
+//! measured co-location groups closed loop and minimizing the squared log error of each model's
+//! p50 batch time.
 
 use crate::profile::ColocationRow;
 use anyhow::{Context, Result, bail};
@@ -18,10 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The calibration the simulator runs with when a scenario names none: the H100 grid and
-/// co-location runs under `profiles/h100/`, fitted by `gpuslice calibrate`.
-pub const BUILTIN_H100: &str = "builtin:h100-calibration";
 
 /// The simulator's co-location parameters (see `SimConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +77,7 @@ pub struct CalibrationFile {
     pub profile: String,
     #[serde(flatten)]
     pub contention: Contention,
-    /// The co-location groups the two parameters were fitted on.
+    /// The co-location groups the parameters were fitted on.
     #[serde(default)]
     pub fitted_on: Vec<String>,
     /// Per model, how well the latency form fits the profile (informational).
@@ -112,9 +110,13 @@ impl Calibration {
         let file: CalibrationFile =
             toml::from_str(&source.text).with_context(|| format!("calibration {} is malformed", source.name))?;
         let c = &file.contention;
-        let values = [("interference", &c.interference), ("mps_launch_contention", &c.mps_launch_contention)]
-            .into_iter()
-            .chain(c.interference_by_model.iter().map(|(model, v)| (model.as_str(), v)));
+        let values = [
+            ("interference", &c.interference),
+            ("mps_launch_contention", &c.mps_launch_contention),
+            ("mps_share_exponent", &c.mps_share_exponent),
+        ]
+        .into_iter()
+        .chain(c.interference_by_model.iter().map(|(model, v)| (model.as_str(), v)));
         for (what, value) in values {
             if !(value.is_finite() && *value >= 0.0) {
                 bail!("calibration {}: {what} must be >= 0, got {value}", source.name);
@@ -339,8 +341,9 @@ pub struct CalibrateOptions<'a> {
     pub out: &'a Path,
 }
 
-/// Fits the latency models, then `interference` on the controlled groups and
-/// `mps_launch_contention` on the default-MPS groups; prints the fit and saves the file.
+/// Fits the latency models, then each model's `interference` on the controlled groups and the
+/// default-MPS share exponent and launch contention on the default-MPS groups; prints the fit
+/// and saves the file.
 pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     let set = ProfileSet::parse(&Source::load(o.profile, Path::new("."))?)?;
     let fitted = LatencyModel::fit_all(&set)?;
