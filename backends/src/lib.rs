@@ -13,6 +13,8 @@ use gpuslice_simulator::{Allocation, ModelInterval, Report, SimError, Simulator,
 pub enum BackendError {
     #[error(transparent)]
     Simulator(#[from] SimError),
+    #[error(transparent)]
+    Worker(#[from] gpu::worker::WorkerError),
 }
 
 /// One GPU serving several models, observed and steered once per control interval.

@@ -65,7 +65,7 @@ fn mps_is_started_or_reported_missing() {
 #[test]
 fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
     use gpuslice_backends::Backend;
-    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
+    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
     use gpuslice_simulator::{Allocation, Sharing};
     use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
     use std::time::Duration;
@@ -73,17 +73,16 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
         name: name.into(),
         slo_ms: 50.0,
         allocation: Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 },
-        arrivals: Box::new(
+        arrivals: Some(Box::new(
             ModulatedRenewal::new(RateSchedule::constant(300.0, Some(1.5)).unwrap(), 1.0, seed).unwrap(),
-        ),
+        )),
     };
     let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
     let mut backend = GpuBackend::start(
         vec![setup("a", 1), setup("b", 2)],
         Duration::from_millis(250),
         None,
-        template,
-        None,
+        WorkerStarter::new(template, None),
         Sharing::Spatial,
     )
     .unwrap();
@@ -119,7 +118,7 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
 #[test]
 fn a_standby_pool_switches_levels_at_once() {
     use gpuslice_backends::Backend;
-    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
+    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
     use gpuslice_simulator::{Allocation, Sharing};
     use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
     use std::time::Duration;
@@ -127,11 +126,19 @@ fn a_standby_pool_switches_levels_at_once() {
         name: "a".into(),
         slo_ms: 50.0,
         allocation: Allocation { gpu_pct: 35.0, max_batch: 8, batch_timeout_ms: 2.0 },
-        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.0)).unwrap(), 1.0, 3).unwrap()),
+        arrivals: Some(Box::new(
+            ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.0)).unwrap(), 1.0, 3).unwrap(),
+        )),
     };
     let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 60.0] };
-    let mut backend =
-        GpuBackend::start(vec![setup], Duration::from_millis(200), None, template, None, Sharing::Spatial).unwrap();
+    let mut backend = GpuBackend::start(
+        vec![setup],
+        Duration::from_millis(200),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
     let first = backend.next_interval().unwrap();
     assert_eq!(first[0].allocation.gpu_pct, 30.0, "35% is served by the 30% worker");
     backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
@@ -144,4 +151,85 @@ fn a_standby_pool_switches_levels_at_once() {
     while backend.next_interval().is_some() {}
     let report = backend.report();
     assert_eq!(report.models[0].summary.completed, report.models[0].summary.arrivals);
+}
+
+/// Requests submitted one at a time (the gRPC plane's way) are each answered under their ticket;
+/// a model added later serves too; a retired one takes no more but serves what it accepted; a
+/// worker that dies fails its requests with their tickets and its model refuses new ones.
+#[test]
+fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
+    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
+    let mut backend = GpuBackend::start(
+        Vec::new(),
+        Duration::from_millis(100),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let open = |name: &str| GpuModelSetup {
+        name: name.into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
+        arrivals: None,
+    };
+    // A unique name, so the test can find this worker's process among others running at once.
+    let doomed_name = format!("doomed-{}", std::process::id());
+    let kept = backend.add_model(open("kept"), backend.starter().start("kept", 40.0).unwrap()).unwrap();
+    let doomed = backend.add_model(open(&doomed_name), backend.starter().start(&doomed_name, 40.0).unwrap()).unwrap();
+    assert!(
+        backend.add_model(open("third"), backend.starter().start("third", 40.0).unwrap()).is_err(),
+        "40 + 40 + 40 > 100"
+    );
+
+    let mut tickets: HashSet<u64> = (0..20).map(|_| backend.submit(kept).unwrap()).collect();
+    let (mut answered, deadline) = (0, Instant::now() + Duration::from_secs(10));
+    while !tickets.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        let (done, dropped) = backend.take_finished();
+        assert!(dropped.is_empty());
+        for r in done {
+            assert!(tickets.remove(&r.ticket), "ticket {} answered once", r.ticket);
+            assert!(r.batch_size >= 1 && r.batch_size <= 4 && r.end_ns >= r.start_ns + 2_000_000);
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 20, "every submitted request answered");
+
+    // Kill the doomed model's worker; its requests come back as dropped, its model refuses more.
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|arg| arg == doomed_name))
+        })
+        .expect("the doomed worker's process");
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    // (The dispatcher may find the worker dead between two of these submissions.)
+    let mut lost: HashSet<u64> = (0..5).map_while(|_| backend.submit(doomed).ok()).collect();
+    let accepted = lost.len() as u64;
+    assert!(accepted >= 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lost.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        let (done, dropped) = backend.take_finished();
+        assert!(done.is_empty(), "a dead worker answers nothing");
+        for t in dropped {
+            assert!(lost.remove(&t));
+        }
+    }
+    assert!(lost.is_empty(), "every request to the dead worker comes back dropped: {lost:?}");
+    let refused = backend.submit(doomed).unwrap_err().to_string();
+    assert!(refused.contains("died"), "{refused}");
+
+    backend.retire_model(kept).unwrap();
+    assert!(backend.submit(kept).is_err(), "a retired model takes no requests");
+    let report = gpuslice_backends::Backend::report(&mut backend);
+    assert_eq!(report.models[0].summary.completed, 20);
+    assert_eq!(report.models[1].summary.dropped, accepted);
 }

@@ -258,11 +258,21 @@ async fn prometheus(live: LiveHandle) -> Result<String, Status> {
     Ok(text)
 }
 
+/// What serves the requests.
+#[derive(Debug, Clone)]
+pub enum ServeBackend {
+    /// The simulator in wall-clock time (Infer waits for the simulated completion).
+    Simulated,
+    /// The GPU backend: worker processes under MPS.
+    Gpu(crate::live_gpu::GpuServing),
+}
+
 /// Where and how `serve` runs.
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub controller: LiveConfig,
+    pub backend: ServeBackend,
     /// Models registered before the server takes calls.
     pub models: Vec<RegisterModelRequest>,
 }
@@ -285,8 +295,17 @@ impl Running {
 
 /// Binds and starts the gRPC server (and the metrics endpoint).
 pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
+    let config = options.controller;
+    let started = match options.backend {
+        ServeBackend::Simulated => live::simulated_backend(&config).and_then(|sim| live::start(config, sim)),
+        ServeBackend::Gpu(serving) => {
+            let drop_after_ms = config.drop_after_ms;
+            let gpu = tokio::task::spawn_blocking(move || crate::live_gpu::start(&serving, drop_after_ms)).await??;
+            live::start(config, gpu)
+        }
+    };
     let live::Started { handle: live, stop: stop_controller, task: controller_task } =
-        live::start(options.controller).map_err(|e| anyhow::anyhow!("controller: {e:?}"))?;
+        started.map_err(|e| anyhow::anyhow!("controller: {e:?}"))?;
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let grpc = listener.local_addr()?;
     let metrics = match options.metrics_listen {

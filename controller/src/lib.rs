@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod gpu_probe;
 pub mod grpc;
 pub mod live;
+pub mod live_gpu;
 pub mod loadtest;
 pub mod netml_bench;
 pub mod netml_e2e;

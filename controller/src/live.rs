@@ -1,11 +1,14 @@
-//! The live controller: one task owns the backend (the simulator, run in wall-clock time) and the
-//! policy. gRPC handlers talk to it through commands; every millisecond it advances the backend
-//! to the wall clock and answers the requests that completed; every control interval it runs
-//! the policy and applies its decisions, which it also broadcasts.
+//! The live controller: one task owns the backend (the simulator run in wall-clock time, or the
+//! GPU) and the policy. gRPC handlers talk to it through commands; every millisecond it advances
+//! the backend to the wall clock and answers the requests that completed; every control interval
+//! it runs the policy and applies its decisions, which it also broadcasts. A model's start-up
+//! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
+use gpuslice_backends::BackendError;
 use gpuslice_policies::{ModelContext, Policy};
 use gpuslice_simulator::{
-    Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig, Simulator, Summary, Ticket, secs_to_ns,
+    Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
+    Simulator, Summary, Ticket, secs_to_ns,
 };
 use gpuslice_traces::{ArrivalProcess, LatencyModel};
 use serde::Deserialize;
@@ -125,6 +128,36 @@ impl LiveHandle {
     }
 }
 
+/// What the live controller serves on. Models are added and retired while it runs, and their
+/// requests come one at a time (`submit`); indices are stable (a retired model keeps its own).
+pub trait LiveBackend: Send + 'static {
+    /// A model made ready to serve (on a GPU: its worker processes, started).
+    type Prepared: Send + 'static;
+    /// A job that readies `model` to start at `gpu_pct`; it may take seconds, so the controller
+    /// runs it off its task.
+    fn preparer(&self, model: &str, gpu_pct: f64) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
+    fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
+    /// Takes no more requests; serves those it accepted.
+    fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
+    fn submit(&mut self, model: usize) -> Result<Ticket, BackendError>;
+    /// Serves up to `now` (since the backend started); returns the submitted requests served and
+    /// dropped since the last call.
+    fn advance(&mut self, now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>);
+    /// What each model (by index) saw since the last call.
+    fn take_interval(&mut self) -> Vec<ModelInterval>;
+    fn allocation(&self, model: usize) -> Result<Allocation, BackendError>;
+    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
+    fn report(&mut self) -> Report;
+}
+
+/// A model as the backend serves it.
+pub struct LiveModel {
+    pub name: String,
+    pub slo_ms: f64,
+    pub latency: Arc<LatencyModel>,
+    pub allocation: Allocation,
+}
+
 /// Registered models have no generated arrivals: every request comes through Infer.
 struct Submitted;
 impl ArrivalProcess for Submitted {
@@ -133,14 +166,74 @@ impl ArrivalProcess for Submitted {
     }
 }
 
+/// The simulator, run in wall-clock time: a model's service is its profile's latency.
+impl LiveBackend for Simulator {
+    type Prepared = ();
+    fn preparer(&self, _: &str, _: f64) -> Box<dyn FnOnce() -> Result<(), BackendError> + Send> {
+        Box::new(|| Ok(()))
+    }
+    fn add_model(&mut self, model: LiveModel, _: ()) -> Result<usize, BackendError> {
+        let setup = ModelSetup {
+            name: model.name,
+            slo_ms: model.slo_ms,
+            service: ServiceModel::Calibrated { latency: model.latency, jitter: true },
+            allocation: model.allocation,
+            arrivals: Box::new(Submitted),
+        };
+        Ok(Simulator::add_model(self, setup)?)
+    }
+    fn retire_model(&mut self, model: usize) -> Result<(), BackendError> {
+        Ok(Simulator::retire_model(self, model)?)
+    }
+    fn submit(&mut self, model: usize) -> Result<Ticket, BackendError> {
+        Ok(Simulator::submit(self, model)?)
+    }
+    fn advance(&mut self, now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>) {
+        self.run_until(secs_to_ns(now.as_secs_f64()));
+        self.take_finished()
+    }
+    fn take_interval(&mut self) -> Vec<ModelInterval> {
+        Simulator::take_interval(self)
+    }
+    fn allocation(&self, model: usize) -> Result<Allocation, BackendError> {
+        Ok(Simulator::allocation(self, model)?)
+    }
+    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        Ok(Simulator::set_allocation(self, model, allocation)?)
+    }
+    fn report(&mut self) -> Report {
+        Simulator::report(self)
+    }
+}
+
+/// The simulator the live controller serves on when no GPU is used.
+pub fn simulated_backend(config: &LiveConfig) -> Result<Simulator, LiveError> {
+    let sim_config = SimConfig {
+        sharing: Sharing::Spatial,
+        interference: config.interference,
+        reallocation: config.reallocation,
+        drop_after_ms: config.drop_after_ms,
+        seed: config.seed,
+        ..SimConfig::default()
+    };
+    Simulator::new(sim_config, Vec::new()).map_err(|e| LiveError::InvalidArgument(e.to_string()))
+}
+
 struct Entry {
     context: ModelContext,
-    sim_index: usize,
+    index: usize,
     pinned: Option<Allocation>,
 }
 
-struct Live {
-    sim: Simulator,
+/// A model whose start-up job finished (or failed), back on the controller's task.
+struct Prepared<P> {
+    spec: ModelSpec,
+    result: Result<P, BackendError>,
+    reply: Reply<Allocation>,
+}
+
+struct Live<B: LiveBackend> {
+    backend: B,
     started: Instant,
     interval: Duration,
     next_control: Duration,
@@ -149,6 +242,9 @@ struct Live {
     policy: Box<dyn Policy>,
     waiting: HashMap<Ticket, Reply<InferDone>>,
     decisions: broadcast::Sender<DecisionEvent>,
+    /// Models starting up, by name.
+    starting: std::collections::HashSet<String>,
+    prepared: mpsc::UnboundedSender<Prepared<B::Prepared>>,
 }
 
 /// The running controller task and how to stop it.
@@ -160,8 +256,8 @@ pub struct Started {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the controller task.
-pub fn start(config: LiveConfig) -> Result<Started, LiveError> {
+/// Starts the controller task on `backend`.
+pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, LiveError> {
     if !LIVE_POLICIES.contains(&config.policy.as_str()) {
         return Err(LiveError::InvalidArgument(format!(
             "policy {:?} cannot run live; use one of {}",
@@ -175,21 +271,13 @@ pub fn start(config: LiveConfig) -> Result<Started, LiveError> {
             config.control_interval_s
         )));
     }
-    let sim_config = SimConfig {
-        sharing: Sharing::Spatial,
-        interference: config.interference,
-        reallocation: config.reallocation,
-        drop_after_ms: config.drop_after_ms,
-        seed: config.seed,
-        ..SimConfig::default()
-    };
-    let sim = Simulator::new(sim_config, Vec::new()).map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
     let policy = gpuslice_policies::build(&config.policy, &[], None).map_err(LiveError::InvalidArgument)?;
     let (commands, mut rx) = mpsc::channel(65_536);
     let (decisions, _) = broadcast::channel(4096);
+    let (prepared, mut prepared_rx) = mpsc::unbounded_channel();
     let interval = Duration::from_secs_f64(config.control_interval_s);
     let mut live = Live {
-        sim,
+        backend,
         started: Instant::now(),
         interval,
         next_control: interval,
@@ -198,6 +286,8 @@ pub fn start(config: LiveConfig) -> Result<Started, LiveError> {
         policy,
         waiting: HashMap::new(),
         decisions: decisions.clone(),
+        starting: Default::default(),
+        prepared,
     };
     let (stop, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -214,19 +304,33 @@ pub fn start(config: LiveConfig) -> Result<Started, LiveError> {
                     Some(command) => { live.advance(); live.handle(command); }
                     None => open = false,
                 },
+                Some(ready) = prepared_rx.recv() => { live.advance(); live.finish_register(ready); }
                 _ = tick.tick() => live.advance(),
             }
         }
         tracing::info!("controller stopped: every accepted request answered");
+        // Dropping a GPU backend waits for its workers to exit: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(live)).await;
     });
     Ok(Started { handle: LiveHandle { commands, decisions }, stop, task })
+}
+
+/// What the policy knows of a model being registered (its allocation comes from the policy).
+fn context_of(spec: &ModelSpec) -> ModelContext {
+    ModelContext {
+        name: spec.name.clone(),
+        slo_ms: spec.slo_ms,
+        priority: spec.priority,
+        latency: spec.latency.clone(),
+        configured: Allocation { gpu_pct: 1.0, max_batch: spec.max_batch, batch_timeout_ms: 1.0 },
+    }
 }
 
 fn not_found(name: &str) -> LiveError {
     LiveError::NotFound(format!("no model named {name:?}"))
 }
 
-impl Live {
+impl<B: LiveBackend> Live<B> {
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
@@ -239,8 +343,7 @@ impl Live {
     /// at each control interval.
     fn advance(&mut self) {
         let now = self.now();
-        self.sim.run_until(secs_to_ns(now.as_secs_f64()));
-        let (done, dropped) = self.sim.take_finished();
+        let (done, dropped) = self.backend.advance(now);
         for r in done {
             if let Some(reply) = self.waiting.remove(&r.ticket) {
                 let ms = |ns: u64| ns as f64 * 1e-6;
@@ -266,11 +369,11 @@ impl Live {
 
     /// One control interval: observe, decide, apply.
     fn control(&mut self) {
-        let all = self.sim.take_interval();
+        let all = self.backend.take_interval();
         if self.entries.is_empty() {
             return;
         }
-        let observed: Vec<_> = self.entries.iter().map(|e| all[e.sim_index].clone()).collect();
+        let observed: Vec<_> = self.entries.iter().map(|e| all[e.index].clone()).collect();
         let decisions = self.policy.decide(&observed);
         let source = self.policy_name.clone();
         let targets = decisions
@@ -285,12 +388,12 @@ impl Live {
     /// between) and broadcasts each. Ones the backend refuses are logged and skipped.
     fn apply(&mut self, mut targets: Vec<(usize, Allocation, String)>, source: &str) {
         let current =
-            |this: &Self, e: usize| this.sim.allocation(this.entries[e].sim_index).map(|a| a.gpu_pct).unwrap_or(0.0);
+            |this: &Self, e: usize| this.backend.allocation(this.entries[e].index).map(|a| a.gpu_pct).unwrap_or(0.0);
         targets.sort_by(|a, b| (a.1.gpu_pct - current(self, a.0)).total_cmp(&(b.1.gpu_pct - current(self, b.0))));
         let time_s = self.now().as_secs_f64();
         for (e, allocation, reason) in targets {
             let name = self.entries[e].context.name.clone();
-            if let Err(err) = self.sim.set_allocation(self.entries[e].sim_index, allocation) {
+            if let Err(err) = self.backend.set_allocation(self.entries[e].index, allocation) {
                 tracing::warn!(model = %name, error = %err, %reason, "decision refused");
                 continue;
             }
@@ -322,9 +425,7 @@ impl Live {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Register(spec, reply) => {
-                let _ = reply.send(self.register(spec));
-            }
+            Command::Register(spec, reply) => self.begin_register(spec, reply),
             Command::Unregister(name, reply) => {
                 let _ = reply.send(self.unregister(&name));
             }
@@ -341,7 +442,7 @@ impl Live {
                 let _ = reply.send(self.metrics(name.as_deref()));
             }
             Command::Infer(name, reply) => match self.entry(&name) {
-                Ok(e) => match self.sim.submit(self.entries[e].sim_index) {
+                Ok(e) => match self.backend.submit(self.entries[e].index) {
                     Ok(ticket) => {
                         self.waiting.insert(ticket, reply);
                     }
@@ -349,6 +450,9 @@ impl Live {
                         let _ = reply.send(Err(LiveError::FailedPrecondition(err.to_string())));
                     }
                 },
+                Err(_) if self.starting.contains(&name) => {
+                    let _ = reply.send(Err(LiveError::Unavailable(format!("model {name:?} is still starting"))));
+                }
                 Err(err) => {
                     let _ = reply.send(Err(err));
                 }
@@ -356,8 +460,9 @@ impl Live {
         }
     }
 
-    fn register(&mut self, spec: ModelSpec) -> Result<Allocation, LiveError> {
-        if self.entries.iter().any(|e| e.context.name == spec.name) {
+    /// A new model is refused if its name is taken or its SLO cannot be met at all.
+    fn check_new(&self, spec: &ModelSpec) -> Result<(), LiveError> {
+        if self.entries.iter().any(|e| e.context.name == spec.name) || self.starting.contains(&spec.name) {
             return Err(LiveError::AlreadyExists(format!("model {:?} is already registered", spec.name)));
         }
         let best = spec.latency.p99_ms(1, 100.0);
@@ -367,20 +472,56 @@ impl Live {
                 spec.slo_ms
             )));
         }
-        let configured = Allocation { gpu_pct: 1.0, max_batch: spec.max_batch, batch_timeout_ms: 1.0 };
-        let context = ModelContext {
-            name: spec.name.clone(),
-            slo_ms: spec.slo_ms,
-            priority: spec.priority,
-            latency: spec.latency.clone(),
-            configured,
-        };
-        // Make room: the new set's starting shares, applied to the existing models first.
+        Ok(())
+    }
+
+    /// The policy for the current models plus `context`, and its starting allocations (the new
+    /// model's last).
+    fn plan_with(&self, context: &ModelContext) -> Result<(Box<dyn Policy>, Vec<Allocation>), LiveError> {
         let mut contexts: Vec<ModelContext> = self.entries.iter().map(|e| e.context.clone()).collect();
         contexts.push(context.clone());
         let mut next =
             gpuslice_policies::build(&self.policy_name, &contexts, None).map_err(LiveError::InvalidArgument)?;
         let initial = next.initial();
+        Ok((next, initial))
+    }
+
+    /// Checks a registration and starts the model's start-up job off the controller's task;
+    /// `finish_register` completes it.
+    fn begin_register(&mut self, spec: ModelSpec, reply: Reply<Allocation>) {
+        let planned = self.check_new(&spec).and_then(|()| self.plan_with(&context_of(&spec)));
+        let gpu_pct = match planned {
+            Ok((_, initial)) => initial[self.entries.len()].gpu_pct,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.starting.insert(spec.name.clone());
+        tracing::info!(model = %spec.name, gpu_pct, "model starting");
+        let job = self.backend.preparer(&spec.name, gpu_pct);
+        let done = self.prepared.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = job();
+            let _ = done.send(Prepared { spec, result, reply });
+        });
+    }
+
+    fn finish_register(&mut self, ready: Prepared<B::Prepared>) {
+        let Prepared { spec, result, reply } = ready;
+        self.starting.remove(&spec.name);
+        let registered = match result {
+            Ok(prepared) => self.register(spec, prepared),
+            Err(e) => Err(LiveError::FailedPrecondition(format!("model {:?} could not start: {e}", spec.name))),
+        };
+        let _ = reply.send(registered);
+    }
+
+    /// Adds a started model: the new set's starting shares are applied to the existing models
+    /// first (making room), then the model joins at what is left of its own.
+    fn register(&mut self, spec: ModelSpec, prepared: B::Prepared) -> Result<Allocation, LiveError> {
+        let context = context_of(&spec);
+        let (mut next, initial) = self.plan_with(&context)?;
         let existing: Vec<_> = initial[..self.entries.len()]
             .iter()
             .enumerate()
@@ -390,7 +531,7 @@ impl Live {
         self.apply(existing, "register");
         let mut allocation = initial[self.entries.len()];
         let free = 100.0
-            - self.entries.iter().map(|e| self.sim.allocation(e.sim_index).map_or(0.0, |a| a.gpu_pct)).sum::<f64>();
+            - self.entries.iter().map(|e| self.backend.allocation(e.index).map_or(0.0, |a| a.gpu_pct)).sum::<f64>();
         allocation.gpu_pct = allocation.gpu_pct.min(free.floor());
         if allocation.gpu_pct < 1.0 {
             return Err(LiveError::FailedPrecondition(format!(
@@ -399,19 +540,13 @@ impl Live {
                 100.0 - free
             )));
         }
-        let setup = ModelSetup {
-            name: spec.name.clone(),
-            slo_ms: spec.slo_ms,
-            service: ServiceModel::Calibrated { latency: spec.latency, jitter: true },
-            allocation,
-            arrivals: Box::new(Submitted),
-        };
-        let sim_index = self.sim.add_model(setup).map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
-        self.entries.push(Entry {
-            context: ModelContext { configured: allocation, ..context },
-            sim_index,
-            pinned: None,
-        });
+        let model =
+            LiveModel { name: spec.name.clone(), slo_ms: spec.slo_ms, latency: spec.latency.clone(), allocation };
+        let index =
+            self.backend.add_model(model, prepared).map_err(|e| LiveError::FailedPrecondition(e.to_string()))?;
+        // The backend may serve a nearby share (a GPU's standby pool level).
+        let allocation = self.backend.allocation(index).unwrap_or(allocation);
+        self.entries.push(Entry { context: ModelContext { configured: allocation, ..context }, index, pinned: None });
         std::mem::swap(&mut self.policy, &mut next);
         let _ = self.decisions.send(DecisionEvent {
             time_s: self.now().as_secs_f64(),
@@ -430,7 +565,7 @@ impl Live {
     fn unregister(&mut self, name: &str) -> Result<(), LiveError> {
         let e = self.entry(name)?;
         let entry = self.entries.remove(e);
-        self.sim.retire_model(entry.sim_index).map_err(|err| LiveError::InvalidArgument(err.to_string()))?;
+        self.backend.retire_model(entry.index).map_err(|err| LiveError::InvalidArgument(err.to_string()))?;
         let policy = self.policy_name.clone();
         self.rebuild_policy(&policy)?;
         tracing::info!(model = %name, "model unregistered; its accepted requests are still served");
@@ -454,13 +589,13 @@ impl Live {
         let e = self.entry(name)?;
         let Some(allocation) = allocation else {
             self.entries[e].pinned = None;
-            return self.sim.allocation(self.entries[e].sim_index).map_err(|err| LiveError::NotFound(err.to_string()));
+            return self.backend.allocation(self.entries[e].index).map_err(|err| LiveError::NotFound(err.to_string()));
         };
         if let Some(problem) = allocation.problem() {
             return Err(LiveError::InvalidArgument(format!("allocation: {problem}")));
         }
-        self.sim
-            .set_allocation(self.entries[e].sim_index, allocation)
+        self.backend
+            .set_allocation(self.entries[e].index, allocation)
             .map_err(|err| LiveError::FailedPrecondition(err.to_string()))?;
         self.entries[e].pinned = Some(allocation);
         let _ = self.decisions.send(DecisionEvent {
@@ -480,7 +615,7 @@ impl Live {
                 name: e.context.name.clone(),
                 slo_ms: e.context.slo_ms,
                 priority: e.context.priority,
-                allocation: self.sim.allocation(e.sim_index).unwrap_or(e.context.configured),
+                allocation: self.backend.allocation(e.index).unwrap_or(e.context.configured),
                 pinned: e.pinned.is_some(),
             })
             .collect()
@@ -490,7 +625,7 @@ impl Live {
         if let Some(name) = name {
             self.entry(name)?;
         }
-        let report = self.sim.report();
+        let report = self.backend.report();
         let models = report
             .models
             .into_iter()

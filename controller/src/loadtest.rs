@@ -132,6 +132,7 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
                 metrics_listen: None,
                 controller: LiveConfig::default(),
                 models: Vec::new(),
+                backend: grpc::ServeBackend::Simulated,
             })
             .await?,
         ),

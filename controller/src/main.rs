@@ -104,9 +104,11 @@ enum Command {
     /// reflection) until SIGINT or SIGTERM; then stop accepting and answer every accepted request.
     Serve {
         /// The backend that serves requests: `sim` runs the simulator in wall-clock time (Infer
-        /// waits for the simulated completion). The GPU backend is not built yet.
-        #[arg(long, default_value = "sim")]
-        backend: String,
+        /// waits for the simulated completion); `gpu` serves on the GPU, each registered model
+        /// on worker processes under a private MPS daemon (see the config's [gpu]) [default:
+        /// the config's, or sim].
+        #[arg(long)]
+        backend: Option<String>,
         /// gRPC address; loopback unless told otherwise [default: 127.0.0.1:50051, or the config's].
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
@@ -119,6 +121,10 @@ enum Command {
         /// Policy to run: static, gslice or model-based [default: the config's, or model-based].
         #[arg(long)]
         policy: Option<String>,
+        /// With `--backend gpu`: GPU-less workers taking this many ms per batch, no MPS (to try
+        /// the GPU backend's serving anywhere).
+        #[arg(long)]
+        fake_ms: Option<f64>,
     },
     /// Load-test the gRPC plane on loopback: open-loop Infer calls plus control calls for a
     /// bounded time, then a table of calls sent, answered, failed and latency percentiles.
@@ -415,12 +421,9 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { backend, listen, metrics_listen, config, policy } => {
-            if backend != "sim" {
-                anyhow::bail!("--backend {backend:?}: only the simulated backend (sim) is available in this build");
-            }
-            let options =
-                gpuslice::node::NodeConfig::load(config.as_deref())?.into_options(listen, metrics_listen, policy);
+        Command::Serve { backend, listen, metrics_listen, config, policy, fake_ms } => {
+            let overrides = gpuslice::node::ServeOverrides { backend, listen, metrics_listen, policy, fake_ms };
+            let options = gpuslice::node::NodeConfig::load(config.as_deref())?.into_options(overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async move {
                 let running = gpuslice::grpc::start(options).await?;

@@ -1,8 +1,9 @@
 //! Node configuration for `gpuslice serve` (TOML): where to listen, how the controller runs, and
 //! models to register at start.
 
-use crate::grpc::ServeOptions;
+use crate::grpc::{ServeBackend, ServeOptions};
 use crate::live::LiveConfig;
+use crate::live_gpu::GpuServing;
 use crate::proto::{RegisterModelRequest, register_model_request::Profile};
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -16,8 +17,13 @@ pub struct NodeConfig {
     pub listen: Option<SocketAddr>,
     /// Prometheus text metrics address (default: none).
     pub metrics_listen: Option<SocketAddr>,
+    /// What serves the requests: "sim" (default) or "gpu".
+    pub backend: Option<String>,
     #[serde(default)]
     pub controller: LiveConfig,
+    /// Worker settings of the GPU backend.
+    #[serde(default)]
+    pub gpu: GpuServing,
     #[serde(default)]
     pub models: Vec<NodeModel>,
 }
@@ -52,17 +58,21 @@ impl NodeConfig {
     }
 
     /// Serve options, with command-line overrides applied.
-    pub fn into_options(
-        self,
-        listen: Option<SocketAddr>,
-        metrics_listen: Option<SocketAddr>,
-        policy: Option<String>,
-    ) -> ServeOptions {
+    pub fn into_options(self, overrides: ServeOverrides) -> Result<ServeOptions> {
+        let ServeOverrides { backend, listen, metrics_listen, policy, fake_ms } = overrides;
         let mut controller = self.controller;
         if let Some(policy) = policy {
             controller.policy = policy;
         }
-        ServeOptions {
+        let mut gpu = self.gpu;
+        gpu.fake_ms = fake_ms.or(gpu.fake_ms);
+        let backend = match backend.or(self.backend).as_deref().unwrap_or("sim") {
+            "sim" => ServeBackend::Simulated,
+            "gpu" => ServeBackend::Gpu(gpu),
+            other => anyhow::bail!("backend {other:?}: use sim (the simulator) or gpu"),
+        };
+        Ok(ServeOptions {
+            backend,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             metrics_listen: metrics_listen.or(self.metrics_listen),
             controller,
@@ -78,6 +88,16 @@ impl NodeConfig {
                     profile_model: m.profile_model.unwrap_or_default(),
                 })
                 .collect(),
-        }
+        })
     }
+}
+
+/// What `serve`'s flags override in the node config.
+#[derive(Debug, Default)]
+pub struct ServeOverrides {
+    pub backend: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub policy: Option<String>,
+    pub fake_ms: Option<f64>,
 }

@@ -3,7 +3,7 @@
 
 use crate::scenario::LoadedScenario;
 use anyhow::{Result, anyhow};
-use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerTemplate};
+use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
 use gpuslice_backends::{Backend, DeviceSample, SimBackend, StageSummary};
 use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Simulator};
@@ -148,11 +148,12 @@ pub fn run_on(
                     name: s.name,
                     slo_ms: s.slo_ms,
                     allocation: s.allocation,
-                    arrivals: s.arrivals,
+                    arrivals: Some(s.arrivals),
                 })
                 .collect();
             let drop_after = loaded.scenario.drop_after_ms.map(|ms| Duration::from_secs_f64(ms * 1e-3));
-            Box::new(GpuBackend::start(gpu_setups, Duration::from_secs_f64(interval), drop_after, template, mps, mode)?)
+            let starter = WorkerStarter::new(template, mps);
+            Box::new(GpuBackend::start(gpu_setups, Duration::from_secs_f64(interval), drop_after, starter, mode)?)
         }
     };
     let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());

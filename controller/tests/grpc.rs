@@ -14,6 +14,7 @@ async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>)
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
         models: Vec::new(),
+        backend: grpc::ServeBackend::Simulated,
     })
     .await
     .unwrap();
@@ -235,4 +236,75 @@ async fn reflection_v1_and_prometheus_metrics() {
     assert!(text.contains("# TYPE gpuslice_completed_total counter"));
     assert!(text.contains("gpuslice_completed_total{model=\"resnet50\"} 1\n"), "{text}");
     running.stop().await.unwrap();
+}
+
+/// `serve --backend gpu` on GPU-less workers (2 ms a batch, no MPS): models registered over gRPC
+/// get worker processes at each pool level, Infer calls are batched on them and answered with
+/// their stage timings, the policy reallocates between pool levels, and stopping answers every
+/// accepted request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpu_backend_serves_over_grpc() {
+    let serving =
+        gpuslice::live_gpu::GpuServing { pool_levels: vec![20.0, 40.0, 60.0], fake_ms: Some(2.0), worker_script: None };
+    let running = grpc::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
+        models: vec![register("resnet50", 20.0)],
+        backend: grpc::ServeBackend::Gpu(serving),
+    })
+    .await
+    .unwrap();
+    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    let mut watch = client.watch_decisions(WatchDecisionsRequest {}).await.unwrap().into_inner();
+    let vgg = client.register_model(register("vgg16", 30.0)).await.unwrap().into_inner();
+    let pct = vgg.allocation.unwrap().gpu_pct;
+    assert!([20.0, 40.0, 60.0].contains(&pct), "a pool level: {pct}");
+
+    let mut calls = Vec::new();
+    for i in 0..300 {
+        let mut c = client.clone();
+        let model = if i % 2 == 0 { "resnet50" } else { "vgg16" };
+        calls.push(tokio::spawn(async move {
+            c.infer(InferRequest { model: model.into(), payload: vec![0; 16] }).await.map(|r| r.into_inner())
+        }));
+        tokio::time::sleep(std::time::Duration::from_micros(300)).await;
+    }
+    for call in calls {
+        let done = call.await.unwrap().expect("answered");
+        let t = done.timings.unwrap();
+        assert!(t.inference_ms >= 2.0, "the fake worker's 2 ms: {t:?}");
+        assert!(done.batch_size >= 1 && t.total_ms >= t.inference_ms + t.queue_ms - 1e-6, "{t:?}");
+    }
+    let mut from_policy = false;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, futures_next(&mut watch)).await {
+        if d.source == "model-based" {
+            let pct = d.allocation.unwrap().gpu_pct;
+            assert!(pct > 0.0 && pct <= 100.0);
+            from_policy = true;
+            break;
+        }
+    }
+    assert!(from_policy, "the policy steers the GPU backend");
+    let metrics = client.get_metrics(GetMetricsRequest { name: String::new() }).await.unwrap().into_inner();
+    assert_eq!(metrics.total.unwrap().completed, 300);
+
+    client.unregister_model(UnregisterModelRequest { name: "vgg16".into() }).await.unwrap();
+    let e = code(client.infer(InferRequest { model: "vgg16".into(), payload: vec![] }).await);
+    assert_eq!(e.code(), Code::NotFound);
+
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(
+            async move { c.infer(InferRequest { model: "resnet50".into(), payload: vec![] }).await },
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let stopping = tokio::spawn(running.stop());
+    for call in calls {
+        call.await.unwrap().expect("every accepted request is answered");
+    }
+    stopping.await.unwrap().unwrap();
 }

@@ -2,13 +2,16 @@
 //! forms batches and runs them on the model's worker (at its MPS GPU%), and standby
 //! reallocation — a worker at the new GPU% is started beside the old one, and the queue moves to
 //! it once it is ready, so service never stops. Implements the same `Backend` trait as the
-//! simulator.
+//! simulator. Requests come from a model's arrival process (experiments) or one at a time through
+//! `submit` (the gRPC plane), each answered through `take_finished`.
 
 use super::mps::MpsDaemon;
 use super::telemetry::Telemetry;
 use super::worker::{INPUT_BYTES_PER_ITEM, StageTimes, Worker, WorkerError, WorkerSpec};
 use crate::{Backend, BackendError, DeviceSample, StageSummary};
-use gpuslice_simulator::{Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, Sharing, SimError};
+use gpuslice_simulator::{
+    Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket,
+};
 use gpuslice_traces::ArrivalProcess;
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
@@ -25,7 +28,8 @@ pub struct GpuModelSetup {
     pub name: String,
     pub slo_ms: f64,
     pub allocation: Allocation,
-    pub arrivals: Box<dyn ArrivalProcess>,
+    /// Generated arrivals, or `None`: requests come through `submit` until the model is retired.
+    pub arrivals: Option<Box<dyn ArrivalProcess>>,
 }
 
 /// How workers are started (the script, the GPU-less mode for tests) and how GPU% changes.
@@ -63,7 +67,6 @@ enum Handover {
     Level(f64),
 }
 
-/// What a model's dispatcher and the backend share.
 /// Per-request stage times of one model, in microseconds.
 struct StageRecorder {
     queue: Histogram<u64>,
@@ -110,13 +113,24 @@ impl StageRecorder {
     }
 }
 
+/// A request waiting in a model's queue; submitted ones carry their ticket (generated arrivals 0).
+struct Queued {
+    arrival: Instant,
+    ticket: Ticket,
+}
+
+/// What a model's dispatcher and the backend share.
 struct Shared {
-    queue: VecDeque<Instant>,
+    queue: VecDeque<Queued>,
+    /// Submitted requests served (times in ns since the backend started) or dropped, not yet taken.
+    finished: Vec<RequestRecord>,
+    dropped_tickets: Vec<Ticket>,
     stages: StageRecorder,
     allocation: Allocation,
     total: Counters,
     interval: Counters,
     samples: Vec<BatchSample>,
+    /// No more requests will come (the arrival process ended, or the model was retired).
     arrivals_done: bool,
     /// A batch is running on the worker.
     in_flight: bool,
@@ -134,6 +148,8 @@ struct ModelHandle {
     /// A standby worker is starting; further GPU% changes wait for it.
     standby_starting: Arc<std::sync::atomic::AtomicBool>,
     reallocations: u64,
+    /// Retired: takes no requests and holds no GPU share; serves what it had accepted.
+    retired: bool,
 }
 
 pub struct GpuBackend {
@@ -144,8 +160,8 @@ pub struct GpuBackend {
     next_boundary: Instant,
     interval_start: Instant,
     drop_after: Option<Duration>,
-    template: WorkerTemplate,
-    mps: Option<Arc<MpsDaemon>>,
+    starter: WorkerStarter,
+    next_ticket: Ticket,
     telemetry: Option<Telemetry>,
     last_sample: Option<DeviceSample>,
     /// How the workers share the GPU (for reports): spatial under MPS slices, default MPS,
@@ -157,64 +173,230 @@ fn graph_for(n: usize) -> u32 {
     GRAPH_BATCHES.iter().copied().find(|&b| b as usize >= n).unwrap_or(GRAPH_BATCHES[GRAPH_BATCHES.len() - 1])
 }
 
-fn spawn_worker(
-    template: &WorkerTemplate,
-    mps: Option<&MpsDaemon>,
-    model: &str,
-    gpu_pct: f64,
-) -> Result<Worker, WorkerError> {
-    Worker::spawn(&WorkerSpec {
-        model: model.into(),
-        batches: GRAPH_BATCHES.to_vec(),
-        script: template.script.clone(),
-        env: mps.map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
-        fake_ms: template.fake_ms,
-        input_ipc: None,
+/// Starts a model's worker processes (Python start-up and CUDA graph capture: seconds), under
+/// the backend's MPS daemon if it has one. Cheap to clone, so it can start workers off the
+/// thread that serves.
+#[derive(Clone)]
+pub struct WorkerStarter {
+    template: WorkerTemplate,
+    mps: Option<Arc<MpsDaemon>>,
+}
+
+/// A model's workers, started and ready to serve (see `GpuBackend::add_model`).
+pub struct ModelWorkers(Vec<(Worker, f64)>);
+
+impl WorkerStarter {
+    pub fn new(template: WorkerTemplate, mps: Option<MpsDaemon>) -> WorkerStarter {
+        WorkerStarter { template, mps: mps.map(Arc::new) }
+    }
+
+    fn one(&self, model: &str, gpu_pct: f64) -> Result<Worker, WorkerError> {
+        Worker::spawn(&WorkerSpec {
+            model: model.into(),
+            batches: GRAPH_BATCHES.to_vec(),
+            script: self.template.script.clone(),
+            env: self.mps.as_ref().map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
+            fake_ms: self.template.fake_ms,
+            input_ipc: None,
+        })
+    }
+
+    /// The GPU% a model starting at `gpu_pct` gets: its pool level, or as asked without a pool.
+    fn starting_pct(&self, gpu_pct: f64) -> f64 {
+        if self.template.pool_levels.is_empty() { gpu_pct } else { self.template.level(gpu_pct, gpu_pct) }
+    }
+
+    /// One worker per pool level, or one at `gpu_pct` without a pool; started in parallel.
+    pub fn start(&self, model: &str, gpu_pct: f64) -> Result<ModelWorkers, WorkerError> {
+        let levels =
+            if self.template.pool_levels.is_empty() { vec![gpu_pct] } else { self.template.pool_levels.clone() };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                levels.iter().map(|&pct| scope.spawn(move || self.one(model, pct).map(|w| (w, pct)))).collect();
+            handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<Vec<_>, _>>()
+        })
+        .map(ModelWorkers)
+    }
+}
+
+impl Shared {
+    /// Queues a request, counting it as an arrival.
+    fn push(&mut self, request: Queued) {
+        self.queue.push_back(request);
+        self.total.arrivals += 1;
+        self.interval.arrivals += 1;
+        let len = self.queue.len();
+        self.total.max_queue = self.total.max_queue.max(len);
+        self.interval.max_queue = self.interval.max_queue.max(len);
+    }
+
+    /// Drops requests, telling the submitters of those that were submitted.
+    fn drop_requests(&mut self, dropped: impl Iterator<Item = Queued>) {
+        let mut n = 0;
+        for r in dropped {
+            n += 1;
+            if r.ticket != 0 {
+                self.dropped_tickets.push(r.ticket);
+            }
+        }
+        self.total.dropped += n as u64;
+        self.interval.dropped += n as u64;
+    }
+}
+
+/// The thread that queues a model's generated arrivals at their wall-clock times.
+fn feed(
+    mut arrivals: Box<dyn ArrivalProcess>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    started: Instant,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (lock, ready) = &*shared;
+        while let Some(t) = arrivals.next_arrival() {
+            let at = started + Duration::from_secs_f64(t);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let mut s = lock.lock().expect("model state");
+            if s.stop {
+                return;
+            }
+            s.push(Queued { arrival: Instant::now(), ticket: 0 });
+            ready.notify_one();
+        }
+        lock.lock().expect("model state").arrivals_done = true;
+        ready.notify_one();
     })
 }
 
+/// A model's dispatcher: forms batches from its queue and runs them on its active worker,
+/// switching workers between two batches when the backend reallocates.
+struct Dispatcher {
+    index: usize,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    standby: mpsc::Receiver<Handover>,
+    started: Instant,
+    drop_after: Option<Duration>,
+    slo_ns: u64,
+}
+
+impl Dispatcher {
+    fn serve(self, mut pool: Vec<(Worker, f64)>, mut active: usize) {
+        let (lock, ready) = &*self.shared;
+        let since_start = |t: Instant| t.saturating_duration_since(self.started).as_nanos() as u64;
+        loop {
+            // A reallocation takes effect between two batches.
+            while let Ok(handover) = self.standby.try_recv() {
+                match handover {
+                    Handover::Started(worker, pct) => {
+                        pool = vec![(*worker, pct)];
+                        active = 0;
+                    }
+                    Handover::Level(pct) => {
+                        active = pool.iter().position(|(_, p)| *p == pct).unwrap_or(active);
+                    }
+                }
+            }
+            let mut s = lock.lock().expect("model state");
+            let now = Instant::now();
+            if let Some(limit) = self.drop_after {
+                let expired = s.queue.iter().take_while(|r| now - r.arrival > limit).count();
+                let dropped: Vec<Queued> = s.queue.drain(..expired).collect();
+                s.drop_requests(dropped.into_iter());
+            }
+            let Some(head) = s.queue.front().map(|r| r.arrival) else {
+                if s.stop || s.arrivals_done {
+                    return;
+                }
+                drop(ready.wait_timeout(s, Duration::from_millis(5)).expect("model state"));
+                continue;
+            };
+            let a = s.allocation;
+            let max = (a.max_batch as usize).min(*GRAPH_BATCHES.last().expect("graphs") as usize);
+            let deadline = head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3);
+            if s.queue.len() < max && now < deadline && !s.arrivals_done {
+                drop(ready.wait_timeout(s, deadline - now).expect("model state"));
+                continue;
+            }
+            let n = s.queue.len().min(max);
+            let batch: Vec<Queued> = s.queue.drain(..n).collect();
+            s.in_flight = true;
+            drop(s);
+            let (worker, gpu_pct) = &mut pool[active];
+            // The requests' inputs go to the worker's shared memory (their payload bytes).
+            let graph = graph_for(n);
+            // The policy plans on what the slice serves per batch: payload hand-off, copies
+            // and the worker's round trip included, not the GPU time alone.
+            let started = Instant::now();
+            worker.input_mut()[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0);
+            let result = worker.run(graph);
+            let done = Instant::now();
+            let mut s = lock.lock().expect("model state");
+            s.in_flight = false;
+            match result {
+                Ok(times) => {
+                    let arrivals: Vec<Instant> = batch.iter().map(|r| r.arrival).collect();
+                    s.stages.record(&arrivals, started, done, &times);
+                    s.total.batches += 1;
+                    s.interval.batches += 1;
+                    let busy = (done - started).as_nanos() as f64 * *gpu_pct;
+                    s.total.sm_pct_ns += busy;
+                    s.interval.sm_pct_ns += busy;
+                    let exec_ms = (done - started).as_secs_f64() * 1e3;
+                    s.samples.push(BatchSample { size: graph, gpu_pct: *gpu_pct, exec_ms });
+                    for r in batch {
+                        let latency = (done - r.arrival).as_nanos() as u64;
+                        s.total.record_latency(latency, latency <= self.slo_ns);
+                        s.interval.record_latency(latency, latency <= self.slo_ns);
+                        if r.ticket != 0 {
+                            s.finished.push(RequestRecord {
+                                ticket: r.ticket,
+                                model: self.index,
+                                arrival_ns: since_start(r.arrival),
+                                start_ns: since_start(started),
+                                end_ns: since_start(done),
+                                solo_ns: (done - started).as_nanos() as u64,
+                                batch_size: n as u32,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Nothing accepted is lost silently: the batch and the queue are dropped and
+                    // their submitters told; the model takes no more requests.
+                    tracing::error!(error = %e, "worker failed; its requests are dropped");
+                    let queued: Vec<Queued> = s.queue.drain(..).collect();
+                    s.drop_requests(batch.into_iter().chain(queued));
+                    s.failed = Some(e.to_string());
+                    s.stop = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 impl GpuBackend {
-    /// Starts every model's worker (in parallel), arrival feeder and dispatcher.
+    /// Starts every model's workers (all in parallel), arrival feeder and dispatcher. With no
+    /// setups, models come later through `add_model`.
     pub fn start(
         setups: Vec<GpuModelSetup>,
         control_interval: Duration,
         drop_after: Option<Duration>,
-        template: WorkerTemplate,
-        mps: Option<MpsDaemon>,
+        starter: WorkerStarter,
         sharing: Sharing,
-    ) -> Result<GpuBackend, WorkerError> {
-        let mps = mps.map(Arc::new);
+    ) -> Result<GpuBackend, BackendError> {
         let mut setups = setups;
-        if !template.pool_levels.is_empty() {
-            for s in &mut setups {
-                s.allocation.gpu_pct = template.level(s.allocation.gpu_pct, s.allocation.gpu_pct);
-            }
+        for s in &mut setups {
+            s.allocation.gpu_pct = starter.starting_pct(s.allocation.gpu_pct);
         }
-        // Each model's workers: one at its GPU%, or one per pool level; all started in parallel.
-        let wanted: Vec<Vec<f64>> = setups
-            .iter()
-            .map(|s| {
-                if template.pool_levels.is_empty() { vec![s.allocation.gpu_pct] } else { template.pool_levels.clone() }
-            })
-            .collect();
-        let workers: Vec<Vec<(Worker, f64)>> = std::thread::scope(|scope| {
-            let handles: Vec<Vec<_>> = setups
+        let workers: Vec<ModelWorkers> = std::thread::scope(|scope| {
+            let handles: Vec<_> = setups
                 .iter()
-                .zip(&wanted)
-                .map(|(s, levels)| {
-                    levels
-                        .iter()
-                        .map(|&pct| {
-                            let (template, mps, name) = (&template, mps.as_deref(), s.name.clone());
-                            scope.spawn(move || spawn_worker(template, mps, &name, pct).map(|w| (w, pct)))
-                        })
-                        .collect()
+                .map(|s| {
+                    let (starter, name, pct) = (&starter, s.name.as_str(), s.allocation.gpu_pct);
+                    scope.spawn(move || starter.start(name, pct))
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|hs| hs.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<Vec<_>, _>>())
-                .collect::<Result<_, _>>()
+            handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<_, _>>()
         })?;
         let started = Instant::now();
         let mut backend = GpuBackend {
@@ -225,26 +407,44 @@ impl GpuBackend {
             next_boundary: started + control_interval,
             interval_start: started,
             drop_after,
-            telemetry: if template.fake_ms.is_some() {
+            telemetry: if starter.template.fake_ms.is_some() {
                 None
             } else {
                 Telemetry::open().map_err(|e| tracing::warn!("{e}")).ok()
             },
-            template,
-            mps,
+            starter,
+            next_ticket: 1,
             last_sample: None,
             sharing,
         };
         for (setup, pool) in setups.into_iter().zip(workers) {
-            backend.add(setup, pool);
+            backend.add_model(setup, pool)?;
         }
         Ok(backend)
     }
 
-    fn add(&mut self, setup: GpuModelSetup, workers: Vec<(Worker, f64)>) {
+    /// What starts workers for models added later (`add_model`), to run off the serving thread.
+    pub fn starter(&self) -> WorkerStarter {
+        self.starter.clone()
+    }
+
+    /// Serves a model on workers from `starter().start(...)`; returns its index. Refused if the
+    /// GPU has no room for its share.
+    pub fn add_model(&mut self, setup: GpuModelSetup, workers: ModelWorkers) -> Result<usize, SimError> {
+        let mut setup = setup;
+        setup.allocation.gpu_pct = self.starter.starting_pct(setup.allocation.gpu_pct);
+        if let Some(problem) = setup.allocation.problem() {
+            return Err(SimError::InvalidModel { model: setup.name, problem });
+        }
+        let total = self.held_pct(None) + setup.allocation.gpu_pct;
+        if self.sharing == Sharing::Spatial && total > 100.0 + 1e-9 {
+            return Err(SimError::OverSubscribed { total_pct: total });
+        }
         let shared = Arc::new((
             Mutex::new(Shared {
                 queue: VecDeque::new(),
+                finished: Vec::new(),
+                dropped_tickets: Vec::new(),
                 stages: StageRecorder::new(),
                 allocation: setup.allocation,
                 total: Counters::new(),
@@ -257,114 +457,22 @@ impl GpuBackend {
             }),
             Condvar::new(),
         ));
+        let index = self.models.len();
         let (handover, standby) = mpsc::channel();
-        let slo_ns = (setup.slo_ms * 1e6) as u64;
-        let (feeder_shared, started) = (shared.clone(), self.started);
-        let mut arrivals = setup.arrivals;
-        self.threads.push(std::thread::spawn(move || {
-            while let Some(t) = arrivals.next_arrival() {
-                let at = started + Duration::from_secs_f64(t);
-                std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                let (lock, ready) = &*feeder_shared;
-                let mut s = lock.lock().expect("model state");
-                if s.stop {
-                    return;
-                }
-                s.queue.push_back(Instant::now());
-                s.total.arrivals += 1;
-                s.interval.arrivals += 1;
-                let len = s.queue.len();
-                s.total.max_queue = s.total.max_queue.max(len);
-                s.interval.max_queue = s.interval.max_queue.max(len);
-                ready.notify_one();
-            }
-            let (lock, ready) = &*feeder_shared;
-            lock.lock().expect("model state").arrivals_done = true;
-            ready.notify_one();
-        }));
-        let (dispatch_shared, drop_after) = (shared.clone(), self.drop_after);
-        let mut pool = workers;
-        let mut active = pool.iter().position(|(_, pct)| *pct == setup.allocation.gpu_pct).unwrap_or(0);
-        self.threads.push(std::thread::spawn(move || {
-            let (lock, ready) = &*dispatch_shared;
-            loop {
-                // A reallocation takes effect between two batches.
-                while let Ok(handover) = standby.try_recv() {
-                    match handover {
-                        Handover::Started(worker, pct) => {
-                            pool = vec![(*worker, pct)];
-                            active = 0;
-                        }
-                        Handover::Level(pct) => {
-                            active = pool.iter().position(|(_, p)| *p == pct).unwrap_or(active);
-                        }
-                    }
-                }
-                let mut s = lock.lock().expect("model state");
-                let now = Instant::now();
-                if let Some(limit) = drop_after {
-                    let expired = s.queue.iter().take_while(|a| now - **a > limit).count();
-                    s.queue.drain(..expired);
-                    s.total.dropped += expired as u64;
-                    s.interval.dropped += expired as u64;
-                }
-                let Some(&head) = s.queue.front() else {
-                    if s.stop || s.arrivals_done {
-                        return;
-                    }
-                    drop(ready.wait_timeout(s, Duration::from_millis(5)).expect("model state"));
-                    continue;
-                };
-                let a = s.allocation;
-                let max = (a.max_batch as usize).min(*GRAPH_BATCHES.last().expect("graphs") as usize);
-                let deadline = head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3);
-                if s.queue.len() < max && now < deadline && !s.arrivals_done {
-                    drop(ready.wait_timeout(s, deadline - now).expect("model state"));
-                    continue;
-                }
-                let n = s.queue.len().min(max);
-                let batch: Vec<Instant> = s.queue.drain(..n).collect();
-                s.in_flight = true;
-                drop(s);
-                let (worker, gpu_pct) = &mut pool[active];
-                // The requests' inputs go to the worker's shared memory (their payload bytes).
-                let graph = graph_for(n);
-                // The policy plans on what the slice serves per batch: payload hand-off, copies
-                // and the worker's round trip included, not the GPU time alone.
-                let started = Instant::now();
-                worker.input_mut()[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0);
-                let result = worker.run(graph);
-                let done = Instant::now();
-                let mut s = lock.lock().expect("model state");
-                s.in_flight = false;
-                match result {
-                    Ok(times) => {
-                        s.stages.record(&batch, started, done, &times);
-                        s.total.batches += 1;
-                        s.interval.batches += 1;
-                        let busy = (done - started).as_nanos() as f64 * *gpu_pct;
-                        s.total.sm_pct_ns += busy;
-                        s.interval.sm_pct_ns += busy;
-                        let exec_ms = (done - started).as_secs_f64() * 1e3;
-                        s.samples.push(BatchSample { size: graph, gpu_pct: *gpu_pct, exec_ms });
-                        for arrival in batch {
-                            let latency = (done - arrival).as_nanos() as u64;
-                            s.total.record_latency(latency, latency <= slo_ns);
-                            s.interval.record_latency(latency, latency <= slo_ns);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "worker failed; its requests are dropped");
-                        s.total.dropped += batch.len() as u64 + s.queue.len() as u64;
-                        s.interval.dropped += batch.len() as u64 + s.queue.len() as u64;
-                        s.queue.clear();
-                        s.failed = Some(e.to_string());
-                        s.stop = true;
-                        return;
-                    }
-                }
-            }
-        }));
+        if let Some(arrivals) = setup.arrivals {
+            self.threads.push(feed(arrivals, shared.clone(), self.started));
+        }
+        let dispatcher = Dispatcher {
+            index,
+            shared: shared.clone(),
+            standby,
+            started: self.started,
+            drop_after: self.drop_after,
+            slo_ns: (setup.slo_ms * 1e6) as u64,
+        };
+        let pool = workers.0;
+        let active = pool.iter().position(|(_, pct)| *pct == setup.allocation.gpu_pct).unwrap_or(0);
+        self.threads.push(std::thread::spawn(move || dispatcher.serve(pool, active)));
         self.models.push(ModelHandle {
             name: setup.name,
             slo_ms: setup.slo_ms,
@@ -372,7 +480,93 @@ impl GpuBackend {
             handover,
             standby_starting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             reallocations: 0,
+            retired: false,
         });
+        Ok(index)
+    }
+
+    /// Stops taking requests for a model and frees its GPU share; what it accepted is still
+    /// served (then its workers exit).
+    pub fn retire_model(&mut self, model: usize) -> Result<(), SimError> {
+        let handle = self.models.get_mut(model).ok_or(SimError::UnknownModel(model))?;
+        handle.retired = true;
+        let (lock, ready) = &*handle.shared;
+        lock.lock().expect("model state").arrivals_done = true;
+        ready.notify_all();
+        Ok(())
+    }
+
+    /// Queues one request for a model (an open one: added without arrivals, not retired);
+    /// its result comes out of `take_finished` under the returned ticket.
+    pub fn submit(&mut self, model: usize) -> Result<Ticket, SimError> {
+        let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        let (lock, ready) = &*handle.shared;
+        let mut s = lock.lock().expect("model state");
+        if handle.retired {
+            return Err(SimError::Retired(handle.name.clone()));
+        }
+        if let Some(cause) = &s.failed {
+            return Err(SimError::InvalidModel {
+                model: handle.name.clone(),
+                problem: format!("its worker died: {cause}"),
+            });
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        s.push(Queued { arrival: Instant::now(), ticket });
+        ready.notify_one();
+        Ok(ticket)
+    }
+
+    /// Submitted requests served and dropped since the last call.
+    pub fn take_finished(&mut self) -> (Vec<RequestRecord>, Vec<Ticket>) {
+        let (mut done, mut dropped) = (Vec::new(), Vec::new());
+        for m in &self.models {
+            let mut s = m.shared.0.lock().expect("model state");
+            done.append(&mut s.finished);
+            dropped.append(&mut s.dropped_tickets);
+        }
+        (done, dropped)
+    }
+
+    /// A model's allocation now.
+    pub fn allocation(&self, model: usize) -> Result<Allocation, SimError> {
+        let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        Ok(handle.shared.0.lock().expect("model state").allocation)
+    }
+
+    /// GPU% held by the models in service, leaving one out.
+    fn held_pct(&self, except: Option<usize>) -> f64 {
+        self.models
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| Some(*i) != except && !m.retired)
+            .map(|(_, m)| m.shared.0.lock().expect("model state").allocation.gpu_pct)
+            .sum()
+    }
+
+    /// What each model saw since the last call (one entry per model index, retired ones too).
+    pub fn take_interval(&mut self) -> Vec<ModelInterval> {
+        let (start, end) = (self.interval_start, Instant::now());
+        self.interval_start = end;
+        let span = (end - start).as_nanos() as u64;
+        self.models
+            .iter()
+            .map(|m| {
+                let mut s = m.shared.0.lock().expect("model state");
+                let summary = s.interval.summary(span, span);
+                s.interval.reset();
+                ModelInterval {
+                    model: m.name.clone(),
+                    start_s: (start - self.started).as_secs_f64(),
+                    end_s: (end - self.started).as_secs_f64(),
+                    allocation: s.allocation,
+                    queue_len: s.queue.len(),
+                    summary,
+                    batches: std::mem::take(&mut s.samples),
+                }
+            })
+            .collect()
     }
 
     /// True once every model's arrivals have ended and its queue is served.
@@ -390,60 +584,30 @@ impl Backend for GpuBackend {
             return None;
         }
         std::thread::sleep(self.next_boundary.saturating_duration_since(Instant::now()));
-        let (start, end) = (self.interval_start, Instant::now());
-        self.interval_start = end;
         self.next_boundary += self.interval;
-        let span = (end - start).as_nanos() as u64;
-        let time_s = (end - self.started).as_secs_f64();
+        let time_s = self.started.elapsed().as_secs_f64();
         self.last_sample =
             self.telemetry.as_ref().and_then(|t| t.sample(time_s).map_err(|e| tracing::warn!("NVML: {e}")).ok());
-        Some(
-            self.models
-                .iter()
-                .map(|m| {
-                    let mut s = m.shared.0.lock().expect("model state");
-                    let summary = s.interval.summary(span, span);
-                    s.interval.reset();
-                    ModelInterval {
-                        model: m.name.clone(),
-                        start_s: (start - self.started).as_secs_f64(),
-                        end_s: (end - self.started).as_secs_f64(),
-                        allocation: s.allocation,
-                        queue_len: s.queue.len(),
-                        summary,
-                        batches: std::mem::take(&mut s.samples),
-                    }
-                })
-                .collect(),
-        )
+        Some(self.take_interval())
     }
 
     /// A new GPU% starts a standby worker beside the old one (in the background; the old one
     /// serves until the standby is ready); batch size and timeout change at once.
     fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
-        let name = self.models.get(model).ok_or(SimError::UnknownModel(model))?.name.clone();
+        let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        let name = handle.name.clone();
+        if handle.retired {
+            return Err(SimError::Retired(name).into());
+        }
         let mut allocation = allocation;
-        if !self.template.pool_levels.is_empty() {
-            let others: f64 = self
-                .models
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != model)
-                .map(|(_, m)| m.shared.0.lock().expect("model state").allocation.gpu_pct)
-                .sum();
-            allocation.gpu_pct = self.template.level(allocation.gpu_pct, 100.0 - others);
+        let pool = &self.starter.template.pool_levels;
+        if !pool.is_empty() {
+            allocation.gpu_pct = self.starter.template.level(allocation.gpu_pct, 100.0 - self.held_pct(Some(model)));
         }
         if let Some(problem) = allocation.problem() {
             return Err(SimError::InvalidModel { model: name, problem }.into());
         }
-        let total: f64 = self
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                if i == model { allocation.gpu_pct } else { m.shared.0.lock().expect("model state").allocation.gpu_pct }
-            })
-            .sum();
+        let total = self.held_pct(Some(model)) + allocation.gpu_pct;
         if total > 100.0 + 1e-9 {
             return Err(SimError::OverSubscribed { total_pct: total }.into());
         }
@@ -451,7 +615,7 @@ impl Backend for GpuBackend {
         let handle = &mut self.models[model];
         let previous = handle.shared.0.lock().expect("model state").allocation;
         let new_slice = previous.gpu_pct != allocation.gpu_pct;
-        if !self.template.pool_levels.is_empty() {
+        if !pool.is_empty() {
             handle.shared.0.lock().expect("model state").allocation = allocation;
             if new_slice {
                 handle.reallocations += 1;
@@ -469,10 +633,10 @@ impl Backend for GpuBackend {
         handle.shared.0.lock().expect("model state").allocation = allocation;
         if new_slice {
             handle.reallocations += 1;
-            let (template, mps, handover) = (self.template.clone(), self.mps.clone(), handle.handover.clone());
+            let (starter, handover) = (self.starter.clone(), handle.handover.clone());
             let starting = handle.standby_starting.clone();
             std::thread::spawn(move || {
-                match spawn_worker(&template, mps.as_deref(), &name, allocation.gpu_pct) {
+                match starter.one(&name, allocation.gpu_pct) {
                     Ok(worker) => {
                         let _ = handover.send(Handover::Started(Box::new(worker), allocation.gpu_pct));
                     }
