@@ -12,6 +12,7 @@ fn fake(model: &str) -> WorkerSpec {
         env: Vec::new(),
         fake_ms: Some(2.0),
         input_ipc: None,
+        green_sms: Vec::new(),
     }
 }
 
@@ -38,6 +39,19 @@ fn a_batch_without_a_graph_and_a_dead_worker_are_clear_errors() {
     let err = worker.run(1).unwrap_err();
     assert!(matches!(err, WorkerError::Died { .. }), "{err}");
     assert!(err.to_string().starts_with("worker for vgg16 died"), "{err}");
+}
+
+/// A worker with green contexts names the partition each batch runs on; an unknown one is refused
+/// before anything is sent.
+#[test]
+fn batches_name_their_green_context() {
+    let mut worker = Worker::spawn(&WorkerSpec { green_sms: vec![40, 80], ..fake("resnet50") }).unwrap();
+    assert_eq!(worker.green_sms, vec![40, 80]);
+    worker.run_on(4, 1).unwrap();
+    worker.run_on(4, 0).unwrap();
+    let err = worker.run_on(4, 2).unwrap_err();
+    assert!(matches!(err, WorkerError::Context { context: 2, .. }), "{err}");
+    worker.run(1).unwrap();
 }
 
 #[test]

@@ -6,8 +6,9 @@ It loads a torchvision model (random weights, fp16), captures one CUDA graph per
 serves batches the Rust backend places in shared memory: inputs at the start of the shared file,
 outputs after them. The protocol is one JSON object per line:
   worker -> backend: {"ready": true, "batches": [...], "input_bytes": N, "output_bytes": M,
-                      "engine": "torch-graph-VERSION", "sms": SM_COUNT}
-  backend -> worker: {"run": SEQ, "batch": B}          (B inputs already written to shared memory)
+                      "engine": "torch-graph-VERSION", "sms": SM_COUNT, "green_sms": [...]}
+  backend -> worker: {"run": SEQ, "batch": B, "ctx": K} (B inputs already written to shared memory;
+                                                          K: which green context, default 0)
   worker -> backend: {"done": SEQ, "h2d_ms": .., "infer_ms": .., "d2h_ms": ..}
   backend -> worker: {"quit": true}
 With --input-ipc HANDLE the inputs come instead from a GPU buffer of another process (the NetML
@@ -15,8 +16,12 @@ transfer's batch buffer, fp32 images back to back), opened once through CUDA IPC
 cast to fp16 on the GPU, never crossing the host (h2d_ms then times that device-side copy).
 Stage times come from CUDA events, whose completion the worker polls (event.query()), never a
 stream callback. With --fake-ms the worker needs no GPU: it sleeps that long per batch (for tests).
+With --green-sms 40,80 the worker makes one green context per SM count up front (creating one
+takes 80-160 ms, so never on the critical path) and captures every batch's graph on a stream of
+each: one process and one copy of the model serve at several SM partitions, and a batch names the
+partition it runs on (a reallocation without a standby process).
 """
-import argparse, json, mmap, os, sys, time
+import argparse, contextlib, json, mmap, os, sys, time
 
 IMAGE = (3, 224, 224)
 CLASSES = 1000
@@ -30,6 +35,20 @@ def reply(obj):
 def poll(event):
     while not event.query():
         pass
+
+
+@contextlib.contextmanager
+def current(context):
+    """Makes a green context current (None: leave the device's own): CUDA events belong to the
+    context current when they are first recorded, and must match their stream's."""
+    if context is None:
+        yield
+        return
+    (getattr(context, "set_context", None) or context.make_current)()
+    try:
+        yield
+    finally:
+        (getattr(context, "pop_context", None) or context.pop_current)()
 
 
 def open_ipc_input(handle_hex, largest):
@@ -52,8 +71,10 @@ def main():
     p.add_argument("--shm", required=True, help="shared file for inputs and outputs")
     p.add_argument("--fake-ms", type=float, default=None)
     p.add_argument("--input-ipc", default=None, help="CUDA IPC handle (hex) of an fp32 input buffer")
+    p.add_argument("--green-sms", default=None, help="SM counts of green contexts to serve on (e.g. 40,80)")
     args = p.parse_args()
     batches = sorted(int(b) for b in args.batches.split(","))
+    green_sms = [int(n) for n in args.green_sms.split(",")] if args.green_sms else []
     largest = batches[-1]
     input_bytes = largest * IMAGE[0] * IMAGE[1] * IMAGE[2] * 2
     output_bytes = largest * CLASSES * 2
@@ -62,7 +83,7 @@ def main():
 
     if args.fake_ms is not None:
         reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
-               "engine": "fake", "sms": 0})
+               "engine": "fake", "sms": 0, "green_sms": green_sms})
         for line in sys.stdin:
             msg = json.loads(line)
             if msg.get("quit"):
@@ -81,44 +102,57 @@ def main():
     source_in = host_in
     if args.input_ipc is not None:
         source_in = open_ipc_input(args.input_ipc, largest)
+    # One stream per partition: the device's own, or one per green context (its SMs only).
+    if green_sms:
+        from torch.cuda.green_contexts import GreenContext
+        contexts = [GreenContext.create(n, 0) for n in green_sms]
+        streams = [c.Stream() for c in contexts]
+    else:
+        contexts = [None]
+        streams = [torch.cuda.Stream()]
     graphs, outputs = {}, {}
     # The graphs never run at once: one memory pool for all, sized by the largest batch.
     graph_pool = torch.cuda.graph_pool_handle()
     with torch.inference_mode():
-        for b in batches:
-            x = static_in[:b]
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    model(x)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=graph_pool):
-                outputs[b] = model(x)
-            graphs[b] = g
+        for k, stream in enumerate(streams):
+            for b in batches:
+                x = static_in[:b]
+                torch.cuda.synchronize()
+                with current(contexts[k]):
+                    with torch.cuda.stream(stream):
+                        for _ in range(3):
+                            model(x)
+                    stream.synchronize()
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g, pool=graph_pool, stream=stream):
+                        outputs[k, b] = model(x)
+                    stream.synchronize()
+                graphs[k, b] = g
     torch.cuda.synchronize()
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+    events = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in streams]
     reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
-           "engine": f"torch-graph-{torch.__version__}", "sms": torch.cuda.get_device_properties(0).multi_processor_count})
+           "engine": f"torch-graph-{torch.__version__}", "sms": torch.cuda.get_device_properties(0).multi_processor_count,
+           "green_sms": green_sms})
     for line in sys.stdin:
         msg = json.loads(line)
         if msg.get("quit"):
             return
-        b = msg["batch"]
-        events[0].record()
-        static_in[:b].copy_(source_in[:b], non_blocking=True)
-        events[1].record()
-        graphs[b].replay()
-        events[2].record()
-        host_out[:b].copy_(outputs[b], non_blocking=True)
-        events[3].record()
-        poll(events[3])
+        b, k = msg["batch"], msg.get("ctx", 0)
+        e = events[k]
+        with current(contexts[k]), torch.cuda.stream(streams[k]):
+            e[0].record()
+            static_in[:b].copy_(source_in[:b], non_blocking=True)
+            e[1].record()
+            graphs[k, b].replay()
+            e[2].record()
+            host_out[:b].copy_(outputs[k, b], non_blocking=True)
+            e[3].record()
+            poll(e[3])
         reply({
             "done": msg["run"],
-            "h2d_ms": events[0].elapsed_time(events[1]),
-            "infer_ms": events[1].elapsed_time(events[2]),
-            "d2h_ms": events[2].elapsed_time(events[3]),
+            "h2d_ms": e[0].elapsed_time(e[1]),
+            "infer_ms": e[1].elapsed_time(e[2]),
+            "d2h_ms": e[2].elapsed_time(e[3]),
         })
 
 

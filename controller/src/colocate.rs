@@ -70,6 +70,7 @@ pub fn worker_spec(p: &Placement, batches: Vec<u32>, daemon: Option<&MpsDaemon>,
         env: daemon.map(|d| d.client_env(p.gpu_pct)).unwrap_or_default(),
         fake_ms,
         input_ipc: None,
+        green_sms: Vec::new(),
     }
 }
 
@@ -86,16 +87,6 @@ pub fn spawn_all(specs: &[WorkerSpec]) -> Result<Vec<Worker>> {
             .collect();
         handles.into_iter().map(|h| h.join().expect("worker start thread")).collect()
     })
-}
-
-/// One worker per placement, with a CUDA graph at its batch size.
-pub fn spawn_workers(
-    placements: &[Placement],
-    daemon: Option<&MpsDaemon>,
-    fake_ms: Option<f64>,
-) -> Result<Vec<Worker>> {
-    let specs: Vec<WorkerSpec> = placements.iter().map(|p| worker_spec(p, vec![p.batch], daemon, fake_ms)).collect();
-    spawn_all(&specs)
 }
 
 /// What one worker's closed loop saw: GPU time of each batch (CUDA events in the worker) and

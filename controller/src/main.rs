@@ -169,8 +169,15 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
         /// Run without MPS: the driver time-slices the workers (temporal sharing); GPU% ignored.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "green")]
         no_mps: bool,
+        /// Partition by green contexts instead of MPS percentages: every worker under MPS at
+        /// 100%, on a green context of its GPU% of `--total-sms` (rounded to a multiple of 8).
+        #[arg(long)]
+        green: bool,
+        /// The device's SM count, for `--green` (132 on an H100 SXM).
+        #[arg(long, default_value_t = 132)]
+        total_sms: u32,
         /// Label of this run in the table and the CSV name.
         #[arg(long, default_value = "run")]
         label: String,
@@ -207,23 +214,30 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// On the GPU machine: the service gap of a reallocation with standby workers (already at the
-    /// new GPU%) over many reallocations, and the time to serve after a cold restart.
+    /// On the GPU machine: what a reallocation costs the service, both ways the backend can make
+    /// one without stopping (a standby pool of MPS workers; green contexts inside one worker):
+    /// gap, first-batch cost, decision to served, GPU memory; and a cold restart's time to serve.
     ReallocGap {
         /// torchvision model.
         #[arg(long, default_value = "resnet50")]
         model: String,
-        /// GPU% values to move between.
+        /// GPU% values the standby pool moves between (one MPS worker each).
         #[arg(long, value_delimiter = ',', default_value = "30,60")]
         pcts: Vec<f64>,
+        /// SM counts (multiples of 8) the green-context worker moves between; empty skips it.
+        #[arg(long, value_delimiter = ',', default_value = "40,80")]
+        green_sms: Vec<u32>,
         #[arg(long, default_value_t = 8)]
         batch: u32,
-        /// Reallocations to measure.
+        /// Reallocations to measure, each way.
         #[arg(long, default_value_t = 100)]
         switches: usize,
         /// Batches served between two reallocations.
         #[arg(long, default_value_t = 5)]
         batches_between: usize,
+        /// Write realloc-gap.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// On the GPU machine: run a scenario live on the GPU — its arrivals in wall-clock time, one
     /// worker per model under MPS, the policy reallocating with standby workers — and print the
@@ -469,11 +483,25 @@ fn run(command: Command) -> Result<()> {
                 out: out.as_deref(),
             })
         }
-        Command::GpuProbe { models, batch, seconds, no_mps, label, out } => {
-            gpuslice::gpu_probe::run(&models, batch, seconds, !no_mps, &label, out.as_deref())
+        Command::GpuProbe { models, batch, seconds, no_mps, green, total_sms, label, out } => {
+            use gpuslice::gpu_probe::ProbeSharing;
+            let sharing = match (no_mps, green) {
+                (true, _) => ProbeSharing::Temporal,
+                (false, true) => ProbeSharing::Green { total_sms },
+                (false, false) => ProbeSharing::Mps,
+            };
+            gpuslice::gpu_probe::run(&models, batch, seconds, sharing, &label, out.as_deref())
         }
-        Command::ReallocGap { model, pcts, batch, switches, batches_between } => {
-            gpuslice::realloc_gap::run(&model, &pcts, batch, switches.max(1), batches_between.max(1))
+        Command::ReallocGap { model, pcts, green_sms, batch, switches, batches_between, out } => {
+            gpuslice::realloc_gap::run(gpuslice::realloc_gap::ReallocGapOptions {
+                model: &model,
+                pcts: &pcts,
+                green_sms: &green_sms,
+                batch,
+                switches: switches.max(1),
+                batches_between: batches_between.max(1),
+                out: out.as_deref(),
+            })
         }
         Command::GpuRun { config, policy, out, fake_ms, pool_levels } => {
             let loaded = scenario::LoadedScenario::load(Some(&config))?;

@@ -272,6 +272,7 @@ pub fn run(o: &E2eOptions) -> Result<()> {
         env: mps.as_ref().zip(o.gpu_pct).map(|(m, pct)| m.client_env(pct)).unwrap_or_default(),
         fake_ms: None,
         input_ipc: Some(gpu.ipc_handle_hex()?),
+        green_sms: Vec::new(),
     };
     let mut worker = Worker::spawn(&spec).context("worker reading the batch buffer through CUDA IPC")?;
     let (mut end_to_end_rows, mut line_rate_rows) = (Vec::new(), Vec::new());

@@ -198,6 +198,7 @@ impl WorkerStarter {
             env: self.mps.as_ref().map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
             fake_ms: self.template.fake_ms,
             input_ipc: None,
+            green_sms: Vec::new(),
         })
     }
 

@@ -34,6 +34,9 @@ pub struct WorkerSpec {
     /// Take batch inputs from this CUDA IPC buffer (hex handle; fp32 images back to back, as the
     /// NetML transfer leaves them) instead of the shared-memory file.
     pub input_ipc: Option<String>,
+    /// Serve on green contexts of these SM counts, one process for all (empty: none; the
+    /// worker's share is then its MPS percentage).
+    pub green_sms: Vec<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,8 @@ pub enum WorkerError {
     Protocol { model: String, line: String },
     #[error("worker for {model} has no CUDA graph for batch {batch}; it has {have:?}")]
     Batch { model: String, batch: u32, have: Vec<u32> },
+    #[error("worker for {model} has no green context {context}; it has {have:?} (SM counts)")]
+    Context { model: String, context: usize, have: Vec<u32> },
     #[error("shared memory: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -67,6 +72,8 @@ struct Ready {
     output_bytes: usize,
     engine: String,
     sms: u32,
+    #[serde(default)]
+    green_sms: Vec<u32>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +89,8 @@ pub struct Worker {
     /// What runs the model (e.g. `torch-graph-2.11.0+cu130`) and the device's SM count.
     pub engine: String,
     pub sms: u32,
+    /// The SM counts of its green contexts (`run_on`'s `context` indexes these).
+    pub green_sms: Vec<u32>,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -127,6 +136,10 @@ impl Worker {
         if let Some(handle) = &spec.input_ipc {
             command.args(["--input-ipc", handle]);
         }
+        if !spec.green_sms.is_empty() {
+            let counts: Vec<String> = spec.green_sms.iter().map(|n| n.to_string()).collect();
+            command.args(["--green-sms", &counts.join(",")]);
+        }
         let mut child = command.spawn().map_err(|cause| WorkerError::Spawn { model: spec.model.clone(), cause })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
@@ -135,6 +148,7 @@ impl Worker {
             batches: spec.batches.clone(),
             engine: String::new(),
             sms: 0,
+            green_sms: Vec::new(),
             child,
             stdin,
             stdout,
@@ -153,6 +167,10 @@ impl Worker {
         worker.input_bytes = ready.input_bytes;
         worker.engine = ready.engine;
         worker.sms = ready.sms;
+        if ready.green_sms != spec.green_sms {
+            return Err(worker.protocol(&line));
+        }
+        worker.green_sms = ready.green_sms;
         Ok(worker)
     }
 
@@ -186,12 +204,20 @@ impl Worker {
 
     /// Runs a batch of `batch` items already in the input area; returns when it has completed.
     pub fn run(&mut self, batch: u32) -> Result<StageTimes, WorkerError> {
+        self.run_on(batch, 0)
+    }
+
+    /// Runs a batch on green context `context` (an index into `green_sms`; 0 without them).
+    pub fn run_on(&mut self, batch: u32, context: usize) -> Result<StageTimes, WorkerError> {
         if !self.batches.contains(&batch) {
             return Err(WorkerError::Batch { model: self.model.clone(), batch, have: self.batches.clone() });
         }
+        if context >= self.green_sms.len().max(1) {
+            return Err(WorkerError::Context { model: self.model.clone(), context, have: self.green_sms.clone() });
+        }
         self.seq += 1;
         let started = Instant::now();
-        let command = format!("{{\"run\": {}, \"batch\": {batch}}}\n", self.seq);
+        let command = format!("{{\"run\": {}, \"batch\": {batch}, \"ctx\": {context}}}\n", self.seq);
         if self.stdin.write_all(command.as_bytes()).and_then(|_| self.stdin.flush()).is_err() {
             return Err(self.read_line().err().unwrap_or_else(|| self.protocol("stdin closed")));
         }
