@@ -136,6 +136,9 @@ pub trait LiveBackend: Send + 'static {
     /// A job that readies `model` to start at `gpu_pct`; it may take seconds, so the controller
     /// runs it off its task.
     fn preparer(&self, model: &str, gpu_pct: f64) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
+    /// Keeps `gpu_pct` free for a model about to be added (where the backend rounds shares, so
+    /// that making room really frees it).
+    fn reserve(&mut self, _gpu_pct: f64) {}
     fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
     /// Takes no more requests; serves those it accepted.
     fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
@@ -528,8 +531,9 @@ impl<B: LiveBackend> Live<B> {
             .filter(|(e, _)| self.entries[*e].pinned.is_none())
             .map(|(e, a)| (e, *a, format!("making room for {}", spec.name)))
             .collect();
-        self.apply(existing, "register");
         let mut allocation = initial[self.entries.len()];
+        self.backend.reserve(allocation.gpu_pct);
+        self.apply(existing, "register");
         let free = 100.0
             - self.entries.iter().map(|e| self.backend.allocation(e.index).map_or(0.0, |a| a.gpu_pct)).sum::<f64>();
         allocation.gpu_pct = allocation.gpu_pct.min(free.floor());

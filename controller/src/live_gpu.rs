@@ -67,6 +67,10 @@ impl LiveBackend for GpuBackend {
         Box::new(move || Ok(starter.start(&model, gpu_pct)?))
     }
 
+    fn reserve(&mut self, gpu_pct: f64) {
+        GpuBackend::reserve(self, gpu_pct)
+    }
+
     fn add_model(&mut self, model: LiveModel, workers: ModelWorkers) -> Result<usize, BackendError> {
         let setup =
             GpuModelSetup { name: model.name, slo_ms: model.slo_ms, allocation: model.allocation, arrivals: None };

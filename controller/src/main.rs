@@ -275,6 +275,10 @@ enum Command {
         /// Timed replays per point (after 5 warm-up replays).
         #[arg(long, default_value_t = 100)]
         repeats: usize,
+        /// Seconds of back-to-back batches on each model's first worker before its first point
+        /// (the GPU reaches its working clocks; without it the first GPU% measured ran ~10% slow).
+        #[arg(long, default_value_t = 3.0)]
+        warmup_s: f64,
         /// Output CSV of the grid.
         #[arg(long, default_value = "profiles/h100/profile.csv")]
         out: PathBuf,
@@ -544,6 +548,7 @@ fn run(command: Command) -> Result<()> {
             gpu_pcts,
             batches,
             repeats,
+            warmup_s,
             out,
             colocate,
             colocate_batch,
@@ -557,6 +562,7 @@ fn run(command: Command) -> Result<()> {
                 gpu_pcts: &gpu_pcts,
                 batches: &batches,
                 repeats: repeats.max(1),
+                warmup_s: warmup_s.max(0.0),
                 out: &out,
                 colocate: &colocate,
                 colocate_batch,

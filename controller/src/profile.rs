@@ -59,6 +59,9 @@ pub struct ProfileOptions<'a> {
     pub gpu_pcts: &'a [f64],
     pub batches: &'a [u32],
     pub repeats: usize,
+    /// Seconds of back-to-back batches before a model's first point, so every point sees a GPU
+    /// already at its working clocks (without it the first GPU% measured ran ~10% slow).
+    pub warmup_s: f64,
     pub out: &'a Path,
     /// Co-location groups, and how long each runs together.
     pub colocate: &'a [String],
@@ -116,7 +119,14 @@ fn profile_grid(o: &ProfileOptions, mps: Option<&MpsDaemon>) -> Result<()> {
                 worker_spec(&placement, o.batches.to_vec(), mps, o.fake_ms)
             })
             .collect();
-        let workers = spawn_all(&specs)?;
+        let mut workers = spawn_all(&specs)?;
+        if let (Some(first), Some(&largest)) = (workers.first_mut(), o.batches.iter().max()) {
+            bar.set_message(format!("{model}: warming the GPU up for {} s", o.warmup_s));
+            let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(o.warmup_s);
+            while std::time::Instant::now() < until {
+                first.run(largest)?;
+            }
+        }
         for (mut worker, &pct) in workers.into_iter().zip(o.gpu_pcts) {
             bar.set_message(format!("{model} at {pct}%"));
             for &batch in o.batches {

@@ -190,6 +190,8 @@ fn profile_writes_the_calibration_schema_that_fit_reads() {
         "1,4",
         "--repeats",
         "3",
+        "--warmup-s",
+        "0.05",
         "--fake-ms",
         "1",
         "--out",

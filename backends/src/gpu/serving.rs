@@ -162,6 +162,8 @@ pub struct GpuBackend {
     drop_after: Option<Duration>,
     starter: WorkerStarter,
     next_ticket: Ticket,
+    /// GPU% kept free for a model about to be added (`reserve`).
+    reserved_pct: f64,
     telemetry: Option<Telemetry>,
     last_sample: Option<DeviceSample>,
     /// How the workers share the GPU (for reports): spatial under MPS slices, default MPS,
@@ -415,6 +417,7 @@ impl GpuBackend {
             },
             starter,
             next_ticket: 1,
+            reserved_pct: 0.0,
             last_sample: None,
             sharing,
         };
@@ -433,7 +436,10 @@ impl GpuBackend {
     /// GPU has no room for its share.
     pub fn add_model(&mut self, setup: GpuModelSetup, workers: ModelWorkers) -> Result<usize, SimError> {
         let mut setup = setup;
-        setup.allocation.gpu_pct = self.starter.starting_pct(setup.allocation.gpu_pct);
+        self.reserved_pct = 0.0;
+        if !self.starter.template.pool_levels.is_empty() {
+            setup.allocation.gpu_pct = self.starter.template.level(setup.allocation.gpu_pct, 100.0 - self.held_pct(None));
+        }
         if let Some(problem) = setup.allocation.problem() {
             return Err(SimError::InvalidModel { model: setup.name, problem });
         }
@@ -536,6 +542,12 @@ impl GpuBackend {
         Ok(handle.shared.0.lock().expect("model state").allocation)
     }
 
+    /// Keeps `gpu_pct` free for a model about to be added: reallocations until then round to
+    /// pool levels that leave it free.
+    pub fn reserve(&mut self, gpu_pct: f64) {
+        self.reserved_pct = gpu_pct.max(0.0);
+    }
+
     /// GPU% held by the models in service, leaving one out.
     fn held_pct(&self, except: Option<usize>) -> f64 {
         self.models
@@ -603,7 +615,8 @@ impl Backend for GpuBackend {
         let mut allocation = allocation;
         let pool = &self.starter.template.pool_levels;
         if !pool.is_empty() {
-            allocation.gpu_pct = self.starter.template.level(allocation.gpu_pct, 100.0 - self.held_pct(Some(model)));
+            let room = 100.0 - self.held_pct(Some(model)) - self.reserved_pct;
+            allocation.gpu_pct = self.starter.template.level(allocation.gpu_pct, room);
         }
         if let Some(problem) = allocation.problem() {
             return Err(SimError::InvalidModel { model: name, problem }.into());
