@@ -106,6 +106,9 @@ fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     crate::output::write_csv(path, rows)
 }
 
+/// Turns each GPU% level's replays are split into (per batch size).
+const GRID_TURNS: usize = 10;
+
 fn profile_grid(o: &ProfileOptions, mps: Option<&MpsDaemon>) -> Result<()> {
     let bar = progress((o.models.len() * o.gpu_pcts.len() * o.batches.len()) as u64, "points");
     let mut rows = Vec::new();
@@ -127,18 +130,33 @@ fn profile_grid(o: &ProfileOptions, mps: Option<&MpsDaemon>) -> Result<()> {
                 first.run(largest)?;
             }
         }
-        for (mut worker, &pct) in workers.into_iter().zip(o.gpu_pcts) {
-            bar.set_message(format!("{model} at {pct}%"));
-            for &batch in o.batches {
+        // Every GPU% is measured in turns, all its workers alive throughout: measured one level
+        // after the other, the first level ran ~10% slower at small batches than the same level
+        // measured later, which made the grid non-monotone in GPU%.
+        let mut model_rows = Vec::new();
+        for &batch in o.batches {
+            bar.set_message(format!("{model} at batch {batch}"));
+            let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(o.repeats); workers.len()];
+            for worker in &mut workers {
                 for _ in 0..5 {
                     worker.run(batch)?;
                 }
-                let mut times: Vec<f64> =
-                    (0..o.repeats).map(|_| worker.run(batch).map(|t| t.infer_ms)).collect::<Result<_, _>>()?;
+            }
+            let per_turn = o.repeats.div_ceil(GRID_TURNS);
+            for turn in 0..GRID_TURNS {
+                for i in 0..workers.len() {
+                    // Each turn starts at the next level, so none is always measured first.
+                    let w = (i + turn) % workers.len();
+                    for _ in 0..per_turn.min(o.repeats - times[w].len()) {
+                        times[w].push(workers[w].run(batch)?.infer_ms);
+                    }
+                }
+            }
+            for ((worker, &pct), mut times) in workers.iter().zip(o.gpu_pcts).zip(times) {
                 times.sort_by(f64::total_cmp);
                 let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
                 let mean = times.iter().sum::<f64>() / times.len() as f64;
-                rows.push(Row {
+                model_rows.push(Row {
                     engine: worker.engine.clone(),
                     model: model.clone(),
                     dtype: "fp16",
@@ -153,6 +171,9 @@ fn profile_grid(o: &ProfileOptions, mps: Option<&MpsDaemon>) -> Result<()> {
                 bar.inc(1);
             }
         }
+        // Written level by level, in the order asked.
+        model_rows.sort_by_key(|r| (o.gpu_pcts.iter().position(|&p| p == r.gpu_pct), r.batch));
+        rows.extend(model_rows);
         write_rows(o.out, &rows)?;
     }
     bar.finish_and_clear();

@@ -164,7 +164,8 @@ pub fn run(o: ReallocGapOptions) -> Result<()> {
         let start_s = started.elapsed().as_secs_f64();
         let labels: Vec<String> = o.pcts.iter().map(|p| format!("{p}%")).collect();
         let targets: Vec<(usize, usize)> = (0..workers.len()).map(|w| (w, 0)).collect();
-        let mut r = measure("standby pool (MPS)", &labels, &mut workers, &targets, batch, o.switches, o.batches_between)?;
+        let mut r =
+            measure("standby pool (MPS)", &labels, &mut workers, &targets, batch, o.switches, o.batches_between)?;
         r.gpu_memory_mib = memory_used(telemetry.as_ref()).zip(before).map(|(a, b)| a.saturating_sub(b));
         r.start_s = start_s;
         results.push(r);

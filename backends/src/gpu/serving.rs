@@ -438,7 +438,8 @@ impl GpuBackend {
         let mut setup = setup;
         self.reserved_pct = 0.0;
         if !self.starter.template.pool_levels.is_empty() {
-            setup.allocation.gpu_pct = self.starter.template.level(setup.allocation.gpu_pct, 100.0 - self.held_pct(None));
+            setup.allocation.gpu_pct =
+                self.starter.template.level(setup.allocation.gpu_pct, 100.0 - self.held_pct(None));
         }
         if let Some(problem) = setup.allocation.problem() {
             return Err(SimError::InvalidModel { model: setup.name, problem });
