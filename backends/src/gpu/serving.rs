@@ -47,15 +47,16 @@ pub struct WorkerTemplate {
 impl WorkerTemplate {
     /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest
     /// level at or above it if that fits (a slice rounded down would serve less than the policy
-    /// planned), else the highest level below it (the lowest level if none is).
+    /// planned), else the highest level that fits (the lowest level if none does: the caller
+    /// then refuses the change).
     fn level(&self, gpu_pct: f64, room: f64) -> f64 {
-        let levels = self.pool_levels.iter().copied();
-        let above = levels.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
-        if above <= room + 1e-9 {
+        let fitting = self.pool_levels.iter().copied().filter(|l| *l <= room + 1e-9);
+        let above = fitting.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
+        if above.is_finite() {
             return above;
         }
-        let below = levels.clone().filter(|l| *l <= gpu_pct + 1e-9).fold(f64::NAN, f64::max);
-        if below.is_nan() { levels.fold(f64::INFINITY, f64::min) } else { below }
+        let highest = fitting.fold(f64::NAN, f64::max);
+        if highest.is_nan() { self.pool_levels.iter().copied().fold(f64::INFINITY, f64::min) } else { highest }
     }
 }
 
@@ -712,5 +713,21 @@ impl Drop for GpuBackend {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerTemplate;
+
+    #[test]
+    fn pool_levels_round_up_where_there_is_room_else_to_what_fits() {
+        let t = WorkerTemplate { script: "w.py".into(), fake_ms: None, pool_levels: vec![20.0, 30.0, 45.0, 60.0] };
+        assert_eq!(t.level(33.0, 100.0), 45.0, "the level above, room permitting");
+        assert_eq!(t.level(33.0, 40.0), 30.0, "45 does not fit: the level below");
+        assert_eq!(t.level(50.0, 25.0), 20.0, "neither 60 nor 45 fit: the highest level that does");
+        assert_eq!(t.level(70.0, 100.0), 60.0, "above the top level: the top level");
+        assert_eq!(t.level(10.0, 100.0), 20.0, "below the lowest: the lowest");
+        assert_eq!(t.level(50.0, 10.0), 20.0, "nothing fits: the lowest (the caller refuses)");
     }
 }
