@@ -247,3 +247,37 @@ fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
     assert_eq!(report.models[0].summary.completed, 20);
     assert_eq!(report.models[1].summary.dropped, accepted);
 }
+
+/// A share reserved for a model about to join is left free by the others' reallocations, until the
+/// reservation ends.
+#[test]
+fn a_reserved_share_is_left_free_by_reallocations() {
+    use gpuslice_backends::Backend;
+    use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use std::time::Duration;
+    let template =
+        WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 45.0, 60.0] };
+    let setup = GpuModelSetup {
+        name: "a".into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 60.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: None,
+    };
+    let mut backend = GpuBackend::start(
+        vec![setup],
+        Duration::from_millis(100),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let asked = Allocation { gpu_pct: 33.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    backend.reserve(60.0);
+    backend.apply(0, asked).unwrap();
+    assert_eq!(backend.allocation(0).unwrap().gpu_pct, 30.0, "45 would eat into the reserved 60%");
+    backend.reserve(0.0);
+    backend.apply(0, asked).unwrap();
+    assert_eq!(backend.allocation(0).unwrap().gpu_pct, 45.0, "no reservation: the level above");
+    backend.retire_model(0).unwrap();
+}

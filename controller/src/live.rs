@@ -136,8 +136,8 @@ pub trait LiveBackend: Send + 'static {
     /// A job that readies `model` to start at `gpu_pct`; it may take seconds, so the controller
     /// runs it off its task.
     fn preparer(&self, model: &str, gpu_pct: f64) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
-    /// Keeps `gpu_pct` free for a model about to be added (where the backend rounds shares, so
-    /// that making room really frees it).
+    /// Keeps `gpu_pct` free while other models shrink to make room for a new one (where the
+    /// backend rounds shares, so that making room really frees it); 0 ends the reservation.
     fn reserve(&mut self, _gpu_pct: f64) {}
     fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
     /// Takes no more requests; serves those it accepted.
@@ -532,8 +532,11 @@ impl<B: LiveBackend> Live<B> {
             .map(|(e, a)| (e, *a, format!("making room for {}", spec.name)))
             .collect();
         let mut allocation = initial[self.entries.len()];
+        // The new model's share is kept free while the others shrink (only then, so a failed
+        // registration leaves no reservation behind).
         self.backend.reserve(allocation.gpu_pct);
         self.apply(existing, "register");
+        self.backend.reserve(0.0);
         let free = 100.0
             - self.entries.iter().map(|e| self.backend.allocation(e.index).map_or(0.0, |a| a.gpu_pct)).sum::<f64>();
         allocation.gpu_pct = allocation.gpu_pct.min(free.floor());

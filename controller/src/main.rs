@@ -275,8 +275,8 @@ enum Command {
         /// Timed replays per point (after 5 warm-up replays).
         #[arg(long, default_value_t = 100)]
         repeats: usize,
-        /// Seconds of back-to-back batches on each model's first worker before its first point
-        /// (the GPU reaches its working clocks; without it the first GPU% measured ran ~10% slow).
+        /// Seconds of back-to-back batches on each model's first worker before its first point,
+        /// so the first points do not see a GPU coming out of idle.
         #[arg(long, default_value_t = 3.0)]
         warmup_s: f64,
         /// Output CSV of the grid.

@@ -59,8 +59,9 @@ pub struct ProfileOptions<'a> {
     pub gpu_pcts: &'a [f64],
     pub batches: &'a [u32],
     pub repeats: usize,
-    /// Seconds of back-to-back batches before a model's first point, so every point sees a GPU
-    /// already at its working clocks (without it the first GPU% measured ran ~10% slow).
+    /// Seconds of back-to-back batches before a model's first point, so the first points do not
+    /// see a GPU coming out of idle. (It did not remove the first-level slowdown of the old
+    /// sequential grid; measuring the levels in turns did.)
     pub warmup_s: f64,
     pub out: &'a Path,
     /// Co-location groups, and how long each runs together.

@@ -59,21 +59,26 @@ pub struct WayResult {
     pub decision_to_served_max_ms: f64,
     /// GPU memory the way's workers hold (MiB, NVML, over what was used before they started).
     pub gpu_memory_mib: Option<u64>,
-    /// Time to start the way's workers (s).
+    /// Time to start the way's workers, all at once (s).
     pub start_s: f64,
 }
 
-/// Runs batches on `(worker, partition)` targets in turn, `between` batches each, switching
-/// `switches` times.
-fn measure(
-    way: &str,
-    labels: &[String],
-    workers: &mut [Worker],
-    targets: &[(usize, usize)],
-    batch: u32,
-    switches: usize,
-    between: usize,
-) -> Result<WayResult> {
+/// What one way is measured on: its workers, and the `(worker, partition)` targets moved between.
+struct Way<'a> {
+    name: &'a str,
+    labels: Vec<String>,
+    specs: Vec<WorkerSpec>,
+    targets: Vec<(usize, usize)>,
+}
+
+/// Starts the way's workers (in parallel, as the GPU backend does), then runs batches on its
+/// targets in turn, `between` batches each, switching `switches` times.
+fn measure(way: Way, telemetry: Option<&Telemetry>, batch: u32, switches: usize, between: usize) -> Result<WayResult> {
+    let before = memory_used(telemetry);
+    let started = Instant::now();
+    let mut workers = crate::colocate::spawn_all(&way.specs)?;
+    let start_s = started.elapsed().as_secs_f64();
+    let targets = &way.targets;
     // Steady batch time per partition.
     let mut steady = Vec::new();
     for &(w, part) in targets {
@@ -106,8 +111,8 @@ fn measure(
     }
     let join = |v: Vec<String>| v.join("/");
     Ok(WayResult {
-        way: way.into(),
-        partitions: join(labels.to_vec()),
+        way: way.name.into(),
+        partitions: join(way.labels),
         steady_ms: join(steady.iter().map(|s| format!("{s:.3}")).collect()),
         gap_median_us: percentile(&gaps, 0.5),
         gap_max_us: *gaps.last().expect("switches"),
@@ -115,8 +120,8 @@ fn measure(
         first_batch_extra_max_ms: *extra.last().expect("switches"),
         decision_to_served_median_ms: percentile(&served, 0.5),
         decision_to_served_max_ms: *served.last().expect("switches"),
-        gpu_memory_mib: None,
-        start_s: 0.0,
+        gpu_memory_mib: memory_used(telemetry).zip(before).map(|(a, b)| a.saturating_sub(b)),
+        start_s,
     })
 }
 
@@ -152,37 +157,25 @@ pub fn run(o: ReallocGapOptions) -> Result<()> {
         worker.run(batch)?;
         cold.push((pct, decided.elapsed()));
     }
-    let mut results = Vec::new();
-    {
-        let before = memory_used(telemetry.as_ref());
-        let started = Instant::now();
-        let mut workers: Vec<Worker> = o
-            .pcts
-            .iter()
-            .map(|&p| Worker::spawn(&spec(model, batch, mps.client_env(p), Vec::new())))
-            .collect::<Result<_, _>>()?;
-        let start_s = started.elapsed().as_secs_f64();
-        let labels: Vec<String> = o.pcts.iter().map(|p| format!("{p}%")).collect();
-        let targets: Vec<(usize, usize)> = (0..workers.len()).map(|w| (w, 0)).collect();
-        let mut r =
-            measure("standby pool (MPS)", &labels, &mut workers, &targets, batch, o.switches, o.batches_between)?;
-        r.gpu_memory_mib = memory_used(telemetry.as_ref()).zip(before).map(|(a, b)| a.saturating_sub(b));
-        r.start_s = start_s;
-        results.push(r);
-    }
+    let mut ways = vec![Way {
+        name: "standby pool (MPS)",
+        labels: o.pcts.iter().map(|p| format!("{p}%")).collect(),
+        specs: o.pcts.iter().map(|&p| spec(model, batch, mps.client_env(p), Vec::new())).collect(),
+        targets: (0..o.pcts.len()).map(|w| (w, 0)).collect(),
+    }];
     if !o.green_sms.is_empty() {
         // Under the same MPS daemon at 100%, so the green contexts alone limit the SMs.
-        let before = memory_used(telemetry.as_ref());
-        let started = Instant::now();
-        let mut workers = vec![Worker::spawn(&spec(model, batch, mps.client_env(100.0), o.green_sms.to_vec()))?];
-        let start_s = started.elapsed().as_secs_f64();
-        let labels: Vec<String> = o.green_sms.iter().map(|n| format!("{n} SMs")).collect();
-        let targets: Vec<(usize, usize)> = (0..o.green_sms.len()).map(|c| (0, c)).collect();
-        let mut r = measure("green contexts", &labels, &mut workers, &targets, batch, o.switches, o.batches_between)?;
-        r.gpu_memory_mib = memory_used(telemetry.as_ref()).zip(before).map(|(a, b)| a.saturating_sub(b));
-        r.start_s = start_s;
-        results.push(r);
+        ways.push(Way {
+            name: "green contexts",
+            labels: o.green_sms.iter().map(|n| format!("{n} SMs")).collect(),
+            specs: vec![spec(model, batch, mps.client_env(100.0), o.green_sms.to_vec())],
+            targets: (0..o.green_sms.len()).map(|c| (0, c)).collect(),
+        });
     }
+    let results: Vec<WayResult> = ways
+        .into_iter()
+        .map(|way| measure(way, telemetry.as_ref(), batch, o.switches, o.batches_between))
+        .collect::<Result<_>>()?;
     println!("{model} at batch {batch}, {} reallocations each way, {} batches between", o.switches, o.batches_between);
     for (pct, took) in &cold {
         println!(

@@ -437,15 +437,14 @@ impl GpuBackend {
     /// GPU has no room for its share.
     pub fn add_model(&mut self, setup: GpuModelSetup, workers: ModelWorkers) -> Result<usize, SimError> {
         let mut setup = setup;
-        self.reserved_pct = 0.0;
+        let held = self.held_pct(None);
         if !self.starter.template.pool_levels.is_empty() {
-            setup.allocation.gpu_pct =
-                self.starter.template.level(setup.allocation.gpu_pct, 100.0 - self.held_pct(None));
+            setup.allocation.gpu_pct = self.starter.template.level(setup.allocation.gpu_pct, 100.0 - held);
         }
         if let Some(problem) = setup.allocation.problem() {
             return Err(SimError::InvalidModel { model: setup.name, problem });
         }
-        let total = self.held_pct(None) + setup.allocation.gpu_pct;
+        let total = held + setup.allocation.gpu_pct;
         if self.sharing == Sharing::Spatial && total > 100.0 + 1e-9 {
             return Err(SimError::OverSubscribed { total_pct: total });
         }
@@ -544,8 +543,8 @@ impl GpuBackend {
         Ok(handle.shared.0.lock().expect("model state").allocation)
     }
 
-    /// Keeps `gpu_pct` free for a model about to be added: reallocations until then round to
-    /// pool levels that leave it free.
+    /// Keeps `gpu_pct` free for a model about to be added: reallocations round to pool levels
+    /// that leave it free, until `reserve(0.0)`.
     pub fn reserve(&mut self, gpu_pct: f64) {
         self.reserved_pct = gpu_pct.max(0.0);
     }
@@ -615,15 +614,16 @@ impl Backend for GpuBackend {
             return Err(SimError::Retired(name).into());
         }
         let mut allocation = allocation;
+        let held_by_others = self.held_pct(Some(model));
         let pool = &self.starter.template.pool_levels;
         if !pool.is_empty() {
-            let room = 100.0 - self.held_pct(Some(model)) - self.reserved_pct;
+            let room = 100.0 - held_by_others - self.reserved_pct;
             allocation.gpu_pct = self.starter.template.level(allocation.gpu_pct, room);
         }
         if let Some(problem) = allocation.problem() {
             return Err(SimError::InvalidModel { model: name, problem }.into());
         }
-        let total = self.held_pct(Some(model)) + allocation.gpu_pct;
+        let total = held_by_others + allocation.gpu_pct;
         if total > 100.0 + 1e-9 {
             return Err(SimError::OverSubscribed { total_pct: total }.into());
         }
