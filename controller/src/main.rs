@@ -66,6 +66,10 @@ enum Command {
         /// Override the scenario's random seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Multiply every model's load by this factor (rates and counts; replayed traces play
+        /// this much faster).
+        #[arg(long, default_value_t = 1.0)]
+        load_scale: f64,
         /// Write summary.csv, intervals.csv, latency.svg and gpu.svg into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -90,6 +94,10 @@ enum Command {
         /// Number of seeds (the scenario's seed, +1, +2, ...).
         #[arg(long, default_value_t = 3)]
         seeds: u64,
+        /// Multiply every model's load by this factor (rates and counts; replayed traces play
+        /// this much faster).
+        #[arg(long, default_value_t = 1.0)]
+        load_scale: f64,
         /// Policy the "vs ref" column divides by.
         #[arg(long, default_value = "model-based")]
         reference: String,
@@ -246,12 +254,17 @@ enum Command {
         /// Scenario file (TOML).
         #[arg(long, short)]
         config: PathBuf,
-        /// Policy: static, gslice or model-based (spatial sharing).
+        /// Policy: static, gslice, model-based (spatial sharing), temporal (workers without MPS,
+        /// time-sliced) or default-mps (every worker at 100%).
         #[arg(long, default_value = "model-based")]
         policy: String,
         /// Write summary.csv, intervals.csv, decisions.csv, latency.svg and gpu.svg into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Multiply every model's load by this factor (rates and counts; replayed traces play
+        /// this much faster).
+        #[arg(long, default_value_t = 1.0)]
+        load_scale: f64,
         /// Workers without a GPU that take this many ms per batch (for trying the run anywhere).
         #[arg(long)]
         fake_ms: Option<f64>,
@@ -397,8 +410,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Simulate { config, sharing, policy, seed, out, quiet } => {
+        Command::Simulate { config, sharing, policy, seed, load_scale, out, quiet } => {
             let mut loaded = scenario::LoadedScenario::load(config.as_deref())?;
+            loaded.scale_load(load_scale)?;
             if let Some(seed) = seed {
                 loaded.scenario.seed = seed;
             }
@@ -423,8 +437,9 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Evaluate { scenario, policies, seeds, reference, out, quiet } => {
-            let loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
+        Command::Evaluate { scenario, policies, seeds, load_scale, reference, out, quiet } => {
+            let mut loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
+            loaded.scale_load(load_scale)?;
             let results = evaluate::run(&loaded, &policies, seeds.max(1), !quiet)?;
             println!(
                 "{} — {} seed(s), means ± standard deviation; vs ref = goodput / {reference}'s",
@@ -507,8 +522,9 @@ fn run(command: Command) -> Result<()> {
                 out: out.as_deref(),
             })
         }
-        Command::GpuRun { config, policy, out, fake_ms, pool_levels } => {
-            let loaded = scenario::LoadedScenario::load(Some(&config))?;
+        Command::GpuRun { config, policy, out, load_scale, fake_ms, pool_levels } => {
+            let mut loaded = scenario::LoadedScenario::load(Some(&config))?;
+            loaded.scale_load(load_scale)?;
             let template = gpuslice_backends::gpu::serving::WorkerTemplate {
                 script: gpuslice_backends::gpu::worker::default_script(),
                 fake_ms,

@@ -90,6 +90,13 @@ struct Load {
     peak_burst: usize,
 }
 
+impl Load {
+    /// The arrivals alone, without the backlog to drain.
+    fn steady(self) -> Load {
+        Load { capacity_rate: self.rate, ..self }
+    }
+}
+
 impl ModelBased {
     pub fn new(models: Vec<ModelContext>) -> ModelBased {
         let learned = models
@@ -174,11 +181,15 @@ impl ModelBased {
     }
 
     /// The best plan at exactly `gpu`%: of those meeting the SLO, the one with the most spare
-    /// capacity (lowest utilization), so a rise in load between two decisions is absorbed.
+    /// capacity (lowest utilization), so a rise in load between two decisions is absorbed. One
+    /// that also drains the backlog in time if there is one, else one for the arrivals alone.
     fn best_at(&self, m: usize, gpu: usize, load: Load) -> Option<Plan> {
-        (0..BATCH_SIZES.len())
-            .filter_map(|b| self.plan(m, b, gpu, load))
-            .min_by(|a, b| a.utilization.total_cmp(&b.utilization))
+        let best = |load: Load| {
+            (0..BATCH_SIZES.len())
+                .filter_map(|b| self.plan(m, b, gpu, load))
+                .min_by(|a, b| a.utilization.total_cmp(&b.utilization))
+        };
+        best(load).or_else(|| best(load.steady()))
     }
 
     /// The smallest GPU% at which some batch size meets the SLO (binary search per batch size:
@@ -282,12 +293,20 @@ impl Policy for ModelBased {
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
         let n = self.models.len();
         let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
-        let needed: Vec<Option<usize>> = (0..n).map(|m| self.smallest_slice(m, loads[m])).collect();
+        // What the arrivals alone need: a backlog is drained from leftover GPU only, since under
+        // overload a drain requirement would make a model degrade and its backlog never clear.
+        let needed: Vec<Option<usize>> = (0..n).map(|m| self.smallest_slice(m, loads[m].steady())).collect();
 
-        // Every model keeps at least 1% so it still serves; then the smallest slices, in
-        // priority order; whoever does not fit degrades.
+        // Every model keeps at least 1% so it still serves; then the slices in priority order,
+        // and within a priority the models that serve the most requests per GPU% first (when
+        // the GPU cannot serve everyone, that keeps the most requests within their SLO);
+        // whoever does not fit degrades.
+        let per_pct = |m: usize| needed[m].map_or(0.0, |g| loads[m].rate / g as f64);
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&m| (std::cmp::Reverse(self.models[m].priority), needed[m].unwrap_or(101)));
+        order.sort_by(|&a, &b| {
+            let (pa, pb) = (self.models[a].priority, self.models[b].priority);
+            pb.cmp(&pa).then(per_pct(b).total_cmp(&per_pct(a)))
+        });
         let mut gpu = vec![1usize; n];
         let mut remaining = 100usize.saturating_sub(n);
         let mut degraded = Vec::new();
@@ -308,14 +327,20 @@ impl Policy for ModelBased {
             remaining = 100usize.saturating_sub(gpu.iter().sum());
         }
 
-        // Leftover first lifts models towards what their recent peak rate and largest burst need.
+        // Leftover first lifts models towards what draining their backlog, their recent peak rate
+        // and their largest burst need.
         for &m in order.iter().filter(|m| !degraded.contains(m)) {
             let peak = Load {
                 rate: loads[m].peak_rate,
                 capacity_rate: loads[m].peak_rate.max(loads[m].capacity_rate),
                 ..loads[m]
             };
-            let wanted = self.smallest_slice(m, peak).unwrap_or(100).max(self.burst_slice(m, loads[m].peak_burst));
+            let wanted = [loads[m], peak]
+                .into_iter()
+                .map(|load| self.smallest_slice(m, load).unwrap_or(100))
+                .max()
+                .unwrap_or(100)
+                .max(self.burst_slice(m, loads[m].peak_burst));
             let extra = wanted.saturating_sub(gpu[m]).min(remaining);
             gpu[m] += extra;
             remaining -= extra;

@@ -147,7 +147,7 @@ fn model_table(
                     slo_ms: model.slo_ms,
                     service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: inputs.service_jitter },
                     allocation,
-                    arrivals: Box::new(Replay::new(times.clone(), 1.0, None)),
+                    arrivals: Box::new(Replay::new(times.clone(), 1.0, 1.0, None, 0)),
                 };
                 let mut sim = Simulator::new(config, vec![setup])?;
                 sim.finish();

@@ -102,6 +102,35 @@ fn model_based_degrades_by_priority_when_demand_exceeds_the_gpu() {
     assert!(of(0).reason.starts_with("degraded (priority 0)"), "{}", of(0).reason);
 }
 
+// Same priority, more demand than GPU. "big" at 1,000/s needs 63% (above): 15.9 requests/s
+// per GPU%. "small1" and "small2" at 500/s (0.5 per ms) each need 35%: batch 4 has
+// s = 250/g, utilization 31.25/g <= 0.9 from g = 35, p99 = max(6, 7.14) + 7.14 = 14.3 ms; batch
+// 6 and 8 need more (44%, never), batch 2 needs 42%. That is 14.3 requests/s per GPU%. Serving
+// the two small ones (70%) would keep 1,000 requests/s within SLO; serving big and one small one
+// (98%) keeps 1,500/s: big goes first, one small one gets its 35% and the other degrades.
+#[test]
+fn model_based_keeps_the_models_that_serve_most_requests_per_gpu_pct() {
+    let latency = toy_latency();
+    let models = [
+        context("small1", latency.clone(), 20.0, 0),
+        context("big", latency.clone(), 20.0, 0),
+        context("small2", latency, 20.0, 0),
+    ];
+    let mut policy = build("model-based", &models, None).unwrap();
+    let start = policy.initial();
+    let arrivals = [500, 1000, 500];
+    let observed: Vec<ModelInterval> = (0..3).map(|m| interval(start[m], arrivals[m], 0, 0.0)).collect();
+    let decisions = policy.decide(&observed);
+    let of = |m: usize| decisions.iter().find(|d| d.model == m).expect("a decision for each model");
+    assert_eq!(of(1).allocation.gpu_pct, 63.0, "{}", of(1).reason);
+    let small: Vec<_> = [0, 2].into_iter().map(of).collect();
+    let served: Vec<_> = small.iter().filter(|d| !d.reason.starts_with("degraded")).collect();
+    assert_eq!(served.len(), 1, "{small:?}");
+    assert!(served[0].allocation.gpu_pct >= 35.0 && served[0].reason.contains("needs 35%"), "{}", served[0].reason);
+    let total: f64 = decisions.iter().map(|d| d.allocation.gpu_pct).sum();
+    assert!(total <= 100.0, "{total}");
+}
+
 #[test]
 fn gslice_starts_at_the_knees_and_shares_max_min() {
     let source = Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap();

@@ -155,25 +155,42 @@ pub struct Replay {
     times: Arc<[f64]>,
     next: usize,
     speedup: f64,
+    scale: f64,
     end: Option<f64>,
+    rng: SmallRng,
+    /// Copies of the current recorded arrival still to hand out.
+    copies_left: usize,
 }
 
 impl Replay {
-    /// `speedup` > 1 compresses time (a 1 h trace at speedup 10 plays in 6 min at 10x the rate).
-    pub fn new(times: Arc<[f64]>, speedup: f64, end: Option<f64>) -> Replay {
-        Replay { times, next: 0, speedup, end }
+    /// `speedup` > 1 compresses time (a 1 h trace at speedup 10 plays in 6 min at 10x the rate);
+    /// `scale` multiplies the load on the trace's own timeline: each recorded arrival comes
+    /// `scale` times on average (fractions rounded at random), so bursts grow with it.
+    pub fn new(times: Arc<[f64]>, speedup: f64, scale: f64, end: Option<f64>, seed: u64) -> Replay {
+        Replay { times, next: 0, speedup, scale, end, rng: SmallRng::seed_from_u64(seed), copies_left: 0 }
     }
 }
 
 impl ArrivalProcess for Replay {
     fn next_arrival(&mut self) -> Option<f64> {
-        let t = self.times.get(self.next)? / self.speedup;
-        self.next += 1;
+        while self.copies_left == 0 {
+            self.times.get(self.next)?;
+            self.next += 1;
+            self.copies_left = round_at_random(self.scale, &mut self.rng);
+        }
+        self.copies_left -= 1;
+        let t = self.times[self.next - 1] / self.speedup;
         match self.end {
             Some(end) if t >= end => None,
             _ => Some(t),
         }
     }
+}
+
+/// `x` rounded down or up at random so that the mean is `x`.
+fn round_at_random(x: f64, rng: &mut SmallRng) -> usize {
+    let up = rand::RngExt::random::<f64>(rng) < x - x.floor();
+    x.floor() as usize + usize::from(up)
 }
 
 /// Spreads per-bin counts (e.g. invocations per minute) uniformly at random inside each bin.
@@ -202,11 +219,7 @@ impl SpreadCounts {
             };
             let start = self.bin as f64 * self.bin_s;
             self.bin += 1;
-            let scaled = count as f64 * self.scale;
-            let mut n = scaled.floor() as usize;
-            if rand::RngExt::random::<f64>(&mut self.rng) < scaled - scaled.floor() {
-                n += 1;
-            }
+            let n = round_at_random(count as f64 * self.scale, &mut self.rng);
             if n == 0 {
                 continue;
             }
@@ -299,7 +312,20 @@ mod tests {
     #[test]
     fn replay_speedup_compresses_time() {
         let times: Arc<[f64]> = vec![0.0, 10.0, 20.0, 40.0].into();
-        assert_eq!(collect(Replay::new(times.clone(), 10.0, None), 10), vec![0.0, 1.0, 2.0, 4.0]);
-        assert_eq!(collect(Replay::new(times, 1.0, Some(25.0)), 10), vec![0.0, 10.0, 20.0]);
+        assert_eq!(collect(Replay::new(times.clone(), 10.0, 1.0, None, 0), 10), vec![0.0, 1.0, 2.0, 4.0]);
+        assert_eq!(collect(Replay::new(times, 1.0, 1.0, Some(25.0), 0), 10), vec![0.0, 10.0, 20.0]);
+    }
+
+    #[test]
+    fn replay_scale_repeats_arrivals_on_the_trace_timeline() {
+        let times: Arc<[f64]> = vec![0.0, 10.0, 20.0, 40.0].into();
+        assert_eq!(
+            collect(Replay::new(times.clone(), 1.0, 2.0, None, 0), 10),
+            vec![0.0, 0.0, 10.0, 10.0, 20.0, 20.0, 40.0, 40.0]
+        );
+        let many: Arc<[f64]> = (0..10_000).map(f64::from).collect();
+        let half = collect(Replay::new(many, 1.0, 0.5, None, 7), 20_000);
+        assert!((4_700..5_300).contains(&half.len()), "{}", half.len());
+        assert!(half.windows(2).all(|w| w[0] <= w[1]));
     }
 }

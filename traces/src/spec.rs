@@ -43,11 +43,14 @@ pub enum ArrivalSpec {
         #[serde(default = "one")]
         cv: f64,
     },
-    /// Replays the timestamps of an Azure LLM 2023 trace from `start_s` on, `speedup` times faster.
+    /// Replays the timestamps of an Azure LLM 2023 trace from `start_s` on, `speedup` times
+    /// faster, each recorded arrival `scale` times on average (more load, same timeline).
     Replay {
         trace: String,
         #[serde(default = "one")]
         speedup: f64,
+        #[serde(default = "one")]
+        scale: f64,
         #[serde(default)]
         start_s: f64,
     },
@@ -64,6 +67,21 @@ pub enum ArrivalSpec {
         #[serde(default = "sixty")]
         minute_s: f64,
     },
+}
+
+impl ArrivalSpec {
+    /// The same arrivals with `factor` times the load, on the same timeline: rates, counts and
+    /// a replayed trace's arrivals are multiplied.
+    pub fn scaled(&self, factor: f64) -> ArrivalSpec {
+        let mut scaled = self.clone();
+        match &mut scaled {
+            ArrivalSpec::Poisson { rate } | ArrivalSpec::Gamma { rate, .. } => *rate *= factor,
+            ArrivalSpec::Steps { steps, .. } => steps.iter_mut().for_each(|(_, rate)| *rate *= factor),
+            ArrivalSpec::Diurnal { mean_rate, .. } => *mean_rate *= factor,
+            ArrivalSpec::Replay { scale, .. } | ArrivalSpec::PerMinuteCounts { scale, .. } => *scale *= factor,
+        }
+        scaled
+    }
 }
 
 /// Builds arrival processes, loading each trace once.
@@ -136,15 +154,16 @@ impl TraceLibrary {
                     RateSchedule::diurnal(*mean_rate, *amplitude, *period_s, *phase_s, *step_s, end).map_err(bad)?;
                 Box::new(ModulatedRenewal::new(schedule, *cv, seed).map_err(bad)?)
             }
-            ArrivalSpec::Replay { trace, speedup, start_s } => {
+            ArrivalSpec::Replay { trace, speedup, scale, start_s } => {
                 positive("speedup", *speedup)?;
+                positive("scale", *scale)?;
                 let all = self.timestamps(trace)?;
                 let times: Arc<[f64]> = if *start_s > 0.0 {
                     all.iter().filter(|t| **t >= *start_s).map(|t| t - start_s).collect()
                 } else {
                     all
                 };
-                Box::new(Replay::new(times, *speedup, horizon_s))
+                Box::new(Replay::new(times, *speedup, *scale, horizon_s, seed))
             }
             ArrivalSpec::PerMinuteCounts { trace, functions, scale, start_minute, minute_s } => {
                 positive("scale", *scale)?;
@@ -190,6 +209,14 @@ mod tests {
             assert!(times.iter().all(|t| *t >= 0.0 && *t < 120.0), "{spec:?}");
         }
         assert_eq!(library.counts.len(), 1, "the functions trace is parsed once");
+        for (i, spec) in doc.a.iter().enumerate() {
+            let mut count = |spec: &ArrivalSpec| {
+                let mut process = library.build(spec, i as u64, Some(120.0), "test").unwrap();
+                std::iter::from_fn(|| process.next_arrival()).count() as f64
+            };
+            let ratio = count(&spec.scaled(2.0)) / count(spec);
+            assert!((1.7..2.3).contains(&ratio), "{spec:?} scaled by 2 gave {ratio:.2}x the arrivals");
+        }
     }
 
     #[test]
@@ -201,7 +228,7 @@ mod tests {
         let mut library = TraceLibrary::new(".");
         let err = library.build(&ArrivalSpec::Poisson { rate: -1.0 }, 0, None, "models[0].arrivals").err().unwrap();
         assert_eq!(err.to_string(), "models[0].arrivals: rate must be > 0, got -1");
-        let missing = ArrivalSpec::Replay { trace: "no/such.csv".into(), speedup: 1.0, start_s: 0.0 };
+        let missing = ArrivalSpec::Replay { trace: "no/such.csv".into(), speedup: 1.0, scale: 1.0, start_s: 0.0 };
         assert!(library.build(&missing, 0, None, "x").err().unwrap().to_string().contains("no/such.csv"));
     }
 }
