@@ -74,6 +74,8 @@ struct Ready {
     sms: u32,
     #[serde(default)]
     green_sms: Vec<u32>,
+    #[serde(default)]
+    pinned: bool,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +173,9 @@ impl Worker {
             return Err(worker.protocol(&line));
         }
         worker.green_sms = ready.green_sms;
+        if !ready.pinned && spec.fake_ms.is_none() {
+            tracing::warn!(model = %worker.model, "the worker could not page-lock its shared memory: its host copies go through a staging buffer");
+        }
         Ok(worker)
     }
 
