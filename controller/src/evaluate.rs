@@ -37,6 +37,18 @@ struct EvalRow<'a> {
     reallocations: u64,
 }
 
+/// Row of load-sweep.csv: one policy at one load scale, means over seeds.
+#[derive(Serialize)]
+struct SweepRow<'a> {
+    policy: &'a str,
+    load_scale: f64,
+    arrivals_rps: f64,
+    goodput_rps: f64,
+    goodput_sd: f64,
+    slo_attainment: f64,
+    vs_reference: Option<f64>,
+}
+
 /// The policy column in front of a decision row.
 #[derive(Serialize)]
 struct PolicyTag<'a> {
@@ -77,6 +89,106 @@ pub fn run(loaded: &LoadedScenario, policies: &[String], seeds: u64, show_progre
     Ok(results)
 }
 
+/// Every policy's results at one load scale.
+pub struct LoadPoint {
+    pub scale: f64,
+    pub results: Vec<PolicyResult>,
+}
+
+/// Runs the comparison at each load scale (see `LoadedScenario::scale_load`).
+pub fn sweep(
+    loaded: &LoadedScenario,
+    policies: &[String],
+    seeds: u64,
+    scales: &[f64],
+    show_progress: bool,
+) -> Result<Vec<LoadPoint>> {
+    scales
+        .iter()
+        .map(|&scale| {
+            let mut scaled = loaded.clone();
+            scaled.scale_load(scale)?;
+            Ok(LoadPoint { scale, results: run(&scaled, policies, seeds, show_progress)? })
+        })
+        .collect()
+}
+
+/// Mean and standard deviation over seeds of one policy's total `f`.
+fn policy_stat(results: &[PolicyResult], policy: &str, f: impl Fn(&PolicyResult) -> f64) -> (f64, f64) {
+    mean_sd(&results.iter().filter(|r| r.policy == policy).map(f).collect::<Vec<_>>())
+}
+
+/// The load sweep: a row per policy, per load scale its goodput, SLO attainment and goodput
+/// against the reference policy's at the same load.
+pub fn sweep_table(points: &[LoadPoint], policies: &[String], reference: Option<&str>) -> Table {
+    let mut header = vec!["policy".to_string()];
+    header.extend(points.iter().map(|p| format!("load x{}", p.scale)));
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for policy in policies {
+        let mut row = vec![policy.clone()];
+        for point in points {
+            let goodput = mean_goodput(&point.results, policy);
+            let attainment = policy_stat(&point.results, policy, |r| r.run.report.total.slo_attainment * 100.0).0;
+            let versus = reference
+                .map(|r| mean_goodput(&point.results, r))
+                .filter(|g| *g > 0.0)
+                .map_or(String::new(), |g| format!(", {:.2}x", goodput / g));
+            row.push(format!("{goodput:.0}, {attainment:.1}%{versus}"));
+        }
+        table.add_row(row);
+    }
+    table
+}
+
+/// Writes load-sweep.csv, goodput-vs-load.svg and slo-vs-load.svg into `dir`.
+pub fn write_sweep(dir: &Path, points: &[LoadPoint], policies: &[String], reference: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let rows = points.iter().flat_map(|point| {
+        let reference_goodput = reference.map(|r| mean_goodput(&point.results, r));
+        policies.iter().map(move |policy| {
+            let (goodput, goodput_sd) = policy_stat(&point.results, policy, |r| r.run.report.total.goodput_rps);
+            SweepRow {
+                policy,
+                load_scale: point.scale,
+                arrivals_rps: policy_stat(&point.results, policy, |r| r.run.report.total.arrival_rps).0,
+                goodput_rps: goodput,
+                goodput_sd,
+                slo_attainment: policy_stat(&point.results, policy, |r| r.run.report.total.slo_attainment).0,
+                vs_reference: reference_goodput.filter(|g| *g > 0.0).map(|g| goodput / g),
+            }
+        })
+    });
+    write_csv(&dir.join("load-sweep.csv"), rows)?;
+    let series = |value: &dyn Fn(&[PolicyResult], &str) -> f64| -> Vec<Series> {
+        policies
+            .iter()
+            .enumerate()
+            .map(|(color, policy)| Series {
+                name: policy.clone(),
+                points: points.iter().map(|p| (p.scale, value(&p.results, policy))).collect(),
+                color,
+                dashed: false,
+            })
+            .collect()
+    };
+    line_chart(
+        &dir.join("goodput-vs-load.svg"),
+        "Goodput against offered load",
+        "load scale (x the scenario's)",
+        "goodput (requests within SLO / s)",
+        &series(&mean_goodput),
+    )?;
+    line_chart(
+        &dir.join("slo-vs-load.svg"),
+        "SLO attainment against offered load",
+        "load scale (x the scenario's)",
+        "SLO met (%)",
+        &series(&|results, policy| policy_stat(results, policy, |r| r.run.report.total.slo_attainment * 100.0).0),
+    )?;
+    Ok(())
+}
+
 fn mean_sd(values: &[f64]) -> (f64, f64) {
     let n = values.len().max(1) as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -84,10 +196,9 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Mean goodput of each policy over its seeds, in the order given.
+/// Mean goodput of a policy over its seeds.
 pub fn mean_goodput(results: &[PolicyResult], policy: &str) -> f64 {
-    mean_sd(&results.iter().filter(|r| r.policy == policy).map(|r| r.run.report.total.goodput_rps).collect::<Vec<_>>())
-        .0
+    policy_stat(results, policy, |r| r.run.report.total.goodput_rps).0
 }
 
 /// The comparison table: one row per policy, means over seeds (± standard deviation).

@@ -98,6 +98,11 @@ enum Command {
         /// this much faster).
         #[arg(long, default_value_t = 1.0)]
         load_scale: f64,
+        /// Sweep the load instead: run the comparison at each of these load scales, print
+        /// goodput, SLO attainment and goodput against the reference policy per scale, and with
+        /// --out write load-sweep.csv, goodput-vs-load.svg and slo-vs-load.svg.
+        #[arg(long, value_delimiter = ',', conflicts_with = "load_scale")]
+        load_scales: Vec<f64>,
         /// Policy the "vs ref" column divides by.
         #[arg(long, default_value = "model-based")]
         reference: String,
@@ -437,14 +442,28 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Evaluate { scenario, policies, seeds, load_scale, reference, out, quiet } => {
+        Command::Evaluate { scenario, policies, seeds, load_scale, load_scales, reference, out, quiet } => {
             let mut loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
+            let seeds = seeds.max(1);
+            if !load_scales.is_empty() {
+                let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, !quiet)?;
+                println!(
+                    "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met, goodput / {reference}'s at the same load",
+                    loaded.scenario.name
+                );
+                let reference = policies.contains(&reference).then_some(reference.as_str());
+                println!("{}", evaluate::sweep_table(&points, &policies, reference));
+                if let Some(dir) = out {
+                    evaluate::write_sweep(&dir, &points, &policies, reference)?;
+                    tracing::info!(dir = %dir.display(), "results written");
+                }
+                return Ok(());
+            }
             loaded.scale_load(load_scale)?;
-            let results = evaluate::run(&loaded, &policies, seeds.max(1), !quiet)?;
+            let results = evaluate::run(&loaded, &policies, seeds, !quiet)?;
             println!(
-                "{} — {} seed(s), means ± standard deviation; vs ref = goodput / {reference}'s",
-                loaded.scenario.name,
-                seeds.max(1)
+                "{} — {seeds} seed(s), means ± standard deviation; vs ref = goodput / {reference}'s",
+                loaded.scenario.name
             );
             let reference = policies.contains(&reference).then_some(reference.as_str());
             println!("{}", evaluate::table(&results, &policies, reference));

@@ -1,11 +1,14 @@
-//! GSLICE's self-tuning (Dhakal et al., SoCC'20, and its authors' code), with latency `L` taken
-//! as the interval's p99:
+//! GSLICE's self-tuning (Dhakal et al., SoCC'20, and its authors' code):
 //! - start each model at its knee GPU% (max-min shares when the knees add up to more than 100);
-//! - GPU%: over the SLO, target `g + g(L-SLO)/L`; under it, `g - g(SLO-L)/SLO`; when arrival
-//!   rate and throughput differ by more than `RATE_GAP`, the rate-based `g * lambda/mu` instead;
-//!   clamp to [5, 100], ignore changes under 3 points, act after 5 consecutive triggers;
-//! - batch: per-item time `t = L/b`; over the SLO shrink by `(L-SLO)/t`; with at least 10%
-//!   headroom grow by `max(1, headroom/t)`; at most 64.
+//! - GPU%, with `L` the interval's end-to-end p99: over the SLO, target `g + g(L-SLO)/L`; under
+//!   it, `g - g(SLO-L)/SLO`; when arrival rate and throughput differ by more than `RATE_GAP`, the
+//!   rate-based `g * lambda/mu` instead; clamp to [5, 100], ignore changes under 3 points, act
+//!   after 5 consecutive triggers;
+//! - batch, with `L` the time the batch runs (its per-item time `t = L/b`, the mean over the
+//!   interval's batches, times the batch size): over the SLO shrink by `(L-SLO)/t`; with at
+//!   least 10% headroom grow by `max(1, headroom/t)`; at most 64. (An end-to-end latency here
+//!   would count queueing as per-item time: a backlog would shrink the batch, which lengthens
+//!   the backlog, down to batch 1.)
 
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
@@ -55,6 +58,14 @@ pub fn batch_target(batch: u32, latency_ms: f64, slo_ms: f64) -> u32 {
     } else {
         batch
     }
+}
+
+/// How long a full batch at the allocation's batch size runs: the interval's mean per-item
+/// execution time times that size (None without batches).
+pub fn batch_run_ms(obs: &ModelInterval) -> Option<f64> {
+    let items: u32 = obs.batches.iter().map(|b| b.size).sum();
+    let exec_ms: f64 = obs.batches.iter().map(|b| b.exec_ms).sum();
+    (items > 0).then(|| exec_ms / items as f64 * obs.allocation.max_batch as f64)
 }
 
 /// Each model at its knee GPU% for its configured batch (max-min shares of the GPU when the
@@ -119,7 +130,10 @@ impl Policy for Gslice {
             } else {
                 g
             };
-            let new_b = if s.completed > 0 { batch_target(b, latency, slo) } else { b };
+            let new_b = match batch_run_ms(obs) {
+                Some(run_ms) => batch_target(b, run_ms, slo),
+                None => b,
+            };
             if new_b != b {
                 reason += &format!(", batch {b} -> {new_b}");
             }

@@ -1,7 +1,7 @@
 //! Policies through their public interface, on hand-computed cases.
 
 use gpuslice_policies::{ModelContext, build};
-use gpuslice_simulator::{Allocation, ModelInterval, Summary};
+use gpuslice_simulator::{Allocation, BatchSample, ModelInterval, Summary};
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use std::sync::Arc;
 
@@ -181,6 +181,22 @@ fn gslice_ignores_changes_under_three_points() {
         let decisions = policy.decide(&[interval(current, 1000, 1000, 19.0)]);
         assert!(decisions.iter().all(|d| d.allocation.gpu_pct == 40.0), "{decisions:?}");
     }
+}
+
+// The batch rule takes the time batches run, not the end-to-end p99: with a 100 ms backlog p99
+// but batches of 8 running in 4 ms (t = 0.5 ms per item, 16 ms of headroom under a 20 ms SLO),
+// the batch grows by 16/0.5 = 32 to 40, where a p99-based rule would shrink it to 1.
+#[test]
+fn gslice_sizes_the_batch_from_the_time_batches_run() {
+    let mut policy = build("gslice", &[context("toy", toy_latency(), 20.0, 0)], None).unwrap();
+    let current = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let mut observed = interval(current, 1000, 1000, 100.0);
+    observed.batches = vec![BatchSample { size: 8, gpu_pct: 40.0, exec_ms: 4.0 }; 10];
+    let decisions = policy.decide(&[observed]);
+    assert_eq!(decisions[0].allocation.max_batch, 40, "{}", decisions[0].reason);
+    // Without batches run in the interval, the batch stays.
+    let decisions = policy.decide(&[interval(current, 1000, 1000, 100.0)]);
+    assert!(decisions.iter().all(|d| d.allocation.max_batch == 8), "{decisions:?}");
 }
 
 #[test]
