@@ -339,3 +339,28 @@ fn gpu_run_serves_temporal_and_default_mps_without_slices() {
         }
     }
 }
+
+#[test]
+fn evaluate_sweeps_the_load_and_refuses_a_bad_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--log", "warn", "evaluate", "--quiet", "--seeds", "1", "--policies", "temporal,model-based"];
+    let out = gpuslice(&[&args[..], &["--load-scales", "0.5,2", "--out", dir.path().to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("load x0.5") && text.contains("load x2"), "{text}");
+    let rows = csv_rows(&dir.path().join("load-sweep.csv"));
+    assert_eq!(rows.len(), 4, "two policies at two loads");
+    let arrivals = |policy: &str, scale: f64| -> f64 {
+        let row = rows.iter().find(|r| r["policy"] == policy && r["load_scale"].parse::<f64>() == Ok(scale)).unwrap();
+        row["arrivals_rps"].parse().unwrap()
+    };
+    let ratio = arrivals("temporal", 2.0) / arrivals("temporal", 0.5);
+    assert!((3.6..4.4).contains(&ratio), "x2 against x0.5 offered {ratio:.2}x the load");
+    for svg in ["goodput-vs-load.svg", "slo-vs-load.svg"] {
+        let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("model-based"), "{svg}");
+    }
+    let bad = gpuslice(&[&args[..], &["--load-scale", "0"]].concat());
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("load scale must be > 0"), "{}", stderr(&bad));
+}
