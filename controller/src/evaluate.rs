@@ -129,7 +129,7 @@ pub fn sweep_table(points: &[LoadPoint], policies: &[String], reference: Option<
         let mut row = vec![policy.clone()];
         for point in points {
             let goodput = mean_goodput(&point.results, policy);
-            let attainment = policy_stat(&point.results, policy, |r| r.run.report.total.slo_attainment * 100.0).0;
+            let attainment = mean_attainment_pct(&point.results, policy);
             let versus = reference
                 .map(|r| mean_goodput(&point.results, r))
                 .filter(|g| *g > 0.0)
@@ -184,7 +184,7 @@ pub fn write_sweep(dir: &Path, points: &[LoadPoint], policies: &[String], refere
         "SLO attainment against offered load",
         "load scale (x the scenario's)",
         "SLO met (%)",
-        &series(&|results, policy| policy_stat(results, policy, |r| r.run.report.total.slo_attainment * 100.0).0),
+        &series(&mean_attainment_pct),
     )?;
     Ok(())
 }
@@ -199,6 +199,11 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 /// Mean goodput of a policy over its seeds.
 pub fn mean_goodput(results: &[PolicyResult], policy: &str) -> f64 {
     policy_stat(results, policy, |r| r.run.report.total.goodput_rps).0
+}
+
+/// Mean SLO attainment (%) of a policy over its seeds.
+fn mean_attainment_pct(results: &[PolicyResult], policy: &str) -> f64 {
+    policy_stat(results, policy, |r| r.run.report.total.slo_attainment * 100.0).0
 }
 
 /// The comparison table: one row per policy, means over seeds (± standard deviation).

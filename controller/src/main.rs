@@ -445,16 +445,16 @@ fn run(command: Command) -> Result<()> {
         Command::Evaluate { scenario, policies, seeds, load_scale, load_scales, reference, out, quiet } => {
             let mut loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
             let seeds = seeds.max(1);
+            let reference_policy = policies.contains(&reference).then_some(reference.as_str());
             if !load_scales.is_empty() {
                 let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, !quiet)?;
                 println!(
                     "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met, goodput / {reference}'s at the same load",
                     loaded.scenario.name
                 );
-                let reference = policies.contains(&reference).then_some(reference.as_str());
-                println!("{}", evaluate::sweep_table(&points, &policies, reference));
+                println!("{}", evaluate::sweep_table(&points, &policies, reference_policy));
                 if let Some(dir) = out {
-                    evaluate::write_sweep(&dir, &points, &policies, reference)?;
+                    evaluate::write_sweep(&dir, &points, &policies, reference_policy)?;
                     tracing::info!(dir = %dir.display(), "results written");
                 }
                 return Ok(());
@@ -465,8 +465,7 @@ fn run(command: Command) -> Result<()> {
                 "{} — {seeds} seed(s), means ± standard deviation; vs ref = goodput / {reference}'s",
                 loaded.scenario.name
             );
-            let reference = policies.contains(&reference).then_some(reference.as_str());
-            println!("{}", evaluate::table(&results, &policies, reference));
+            println!("{}", evaluate::table(&results, &policies, reference_policy));
             if let Some(dir) = out {
                 evaluate::write(&dir, &results, &policies)?;
                 tracing::info!(dir = %dir.display(), "results written");

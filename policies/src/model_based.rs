@@ -327,20 +327,15 @@ impl Policy for ModelBased {
             remaining = 100usize.saturating_sub(gpu.iter().sum());
         }
 
-        // Leftover first lifts models towards what draining their backlog, their recent peak rate
-        // and their largest burst need.
+        // Leftover first lifts models towards what their recent peak rate (with their backlog
+        // drained) and their largest burst need.
         for &m in order.iter().filter(|m| !degraded.contains(m)) {
             let peak = Load {
                 rate: loads[m].peak_rate,
                 capacity_rate: loads[m].peak_rate.max(loads[m].capacity_rate),
                 ..loads[m]
             };
-            let wanted = [loads[m], peak]
-                .into_iter()
-                .map(|load| self.smallest_slice(m, load).unwrap_or(100))
-                .max()
-                .unwrap_or(100)
-                .max(self.burst_slice(m, loads[m].peak_burst));
+            let wanted = self.smallest_slice(m, peak).unwrap_or(100).max(self.burst_slice(m, loads[m].peak_burst));
             let extra = wanted.saturating_sub(gpu[m]).min(remaining);
             gpu[m] += extra;
             remaining -= extra;
