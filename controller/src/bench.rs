@@ -4,7 +4,6 @@
 use crate::scenario::LoadedScenario;
 use crate::simulate;
 use anyhow::{Context, Result};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,8 +48,7 @@ pub fn run(quick: bool, out: Option<&Path>) -> Result<()> {
     if !quick {
         rows.push(bench_one(AZURE_DAY_SCENARIO, "builtin:azure-functions-day")?);
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = crate::output::table(vec![
         "scenario",
         "simulated s",
         "arrivals",

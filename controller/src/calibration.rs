@@ -12,7 +12,7 @@
 
 use crate::profile::ColocationRow;
 use anyhow::{Context, Result, bail};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use gpuslice_simulator::{Allocation, ModelSetup, ServiceModel, Sharing, SimConfig, Simulator, secs_to_ns};
 use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
@@ -452,8 +452,7 @@ fn percent(x: f64) -> String {
 
 /// Predicted against measured per co-located model; groups in `fitted_on` are marked.
 pub fn group_table(predictions: &[GroupPrediction], fitted_on: &[String]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = crate::output::table(vec![
         "group",
         "model",
         "GPU%",
@@ -533,8 +532,7 @@ pub fn validate_held_out(set: &ProfileSet, held_out: &[f64]) -> Result<Vec<HeldO
 
 /// Per model: held-out points, and the largest p50 and p99 errors.
 pub fn held_out_table(points: &[HeldOutPoint]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = crate::output::table(vec![
         "model",
         "points",
         "median |p50 error|",

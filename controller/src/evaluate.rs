@@ -6,7 +6,7 @@ use crate::plot::{Series, line_chart};
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice, SimRun};
 use anyhow::Result;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use gpuslice_simulator::{ModelInterval, Sharing};
 use serde::Serialize;
 use std::path::Path;
@@ -123,8 +123,7 @@ fn policy_stat(results: &[PolicyResult], policy: &str, f: impl Fn(&PolicyResult)
 pub fn sweep_table(points: &[LoadPoint], policies: &[String], reference: Option<&str>) -> Table {
     let mut header = vec!["policy".to_string()];
     header.extend(points.iter().map(|p| format!("load x{}", p.scale)));
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    let mut table = crate::output::table(header);
     for policy in policies {
         let mut row = vec![policy.clone()];
         for point in points {
@@ -216,8 +215,7 @@ pub fn table(results: &[PolicyResult], policies: &[String], reference: Option<&s
             .map(|s| s.to_string())
             .collect();
     header.extend(models.iter().map(|m| format!("p99 {m}")));
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    let mut table = crate::output::table(header);
     let reference_goodput = reference.map(|r| mean_goodput(results, r));
     for policy in policies {
         let runs: Vec<&PolicyResult> = results.iter().filter(|r| &r.policy == policy).collect();

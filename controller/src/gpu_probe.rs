@@ -4,7 +4,6 @@
 
 use crate::colocate::{Placement, run_together, spawn_all, worker_spec};
 use anyhow::Result;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use gpuslice_backends::gpu::mps::MpsDaemon;
 use serde::Serialize;
 use std::path::Path;
@@ -86,8 +85,7 @@ pub fn run(
             imgs_per_s: r.items_per_s,
         })
         .collect();
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = crate::output::table(vec![
         "mode",
         "model",
         "GPU%",

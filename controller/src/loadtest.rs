@@ -9,7 +9,7 @@ use crate::proto::controller_client::ControllerClient;
 use crate::proto::register_model_request::Profile;
 use crate::proto::*;
 use anyhow::{Context, Result};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -68,10 +68,8 @@ pub struct LoadTestReport {
 
 impl LoadTestReport {
     pub fn table(&self) -> Table {
-        let mut table = Table::new();
-        table
-            .load_preset(UTF8_FULL_CONDENSED)
-            .set_header(vec!["calls", "sent", "answered", "failed", "rate/s", "p50 ms", "p99 ms", "max ms"]);
+        let mut table =
+            crate::output::table(vec!["calls", "sent", "answered", "failed", "rate/s", "p50 ms", "p99 ms", "max ms"]);
         for s in [&self.infer, &self.control] {
             let ms = |q: f64| format!("{:.2}", s.latency_us.value_at_quantile(q) as f64 / 1000.0);
             table.add_row(vec![

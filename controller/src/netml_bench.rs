@@ -3,7 +3,6 @@
 //! completion event — after checking that each mode delivers the images intact.
 
 use anyhow::{Context, Result, ensure};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use gpuslice_backends::netml::gpu::{GpuTransfer, TransferMode, stage_image};
 use gpuslice_backends::netml::pool::PacketPool;
 use serde::Serialize;
@@ -67,8 +66,7 @@ pub fn run(batches: &[usize], repeats: usize, out: Option<&Path>) -> Result<()> 
             });
         }
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = crate::output::table(vec![
         "mode",
         "batch",
         "CPU us/batch",

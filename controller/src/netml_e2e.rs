@@ -11,7 +11,6 @@
 //!   arrival until it is on the GPU (arrival of the rest, then the transfer).
 
 use anyhow::{Context, Result, bail};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use gpuslice_backends::gpu::mps::MpsDaemon;
 use gpuslice_backends::gpu::worker::{Worker, WorkerSpec, default_script};
 use gpuslice_backends::netml::gpu::{GpuTransfer, TransferMode};
@@ -284,8 +283,7 @@ pub fn run(o: &E2eOptions) -> Result<()> {
         line_rate_rows.push(row);
         next_id = id;
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = crate::output::table(vec![
         "mode",
         "images",
         "lost",
@@ -314,8 +312,7 @@ pub fn run(o: &E2eOptions) -> Result<()> {
         o.model, o.batch, o.window
     );
     println!("{table}");
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = crate::output::table(vec![
         "mode",
         "arrival ms (p50)",
         "arrival Gbit/s",

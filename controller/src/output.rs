@@ -8,10 +8,16 @@ use gpuslice_simulator::{ModelInterval, Report, Summary};
 use serde::Serialize;
 use std::path::Path;
 
+/// An empty terminal table in the house style, with `header`.
+pub fn table<T: Into<comfy_table::Cell>>(header: impl IntoIterator<Item = T>) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    table
+}
+
 /// The per-model table of a finished run, with a total row.
 pub fn summary_table(report: &Report) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = table(vec![
         "model",
         "GPU%",
         "batch",
@@ -98,8 +104,7 @@ pub fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -
 
 /// Per model, where its requests' time went on the GPU backend.
 pub fn stage_table(stages: &[gpuslice_backends::StageSummary]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = table(vec![
         "model",
         "requests",
         "queue p50 ms",
@@ -202,16 +207,8 @@ pub fn fit_table(
     set: &gpuslice_traces::ProfileSet,
     fitted: &std::collections::BTreeMap<String, gpuslice_traces::LatencyModel>,
 ) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "model",
-        "points",
-        "GPU% levels",
-        "exponent p",
-        "p from",
-        "RMS rel. error",
-        "max rel. error",
-    ]);
+    let mut table =
+        table(vec!["model", "points", "GPU% levels", "exponent p", "p from", "RMS rel. error", "max rel. error"]);
     for (name, model) in fitted {
         let levels: Vec<String> = set.models[name].gpu_levels().iter().map(|g| format!("{g:.0}")).collect();
         table.add_row(vec![

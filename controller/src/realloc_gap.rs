@@ -192,8 +192,7 @@ pub fn run(o: ReallocGapOptions) -> Result<()> {
 }
 
 fn table(results: &[WayResult]) -> String {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED).set_header(vec![
+    let mut t = crate::output::table(vec![
         "way",
         "partitions",
         "steady batch ms",
