@@ -30,6 +30,29 @@ fn batches_go_through_shared_memory_and_come_back_timed() {
     }
 }
 
+/// Two batches in flight at once, each in its own shared-memory slot, completed in order; a third
+/// waits for a slot, and `run` is refused while batches are in flight.
+#[test]
+fn a_worker_holds_two_batches_in_their_own_slots() {
+    let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
+    let first = worker.submit(4, 0, |input| input[..8].copy_from_slice(b"batch--1")).unwrap();
+    let second = worker.submit(8, 0, |input| input[..8].copy_from_slice(b"batch--2")).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(worker.in_flight(), 2);
+    let err = worker.submit(1, 0, |_| ()).unwrap_err();
+    assert!(matches!(err, WorkerError::Full { .. }), "{err}");
+    assert!(worker.run(1).is_err(), "run needs an idle worker");
+    let a = worker.complete().unwrap();
+    let b = worker.complete().unwrap();
+    assert_eq!((a.slot, b.slot), (first, second), "completed in the order handed over");
+    assert!(b.done >= a.done && b.times.round_trip.as_secs_f64() * 1e3 >= 4.0, "the second waited for the first");
+    assert_eq!(&worker.output_of(first)[..8], b"batch--1");
+    assert_eq!(&worker.output_of(second)[..8], b"batch--2");
+    assert_eq!(worker.in_flight(), 0);
+    assert!(worker.try_complete().unwrap().is_none(), "nothing in flight");
+    worker.run(1).unwrap();
+}
+
 #[test]
 fn a_batch_without_a_graph_and_a_dead_worker_are_clear_errors() {
     let mut worker = Worker::spawn(&fake("vgg16")).unwrap();

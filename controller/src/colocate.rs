@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 use gpuslice_backends::gpu::mps::MpsDaemon;
-use gpuslice_backends::gpu::worker::{Worker, WorkerSpec, default_script};
+use gpuslice_backends::gpu::worker::{SLOTS, StageTimes, Worker, WorkerSpec, default_script};
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 
@@ -111,13 +111,17 @@ impl LoopResult {
 }
 
 /// Runs every worker back to back at its batch size for `duration`, all starting together after
-/// `warmup` (not recorded).
+/// `warmup` (not recorded), each holding `in_flight` batches (1 to `SLOTS`: with 2 the next
+/// batch is handed over while one runs, as the GPU backend serves; the round trip then includes
+/// waiting behind the batch ahead).
 pub fn run_together(
     workers: &mut [Worker],
     batches: &[u32],
+    in_flight: usize,
     warmup: Duration,
     duration: Duration,
 ) -> Result<Vec<LoopResult>> {
+    anyhow::ensure!((1..=SLOTS).contains(&in_flight), "batches in flight must be 1 to {SLOTS}, not {in_flight}");
     let start_line = Instant::now() + Duration::from_millis(100);
     std::thread::scope(|scope| {
         let handles: Vec<_> = workers
@@ -128,19 +132,29 @@ pub fn run_together(
                     let new = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
                     let (mut gpu_us, mut round_trip_us) = (new(), new());
                     std::thread::sleep(start_line.saturating_duration_since(Instant::now()));
+                    let mut next = || -> Result<StageTimes> {
+                        while worker.in_flight() < in_flight {
+                            worker.submit(batch, 0, |_| ())?;
+                        }
+                        Ok(worker.complete()?.times)
+                    };
                     let warm_until = Instant::now() + warmup;
                     while Instant::now() < warm_until {
-                        worker.run(batch)?;
+                        next()?;
                     }
                     let started = Instant::now();
                     let mut done = 0;
                     while started.elapsed() < duration {
-                        let t = worker.run(batch)?;
+                        let t = next()?;
                         gpu_us.record((t.infer_ms * 1000.0) as u64 + 1)?;
                         round_trip_us.record(t.round_trip.as_micros() as u64 + 1)?;
                         done += 1;
                     }
                     let items_per_s = (done * batch as u64) as f64 / started.elapsed().as_secs_f64();
+                    // Batches still in flight complete before the worker serves anything else.
+                    while worker.in_flight() > 0 {
+                        worker.complete()?;
+                    }
                     Ok(LoopResult { gpu_us, round_trip_us, batches: done, items_per_s })
                 })
             })

@@ -47,6 +47,7 @@ pub fn run(
     models: &str,
     batch: u32,
     seconds: f64,
+    in_flight: usize,
     sharing: ProbeSharing,
     label: &str,
     out: Option<&Path>,
@@ -68,7 +69,8 @@ pub fn run(
         .collect();
     let mut workers = spawn_all(&specs)?;
     let batches: Vec<u32> = placements.iter().map(|p| p.batch).collect();
-    let results = run_together(&mut workers, &batches, Duration::from_millis(500), Duration::from_secs_f64(seconds))?;
+    let results =
+        run_together(&mut workers, &batches, in_flight, Duration::from_millis(500), Duration::from_secs_f64(seconds))?;
     let rows: Vec<Row> = placements
         .iter()
         .zip(&results)

@@ -181,6 +181,10 @@ enum Command {
         /// How long to run, in seconds.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Batches each worker holds at once: 2 hands the next batch over while one runs (as the
+        /// GPU backend serves), 1 waits for each batch before handing over the next.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        in_flight: u8,
         /// Run without MPS: the driver time-slices the workers (temporal sharing); GPU% ignored.
         #[arg(long, conflicts_with = "green")]
         no_mps: bool,
@@ -520,14 +524,14 @@ fn run(command: Command) -> Result<()> {
                 out: out.as_deref(),
             })
         }
-        Command::GpuProbe { models, batch, seconds, no_mps, green, total_sms, label, out } => {
+        Command::GpuProbe { models, batch, seconds, in_flight, no_mps, green, total_sms, label, out } => {
             use gpuslice::gpu_probe::ProbeSharing;
             let sharing = match (no_mps, green) {
                 (true, _) => ProbeSharing::Temporal,
                 (false, true) => ProbeSharing::Green { total_sms },
                 (false, false) => ProbeSharing::Mps,
             };
-            gpuslice::gpu_probe::run(&models, batch, seconds, sharing, &label, out.as_deref())
+            gpuslice::gpu_probe::run(&models, batch, seconds, in_flight.into(), sharing, &label, out.as_deref())
         }
         Command::ReallocGap { model, pcts, green_sms, batch, switches, batches_between, out } => {
             gpuslice::realloc_gap::run(gpuslice::realloc_gap::ReallocGapOptions {

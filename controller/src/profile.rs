@@ -198,7 +198,7 @@ fn profile_groups(o: &ProfileOptions, groups: &[Vec<Placement>], mps: Option<&Mp
     for p in &placements {
         bar.set_message(format!("{} alone", p.label()));
         let worker = workers.get_mut(&p.label()).expect("spawned");
-        let alone = run_together(std::slice::from_mut(worker), &[p.batch], warmup, seconds / 2)?;
+        let alone = run_together(std::slice::from_mut(worker), &[p.batch], 1, warmup, seconds / 2)?;
         solo.insert(p.label(), alone.into_iter().next().expect("one result"));
         bar.inc(1);
     }
@@ -208,7 +208,7 @@ fn profile_groups(o: &ProfileOptions, groups: &[Vec<Placement>], mps: Option<&Mp
         bar.set_message(label.clone());
         let mut together: Vec<Worker> = group.iter().map(|p| workers.remove(&p.label()).expect("spawned")).collect();
         let batches: Vec<u32> = group.iter().map(|p| p.batch).collect();
-        let results = run_together(&mut together, &batches, warmup, seconds);
+        let results = run_together(&mut together, &batches, 1, warmup, seconds);
         for (p, worker) in group.iter().zip(together) {
             workers.insert(p.label(), worker);
         }

@@ -7,14 +7,14 @@
 
 use super::mps::MpsDaemon;
 use super::telemetry::Telemetry;
-use super::worker::{INPUT_BYTES_PER_ITEM, StageTimes, Worker, WorkerError, WorkerSpec};
+use super::worker::{Completion, INPUT_BYTES_PER_ITEM, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
 use crate::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_simulator::{
     Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket,
 };
 use gpuslice_traces::ArrivalProcess;
 use hdrhistogram::Histogram;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -133,8 +133,8 @@ struct Shared {
     samples: Vec<BatchSample>,
     /// No more requests will come (the arrival process ended, or the model was retired).
     arrivals_done: bool,
-    /// A batch is running on the worker.
-    in_flight: bool,
+    /// Batches handed to workers and not completed.
+    in_flight: usize,
     stop: bool,
     /// Set when the worker died; the model serves nothing more.
     failed: Option<String>,
@@ -271,8 +271,59 @@ fn feed(
     })
 }
 
-/// A model's dispatcher: forms batches from its queue and runs them on its active worker,
-/// switching workers between two batches when the backend reallocates.
+/// A batch handed to a worker and not completed yet.
+struct Running {
+    requests: Vec<Queued>,
+    /// Its worker's index in the dispatcher's pool.
+    worker: usize,
+    graph: u32,
+    submitted: Instant,
+}
+
+/// When a worker that runs a batch gets the next one: one hand-off before the running batch is
+/// expected to end, so the GPU does not idle through the hand-off (writing the inputs, the
+/// command, the worker's launch), while the next batch gathers requests until then. Learned from
+/// the worker's completions.
+#[derive(Default)]
+struct Pace {
+    /// Per (worker, graph batch size): how long its last batch held the worker.
+    service: HashMap<(usize, u32), Duration>,
+    /// Per worker: when its last batch completed.
+    last_done: HashMap<usize, Instant>,
+    /// A batch handed to an idle worker: its round trip less its GPU stages (moving average).
+    hand_off: Option<Duration>,
+}
+
+impl Pace {
+    /// When a batch began on its worker: at its hand-off, or when the batch ahead completed.
+    fn began(&self, worker: usize, submitted: Instant) -> Instant {
+        self.last_done.get(&worker).map_or(submitted, |done| submitted.max(*done))
+    }
+
+    /// Learns from a completed batch; returns when it began and how long it held the worker.
+    fn completed(&mut self, worker: usize, graph: u32, c: &Completion) -> (Instant, Duration) {
+        let began = self.began(worker, c.submitted);
+        let service = c.done - began;
+        if began == c.submitted {
+            let gpu = Duration::from_secs_f64((c.times.h2d_ms + c.times.infer_ms + c.times.d2h_ms).max(0.0) * 1e-3);
+            let overhead = c.times.round_trip.saturating_sub(gpu);
+            self.hand_off = Some(self.hand_off.map_or(overhead, |h| h.mul_f64(0.8) + overhead.mul_f64(0.2)));
+        }
+        self.service.insert((worker, graph), service);
+        self.last_done.insert(worker, c.done);
+        (began, service)
+    }
+
+    /// When `worker`, running a batch of `graph` handed over at `submitted`, may get the next
+    /// one; `None` until its time is known (the next batch then waits for the completion).
+    fn next_hand_off(&self, worker: usize, graph: u32, submitted: Instant) -> Option<Instant> {
+        let expected_end = self.began(worker, submitted) + *self.service.get(&(worker, graph))?;
+        Some(expected_end.checked_sub(self.hand_off?).unwrap_or(submitted).max(submitted))
+    }
+}
+
+/// A model's dispatcher: forms batches from its queue and hands them to its active worker (up
+/// to `SLOTS` at once), switching workers between two batches when the backend reallocates.
 struct Dispatcher {
     index: usize,
     shared: Arc<(Mutex<Shared>, Condvar)>,
@@ -283,16 +334,33 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Wakes this dispatcher when `worker` writes a completion.
+    fn wake_on_completion(&self, worker: &Worker) {
+        let shared = self.shared.clone();
+        worker.on_output(Box::new(move || {
+            let (lock, ready) = &*shared;
+            // Taking the lock orders this after the dispatcher's check for completions.
+            let _held = lock.lock();
+            ready.notify_all();
+        }));
+    }
+
     fn serve(self, mut pool: Vec<(Worker, f64)>, mut active: usize) {
         let (lock, ready) = &*self.shared;
-        let since_start = |t: Instant| t.saturating_duration_since(self.started).as_nanos() as u64;
+        for (worker, _) in &pool {
+            self.wake_on_completion(worker);
+        }
+        let mut running: VecDeque<Running> = VecDeque::new();
+        let mut pace = Pace::default();
+        // A standby worker that takes over once the old ones have completed what they hold.
+        let mut switching: Option<(Box<Worker>, f64)> = None;
         loop {
             // A reallocation takes effect between two batches.
             while let Ok(handover) = self.standby.try_recv() {
                 match handover {
                     Handover::Started(worker, pct) => {
-                        pool = vec![(*worker, pct)];
-                        active = 0;
+                        self.wake_on_completion(&worker);
+                        switching = Some((worker, pct));
                     }
                     Handover::Level(pct) => {
                         active = pool.iter().position(|(_, p)| *p == pct).unwrap_or(active);
@@ -300,6 +368,21 @@ impl Dispatcher {
                 }
             }
             let mut s = lock.lock().expect("model state");
+            // Checked under the lock: a completion written after this check wakes the wait below.
+            if let Err(e) = self.collect(&mut s, &mut pool, &mut running, &mut pace) {
+                self.fail(&mut s, e, running);
+                return;
+            }
+            if running.is_empty()
+                && let Some((worker, pct)) = switching.take()
+            {
+                drop(s);
+                let old = std::mem::replace(&mut pool, vec![(*worker, pct)]);
+                // Old workers take a moment to exit: not on the serving thread.
+                std::thread::spawn(move || drop(old));
+                (active, pace) = (0, Pace::default());
+                continue;
+            }
             let now = Instant::now();
             if let Some(limit) = self.drop_after {
                 let expired = s.queue.iter().take_while(|r| now - r.arrival > limit).count();
@@ -307,7 +390,7 @@ impl Dispatcher {
                 s.drop_requests(dropped.into_iter());
             }
             let Some(head) = s.queue.front().map(|r| r.arrival) else {
-                if s.stop || s.arrivals_done {
+                if (s.stop || s.arrivals_done) && running.is_empty() {
                     return;
                 }
                 drop(ready.wait_timeout(s, Duration::from_millis(5)).expect("model state"));
@@ -315,66 +398,108 @@ impl Dispatcher {
             };
             let a = s.allocation;
             let max = (a.max_batch as usize).min(*GRAPH_BATCHES.last().expect("graphs") as usize);
-            let deadline = head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3);
-            if s.queue.len() < max && now < deadline && !s.arrivals_done {
-                drop(ready.wait_timeout(s, deadline - now).expect("model state"));
-                continue;
+            let full = s.queue.len() >= max;
+            // A batch is formed when full or when its first request has waited the batch timeout,
+            // and goes when its worker is ready for it.
+            let formed_at =
+                if full || s.arrivals_done { now } else { head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) };
+            let held: Vec<&Running> = running.iter().filter(|r| r.worker == active).collect();
+            let worker_ready_at = match held.last() {
+                _ if switching.is_some() || held.len() >= SLOTS => None,
+                None => Some(now),
+                Some(_) if full => Some(now),
+                Some(r) => pace.next_hand_off(active, r.graph, r.submitted),
+            };
+            match worker_ready_at.map(|at| at.max(formed_at)) {
+                Some(at) if at <= now => {}
+                wait => {
+                    // Until then, a completion or an arrival: whichever comes first.
+                    let timeout = wait.map_or(Duration::from_millis(5), |at| at - now);
+                    drop(ready.wait_timeout(s, timeout).expect("model state"));
+                    continue;
+                }
             }
             let n = s.queue.len().min(max);
-            let batch: Vec<Queued> = s.queue.drain(..n).collect();
-            s.in_flight = true;
+            let requests: Vec<Queued> = s.queue.drain(..n).collect();
+            s.in_flight += 1;
             drop(s);
-            let (worker, gpu_pct) = &mut pool[active];
-            // The requests' inputs go to the worker's shared memory (their payload bytes).
             let graph = graph_for(n);
-            // The policy plans on what the slice serves per batch: payload hand-off, copies
-            // and the worker's round trip included, not the GPU time alone.
-            let started = Instant::now();
-            worker.input_mut()[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0);
-            let result = worker.run(graph);
-            let done = Instant::now();
-            let mut s = lock.lock().expect("model state");
-            s.in_flight = false;
-            match result {
-                Ok(times) => {
-                    let arrivals: Vec<Instant> = batch.iter().map(|r| r.arrival).collect();
-                    s.stages.record(&arrivals, started, done, &times);
-                    s.total.batches += 1;
-                    s.interval.batches += 1;
-                    let busy = (done - started).as_nanos() as f64 * *gpu_pct;
-                    s.total.sm_pct_ns += busy;
-                    s.interval.sm_pct_ns += busy;
-                    let exec_ms = (done - started).as_secs_f64() * 1e3;
-                    s.samples.push(BatchSample { size: graph, gpu_pct: *gpu_pct, exec_ms });
-                    for r in batch {
-                        let latency = (done - r.arrival).as_nanos() as u64;
-                        s.total.record_latency(latency, latency <= self.slo_ns);
-                        s.interval.record_latency(latency, latency <= self.slo_ns);
-                        if r.ticket != 0 {
-                            s.finished.push(RequestRecord {
-                                ticket: r.ticket,
-                                model: self.index,
-                                arrival_ns: since_start(r.arrival),
-                                start_ns: since_start(started),
-                                end_ns: since_start(done),
-                                solo_ns: (done - started).as_nanos() as u64,
-                                batch_size: n as u32,
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Nothing accepted is lost silently: the batch and the queue are dropped and
-                    // their submitters told; the model takes no more requests.
-                    tracing::error!(error = %e, "worker failed; its requests are dropped");
-                    let queued: Vec<Queued> = s.queue.drain(..).collect();
-                    s.drop_requests(batch.into_iter().chain(queued));
-                    s.failed = Some(e.to_string());
-                    s.stop = true;
-                    return;
-                }
+            let submitted = Instant::now();
+            // The requests' inputs go to the worker's shared memory (their payload bytes).
+            let handed =
+                pool[active].0.submit(graph, 0, |input| input[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0));
+            running.push_back(Running { requests, worker: active, graph, submitted });
+            if let Err(e) = handed {
+                self.fail(&mut lock.lock().expect("model state"), e, running);
+                return;
             }
         }
+    }
+
+    /// Records every batch that has completed, oldest first per worker.
+    fn collect(
+        &self,
+        s: &mut Shared,
+        pool: &mut [(Worker, f64)],
+        running: &mut VecDeque<Running>,
+        pace: &mut Pace,
+    ) -> Result<(), WorkerError> {
+        let mut workers: Vec<usize> = running.iter().map(|r| r.worker).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        for w in workers {
+            let (worker, gpu_pct) = &mut pool[w];
+            while let Some(completion) = worker.try_complete()? {
+                let i = running.iter().position(|r| r.worker == w).expect("a batch of this worker runs");
+                let batch = running.remove(i).expect("index");
+                self.record(s, batch, &completion, *gpu_pct, pace);
+            }
+        }
+        Ok(())
+    }
+
+    /// A completed batch: stage times, the sample the policy learns from (how long the batch held
+    /// the worker: the slice's whole per-batch cycle, not the GPU time alone) and each request.
+    fn record(&self, s: &mut Shared, batch: Running, c: &Completion, gpu_pct: f64, pace: &mut Pace) {
+        let since_start = |t: Instant| t.saturating_duration_since(self.started).as_nanos() as u64;
+        let (began, service) = pace.completed(batch.worker, batch.graph, c);
+        s.in_flight -= 1;
+        let arrivals: Vec<Instant> = batch.requests.iter().map(|r| r.arrival).collect();
+        s.stages.record(&arrivals, began, c.done, &c.times);
+        s.total.batches += 1;
+        s.interval.batches += 1;
+        let busy = service.as_nanos() as f64 * gpu_pct;
+        s.total.sm_pct_ns += busy;
+        s.interval.sm_pct_ns += busy;
+        s.samples.push(BatchSample { size: batch.graph, gpu_pct, exec_ms: service.as_secs_f64() * 1e3 });
+        let size = batch.requests.len() as u32;
+        for r in batch.requests {
+            let latency = (c.done - r.arrival).as_nanos() as u64;
+            s.total.record_latency(latency, latency <= self.slo_ns);
+            s.interval.record_latency(latency, latency <= self.slo_ns);
+            if r.ticket != 0 {
+                s.finished.push(RequestRecord {
+                    ticket: r.ticket,
+                    model: self.index,
+                    arrival_ns: since_start(r.arrival),
+                    start_ns: since_start(began),
+                    end_ns: since_start(c.done),
+                    solo_ns: service.as_nanos() as u64,
+                    batch_size: size,
+                });
+            }
+        }
+    }
+
+    /// Nothing accepted is lost silently: the batches in flight and the queue are dropped and
+    /// their submitters told; the model takes no more requests.
+    fn fail(&self, s: &mut Shared, e: WorkerError, running: VecDeque<Running>) {
+        tracing::error!(error = %e, "worker failed; its requests are dropped");
+        let queued: Vec<Queued> = s.queue.drain(..).collect();
+        s.drop_requests(running.into_iter().flat_map(|r| r.requests).chain(queued));
+        s.in_flight = 0;
+        s.failed = Some(e.to_string());
+        s.stop = true;
     }
 }
 
@@ -459,7 +584,7 @@ impl GpuBackend {
                 interval: Counters::new(),
                 samples: Vec::new(),
                 arrivals_done: false,
-                in_flight: false,
+                in_flight: 0,
                 stop: false,
                 failed: None,
             }),
@@ -587,7 +712,7 @@ impl GpuBackend {
     fn drained(&self) -> bool {
         self.models.iter().all(|m| {
             let s = m.shared.0.lock().expect("model state");
-            (s.arrivals_done && s.queue.is_empty() && !s.in_flight) || s.stop
+            (s.arrivals_done && s.queue.is_empty() && s.in_flight == 0) || s.stop
         })
     }
 }
@@ -718,7 +843,41 @@ impl Drop for GpuBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::WorkerTemplate;
+    use super::{Completion, Pace, StageTimes, WorkerTemplate};
+    use std::time::{Duration, Instant};
+
+    fn completion(submitted: Instant, done: Instant, gpu_ms: f64) -> Completion {
+        let times = StageTimes { h2d_ms: 0.0, infer_ms: gpu_ms, d2h_ms: 0.0, round_trip: done - submitted };
+        Completion { slot: 0, submitted, done, times }
+    }
+
+    /// The next batch goes one hand-off (round trip less GPU time, seen on an idle worker) before
+    /// the running batch is expected to end (when it began plus its size's last time).
+    #[test]
+    fn the_next_batch_goes_one_hand_off_before_the_running_one_ends() {
+        let ms = |n: f64| Duration::from_secs_f64(n * 1e-3);
+        let t0 = Instant::now();
+        let mut pace = Pace::default();
+        assert_eq!(pace.next_hand_off(0, 8, t0), None, "nothing known: wait for the completion");
+        // Alone on the worker: 3 ms round trip, 2.5 ms of it on the GPU.
+        let (began, service) = pace.completed(0, 8, &completion(t0, t0 + ms(3.0), 2.5));
+        assert_eq!((began, service), (t0, ms(3.0)));
+        // Handed over after that: it ends 3 ms later, the next goes 0.5 ms before.
+        let t1 = t0 + ms(4.0);
+        assert_eq!(pace.next_hand_off(0, 8, t1), Some(t1 + ms(2.5)));
+        assert_eq!(pace.next_hand_off(0, 16, t1), None, "batch 16's time is not known");
+        assert_eq!(pace.next_hand_off(1, 8, t1), None, "nor this batch's on another worker");
+        // Handed over while the first still ran: it began when the first completed.
+        let early = t0 + ms(1.0);
+        assert_eq!(pace.next_hand_off(0, 8, early), Some(t0 + ms(5.5)));
+        let (began, service) = pace.completed(0, 8, &completion(early, t0 + ms(5.8), 2.5));
+        assert_eq!((began, service), (t0 + ms(3.0), ms(2.8)), "it held the worker from the first one's end");
+        assert_eq!(pace.hand_off, Some(ms(0.5)), "a batch that waited behind another says nothing of the hand-off");
+        // A second batch alone: the hand-off is a moving average (0.8 * 0.5 + 0.2 * 1.0 ms).
+        let t2 = t0 + ms(10.0);
+        pace.completed(0, 8, &completion(t2, t2 + ms(3.5), 2.5));
+        assert_eq!(pace.hand_off.map(|h| (h.as_secs_f64() * 1e6).round()), Some(600.0));
+    }
 
     #[test]
     fn pool_levels_round_up_where_there_is_room_else_to_what_fits() {
