@@ -151,6 +151,10 @@ pub trait LiveBackend: Send + 'static {
     fn allocation(&self, model: usize) -> Result<Allocation, BackendError>;
     fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
     fn report(&mut self) -> Report;
+    /// The GPU% levels slices are served at, where the backend has such levels (a standby pool).
+    fn slice_levels(&self) -> Vec<f64> {
+        Vec::new()
+    }
 }
 
 /// A model as the backend serves it.
@@ -406,10 +410,20 @@ impl<B: LiveBackend> Live<B> {
         }
     }
 
+    /// Policy `name` for `contexts`, planning on the backend's slice levels.
+    fn build_policy(&self, name: &str, contexts: &[ModelContext]) -> Result<Box<dyn Policy>, LiveError> {
+        let mut policy = gpuslice_policies::build(name, contexts, None).map_err(LiveError::InvalidArgument)?;
+        let levels = self.backend.slice_levels();
+        if policy.sharing() == Sharing::Spatial && !levels.is_empty() {
+            policy.plan_on_levels(&levels);
+        }
+        Ok(policy)
+    }
+
     /// Builds `name` for the current models.
     fn rebuild_policy(&mut self, name: &str) -> Result<(), LiveError> {
         let contexts: Vec<ModelContext> = self.entries.iter().map(|e| e.context.clone()).collect();
-        self.policy = gpuslice_policies::build(name, &contexts, None).map_err(LiveError::InvalidArgument)?;
+        self.policy = self.build_policy(name, &contexts)?;
         self.policy_name = name.to_string();
         Ok(())
     }
@@ -483,8 +497,7 @@ impl<B: LiveBackend> Live<B> {
     fn plan_with(&self, context: &ModelContext) -> Result<(Box<dyn Policy>, Vec<Allocation>), LiveError> {
         let mut contexts: Vec<ModelContext> = self.entries.iter().map(|e| e.context.clone()).collect();
         contexts.push(context.clone());
-        let mut next =
-            gpuslice_policies::build(&self.policy_name, &contexts, None).map_err(LiveError::InvalidArgument)?;
+        let mut next = self.build_policy(&self.policy_name, &contexts)?;
         let initial = next.initial();
         Ok((next, initial))
     }

@@ -105,4 +105,8 @@ impl LiveBackend for GpuBackend {
     fn report(&mut self) -> Report {
         Backend::report(self)
     }
+
+    fn slice_levels(&self) -> Vec<f64> {
+        self.pool_levels().to_vec()
+    }
 }

@@ -278,7 +278,9 @@ enum Command {
         #[arg(long)]
         fake_ms: Option<f64>,
         /// Standby pool: GPU% levels each model keeps a worker at, so a reallocation switches at
-        /// once (allocations are rounded down to a level). Empty: start a worker per change.
+        /// once. The model-based policy plans its slices on these levels; another policy's slice
+        /// takes the level at or above it where the GPU has room, else the one below. Empty:
+        /// start a worker per change.
         #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80")]
         pool_levels: Vec<f64>,
     },

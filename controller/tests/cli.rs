@@ -160,7 +160,13 @@ fn gpu_run_serves_a_scenario_on_workers_and_loses_nothing() {
         assert!(arrivals.parse::<u64>().unwrap() > 100, "{line}");
         assert_eq!((completed, dropped), (arrivals, "0"), "{line}");
     }
-    assert!(std::fs::read_to_string(out.join("decisions.csv")).unwrap().lines().count() > 1);
+    let decisions = csv_rows(&out.join("decisions.csv"));
+    assert!(!decisions.is_empty());
+    // The policy plans on the standby pool's levels (the default 10,20,30,45,60,80).
+    for d in &decisions {
+        let pct: f64 = d["gpu_pct"].parse().unwrap();
+        assert!([10.0, 20.0, 30.0, 45.0, 60.0, 80.0].contains(&pct), "{d:?}");
+    }
     // Per-stage timing per request: the fake worker's 3 ms is the inference stage, and a
     // request's total is at least its queueing plus that.
     let arrivals: u64 = summary.lines().skip(1).map(|l| l.split(',').nth(7).unwrap().parse::<u64>().unwrap()).sum();

@@ -51,6 +51,11 @@ pub trait Policy: Send {
 
     /// Decisions after an interval; `observations[i]` is model i's interval.
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision>;
+
+    /// The backend serves slices at these GPU% only (a standby pool's levels) and rounds any
+    /// other to one of them. A policy that sizes slices plans on them instead, so that it, not
+    /// the rounding, decides which model gets less than it asked. Others ignore it.
+    fn plan_on_levels(&mut self, _levels: &[f64]) {}
 }
 
 /// Names accepted by `build`.

@@ -15,6 +15,8 @@
 //! model towards what its recent peak rate and largest burst need, then goes, a point at a time,
 //! to the model with the least headroom. On its final slice each model takes the feasible batch
 //! with the most spare capacity. Small moves are skipped while the current allocation holds.
+//! Where the backend serves a few GPU% levels only (a standby pool), slices are planned on
+//! those levels (`plan_on_levels`): a need rounds up to a level, leftover goes a level at a time.
 
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
@@ -75,6 +77,37 @@ struct Plan {
 pub struct ModelBased {
     models: Vec<ModelContext>,
     learned: Vec<Learned>,
+    slices: SliceGrid,
+}
+
+/// The GPU% a slice may have: every whole GPU%, or the backend's levels.
+#[derive(Debug, Clone)]
+struct SliceGrid(Vec<usize>);
+
+impl SliceGrid {
+    fn whole() -> SliceGrid {
+        SliceGrid((1..=100).collect())
+    }
+
+    /// The smallest slice, every model's floor.
+    fn lowest(&self) -> usize {
+        self.0[0]
+    }
+
+    /// The smallest slice of at least `g`%.
+    fn at_or_above(&self, g: usize) -> Option<usize> {
+        self.0.iter().copied().find(|&l| l >= g)
+    }
+
+    /// The largest slice of at most `g`% (the lowest if none).
+    fn at_or_below(&self, g: usize) -> usize {
+        self.0.iter().copied().rev().find(|&l| l <= g).unwrap_or(self.lowest())
+    }
+
+    /// The next slice above `g`%.
+    fn above(&self, g: usize) -> Option<usize> {
+        self.at_or_above(g + 1)
+    }
 }
 
 /// The load a model must be planned for in one interval.
@@ -119,7 +152,7 @@ impl ModelBased {
                 }
             })
             .collect();
-        ModelBased { models, learned }
+        ModelBased { models, learned, slices: SliceGrid::whole() }
     }
 
     /// Median service time correction (profile -> this GPU) and the spread seen around it.
@@ -290,16 +323,28 @@ impl Policy for ModelBased {
         crate::gslice::knee_allocations(&self.models)
     }
 
+    fn plan_on_levels(&mut self, levels: &[f64]) {
+        let mut whole: Vec<usize> =
+            levels.iter().filter(|l| **l >= 1.0 && **l <= 100.0).map(|l| l.round() as usize).collect();
+        whole.sort_unstable();
+        whole.dedup();
+        if !whole.is_empty() {
+            self.slices = SliceGrid(whole);
+        }
+    }
+
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
         let n = self.models.len();
         let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
         // What the arrivals alone need: a backlog is drained from leftover GPU only, since under
         // overload a drain requirement would make a model degrade and its backlog never clear.
-        let needed: Vec<Option<usize>> = (0..n).map(|m| self.smallest_slice(m, loads[m].steady())).collect();
+        let slices = &self.slices;
+        let needed: Vec<Option<usize>> =
+            (0..n).map(|m| self.smallest_slice(m, loads[m].steady()).and_then(|g| slices.at_or_above(g))).collect();
 
-        // Every model keeps at least 1% so it still serves; then the slices in priority order,
-        // and within a priority the models that serve the most requests per GPU% first (when
-        // the GPU cannot serve everyone, that keeps the most requests within their SLO);
+        // Every model keeps the smallest slice so it still serves; then the slices in priority
+        // order, and within a priority the models that serve the most requests per GPU% first
+        // (when the GPU cannot serve everyone, that keeps the most requests within their SLO);
         // whoever does not fit degrades.
         let per_pct = |m: usize| needed[m].map_or(0.0, |g| loads[m].rate / g as f64);
         let mut order: Vec<usize> = (0..n).collect();
@@ -307,22 +352,23 @@ impl Policy for ModelBased {
             let (pa, pb) = (self.models[a].priority, self.models[b].priority);
             pb.cmp(&pa).then(per_pct(b).total_cmp(&per_pct(a)))
         });
-        let mut gpu = vec![1usize; n];
-        let mut remaining = 100usize.saturating_sub(n);
+        let floor = slices.lowest();
+        let mut gpu = vec![floor; n];
+        let mut remaining = 100usize.saturating_sub(n * floor);
         let mut degraded = Vec::new();
         for &m in &order {
             match needed[m] {
-                Some(g) if g - 1 <= remaining => {
+                Some(g) if g - floor <= remaining => {
                     gpu[m] = g;
-                    remaining -= g - 1;
+                    remaining -= g - floor;
                 }
                 _ => degraded.push(m),
             }
         }
         if !degraded.is_empty() {
-            let demands: Vec<f64> = degraded.iter().map(|&m| needed[m].unwrap_or(100) as f64 - 1.0).collect();
+            let demands: Vec<f64> = degraded.iter().map(|&m| (needed[m].unwrap_or(100) - floor) as f64).collect();
             for (&m, share) in degraded.iter().zip(max_min(&demands, remaining as f64)) {
-                gpu[m] = 1 + share.floor() as usize;
+                gpu[m] = slices.at_or_below(floor + share.floor() as usize);
             }
             remaining = 100usize.saturating_sub(gpu.iter().sum());
         }
@@ -336,26 +382,29 @@ impl Policy for ModelBased {
                 ..loads[m]
             };
             let wanted = self.smallest_slice(m, peak).unwrap_or(100).max(self.burst_slice(m, loads[m].peak_burst));
-            let extra = wanted.saturating_sub(gpu[m]).min(remaining);
-            gpu[m] += extra;
-            remaining -= extra;
+            let lifted = slices.at_or_above(wanted).unwrap_or(100).min(slices.at_or_below(gpu[m] + remaining));
+            if lifted > gpu[m] {
+                remaining -= lifted - gpu[m];
+                gpu[m] = lifted;
+            }
         }
 
-        // The rest, a point at a time, to the model with the least headroom.
+        // The rest, a slice step at a time, to the model with the least headroom.
         let headroom = |this: &Self, m: usize, g: usize| {
             this.best_at(m, g, loads[m])
                 .map_or(f64::INFINITY, |p| (1.0 - p.predicted_p99_ms / this.models[m].slo_ms).min(1.0 - p.utilization))
         };
         let mut room: Vec<f64> =
             (0..n).map(|m| if degraded.contains(&m) { f64::INFINITY } else { headroom(self, m, gpu[m]) }).collect();
-        while remaining > 0 {
-            let Some(m) =
-                (0..n).filter(|&m| gpu[m] < 100 && room[m].is_finite()).min_by(|a, b| room[*a].total_cmp(&room[*b]))
-            else {
-                break;
-            };
-            gpu[m] += 1;
-            remaining -= 1;
+        let step =
+            |gpu: &[usize], m: usize, remaining: usize| slices.above(gpu[m]).filter(|&g| g - gpu[m] <= remaining);
+        while let Some(m) = (0..n)
+            .filter(|&m| room[m].is_finite() && step(&gpu, m, remaining).is_some())
+            .min_by(|a, b| room[*a].total_cmp(&room[*b]))
+        {
+            let next = step(&gpu, m, remaining).expect("filtered");
+            remaining -= next - gpu[m];
+            gpu[m] = next;
             room[m] = headroom(self, m, gpu[m]);
         }
 

@@ -131,6 +131,31 @@ fn model_based_keeps_the_models_that_serve_most_requests_per_gpu_pct() {
     assert!(total <= 100.0, "{total}");
 }
 
+// The same two models on a backend that serves 20, 30, 45, 60 and 70% only: the high-priority
+// model's 63% rounds up to 70%, the other degrades to the level that the remaining 30% holds;
+// alone, a model's slice grows a level at a time up to the top level (not to 100%).
+#[test]
+fn model_based_plans_on_the_backends_slice_levels() {
+    let latency = toy_latency();
+    let levels = [20.0, 30.0, 45.0, 60.0, 70.0];
+    let models = [context("low", latency.clone(), 20.0, 0), context("high", latency.clone(), 20.0, 5)];
+    let mut policy = build("model-based", &models, None).unwrap();
+    policy.plan_on_levels(&levels);
+    let start = policy.initial();
+    let decisions = policy.decide(&[interval(start[0], 1000, 0, 0.0), interval(start[1], 1000, 0, 0.0)]);
+    let of = |m: usize| decisions.iter().find(|d| d.model == m).expect("a decision for each model");
+    assert_eq!(of(1).allocation.gpu_pct, 70.0, "{}", of(1).reason);
+    assert!(of(1).reason.contains("needs 70%"), "{}", of(1).reason);
+    assert_eq!(of(0).allocation.gpu_pct, 30.0, "{}", of(0).reason);
+    assert!(of(0).reason.starts_with("degraded"), "{}", of(0).reason);
+
+    let mut alone = build("model-based", &[context("toy", latency, 20.0, 0)], None).unwrap();
+    alone.plan_on_levels(&levels);
+    let current = alone.initial()[0];
+    let decisions = alone.decide(&[interval(current, 1000, 0, 0.0)]);
+    assert_eq!(decisions[0].allocation.gpu_pct, 70.0, "{}", decisions[0].reason);
+}
+
 #[test]
 fn gslice_starts_at_the_knees_and_shares_max_min() {
     let source = Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap();

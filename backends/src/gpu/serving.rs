@@ -553,6 +553,11 @@ impl GpuBackend {
         Ok(backend)
     }
 
+    /// The GPU% levels of the standby pool (empty without one): the only slices it serves.
+    pub fn pool_levels(&self) -> &[f64] {
+        &self.starter.template.pool_levels
+    }
+
     /// What starts workers for models added later (`add_model`), to run off the serving thread.
     pub fn starter(&self) -> WorkerStarter {
         self.starter.clone()
