@@ -1,7 +1,7 @@
 //! `gpuslice evaluate`: runs several policies on the same arrivals (and several seeds), prints a
 //! comparison table with the spread over seeds, and writes CSV and SVG plots.
 
-use crate::output::write_csv;
+use crate::output::{interval_attainment, write_csv};
 use crate::plot::{Series, line_chart};
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice, SimRun};
@@ -239,13 +239,6 @@ pub fn table(results: &[PolicyResult], policies: &[String], reference: Option<&s
         table.add_row(row);
     }
     table
-}
-
-/// SLO attainment of all models together in one interval.
-fn interval_attainment(chunk: &[ModelInterval]) -> Option<f64> {
-    let finished: u64 = chunk.iter().map(|i| i.summary.completed + i.summary.dropped).sum();
-    let met: u64 = chunk.iter().map(|i| i.summary.within_slo).sum();
-    (finished > 0).then(|| met as f64 / finished as f64 * 100.0)
 }
 
 /// Writes evaluate.csv, decisions.csv, slo.svg and gpu.svg into `dir`.

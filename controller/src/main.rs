@@ -70,7 +70,7 @@ enum Command {
         /// this much faster).
         #[arg(long, default_value_t = 1.0)]
         load_scale: f64,
-        /// Write summary.csv, intervals.csv, latency.svg and gpu.svg into this folder.
+        /// Write summary.csv, intervals.csv, latency.svg (p99), gpu.svg (GPU%) and slo.svg (SLO attainment) into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
         /// No progress bar.
@@ -267,7 +267,7 @@ enum Command {
         /// time-sliced) or default-mps (every worker at 100%).
         #[arg(long, default_value = "model-based")]
         policy: String,
-        /// Write summary.csv, intervals.csv, decisions.csv, latency.svg and gpu.svg into this folder.
+        /// Write summary.csv, intervals.csv, decisions.csv, latency.svg (p99), gpu.svg (GPU%) and slo.svg (SLO attainment) into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Multiply every model's load by this factor (rates and counts; replayed traces play

@@ -133,7 +133,15 @@ pub fn stage_table(stages: &[gpuslice_backends::StageSummary]) -> Table {
     table
 }
 
-/// Writes `summary.csv`, `intervals.csv`, `latency.svg` and `gpu.svg` into `dir`.
+/// SLO attainment (%) of the requests finished in these intervals (of one model or several);
+/// `None` if none finished.
+pub fn interval_attainment(chunk: &[ModelInterval]) -> Option<f64> {
+    let finished: u64 = chunk.iter().map(|i| i.summary.completed + i.summary.dropped).sum();
+    let met: u64 = chunk.iter().map(|i| i.summary.within_slo).sum();
+    (finished > 0).then(|| met as f64 / finished as f64 * 100.0)
+}
+
+/// Writes `summary.csv`, `intervals.csv`, `latency.svg`, `gpu.svg` and `slo.svg` into `dir`.
 pub fn write_run(dir: &Path, report: &Report, intervals: &[ModelInterval]) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let summary_rows = report.models.iter().map(|m| {
@@ -150,7 +158,7 @@ pub fn write_run(dir: &Path, report: &Report, intervals: &[ModelInterval]) -> Re
             &m.summary,
         )
     });
-    let files = ["summary.csv", "intervals.csv", "latency.svg", "gpu.svg"].map(|f| dir.join(f));
+    let files = ["summary.csv", "intervals.csv", "latency.svg", "gpu.svg", "slo.svg"].map(|f| dir.join(f));
     write_csv(&files[0], summary_rows)?;
     write_csv(
         &files[1],
@@ -199,6 +207,9 @@ pub fn write_run(dir: &Path, report: &Report, intervals: &[ModelInterval]) -> Re
     let mut gpu = series(" allocated", false, &|i| Some(i.allocation.gpu_pct));
     gpu.extend(series(" used", true, &|i| Some(i.summary.gpu_util * 100.0)));
     line_chart(&files[3], &format!("GPU% allocated and SM-time used ({})", report.sharing), "time (s)", "GPU %", &gpu)?;
+    let slo = series("", false, &|i| interval_attainment(std::slice::from_ref(i)));
+    let title = format!("SLO attainment per control interval ({})", report.sharing);
+    line_chart(&files[4], &title, "time (s)", "requests within SLO (%)", &slo)?;
     Ok(files.to_vec())
 }
 

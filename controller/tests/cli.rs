@@ -47,7 +47,7 @@ fn simulate_writes_csv_and_svg() {
     assert!(summary.lines().skip(1).all(|l| l.contains(",temporal,")));
     let intervals = std::fs::read_to_string(dir.path().join("intervals.csv")).unwrap();
     assert!(intervals.lines().count() > 3 * 50, "one row per model and 0.25 s interval");
-    for svg in ["latency.svg", "gpu.svg"] {
+    for svg in ["latency.svg", "gpu.svg", "slo.svg"] {
         let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
         assert!(text.starts_with("<svg") && text.contains("densenet121"), "{svg}");
     }
