@@ -80,7 +80,7 @@ pub struct ModelBased {
     slices: SliceGrid,
 }
 
-/// The GPU% a slice may have: every whole GPU%, or the backend's levels.
+/// The GPU% a slice may have, ascending: every whole GPU%, or the backend's levels.
 #[derive(Debug, Clone)]
 struct SliceGrid(Vec<usize>);
 
@@ -96,12 +96,15 @@ impl SliceGrid {
 
     /// The smallest slice of at least `g`%.
     fn at_or_above(&self, g: usize) -> Option<usize> {
-        self.0.iter().copied().find(|&l| l >= g)
+        self.0.get(self.0.partition_point(|&l| l < g)).copied()
     }
 
     /// The largest slice of at most `g`% (the lowest if none).
     fn at_or_below(&self, g: usize) -> usize {
-        self.0.iter().copied().rev().find(|&l| l <= g).unwrap_or(self.lowest())
+        match self.0.partition_point(|&l| l <= g) {
+            0 => self.lowest(),
+            i => self.0[i - 1],
+        }
     }
 
     /// The next slice above `g`%.
