@@ -403,9 +403,9 @@ impl Dispatcher {
             // and goes when its worker is ready for it.
             let formed_at =
                 if full || s.arrivals_done { now } else { head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) };
-            let held: Vec<&Running> = running.iter().filter(|r| r.worker == active).collect();
-            let worker_ready_at = match held.last() {
-                _ if switching.is_some() || held.len() >= SLOTS => None,
+            let held = running.iter().filter(|r| r.worker == active).count();
+            let worker_ready_at = match running.iter().rfind(|r| r.worker == active) {
+                _ if switching.is_some() || held >= SLOTS => None,
                 None => Some(now),
                 Some(_) if full => Some(now),
                 Some(r) => pace.next_hand_off(active, r.graph, r.submitted),

@@ -209,7 +209,7 @@ impl Worker {
             pending: VecDeque::new(),
             seq: 0,
         };
-        let line = worker.read_line()?;
+        let (line, _) = worker.read_line()?;
         let ready: Ready = serde_json::from_str(&line).map_err(|_| worker.protocol(&line))?;
         // The worker lays the slots out by the sizes it reports.
         if SLOTS * (ready.input_bytes + ready.output_bytes) > worker.shm.len() {
@@ -234,12 +234,9 @@ impl Worker {
         WorkerError::Protocol { model: self.model.clone(), line: line.to_string() }
     }
 
-    /// The next line from the worker (waiting for it), or why there is none.
-    fn read_line(&mut self) -> Result<String, WorkerError> {
-        match self.lines.recv() {
-            Ok((line, _)) => Ok(line),
-            Err(_) => Err(self.died()),
-        }
+    /// The next line from the worker and when it was read (waiting for it), or why there is none.
+    fn read_line(&mut self) -> Result<(String, Instant), WorkerError> {
+        self.lines.recv().map_err(|_| self.died())
     }
 
     /// Why the worker's output ended: its exit status and the last lines it wrote to stderr.
@@ -320,10 +317,8 @@ impl Worker {
 
     /// The oldest batch in flight, once completed (waits for it).
     pub fn complete(&mut self) -> Result<Completion, WorkerError> {
-        match self.lines.recv() {
-            Ok((line, at)) => self.completed(&line, at),
-            Err(_) => Err(self.died()),
-        }
+        let (line, at) = self.read_line()?;
+        self.completed(&line, at)
     }
 
     /// The oldest batch in flight if it has completed; `None` if it has not, or nothing is in flight.
