@@ -327,8 +327,10 @@ impl Policy for ModelBased {
     }
 
     fn plan_on_levels(&mut self, levels: &[f64]) {
+        // The policy plans in whole GPU%: a fractional level is asked for as the whole number
+        // below it, which the backend serves at that level (the one at or above what is asked).
         let mut whole: Vec<usize> =
-            levels.iter().filter(|l| **l >= 1.0 && **l <= 100.0).map(|l| l.round() as usize).collect();
+            levels.iter().filter(|l| **l >= 1.0 && **l <= 100.0).map(|l| l.floor() as usize).collect();
         whole.sort_unstable();
         whole.dedup();
         if !whole.is_empty() {
