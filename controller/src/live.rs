@@ -413,10 +413,7 @@ impl<B: LiveBackend> Live<B> {
     /// Policy `name` for `contexts`, planning on the backend's slice levels.
     fn build_policy(&self, name: &str, contexts: &[ModelContext]) -> Result<Box<dyn Policy>, LiveError> {
         let mut policy = gpuslice_policies::build(name, contexts, None).map_err(LiveError::InvalidArgument)?;
-        let levels = self.backend.slice_levels();
-        if policy.sharing() == Sharing::Spatial && !levels.is_empty() {
-            policy.plan_on_levels(&levels);
-        }
+        policy.plan_on_levels(&self.backend.slice_levels());
         Ok(policy)
     }
 

@@ -121,10 +121,7 @@ pub fn run_on(
     let (mut config, mut setups, contexts) = loaded.build()?;
     let mut policy = policy_for(choice, loaded, &contexts)?;
     config.sharing = policy.sharing();
-    if let BackendChoice::Gpu(template) = on
-        && config.sharing == Sharing::Spatial
-        && !template.pool_levels.is_empty()
-    {
+    if let BackendChoice::Gpu(template) = on {
         policy.plan_on_levels(&template.pool_levels);
     }
     for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {

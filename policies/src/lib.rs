@@ -54,7 +54,8 @@ pub trait Policy: Send {
 
     /// The backend serves slices at these GPU% only (a standby pool's levels) and rounds any
     /// other to one of them. A policy that sizes slices plans on them instead, so that it, not
-    /// the rounding, decides which model gets less than it asked. Others ignore it.
+    /// the rounding, decides which model gets less than it asked. Others ignore it, and so
+    /// does every policy when there are no levels.
     fn plan_on_levels(&mut self, _levels: &[f64]) {}
 }
 
