@@ -302,10 +302,13 @@ impl Pace {
 
     /// Learns from a completed batch; returns when it began and how long it held the worker.
     fn completed(&mut self, worker: usize, graph: u32, c: &Completion) -> (Instant, Duration) {
-        let began = self.began(worker, c.submitted);
+        let gpu = Duration::from_secs_f64((c.times.h2d_ms + c.times.infer_ms + c.times.d2h_ms).max(0.0) * 1e-3);
+        let queued_behind = self.began(worker, c.submitted);
+        // The batch ahead's completion is stamped when it is read, which can be late; the batch
+        // itself ran its GPU stages before its own completion, so it began no later than that.
+        let began = queued_behind.min(c.done.checked_sub(gpu).unwrap_or(c.submitted)).max(c.submitted);
         let service = c.done - began;
-        if began == c.submitted {
-            let gpu = Duration::from_secs_f64((c.times.h2d_ms + c.times.infer_ms + c.times.d2h_ms).max(0.0) * 1e-3);
+        if queued_behind == c.submitted {
             let overhead = c.times.round_trip.saturating_sub(gpu);
             self.hand_off = Some(self.hand_off.map_or(overhead, |h| h.mul_f64(0.8) + overhead.mul_f64(0.2)));
         }
@@ -878,6 +881,10 @@ mod tests {
         let (began, service) = pace.completed(0, 8, &completion(early, t0 + ms(5.8), 2.5));
         assert_eq!((began, service), (t0 + ms(3.0), ms(2.8)), "it held the worker from the first one's end");
         assert_eq!(pace.hand_off, Some(ms(0.5)), "a batch that waited behind another says nothing of the hand-off");
+        // The batch ahead's completion was read late, at 5.8 ms: this one, handed over at 4.0 and
+        // done at 7.0 after 2.5 ms on the GPU, began at 4.5 at the latest (not 5.8: 1.2 ms).
+        let (began, service) = pace.completed(0, 8, &completion(t0 + ms(4.0), t0 + ms(7.0), 2.5));
+        assert_eq!((began, service), (t0 + ms(4.5), ms(2.5)), "at least its GPU time");
         // A second batch alone: the hand-off is a moving average (0.8 * 0.5 + 0.2 * 1.0 ms).
         let t2 = t0 + ms(10.0);
         pace.completed(0, 8, &completion(t2, t2 + ms(3.5), 2.5));
