@@ -6,7 +6,7 @@
 pub mod gpu;
 pub mod netml;
 
-use gpuslice_simulator::{Allocation, ModelInterval, Report, SimError, Simulator, secs_to_ns};
+use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, SimError, Simulator, secs_to_ns};
 
 /// A backend refused an allocation or failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,8 @@ pub enum BackendError {
     Simulator(#[from] SimError),
     #[error(transparent)]
     Worker(#[from] gpu::worker::WorkerError),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// One GPU serving several models, observed and steered once per control interval.
@@ -28,6 +30,12 @@ pub trait Backend {
 
     /// Whole-run figures so far.
     fn report(&mut self) -> Report;
+
+    /// The sharing modes this backend can switch between while it serves.
+    fn modes(&self) -> Vec<Sharing>;
+
+    /// Switches how the GPU is shared (one of `modes`), from the next batch on.
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError>;
 
     /// The device's state at the end of the last interval, where the backend has a device.
     fn device(&mut self) -> Option<DeviceSample> {
@@ -97,5 +105,13 @@ impl Backend for SimBackend {
 
     fn report(&mut self) -> Report {
         self.sim.report()
+    }
+
+    fn modes(&self) -> Vec<Sharing> {
+        vec![Sharing::Temporal, Sharing::DefaultMps, Sharing::Spatial]
+    }
+
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        Ok(self.sim.set_sharing(sharing)?)
     }
 }

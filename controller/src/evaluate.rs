@@ -188,7 +188,8 @@ pub fn write_sweep(dir: &Path, points: &[LoadPoint], policies: &[String], refere
     Ok(())
 }
 
-fn mean_sd(values: &[f64]) -> (f64, f64) {
+/// Mean and (population) standard deviation.
+pub fn mean_sd(values: &[f64]) -> (f64, f64) {
     let n = values.len().max(1) as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;

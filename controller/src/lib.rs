@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod calibration;
+pub mod capacity;
 pub mod colocate;
 pub mod evaluate;
 pub mod gpu_probe;

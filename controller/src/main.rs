@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use gpuslice::simulate::PolicyChoice;
-use gpuslice::{bench, calibration, evaluate, output, scenario, simulate};
+use gpuslice::{bench, calibration, capacity, evaluate, output, scenario, simulate};
 use gpuslice_simulator::Sharing;
 use std::path::PathBuf;
 
@@ -103,6 +103,19 @@ enum Command {
         /// --out write load-sweep.csv, goodput-vs-load.svg and slo-vs-load.svg.
         #[arg(long, value_delimiter = ',', conflicts_with = "load_scale")]
         load_scales: Vec<f64>,
+        /// Capacity at the SLO instead: per policy and seed, the highest load scale at which
+        /// every model keeps at least --threshold of its requests within its SLO (bracketed
+        /// from x1, then bisected to --precision); prints it with the ratio to the best
+        /// baseline and each model's figures there, and with --out writes capacity.csv,
+        /// probes.csv and capacity-slo-vs-load.svg.
+        #[arg(long, conflicts_with_all = ["load_scale", "load_scales"])]
+        capacity: bool,
+        /// --capacity: the share of each model's requests that must meet its SLO.
+        #[arg(long, default_value_t = 0.99, requires = "capacity")]
+        threshold: f64,
+        /// --capacity: stop when the bracket is narrower than this fraction of the load scale.
+        #[arg(long, default_value_t = 0.025, requires = "capacity")]
+        precision: f64,
         /// Policy the "vs ref" column divides by.
         #[arg(long, default_value = "model-based")]
         reference: String,
@@ -448,10 +461,41 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Evaluate { scenario, policies, seeds, load_scale, load_scales, reference, out, quiet } => {
+        Command::Evaluate {
+            scenario,
+            policies,
+            seeds,
+            load_scale,
+            load_scales,
+            capacity: capacity_search,
+            threshold,
+            precision,
+            reference,
+            out,
+            quiet,
+        } => {
             let mut loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
             let seeds = seeds.max(1);
             let reference_policy = policies.contains(&reference).then_some(reference.as_str());
+            if capacity_search {
+                let options = capacity::SearchOptions { threshold, precision, ..Default::default() };
+                options.check()?;
+                if let Some(dir) = &out {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let results = capacity::run(&loaded, &policies, seeds, &options, !quiet)?;
+                println!(
+                    "{} — capacity at the SLO: the highest load scale at which every model keeps {:.3}% of its requests within its SLO, {seeds} seed(s)",
+                    loaded.scenario.name,
+                    threshold * 100.0
+                );
+                println!("{}", capacity::table(&results, &policies, threshold));
+                if let Some(dir) = out {
+                    capacity::write(&dir, &results, &policies, threshold)?;
+                    tracing::info!(dir = %dir.display(), "results written");
+                }
+                return Ok(());
+            }
             if !load_scales.is_empty() {
                 let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, !quiet)?;
                 println!(

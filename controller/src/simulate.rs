@@ -120,10 +120,14 @@ pub fn run_on(
 ) -> Result<SimRun> {
     let (mut config, mut setups, contexts) = loaded.build()?;
     let mut policy = policy_for(choice, loaded, &contexts)?;
-    config.sharing = policy.sharing();
-    if let BackendChoice::Gpu(template) = on {
-        policy.plan_on_levels(&template.pool_levels);
+    match on {
+        BackendChoice::Simulated => policy.offer_modes(&[Sharing::Temporal, Sharing::DefaultMps, Sharing::Spatial]),
+        BackendChoice::Gpu(template) => {
+            policy.offer_modes(&[Sharing::Spatial]);
+            policy.plan_on_levels(&template.pool_levels);
+        }
     }
+    config.sharing = policy.sharing();
     for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
         setup.allocation = allocation;
     }
@@ -163,6 +167,7 @@ pub fn run_on(
     let unit = if matches!(on, BackendChoice::Simulated) { "s simulated" } else { "s on the GPU" };
     let mut progress = LateProgress::new(loaded.scenario.duration_s, unit, &what, show_progress);
     let started = Instant::now();
+    let mut sharing_now = mode;
     let (mut intervals, mut decisions, mut refused, mut device) = (Vec::new(), Vec::new(), 0, Vec::new());
     while let Some(observed) = backend.next_interval() {
         device.extend(backend.device());
@@ -188,6 +193,27 @@ pub fn run_on(
                 reason: d.reason,
             });
         }
+        let wanted = policy.sharing();
+        if wanted != sharing_now {
+            match backend.set_sharing(wanted) {
+                Ok(()) => {
+                    tracing::debug!(time_s = now, from = %sharing_now, to = %wanted, "sharing switched");
+                    decisions.push(TimedDecision {
+                        time_s: now,
+                        model: "(all)".into(),
+                        gpu_pct: f64::NAN,
+                        max_batch: 0,
+                        batch_timeout_ms: f64::NAN,
+                        reason: format!("sharing {sharing_now} -> {wanted}"),
+                    });
+                    sharing_now = wanted;
+                }
+                Err(e) => {
+                    tracing::warn!(time_s = now, to = %wanted, error = %e, "sharing switch refused");
+                    refused += 1;
+                }
+            }
+        }
         intervals.extend(observed.into_iter().map(|i| ModelInterval { batches: Vec::new(), ..i }));
         progress.set(now);
     }
@@ -195,7 +221,7 @@ pub fn run_on(
     let wall = started.elapsed();
     let report = backend.report();
     let stages = backend.stage_times();
-    tracing::info!(
+    tracing::debug!(
         scenario = %loaded.scenario.name,
         policy = policy.name(),
         sharing = %mode,

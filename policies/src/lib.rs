@@ -43,7 +43,8 @@ pub struct Decision {
 pub trait Policy: Send {
     fn name(&self) -> &str;
 
-    /// How the backend shares the GPU under this policy.
+    /// How the backend is to share the GPU: asked before the first interval and again after
+    /// every decision (a policy that switches modes answers with its current one).
     fn sharing(&self) -> Sharing;
 
     /// Allocations before the first interval, one per model.
@@ -57,6 +58,10 @@ pub trait Policy: Send {
     /// the rounding, decides which model gets less than it asked. Others ignore it, and so
     /// does every policy when there are no levels.
     fn plan_on_levels(&mut self, _levels: &[f64]) {}
+
+    /// The sharing modes the backend can switch between while it serves (the simulator: all
+    /// three). A policy that switches modes chooses among these; the others ignore it.
+    fn offer_modes(&mut self, _modes: &[Sharing]) {}
 }
 
 /// Names accepted by `build`.

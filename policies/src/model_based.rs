@@ -17,6 +17,12 @@
 //! with the most spare capacity. Small moves are skipped while the current allocation holds.
 //! Where the backend serves a few GPU% levels only (a standby pool), slices are planned on
 //! those levels (`plan_on_levels`): a need rounds up to a level, leftover goes a level at a time.
+//!
+//! It is a hybrid: slices are not work-conserving, and at ordinary load a shared GPU serves
+//! bursts better. While the GPU keeps up with the recent peak load (`SHARED_MAX_BUSY`), the
+//! policy runs the backend's work-conserving mode (temporal: one batch at a time, oldest first;
+//! else default MPS) with SLO-sized dynamic batching (`shared_batching`), and switches to the
+//! planned slices beyond that, switching back with hysteresis.
 
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
@@ -78,7 +84,30 @@ pub struct ModelBased {
     models: Vec<ModelContext>,
     learned: Vec<Learned>,
     slices: SliceGrid,
+    /// The work-conserving mode the backend offers (temporal preferred: one batch at a time,
+    /// oldest first, is the best tail at light load), if any.
+    shared_mode: Option<Sharing>,
+    /// The mode in force.
+    mode: Sharing,
 }
+
+/// Shared (work-conserving) sharing is kept while the GPU's predicted busy fraction at the
+/// recent peak rates (a lower bound: batches at their most efficient size) stays under this.
+/// Measured on the shipped scenarios (`evaluate --capacity`): one batch at a time with
+/// SLO-sized batching holds more load than slices wherever the GPU can keep up (bursts of one
+/// model are absorbed by the whole GPU, not by its slice); slices take over at overload, where
+/// they serve by priority and keep the most requests within their SLOs.
+pub const SHARED_MAX_BUSY: f64 = 1.0;
+/// Coming back to shared sharing from slices needs the busy fraction this much lower, so the
+/// mode does not flap at the boundary.
+pub const MODE_HYSTERESIS: f64 = 0.85;
+/// Under shared sharing a batch waits at most this share of the SLO to fill (Triton-style
+/// dynamic batching: a large batch when the load brings one, no long wait when it does not).
+pub const SHARED_TIMEOUT_SHARE: f64 = 0.05;
+/// ...and the largest batch runs in at most this share of the SLO on the whole GPU (of the
+/// tightest SLO of all models under temporal sharing, where every model waits behind it), so a
+/// request can wait behind another model's batch and its own.
+pub const SHARED_BATCH_SHARE: f64 = 0.3;
 
 /// The GPU% a slice may have, ascending: every whole GPU%, or the backend's levels.
 #[derive(Debug, Clone)]
@@ -155,7 +184,47 @@ impl ModelBased {
                 }
             })
             .collect();
-        ModelBased { models, learned, slices: SliceGrid::whole() }
+        ModelBased { models, learned, slices: SliceGrid::whole(), shared_mode: None, mode: Sharing::Spatial }
+    }
+
+    /// Under shared sharing: model `m`'s largest batch (index) and its batch timeout.
+    fn shared_batching(&self, m: usize) -> (usize, f64) {
+        let l = &self.learned[m];
+        let (scale, _) = Self::correction(l);
+        let slo = self.models[m].slo_ms;
+        // One batch at a time: every other model's requests may wait behind this one.
+        let blocks = match self.shared_mode {
+            Some(Sharing::Temporal) => self.models.iter().map(|c| c.slo_ms).fold(slo, f64::min),
+            _ => slo,
+        };
+        let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * blocks;
+        let batch = (0..BATCH_SIZES.len()).rev().find(|&b| fits(b)).unwrap_or(0);
+        (batch, SHARED_TIMEOUT_SHARE * slo)
+    }
+
+    /// The GPU's busy fraction under shared sharing at the given rates (per ms), each model in
+    /// its most efficient batch up to its largest: batches grow while others hold the GPU, so
+    /// near saturation, where the estimate matters, they are as large as allowed.
+    fn shared_busy(&self, rates: impl Iterator<Item = f64>) -> f64 {
+        rates
+            .enumerate()
+            .map(|(m, rate)| {
+                let (largest, _) = self.shared_batching(m);
+                let (scale, _) = Self::correction(&self.learned[m]);
+                let per_item = (0..=largest)
+                    .map(|b| self.learned[m].p50[b][99] / BATCH_SIZES[b] as f64)
+                    .fold(f64::INFINITY, f64::min);
+                rate * per_item * scale
+            })
+            .sum()
+    }
+
+    /// The mode for the next interval: shared while the GPU keeps up with the load at the
+    /// recent peak rates, slices beyond.
+    fn choose_mode(&self, busy: f64) -> Sharing {
+        let Some(shared) = self.shared_mode else { return Sharing::Spatial };
+        let limit = if self.mode == shared { SHARED_MAX_BUSY } else { SHARED_MAX_BUSY * MODE_HYSTERESIS };
+        if busy <= limit { shared } else { Sharing::Spatial }
     }
 
     /// Median service time correction (profile -> this GPU) and the spread seen around it.
@@ -269,7 +338,10 @@ impl ModelBased {
         l.sum_w *= FORGETTING;
         l.sum_log *= FORGETTING;
         l.sum_log2 *= FORGETTING;
-        for sample in &obs.batches {
+        // Under default MPS batch times carry the others' contention, which is not the slices'
+        // to learn; under temporal sharing a batch runs alone on the whole GPU, as profiled.
+        let samples = if self.mode == Sharing::DefaultMps { &[][..] } else { &obs.batches[..] };
+        for sample in samples {
             let Some(b) = BATCH_SIZES.iter().position(|&b| b >= sample.size) else { continue };
             let g = (sample.gpu_pct.round() as usize).clamp(1, 100);
             let r = (sample.exec_ms / l.p50[b][g - 1]).ln();
@@ -293,7 +365,9 @@ impl ModelBased {
         // How far the end-to-end tail ran over what the model predicts for the allocation in
         // force, learned only from steady intervals: a backlog or drops mean the load outran the
         // slice, which the rate forecast answers, not the latency model.
-        let steady = obs.summary.dropped == 0 && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
+        let steady = self.mode == Sharing::Spatial
+            && obs.summary.dropped == 0
+            && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
         let previous = self.learned[m].tail_excess;
         if steady && obs.summary.completed > 0 {
             let a = obs.allocation;
@@ -318,7 +392,13 @@ impl Policy for ModelBased {
     }
 
     fn sharing(&self) -> Sharing {
-        Sharing::Spatial
+        self.mode
+    }
+
+    fn offer_modes(&mut self, modes: &[Sharing]) {
+        self.shared_mode = [Sharing::Temporal, Sharing::DefaultMps].into_iter().find(|m| modes.contains(m));
+        // Before any load is seen, the work-conserving mode.
+        self.mode = self.shared_mode.unwrap_or(Sharing::Spatial);
     }
 
     /// Before any traffic is seen: each model at its knee (max-min shares), configured batching.
@@ -341,6 +421,7 @@ impl Policy for ModelBased {
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
         let n = self.models.len();
         let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
+        let busy = self.shared_busy(loads.iter().map(|l| l.peak_rate.max(l.capacity_rate)));
         // What the arrivals alone need: a backlog is drained from leftover GPU only, since under
         // overload a drain requirement would make a model degrade and its backlog never clear.
         let slices = &self.slices;
@@ -458,13 +539,40 @@ impl Policy for ModelBased {
             })
             .collect();
 
+        let sliced_pct: usize = needed.iter().map(|g| g.unwrap_or(100)).sum();
+        let mode = self.choose_mode(busy);
+        if mode != Sharing::Spatial {
+            // Shared: batching for the whole GPU; the slices stay as they are, ready for a
+            // switch back (they add up to at most 100).
+            let previous = std::mem::replace(&mut self.mode, mode);
+            return (0..n)
+                .filter_map(|m| {
+                    let current = observations[m].allocation;
+                    let (b, timeout_ms) = self.shared_batching(m);
+                    let allocation = Allocation { max_batch: BATCH_SIZES[b], batch_timeout_ms: timeout_ms, ..current };
+                    (allocation != current || previous != mode).then(|| Decision {
+                        model: m,
+                        allocation,
+                        reason: format!(
+                            "{mode}: GPU busy {:.0}% at the recent peak rates (slices would need {sliced_pct}%): batch up to {}, wait at most {timeout_ms:.1} ms",
+                            busy * 100.0,
+                            BATCH_SIZES[b]
+                        ),
+                    })
+                })
+                .collect();
+        }
+        let switching = self.mode != Sharing::Spatial;
+        self.mode = Sharing::Spatial;
+
         // Hysteresis: keep an allocation that still meets the SLO when the new slice is close.
         let kept: Vec<bool> = (0..n)
             .map(|m| {
                 let current = observations[m].allocation;
                 let b = BATCH_SIZES.iter().position(|&b| b == current.max_batch);
                 let g = (current.gpu_pct.round() as usize).clamp(1, 100);
-                (current.gpu_pct - chosen[m].0.gpu_pct).abs() < HYSTERESIS_PCT
+                !switching
+                    && (current.gpu_pct - chosen[m].0.gpu_pct).abs() < HYSTERESIS_PCT
                     && b.is_some_and(|b| self.plan(m, b, g, loads[m]).is_some())
             })
             .collect();

@@ -177,34 +177,56 @@ fn gslice_starts_at_the_knees_and_shares_max_min() {
     }
 }
 
+/// Two toy models holding the whole GPU between them, so that the apportioning leaves each
+/// one's share as its target set it.
+fn gslice_pair() -> Box<dyn gpuslice_policies::Policy> {
+    let contexts = [context("a", toy_latency(), 20.0, 0), context("b", toy_latency(), 20.0, 0)];
+    build("gslice", &contexts, None).unwrap()
+}
+
 #[test]
-fn gslice_moves_the_slice_only_after_five_consecutive_triggers() {
-    let latency = toy_latency();
-    let mut policy = build("gslice", &[context("toy", latency, 20.0, 0)], None).unwrap();
-    let mut current = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
-    // p99 25 ms over a 20 ms SLO: target 40 + 40 * 5/25 = 48, 8 points away, every interval.
+fn gslice_shrinks_a_slice_only_after_five_consecutive_triggers() {
+    let mut policy = gslice_pair();
+    let (mut a, b) = (
+        Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        Allocation { gpu_pct: 60.0, max_batch: 8, batch_timeout_ms: 2.0 },
+    );
+    // a: p99 8 ms under a 20 ms SLO: target 40 - 40 * (16-8)/16 = 20, every interval; b holds
+    // (p99 17 ms, between 80% of the SLO and the SLO). Applied on the fifth interval, then
+    // apportioned: 20 of 80 -> 25%.
     for round in 1..=5 {
-        let decisions = policy.decide(&[interval(current, 1000, 1000, 25.0)]);
-        let gpu = decisions.first().map_or(current.gpu_pct, |d| d.allocation.gpu_pct);
+        let decisions = policy.decide(&[interval(a, 1000, 1000, 8.0), interval(b, 1000, 1000, 17.0)]);
+        let gpu = decisions.iter().find(|d| d.model == 0).map_or(a.gpu_pct, |d| d.allocation.gpu_pct);
         if round < 5 {
             assert_eq!(gpu, 40.0, "round {round}: no GPU change before the fifth trigger");
         } else {
-            assert_eq!(gpu, 48.0, "round 5 applies the target");
+            assert_eq!(gpu, 25.0, "round 5 applies the target: {decisions:?}");
         }
-        if let Some(d) = decisions.first() {
-            current = d.allocation;
-        }
+        a.gpu_pct = gpu;
     }
 }
 
 #[test]
+fn gslice_grows_a_slice_that_misses_its_slo_at_once() {
+    let mut policy = gslice_pair();
+    let a = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let b = Allocation { gpu_pct: 60.0, ..a };
+    // a: p99 25 ms over a 20 ms SLO: target 40 + 40 * 5/25 = 48 at once; with b's 60 the
+    // targets add up to 108: max-min shares, 48 (under an even split) and the 52 left to b.
+    let decisions = policy.decide(&[interval(a, 1000, 1000, 25.0), interval(b, 1000, 1000, 17.0)]);
+    let gpu = |m: usize| decisions.iter().find(|d| d.model == m).map(|d| d.allocation.gpu_pct);
+    assert_eq!((gpu(0), gpu(1)), (Some(48.0), Some(52.0)), "{decisions:?}");
+}
+
+#[test]
 fn gslice_ignores_changes_under_three_points() {
-    let mut policy = build("gslice", &[context("toy", toy_latency(), 20.0, 0)], None).unwrap();
-    let current = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
-    // p99 19 ms: target 40 - 40 * 1/20 = 38, 2 points: ignored however long it lasts.
+    let mut policy = gslice_pair();
+    let a = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let b = Allocation { gpu_pct: 60.0, ..a };
+    // a: p99 15.5 ms: target 40 - 40 * 0.5/16 = 38.75, 1.25 points: ignored however long it lasts.
     for _ in 0..10 {
-        let decisions = policy.decide(&[interval(current, 1000, 1000, 19.0)]);
-        assert!(decisions.iter().all(|d| d.allocation.gpu_pct == 40.0), "{decisions:?}");
+        let decisions = policy.decide(&[interval(a, 1000, 1000, 15.5), interval(b, 1000, 1000, 17.0)]);
+        assert!(decisions.iter().all(|d| d.allocation.gpu_pct == [40.0, 60.0][d.model]), "{decisions:?}");
     }
 }
 

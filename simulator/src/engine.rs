@@ -79,6 +79,9 @@ struct Batch {
     started: Nanos,
     size: u32,
     gpu_pct: f64,
+    /// Started under default MPS (it contends for SMs) rather than on a slice or alone. Batches
+    /// of both kinds run together only after `Simulator::set_sharing`.
+    contends: bool,
     solo_ns: f64,
     /// Fraction of the work done at `updated`.
     progress: f64,
@@ -376,6 +379,32 @@ impl Simulator {
         self.heap.is_empty() && self.running.is_empty() && self.models.iter().all(|m| m.queue.is_empty())
     }
 
+    /// How the GPU is shared now.
+    pub fn sharing(&self) -> Sharing {
+        self.config.sharing
+    }
+
+    /// Switches how the GPU is shared, from the next batch on; running batches finish as they
+    /// started (a batch on a slice keeps its SMs, a default-MPS batch contends for the rest).
+    /// Spatial sharing needs the allocations to fit the GPU.
+    pub fn set_sharing(&mut self, sharing: Sharing) -> Result<(), SimError> {
+        if sharing == self.config.sharing {
+            return Ok(());
+        }
+        let previous = self.config.sharing;
+        self.config.sharing = sharing;
+        if let Err(e) = self.check_capacity() {
+            self.config.sharing = previous;
+            return Err(e);
+        }
+        self.advance_running();
+        self.reschedule_running();
+        for m in 0..self.models.len() {
+            self.dispatch_after(m);
+        }
+        Ok(())
+    }
+
     /// Changes a model's allocation. A new GPU% or batch size takes effect after the configured
     /// reallocation pause; a new batch timeout at once.
     pub fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), SimError> {
@@ -623,6 +652,7 @@ impl Simulator {
             started: now,
             size: size as u32,
             gpu_pct,
+            contends: default_mps,
             solo_ns,
             progress: 0.0,
             speed: 1.0,
@@ -652,7 +682,7 @@ impl Simulator {
     /// Recomputes every running batch's speed and finish time after the running set changed.
     /// Progress must be current (`advance_running`).
     fn reschedule_running(&mut self) {
-        if self.config.sharing == Sharing::DefaultMps {
+        if self.running.iter().any(|b| b.contends) {
             self.share_sms_by_pressure();
         }
         let total_share: f64 = self.running.iter().map(|b| b.share).sum::<f64>() + self.config.background_pct;
@@ -662,7 +692,7 @@ impl Simulator {
         for batch in &mut self.running {
             // Time relative to running alone: on a default-MPS share, the SM-bound part stretches
             // as the share shrinks and the launch-bound part waits behind the others' kernels.
-            let stretch = if self.config.sharing == Sharing::DefaultMps {
+            let stretch = if batch.contends {
                 // Shares are looked up at 0.5% resolution so the per-slice cache stays small.
                 let share = (batch.share * 2.0).round().max(1.0) / 2.0;
                 let on_share = self.models[batch.model].service.median_ns(batch.size, share) / batch.full_gpu_ns;
@@ -683,13 +713,16 @@ impl Simulator {
     /// raised to `SimConfig::mps_share_exponent` (a kernel holds SMs in proportion to the blocks it keeps
     /// queued, so large kernels take most of them), none beyond its knee, the excess shared out
     /// again the same way.
+    /// Batches on a slice (after a switch of sharing mode) keep their slice; the others share
+    /// what is left.
     fn share_sms_by_pressure(&mut self) {
         let order = &mut self.scratch_order;
         order.clear();
-        order.extend(self.running.iter().enumerate().map(|(i, b)| (b.knee_pct, i)));
+        order.extend(self.running.iter().enumerate().filter(|(_, b)| b.contends).map(|(i, b)| (b.knee_pct, i)));
         let exponent = self.config.mps_share_exponent;
         let weight = |b: &Batch| (1.0 - b.launch_fraction).max(1e-3).powf(exponent);
-        let mut remaining = 100.0;
+        let sliced: f64 = self.running.iter().filter(|b| !b.contends).map(|b| b.share).sum();
+        let mut remaining = (100.0 - sliced).max(1.0);
         // Fix, one at a time, the batches whose proportional share would pass their knee.
         loop {
             let total_weight: f64 = order.iter().map(|&(_, i)| weight(&self.running[i])).sum();

@@ -834,6 +834,21 @@ impl Backend for GpuBackend {
             total: total.summary(span, span),
         }
     }
+
+    fn modes(&self) -> Vec<Sharing> {
+        vec![self.sharing]
+    }
+
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        if sharing == self.sharing {
+            Ok(())
+        } else {
+            Err(BackendError::Unsupported(format!(
+                "the GPU backend serves {} and cannot switch to {sharing}",
+                self.sharing
+            )))
+        }
+    }
 }
 
 impl Drop for GpuBackend {
