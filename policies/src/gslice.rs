@@ -258,7 +258,7 @@ mod tests {
         let mut g = Gslice::new(vec![context(20.0), context(20.0)]);
         let decisions = g.decide(&[observed(10.0, 18.0), observed(30.0, 18.0)]);
         let total: f64 = decisions.iter().map(|d| d.allocation.gpu_pct).sum();
-        assert!(total >= 99.0 && total <= 100.0, "{decisions:?}");
+        assert!((99.0..=100.0).contains(&total), "{decisions:?}");
         assert_eq!(decisions[0].allocation.gpu_pct, 25.0, "shares in proportion to the targets");
     }
 
