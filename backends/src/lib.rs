@@ -31,10 +31,8 @@ pub trait Backend {
     /// Whole-run figures so far.
     fn report(&mut self) -> Report;
 
-    /// The sharing modes this backend can switch between while it serves.
-    fn modes(&self) -> Vec<Sharing>;
-
-    /// Switches how the GPU is shared (one of `modes`), from the next batch on.
+    /// Switches how the GPU is shared, from the next batch on (the simulator: any mode; the
+    /// GPU backend: none yet).
     fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError>;
 
     /// The device's state at the end of the last interval, where the backend has a device.
@@ -105,10 +103,6 @@ impl Backend for SimBackend {
 
     fn report(&mut self) -> Report {
         self.sim.report()
-    }
-
-    fn modes(&self) -> Vec<Sharing> {
-        vec![Sharing::Temporal, Sharing::DefaultMps, Sharing::Spatial]
     }
 
     fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {

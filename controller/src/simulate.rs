@@ -105,6 +105,17 @@ pub enum BackendChoice {
     Gpu(WorkerTemplate),
 }
 
+impl BackendChoice {
+    /// The sharing modes the backend can switch between while it serves (see
+    /// `Backend::set_sharing`).
+    pub fn modes(&self) -> &'static [Sharing] {
+        match self {
+            BackendChoice::Simulated => &[Sharing::Temporal, Sharing::DefaultMps, Sharing::Spatial],
+            BackendChoice::Gpu(_) => &[Sharing::Spatial],
+        }
+    }
+}
+
 /// Runs `loaded` under `choice` to the end of its arrivals (and until every request is served
 /// or dropped), on the simulator.
 pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) -> Result<SimRun> {
@@ -120,12 +131,9 @@ pub fn run_on(
 ) -> Result<SimRun> {
     let (mut config, mut setups, contexts) = loaded.build()?;
     let mut policy = policy_for(choice, loaded, &contexts)?;
-    match on {
-        BackendChoice::Simulated => policy.offer_modes(&[Sharing::Temporal, Sharing::DefaultMps, Sharing::Spatial]),
-        BackendChoice::Gpu(template) => {
-            policy.offer_modes(&[Sharing::Spatial]);
-            policy.plan_on_levels(&template.pool_levels);
-        }
+    policy.offer_modes(on.modes());
+    if let BackendChoice::Gpu(template) = on {
+        policy.plan_on_levels(&template.pool_levels);
     }
     config.sharing = policy.sharing();
     for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {

@@ -428,6 +428,30 @@ impl Policy for ModelBased {
         let needed: Vec<Option<usize>> =
             (0..n).map(|m| self.smallest_slice(m, loads[m].steady()).and_then(|g| slices.at_or_above(g))).collect();
 
+        let sliced_pct: usize = needed.iter().map(|g| g.unwrap_or(100)).sum();
+        let mode = self.choose_mode(busy);
+        if mode != Sharing::Spatial {
+            // Shared: batching for the whole GPU, no slices planned; the slices stay as they
+            // are, ready for a switch back (they add up to at most 100).
+            let previous = std::mem::replace(&mut self.mode, mode);
+            return (0..n)
+                .filter_map(|m| {
+                    let current = observations[m].allocation;
+                    let (b, timeout_ms) = self.shared_batching(m);
+                    let allocation = Allocation { max_batch: BATCH_SIZES[b], batch_timeout_ms: timeout_ms, ..current };
+                    (allocation != current || previous != mode).then(|| Decision {
+                        model: m,
+                        allocation,
+                        reason: format!(
+                            "{mode}: GPU busy {:.0}% at the recent peak rates (slices would need {sliced_pct}%): batch up to {}, wait at most {timeout_ms:.1} ms",
+                            busy * 100.0,
+                            BATCH_SIZES[b]
+                        ),
+                    })
+                })
+                .collect();
+        }
+
         // Every model keeps the smallest slice so it still serves; then the slices in priority
         // order, and within a priority the models that serve the most requests per GPU% first
         // (when the GPU cannot serve everyone, that keeps the most requests within their SLO);
@@ -539,29 +563,6 @@ impl Policy for ModelBased {
             })
             .collect();
 
-        let sliced_pct: usize = needed.iter().map(|g| g.unwrap_or(100)).sum();
-        let mode = self.choose_mode(busy);
-        if mode != Sharing::Spatial {
-            // Shared: batching for the whole GPU; the slices stay as they are, ready for a
-            // switch back (they add up to at most 100).
-            let previous = std::mem::replace(&mut self.mode, mode);
-            return (0..n)
-                .filter_map(|m| {
-                    let current = observations[m].allocation;
-                    let (b, timeout_ms) = self.shared_batching(m);
-                    let allocation = Allocation { max_batch: BATCH_SIZES[b], batch_timeout_ms: timeout_ms, ..current };
-                    (allocation != current || previous != mode).then(|| Decision {
-                        model: m,
-                        allocation,
-                        reason: format!(
-                            "{mode}: GPU busy {:.0}% at the recent peak rates (slices would need {sliced_pct}%): batch up to {}, wait at most {timeout_ms:.1} ms",
-                            busy * 100.0,
-                            BATCH_SIZES[b]
-                        ),
-                    })
-                })
-                .collect();
-        }
         let switching = self.mode != Sharing::Spatial;
         self.mode = Sharing::Spatial;
 

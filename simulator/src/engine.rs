@@ -379,11 +379,6 @@ impl Simulator {
         self.heap.is_empty() && self.running.is_empty() && self.models.iter().all(|m| m.queue.is_empty())
     }
 
-    /// How the GPU is shared now.
-    pub fn sharing(&self) -> Sharing {
-        self.config.sharing
-    }
-
     /// Switches how the GPU is shared, from the next batch on; running batches finish as they
     /// started (a batch on a slice keeps its SMs, a default-MPS batch contends for the rest).
     /// Spatial sharing needs the allocations to fit the GPU.

@@ -835,10 +835,6 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn modes(&self) -> Vec<Sharing> {
-        vec![self.sharing]
-    }
-
     fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
         if sharing == self.sharing {
             Ok(())
