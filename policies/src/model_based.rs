@@ -220,11 +220,13 @@ impl ModelBased {
     }
 
     /// The mode for the next interval: shared while the GPU keeps up with the load at the
-    /// recent peak rates, slices beyond.
-    fn choose_mode(&self, busy: f64) -> Sharing {
-        let Some(shared) = self.shared_mode else { return Sharing::Spatial };
+    /// recent peak rates (its busy fraction then, returned too), slices beyond or where the
+    /// backend offers no shared mode.
+    fn choose_mode(&self, loads: &[Load]) -> (Sharing, f64) {
+        let Some(shared) = self.shared_mode else { return (Sharing::Spatial, f64::NAN) };
+        let busy = self.shared_busy(loads.iter().map(|l| l.peak_rate.max(l.capacity_rate)));
         let limit = if self.mode == shared { SHARED_MAX_BUSY } else { SHARED_MAX_BUSY * MODE_HYSTERESIS };
-        if busy <= limit { shared } else { Sharing::Spatial }
+        (if busy <= limit { shared } else { Sharing::Spatial }, busy)
     }
 
     /// Median service time correction (profile -> this GPU) and the spread seen around it.
@@ -421,7 +423,6 @@ impl Policy for ModelBased {
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
         let n = self.models.len();
         let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
-        let busy = self.shared_busy(loads.iter().map(|l| l.peak_rate.max(l.capacity_rate)));
         // What the arrivals alone need: a backlog is drained from leftover GPU only, since under
         // overload a drain requirement would make a model degrade and its backlog never clear.
         let slices = &self.slices;
@@ -429,7 +430,7 @@ impl Policy for ModelBased {
             (0..n).map(|m| self.smallest_slice(m, loads[m].steady()).and_then(|g| slices.at_or_above(g))).collect();
 
         let sliced_pct: usize = needed.iter().map(|g| g.unwrap_or(100)).sum();
-        let mode = self.choose_mode(busy);
+        let (mode, busy) = self.choose_mode(&loads);
         if mode != Sharing::Spatial {
             // Shared: batching for the whole GPU, no slices planned; the slices stay as they
             // are, ready for a switch back (they add up to at most 100).
