@@ -10,7 +10,7 @@
 //! measured co-location groups closed loop and minimizing the squared log error of each model's
 //! p50 batch time.
 
-use crate::profile::ColocationRow;
+use gpuslice_traces::colocation::ColocationRow;
 use anyhow::{Context, Result, bail};
 use comfy_table::Table;
 use gpuslice_simulator::{Allocation, ModelSetup, ServiceModel, Sharing, SimConfig, Simulator, secs_to_ns};

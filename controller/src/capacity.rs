@@ -18,6 +18,39 @@ use std::sync::Mutex;
 /// Policies a capacity is compared against (whichever of them were run).
 pub const BASELINES: [&str; 4] = ["temporal", "default-mps", "triton-like", "gslice"];
 
+/// Baselines that serve with fixed batching a user would tune: each is searched at every
+/// setting of the grid below (every model the same max batch and batch wait, as one configures
+/// a Triton dynamic batcher), and reported at the setting with the highest mean capacity.
+/// Triton-like keeps Triton's usual 32 / 1 ms: tuned, it is default MPS at its best setting.
+pub const TUNED_BASELINES: [&str; 2] = ["temporal", "default-mps"];
+/// The grid's max batch sizes...
+pub const TUNING_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// ...and batch waits (ms).
+pub const TUNING_WAITS_MS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
+
+/// A uniform batching setting of a tuned baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batching {
+    pub max_batch: u32,
+    pub batch_timeout_ms: f64,
+}
+
+impl std::fmt::Display for Batching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch {}, wait {} ms", self.max_batch, self.batch_timeout_ms)
+    }
+}
+
+/// Every setting a tuned baseline is searched at.
+pub fn tuning_grid() -> Vec<Batching> {
+    TUNING_BATCHES
+        .iter()
+        .flat_map(|&max_batch| {
+            TUNING_WAITS_MS.iter().map(move |&batch_timeout_ms| Batching { max_batch, batch_timeout_ms })
+        })
+        .collect()
+}
+
 /// How the search runs.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchOptions {
@@ -74,6 +107,8 @@ impl Probe {
 pub struct Capacity {
     pub policy: String,
     pub seed: u64,
+    /// The batching every model ran with, for a tuned baseline (else the policy's own).
+    pub batching: Option<Batching>,
     /// The highest scale served (0 when not even `min_scale` is).
     pub capacity: f64,
     /// The lowest scale found not served (`None` when `max_scale` is served).
@@ -128,24 +163,32 @@ pub fn search(
         }
         hi = Some(h);
     }
-    Ok(Capacity { policy: policy.to_string(), seed, capacity: lo, first_missed: hi, probes })
+    Ok(Capacity { policy: policy.to_string(), seed, batching: None, capacity: lo, first_missed: hi, probes })
 }
 
 /// Searches every policy on every seed (`seed`, `seed + 1`, ...) of `loaded`, the runs spread
-/// over the machine's cores.
+/// over the machine's cores. With `tune`, each of `TUNED_BASELINES` is searched at every
+/// setting of `tuning_grid()` and kept at its best (all settings are returned by `Tuning`).
 pub fn run(
     loaded: &LoadedScenario,
     policies: &[String],
     seeds: u64,
     options: &SearchOptions,
+    tune: bool,
     show_progress: bool,
-) -> Result<Vec<Capacity>> {
+) -> Result<(Vec<Capacity>, Vec<Capacity>)> {
     options.check()?;
-    let jobs: Vec<(usize, String, u64)> = policies
+    let settings = |policy: &str| -> Vec<Option<Batching>> {
+        if tune && TUNED_BASELINES.contains(&policy) {
+            tuning_grid().into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        }
+    };
+    let jobs: Vec<(String, Option<Batching>, u64)> = policies
         .iter()
-        .flat_map(|p| (0..seeds).map(move |k| (p.clone(), loaded.scenario.seed + k)))
-        .enumerate()
-        .map(|(i, (p, s))| (i, p, s))
+        .flat_map(|p| settings(p).into_iter().map(move |b| (p.clone(), b)))
+        .flat_map(|(p, b)| (0..seeds).map(move |k| (p.clone(), b, loaded.scenario.seed + k)))
         .collect();
     let progress = Mutex::new(LateProgress::new(
         Some(jobs.len() as f64),
@@ -153,20 +196,26 @@ pub fn run(
         &format!("capacity of {}", loaded.scenario.name),
         show_progress,
     ));
-    let queue = Mutex::new(jobs.into_iter());
+    let queue = Mutex::new(jobs.into_iter().enumerate());
     let results = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 loop {
-                    let Some((index, policy, seed)) = queue.lock().expect("queue").next() else { return };
+                    let Some((index, (policy, batching, seed))) = queue.lock().expect("queue").next() else { return };
                     let found = search(&policy, seed, options, |scale| {
                         let mut scaled = loaded.clone();
                         scaled.scenario.seed = seed;
+                        if let Some(b) = batching {
+                            for m in &mut scaled.scenario.models {
+                                (m.max_batch, m.batch_timeout_ms) = (b.max_batch, b.batch_timeout_ms);
+                            }
+                        }
                         scaled.scale_load(scale)?;
                         Ok(simulate::run(&scaled, &PolicyChoice::Named(policy.clone()), false)?.report)
-                    });
+                    })
+                    .map(|c| Capacity { batching, ..c });
                     let mut done = results.lock().expect("results");
                     done.push((index, found));
                     let mut bar = progress.lock().expect("progress");
@@ -179,7 +228,35 @@ pub fn run(
     progress.into_inner().expect("progress").finish();
     let mut results = results.into_inner().expect("results");
     results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
+    let all: Vec<Capacity> = results.into_iter().map(|(_, r)| r).collect::<Result<_>>()?;
+    Ok(keep_best_settings(all))
+}
+
+/// Splits the searches into those to report (each tuned baseline at its setting with the
+/// highest mean capacity over the seeds, the first such on a tie) and every tuned search.
+fn keep_best_settings(all: Vec<Capacity>) -> (Vec<Capacity>, Vec<Capacity>) {
+    let mean = |policy: &str, batching: Batching| {
+        let values: Vec<f64> =
+            all.iter().filter(|c| c.policy == policy && c.batching == Some(batching)).map(|c| c.capacity).collect();
+        values.iter().sum::<f64>() / values.len() as f64
+    };
+    let mut best: Vec<(String, Batching)> = Vec::new();
+    for c in &all {
+        let Some(b) = c.batching else { continue };
+        match best.iter_mut().find(|(p, _)| *p == c.policy) {
+            Some((p, kept)) => {
+                if mean(p, b) > mean(p, *kept) {
+                    *kept = b;
+                }
+            }
+            None => best.push((c.policy.clone(), b)),
+        }
+    }
+    let (tuned, untuned): (Vec<Capacity>, Vec<Capacity>) = all.into_iter().partition(|c| c.batching.is_some());
+    let mut reported = untuned;
+    reported
+        .extend(tuned.iter().filter(|c| best.iter().any(|(p, b)| *p == c.policy && c.batching == Some(*b))).cloned());
+    (reported, tuned)
 }
 
 /// Mean and standard deviation of one policy's capacities over its seeds.
@@ -211,6 +288,7 @@ pub fn table(results: &[Capacity], policies: &[String], threshold: f64) -> Table
         "policy".to_string(),
         format!("capacity at {:.3}% SLO", threshold * 100.0),
         best.map_or("vs best baseline".into(), |(b, _)| format!("vs best baseline ({b})")),
+        "batching".to_string(),
     ];
     header.extend(models.iter().map(|m| format!("{m}: SLO met, p50/p99 ms")));
     let mut table = crate::output::table(header);
@@ -218,8 +296,10 @@ pub fn table(results: &[Capacity], policies: &[String], threshold: f64) -> Table
         let Some((mean, sd)) = policy_capacity(results, policy) else { continue };
         let spread = if seeds > 1 { format!("x{mean:.3} ± {sd:.3}") } else { format!("x{mean:.3}") };
         let ratio = best.filter(|(_, c)| *c > 0.0).map_or("-".into(), |(_, c)| format!("{:.2}x", mean / c));
-        let mut row = vec![policy.clone(), spread, ratio];
-        let first = results.iter().find(|r| &r.policy == policy).and_then(Capacity::at_capacity);
+        let search = results.iter().find(|r| &r.policy == policy);
+        let batching = search.and_then(|r| r.batching).map_or("its own".into(), |b| format!("tuned: {b}"));
+        let mut row = vec![policy.clone(), spread, ratio, batching];
+        let first = search.and_then(Capacity::at_capacity);
         for i in 0..models.len() {
             row.push(first.and_then(|p| p.models.get(i)).map_or("-".into(), |m| {
                 let s = &m.summary;
@@ -231,15 +311,31 @@ pub fn table(results: &[Capacity], policies: &[String], threshold: f64) -> Table
     table
 }
 
-/// Row of capacity.csv.
+/// Row of capacity.csv and tuning.csv.
 #[derive(Serialize)]
 struct CapacityRow<'a> {
     policy: &'a str,
     seed: u64,
+    /// Empty where the policy chose its own batching.
+    max_batch: Option<u32>,
+    batch_timeout_ms: Option<f64>,
     capacity: f64,
     first_missed: Option<f64>,
     vs_best_baseline: Option<f64>,
     runs: usize,
+}
+
+fn capacity_rows(searches: &[Capacity], best_baseline: Option<f64>) -> impl Iterator<Item = CapacityRow<'_>> {
+    searches.iter().map(move |r| CapacityRow {
+        policy: &r.policy,
+        seed: r.seed,
+        max_batch: r.batching.map(|b| b.max_batch),
+        batch_timeout_ms: r.batching.map(|b| b.batch_timeout_ms),
+        capacity: r.capacity,
+        first_missed: r.first_missed,
+        vs_best_baseline: best_baseline.map(|b| r.capacity / b),
+        runs: r.probes.len(),
+    })
 }
 
 /// Row of probes.csv: one model in one run of the search.
@@ -257,23 +353,14 @@ struct ProbeRow<'a> {
     dropped: u64,
 }
 
-/// Writes capacity.csv, probes.csv (every run of every search, per model) and
-/// capacity-slo-vs-load.svg (the worst model's SLO attainment against load, per policy, first
-/// seed) into `dir`.
-pub fn write(dir: &Path, results: &[Capacity], policies: &[String], threshold: f64) -> Result<()> {
+/// Writes capacity.csv, tuning.csv (every tuned baseline's search at every setting), probes.csv
+/// (every run of every reported search, per model) and capacity-slo-vs-load.svg (the worst
+/// model's SLO attainment against load, per policy, first seed) into `dir`.
+pub fn write(dir: &Path, results: &[Capacity], tuning: &[Capacity], policies: &[String], threshold: f64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let best = best_baseline(results).map(|(_, c)| c).filter(|c| *c > 0.0);
-    write_csv(
-        &dir.join("capacity.csv"),
-        results.iter().map(|r| CapacityRow {
-            policy: &r.policy,
-            seed: r.seed,
-            capacity: r.capacity,
-            first_missed: r.first_missed,
-            vs_best_baseline: best.map(|b| r.capacity / b),
-            runs: r.probes.len(),
-        }),
-    )?;
+    write_csv(&dir.join("capacity.csv"), capacity_rows(results, best))?;
+    write_csv(&dir.join("tuning.csv"), capacity_rows(tuning, best))?;
     write_csv(
         &dir.join("probes.csv"),
         results.iter().flat_map(|r| {
@@ -387,6 +474,34 @@ mod tests {
         assert_eq!((none.capacity, none.first_missed), (0.0, Some(options.min_scale)));
         let all = search("p", 1, &options, |_| Ok(report(1.0))).unwrap();
         assert_eq!((all.capacity, all.first_missed), (options.max_scale, None));
+    }
+
+    #[test]
+    fn a_tuned_baseline_is_reported_at_its_best_mean_setting() {
+        let search = |policy: &str, seed, batching, capacity| Capacity {
+            policy: policy.into(),
+            seed,
+            batching,
+            capacity,
+            first_missed: None,
+            probes: Vec::new(),
+        };
+        let (small, large) = (
+            Batching { max_batch: 4, batch_timeout_ms: 1.0 },
+            Batching { max_batch: 32, batch_timeout_ms: 1.0 },
+        );
+        // The small batch wins one seed, the large batch the mean.
+        let all = vec![
+            search("temporal", 1, Some(small), 1.0),
+            search("temporal", 2, Some(small), 0.5),
+            search("temporal", 1, Some(large), 0.9),
+            search("temporal", 2, Some(large), 0.9),
+            search("model-based", 1, None, 1.1),
+        ];
+        let (reported, tuning) = keep_best_settings(all);
+        assert_eq!(tuning.len(), 4);
+        let kept: Vec<(&str, Option<Batching>)> = reported.iter().map(|c| (c.policy.as_str(), c.batching)).collect();
+        assert_eq!(kept, [("model-based", None), ("temporal", Some(large)), ("temporal", Some(large))]);
     }
 
     #[test]

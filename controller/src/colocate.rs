@@ -5,8 +5,8 @@
 //! batch size); a group of placements run together is written with `+` between them.
 
 use anyhow::{Context, Result, bail};
-use gpuslice_backends::gpu::mps::MpsDaemon;
-use gpuslice_backends::gpu::worker::{SLOTS, StageTimes, Worker, WorkerSpec, default_script};
+use gpuslice_gpu::mps::MpsDaemon;
+use gpuslice_gpu::worker::{SLOTS, StageTimes, Worker, WorkerSpec, default_script};
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 

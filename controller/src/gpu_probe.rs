@@ -4,7 +4,7 @@
 
 use crate::colocate::{Placement, run_together, spawn_all, worker_spec};
 use anyhow::Result;
-use gpuslice_backends::gpu::mps::MpsDaemon;
+use gpuslice_gpu::mps::MpsDaemon;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! it runs the policy and applies its decisions, which it also broadcasts. A model's start-up
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
-use gpuslice_backends::BackendError;
+use gpuslice_control::BackendError;
 use gpuslice_policies::{ModelContext, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,

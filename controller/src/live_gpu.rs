@@ -4,9 +4,9 @@
 //! completions.
 
 use crate::live::{LiveBackend, LiveModel};
-use gpuslice_backends::gpu::mps::MpsDaemon;
-use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, ModelWorkers, WorkerStarter, WorkerTemplate};
-use gpuslice_backends::{Backend, BackendError};
+use gpuslice_gpu::mps::MpsDaemon;
+use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, ModelWorkers, WorkerStarter, WorkerTemplate};
+use gpuslice_control::{Backend, BackendError};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, RequestRecord, Sharing, Ticket};
 use serde::Deserialize;
 use std::time::Duration;
@@ -34,7 +34,7 @@ impl Default for GpuServing {
 /// machine without it is refused here, with the reason.
 pub fn start(serving: &GpuServing, drop_after_ms: Option<f64>) -> anyhow::Result<GpuBackend> {
     let template = WorkerTemplate {
-        script: serving.worker_script.clone().unwrap_or_else(gpuslice_backends::gpu::worker::default_script),
+        script: serving.worker_script.clone().unwrap_or_else(gpuslice_gpu::worker::default_script),
         fake_ms: serving.fake_ms,
         pool_levels: serving.pool_levels.clone(),
     };

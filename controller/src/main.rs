@@ -116,6 +116,10 @@ enum Command {
         /// --capacity: stop when the bracket is narrower than this fraction of the load scale.
         #[arg(long, default_value_t = 0.025, requires = "capacity")]
         precision: f64,
+        /// --capacity: run temporal and default-mps with the scenario's batching only, instead
+        /// of at their best setting of a grid of max batch (1-64) and batch wait (0.5-8 ms).
+        #[arg(long, requires = "capacity")]
+        untuned: bool,
         /// Policy the "vs ref" column divides by.
         #[arg(long, default_value = "model-based")]
         reference: String,
@@ -470,6 +474,7 @@ fn run(command: Command) -> Result<()> {
             capacity: capacity_search,
             threshold,
             precision,
+            untuned,
             reference,
             out,
             quiet,
@@ -483,7 +488,7 @@ fn run(command: Command) -> Result<()> {
                 if let Some(dir) = &out {
                     std::fs::create_dir_all(dir)?;
                 }
-                let results = capacity::run(&loaded, &policies, seeds, &options, !quiet)?;
+                let (results, tuning) = capacity::run(&loaded, &policies, seeds, &options, !untuned, !quiet)?;
                 println!(
                     "{} — capacity at the SLO: the highest load scale at which every model keeps {:.3}% of its requests within its SLO, {seeds} seed(s)",
                     loaded.scenario.name,
@@ -491,7 +496,7 @@ fn run(command: Command) -> Result<()> {
                 );
                 println!("{}", capacity::table(&results, &policies, threshold));
                 if let Some(dir) = out {
-                    capacity::write(&dir, &results, &policies, threshold)?;
+                    capacity::write(&dir, &results, &tuning, &policies, threshold)?;
                     tracing::info!(dir = %dir.display(), "results written");
                 }
                 return Ok(());
@@ -593,8 +598,8 @@ fn run(command: Command) -> Result<()> {
         Command::GpuRun { config, policy, out, load_scale, fake_ms, pool_levels } => {
             let mut loaded = scenario::LoadedScenario::load(Some(&config))?;
             loaded.scale_load(load_scale)?;
-            let template = gpuslice_backends::gpu::serving::WorkerTemplate {
-                script: gpuslice_backends::gpu::worker::default_script(),
+            let template = gpuslice_gpu::serving::WorkerTemplate {
+                script: gpuslice_gpu::worker::default_script(),
                 fake_ms,
                 pool_levels,
             };
@@ -611,7 +616,7 @@ fn run(command: Command) -> Result<()> {
             println!("{}", output::stage_table(&run.stages));
             if !run.device.is_empty() {
                 let n = run.device.len() as f64;
-                let mean = |f: fn(&gpuslice_backends::DeviceSample) -> f64| run.device.iter().map(f).sum::<f64>() / n;
+                let mean = |f: fn(&gpuslice_control::DeviceSample) -> f64| run.device.iter().map(f).sum::<f64>() / n;
                 println!(
                     "GPU (NVML, per interval): utilization {:.0}%, memory used {:.0} MiB, SM clock {:.0} MHz (means)",
                     mean(|d| d.gpu_util_pct as f64),

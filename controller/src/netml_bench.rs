@@ -3,8 +3,8 @@
 //! completion event — after checking that each mode delivers the images intact.
 
 use anyhow::{Context, Result, ensure};
-use gpuslice_backends::netml::gpu::{GpuTransfer, TransferMode, stage_image};
-use gpuslice_backends::netml::pool::PacketPool;
+use gpuslice_netml::gpu::{GpuTransfer, TransferMode, stage_image};
+use gpuslice_netml::pool::PacketPool;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

@@ -11,12 +11,12 @@
 //!   arrival until it is on the GPU (arrival of the rest, then the transfer).
 
 use anyhow::{Context, Result, bail};
-use gpuslice_backends::gpu::mps::MpsDaemon;
-use gpuslice_backends::gpu::worker::{Worker, WorkerSpec, default_script};
-use gpuslice_backends::netml::gpu::{GpuTransfer, TransferMode};
-use gpuslice_backends::netml::packet::PacketHeader;
-use gpuslice_backends::netml::reassembly::CompleteImage;
-use gpuslice_backends::netml::udp::{Receiver, Sender};
+use gpuslice_gpu::mps::MpsDaemon;
+use gpuslice_gpu::worker::{Worker, WorkerSpec, default_script};
+use gpuslice_netml::gpu::{GpuTransfer, TransferMode};
+use gpuslice_netml::packet::PacketHeader;
+use gpuslice_netml::reassembly::CompleteImage;
+use gpuslice_netml::udp::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::Path;

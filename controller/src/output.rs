@@ -103,7 +103,7 @@ pub fn write_csv<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -
 }
 
 /// Per model, where its requests' time went on the GPU backend.
-pub fn stage_table(stages: &[gpuslice_backends::StageSummary]) -> Table {
+pub fn stage_table(stages: &[gpuslice_control::StageSummary]) -> Table {
     let mut table = table(vec![
         "model",
         "requests",

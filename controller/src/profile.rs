@@ -11,10 +11,11 @@
 //! (see `ColocationRow`): each model's GPU time while the group runs closed loop together, and the
 //! same worker's GPU time alone just before, so the inflation is measured on one process.
 
+use gpuslice_traces::colocation::ColocationRow;
 use crate::colocate::{LoopResult, Placement, group_label, run_together, spawn_all, worker_spec};
 use anyhow::{Context, Result};
-use gpuslice_backends::gpu::mps::MpsDaemon;
-use gpuslice_backends::gpu::worker::Worker;
+use gpuslice_gpu::mps::MpsDaemon;
+use gpuslice_gpu::worker::Worker;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -33,25 +34,6 @@ struct Row {
     p99_ms: f64,
     mean_ms: f64,
     imgs_per_s: f64,
-}
-
-/// One model of a co-location group. Times are GPU time per batch (CUDA events in the worker).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ColocationRow {
-    /// Every placement of the group, `MODEL:GPU%:BATCH` joined by `+`.
-    pub group: String,
-    pub model: String,
-    pub gpu_pct: f64,
-    pub batch: u32,
-    /// Batches timed while the group ran together.
-    pub batches: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub mean_ms: f64,
-    pub imgs_per_s: f64,
-    /// The same worker alone, just before.
-    pub solo_p50_ms: f64,
-    pub solo_p99_ms: f64,
 }
 
 pub struct ProfileOptions<'a> {

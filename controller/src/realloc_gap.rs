@@ -15,9 +15,9 @@
 //! decision, and the time until it serves.
 
 use anyhow::{Result, ensure};
-use gpuslice_backends::gpu::mps::MpsDaemon;
-use gpuslice_backends::gpu::telemetry::Telemetry;
-use gpuslice_backends::gpu::worker::{Worker, WorkerSpec, default_script};
+use gpuslice_gpu::mps::MpsDaemon;
+use gpuslice_gpu::telemetry::Telemetry;
+use gpuslice_gpu::worker::{Worker, WorkerSpec, default_script};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,8 @@
 
 use crate::scenario::LoadedScenario;
 use anyhow::{Result, anyhow};
-use gpuslice_backends::gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
-use gpuslice_backends::{Backend, DeviceSample, SimBackend, StageSummary};
+use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+use gpuslice_control::{Backend, DeviceSample, SimBackend, StageSummary};
 use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Simulator};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -155,7 +155,7 @@ pub fn run_on(
             let mps = match template.fake_ms {
                 Some(_) => None,
                 None if mode == Sharing::Temporal => None,
-                None => Some(gpuslice_backends::gpu::mps::MpsDaemon::start_private()?),
+                None => Some(gpuslice_gpu::mps::MpsDaemon::start_private()?),
             };
             let gpu_setups = setups
                 .into_iter()

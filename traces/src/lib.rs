@@ -4,6 +4,7 @@
 
 pub mod arrivals;
 pub mod azure;
+pub mod colocation;
 pub mod error;
 pub mod latency;
 pub mod profile;

@@ -1,0 +1,915 @@
+//! The GPU backend: per model a request queue fed in wall-clock time, a dispatcher thread that
+//! forms batches and runs them on the model's worker (at its MPS GPU%), and standby
+//! reallocation — a worker at the new GPU% is started beside the old one, and the queue moves to
+//! it once it is ready, so service never stops. Implements the same `Backend` trait as the
+//! simulator. Requests come from a model's arrival process (experiments) or one at a time through
+//! `submit` (the gRPC plane), each answered through `take_finished`.
+
+use crate::mps::MpsDaemon;
+use crate::telemetry::Telemetry;
+use crate::worker::{Completion, INPUT_BYTES_PER_ITEM, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
+use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
+use gpuslice_simulator::{
+    Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket,
+};
+use gpuslice_traces::ArrivalProcess;
+use hdrhistogram::Histogram;
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Batch sizes each worker captures a CUDA graph for; a batch runs on the smallest graph that
+/// holds it.
+pub const GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, 32];
+
+/// One model served on the GPU.
+pub struct GpuModelSetup {
+    pub name: String,
+    pub slo_ms: f64,
+    pub allocation: Allocation,
+    /// Generated arrivals, or `None`: requests come through `submit` until the model is retired.
+    pub arrivals: Option<Box<dyn ArrivalProcess>>,
+}
+
+/// How workers are started (the script, the GPU-less mode for tests) and how GPU% changes.
+#[derive(Clone)]
+pub struct WorkerTemplate {
+    pub script: std::path::PathBuf,
+    pub fake_ms: Option<f64>,
+    /// Standby pool: with levels, every model starts a worker at each GPU% level up front and a
+    /// reallocation switches to the one at the level just above the asked GPU% where the GPU has
+    /// room for it, else just below (at once);
+    /// without, a worker at the new GPU% is started when asked (seconds).
+    pub pool_levels: Vec<f64>,
+}
+
+impl WorkerTemplate {
+    /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest
+    /// level at or above it if that fits (a slice rounded down would serve less than the policy
+    /// planned), else the highest level that fits (the lowest level if none does: the caller
+    /// then refuses the change).
+    fn level(&self, gpu_pct: f64, room: f64) -> f64 {
+        let fitting = self.pool_levels.iter().copied().filter(|l| *l <= room + 1e-9);
+        let above = fitting.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
+        if above.is_finite() {
+            return above;
+        }
+        let highest = fitting.fold(f64::NAN, f64::max);
+        if highest.is_nan() { self.pool_levels.iter().copied().fold(f64::INFINITY, f64::min) } else { highest }
+    }
+}
+
+/// What the backend hands a model's dispatcher.
+enum Handover {
+    /// A standby worker just started at this GPU%: serve with it from now on.
+    Started(Box<Worker>, f64),
+    /// Serve with the pool's worker at this GPU% level from now on.
+    Level(f64),
+}
+
+/// Per-request stage times of one model, in microseconds.
+struct StageRecorder {
+    queue: Histogram<u64>,
+    h2d: Histogram<u64>,
+    infer: Histogram<u64>,
+    d2h: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+impl StageRecorder {
+    fn new() -> StageRecorder {
+        let new = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+        StageRecorder { queue: new(), h2d: new(), infer: new(), d2h: new(), total: new() }
+    }
+
+    /// One batch of requests (their arrival times) that started at `started` and ended at `done`.
+    fn record(&mut self, arrivals: &[Instant], started: Instant, done: Instant, times: &StageTimes) {
+        let us = |d: Duration| d.as_micros() as u64 + 1;
+        let ms_us = |ms: f64| (ms * 1000.0) as u64 + 1;
+        let n = arrivals.len() as u64;
+        for &arrival in arrivals {
+            let _ = self.queue.record(us(started.saturating_duration_since(arrival)));
+            let _ = self.total.record(us(done.saturating_duration_since(arrival)));
+        }
+        let _ = self.h2d.record_n(ms_us(times.h2d_ms), n);
+        let _ = self.infer.record_n(ms_us(times.infer_ms), n);
+        let _ = self.d2h.record_n(ms_us(times.d2h_ms), n);
+    }
+
+    fn summary(&self, model: &str) -> StageSummary {
+        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        StageSummary {
+            model: model.to_string(),
+            requests: self.total.len(),
+            queue_p50_ms: q(&self.queue, 0.5),
+            queue_p99_ms: q(&self.queue, 0.99),
+            h2d_mean_ms: self.h2d.mean() / 1000.0,
+            infer_mean_ms: self.infer.mean() / 1000.0,
+            infer_p99_ms: q(&self.infer, 0.99),
+            d2h_mean_ms: self.d2h.mean() / 1000.0,
+            total_p50_ms: q(&self.total, 0.5),
+            total_p99_ms: q(&self.total, 0.99),
+        }
+    }
+}
+
+/// A request waiting in a model's queue; submitted ones carry their ticket (generated arrivals 0).
+struct Queued {
+    arrival: Instant,
+    ticket: Ticket,
+}
+
+/// What a model's dispatcher and the backend share.
+struct Shared {
+    queue: VecDeque<Queued>,
+    /// Submitted requests served (times in ns since the backend started) or dropped, not yet taken.
+    finished: Vec<RequestRecord>,
+    dropped_tickets: Vec<Ticket>,
+    stages: StageRecorder,
+    allocation: Allocation,
+    total: Counters,
+    interval: Counters,
+    samples: Vec<BatchSample>,
+    /// No more requests will come (the arrival process ended, or the model was retired).
+    arrivals_done: bool,
+    /// Batches handed to workers and not completed.
+    in_flight: usize,
+    stop: bool,
+    /// Set when the worker died; the model serves nothing more.
+    failed: Option<String>,
+}
+
+struct ModelHandle {
+    name: String,
+    slo_ms: f64,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    /// Ready standby workers go to the dispatcher through this.
+    handover: mpsc::Sender<Handover>,
+    /// A standby worker is starting; further GPU% changes wait for it.
+    standby_starting: Arc<std::sync::atomic::AtomicBool>,
+    reallocations: u64,
+    /// Retired: takes no requests and holds no GPU share; serves what it had accepted.
+    retired: bool,
+}
+
+pub struct GpuBackend {
+    models: Vec<ModelHandle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+    interval: Duration,
+    next_boundary: Instant,
+    interval_start: Instant,
+    drop_after: Option<Duration>,
+    starter: WorkerStarter,
+    next_ticket: Ticket,
+    /// GPU% kept free for a model about to be added (`reserve`).
+    reserved_pct: f64,
+    telemetry: Option<Telemetry>,
+    last_sample: Option<DeviceSample>,
+    /// How the workers share the GPU (for reports): spatial under MPS slices, default MPS,
+    /// or temporal (no MPS, the driver time-slices).
+    sharing: Sharing,
+}
+
+fn graph_for(n: usize) -> u32 {
+    GRAPH_BATCHES.iter().copied().find(|&b| b as usize >= n).unwrap_or(GRAPH_BATCHES[GRAPH_BATCHES.len() - 1])
+}
+
+/// Starts a model's worker processes (Python start-up and CUDA graph capture: seconds), under
+/// the backend's MPS daemon if it has one. Cheap to clone, so it can start workers off the
+/// thread that serves.
+#[derive(Clone)]
+pub struct WorkerStarter {
+    template: WorkerTemplate,
+    mps: Option<Arc<MpsDaemon>>,
+}
+
+/// A model's workers, started and ready to serve (see `GpuBackend::add_model`).
+pub struct ModelWorkers(Vec<(Worker, f64)>);
+
+impl WorkerStarter {
+    pub fn new(template: WorkerTemplate, mps: Option<MpsDaemon>) -> WorkerStarter {
+        WorkerStarter { template, mps: mps.map(Arc::new) }
+    }
+
+    fn one(&self, model: &str, gpu_pct: f64) -> Result<Worker, WorkerError> {
+        Worker::spawn(&WorkerSpec {
+            model: model.into(),
+            batches: GRAPH_BATCHES.to_vec(),
+            script: self.template.script.clone(),
+            env: self.mps.as_ref().map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
+            fake_ms: self.template.fake_ms,
+            input_ipc: None,
+            green_sms: Vec::new(),
+        })
+    }
+
+    /// The GPU% a model starting at `gpu_pct` gets: its pool level, or as asked without a pool.
+    fn starting_pct(&self, gpu_pct: f64) -> f64 {
+        if self.template.pool_levels.is_empty() { gpu_pct } else { self.template.level(gpu_pct, gpu_pct) }
+    }
+
+    /// One worker per pool level, or one at `gpu_pct` without a pool; started in parallel.
+    pub fn start(&self, model: &str, gpu_pct: f64) -> Result<ModelWorkers, WorkerError> {
+        let levels =
+            if self.template.pool_levels.is_empty() { vec![gpu_pct] } else { self.template.pool_levels.clone() };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                levels.iter().map(|&pct| scope.spawn(move || self.one(model, pct).map(|w| (w, pct)))).collect();
+            handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<Vec<_>, _>>()
+        })
+        .map(ModelWorkers)
+    }
+}
+
+impl Shared {
+    /// Queues a request, counting it as an arrival.
+    fn push(&mut self, request: Queued) {
+        self.queue.push_back(request);
+        self.total.arrivals += 1;
+        self.interval.arrivals += 1;
+        let len = self.queue.len();
+        self.total.max_queue = self.total.max_queue.max(len);
+        self.interval.max_queue = self.interval.max_queue.max(len);
+    }
+
+    /// Drops requests, telling the submitters of those that were submitted.
+    fn drop_requests(&mut self, dropped: impl Iterator<Item = Queued>) {
+        let mut n = 0;
+        for r in dropped {
+            n += 1;
+            if r.ticket != 0 {
+                self.dropped_tickets.push(r.ticket);
+            }
+        }
+        self.total.dropped += n as u64;
+        self.interval.dropped += n as u64;
+    }
+}
+
+/// The thread that queues a model's generated arrivals at their wall-clock times.
+fn feed(
+    mut arrivals: Box<dyn ArrivalProcess>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    started: Instant,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (lock, ready) = &*shared;
+        while let Some(t) = arrivals.next_arrival() {
+            let at = started + Duration::from_secs_f64(t);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let mut s = lock.lock().expect("model state");
+            if s.stop {
+                return;
+            }
+            s.push(Queued { arrival: Instant::now(), ticket: 0 });
+            ready.notify_one();
+        }
+        lock.lock().expect("model state").arrivals_done = true;
+        ready.notify_one();
+    })
+}
+
+/// A batch handed to a worker and not completed yet.
+struct Running {
+    requests: Vec<Queued>,
+    /// Its worker's index in the dispatcher's pool.
+    worker: usize,
+    graph: u32,
+    submitted: Instant,
+}
+
+/// When a worker that runs a batch gets the next one: one hand-off before the running batch is
+/// expected to end, so the GPU does not idle through the hand-off (writing the inputs, the
+/// command, the worker's launch), while the next batch gathers requests until then. Learned from
+/// the worker's completions.
+#[derive(Default)]
+struct Pace {
+    /// Per (worker, graph batch size): how long its last batch held the worker.
+    service: HashMap<(usize, u32), Duration>,
+    /// Per worker: when its last batch completed.
+    last_done: HashMap<usize, Instant>,
+    /// A batch handed to an idle worker: its round trip less its GPU stages (moving average).
+    hand_off: Option<Duration>,
+}
+
+impl Pace {
+    /// When a batch began on its worker: at its hand-off, or when the batch ahead completed.
+    fn began(&self, worker: usize, submitted: Instant) -> Instant {
+        self.last_done.get(&worker).map_or(submitted, |done| submitted.max(*done))
+    }
+
+    /// Learns from a completed batch; returns when it began and how long it held the worker.
+    fn completed(&mut self, worker: usize, graph: u32, c: &Completion) -> (Instant, Duration) {
+        let gpu = Duration::from_secs_f64((c.times.h2d_ms + c.times.infer_ms + c.times.d2h_ms).max(0.0) * 1e-3);
+        let queued_behind = self.began(worker, c.submitted);
+        // The batch ahead's completion is stamped when it is read, which can be late; the batch
+        // itself ran its GPU stages before its own completion, so it began no later than that.
+        let began = queued_behind.min(c.done.checked_sub(gpu).unwrap_or(c.submitted)).max(c.submitted);
+        let service = c.done - began;
+        if queued_behind == c.submitted {
+            let overhead = c.times.round_trip.saturating_sub(gpu);
+            self.hand_off = Some(self.hand_off.map_or(overhead, |h| h.mul_f64(0.8) + overhead.mul_f64(0.2)));
+        }
+        self.service.insert((worker, graph), service);
+        self.last_done.insert(worker, c.done);
+        (began, service)
+    }
+
+    /// When `worker`, running a batch of `graph` handed over at `submitted`, may get the next
+    /// one; `None` until its time is known (the next batch then waits for the completion).
+    fn next_hand_off(&self, worker: usize, graph: u32, submitted: Instant) -> Option<Instant> {
+        let expected_end = self.began(worker, submitted) + *self.service.get(&(worker, graph))?;
+        Some(expected_end.checked_sub(self.hand_off?).unwrap_or(submitted).max(submitted))
+    }
+}
+
+/// A model's dispatcher: forms batches from its queue and hands them to its active worker (up
+/// to `SLOTS` at once), switching workers between two batches when the backend reallocates.
+struct Dispatcher {
+    index: usize,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    standby: mpsc::Receiver<Handover>,
+    started: Instant,
+    drop_after: Option<Duration>,
+    slo_ns: u64,
+}
+
+impl Dispatcher {
+    /// Wakes this dispatcher when `worker` writes a completion.
+    fn wake_on_completion(&self, worker: &Worker) {
+        let shared = self.shared.clone();
+        worker.on_output(Box::new(move || {
+            let (lock, ready) = &*shared;
+            // Taking the lock orders this after the dispatcher's check for completions.
+            let _held = lock.lock();
+            ready.notify_all();
+        }));
+    }
+
+    fn serve(self, mut pool: Vec<(Worker, f64)>, mut active: usize) {
+        let (lock, ready) = &*self.shared;
+        for (worker, _) in &pool {
+            self.wake_on_completion(worker);
+        }
+        let mut running: VecDeque<Running> = VecDeque::new();
+        let mut pace = Pace::default();
+        // A standby worker that takes over once the old ones have completed what they hold.
+        let mut switching: Option<(Box<Worker>, f64)> = None;
+        loop {
+            // A reallocation takes effect between two batches.
+            while let Ok(handover) = self.standby.try_recv() {
+                match handover {
+                    Handover::Started(worker, pct) => {
+                        self.wake_on_completion(&worker);
+                        switching = Some((worker, pct));
+                    }
+                    Handover::Level(pct) => {
+                        active = pool.iter().position(|(_, p)| *p == pct).unwrap_or(active);
+                    }
+                }
+            }
+            let mut s = lock.lock().expect("model state");
+            // Checked under the lock: a completion written after this check wakes the wait below.
+            if let Err(e) = self.collect(&mut s, &mut pool, &mut running, &mut pace) {
+                self.fail(&mut s, e, running);
+                return;
+            }
+            if running.is_empty()
+                && let Some((worker, pct)) = switching.take()
+            {
+                drop(s);
+                let old = std::mem::replace(&mut pool, vec![(*worker, pct)]);
+                // Old workers take a moment to exit: not on the serving thread.
+                std::thread::spawn(move || drop(old));
+                (active, pace) = (0, Pace::default());
+                continue;
+            }
+            let now = Instant::now();
+            if let Some(limit) = self.drop_after {
+                let expired = s.queue.iter().take_while(|r| now - r.arrival > limit).count();
+                let dropped: Vec<Queued> = s.queue.drain(..expired).collect();
+                s.drop_requests(dropped.into_iter());
+            }
+            let Some(head) = s.queue.front().map(|r| r.arrival) else {
+                if (s.stop || s.arrivals_done) && running.is_empty() {
+                    return;
+                }
+                drop(ready.wait_timeout(s, Duration::from_millis(5)).expect("model state"));
+                continue;
+            };
+            let a = s.allocation;
+            let max = (a.max_batch as usize).min(*GRAPH_BATCHES.last().expect("graphs") as usize);
+            let full = s.queue.len() >= max;
+            // A batch is formed when full or when its first request has waited the batch timeout,
+            // and goes when its worker is ready for it.
+            let formed_at =
+                if full || s.arrivals_done { now } else { head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) };
+            let held = running.iter().filter(|r| r.worker == active).count();
+            let worker_ready_at = match running.iter().rfind(|r| r.worker == active) {
+                _ if switching.is_some() || held >= SLOTS => None,
+                None => Some(now),
+                Some(_) if full => Some(now),
+                Some(r) => pace.next_hand_off(active, r.graph, r.submitted),
+            };
+            match worker_ready_at.map(|at| at.max(formed_at)) {
+                Some(at) if at <= now => {}
+                wait => {
+                    // Until then, a completion or an arrival: whichever comes first.
+                    let timeout = wait.map_or(Duration::from_millis(5), |at| at - now);
+                    drop(ready.wait_timeout(s, timeout).expect("model state"));
+                    continue;
+                }
+            }
+            let n = s.queue.len().min(max);
+            let requests: Vec<Queued> = s.queue.drain(..n).collect();
+            s.in_flight += 1;
+            drop(s);
+            let graph = graph_for(n);
+            let submitted = Instant::now();
+            // The requests' inputs go to the worker's shared memory (their payload bytes).
+            let handed =
+                pool[active].0.submit(graph, 0, |input| input[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0));
+            running.push_back(Running { requests, worker: active, graph, submitted });
+            if let Err(e) = handed {
+                self.fail(&mut lock.lock().expect("model state"), e, running);
+                return;
+            }
+        }
+    }
+
+    /// Records every batch that has completed, oldest first per worker.
+    fn collect(
+        &self,
+        s: &mut Shared,
+        pool: &mut [(Worker, f64)],
+        running: &mut VecDeque<Running>,
+        pace: &mut Pace,
+    ) -> Result<(), WorkerError> {
+        let mut workers: Vec<usize> = running.iter().map(|r| r.worker).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        for w in workers {
+            let (worker, gpu_pct) = &mut pool[w];
+            while let Some(completion) = worker.try_complete()? {
+                let i = running.iter().position(|r| r.worker == w).expect("a batch of this worker runs");
+                let batch = running.remove(i).expect("index");
+                self.record(s, batch, &completion, *gpu_pct, pace);
+            }
+        }
+        Ok(())
+    }
+
+    /// A completed batch: stage times, the sample the policy learns from (how long the batch held
+    /// the worker: the slice's whole per-batch cycle, not the GPU time alone) and each request.
+    fn record(&self, s: &mut Shared, batch: Running, c: &Completion, gpu_pct: f64, pace: &mut Pace) {
+        let since_start = |t: Instant| t.saturating_duration_since(self.started).as_nanos() as u64;
+        let (began, service) = pace.completed(batch.worker, batch.graph, c);
+        s.in_flight -= 1;
+        let arrivals: Vec<Instant> = batch.requests.iter().map(|r| r.arrival).collect();
+        s.stages.record(&arrivals, began, c.done, &c.times);
+        s.total.batches += 1;
+        s.interval.batches += 1;
+        let busy = service.as_nanos() as f64 * gpu_pct;
+        s.total.sm_pct_ns += busy;
+        s.interval.sm_pct_ns += busy;
+        s.samples.push(BatchSample { size: batch.graph, gpu_pct, exec_ms: service.as_secs_f64() * 1e3 });
+        let size = batch.requests.len() as u32;
+        for r in batch.requests {
+            let latency = (c.done - r.arrival).as_nanos() as u64;
+            s.total.record_latency(latency, latency <= self.slo_ns);
+            s.interval.record_latency(latency, latency <= self.slo_ns);
+            if r.ticket != 0 {
+                s.finished.push(RequestRecord {
+                    ticket: r.ticket,
+                    model: self.index,
+                    arrival_ns: since_start(r.arrival),
+                    start_ns: since_start(began),
+                    end_ns: since_start(c.done),
+                    solo_ns: service.as_nanos() as u64,
+                    batch_size: size,
+                });
+            }
+        }
+    }
+
+    /// Nothing accepted is lost silently: the batches in flight and the queue are dropped and
+    /// their submitters told; the model takes no more requests.
+    fn fail(&self, s: &mut Shared, e: WorkerError, running: VecDeque<Running>) {
+        tracing::error!(error = %e, "worker failed; its requests are dropped");
+        let queued: Vec<Queued> = s.queue.drain(..).collect();
+        s.drop_requests(running.into_iter().flat_map(|r| r.requests).chain(queued));
+        s.in_flight = 0;
+        s.failed = Some(e.to_string());
+        s.stop = true;
+    }
+}
+
+impl GpuBackend {
+    /// Starts every model's workers (all in parallel), arrival feeder and dispatcher. With no
+    /// setups, models come later through `add_model`.
+    pub fn start(
+        setups: Vec<GpuModelSetup>,
+        control_interval: Duration,
+        drop_after: Option<Duration>,
+        starter: WorkerStarter,
+        sharing: Sharing,
+    ) -> Result<GpuBackend, BackendError> {
+        let mut setups = setups;
+        for s in &mut setups {
+            s.allocation.gpu_pct = starter.starting_pct(s.allocation.gpu_pct);
+        }
+        let workers: Vec<ModelWorkers> = std::thread::scope(|scope| {
+            let handles: Vec<_> = setups
+                .iter()
+                .map(|s| {
+                    let (starter, name, pct) = (&starter, s.name.as_str(), s.allocation.gpu_pct);
+                    scope.spawn(move || starter.start(name, pct))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<_, _>>()
+        })?;
+        let started = Instant::now();
+        let mut backend = GpuBackend {
+            models: Vec::new(),
+            threads: Vec::new(),
+            started,
+            interval: control_interval,
+            next_boundary: started + control_interval,
+            interval_start: started,
+            drop_after,
+            telemetry: if starter.template.fake_ms.is_some() {
+                None
+            } else {
+                Telemetry::open().map_err(|e| tracing::warn!("{e}")).ok()
+            },
+            starter,
+            next_ticket: 1,
+            reserved_pct: 0.0,
+            last_sample: None,
+            sharing,
+        };
+        for (setup, pool) in setups.into_iter().zip(workers) {
+            backend.add_model(setup, pool)?;
+        }
+        Ok(backend)
+    }
+
+    /// The GPU% levels of the standby pool (empty without one): the only slices it serves.
+    pub fn pool_levels(&self) -> &[f64] {
+        &self.starter.template.pool_levels
+    }
+
+    /// What starts workers for models added later (`add_model`), to run off the serving thread.
+    pub fn starter(&self) -> WorkerStarter {
+        self.starter.clone()
+    }
+
+    /// Serves a model on workers from `starter().start(...)`; returns its index. Refused if the
+    /// GPU has no room for its share.
+    pub fn add_model(&mut self, setup: GpuModelSetup, workers: ModelWorkers) -> Result<usize, SimError> {
+        let mut setup = setup;
+        let held = self.held_pct(None);
+        if !self.starter.template.pool_levels.is_empty() {
+            setup.allocation.gpu_pct = self.starter.template.level(setup.allocation.gpu_pct, 100.0 - held);
+        }
+        if let Some(problem) = setup.allocation.problem() {
+            return Err(SimError::InvalidModel { model: setup.name, problem });
+        }
+        let total = held + setup.allocation.gpu_pct;
+        if self.sharing == Sharing::Spatial && total > 100.0 + 1e-9 {
+            return Err(SimError::OverSubscribed { total_pct: total });
+        }
+        let shared = Arc::new((
+            Mutex::new(Shared {
+                queue: VecDeque::new(),
+                finished: Vec::new(),
+                dropped_tickets: Vec::new(),
+                stages: StageRecorder::new(),
+                allocation: setup.allocation,
+                total: Counters::new(),
+                interval: Counters::new(),
+                samples: Vec::new(),
+                arrivals_done: false,
+                in_flight: 0,
+                stop: false,
+                failed: None,
+            }),
+            Condvar::new(),
+        ));
+        let index = self.models.len();
+        let (handover, standby) = mpsc::channel();
+        if let Some(arrivals) = setup.arrivals {
+            self.threads.push(feed(arrivals, shared.clone(), self.started));
+        }
+        let dispatcher = Dispatcher {
+            index,
+            shared: shared.clone(),
+            standby,
+            started: self.started,
+            drop_after: self.drop_after,
+            slo_ns: (setup.slo_ms * 1e6) as u64,
+        };
+        let pool = workers.0;
+        let active = pool.iter().position(|(_, pct)| *pct == setup.allocation.gpu_pct).unwrap_or(0);
+        self.threads.push(std::thread::spawn(move || dispatcher.serve(pool, active)));
+        self.models.push(ModelHandle {
+            name: setup.name,
+            slo_ms: setup.slo_ms,
+            shared,
+            handover,
+            standby_starting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            reallocations: 0,
+            retired: false,
+        });
+        Ok(index)
+    }
+
+    /// Stops taking requests for a model and frees its GPU share; what it accepted is still
+    /// served (then its workers exit).
+    pub fn retire_model(&mut self, model: usize) -> Result<(), SimError> {
+        let handle = self.models.get_mut(model).ok_or(SimError::UnknownModel(model))?;
+        handle.retired = true;
+        let (lock, ready) = &*handle.shared;
+        lock.lock().expect("model state").arrivals_done = true;
+        ready.notify_all();
+        Ok(())
+    }
+
+    /// Queues one request for a model (an open one: added without arrivals, not retired);
+    /// its result comes out of `take_finished` under the returned ticket.
+    pub fn submit(&mut self, model: usize) -> Result<Ticket, SimError> {
+        let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        let (lock, ready) = &*handle.shared;
+        let mut s = lock.lock().expect("model state");
+        if handle.retired {
+            return Err(SimError::Retired(handle.name.clone()));
+        }
+        if let Some(cause) = &s.failed {
+            return Err(SimError::InvalidModel {
+                model: handle.name.clone(),
+                problem: format!("its worker died: {cause}"),
+            });
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        s.push(Queued { arrival: Instant::now(), ticket });
+        ready.notify_one();
+        Ok(ticket)
+    }
+
+    /// Submitted requests served and dropped since the last call.
+    pub fn take_finished(&mut self) -> (Vec<RequestRecord>, Vec<Ticket>) {
+        let (mut done, mut dropped) = (Vec::new(), Vec::new());
+        for m in &self.models {
+            let mut s = m.shared.0.lock().expect("model state");
+            done.append(&mut s.finished);
+            dropped.append(&mut s.dropped_tickets);
+        }
+        (done, dropped)
+    }
+
+    /// A model's allocation now.
+    pub fn allocation(&self, model: usize) -> Result<Allocation, SimError> {
+        let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        Ok(handle.shared.0.lock().expect("model state").allocation)
+    }
+
+    /// Keeps `gpu_pct` free for a model about to be added: reallocations round to pool levels
+    /// that leave it free, until `reserve(0.0)`.
+    pub fn reserve(&mut self, gpu_pct: f64) {
+        self.reserved_pct = gpu_pct.max(0.0);
+    }
+
+    /// GPU% held by the models in service, leaving one out.
+    fn held_pct(&self, except: Option<usize>) -> f64 {
+        self.models
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| Some(*i) != except && !m.retired)
+            .map(|(_, m)| m.shared.0.lock().expect("model state").allocation.gpu_pct)
+            .sum()
+    }
+
+    /// What each model saw since the last call (one entry per model index, retired ones too).
+    pub fn take_interval(&mut self) -> Vec<ModelInterval> {
+        let (start, end) = (self.interval_start, Instant::now());
+        self.interval_start = end;
+        let span = (end - start).as_nanos() as u64;
+        self.models
+            .iter()
+            .map(|m| {
+                let mut s = m.shared.0.lock().expect("model state");
+                let summary = s.interval.summary(span, span);
+                s.interval.reset();
+                ModelInterval {
+                    model: m.name.clone(),
+                    start_s: (start - self.started).as_secs_f64(),
+                    end_s: (end - self.started).as_secs_f64(),
+                    allocation: s.allocation,
+                    queue_len: s.queue.len(),
+                    summary,
+                    batches: std::mem::take(&mut s.samples),
+                }
+            })
+            .collect()
+    }
+
+    /// True once every model's arrivals have ended and its queue is served.
+    fn drained(&self) -> bool {
+        self.models.iter().all(|m| {
+            let s = m.shared.0.lock().expect("model state");
+            (s.arrivals_done && s.queue.is_empty() && s.in_flight == 0) || s.stop
+        })
+    }
+}
+
+impl Backend for GpuBackend {
+    fn next_interval(&mut self) -> Option<Vec<ModelInterval>> {
+        if self.drained() {
+            return None;
+        }
+        std::thread::sleep(self.next_boundary.saturating_duration_since(Instant::now()));
+        self.next_boundary += self.interval;
+        let time_s = self.started.elapsed().as_secs_f64();
+        self.last_sample =
+            self.telemetry.as_ref().and_then(|t| t.sample(time_s).map_err(|e| tracing::warn!("NVML: {e}")).ok());
+        Some(self.take_interval())
+    }
+
+    /// A new GPU% starts a standby worker beside the old one (in the background; the old one
+    /// serves until the standby is ready); batch size and timeout change at once.
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        let name = handle.name.clone();
+        if handle.retired {
+            return Err(SimError::Retired(name).into());
+        }
+        let mut allocation = allocation;
+        let held_by_others = self.held_pct(Some(model));
+        let pool = &self.starter.template.pool_levels;
+        if !pool.is_empty() {
+            let room = 100.0 - held_by_others - self.reserved_pct;
+            allocation.gpu_pct = self.starter.template.level(allocation.gpu_pct, room);
+        }
+        if let Some(problem) = allocation.problem() {
+            return Err(SimError::InvalidModel { model: name, problem }.into());
+        }
+        let total = held_by_others + allocation.gpu_pct;
+        if total > 100.0 + 1e-9 {
+            return Err(SimError::OverSubscribed { total_pct: total }.into());
+        }
+        use std::sync::atomic::Ordering;
+        let handle = &mut self.models[model];
+        let previous = handle.shared.0.lock().expect("model state").allocation;
+        let new_slice = previous.gpu_pct != allocation.gpu_pct;
+        if !pool.is_empty() {
+            handle.shared.0.lock().expect("model state").allocation = allocation;
+            if new_slice {
+                handle.reallocations += 1;
+                let _ = handle.handover.send(Handover::Level(allocation.gpu_pct));
+            }
+            return Ok(());
+        }
+        // One standby at a time per model: a slice change asked for while one starts keeps the
+        // current slice (the policy asks again next interval); batching changes apply at once.
+        if new_slice && handle.standby_starting.swap(true, Ordering::SeqCst) {
+            handle.shared.0.lock().expect("model state").allocation =
+                Allocation { gpu_pct: previous.gpu_pct, ..allocation };
+            return Ok(());
+        }
+        handle.shared.0.lock().expect("model state").allocation = allocation;
+        if new_slice {
+            handle.reallocations += 1;
+            let (starter, handover) = (self.starter.clone(), handle.handover.clone());
+            let starting = handle.standby_starting.clone();
+            std::thread::spawn(move || {
+                match starter.one(&name, allocation.gpu_pct) {
+                    Ok(worker) => {
+                        let _ = handover.send(Handover::Started(Box::new(worker), allocation.gpu_pct));
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %name, error = %e, "standby worker failed to start; the old one keeps serving")
+                    }
+                }
+                starting.store(false, Ordering::SeqCst);
+            });
+        }
+        Ok(())
+    }
+
+    fn device(&mut self) -> Option<DeviceSample> {
+        self.last_sample
+    }
+
+    fn stage_times(&mut self) -> Vec<StageSummary> {
+        self.models.iter().map(|m| m.shared.0.lock().expect("model state").stages.summary(&m.name)).collect()
+    }
+
+    fn report(&mut self) -> Report {
+        let end = Instant::now();
+        let span = (end - self.started).as_nanos() as u64;
+        let mut total = Counters::new();
+        let models = self
+            .models
+            .iter()
+            .map(|m| {
+                let s = m.shared.0.lock().expect("model state");
+                total.merge(&s.total);
+                ModelReport {
+                    model: m.name.clone(),
+                    slo_ms: m.slo_ms,
+                    allocation: s.allocation,
+                    reallocations: m.reallocations,
+                    summary: s.total.summary(span, span),
+                }
+            })
+            .collect();
+        Report {
+            sharing: self.sharing,
+            elapsed_s: span as f64 * 1e-9,
+            events: 0,
+            models,
+            total: total.summary(span, span),
+        }
+    }
+
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        if sharing == self.sharing {
+            Ok(())
+        } else {
+            Err(BackendError::Unsupported(format!(
+                "the GPU backend serves {} and cannot switch to {sharing}",
+                self.sharing
+            )))
+        }
+    }
+}
+
+impl Drop for GpuBackend {
+    fn drop(&mut self) {
+        for m in &self.models {
+            let (lock, ready) = &*m.shared;
+            lock.lock().expect("model state").stop = true;
+            ready.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Completion, Pace, StageTimes, WorkerTemplate};
+    use std::time::{Duration, Instant};
+
+    fn completion(submitted: Instant, done: Instant, gpu_ms: f64) -> Completion {
+        let times = StageTimes { h2d_ms: 0.0, infer_ms: gpu_ms, d2h_ms: 0.0, round_trip: done - submitted };
+        Completion { slot: 0, submitted, done, times }
+    }
+
+    /// The next batch goes one hand-off (round trip less GPU time, seen on an idle worker) before
+    /// the running batch is expected to end (when it began plus its size's last time).
+    #[test]
+    fn the_next_batch_goes_one_hand_off_before_the_running_one_ends() {
+        let ms = |n: f64| Duration::from_secs_f64(n * 1e-3);
+        let t0 = Instant::now();
+        let mut pace = Pace::default();
+        assert_eq!(pace.next_hand_off(0, 8, t0), None, "nothing known: wait for the completion");
+        // Alone on the worker: 3 ms round trip, 2.5 ms of it on the GPU.
+        let (began, service) = pace.completed(0, 8, &completion(t0, t0 + ms(3.0), 2.5));
+        assert_eq!((began, service), (t0, ms(3.0)));
+        // Handed over after that: it ends 3 ms later, the next goes 0.5 ms before.
+        let t1 = t0 + ms(4.0);
+        assert_eq!(pace.next_hand_off(0, 8, t1), Some(t1 + ms(2.5)));
+        assert_eq!(pace.next_hand_off(0, 16, t1), None, "batch 16's time is not known");
+        assert_eq!(pace.next_hand_off(1, 8, t1), None, "nor this batch's on another worker");
+        // Handed over while the first still ran: it began when the first completed.
+        let early = t0 + ms(1.0);
+        assert_eq!(pace.next_hand_off(0, 8, early), Some(t0 + ms(5.5)));
+        let (began, service) = pace.completed(0, 8, &completion(early, t0 + ms(5.8), 2.5));
+        assert_eq!((began, service), (t0 + ms(3.0), ms(2.8)), "it held the worker from the first one's end");
+        assert_eq!(pace.hand_off, Some(ms(0.5)), "a batch that waited behind another says nothing of the hand-off");
+        // The batch ahead's completion was read late, at 5.8 ms: this one, handed over at 4.0 and
+        // done at 7.0 after 2.5 ms on the GPU, began at 4.5 at the latest (not 5.8: 1.2 ms).
+        let (began, service) = pace.completed(0, 8, &completion(t0 + ms(4.0), t0 + ms(7.0), 2.5));
+        assert_eq!((began, service), (t0 + ms(4.5), ms(2.5)), "at least its GPU time");
+        // A second batch alone: the hand-off is a moving average (0.8 * 0.5 + 0.2 * 1.0 ms).
+        let t2 = t0 + ms(10.0);
+        pace.completed(0, 8, &completion(t2, t2 + ms(3.5), 2.5));
+        assert_eq!(pace.hand_off.map(|h| (h.as_secs_f64() * 1e6).round()), Some(600.0));
+    }
+
+    #[test]
+    fn pool_levels_round_up_where_there_is_room_else_to_what_fits() {
+        let t = WorkerTemplate { script: "w.py".into(), fake_ms: None, pool_levels: vec![20.0, 30.0, 45.0, 60.0] };
+        assert_eq!(t.level(33.0, 100.0), 45.0, "the level above, room permitting");
+        assert_eq!(t.level(33.0, 40.0), 30.0, "45 does not fit: the level below");
+        assert_eq!(t.level(50.0, 25.0), 20.0, "neither 60 nor 45 fit: the highest level that does");
+        assert_eq!(t.level(70.0, 100.0), 60.0, "above the top level: the top level");
+        assert_eq!(t.level(10.0, 100.0), 20.0, "below the lowest: the lowest");
+        assert_eq!(t.level(50.0, 10.0), 20.0, "nothing fits: the lowest (the caller refuses)");
+    }
+}

@@ -1,0 +1,404 @@
+//! A model worker process (`backends/worker/gpuslice_worker.py`): batches go in and come out
+//! through a shared-memory file, commands and completions as JSON lines on its stdin/stdout.
+//!
+//! The shared file has `SLOTS` slots (inputs, then outputs, each), so a worker holds up to that
+//! many batches at once: while one runs on the GPU the next one's inputs are written and handed
+//! over, and the GPU does not idle through the hand-off. The worker runs them in order on one
+//! stream. A thread reads its completions as they come, stamps them, and wakes whoever waits
+//! (`on_output`).
+
+use memmap2::MmapMut;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Batches a worker holds at once (shared-memory slots): one on the GPU, one being handed over.
+pub const SLOTS: usize = 2;
+
+/// The worker script: `$GPUSLICE_WORKER`, else the repository's `backends/worker/gpuslice_worker.py`
+/// below the current folder (a carried binary runs from the repository root), else where it was
+/// at build time.
+pub fn default_script() -> PathBuf {
+    if let Some(path) = std::env::var_os("GPUSLICE_WORKER") {
+        return PathBuf::from(path);
+    }
+    let relative = PathBuf::from("backends/worker/gpuslice_worker.py");
+    if relative.exists() {
+        return relative;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/worker/gpuslice_worker.py"))
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub model: String,
+    pub batches: Vec<u32>,
+    pub script: PathBuf,
+    /// Environment for the worker (e.g. its MPS client variables).
+    pub env: Vec<(String, String)>,
+    /// Serve without a GPU, sleeping this long per batch (tests).
+    pub fake_ms: Option<f64>,
+    /// Take batch inputs from this CUDA IPC buffer (hex handle; fp32 images back to back, as the
+    /// NetML transfer leaves them) instead of the shared-memory file.
+    pub input_ipc: Option<String>,
+    /// Serve on green contexts of these SM counts, one process for all (empty: none; the
+    /// worker's share is then its MPS percentage).
+    pub green_sms: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker for {model} could not start: {cause}")]
+    Spawn { model: String, cause: std::io::Error },
+    #[error("worker for {model} died ({status}); its last words: {stderr}")]
+    Died { model: String, status: String, stderr: String },
+    #[error("worker for {model} said something unexpected: {line:?}")]
+    Protocol { model: String, line: String },
+    #[error("worker for {model} has no CUDA graph for batch {batch}; it has {have:?}")]
+    Batch { model: String, batch: u32, have: Vec<u32> },
+    #[error("worker for {model} has no green context {context}; it has {have:?} (SM counts)")]
+    Context { model: String, context: usize, have: Vec<u32> },
+    #[error("worker for {model} already holds {SLOTS} batches; wait for one to complete")]
+    Full { model: String },
+    #[error("shared memory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<WorkerError> for gpuslice_control::BackendError {
+    fn from(e: WorkerError) -> Self {
+        gpuslice_control::BackendError::Worker(Box::new(e))
+    }
+}
+
+/// GPU time of one batch's stages (from CUDA events in the worker) and the round trip seen here.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct StageTimes {
+    pub h2d_ms: f64,
+    pub infer_ms: f64,
+    pub d2h_ms: f64,
+    #[serde(skip)]
+    pub round_trip: Duration,
+}
+
+#[derive(Deserialize)]
+struct Ready {
+    batches: Vec<u32>,
+    input_bytes: usize,
+    output_bytes: usize,
+    engine: String,
+    sms: u32,
+    #[serde(default)]
+    green_sms: Vec<u32>,
+    #[serde(default)]
+    pinned: bool,
+}
+
+#[derive(Deserialize)]
+struct Done {
+    done: u64,
+    #[serde(flatten)]
+    times: StageTimes,
+}
+
+/// A batch the worker has completed.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    /// The shared-memory slot it used: its outputs are in `output_of(slot)` until the slot is
+    /// used again.
+    pub slot: usize,
+    /// When it was handed to the worker (before its inputs were written) and when its completion
+    /// was read.
+    pub submitted: Instant,
+    pub done: Instant,
+    /// `round_trip` is `done - submitted`: it includes waiting behind a batch ahead of it.
+    pub times: StageTimes,
+}
+
+/// A batch handed to the worker, not completed yet.
+struct Pending {
+    seq: u64,
+    slot: usize,
+    submitted: Instant,
+}
+
+/// Called by a worker's reader thread after each line it reads (and when the worker's output ends).
+pub type Notify = Box<dyn Fn() + Send>;
+
+pub struct Worker {
+    pub model: String,
+    pub batches: Vec<u32>,
+    /// What runs the model (e.g. `torch-graph-2.11.0+cu130`) and the device's SM count.
+    pub engine: String,
+    pub sms: u32,
+    /// The SM counts of its green contexts (`run_on`'s `context` indexes these).
+    pub green_sms: Vec<u32>,
+    child: Child,
+    stdin: ChildStdin,
+    /// Lines from the worker's stdout with the time each was read; disconnected when it ends.
+    lines: Receiver<(String, Instant)>,
+    notify: Arc<Mutex<Option<Notify>>>,
+    stderr_path: PathBuf,
+    shm_path: PathBuf,
+    shm: MmapMut,
+    input_bytes: usize,
+    /// Bytes of one slot (its inputs, then its outputs).
+    slot_bytes: usize,
+    pending: VecDeque<Pending>,
+    seq: u64,
+}
+
+/// Bytes of one fp16 3x224x224 input.
+pub const INPUT_BYTES_PER_ITEM: usize = 3 * 224 * 224 * 2;
+
+impl Worker {
+    /// Starts the worker and waits until it has captured its graphs.
+    pub fn spawn(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
+        let largest = spec.batches.iter().copied().max().unwrap_or(1) as usize;
+        let slot_bytes = largest * INPUT_BYTES_PER_ITEM + largest * 1000 * 2;
+        let size = SLOTS * slot_bytes;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = format!("gpuslice-{}-{}-{n}", std::process::id(), spec.model);
+        let shm_dir =
+            if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let shm_path = shm_dir.join(&unique);
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&shm_path)?;
+        file.set_len(size as u64)?;
+        // SAFETY: the file is private to this worker pair and not truncated while mapped.
+        let shm = unsafe { MmapMut::map_mut(&file)? };
+        let stderr_path = std::env::temp_dir().join(format!("{unique}.stderr"));
+        let batches: Vec<String> = spec.batches.iter().map(|b| b.to_string()).collect();
+        let mut command = Command::new("python3");
+        command
+            .arg(&spec.script)
+            .args(["--model", &spec.model, "--batches", &batches.join(","), "--slots", &SLOTS.to_string(), "--shm"])
+            .arg(&shm_path)
+            .envs(spec.env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path)?);
+        if let Some(ms) = spec.fake_ms {
+            command.args(["--fake-ms", &ms.to_string()]);
+        }
+        if let Some(handle) = &spec.input_ipc {
+            command.args(["--input-ipc", handle]);
+        }
+        if !spec.green_sms.is_empty() {
+            let counts: Vec<String> = spec.green_sms.iter().map(|n| n.to_string()).collect();
+            command.args(["--green-sms", &counts.join(",")]);
+        }
+        let mut child = command.spawn().map_err(|cause| WorkerError::Spawn { model: spec.model.clone(), cause })?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let notify: Arc<Mutex<Option<Notify>>> = Arc::new(Mutex::new(None));
+        let lines = read_lines(stdout, notify.clone());
+        let mut worker = Worker {
+            model: spec.model.clone(),
+            batches: spec.batches.clone(),
+            engine: String::new(),
+            sms: 0,
+            green_sms: Vec::new(),
+            child,
+            stdin,
+            lines,
+            notify,
+            stderr_path,
+            shm_path,
+            shm,
+            input_bytes: 0,
+            slot_bytes,
+            pending: VecDeque::new(),
+            seq: 0,
+        };
+        let (line, _) = worker.read_line()?;
+        let ready: Ready = serde_json::from_str(&line).map_err(|_| worker.protocol(&line))?;
+        // The worker lays the slots out by the sizes it reports.
+        if SLOTS * (ready.input_bytes + ready.output_bytes) > worker.shm.len() {
+            return Err(worker.protocol(&line));
+        }
+        worker.slot_bytes = ready.input_bytes + ready.output_bytes;
+        worker.batches = ready.batches;
+        worker.input_bytes = ready.input_bytes;
+        worker.engine = ready.engine;
+        worker.sms = ready.sms;
+        if ready.green_sms != spec.green_sms {
+            return Err(worker.protocol(&line));
+        }
+        worker.green_sms = ready.green_sms;
+        if !ready.pinned && spec.fake_ms.is_none() {
+            tracing::warn!(model = %worker.model, "the worker could not page-lock its shared memory: its host copies go through a staging buffer");
+        }
+        Ok(worker)
+    }
+
+    fn protocol(&self, line: &str) -> WorkerError {
+        WorkerError::Protocol { model: self.model.clone(), line: line.to_string() }
+    }
+
+    /// The next line from the worker and when it was read (waiting for it), or why there is none.
+    fn read_line(&mut self) -> Result<(String, Instant), WorkerError> {
+        self.lines.recv().map_err(|_| self.died())
+    }
+
+    /// Why the worker's output ended: its exit status and the last lines it wrote to stderr.
+    fn died(&mut self) -> WorkerError {
+        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let tail: String =
+            stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+        WorkerError::Died { model: self.model.clone(), status, stderr: tail }
+    }
+
+    /// Calls `notify` after every line the worker writes and when its output ends (to wake a
+    /// thread that waits for completions and other things at once).
+    pub fn on_output(&self, notify: Notify) {
+        *self.notify.lock().expect("notify") = Some(notify);
+    }
+
+    /// Slot 0's input area: write a batch's items here before `run`.
+    pub fn input_mut(&mut self) -> &mut [u8] {
+        &mut self.shm[..self.input_bytes]
+    }
+
+    /// The outputs of the last batch `run` ran.
+    pub fn output(&self) -> &[u8] {
+        self.output_of(0)
+    }
+
+    /// The outputs of the last batch completed in `slot`.
+    pub fn output_of(&self, slot: usize) -> &[u8] {
+        let start = slot * self.slot_bytes + self.input_bytes;
+        &self.shm[start..(slot + 1) * self.slot_bytes]
+    }
+
+    /// Batches handed over and not completed yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Runs a batch of `batch` items already in slot 0's input area; returns when it has completed.
+    /// Nothing else may be in flight.
+    pub fn run(&mut self, batch: u32) -> Result<StageTimes, WorkerError> {
+        self.run_on(batch, 0)
+    }
+
+    /// `run` on green context `context` (an index into `green_sms`; 0 without them).
+    pub fn run_on(&mut self, batch: u32, context: usize) -> Result<StageTimes, WorkerError> {
+        if let Some(busy) = self.pending.front() {
+            return Err(self.protocol(&format!("run while batch {} is in flight", busy.seq)));
+        }
+        self.submit(batch, context, |_| ())?;
+        Ok(self.complete()?.times)
+    }
+
+    /// Hands a batch of `batch` items to the worker without waiting for it: `fill` writes its
+    /// inputs into a free slot first. Returns the slot. The worker runs its batches in order;
+    /// `complete` or `try_complete` give their completions.
+    pub fn submit(&mut self, batch: u32, context: usize, fill: impl FnOnce(&mut [u8])) -> Result<usize, WorkerError> {
+        if !self.batches.contains(&batch) {
+            return Err(WorkerError::Batch { model: self.model.clone(), batch, have: self.batches.clone() });
+        }
+        if context >= self.green_sms.len().max(1) {
+            return Err(WorkerError::Context { model: self.model.clone(), context, have: self.green_sms.clone() });
+        }
+        let slot = (0..SLOTS)
+            .find(|s| self.pending.iter().all(|p| p.slot != *s))
+            .ok_or_else(|| WorkerError::Full { model: self.model.clone() })?;
+        let submitted = Instant::now();
+        let start = slot * self.slot_bytes;
+        fill(&mut self.shm[start..start + self.input_bytes]);
+        self.seq += 1;
+        let command = format!("{{\"run\": {}, \"batch\": {batch}, \"ctx\": {context}, \"slot\": {slot}}}\n", self.seq);
+        if self.stdin.write_all(command.as_bytes()).and_then(|_| self.stdin.flush()).is_err() {
+            return Err(self.read_line().err().unwrap_or_else(|| self.protocol("stdin closed")));
+        }
+        self.pending.push_back(Pending { seq: self.seq, slot, submitted });
+        Ok(slot)
+    }
+
+    /// The oldest batch in flight, once completed (waits for it).
+    pub fn complete(&mut self) -> Result<Completion, WorkerError> {
+        let (line, at) = self.read_line()?;
+        self.completed(&line, at)
+    }
+
+    /// The oldest batch in flight if it has completed; `None` if it has not, or nothing is in flight.
+    pub fn try_complete(&mut self) -> Result<Option<Completion>, WorkerError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        match self.lines.try_recv() {
+            Ok((line, at)) => self.completed(&line, at).map(Some),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(self.died()),
+        }
+    }
+
+    fn completed(&mut self, line: &str, at: Instant) -> Result<Completion, WorkerError> {
+        let done: Done = serde_json::from_str(line).map_err(|_| self.protocol(line))?;
+        let Some(pending) = self.pending.pop_front().filter(|p| p.seq == done.done) else {
+            return Err(self.protocol(line));
+        };
+        let times = StageTimes { round_trip: at - pending.submitted, ..done.times };
+        Ok(Completion { slot: pending.slot, submitted: pending.submitted, done: at, times })
+    }
+
+    /// The worker's process id (to watch or kill it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Reads the worker's stdout on a thread of its own: each line goes out with the time it was
+/// read (so a completion is timed when it arrives, however late it is looked at), then `notify`.
+fn read_lines(
+    mut stdout: BufReader<std::process::ChildStdout>,
+    notify: Arc<Mutex<Option<Notify>>>,
+) -> Receiver<(String, Instant)> {
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        let wake = || {
+            if let Some(notify) = notify.lock().expect("notify").as_ref() {
+                notify();
+            }
+        };
+        loop {
+            let mut line = String::new();
+            match stdout.read_line(&mut line) {
+                Ok(n) if n > 0 => {
+                    if sender.send((line, Instant::now())).is_err() {
+                        return;
+                    }
+                    wake();
+                }
+                _ => break,
+            }
+        }
+        drop(sender);
+        wake();
+    });
+    lines
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.stdin.write_all(b"{\"quit\": true}\n");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.shm_path);
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}

@@ -1,0 +1,306 @@
+//! The worker protocol against the shipped worker in its GPU-less mode (`--fake-ms`), and MPS
+//! detection. The GPU runs of the same worker are in scripts/gpu-test.sh.
+
+use gpuslice_gpu::mps::{MpsDaemon, MpsError};
+use gpuslice_gpu::worker::{Worker, WorkerError, WorkerSpec, default_script};
+
+fn fake(model: &str) -> WorkerSpec {
+    WorkerSpec {
+        model: model.into(),
+        batches: vec![1, 2, 4, 8],
+        script: default_script(),
+        env: Vec::new(),
+        fake_ms: Some(2.0),
+        input_ipc: None,
+        green_sms: Vec::new(),
+    }
+}
+
+#[test]
+fn batches_go_through_shared_memory_and_come_back_timed() {
+    let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
+    assert_eq!(worker.batches, vec![1, 2, 4, 8]);
+    worker.input_mut()[..8].copy_from_slice(b"gpuslice");
+    let times = worker.run(4).unwrap();
+    assert_eq!(&worker.output()[..8], b"gpuslice", "the worker read the batch from shared memory");
+    assert_eq!(times.infer_ms, 2.0);
+    assert!(times.round_trip.as_secs_f64() * 1e3 >= 2.0);
+    for _ in 0..20 {
+        worker.run(1).unwrap();
+    }
+}
+
+/// Two batches in flight at once, each in its own shared-memory slot, completed in order; a third
+/// waits for a slot, and `run` is refused while batches are in flight.
+#[test]
+fn a_worker_holds_two_batches_in_their_own_slots() {
+    let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
+    let first = worker.submit(4, 0, |input| input[..8].copy_from_slice(b"batch--1")).unwrap();
+    let second = worker.submit(8, 0, |input| input[..8].copy_from_slice(b"batch--2")).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(worker.in_flight(), 2);
+    let err = worker.submit(1, 0, |_| ()).unwrap_err();
+    assert!(matches!(err, WorkerError::Full { .. }), "{err}");
+    assert!(worker.run(1).is_err(), "run needs an idle worker");
+    let a = worker.complete().unwrap();
+    let b = worker.complete().unwrap();
+    assert_eq!((a.slot, b.slot), (first, second), "completed in the order handed over");
+    assert!(b.done >= a.done && b.times.round_trip.as_secs_f64() * 1e3 >= 4.0, "the second waited for the first");
+    assert_eq!(&worker.output_of(first)[..8], b"batch--1");
+    assert_eq!(&worker.output_of(second)[..8], b"batch--2");
+    assert_eq!(worker.in_flight(), 0);
+    assert!(worker.try_complete().unwrap().is_none(), "nothing in flight");
+    worker.run(1).unwrap();
+}
+
+#[test]
+fn a_batch_without_a_graph_and_a_dead_worker_are_clear_errors() {
+    let mut worker = Worker::spawn(&fake("vgg16")).unwrap();
+    let err = worker.run(3).unwrap_err();
+    assert!(matches!(err, WorkerError::Batch { batch: 3, .. }), "{err}");
+    std::process::Command::new("kill").args(["-9", &worker.pid().to_string()]).status().unwrap();
+    let err = worker.run(1).unwrap_err();
+    assert!(matches!(err, WorkerError::Died { .. }), "{err}");
+    assert!(err.to_string().starts_with("worker for vgg16 died"), "{err}");
+}
+
+/// A worker with green contexts names the partition each batch runs on; an unknown one is refused
+/// before anything is sent.
+#[test]
+fn batches_name_their_green_context() {
+    let mut worker = Worker::spawn(&WorkerSpec { green_sms: vec![40, 80], ..fake("resnet50") }).unwrap();
+    assert_eq!(worker.green_sms, vec![40, 80]);
+    worker.run_on(4, 1).unwrap();
+    worker.run_on(4, 0).unwrap();
+    let err = worker.run_on(4, 2).unwrap_err();
+    assert!(matches!(err, WorkerError::Context { context: 2, .. }), "{err}");
+    worker.run(1).unwrap();
+}
+
+#[test]
+fn a_worker_that_cannot_start_says_which_model() {
+    let spec = WorkerSpec { script: "/nonexistent/worker.py".into(), ..fake("densenet121") };
+    let err = Worker::spawn(&spec).err().unwrap();
+    assert!(err.to_string().starts_with("worker for densenet121 died"), "{err}");
+}
+
+#[test]
+fn mps_is_started_or_reported_missing() {
+    let dir = std::env::temp_dir().join(format!("gpuslice-mps-test-{}", std::process::id()));
+    match MpsDaemon::start(&dir) {
+        Err(MpsError::NotInstalled) => eprintln!("skipped: MPS is not installed on this machine"),
+        Err(e) => panic!("MPS failed to start: {e}"),
+        Ok(daemon) => {
+            let env = daemon.client_env(35.0);
+            assert!(env.iter().any(|(k, v)| k == "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" && v == "35"));
+        }
+    }
+}
+
+/// The GPU backend's serving logic on GPU-less workers: queues, batching, intervals, and a standby
+/// reallocation in the middle, with nothing lost.
+#[test]
+fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
+    use gpuslice_control::Backend;
+    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+    use std::time::Duration;
+    let setup = |name: &str, seed: u64| GpuModelSetup {
+        name: name.into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: Some(Box::new(
+            ModulatedRenewal::new(RateSchedule::constant(300.0, Some(1.5)).unwrap(), 1.0, seed).unwrap(),
+        )),
+    };
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
+    let mut backend = GpuBackend::start(
+        vec![setup("a", 1), setup("b", 2)],
+        Duration::from_millis(250),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let mut intervals = 0;
+    while let Some(observed) = backend.next_interval() {
+        intervals += 1;
+        assert_eq!(observed.len(), 2);
+        if intervals == 2 {
+            let bigger = Allocation { gpu_pct: 55.0, max_batch: 16, batch_timeout_ms: 2.0 };
+            backend.apply(0, bigger).unwrap();
+            let too_big = Allocation { gpu_pct: 70.0, ..bigger };
+            assert!(backend.apply(1, too_big).is_err(), "55 + 70 > 100");
+        }
+        assert!(
+            intervals < 40,
+            "the run ends: {:?}",
+            observed.iter().map(|o| (o.summary.arrivals, o.summary.completed, o.queue_len)).collect::<Vec<_>>()
+        );
+    }
+    let report = backend.report();
+    for m in &report.models {
+        let s = &m.summary;
+        assert!(s.arrivals > 300, "{}: {} arrivals", m.model, s.arrivals);
+        assert_eq!(s.completed, s.arrivals, "{}: every request served", m.model);
+        assert!(s.p50_ms >= 2.0, "a batch takes the worker's 2 ms");
+    }
+    assert_eq!(report.models[0].reallocations, 1);
+    assert_eq!(report.models[0].allocation.gpu_pct, 55.0);
+}
+
+/// With a standby pool, a reallocation switches at once to the worker at the level above the
+/// asked GPU% when the GPU has room for it, else to the one below.
+#[test]
+fn a_standby_pool_switches_levels_at_once() {
+    use gpuslice_control::Backend;
+    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+    use std::time::Duration;
+    let setup = GpuModelSetup {
+        name: "a".into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 35.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: Some(Box::new(
+            ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.0)).unwrap(), 1.0, 3).unwrap(),
+        )),
+    };
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 60.0] };
+    let mut backend = GpuBackend::start(
+        vec![setup],
+        Duration::from_millis(200),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let first = backend.next_interval().unwrap();
+    assert_eq!(first[0].allocation.gpu_pct, 30.0, "35% is served by the 30% worker");
+    backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
+    let second = backend.next_interval().unwrap();
+    assert_eq!(second[0].allocation.gpu_pct, 60.0, "no level at or above 70%: the one below");
+    assert!(second[0].batches.iter().any(|b| b.gpu_pct == 60.0), "batches already run on the 60% worker");
+    backend.apply(0, Allocation { gpu_pct: 25.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
+    let third = backend.next_interval().unwrap();
+    assert_eq!(third[0].allocation.gpu_pct, 30.0, "25% asked, the GPU has room: the 30% worker");
+    while backend.next_interval().is_some() {}
+    let report = backend.report();
+    assert_eq!(report.models[0].summary.completed, report.models[0].summary.arrivals);
+}
+
+/// Requests submitted one at a time (the gRPC plane's way) are each answered under their ticket;
+/// a model added later serves too; a retired one takes no more but serves what it accepted; a
+/// worker that dies fails its requests with their tickets and its model refuses new ones.
+#[test]
+fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
+    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
+    let mut backend = GpuBackend::start(
+        Vec::new(),
+        Duration::from_millis(100),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let open = |name: &str| GpuModelSetup {
+        name: name.into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
+        arrivals: None,
+    };
+    // A unique name, so the test can find this worker's process among others running at once.
+    let doomed_name = format!("doomed-{}", std::process::id());
+    let kept = backend.add_model(open("kept"), backend.starter().start("kept", 40.0).unwrap()).unwrap();
+    let doomed = backend.add_model(open(&doomed_name), backend.starter().start(&doomed_name, 40.0).unwrap()).unwrap();
+    assert!(
+        backend.add_model(open("third"), backend.starter().start("third", 40.0).unwrap()).is_err(),
+        "40 + 40 + 40 > 100"
+    );
+
+    let mut tickets: HashSet<u64> = (0..20).map(|_| backend.submit(kept).unwrap()).collect();
+    let (mut answered, deadline) = (0, Instant::now() + Duration::from_secs(10));
+    while !tickets.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        let (done, dropped) = backend.take_finished();
+        assert!(dropped.is_empty());
+        for r in done {
+            assert!(tickets.remove(&r.ticket), "ticket {} answered once", r.ticket);
+            assert!(r.batch_size >= 1 && r.batch_size <= 4 && r.end_ns >= r.start_ns + 2_000_000);
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 20, "every submitted request answered");
+
+    // Kill the doomed model's worker; its requests come back as dropped, its model refuses more.
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|arg| arg == doomed_name))
+        })
+        .expect("the doomed worker's process");
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    // (The dispatcher may find the worker dead between two of these submissions.)
+    let mut lost: HashSet<u64> = (0..5).map_while(|_| backend.submit(doomed).ok()).collect();
+    let accepted = lost.len() as u64;
+    assert!(accepted >= 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lost.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        let (done, dropped) = backend.take_finished();
+        assert!(done.is_empty(), "a dead worker answers nothing");
+        for t in dropped {
+            assert!(lost.remove(&t));
+        }
+    }
+    assert!(lost.is_empty(), "every request to the dead worker comes back dropped: {lost:?}");
+    let refused = backend.submit(doomed).unwrap_err().to_string();
+    assert!(refused.contains("died"), "{refused}");
+
+    backend.retire_model(kept).unwrap();
+    assert!(backend.submit(kept).is_err(), "a retired model takes no requests");
+    let report = gpuslice_control::Backend::report(&mut backend);
+    assert_eq!(report.models[0].summary.completed, 20);
+    assert_eq!(report.models[1].summary.dropped, accepted);
+}
+
+/// A share reserved for a model about to join is left free by the others' reallocations, until the
+/// reservation ends.
+#[test]
+fn a_reserved_share_is_left_free_by_reallocations() {
+    use gpuslice_control::Backend;
+    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use std::time::Duration;
+    let template =
+        WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 45.0, 60.0] };
+    let setup = GpuModelSetup {
+        name: "a".into(),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 60.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: None,
+    };
+    let mut backend = GpuBackend::start(
+        vec![setup],
+        Duration::from_millis(100),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let asked = Allocation { gpu_pct: 33.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    backend.reserve(60.0);
+    backend.apply(0, asked).unwrap();
+    assert_eq!(backend.allocation(0).unwrap().gpu_pct, 30.0, "45 would eat into the reserved 60%");
+    backend.reserve(0.0);
+    backend.apply(0, asked).unwrap();
+    assert_eq!(backend.allocation(0).unwrap().gpu_pct, 45.0, "no reservation: the level above");
+    backend.retire_model(0).unwrap();
+}

@@ -1,0 +1,87 @@
+//! Images sent as UDP packets over loopback, received with recvmmsg into the packet pool,
+//! reassembled and gathered on the CPU (CPU-Copy), with packets lost on some images.
+
+use gpuslice_netml::reassembly::CompleteImage;
+use gpuslice_netml::udp::{Receiver, Sender};
+
+const IMAGE_BYTES: usize = 224 * 224 * 3 * 4;
+
+#[test]
+fn images_arrive_whole_or_expire_counted() {
+    let mut receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), 4096, 50_000_000).unwrap();
+    let sender = Sender::new(receiver.local_addr().unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let now = || started.elapsed().as_nanos() as u64;
+    let (mut complete, mut ids, mut gathered): (Vec<CompleteImage>, Vec<u64>, Vec<u8>) = Default::default();
+    let images: Vec<Vec<u8>> =
+        (0..12u64).map(|id| (0..IMAGE_BYTES).map(|i| (i as u64 * 7 + id) as u8).collect()).collect();
+    for (id, image) in images.iter().enumerate() {
+        // Images 3 and 7 lose one packet each.
+        let lost = [3usize, 7].contains(&id);
+        let sent = sender
+            .send(id as u64, image, |i| {
+                // Drain the socket as we go so the kernel's receive buffer never overflows.
+                if i % 32 == 0 {
+                    receiver.poll(now(), &mut complete).unwrap();
+                }
+                !(lost && i == 100)
+            })
+            .unwrap();
+        assert_eq!(sent, if lost { 587 } else { 588 });
+        while receiver.poll(now(), &mut complete).unwrap() > 0 {}
+        // The consumer gathers each complete image and gives its slots back.
+        for image in complete.drain(..) {
+            receiver.gather_cpu(&image, &mut gathered);
+            assert_eq!(gathered, images[image.image_id as usize], "image {} intact", image.image_id);
+            ids.push(image.image_id);
+            receiver.release(image);
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, vec![0, 1, 2, 4, 5, 6, 8, 9, 10, 11]);
+    // The two incomplete images time out, are counted, and give their slots back.
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    receiver.poll(now(), &mut Vec::new()).unwrap();
+    let stats = receiver.reassembly();
+    assert_eq!((stats.completed, stats.expired_images, stats.expired_packets), (10, 2, 2 * 587));
+    assert_eq!(receiver.pool.free_slots(), receiver.pool.capacity(), "every slot back in the pool");
+    assert_eq!(receiver.stats.malformed, 0);
+}
+
+#[test]
+fn malformed_datagrams_are_counted_and_dropped() {
+    let mut receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), 256, 1_000_000).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for garbage in [&b"hello"[..], &[0u8; 40][..], &[0xff; 1044][..]] {
+        socket.send_to(garbage, receiver.local_addr().unwrap()).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut complete = Vec::new();
+    while receiver.poll(0, &mut complete).unwrap() > 0 {}
+    assert!(complete.is_empty());
+    assert_eq!((receiver.stats.datagrams, receiver.stats.malformed), (3, 3));
+    assert_eq!(receiver.pool.free_slots(), 256);
+}
+
+/// On a machine with an NVIDIA GPU, each transfer mode delivers a staged image intact; without
+/// one, setting up says so (and the GPU part is skipped).
+#[test]
+fn gpu_transfer_modes_deliver_intact_or_say_why_not() {
+    use gpuslice_netml::gpu::{GpuError, GpuTransfer, TransferMode, stage_image};
+    use gpuslice_netml::pool::PacketPool;
+    let mut pool = PacketPool::new(2 * 588).unwrap();
+    let bytes: Vec<u8> = (0..IMAGE_BYTES).map(|i| (i % 251) as u8).collect();
+    let image = stage_image(&mut pool, 1, &bytes).unwrap();
+    match GpuTransfer::new(&pool, IMAGE_BYTES, 588) {
+        Err(GpuError::NoDriver) => {
+            eprintln!("skipped: no CUDA driver on this machine; scripts run the GPU checks on the GPU machine")
+        }
+        Err(e) => panic!("GPU set-up failed: {e}"),
+        Ok(mut gpu) => {
+            for mode in TransferMode::ALL {
+                gpu.transfer(&pool, std::slice::from_ref(&image), mode).unwrap();
+                assert_eq!(gpu.read_back(IMAGE_BYTES).unwrap(), bytes, "{}", mode.name());
+            }
+        }
+    }
+}
