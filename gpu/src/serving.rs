@@ -862,7 +862,7 @@ impl Drop for GpuBackend {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Completion, Pace, StageTimes, WorkerTemplate};
+    use super::{Completion, Pace, StageTimes, WorkerTemplate};
     use std::time::{Duration, Instant};
 
     fn completion(submitted: Instant, done: Instant, gpu_ms: f64) -> Completion {
