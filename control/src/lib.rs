@@ -3,16 +3,20 @@
 //! backend (crate `gpuslice-gpu`) implements the same trait, so a policy runs unchanged offline
 //! and live.
 
-use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, SimError, Simulator, secs_to_ns};
+use gpuslice_simulator::{
+    Allocation, ModelInterval, ModelSetup, Report, Sharing, SimConfig, SimError, Simulator, secs_to_ns,
+};
 
 /// A backend refused an allocation or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The simulator refused (an allocation out of range, an unknown model...).
     #[error(transparent)]
     Simulator(#[from] SimError),
     /// A model worker failed (the GPU backend's worker error, kept as the source).
     #[error(transparent)]
     Worker(Box<dyn std::error::Error + Send + Sync>),
+    /// The backend cannot do what was asked (a sharing mode it does not switch to...).
     #[error("{0}")]
     Unsupported(String),
 }
@@ -49,26 +53,40 @@ pub trait Backend {
 /// device-to-host copy (CUDA events in the worker), and in all from arrival to result.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StageSummary {
+    /// The model.
     pub model: String,
+    /// Requests answered.
     pub requests: u64,
+    /// Time in the queue (and waiting for the batch to form): median...
     pub queue_p50_ms: f64,
+    /// ...and 99th percentile.
     pub queue_p99_ms: f64,
+    /// Host-to-device copy of the batch, mean.
     pub h2d_mean_ms: f64,
+    /// Inference on the GPU, mean...
     pub infer_mean_ms: f64,
+    /// ...and 99th percentile.
     pub infer_p99_ms: f64,
+    /// Device-to-host copy of the results, mean.
     pub d2h_mean_ms: f64,
+    /// Arrival to result: median...
     pub total_p50_ms: f64,
+    /// ...and 99th percentile.
     pub total_p99_ms: f64,
 }
 
 /// A reading of the GPU (NVML).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct DeviceSample {
+    /// When it was read, seconds from the start of the run.
     pub time_s: f64,
     /// Percent of the last sample period the GPU ran kernels.
     pub gpu_util_pct: u32,
+    /// Percent of the last sample period device memory was read or written.
     pub memory_util_pct: u32,
+    /// Device memory in use, MiB.
     pub memory_used_mib: u64,
+    /// SM clock, MHz.
     pub sm_clock_mhz: u32,
 }
 
@@ -80,6 +98,7 @@ pub struct SimBackend {
 }
 
 impl SimBackend {
+    /// Serves `sim`'s models, `control_interval_s` of simulated time per interval.
     pub fn new(sim: Simulator, control_interval_s: f64) -> SimBackend {
         SimBackend { sim, interval_ns: secs_to_ns(control_interval_s).max(1), until: 0 }
     }
@@ -106,4 +125,59 @@ impl Backend for SimBackend {
     fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
         Ok(self.sim.set_sharing(sharing)?)
     }
+}
+
+/// What a run needs of a backend before it starts: the one place a backend kind is described
+/// (the simulator, or the GPU with its workers), so the control loop is written once.
+pub trait BackendBuilder {
+    /// The sharing modes the backend can switch between while it serves (see
+    /// `Backend::set_sharing`).
+    fn modes(&self) -> &'static [Sharing];
+
+    /// The GPU% levels the backend serves slices at (a standby pool), if it has such levels.
+    fn slice_levels(&self) -> &[f64] {
+        &[]
+    }
+
+    /// What the run's progress counts in (seconds simulated, seconds on the GPU).
+    fn progress_unit(&self) -> &'static str;
+
+    /// Starts the backend on these models, in `config.sharing`, stepping `control_interval_s`
+    /// at a time; requests older than `config.drop_after_ms` are dropped.
+    fn build(
+        &self,
+        config: SimConfig,
+        setups: Vec<ModelSetup>,
+        control_interval_s: f64,
+    ) -> Result<Box<dyn Backend>, BackendError>;
+}
+
+/// The discrete-event simulator as the backend of a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimBuilder;
+
+impl BackendBuilder for SimBuilder {
+    fn modes(&self) -> &'static [Sharing] {
+        &[Sharing::Temporal, Sharing::DefaultMps, Sharing::Spatial]
+    }
+
+    fn progress_unit(&self) -> &'static str {
+        "s simulated"
+    }
+
+    fn build(
+        &self,
+        config: SimConfig,
+        setups: Vec<ModelSetup>,
+        control_interval_s: f64,
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        Ok(Box::new(SimBackend::new(Simulator::new(config, setups)?, control_interval_s)))
+    }
+}
+
+/// Orders a control interval's allocation changes so that slices shrink before others grow: the
+/// GPU is then never oversubscribed in between. `growth` is a change's GPU% minus the model's
+/// current GPU%. Offline and live runs apply their decisions in this order.
+pub fn order_shrinking_first<T>(changes: &mut [T], growth: impl Fn(&T) -> f64) {
+    changes.sort_by(|a, b| growth(a).total_cmp(&growth(b)));
 }

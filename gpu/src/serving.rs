@@ -734,7 +734,7 @@ impl Backend for GpuBackend {
         self.next_boundary += self.interval;
         let time_s = self.started.elapsed().as_secs_f64();
         self.last_sample =
-            self.telemetry.as_ref().and_then(|t| t.sample(time_s).map_err(|e| tracing::warn!("NVML: {e}")).ok());
+            self.telemetry.as_ref().and_then(|t| t.sample(time_s).map_err(|e| tracing::warn!("{e}")).ok());
         Some(self.take_interval())
     }
 

@@ -1,4 +1,4 @@
-//! A model worker process (`backends/worker/gpuslice_worker.py`): batches go in and come out
+//! A model worker process (`gpu/worker/gpuslice_worker.py`): batches go in and come out
 //! through a shared-memory file, commands and completions as JSON lines on its stdin/stdout.
 //!
 //! The shared file has `SLOTS` slots (inputs, then outputs, each), so a worker holds up to that
@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 /// Batches a worker holds at once (shared-memory slots): one on the GPU, one being handed over.
 pub const SLOTS: usize = 2;
 
-/// The worker script: `$GPUSLICE_WORKER`, else the repository's `backends/worker/gpuslice_worker.py`
+/// The worker script: `$GPUSLICE_WORKER`, else the repository's `gpu/worker/gpuslice_worker.py`
 /// below the current folder (a carried binary runs from the repository root), else where it was
 /// at build time.
 pub fn default_script() -> PathBuf {
     if let Some(path) = std::env::var_os("GPUSLICE_WORKER") {
         return PathBuf::from(path);
     }
-    let relative = PathBuf::from("backends/worker/gpuslice_worker.py");
+    let relative = PathBuf::from("gpu/worker/gpuslice_worker.py");
     if relative.exists() {
         return relative;
     }

@@ -68,8 +68,26 @@ pub trait Policy: Send {
 pub const POLICY_NAMES: [&str; 7] =
     ["static", "temporal", "default-mps", "triton-like", "gslice", "model-based", "oracle"];
 
+/// A policy that cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// No policy has this name.
+    #[error("unknown policy {name:?}; known: {}", POLICY_NAMES.join(", "))]
+    Unknown {
+        /// The name asked for.
+        name: String,
+    },
+    /// The oracle was asked for without its plan.
+    #[error("the oracle needs a plan computed from the whole trace")]
+    OracleWithoutPlan,
+}
+
 /// The policy called `name` for these models. `oracle` needs its plan (see `OraclePlan`).
-pub fn build(name: &str, models: &[ModelContext], oracle_plan: Option<OraclePlan>) -> Result<Box<dyn Policy>, String> {
+pub fn build(
+    name: &str,
+    models: &[ModelContext],
+    oracle_plan: Option<OraclePlan>,
+) -> Result<Box<dyn Policy>, PolicyError> {
     Ok(match name {
         "static" => Box::new(FixedPolicy::configured("static", Sharing::Spatial, models)),
         "temporal" => Box::new(FixedPolicy::configured("temporal", Sharing::Temporal, models)),
@@ -77,7 +95,7 @@ pub fn build(name: &str, models: &[ModelContext], oracle_plan: Option<OraclePlan
         "triton-like" => Box::new(FixedPolicy::triton_like(models)),
         "gslice" => Box::new(Gslice::new(models.to_vec())),
         "model-based" => Box::new(ModelBased::new(models.to_vec())),
-        "oracle" => Box::new(Oracle::new(oracle_plan.ok_or("the oracle needs a plan computed from the whole trace")?)),
-        other => return Err(format!("unknown policy {other:?}; known: {}", POLICY_NAMES.join(", "))),
+        "oracle" => Box::new(Oracle::new(oracle_plan.ok_or(PolicyError::OracleWithoutPlan)?)),
+        other => return Err(PolicyError::Unknown { name: other.to_string() }),
     })
 }

@@ -248,7 +248,7 @@ fn gslice_sizes_the_batch_from_the_time_batches_run() {
 
 #[test]
 fn unknown_policies_are_named_in_the_error() {
-    let err = build("gslise", &[], None).err().unwrap();
+    let err = build("gslise", &[], None).err().unwrap().to_string();
     assert!(err.contains("gslise") && err.contains("model-based"), "{err}");
-    assert!(build("oracle", &[], None).err().unwrap().contains("plan"));
+    assert!(build("oracle", &[], None).err().unwrap().to_string().contains("plan"));
 }

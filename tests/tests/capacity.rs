@@ -1,9 +1,9 @@
 //! Capacity at the SLO: the search against a closed form, and the policies against each other
 //! at the loads an operator runs.
 
-use gpuslice::capacity::{self, SearchOptions};
-use gpuslice::scenario::LoadedScenario;
-use gpuslice::simulate::{self, PolicyChoice};
+use gpuslice_eval::capacity::{self, SearchOptions};
+use gpuslice_eval::scenario::LoadedScenario;
+use gpuslice_eval::simulate::{self, PolicyChoice};
 use gpuslice_simulator::{Allocation, ModelSetup, ServiceModel, SimConfig, Simulator};
 use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Shipped scenarios run end to end, and the default one shows what the profiles imply.
 
-use gpuslice::scenario::LoadedScenario;
-use gpuslice::simulate::{self, PolicyChoice};
+use gpuslice_eval::scenario::LoadedScenario;
+use gpuslice_eval::simulate::{self, PolicyChoice};
 use gpuslice_simulator::Sharing;
 use std::path::Path;
 
@@ -50,7 +50,7 @@ fn every_shipped_scenario_runs_and_conserves_requests() {
 #[test]
 fn the_embedded_default_is_the_shipped_file() {
     let shipped = std::fs::read_to_string(scenarios_dir().join("default.toml")).unwrap();
-    assert_eq!(shipped, gpuslice::scenario::DEFAULT_SCENARIO);
+    assert_eq!(shipped, gpuslice_eval::scenario::DEFAULT_SCENARIO);
 }
 
 #[test]
@@ -79,11 +79,11 @@ fn model_based_holds_the_step_within_slo_as_well_as_the_best_tuned_baseline() {
     let loaded = LoadedScenario::load(Some(&scenarios_dir().join("step-4x.toml"))).unwrap();
     let policies: Vec<String> =
         ["temporal", "default-mps", "triton-like", "gslice", "model-based"].iter().map(|p| p.to_string()).collect();
-    let (results, _) = gpuslice::capacity::run(&loaded, &policies, 1, &Default::default(), true, false).unwrap();
-    let ours = gpuslice::capacity::policy_capacity(&results, "model-based").unwrap().0;
-    let (best, theirs) = gpuslice::capacity::best_baseline(&results).unwrap();
+    let (results, _) = gpuslice_eval::capacity::run(&loaded, &policies, 1, &Default::default(), true, false).unwrap();
+    let ours = gpuslice_eval::capacity::policy_capacity(&results, "model-based").unwrap().0;
+    let (best, theirs) = gpuslice_eval::capacity::best_baseline(&results).unwrap();
     assert!(ours >= 0.95 * theirs, "model-based x{ours:.3}, best tuned baseline {best} x{theirs:.3}");
-    let untuned = ["triton-like", "gslice"].map(|p| gpuslice::capacity::policy_capacity(&results, p).unwrap().0);
+    let untuned = ["triton-like", "gslice"].map(|p| gpuslice_eval::capacity::policy_capacity(&results, p).unwrap().0);
     assert!(untuned.iter().all(|c| ours >= 1.2 * c), "model-based x{ours:.3}, untuned baselines {untuned:?}");
 }
 

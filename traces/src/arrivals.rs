@@ -17,6 +17,11 @@ pub trait ArrivalProcess: Send {
     fn next_arrival(&mut self) -> Option<f64>;
 }
 
+/// Arrival parameters that cannot describe arrivals (a negative rate, steps out of order...).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArrivalError(pub String);
+
 /// A piecewise-constant rate (requests/s): segment i holds from `starts[i]` to `starts[i+1]`,
 /// the last one until `end` (or forever).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,17 +33,23 @@ pub struct RateSchedule {
 
 impl RateSchedule {
     /// Steps `(start_s, rate)`; the first must start at 0, starts must ascend, rates be >= 0.
-    pub fn steps(steps: &[(f64, f64)], end: Option<f64>) -> Result<RateSchedule, String> {
+    pub fn steps(steps: &[(f64, f64)], end: Option<f64>) -> Result<RateSchedule, ArrivalError> {
         if steps.is_empty() || steps[0].0 != 0.0 {
-            return Err("a rate schedule must start with a step at time 0".into());
+            return Err(ArrivalError("a rate schedule must start with a step at time 0".into()));
         }
         for (i, w) in steps.windows(2).enumerate() {
             if w[1].0 <= w[0].0 {
-                return Err(format!("step {} starts at {} s, not after step {} at {} s", i + 1, w[1].0, i, w[0].0));
+                return Err(ArrivalError(format!(
+                    "step {} starts at {} s, not after step {} at {} s",
+                    i + 1,
+                    w[1].0,
+                    i,
+                    w[0].0
+                )));
             }
         }
         if let Some((i, (_, rate))) = steps.iter().enumerate().find(|(_, (_, r))| !(r.is_finite() && *r >= 0.0)) {
-            return Err(format!("step {i} has rate {rate}; rates must be finite and >= 0"));
+            return Err(ArrivalError(format!("step {i} has rate {rate}; rates must be finite and >= 0")));
         }
         Ok(RateSchedule {
             starts: steps.iter().map(|s| s.0).collect(),
@@ -48,7 +59,7 @@ impl RateSchedule {
     }
 
     /// A constant rate.
-    pub fn constant(rate: f64, end: Option<f64>) -> Result<RateSchedule, String> {
+    pub fn constant(rate: f64, end: Option<f64>) -> Result<RateSchedule, ArrivalError> {
         RateSchedule::steps(&[(0.0, rate)], end)
     }
 
@@ -61,12 +72,12 @@ impl RateSchedule {
         phase: f64,
         step: f64,
         end: f64,
-    ) -> Result<RateSchedule, String> {
+    ) -> Result<RateSchedule, ArrivalError> {
         if !(0.0..=1.0).contains(&amplitude) {
-            return Err(format!("amplitude must be in [0, 1], got {amplitude}"));
+            return Err(ArrivalError(format!("amplitude must be in [0, 1], got {amplitude}")));
         }
         if !(period > 0.0 && step > 0.0 && end > 0.0) {
-            return Err("period, step and duration must be > 0".into());
+            return Err(ArrivalError("period, step and duration must be > 0".into()));
         }
         let n = (end / step).ceil() as usize;
         let steps: Vec<(f64, f64)> = (0..n)
@@ -101,16 +112,16 @@ pub struct ModulatedRenewal {
 
 impl ModulatedRenewal {
     /// `cv` is the coefficient of variation of the intervals: 1 is Poisson.
-    pub fn new(schedule: RateSchedule, cv: f64, seed: u64) -> Result<ModulatedRenewal, String> {
+    pub fn new(schedule: RateSchedule, cv: f64, seed: u64) -> Result<ModulatedRenewal, ArrivalError> {
         if !(cv.is_finite() && cv > 0.0) {
-            return Err(format!("cv must be a finite number > 0, got {cv}"));
+            return Err(ArrivalError(format!("cv must be a finite number > 0, got {cv}")));
         }
         let interval = if (cv - 1.0).abs() < 1e-12 {
-            Interval::Exponential(Exp::new(1.0).map_err(|e| e.to_string())?)
+            Interval::Exponential(Exp::new(1.0).map_err(|e| ArrivalError(e.to_string()))?)
         } else {
             // Gamma with shape k = 1/cv² and rate k has mean 1 and coefficient of variation cv.
             let shape = 1.0 / (cv * cv);
-            Interval::Gamma(Gamma::new(shape, shape).map_err(|e| e.to_string())?)
+            Interval::Gamma(Gamma::new(shape, shape).map_err(|e| ArrivalError(e.to_string()))?)
         };
         Ok(ModulatedRenewal {
             schedule,
@@ -293,9 +304,9 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_refused_with_a_reason() {
-        assert!(RateSchedule::steps(&[(1.0, 5.0)], None).unwrap_err().contains("time 0"));
-        assert!(RateSchedule::steps(&[(0.0, 5.0), (0.0, 6.0)], None).unwrap_err().contains("not after"));
-        assert!(RateSchedule::steps(&[(0.0, -1.0)], None).unwrap_err().contains("rate"));
+        assert!(RateSchedule::steps(&[(1.0, 5.0)], None).unwrap_err().0.contains("time 0"));
+        assert!(RateSchedule::steps(&[(0.0, 5.0), (0.0, 6.0)], None).unwrap_err().0.contains("not after"));
+        assert!(RateSchedule::steps(&[(0.0, -1.0)], None).unwrap_err().0.contains("rate"));
         assert!(RateSchedule::diurnal(10.0, 2.0, 60.0, 0.0, 1.0, 60.0).is_err());
     }
 

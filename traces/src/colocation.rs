@@ -29,4 +29,3 @@ pub struct ColocationRow {
     /// The same worker alone: its 99th percentile.
     pub solo_p99_ms: f64,
 }
-

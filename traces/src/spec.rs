@@ -133,26 +133,27 @@ impl TraceLibrary {
             ArrivalSpec::Poisson { rate } => {
                 positive("rate", *rate)?;
                 Box::new(
-                    ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(bad)?, 1.0, seed)
-                        .map_err(bad)?,
+                    ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(|e| bad(e.0))?, 1.0, seed)
+                        .map_err(|e| bad(e.0))?,
                 )
             }
             ArrivalSpec::Gamma { rate, cv } => {
                 positive("rate", *rate)?;
                 Box::new(
-                    ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(bad)?, *cv, seed)
-                        .map_err(bad)?,
+                    ModulatedRenewal::new(RateSchedule::constant(*rate, horizon_s).map_err(|e| bad(e.0))?, *cv, seed)
+                        .map_err(|e| bad(e.0))?,
                 )
             }
             ArrivalSpec::Steps { steps, cv } => Box::new(
-                ModulatedRenewal::new(RateSchedule::steps(steps, horizon_s).map_err(bad)?, *cv, seed).map_err(bad)?,
+                ModulatedRenewal::new(RateSchedule::steps(steps, horizon_s).map_err(|e| bad(e.0))?, *cv, seed)
+                    .map_err(|e| bad(e.0))?,
             ),
             ArrivalSpec::Diurnal { mean_rate, amplitude, period_s, phase_s, step_s, cv } => {
                 let end = horizon_s.ok_or_else(|| bad("a diurnal process needs the scenario's duration_s".into()))?;
                 positive("mean_rate", *mean_rate)?;
-                let schedule =
-                    RateSchedule::diurnal(*mean_rate, *amplitude, *period_s, *phase_s, *step_s, end).map_err(bad)?;
-                Box::new(ModulatedRenewal::new(schedule, *cv, seed).map_err(bad)?)
+                let schedule = RateSchedule::diurnal(*mean_rate, *amplitude, *period_s, *phase_s, *step_s, end)
+                    .map_err(|e| bad(e.0))?;
+                Box::new(ModulatedRenewal::new(schedule, *cv, seed).map_err(|e| bad(e.0))?)
             }
             ArrivalSpec::Replay { trace, speedup, scale, start_s } => {
                 positive("speedup", *speedup)?;

@@ -1,0 +1,684 @@
+//! The `gpuslice` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+mod lab;
+
+use gpuslice_eval::simulate::PolicyChoice;
+use gpuslice_eval::{bench, calibration, capacity, evaluate, output, scenario, simulate};
+use gpuslice_simulator::Sharing;
+use lab::{gpu_probe, netml_bench, netml_e2e, profile, realloc_gap};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "gpuslice",
+    version,
+    about = "SLO-driven GPU sharing for inference models: simulate, benchmark, calibrate"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax, e.g. `info`, `gpuslice=debug`); RUST_LOG works too.
+    #[arg(long, default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SharingArg {
+    Temporal,
+    DefaultMps,
+    Spatial,
+}
+
+impl From<SharingArg> for Sharing {
+    fn from(s: SharingArg) -> Sharing {
+        match s {
+            SharingArg::Temporal => Sharing::Temporal,
+            SharingArg::DefaultMps => Sharing::DefaultMps,
+            SharingArg::Spatial => Sharing::Spatial,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario on the simulated GPU and print a per-model table.
+    Simulate {
+        /// Scenario file (TOML). Without it, the embedded default scenario runs
+        /// (three models from the H100 CUDA-graph profile on real Azure traces).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override the scenario's sharing mode: temporal (time slicing), default-mps (all at
+        /// 100%), spatial (each model at its GPU%). The scenario's allocations stay fixed.
+        #[arg(long, value_enum, conflicts_with = "policy")]
+        sharing: Option<SharingArg>,
+        /// Steer the run with a policy instead of the scenario's fixed allocations: static,
+        /// temporal, default-mps, triton-like, gslice, model-based or oracle.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Override the scenario's random seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Multiply every model's load by this factor (rates and counts; replayed traces play
+        /// this much faster).
+        #[arg(long, default_value_t = 1.0)]
+        load_scale: f64,
+        /// Write summary.csv, intervals.csv, latency.svg (p99), gpu.svg (GPU%) and slo.svg (SLO attainment) into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Compare policies on the same arrivals: a table of goodput, SLO attainment, p99 per model,
+    /// GPU% used, reallocations and drops, with the spread over seeds.
+    Evaluate {
+        /// Scenario file (TOML); the embedded default without it.
+        #[arg(long, short)]
+        scenario: Option<PathBuf>,
+        /// Comma-separated policies: static, temporal, default-mps, triton-like, gslice,
+        /// model-based, oracle.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "temporal,default-mps,triton-like,gslice,model-based,oracle"
+        )]
+        policies: Vec<String>,
+        /// Number of seeds (the scenario's seed, +1, +2, ...).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Multiply every model's load by this factor (rates and counts; replayed traces play
+        /// this much faster).
+        #[arg(long, default_value_t = 1.0)]
+        load_scale: f64,
+        /// Sweep the load instead: run the comparison at each of these load scales, print
+        /// goodput, SLO attainment and goodput against the reference policy per scale, and with
+        /// --out write load-sweep.csv, goodput-vs-load.svg and slo-vs-load.svg.
+        #[arg(long, value_delimiter = ',', conflicts_with = "load_scale")]
+        load_scales: Vec<f64>,
+        /// Capacity at the SLO instead: per policy and seed, the highest load scale at which
+        /// every model keeps at least --threshold of its requests within its SLO (bracketed
+        /// from x1, then bisected to --precision); prints it with the ratio to the best
+        /// baseline and each model's figures there, and with --out writes capacity.csv,
+        /// probes.csv and capacity-slo-vs-load.svg.
+        #[arg(long, conflicts_with_all = ["load_scale", "load_scales"])]
+        capacity: bool,
+        /// --capacity: the share of each model's requests that must meet its SLO.
+        #[arg(long, default_value_t = 0.99, requires = "capacity")]
+        threshold: f64,
+        /// --capacity: stop when the bracket is narrower than this fraction of the load scale.
+        #[arg(long, default_value_t = 0.025, requires = "capacity")]
+        precision: f64,
+        /// --capacity: run temporal and default-mps with the scenario's batching only, instead
+        /// of at their best setting of a grid of max batch (1-64) and batch wait (0.5-8 ms).
+        #[arg(long, requires = "capacity")]
+        untuned: bool,
+        /// Policy the "vs ref" column divides by.
+        #[arg(long, default_value = "model-based")]
+        reference: String,
+        /// Write evaluate.csv, decisions.csv, slo.svg and gpu.svg into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run the controller live behind the gRPC control plane (gpuslice.v1, with health and
+    /// reflection) until SIGINT or SIGTERM; then stop accepting and answer every accepted request.
+    Serve {
+        /// The backend that serves requests: `sim` runs the simulator in wall-clock time (Infer
+        /// waits for the simulated completion); `gpu` serves on the GPU, each registered model
+        /// on worker processes under a private MPS daemon (see the config's [gpu]) [default:
+        /// the config's, or sim].
+        #[arg(long)]
+        backend: Option<String>,
+        /// gRPC address; loopback unless told otherwise [default: 127.0.0.1:50051, or the config's].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Address of the Prometheus text metrics endpoint (/metrics) [default: the config's, or none].
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Node configuration (TOML): listen addresses, [controller] settings, [[models]] to register.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Policy to run: static, gslice or model-based [default: the config's, or model-based].
+        #[arg(long)]
+        policy: Option<String>,
+        /// With `--backend gpu`: GPU-less workers taking this many ms per batch, no MPS (to try
+        /// the GPU backend's serving anywhere).
+        #[arg(long)]
+        fake_ms: Option<f64>,
+    },
+    /// Load-test the gRPC plane on loopback: open-loop Infer calls plus control calls for a
+    /// bounded time, then a table of calls sent, answered, failed and latency percentiles.
+    LoadTest {
+        /// A running server to test (loopback only); without it, one is started in-process.
+        #[arg(long)]
+        target: Option<std::net::SocketAddr>,
+        /// How long to send, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Infer calls per second, spread over three models.
+        #[arg(long, default_value_t = 5000)]
+        infer_rps: u32,
+        /// Control calls per second (GetAllocation, ListModels, GetMetrics, OverrideAllocation).
+        #[arg(long, default_value_t = 1000)]
+        control_rps: u32,
+    },
+    /// On the GPU machine: CPU time and latency of moving batches of packetized images to the GPU
+    /// by per-packet copies, CPU-Copy and the GPU gather kernel (each checked byte for byte first).
+    NetmlBench {
+        /// Batch sizes, in images of 224x224x3 fp32.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
+        batches: Vec<usize>,
+        /// Transfers per mode and batch size.
+        #[arg(long, default_value_t = 50)]
+        repeats: usize,
+        /// Write netml.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// On the GPU machine: models served together by the GPU backend's workers (MPS daemon, one
+    /// worker per model at its GPU%, batches through shared memory), closed loop; per model the GPU
+    /// time and round trip of its batches and its throughput.
+    GpuProbe {
+        /// Models, their GPU% and optionally batch size, as NAME:PCT[:BATCH],... (torchvision names).
+        #[arg(long, default_value = "densenet121:25,resnext50_32x4d:35,vgg16:40")]
+        models: String,
+        /// Batch size of the models that name none.
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Batches each worker holds at once: 2 hands the next batch over while one runs (as the
+        /// GPU backend serves), 1 waits for each batch before handing over the next.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        in_flight: u8,
+        /// Run without MPS: the driver time-slices the workers (temporal sharing); GPU% ignored.
+        #[arg(long, conflicts_with = "green")]
+        no_mps: bool,
+        /// Partition by green contexts instead of MPS percentages: every worker under MPS at
+        /// 100%, on a green context of its GPU% of `--total-sms` (rounded to a multiple of 8).
+        #[arg(long)]
+        green: bool,
+        /// The device's SM count, for `--green` (132 on an H100 SXM).
+        #[arg(long, default_value_t = 132)]
+        total_sms: u32,
+        /// Label of this run in the table and the CSV name.
+        #[arg(long, default_value = "run")]
+        label: String,
+        /// Write gpu-probe-LABEL.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// On the GPU machine: images as UDP packets over loopback into the packet pool, to the GPU
+    /// by each transfer mode, inferred by a worker reading the batch buffer through CUDA IPC;
+    /// throughput and latency per mode, and the latency of one large image arriving at line rate.
+    NetmlE2e {
+        /// torchvision model the worker runs.
+        #[arg(long, default_value = "resnet50")]
+        model: String,
+        /// Images per batch.
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        /// Seconds of traffic per mode (after 0.3 s of warm-up).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Images the sender keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Run the worker under MPS at this GPU% (default: no MPS).
+        #[arg(long)]
+        gpu_pct: Option<f64>,
+        /// Bytes of the image of the line-rate run.
+        #[arg(long, default_value_t = 500 * 1024)]
+        line_rate_bytes: usize,
+        /// Images of the line-rate run, per mode.
+        #[arg(long, default_value_t = 50)]
+        line_rate_repeats: usize,
+        /// Write netml-e2e.csv and netml-line-rate.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// On the GPU machine: what a reallocation costs the service, both ways the backend can make
+    /// one without stopping (a standby pool of MPS workers; green contexts inside one worker):
+    /// gap, first-batch cost, decision to served, GPU memory; and a cold restart's time to serve.
+    ReallocGap {
+        /// torchvision model.
+        #[arg(long, default_value = "resnet50")]
+        model: String,
+        /// GPU% values the standby pool moves between (one MPS worker each).
+        #[arg(long, value_delimiter = ',', default_value = "30,60")]
+        pcts: Vec<f64>,
+        /// SM counts (multiples of 8) the green-context worker moves between; empty skips it.
+        #[arg(long, value_delimiter = ',', default_value = "40,80")]
+        green_sms: Vec<u32>,
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        /// Reallocations to measure, each way.
+        #[arg(long, default_value_t = 100)]
+        switches: usize,
+        /// Batches served between two reallocations.
+        #[arg(long, default_value_t = 5)]
+        batches_between: usize,
+        /// Write realloc-gap.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// On the GPU machine: run a scenario live on the GPU — its arrivals in wall-clock time, one
+    /// worker per model under MPS, the policy reallocating with standby workers — and print the
+    /// same table as `simulate` (and write the same CSV and plots).
+    GpuRun {
+        /// Scenario file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Policy: static, gslice, model-based (spatial sharing), temporal (workers without MPS,
+        /// time-sliced) or default-mps (every worker at 100%).
+        #[arg(long, default_value = "model-based")]
+        policy: String,
+        /// Write summary.csv, intervals.csv, decisions.csv, latency.svg (p99), gpu.svg (GPU%) and slo.svg (SLO attainment) into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Multiply every model's load by this factor (rates and counts; replayed traces play
+        /// this much faster).
+        #[arg(long, default_value_t = 1.0)]
+        load_scale: f64,
+        /// Workers without a GPU that take this many ms per batch (for trying the run anywhere).
+        #[arg(long)]
+        fake_ms: Option<f64>,
+        /// Standby pool: GPU% levels each model keeps a worker at, so a reallocation switches at
+        /// once. The model-based policy plans its slices on these levels; another policy's slice
+        /// takes the level at or above it where the GPU has room, else the one below. Empty:
+        /// start a worker per change.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80")]
+        pool_levels: Vec<f64>,
+    },
+    /// On the GPU machine: measure batch latency over a grid of GPU% (MPS) and batch sizes for
+    /// the given models through the GPU backend's worker, into a calibration CSV.
+    Profile {
+        /// torchvision models.
+        #[arg(long, value_delimiter = ',', default_value = "resnet50")]
+        models: Vec<String>,
+        /// MPS GPU% levels.
+        #[arg(long, value_delimiter = ',', default_value = "100,80,60,50,40,30,20,10")]
+        gpu_pcts: Vec<f64>,
+        /// Batch sizes (one CUDA graph each).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+        batches: Vec<u32>,
+        /// Timed replays per point (after 5 warm-up replays).
+        #[arg(long, default_value_t = 100)]
+        repeats: usize,
+        /// Seconds of back-to-back batches on each model's first worker before its first point,
+        /// so the first points do not see a GPU coming out of idle.
+        #[arg(long, default_value_t = 3.0)]
+        warmup_s: f64,
+        /// Output CSV of the grid.
+        #[arg(long, default_value = "profiles/h100/profile.csv")]
+        out: PathBuf,
+        /// Co-location groups to measure after the grid, each `MODEL:GPU%[:BATCH]` joined by `+`
+        /// (e.g. `densenet121:25+resnext50_32x4d:35+vgg16:40`), groups separated by `,`. All at
+        /// 100% is default MPS. `--models ''` skips the grid.
+        #[arg(long, value_delimiter = ',')]
+        colocate: Vec<String>,
+        /// Batch size of co-located placements that name none.
+        #[arg(long, default_value_t = 8)]
+        colocate_batch: u32,
+        /// Seconds each co-location group runs together (each worker also runs half as long alone).
+        #[arg(long, default_value_t = 4.0)]
+        colocate_seconds: f64,
+        /// Output CSV of the co-location groups.
+        #[arg(long, default_value = "profiles/h100/colocation.csv")]
+        colocation_out: PathBuf,
+        /// GPU-less workers taking this many ms per batch (to try the command anywhere).
+        #[arg(long)]
+        fake_ms: Option<f64>,
+    },
+    /// Fit the simulator to measurements from `profile`: the latency model of every model (fit
+    /// error printed), then the co-location parameters (each model's `interference` on the
+    /// controlled groups; the default-MPS share exponent and `mps_launch_contention` on the
+    /// default-MPS groups); save a calibration file scenarios load. With the defaults it
+    /// reproduces the shipped `profiles/h100/calibration.toml`.
+    Calibrate {
+        /// Profile CSV (the grid), or `builtin:NAME` (`builtin:h100-grid` is `profiles/h100/grid.csv`).
+        #[arg(long, default_value = "builtin:h100-grid")]
+        profile: String,
+        /// Co-location CSV from `gpuslice profile --colocate`.
+        #[arg(long, default_value = "profiles/h100/colocation.csv")]
+        colocation: PathBuf,
+        /// Fit only on groups of at most this many models (larger ones are left for `validate`).
+        #[arg(long, default_value_t = 2)]
+        fit_group_size: usize,
+        /// Calibration file to write (TOML).
+        #[arg(long, default_value = "profiles/h100/calibration.toml")]
+        out: PathBuf,
+    },
+    /// Check the simulator against measurements it was not fitted on: (a) GPU% levels left out
+    /// of the latency fit, (b) co-located groups, each run in the simulator closed loop as on the
+    /// GPU; prints predicted against measured p50 and p99 with the relative error.
+    Validate {
+        /// Profile CSV (the grid), or `builtin:NAME`.
+        #[arg(long, default_value = "profiles/h100/grid.csv")]
+        profile: String,
+        /// GPU% levels left out of the fit and predicted.
+        #[arg(long, value_delimiter = ',', default_value = "80,50,30")]
+        hold_out: Vec<f64>,
+        /// Co-location CSV from `gpuslice profile --colocate`.
+        #[arg(long, default_value = "profiles/h100/colocation.csv")]
+        colocation: PathBuf,
+        /// Calibration whose co-location parameters predict the groups (its profile is used too).
+        #[arg(long, default_value = "profiles/h100/calibration.toml")]
+        calibration: String,
+        /// Write held-out.csv and colocated.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Fit the latency model to a calibration profile and print each model's fit error.
+    Fit {
+        /// Profile CSV, or `builtin:h100-cudagraph` / `builtin:h100-eager`.
+        #[arg(long, default_value = "builtin:h100-cudagraph")]
+        profile: String,
+    },
+    /// Benchmark the simulator: events per second, and the whole Azure Functions 2019 day
+    /// (11.6 M invocations of 1,000 functions mapped onto 8 models).
+    Bench {
+        /// Only the events-per-second run (skips the Azure Functions day).
+        #[arg(long)]
+        quick: bool,
+        /// Write bench.csv into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Simulate { config, sharing, policy, seed, load_scale, out, quiet } => {
+            let mut loaded = scenario::LoadedScenario::load(config.as_deref())?;
+            loaded.scale_load(load_scale)?;
+            if let Some(seed) = seed {
+                loaded.scenario.seed = seed;
+            }
+            let choice = match policy {
+                Some(name) => PolicyChoice::Named(name),
+                None => PolicyChoice::Scenario(sharing.map_or(loaded.scenario.sharing, Sharing::from)),
+            };
+            let run = simulate::run(&loaded, &choice, !quiet)?;
+            println!(
+                "{} — policy {}, {} sharing, {:.1} s simulated in {:.2} s, {} reallocations",
+                loaded.scenario.name,
+                run.policy,
+                run.report.sharing,
+                run.report.elapsed_s,
+                run.wall.as_secs_f64(),
+                run.decisions.len()
+            );
+            println!("{}", output::summary_table(&run.report));
+            if let Some(dir) = out {
+                let files = output::write_run(&dir, &run.report, &run.intervals)?;
+                tracing::info!(files = ?files, "results written");
+            }
+            Ok(())
+        }
+        Command::Evaluate {
+            scenario,
+            policies,
+            seeds,
+            load_scale,
+            load_scales,
+            capacity: capacity_search,
+            threshold,
+            precision,
+            untuned,
+            reference,
+            out,
+            quiet,
+        } => {
+            let mut loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
+            let seeds = seeds.max(1);
+            let reference_policy = policies.contains(&reference).then_some(reference.as_str());
+            if capacity_search {
+                let options = capacity::SearchOptions { threshold, precision, ..Default::default() };
+                options.check()?;
+                if let Some(dir) = &out {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let (results, tuning) = capacity::run(&loaded, &policies, seeds, &options, !untuned, !quiet)?;
+                println!(
+                    "{} — capacity at the SLO: the highest load scale at which every model keeps {:.3}% of its requests within its SLO, {seeds} seed(s)",
+                    loaded.scenario.name,
+                    threshold * 100.0
+                );
+                println!("{}", capacity::table(&results, &policies, threshold));
+                if let Some(dir) = out {
+                    capacity::write(&dir, &results, &tuning, &policies, threshold)?;
+                    tracing::info!(dir = %dir.display(), "results written");
+                }
+                return Ok(());
+            }
+            if !load_scales.is_empty() {
+                let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, !quiet)?;
+                println!(
+                    "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met, goodput / {reference}'s at the same load",
+                    loaded.scenario.name
+                );
+                println!("{}", evaluate::sweep_table(&points, &policies, reference_policy));
+                if let Some(dir) = out {
+                    evaluate::write_sweep(&dir, &points, &policies, reference_policy)?;
+                    tracing::info!(dir = %dir.display(), "results written");
+                }
+                return Ok(());
+            }
+            loaded.scale_load(load_scale)?;
+            let results = evaluate::run(&loaded, &policies, seeds, !quiet)?;
+            println!(
+                "{} — {seeds} seed(s), means ± standard deviation; vs ref = goodput / {reference}'s",
+                loaded.scenario.name
+            );
+            println!("{}", evaluate::table(&results, &policies, reference_policy));
+            if let Some(dir) = out {
+                evaluate::write(&dir, &results, &policies)?;
+                tracing::info!(dir = %dir.display(), "results written");
+            }
+            Ok(())
+        }
+        Command::Serve { backend, listen, metrics_listen, config, policy, fake_ms } => {
+            let overrides = gpuslice_serve::node::ServeOverrides { backend, listen, metrics_listen, policy, fake_ms };
+            let options = gpuslice_serve::node::NodeConfig::load(config.as_deref())?.into_options(overrides)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async move {
+                let running = gpuslice_serve::grpc::start(options).await?;
+                println!(
+                    "serving gpuslice.v1 on {}{}",
+                    running.grpc,
+                    running.metrics.map_or(String::new(), |m| format!(", metrics on http://{m}/metrics"))
+                );
+                shutdown_signal().await;
+                tracing::info!("shutting down: no new calls; answering accepted requests");
+                running.stop().await
+            })
+        }
+        Command::LoadTest { target, seconds, infer_rps, control_rps } => {
+            anyhow::ensure!(seconds > 0.0 && seconds <= 600.0, "--seconds must be in (0, 600]");
+            let options = gpuslice_serve::loadtest::LoadTestOptions {
+                target,
+                duration: std::time::Duration::from_secs_f64(seconds),
+                infer_rps,
+                control_rps,
+            };
+            let report = tokio::runtime::Runtime::new()?.block_on(gpuslice_serve::loadtest::run(options))?;
+            println!("{}", report.table());
+            let lost = report.infer.sent - report.infer.ok - report.infer.failed;
+            println!(
+                "Infer: {} sent, {} answered OK, {} failed, {lost} unanswered",
+                report.infer.sent, report.infer.ok, report.infer.failed
+            );
+            Ok(())
+        }
+        Command::NetmlBench { batches, repeats, out } => netml_bench::run(&batches, repeats.max(1), out.as_deref()),
+        Command::NetmlE2e { model, batch, seconds, window, gpu_pct, line_rate_bytes, line_rate_repeats, out } => {
+            netml_e2e::run(&netml_e2e::E2eOptions {
+                model: &model,
+                batch: batch.max(1),
+                seconds,
+                window: window.max(batch as usize),
+                gpu_pct,
+                line_rate_bytes,
+                line_rate_repeats: line_rate_repeats.max(1),
+                out: out.as_deref(),
+            })
+        }
+        Command::GpuProbe { models, batch, seconds, in_flight, no_mps, green, total_sms, label, out } => {
+            use gpu_probe::ProbeSharing;
+            let sharing = match (no_mps, green) {
+                (true, _) => ProbeSharing::Temporal,
+                (false, true) => ProbeSharing::Green { total_sms },
+                (false, false) => ProbeSharing::Mps,
+            };
+            gpu_probe::run(&models, batch, seconds, in_flight.into(), sharing, &label, out.as_deref())
+        }
+        Command::ReallocGap { model, pcts, green_sms, batch, switches, batches_between, out } => {
+            realloc_gap::run(realloc_gap::ReallocGapOptions {
+                model: &model,
+                pcts: &pcts,
+                green_sms: &green_sms,
+                batch,
+                switches: switches.max(1),
+                batches_between: batches_between.max(1),
+                out: out.as_deref(),
+            })
+        }
+        Command::GpuRun { config, policy, out, load_scale, fake_ms, pool_levels } => {
+            let mut loaded = scenario::LoadedScenario::load(Some(&config))?;
+            loaded.scale_load(load_scale)?;
+            let template = gpuslice_gpu::serving::WorkerTemplate {
+                script: gpuslice_gpu::worker::default_script(),
+                fake_ms,
+                pool_levels,
+            };
+            let on = gpuslice_gpu::builder::GpuBuilder { template };
+            let run = simulate::run_on(&loaded, &PolicyChoice::Named(policy), &on, true)?;
+            println!(
+                "{} — policy {} on the GPU, {:.1} s, {} reallocations",
+                loaded.scenario.name,
+                run.policy,
+                run.report.elapsed_s,
+                run.decisions.len()
+            );
+            println!("{}", output::summary_table(&run.report));
+            println!("{}", output::stage_table(&run.stages));
+            if !run.device.is_empty() {
+                let n = run.device.len() as f64;
+                let mean = |f: fn(&gpuslice_control::DeviceSample) -> f64| run.device.iter().map(f).sum::<f64>() / n;
+                println!(
+                    "GPU (NVML, per interval): utilization {:.0}%, memory used {:.0} MiB, SM clock {:.0} MHz (means)",
+                    mean(|d| d.gpu_util_pct as f64),
+                    mean(|d| d.memory_used_mib as f64),
+                    mean(|d| d.sm_clock_mhz as f64)
+                );
+            }
+            if let Some(dir) = out {
+                output::write_run(&dir, &run.report, &run.intervals)?;
+                output::write_csv(&dir.join("decisions.csv"), &run.decisions)?;
+                output::write_csv(&dir.join("device.csv"), &run.device)?;
+                output::write_csv(&dir.join("stages.csv"), &run.stages)?;
+            }
+            Ok(())
+        }
+        Command::Profile {
+            models,
+            gpu_pcts,
+            batches,
+            repeats,
+            warmup_s,
+            out,
+            colocate,
+            colocate_batch,
+            colocate_seconds,
+            colocation_out,
+            fake_ms,
+        } => {
+            let models: Vec<String> = models.into_iter().filter(|m| !m.is_empty()).collect();
+            profile::run(profile::ProfileOptions {
+                models: &models,
+                gpu_pcts: &gpu_pcts,
+                batches: &batches,
+                repeats: repeats.max(1),
+                warmup_s: warmup_s.max(0.0),
+                out: &out,
+                colocate: &colocate,
+                colocate_batch,
+                colocate_seconds,
+                colocation_out: &colocation_out,
+                fake_ms,
+            })
+        }
+        Command::Calibrate { profile, colocation, fit_group_size, out } => {
+            calibration::calibrate(&calibration::CalibrateOptions {
+                profile: &profile,
+                colocation: &colocation,
+                fit_group_size,
+                out: &out,
+            })?;
+            Ok(())
+        }
+        Command::Validate { profile, hold_out, colocation, calibration, out } => {
+            calibration::validate(&profile, &hold_out, &colocation, &calibration, out.as_deref())
+        }
+        Command::Fit { profile } => {
+            let source = gpuslice_traces::Source::load(&profile, std::path::Path::new("."))?;
+            let set = gpuslice_traces::ProfileSet::parse(&source)?;
+            println!("{}", output::fit_table(&set, &gpuslice_traces::LatencyModel::fit_all(&set)?));
+            Ok(())
+        }
+        Command::Bench { quick, out } => bench::run(quick, out.as_deref()),
+    }
+}

@@ -1,0 +1,519 @@
+//! `gpuslice evaluate --capacity`: capacity at the SLO, the measure an operator sizes a node by.
+//! Per policy and seed, the highest load scale (a factor on every model's arrivals) at which
+//! EVERY model keeps at least `threshold` of its requests within its SLO (dropped requests count
+//! as misses). Found by bracketing from x1 (doubling or halving) and then bisection until the
+//! bracket is narrower than `precision` of the scale.
+
+use crate::output::write_csv;
+use crate::plot::{Series, line_chart};
+use crate::scenario::LoadedScenario;
+use crate::simulate::{self, LateProgress, PolicyChoice};
+use anyhow::{Result, bail};
+use comfy_table::Table;
+use gpuslice_simulator::{ModelReport, Report};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Policies a capacity is compared against (whichever of them were run).
+pub const BASELINES: [&str; 4] = ["temporal", "default-mps", "triton-like", "gslice"];
+
+/// Baselines that serve with fixed batching a user would tune: each is searched at every
+/// setting of the grid below (every model the same max batch and batch wait, as one configures
+/// a Triton dynamic batcher), and reported at the setting with the highest mean capacity.
+/// Triton-like keeps Triton's usual 32 / 1 ms: tuned, it is default MPS at its best setting.
+pub const TUNED_BASELINES: [&str; 2] = ["temporal", "default-mps"];
+/// The grid's max batch sizes...
+pub const TUNING_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// ...and batch waits (ms).
+pub const TUNING_WAITS_MS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
+
+/// A uniform batching setting of a tuned baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batching {
+    /// Every model's largest batch.
+    pub max_batch: u32,
+    /// How long a batch waits to fill, ms.
+    pub batch_timeout_ms: f64,
+}
+
+impl std::fmt::Display for Batching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch {}, wait {} ms", self.max_batch, self.batch_timeout_ms)
+    }
+}
+
+/// Every setting a tuned baseline is searched at.
+pub fn tuning_grid() -> Vec<Batching> {
+    TUNING_BATCHES
+        .iter()
+        .flat_map(|&max_batch| {
+            TUNING_WAITS_MS.iter().map(move |&batch_timeout_ms| Batching { max_batch, batch_timeout_ms })
+        })
+        .collect()
+}
+
+/// How the search runs.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchOptions {
+    /// Share of each model's requests that must finish within its SLO (0.99).
+    pub threshold: f64,
+    /// The search stops when the bracket is narrower than this fraction of its lower end.
+    pub precision: f64,
+    /// The scales the search stays within.
+    pub min_scale: f64,
+    /// ...and the highest.
+    pub max_scale: f64,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions { threshold: 0.99, precision: 0.025, min_scale: 1.0 / 64.0, max_scale: 64.0 }
+    }
+}
+
+impl SearchOptions {
+    /// Why these options cannot run, if they cannot.
+    pub fn check(&self) -> Result<()> {
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            bail!("--threshold must be in (0, 1], got {}", self.threshold);
+        }
+        if !(self.precision >= 0.001 && self.precision <= 0.5) {
+            bail!("--precision must be in [0.001, 0.5], got {}", self.precision);
+        }
+        Ok(())
+    }
+}
+
+/// One run of the search: a policy at one load scale.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The load scale run.
+    pub scale: f64,
+    /// Whether every model kept the threshold.
+    pub served: bool,
+    /// What each model saw.
+    pub models: Vec<ModelReport>,
+}
+
+impl Probe {
+    fn new(scale: f64, report: Report, threshold: f64) -> Probe {
+        let served = report.models.iter().all(|m| m.summary.slo_attainment >= threshold);
+        Probe { scale, served, models: report.models }
+    }
+
+    /// The lowest SLO attainment of any model.
+    pub fn worst_attainment(&self) -> f64 {
+        self.models.iter().map(|m| m.summary.slo_attainment).fold(1.0, f64::min)
+    }
+}
+
+/// The capacity of one policy on one seed.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    /// The policy.
+    pub policy: String,
+    /// The seed of its arrivals.
+    pub seed: u64,
+    /// The batching every model ran with, for a tuned baseline (else the policy's own).
+    pub batching: Option<Batching>,
+    /// The highest scale served (0 when not even `min_scale` is).
+    pub capacity: f64,
+    /// The lowest scale found not served (`None` when `max_scale` is served).
+    pub first_missed: Option<f64>,
+    /// Every run, in the order made.
+    pub probes: Vec<Probe>,
+}
+
+impl Capacity {
+    /// The run at the capacity.
+    pub fn at_capacity(&self) -> Option<&Probe> {
+        self.probes.iter().find(|p| p.served && p.scale == self.capacity)
+    }
+}
+
+/// The search for one policy on one seed; `run_at(scale)` runs the scenario at that load.
+pub fn search(
+    policy: &str,
+    seed: u64,
+    options: &SearchOptions,
+    mut run_at: impl FnMut(f64) -> Result<Report>,
+) -> Result<Capacity> {
+    let mut probes: Vec<Probe> = Vec::new();
+    let mut probe = |scale: f64, probes: &mut Vec<Probe>| -> Result<bool> {
+        let p = Probe::new(scale, run_at(scale)?, options.threshold);
+        let served = p.served;
+        probes.push(p);
+        Ok(served)
+    };
+    // Bracket: `lo` served (or 0), `hi` missed (or None past max_scale).
+    let (mut lo, mut hi) = (0.0, None);
+    let mut scale = 1.0f64.clamp(options.min_scale, options.max_scale);
+    if probe(scale, &mut probes)? {
+        lo = scale;
+        while hi.is_none() && scale < options.max_scale {
+            scale = (scale * 2.0).min(options.max_scale);
+            if probe(scale, &mut probes)? { lo = scale } else { hi = Some(scale) }
+        }
+    } else {
+        hi = Some(scale);
+        while lo == 0.0 && scale > options.min_scale {
+            scale = (scale / 2.0).max(options.min_scale);
+            if probe(scale, &mut probes)? { lo = scale } else { hi = Some(scale) }
+        }
+    }
+    if let Some(mut h) = hi
+        && lo > 0.0
+    {
+        while h - lo > options.precision * lo {
+            let mid = (lo + h) / 2.0;
+            if probe(mid, &mut probes)? { lo = mid } else { h = mid }
+        }
+        hi = Some(h);
+    }
+    Ok(Capacity { policy: policy.to_string(), seed, batching: None, capacity: lo, first_missed: hi, probes })
+}
+
+/// Searches every policy on every seed (`seed`, `seed + 1`, ...) of `loaded`, the runs spread
+/// over the machine's cores. With `tune`, each of `TUNED_BASELINES` is searched at every
+/// setting of `tuning_grid()` and kept at its best (all settings are returned by `Tuning`).
+pub fn run(
+    loaded: &LoadedScenario,
+    policies: &[String],
+    seeds: u64,
+    options: &SearchOptions,
+    tune: bool,
+    show_progress: bool,
+) -> Result<(Vec<Capacity>, Vec<Capacity>)> {
+    options.check()?;
+    let settings = |policy: &str| -> Vec<Option<Batching>> {
+        if tune && TUNED_BASELINES.contains(&policy) {
+            tuning_grid().into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        }
+    };
+    let jobs: Vec<(String, Option<Batching>, u64)> = policies
+        .iter()
+        .flat_map(|p| settings(p).into_iter().map(move |b| (p.clone(), b)))
+        .flat_map(|(p, b)| (0..seeds).map(move |k| (p.clone(), b, loaded.scenario.seed + k)))
+        .collect();
+    let progress = Mutex::new(LateProgress::new(
+        Some(jobs.len() as f64),
+        "searches",
+        &format!("capacity of {}", loaded.scenario.name),
+        show_progress,
+    ));
+    let queue = Mutex::new(jobs.into_iter().enumerate());
+    let results = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let Some((index, (policy, batching, seed))) = queue.lock().expect("queue").next() else { return };
+                    let found = search(&policy, seed, options, |scale| {
+                        let mut scaled = loaded.clone();
+                        scaled.scenario.seed = seed;
+                        if let Some(b) = batching {
+                            for m in &mut scaled.scenario.models {
+                                (m.max_batch, m.batch_timeout_ms) = (b.max_batch, b.batch_timeout_ms);
+                            }
+                        }
+                        scaled.scale_load(scale)?;
+                        Ok(simulate::run(&scaled, &PolicyChoice::Named(policy.clone()), false)?.report)
+                    })
+                    .map(|c| Capacity { batching, ..c });
+                    let mut done = results.lock().expect("results");
+                    done.push((index, found));
+                    let mut bar = progress.lock().expect("progress");
+                    bar.set_message(&format!("{policy} seed {seed}"));
+                    bar.set(done.len() as f64);
+                }
+            });
+        }
+    });
+    progress.into_inner().expect("progress").finish();
+    let mut results = results.into_inner().expect("results");
+    results.sort_by_key(|(i, _)| *i);
+    let all: Vec<Capacity> = results.into_iter().map(|(_, r)| r).collect::<Result<_>>()?;
+    Ok(keep_best_settings(all))
+}
+
+/// Splits the searches into those to report (each tuned baseline at its setting with the
+/// highest mean capacity over the seeds, the first such on a tie) and every tuned search.
+fn keep_best_settings(all: Vec<Capacity>) -> (Vec<Capacity>, Vec<Capacity>) {
+    let mean = |policy: &str, batching: Batching| {
+        let values: Vec<f64> =
+            all.iter().filter(|c| c.policy == policy && c.batching == Some(batching)).map(|c| c.capacity).collect();
+        values.iter().sum::<f64>() / values.len() as f64
+    };
+    let mut best: Vec<(String, Batching)> = Vec::new();
+    for c in &all {
+        let Some(b) = c.batching else { continue };
+        match best.iter_mut().find(|(p, _)| *p == c.policy) {
+            Some((p, kept)) => {
+                if mean(p, b) > mean(p, *kept) {
+                    *kept = b;
+                }
+            }
+            None => best.push((c.policy.clone(), b)),
+        }
+    }
+    let (tuned, untuned): (Vec<Capacity>, Vec<Capacity>) = all.into_iter().partition(|c| c.batching.is_some());
+    let mut reported = untuned;
+    reported
+        .extend(tuned.iter().filter(|c| best.iter().any(|(p, b)| *p == c.policy && c.batching == Some(*b))).cloned());
+    (reported, tuned)
+}
+
+/// Mean and standard deviation of one policy's capacities over its seeds.
+pub fn policy_capacity(results: &[Capacity], policy: &str) -> Option<(f64, f64)> {
+    let values: Vec<f64> = results.iter().filter(|r| r.policy == policy).map(|r| r.capacity).collect();
+    (!values.is_empty()).then(|| crate::evaluate::mean_sd(&values))
+}
+
+/// The best baseline run (by mean capacity) and its mean capacity.
+pub fn best_baseline(results: &[Capacity]) -> Option<(&'static str, f64)> {
+    BASELINES
+        .iter()
+        .filter_map(|b| policy_capacity(results, b).map(|(c, _)| (*b, c)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// The capacity table: per policy its capacity (mean ± standard deviation over seeds), the
+/// ratio to the best baseline, and per model its attainment, p50 and p99 at that capacity (the
+/// first seed's run).
+pub fn table(results: &[Capacity], policies: &[String], threshold: f64) -> Table {
+    let models: Vec<String> = results
+        .iter()
+        .find_map(|r| r.probes.first())
+        .map(|p| p.models.iter().map(|m| m.model.clone()).collect())
+        .unwrap_or_default();
+    let seeds = results.iter().filter(|r| Some(&r.policy) == policies.first()).count();
+    let best = best_baseline(results);
+    let mut header = vec![
+        "policy".to_string(),
+        format!("capacity at {:.3}% SLO", threshold * 100.0),
+        best.map_or("vs best baseline".into(), |(b, _)| format!("vs best baseline ({b})")),
+        "batching".to_string(),
+    ];
+    header.extend(models.iter().map(|m| format!("{m}: SLO met, p50/p99 ms")));
+    let mut table = crate::output::table(header);
+    for policy in policies {
+        let Some((mean, sd)) = policy_capacity(results, policy) else { continue };
+        let spread = if seeds > 1 { format!("x{mean:.3} ± {sd:.3}") } else { format!("x{mean:.3}") };
+        let ratio = best.filter(|(_, c)| *c > 0.0).map_or("-".into(), |(_, c)| format!("{:.2}x", mean / c));
+        let search = results.iter().find(|r| &r.policy == policy);
+        let batching = search.and_then(|r| r.batching).map_or("its own".into(), |b| format!("tuned: {b}"));
+        let mut row = vec![policy.clone(), spread, ratio, batching];
+        let first = search.and_then(Capacity::at_capacity);
+        for i in 0..models.len() {
+            row.push(first.and_then(|p| p.models.get(i)).map_or("-".into(), |m| {
+                let s = &m.summary;
+                format!("{:.2}%, {:.1}/{:.1}", s.slo_attainment * 100.0, s.p50_ms, s.p99_ms)
+            }));
+        }
+        table.add_row(row);
+    }
+    table
+}
+
+/// Row of capacity.csv and tuning.csv.
+#[derive(Serialize)]
+struct CapacityRow<'a> {
+    policy: &'a str,
+    seed: u64,
+    /// Empty where the policy chose its own batching.
+    max_batch: Option<u32>,
+    batch_timeout_ms: Option<f64>,
+    capacity: f64,
+    first_missed: Option<f64>,
+    vs_best_baseline: Option<f64>,
+    runs: usize,
+}
+
+fn capacity_rows(searches: &[Capacity], best_baseline: Option<f64>) -> impl Iterator<Item = CapacityRow<'_>> {
+    searches.iter().map(move |r| CapacityRow {
+        policy: &r.policy,
+        seed: r.seed,
+        max_batch: r.batching.map(|b| b.max_batch),
+        batch_timeout_ms: r.batching.map(|b| b.batch_timeout_ms),
+        capacity: r.capacity,
+        first_missed: r.first_missed,
+        vs_best_baseline: best_baseline.map(|b| r.capacity / b),
+        runs: r.probes.len(),
+    })
+}
+
+/// Row of probes.csv: one model in one run of the search.
+#[derive(Serialize)]
+struct ProbeRow<'a> {
+    policy: &'a str,
+    seed: u64,
+    load_scale: f64,
+    served: bool,
+    model: &'a str,
+    arrivals: u64,
+    slo_attainment: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    dropped: u64,
+}
+
+/// Writes capacity.csv, tuning.csv (every tuned baseline's search at every setting), probes.csv
+/// (every run of every reported search, per model) and capacity-slo-vs-load.svg (the worst
+/// model's SLO attainment against load, per policy, first seed) into `dir`.
+pub fn write(dir: &Path, results: &[Capacity], tuning: &[Capacity], policies: &[String], threshold: f64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let best = best_baseline(results).map(|(_, c)| c).filter(|c| *c > 0.0);
+    write_csv(&dir.join("capacity.csv"), capacity_rows(results, best))?;
+    write_csv(&dir.join("tuning.csv"), capacity_rows(tuning, best))?;
+    write_csv(
+        &dir.join("probes.csv"),
+        results.iter().flat_map(|r| {
+            r.probes.iter().flat_map(move |p| {
+                p.models.iter().map(move |m| ProbeRow {
+                    policy: &r.policy,
+                    seed: r.seed,
+                    load_scale: p.scale,
+                    served: p.served,
+                    model: &m.model,
+                    arrivals: m.summary.arrivals,
+                    slo_attainment: m.summary.slo_attainment,
+                    p50_ms: m.summary.p50_ms,
+                    p99_ms: m.summary.p99_ms,
+                    dropped: m.summary.dropped,
+                })
+            })
+        }),
+    )?;
+    let mut series: Vec<Series> = policies
+        .iter()
+        .enumerate()
+        .filter_map(|(color, policy)| {
+            let first = results.iter().find(|r| &r.policy == policy)?;
+            let mut points: Vec<(f64, f64)> =
+                first.probes.iter().map(|p| (p.scale, p.worst_attainment() * 100.0)).collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Some(Series { name: policy.clone(), points, color, dashed: false })
+        })
+        .collect();
+    let x_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(0.0, f64::max);
+    series.push(Series {
+        name: format!("{:.0}% threshold", threshold * 100.0),
+        points: vec![(0.0, threshold * 100.0), (x_max, threshold * 100.0)],
+        color: policies.len(),
+        dashed: true,
+    });
+    line_chart(
+        &dir.join("capacity-slo-vs-load.svg"),
+        "Worst model's SLO attainment against load (the capacity search's runs)",
+        "load scale (x the scenario's)",
+        "SLO met by the worst model (%)",
+        &series,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_simulator::{Allocation, Summary};
+
+    fn report(attainment: f64) -> Report {
+        let summary = Summary {
+            arrivals: 100,
+            completed: 100,
+            dropped: 0,
+            within_slo: (attainment * 100.0) as u64,
+            slo_attainment: attainment,
+            goodput_rps: 0.0,
+            throughput_rps: 0.0,
+            arrival_rps: 0.0,
+            p50_ms: 1.0,
+            p95_ms: 1.0,
+            p99_ms: 1.0,
+            mean_ms: 1.0,
+            mean_batch: 1.0,
+            mean_queue: 0.0,
+            max_queue: 0,
+            gpu_util: 0.0,
+        };
+        let model = ModelReport {
+            model: "m".into(),
+            slo_ms: 10.0,
+            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+            reallocations: 0,
+            summary: summary.clone(),
+        };
+        Report {
+            sharing: gpuslice_simulator::Sharing::Spatial,
+            elapsed_s: 1.0,
+            events: 0,
+            models: vec![model],
+            total: summary,
+        }
+    }
+
+    /// A step at `edge`: served below, missed above.
+    fn step(edge: f64) -> impl FnMut(f64) -> Result<Report> {
+        move |scale| Ok(report(if scale <= edge { 1.0 } else { 0.5 }))
+    }
+
+    #[test]
+    fn finds_a_step_above_one_to_the_precision() {
+        let found = search("p", 1, &SearchOptions::default(), step(3.3)).unwrap();
+        assert!(found.capacity <= 3.3 && found.capacity >= 3.3 / 1.025, "{}", found.capacity);
+        let missed = found.first_missed.unwrap();
+        assert!(missed > 3.3 && missed - found.capacity <= 0.025 * found.capacity);
+    }
+
+    #[test]
+    fn finds_a_step_below_one() {
+        let found = search("p", 1, &SearchOptions::default(), step(0.37)).unwrap();
+        assert!(found.capacity <= 0.37 && found.capacity >= 0.37 / 1.025, "{}", found.capacity);
+        assert!(found.at_capacity().is_some_and(|p| p.served));
+    }
+
+    #[test]
+    fn nothing_served_is_zero_and_everything_served_is_the_cap() {
+        let options = SearchOptions::default();
+        let none = search("p", 1, &options, |_| Ok(report(0.0))).unwrap();
+        assert_eq!((none.capacity, none.first_missed), (0.0, Some(options.min_scale)));
+        let all = search("p", 1, &options, |_| Ok(report(1.0))).unwrap();
+        assert_eq!((all.capacity, all.first_missed), (options.max_scale, None));
+    }
+
+    #[test]
+    fn a_tuned_baseline_is_reported_at_its_best_mean_setting() {
+        let search = |policy: &str, seed, batching, capacity| Capacity {
+            policy: policy.into(),
+            seed,
+            batching,
+            capacity,
+            first_missed: None,
+            probes: Vec::new(),
+        };
+        let (small, large) =
+            (Batching { max_batch: 4, batch_timeout_ms: 1.0 }, Batching { max_batch: 32, batch_timeout_ms: 1.0 });
+        // The small batch wins one seed, the large batch the mean.
+        let all = vec![
+            search("temporal", 1, Some(small), 1.0),
+            search("temporal", 2, Some(small), 0.5),
+            search("temporal", 1, Some(large), 0.9),
+            search("temporal", 2, Some(large), 0.9),
+            search("model-based", 1, None, 1.1),
+        ];
+        let (reported, tuning) = keep_best_settings(all);
+        assert_eq!(tuning.len(), 4);
+        let kept: Vec<(&str, Option<Batching>)> = reported.iter().map(|c| (c.policy.as_str(), c.batching)).collect();
+        assert_eq!(kept, [("model-based", None), ("temporal", Some(large)), ("temporal", Some(large))]);
+    }
+
+    #[test]
+    fn the_threshold_is_inclusive() {
+        let options = SearchOptions { threshold: 0.99, ..SearchOptions::default() };
+        assert!(Probe::new(1.0, report(0.99), options.threshold).served);
+        assert!(!Probe::new(1.0, report(0.989), options.threshold).served);
+    }
+}

@@ -1,0 +1,330 @@
+//! Scenario files (TOML): the GPU sharing mode, the profile, and per model its SLO, allocation
+//! and arrivals. `scenarios/default.toml` is embedded and used when no file is given.
+
+use crate::calibration::{Calibration, Contention};
+use anyhow::{Context, Result, bail};
+use gpuslice_policies::ModelContext;
+use gpuslice_simulator::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
+use gpuslice_traces::{ArrivalSpec, LatencyModel, ProfileSet, Source, TraceLibrary};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The scenario used when none is given.
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.toml");
+
+fn default_interval() -> f64 {
+    1.0
+}
+/// The profile of scenarios that name neither a profile nor a calibration.
+const DEFAULT_PROFILE: &str = "builtin:h100-cudagraph";
+fn default_true() -> bool {
+    true
+}
+fn default_reallocation() -> ReallocationCost {
+    ReallocationCost::Standby { handover_us: 100.0 }
+}
+
+/// A scenario file (TOML): the models, their arrivals and SLOs, how the GPU is shared and how the run is controlled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Shown in tables and plots.
+    pub name: String,
+    /// Seed of every random draw: the same seed gives the same run.
+    #[serde(default)]
+    pub seed: u64,
+    /// Arrivals stop after this many seconds (replayed traces stop at their end anyway).
+    pub duration_s: Option<f64>,
+    /// Seconds between two decisions of the policy (and the metrics' granularity).
+    #[serde(default = "default_interval")]
+    pub control_interval_s: f64,
+    /// How the GPU is shared (temporal, default-mps or spatial) where the policy does not say.
+    pub sharing: Sharing,
+    /// A calibration file from `gpuslice calibrate` (path relative to the scenario file, or
+    /// `builtin:h100-calibration`): the profile and the co-location parameters below.
+    pub calibration: Option<String>,
+    /// See `SimConfig::interference` (overrides the calibration's, per-model values included);
+    /// without a calibration the default is the first H100 trio's fit.
+    pub interference: Option<f64>,
+    /// See `SimConfig::mps_launch_contention` (overrides the calibration's).
+    pub mps_launch_contention: Option<f64>,
+    /// Requests waiting longer than this are dropped (counted as SLO misses).
+    pub drop_after_ms: Option<f64>,
+    /// Calibration profile: a CSV path (relative to the scenario file) or `builtin:NAME`
+    /// (overrides the calibration's; default `builtin:h100-cudagraph`).
+    pub profile: Option<String>,
+    /// Log-normal service-time spread matching the profile's p99/p50.
+    #[serde(default = "default_true")]
+    pub service_jitter: bool,
+    /// What a reallocation costs (see `ReallocationCost`).
+    #[serde(default = "default_reallocation")]
+    pub reallocation: ReallocationCost,
+    /// Control intervals per window of the `oracle` policy's plan (default 5).
+    pub oracle_window_intervals: Option<usize>,
+    /// The models served.
+    pub models: Vec<ModelEntry>,
+}
+
+/// One model of a scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Its name (a profile model name unless `profile_model` says otherwise).
+    pub name: String,
+    /// The profile's model name, when it differs from `name`.
+    pub profile_model: Option<String>,
+    /// Its latency SLO, ms.
+    pub slo_ms: f64,
+    /// Its GPU% under static slices (the `static` policy's, and adaptive policies' prior).
+    pub gpu_pct: f64,
+    /// Its largest batch.
+    pub max_batch: u32,
+    /// How long a batch waits to fill, ms.
+    pub batch_timeout_ms: f64,
+    /// Higher is more important when the GPU cannot meet every SLO.
+    #[serde(default)]
+    pub priority: u32,
+    /// How its requests arrive.
+    pub arrivals: ArrivalSpec,
+}
+
+/// A scenario together with the folder its relative paths are taken from, and its calibration
+/// resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedScenario {
+    /// The scenario as written.
+    pub scenario: Scenario,
+    /// The folder its relative paths are taken from.
+    pub base_dir: PathBuf,
+    /// Where it was loaded from (a path, or `builtin:default`).
+    pub origin: String,
+    /// The profile (`builtin:NAME` or a path below `profile_base`).
+    pub profile: String,
+    /// The folder a relative profile path is taken from.
+    pub profile_base: PathBuf,
+    /// Co-location parameters, per-model interference by profile model name.
+    pub contention: Contention,
+}
+
+impl LoadedScenario {
+    /// Reads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<LoadedScenario> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read scenario {}", path.display()))?;
+                let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                LoadedScenario::from_text(&text, &path.display().to_string(), base_dir)
+            }
+            None => LoadedScenario::from_text(DEFAULT_SCENARIO, "builtin:default", PathBuf::from(".")),
+        }
+    }
+
+    /// Parses scenario `text`; `origin` names it in errors, relative paths start at `base_dir`.
+    pub fn from_text(text: &str, origin: &str, base_dir: PathBuf) -> Result<LoadedScenario> {
+        let scenario: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin} is malformed"))?;
+        let (mut profile, mut profile_base, mut contention) = match &scenario.calibration {
+            Some(spec) => {
+                let c = Calibration::load(spec, &base_dir).with_context(|| format!("scenario {origin}"))?;
+                (c.profile, c.profile_base, c.contention)
+            }
+            None => (DEFAULT_PROFILE.to_string(), base_dir.clone(), Contention::first_h100_trio()),
+        };
+        if let Some(p) = &scenario.profile {
+            (profile, profile_base) = (p.clone(), base_dir.clone());
+        }
+        if let Some(k) = scenario.interference {
+            contention.interference = k;
+            contention.interference_by_model.clear();
+        }
+        if let Some(c) = scenario.mps_launch_contention {
+            contention.mps_launch_contention = c;
+        }
+        let loaded =
+            LoadedScenario { scenario, base_dir, origin: origin.to_string(), profile, profile_base, contention };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    /// Multiplies every model's load by `factor` (see `ArrivalSpec::scaled`); the scenario's
+    /// name says so, so tables and plots tell the runs apart.
+    pub fn scale_load(&mut self, factor: f64) -> Result<()> {
+        if !(factor.is_finite() && factor > 0.0) {
+            bail!("scenario {}: load scale must be > 0, got {factor}", self.origin);
+        }
+        if factor != 1.0 {
+            for m in &mut self.scenario.models {
+                m.arrivals = m.arrivals.scaled(factor);
+            }
+            self.scenario.name = format!("{} (load x{factor})", self.scenario.name);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let s = &self.scenario;
+        let origin = &self.origin;
+        if s.models.is_empty() {
+            bail!("scenario {origin}: no [[models]]");
+        }
+        if !(s.control_interval_s.is_finite() && s.control_interval_s > 0.0) {
+            bail!("scenario {origin}: control_interval_s must be > 0, got {}", s.control_interval_s);
+        }
+        if let Some(d) = s.duration_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
+            bail!("scenario {origin}: duration_s must be > 0, got {d}");
+        }
+        let c = &self.contention;
+        if !(c.interference.is_finite() && c.interference >= 0.0) {
+            bail!("scenario {origin}: interference must be >= 0, got {}", c.interference);
+        }
+        if !(c.mps_launch_contention.is_finite() && c.mps_launch_contention >= 0.0) {
+            bail!("scenario {origin}: mps_launch_contention must be >= 0, got {}", c.mps_launch_contention);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in s.models.iter().enumerate() {
+            if !seen.insert(&m.name) {
+                bail!("scenario {origin}: models[{i}]: duplicate model name {:?}", m.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The fitted latency models of the scenario's profile, by profile model name.
+    pub fn latency_models(&self) -> Result<BTreeMap<String, LatencyModel>> {
+        let source = Source::load(&self.profile, &self.profile_base)?;
+        let profiles = ProfileSet::parse(&source)?;
+        for (i, m) in self.scenario.models.iter().enumerate() {
+            let wanted = m.profile_model.as_deref().unwrap_or(&m.name);
+            profiles.model(wanted).with_context(|| format!("scenario {}: models[{i}] ({})", self.origin, m.name))?;
+        }
+        let fitted = LatencyModel::fit_all(&profiles)?;
+        for (i, m) in self.scenario.models.iter().enumerate() {
+            let best = fitted[m.profile_model.as_deref().unwrap_or(&m.name)].p99_ms(1, 100.0);
+            if m.slo_ms < best {
+                bail!(
+                    "scenario {}: models[{i}] ({}): slo_ms {} cannot be met: the best achievable p99 is {best:.2} ms (batch 1 on the whole GPU)",
+                    self.origin,
+                    m.name,
+                    m.slo_ms
+                );
+            }
+        }
+        Ok(fitted)
+    }
+
+    /// The calibration's per-model interference, by the scenario's model names.
+    pub fn interference_by_model(&self) -> BTreeMap<String, f64> {
+        let by_profile = &self.contention.interference_by_model;
+        self.scenario
+            .models
+            .iter()
+            .filter_map(|m| {
+                let k = by_profile.get(m.profile_model.as_deref().unwrap_or(&m.name))?;
+                Some((m.name.clone(), *k))
+            })
+            .collect()
+    }
+
+    /// The simulator's inputs (with the scenario's sharing and allocations) and what a policy
+    /// knows of each model.
+    pub fn build(&self) -> Result<(SimConfig, Vec<ModelSetup>, Vec<ModelContext>)> {
+        let s = &self.scenario;
+        let latency = self.latency_models()?;
+        let config = SimConfig {
+            reallocation: s.reallocation,
+            drop_after_ms: s.drop_after_ms,
+            interference_by_model: self.interference_by_model(),
+            ..self.contention.config(s.sharing, s.seed)
+        };
+        let mut library = TraceLibrary::new(&self.base_dir);
+        let (mut setups, mut contexts) = (Vec::with_capacity(s.models.len()), Vec::with_capacity(s.models.len()));
+        for (i, m) in s.models.iter().enumerate() {
+            let what = format!("scenario {}: models[{i}] ({}).arrivals", self.origin, m.name);
+            let seed = s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1);
+            let arrivals = library.build(&m.arrivals, seed, s.duration_s, &what)?;
+            let model_latency = Arc::new(latency[m.profile_model.as_deref().unwrap_or(&m.name)].clone());
+            let allocation =
+                Allocation { gpu_pct: m.gpu_pct, max_batch: m.max_batch, batch_timeout_ms: m.batch_timeout_ms };
+            setups.push(ModelSetup {
+                name: m.name.clone(),
+                slo_ms: m.slo_ms,
+                service: ServiceModel::Calibrated { latency: model_latency.clone(), jitter: s.service_jitter },
+                allocation,
+                arrivals,
+            });
+            contexts.push(ModelContext {
+                name: m.name.clone(),
+                slo_ms: m.slo_ms,
+                priority: m.priority,
+                latency: model_latency,
+                configured: allocation,
+            });
+        }
+        Ok((config, setups, contexts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_MODELS: &str = r#"
+name = "two"
+sharing = "spatial"
+calibration = "builtin:h100-calibration"
+[[models]]
+name = "front"
+profile_model = "vgg16"
+slo_ms = 30
+gpu_pct = 50
+max_batch = 8
+batch_timeout_ms = 2
+arrivals = { kind = "poisson", rate = 100 }
+[[models]]
+name = "densenet121"
+slo_ms = 30
+gpu_pct = 50
+max_batch = 8
+batch_timeout_ms = 2
+arrivals = { kind = "poisson", rate = 100 }
+"#;
+
+    #[test]
+    fn a_calibration_brings_its_profile_and_per_model_interference() {
+        let loaded = LoadedScenario::from_text(TWO_MODELS, "two", ".".into()).unwrap();
+        assert_eq!(loaded.profile, "builtin:h100-grid");
+        let (config, _, _) = loaded.build().unwrap();
+        // Keyed by the scenario's names, looked up by profile model.
+        let by_model = &config.interference_by_model;
+        assert_eq!(by_model["front"], loaded.contention.interference_by_model["vgg16"]);
+        assert!(by_model["front"] < by_model["densenet121"]);
+    }
+
+    #[test]
+    fn a_scenario_value_overrides_the_calibration() {
+        let text = TWO_MODELS.replace("sharing = \"spatial\"", "sharing = \"spatial\"\ninterference = 0.3");
+        let loaded = LoadedScenario::from_text(&text, "two", ".".into()).unwrap();
+        let (config, _, _) = loaded.build().unwrap();
+        assert_eq!(config.interference, 0.3);
+        assert!(config.interference_by_model.is_empty());
+    }
+
+    #[test]
+    fn load_scale_multiplies_every_model_s_rate() {
+        let mut loaded = LoadedScenario::from_text(TWO_MODELS, "two", ".".into()).unwrap();
+        loaded.scale_load(1.5).unwrap();
+        assert!(loaded.scenario.models.iter().all(|m| m.arrivals == ArrivalSpec::Poisson { rate: 150.0 }));
+        assert!(loaded.scenario.name.ends_with("(load x1.5)"), "{}", loaded.scenario.name);
+        let err = loaded.scale_load(0.0).unwrap_err().to_string();
+        assert!(err.contains("load scale must be > 0"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_calibration_is_named() {
+        let text = TWO_MODELS.replace("builtin:h100-calibration", "no/such/calibration.toml");
+        let err = format!("{:#}", LoadedScenario::from_text(&text, "two", ".".into()).unwrap_err());
+        assert!(err.contains("no/such/calibration.toml"), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! Runs a scenario under a policy: the control loop over the simulated backend, one control
+//! interval at a time, with a progress bar.
+
+use crate::scenario::LoadedScenario;
+use anyhow::Result;
+use gpuslice_control::{BackendBuilder, DeviceSample, SimBuilder, StageSummary};
+use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
+use gpuslice_simulator::{ModelInterval, Report, Sharing};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Which policy steers a run.
+#[derive(Debug, Clone)]
+pub enum PolicyChoice {
+    /// The scenario's own allocations, never changed, under this sharing mode.
+    Scenario(Sharing),
+    /// A policy by name (`gpuslice_policies::POLICY_NAMES`).
+    Named(String),
+}
+
+/// One reallocation the policy made.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimedDecision {
+    /// When, seconds into the run.
+    pub time_s: f64,
+    /// The model (or `(all)` for a switch of sharing mode).
+    pub model: String,
+    /// Its new GPU%.
+    pub gpu_pct: f64,
+    /// Its new largest batch.
+    pub max_batch: u32,
+    /// Its new batch wait, ms.
+    pub batch_timeout_ms: f64,
+    /// Why, in the policy's words.
+    pub reason: String,
+}
+
+/// A finished run.
+pub struct SimRun {
+    /// The policy's name.
+    pub policy: String,
+    /// Whole-run figures.
+    pub report: Report,
+    /// Per model and control interval (batch samples left out).
+    pub intervals: Vec<ModelInterval>,
+    /// Every decision applied.
+    pub decisions: Vec<TimedDecision>,
+    /// Decisions the backend refused (each logged as a warning).
+    pub refused: usize,
+    /// The device's readings, one per interval (a real GPU backend only).
+    pub device: Vec<DeviceSample>,
+    /// Per model, where its requests' time went (a real GPU backend only).
+    pub stages: Vec<StageSummary>,
+    /// Wall time of the run itself, without loading the scenario.
+    pub wall: Duration,
+}
+
+/// A progress bar that appears only once a run has lasted a second.
+pub struct LateProgress {
+    bar: ProgressBar,
+    started: Instant,
+    shown: bool,
+    enabled: bool,
+}
+
+impl LateProgress {
+    /// `total` in `unit`s (simulated seconds, runs...), if known.
+    pub fn new(total: Option<f64>, unit: &str, what: &str, enabled: bool) -> LateProgress {
+        let template = match total {
+            Some(_) => format!("{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}"),
+            None => format!("{{spinner}} {{msg}} {{pos}} {unit}, {{elapsed}}"),
+        };
+        let bar = ProgressBar::with_draw_target(total.map(|t| t.ceil() as u64), ProgressDrawTarget::hidden())
+            .with_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+        bar.set_message(what.to_string());
+        LateProgress { bar, started: Instant::now(), shown: false, enabled }
+    }
+
+    /// Moves the bar to `position` (showing it once the run has lasted a second).
+    pub fn set(&mut self, position: f64) {
+        if self.enabled && !self.shown && self.started.elapsed() > Duration::from_secs(1) {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.shown = true;
+        }
+        self.bar.set_position(position as u64);
+    }
+
+    /// Says what is running.
+    pub fn set_message(&self, what: &str) {
+        self.bar.set_message(what.to_string());
+    }
+
+    /// Clears the bar.
+    pub fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn policy_for(choice: &PolicyChoice, loaded: &LoadedScenario, contexts: &[ModelContext]) -> Result<Box<dyn Policy>> {
+    match choice {
+        PolicyChoice::Scenario(sharing) => Ok(Box::new(FixedPolicy::configured("scenario", *sharing, contexts))),
+        PolicyChoice::Named(name) => {
+            let plan: Option<OraclePlan> =
+                if name == "oracle" { Some(crate::oracle::plan(loaded, contexts)?) } else { None };
+            Ok(gpuslice_policies::build(name, contexts, plan)?)
+        }
+    }
+}
+
+/// Runs `loaded` under `choice` to the end of its arrivals (and until every request is served
+/// or dropped), on the simulator.
+pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) -> Result<SimRun> {
+    run_on(loaded, choice, &SimBuilder, show_progress)
+}
+
+/// Runs `loaded` under `choice` on the backend `on` builds: the same control loop either way.
+pub fn run_on(
+    loaded: &LoadedScenario,
+    choice: &PolicyChoice,
+    on: &dyn BackendBuilder,
+    show_progress: bool,
+) -> Result<SimRun> {
+    let (mut config, mut setups, contexts) = loaded.build()?;
+    let mut policy = policy_for(choice, loaded, &contexts)?;
+    policy.offer_modes(on.modes());
+    policy.plan_on_levels(on.slice_levels());
+    config.sharing = policy.sharing();
+    for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
+        setup.allocation = allocation;
+    }
+    let names: Vec<String> = contexts.iter().map(|c| c.name.clone()).collect();
+    let mode = config.sharing;
+    let mut backend = on.build(config, setups, loaded.scenario.control_interval_s)?;
+    let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());
+    let mut progress = LateProgress::new(loaded.scenario.duration_s, on.progress_unit(), &what, show_progress);
+    let started = Instant::now();
+    let mut sharing_now = mode;
+    let (mut intervals, mut decisions, mut refused, mut device) = (Vec::new(), Vec::new(), 0, Vec::new());
+    while let Some(observed) = backend.next_interval() {
+        device.extend(backend.device());
+        let now = observed.first().map_or(0.0, |o| o.end_s);
+        let mut chosen = policy.decide(&observed);
+        gpuslice_control::order_shrinking_first(&mut chosen, |d| {
+            d.allocation.gpu_pct - observed[d.model].allocation.gpu_pct
+        });
+        for d in chosen {
+            // A refused decision leaves the model as it was; serving goes on.
+            if let Err(e) = backend.apply(d.model, d.allocation) {
+                tracing::warn!(time_s = now, model = %names[d.model], error = %e, reason = %d.reason, "decision refused");
+                refused += 1;
+                continue;
+            }
+            tracing::debug!(time_s = now, model = %names[d.model], gpu_pct = d.allocation.gpu_pct, max_batch = d.allocation.max_batch, reason = %d.reason, "reallocation");
+            decisions.push(TimedDecision {
+                time_s: now,
+                model: names[d.model].clone(),
+                gpu_pct: d.allocation.gpu_pct,
+                max_batch: d.allocation.max_batch,
+                batch_timeout_ms: d.allocation.batch_timeout_ms,
+                reason: d.reason,
+            });
+        }
+        let wanted = policy.sharing();
+        if wanted != sharing_now {
+            match backend.set_sharing(wanted) {
+                Ok(()) => {
+                    tracing::debug!(time_s = now, from = %sharing_now, to = %wanted, "sharing switched");
+                    decisions.push(TimedDecision {
+                        time_s: now,
+                        model: "(all)".into(),
+                        gpu_pct: f64::NAN,
+                        max_batch: 0,
+                        batch_timeout_ms: f64::NAN,
+                        reason: format!("sharing {sharing_now} -> {wanted}"),
+                    });
+                    sharing_now = wanted;
+                }
+                Err(e) => {
+                    tracing::warn!(time_s = now, to = %wanted, error = %e, "sharing switch refused");
+                    refused += 1;
+                }
+            }
+        }
+        intervals.extend(observed.into_iter().map(|i| ModelInterval { batches: Vec::new(), ..i }));
+        progress.set(now);
+    }
+    progress.finish();
+    let wall = started.elapsed();
+    let report = backend.report();
+    let stages = backend.stage_times();
+    tracing::debug!(
+        scenario = %loaded.scenario.name,
+        policy = policy.name(),
+        sharing = %mode,
+        simulated_s = report.elapsed_s,
+        events = report.events,
+        reallocations = decisions.len(),
+        refused,
+        wall_s = wall.as_secs_f64(),
+        "run finished"
+    );
+    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, device, stages, wall })
+}

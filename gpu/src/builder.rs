@@ -1,0 +1,62 @@
+//! The GPU as the backend of a scenario run (`gpuslice gpu-run`): builds a `GpuBackend` from the
+//! run's models, with its own MPS daemon where the sharing mode needs one.
+
+use crate::mps::MpsDaemon;
+use crate::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+use gpuslice_control::{Backend, BackendBuilder, BackendError};
+use gpuslice_simulator::{ModelSetup, Sharing, SimConfig};
+use std::time::Duration;
+
+/// Builds the GPU backend: each model's workers from `template`.
+pub struct GpuBuilder {
+    /// How workers start, and the standby pool's GPU% levels.
+    pub template: WorkerTemplate,
+}
+
+impl BackendBuilder for GpuBuilder {
+    fn modes(&self) -> &'static [Sharing] {
+        &[Sharing::Spatial]
+    }
+
+    fn slice_levels(&self) -> &[f64] {
+        &self.template.pool_levels
+    }
+
+    fn progress_unit(&self) -> &'static str {
+        "s on the GPU"
+    }
+
+    fn build(
+        &self,
+        config: SimConfig,
+        setups: Vec<ModelSetup>,
+        control_interval_s: f64,
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        let mode = config.sharing;
+        // Temporal sharing is the driver time-slicing the workers' contexts (no MPS); default MPS
+        // runs every worker at 100%. Neither reallocates, so neither keeps a standby pool.
+        let mut template = self.template.clone();
+        if mode != Sharing::Spatial {
+            template.pool_levels.clear();
+        }
+        // GPU-less workers (tests) need no MPS.
+        let mps = match template.fake_ms {
+            Some(_) => None,
+            None if mode == Sharing::Temporal => None,
+            None => Some(MpsDaemon::start_private().map_err(|e| BackendError::Worker(Box::new(e)))?),
+        };
+        let gpu_setups = setups
+            .into_iter()
+            .map(|s| GpuModelSetup {
+                name: s.name,
+                slo_ms: s.slo_ms,
+                allocation: s.allocation,
+                arrivals: Some(s.arrivals),
+            })
+            .collect();
+        let drop_after = config.drop_after_ms.map(|ms| Duration::from_secs_f64(ms * 1e-3));
+        let starter = WorkerStarter::new(template, mps);
+        let interval = Duration::from_secs_f64(control_interval_s);
+        Ok(Box::new(GpuBackend::start(gpu_setups, interval, drop_after, starter, mode)?))
+    }
+}

@@ -1,0 +1,17 @@
+//! The live node: the gRPC control plane (`gpuslice.v1`, with health and reflection) and
+//! Prometheus metrics (`grpc`), the live control loop over the simulated or GPU backend (`live`,
+//! `live_gpu`), the node's TOML configuration (`node`) and the loopback load test (`loadtest`).
+
+pub mod grpc;
+pub mod live;
+pub mod live_gpu;
+pub mod loadtest;
+pub mod node;
+
+/// The generated gpuslice.v1 gRPC types and services.
+#[allow(missing_docs)]
+pub mod proto {
+    tonic::include_proto!("gpuslice.v1");
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gpuslice_v1_descriptor");
+}

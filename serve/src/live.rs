@@ -1,0 +1,656 @@
+//! The live controller: one task owns the backend (the simulator run in wall-clock time, or the
+//! GPU) and the policy. gRPC handlers talk to it through commands; every millisecond it advances
+//! the backend to the wall clock and answers the requests that completed; every control interval
+//! it runs the policy and applies its decisions, which it also broadcasts. A model's start-up
+//! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
+
+use gpuslice_control::BackendError;
+use gpuslice_policies::{ModelContext, Policy};
+use gpuslice_simulator::{
+    Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
+    Simulator, Summary, Ticket, secs_to_ns,
+};
+use gpuslice_traces::{ArrivalProcess, LatencyModel};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Policies that can run live: they partition the GPU (spatial sharing) and need no foreknowledge.
+pub const LIVE_POLICIES: [&str; 3] = ["static", "gslice", "model-based"];
+
+/// How the node runs (the `[controller]` part of node.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    pub policy: String,
+    pub control_interval_s: f64,
+    /// Requests queued longer are dropped and answered with an error (None: never).
+    pub drop_after_ms: Option<f64>,
+    pub reallocation: ReallocationCost,
+    /// See `SimConfig::interference` (H100 calibration by default).
+    pub interference: f64,
+    pub seed: u64,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            policy: "model-based".into(),
+            control_interval_s: 0.5,
+            drop_after_ms: Some(1000.0),
+            reallocation: ReallocationCost::Standby { handover_us: 100.0 },
+            interference: gpuslice_simulator::H100_INTERFERENCE,
+            seed: 1,
+        }
+    }
+}
+
+/// A failed command, by kind; the gRPC layer maps each to its status code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveError {
+    InvalidArgument(String),
+    NotFound(String),
+    AlreadyExists(String),
+    FailedPrecondition(String),
+    /// The request was accepted but dropped at its deadline, or the controller is gone.
+    Unavailable(String),
+}
+
+/// A model as registered.
+pub struct ModelSpec {
+    pub name: String,
+    pub slo_ms: f64,
+    pub priority: u32,
+    pub max_batch: u32,
+    pub latency: Arc<LatencyModel>,
+}
+
+/// What a client sees of a model.
+#[derive(Debug, Clone)]
+pub struct ModelView {
+    pub name: String,
+    pub slo_ms: f64,
+    pub priority: u32,
+    pub allocation: Allocation,
+    pub pinned: bool,
+}
+
+/// One reallocation, as broadcast to watchers.
+#[derive(Debug, Clone)]
+pub struct DecisionEvent {
+    pub time_s: f64,
+    pub model: String,
+    pub allocation: Allocation,
+    pub reason: String,
+    pub source: String,
+}
+
+/// A completed request's timings.
+#[derive(Debug, Clone, Copy)]
+pub struct InferDone {
+    pub ticket: Ticket,
+    pub queue_ms: f64,
+    pub inference_ms: f64,
+    pub total_ms: f64,
+    pub batch_size: u32,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, LiveError>>;
+
+pub enum Command {
+    Register(ModelSpec, Reply<Allocation>),
+    Unregister(String, Reply<()>),
+    List(Reply<(Vec<ModelView>, String)>),
+    SetPolicy(String, Reply<String>),
+    /// Pin (Some) or release (None).
+    Override(String, Option<Allocation>, Reply<Allocation>),
+    /// Whole-run metrics of the named model, or of all and the total.
+    Metrics(Option<String>, Reply<(Vec<(String, Summary)>, Summary)>),
+    Infer(String, Reply<InferDone>),
+}
+
+/// The handle gRPC handlers use.
+#[derive(Clone)]
+pub struct LiveHandle {
+    pub commands: mpsc::Sender<Command>,
+    pub decisions: broadcast::Sender<DecisionEvent>,
+}
+
+impl LiveHandle {
+    /// Sends a command and waits for its reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LiveError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || LiveError::Unavailable("the controller has stopped".into());
+        self.commands.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// What the live controller serves on. Models are added and retired while it runs, and their
+/// requests come one at a time (`submit`); indices are stable (a retired model keeps its own).
+pub trait LiveBackend: Send + 'static {
+    /// A model made ready to serve (on a GPU: its worker processes, started).
+    type Prepared: Send + 'static;
+    /// A job that readies `model` to start at `gpu_pct`; it may take seconds, so the controller
+    /// runs it off its task.
+    fn preparer(&self, model: &str, gpu_pct: f64) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
+    /// Keeps `gpu_pct` free while other models shrink to make room for a new one (where the
+    /// backend rounds shares, so that making room really frees it); 0 ends the reservation.
+    fn reserve(&mut self, _gpu_pct: f64) {}
+    fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
+    /// Takes no more requests; serves those it accepted.
+    fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
+    fn submit(&mut self, model: usize) -> Result<Ticket, BackendError>;
+    /// Serves up to `now` (since the backend started); returns the submitted requests served and
+    /// dropped since the last call.
+    fn advance(&mut self, now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>);
+    /// What each model (by index) saw since the last call.
+    fn take_interval(&mut self) -> Vec<ModelInterval>;
+    fn allocation(&self, model: usize) -> Result<Allocation, BackendError>;
+    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
+    fn report(&mut self) -> Report;
+    /// The GPU% levels slices are served at, where the backend has such levels (a standby pool).
+    fn slice_levels(&self) -> Vec<f64> {
+        Vec::new()
+    }
+}
+
+/// A model as the backend serves it.
+pub struct LiveModel {
+    pub name: String,
+    pub slo_ms: f64,
+    pub latency: Arc<LatencyModel>,
+    pub allocation: Allocation,
+}
+
+/// Registered models have no generated arrivals: every request comes through Infer.
+struct Submitted;
+impl ArrivalProcess for Submitted {
+    fn next_arrival(&mut self) -> Option<f64> {
+        None
+    }
+}
+
+/// The simulator, run in wall-clock time: a model's service is its profile's latency.
+impl LiveBackend for Simulator {
+    type Prepared = ();
+    fn preparer(&self, _: &str, _: f64) -> Box<dyn FnOnce() -> Result<(), BackendError> + Send> {
+        Box::new(|| Ok(()))
+    }
+    fn add_model(&mut self, model: LiveModel, _: ()) -> Result<usize, BackendError> {
+        let setup = ModelSetup {
+            name: model.name,
+            slo_ms: model.slo_ms,
+            service: ServiceModel::Calibrated { latency: model.latency, jitter: true },
+            allocation: model.allocation,
+            arrivals: Box::new(Submitted),
+        };
+        Ok(Simulator::add_model(self, setup)?)
+    }
+    fn retire_model(&mut self, model: usize) -> Result<(), BackendError> {
+        Ok(Simulator::retire_model(self, model)?)
+    }
+    fn submit(&mut self, model: usize) -> Result<Ticket, BackendError> {
+        Ok(Simulator::submit(self, model)?)
+    }
+    fn advance(&mut self, now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>) {
+        self.run_until(secs_to_ns(now.as_secs_f64()));
+        self.take_finished()
+    }
+    fn take_interval(&mut self) -> Vec<ModelInterval> {
+        Simulator::take_interval(self)
+    }
+    fn allocation(&self, model: usize) -> Result<Allocation, BackendError> {
+        Ok(Simulator::allocation(self, model)?)
+    }
+    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        Ok(Simulator::set_allocation(self, model, allocation)?)
+    }
+    fn report(&mut self) -> Report {
+        Simulator::report(self)
+    }
+}
+
+/// The simulator the live controller serves on when no GPU is used.
+pub fn simulated_backend(config: &LiveConfig) -> Result<Simulator, LiveError> {
+    let sim_config = SimConfig {
+        sharing: Sharing::Spatial,
+        interference: config.interference,
+        reallocation: config.reallocation,
+        drop_after_ms: config.drop_after_ms,
+        seed: config.seed,
+        ..SimConfig::default()
+    };
+    Simulator::new(sim_config, Vec::new()).map_err(|e| LiveError::InvalidArgument(e.to_string()))
+}
+
+struct Entry {
+    context: ModelContext,
+    index: usize,
+    pinned: Option<Allocation>,
+}
+
+/// A model whose start-up job finished (or failed), back on the controller's task.
+struct Prepared<P> {
+    spec: ModelSpec,
+    result: Result<P, BackendError>,
+    reply: Reply<Allocation>,
+}
+
+struct Live<B: LiveBackend> {
+    backend: B,
+    started: Instant,
+    interval: Duration,
+    next_control: Duration,
+    entries: Vec<Entry>,
+    policy_name: String,
+    policy: Box<dyn Policy>,
+    waiting: HashMap<Ticket, Reply<InferDone>>,
+    decisions: broadcast::Sender<DecisionEvent>,
+    /// Models starting up, by name.
+    starting: std::collections::HashSet<String>,
+    prepared: mpsc::UnboundedSender<Prepared<B::Prepared>>,
+}
+
+/// The running controller task and how to stop it.
+pub struct Started {
+    pub handle: LiveHandle,
+    /// Send (or drop) to stop: commands already queued are handled, new ones refused, and the
+    /// task ends once every accepted request has been answered.
+    pub stop: oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the controller task on `backend`.
+pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, LiveError> {
+    if !LIVE_POLICIES.contains(&config.policy.as_str()) {
+        return Err(LiveError::InvalidArgument(format!(
+            "policy {:?} cannot run live; use one of {}",
+            config.policy,
+            LIVE_POLICIES.join(", ")
+        )));
+    }
+    if !(config.control_interval_s.is_finite() && config.control_interval_s > 0.0) {
+        return Err(LiveError::InvalidArgument(format!(
+            "control_interval_s must be > 0, got {}",
+            config.control_interval_s
+        )));
+    }
+    let policy =
+        gpuslice_policies::build(&config.policy, &[], None).map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
+    let (commands, mut rx) = mpsc::channel(65_536);
+    let (decisions, _) = broadcast::channel(4096);
+    let (prepared, mut prepared_rx) = mpsc::unbounded_channel();
+    let interval = Duration::from_secs_f64(config.control_interval_s);
+    let mut live = Live {
+        backend,
+        started: Instant::now(),
+        interval,
+        next_control: interval,
+        entries: Vec::new(),
+        policy_name: config.policy,
+        policy,
+        waiting: HashMap::new(),
+        decisions: decisions.clone(),
+        starting: Default::default(),
+        prepared,
+    };
+    let (stop, mut stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (mut open, mut stopping) = (true, false);
+        while open || !live.waiting.is_empty() {
+            tokio::select! {
+                _ = &mut stop_rx, if !stopping => {
+                    stopping = true;
+                    rx.close();
+                }
+                command = rx.recv(), if open => match command {
+                    Some(command) => { live.advance(); live.handle(command); }
+                    None => open = false,
+                },
+                Some(ready) = prepared_rx.recv() => { live.advance(); live.finish_register(ready); }
+                _ = tick.tick() => live.advance(),
+            }
+        }
+        tracing::info!("controller stopped: every accepted request answered");
+        // Dropping a GPU backend waits for its workers to exit: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(live)).await;
+    });
+    Ok(Started { handle: LiveHandle { commands, decisions }, stop, task })
+}
+
+/// What the policy knows of a model being registered (its allocation comes from the policy).
+fn context_of(spec: &ModelSpec) -> ModelContext {
+    ModelContext {
+        name: spec.name.clone(),
+        slo_ms: spec.slo_ms,
+        priority: spec.priority,
+        latency: spec.latency.clone(),
+        configured: Allocation { gpu_pct: 1.0, max_batch: spec.max_batch, batch_timeout_ms: 1.0 },
+    }
+}
+
+fn not_found(name: &str) -> LiveError {
+    LiveError::NotFound(format!("no model named {name:?}"))
+}
+
+impl<B: LiveBackend> Live<B> {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn entry(&self, name: &str) -> Result<usize, LiveError> {
+        self.entries.iter().position(|e| e.context.name == name).ok_or_else(|| not_found(name))
+    }
+
+    /// Runs the backend up to the wall clock, answers completed requests, and runs the policy
+    /// at each control interval.
+    fn advance(&mut self) {
+        let now = self.now();
+        let (done, dropped) = self.backend.advance(now);
+        for r in done {
+            if let Some(reply) = self.waiting.remove(&r.ticket) {
+                let ms = |ns: u64| ns as f64 * 1e-6;
+                let _ = reply.send(Ok(InferDone {
+                    ticket: r.ticket,
+                    queue_ms: ms(r.start_ns - r.arrival_ns),
+                    inference_ms: ms(r.end_ns - r.start_ns),
+                    total_ms: ms(r.end_ns - r.arrival_ns),
+                    batch_size: r.batch_size,
+                }));
+            }
+        }
+        for ticket in dropped {
+            if let Some(reply) = self.waiting.remove(&ticket) {
+                let _ = reply.send(Err(LiveError::Unavailable("dropped: queued past the deadline".into())));
+            }
+        }
+        if now >= self.next_control {
+            self.next_control = now + self.interval;
+            self.control();
+        }
+    }
+
+    /// One control interval: observe, decide, apply.
+    fn control(&mut self) {
+        let all = self.backend.take_interval();
+        if self.entries.is_empty() {
+            return;
+        }
+        let observed: Vec<_> = self.entries.iter().map(|e| all[e.index].clone()).collect();
+        let decisions = self.policy.decide(&observed);
+        let source = self.policy_name.clone();
+        let targets = decisions
+            .into_iter()
+            .filter(|d| self.entries[d.model].pinned.is_none())
+            .map(|d| (d.model, d.allocation, d.reason))
+            .collect();
+        self.apply(targets, &source);
+    }
+
+    /// Applies allocations (slices that shrink first, so the GPU is never oversubscribed in
+    /// between) and broadcasts each. Ones the backend refuses are logged and skipped.
+    fn apply(&mut self, mut targets: Vec<(usize, Allocation, String)>, source: &str) {
+        let current =
+            |this: &Self, e: usize| this.backend.allocation(this.entries[e].index).map(|a| a.gpu_pct).unwrap_or(0.0);
+        gpuslice_control::order_shrinking_first(&mut targets, |t| t.1.gpu_pct - current(self, t.0));
+        let time_s = self.now().as_secs_f64();
+        for (e, allocation, reason) in targets {
+            let name = self.entries[e].context.name.clone();
+            if let Err(err) = self.backend.set_allocation(self.entries[e].index, allocation) {
+                tracing::warn!(model = %name, error = %err, %reason, "decision refused");
+                continue;
+            }
+            tracing::debug!(model = %name, gpu_pct = allocation.gpu_pct, max_batch = allocation.max_batch, %reason, "reallocation");
+            let _ =
+                self.decisions.send(DecisionEvent { time_s, model: name, allocation, reason, source: source.into() });
+        }
+    }
+
+    /// Policy `name` for `contexts`, planning on the backend's slice levels.
+    fn build_policy(&self, name: &str, contexts: &[ModelContext]) -> Result<Box<dyn Policy>, LiveError> {
+        let mut policy =
+            gpuslice_policies::build(name, contexts, None).map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
+        policy.plan_on_levels(&self.backend.slice_levels());
+        Ok(policy)
+    }
+
+    /// Builds `name` for the current models.
+    fn rebuild_policy(&mut self, name: &str) -> Result<(), LiveError> {
+        let contexts: Vec<ModelContext> = self.entries.iter().map(|e| e.context.clone()).collect();
+        self.policy = self.build_policy(name, &contexts)?;
+        self.policy_name = name.to_string();
+        Ok(())
+    }
+
+    /// The policy's starting allocations for the unpinned models, applied now.
+    fn apply_initial(&mut self, reason: &str) {
+        let initial = self.policy.initial();
+        let targets = initial
+            .into_iter()
+            .enumerate()
+            .filter(|(e, _)| self.entries[*e].pinned.is_none())
+            .map(|(e, a)| (e, a, reason.to_string()))
+            .collect();
+        self.apply(targets, "register");
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Register(spec, reply) => self.begin_register(spec, reply),
+            Command::Unregister(name, reply) => {
+                let _ = reply.send(self.unregister(&name));
+            }
+            Command::List(reply) => {
+                let _ = reply.send(Ok((self.views(), self.policy_name.clone())));
+            }
+            Command::SetPolicy(name, reply) => {
+                let _ = reply.send(self.set_policy(&name));
+            }
+            Command::Override(name, allocation, reply) => {
+                let _ = reply.send(self.pin(&name, allocation));
+            }
+            Command::Metrics(name, reply) => {
+                let _ = reply.send(self.metrics(name.as_deref()));
+            }
+            Command::Infer(name, reply) => match self.entry(&name) {
+                Ok(e) => match self.backend.submit(self.entries[e].index) {
+                    Ok(ticket) => {
+                        self.waiting.insert(ticket, reply);
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(LiveError::FailedPrecondition(err.to_string())));
+                    }
+                },
+                Err(_) if self.starting.contains(&name) => {
+                    let _ = reply.send(Err(LiveError::Unavailable(format!("model {name:?} is still starting"))));
+                }
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            },
+        }
+    }
+
+    /// A new model is refused if its name is taken or its SLO cannot be met at all.
+    fn check_new(&self, spec: &ModelSpec) -> Result<(), LiveError> {
+        if self.entries.iter().any(|e| e.context.name == spec.name) || self.starting.contains(&spec.name) {
+            return Err(LiveError::AlreadyExists(format!("model {:?} is already registered", spec.name)));
+        }
+        let best = spec.latency.p99_ms(1, 100.0);
+        if spec.slo_ms < best {
+            return Err(LiveError::FailedPrecondition(format!(
+                "slo_ms {} cannot be met: the best achievable p99 is {best:.3} ms (batch 1 on the whole GPU)",
+                spec.slo_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// The policy for the current models plus `context`, and its starting allocations (the new
+    /// model's last).
+    fn plan_with(&self, context: &ModelContext) -> Result<(Box<dyn Policy>, Vec<Allocation>), LiveError> {
+        let mut contexts: Vec<ModelContext> = self.entries.iter().map(|e| e.context.clone()).collect();
+        contexts.push(context.clone());
+        let mut next = self.build_policy(&self.policy_name, &contexts)?;
+        let initial = next.initial();
+        Ok((next, initial))
+    }
+
+    /// Checks a registration and starts the model's start-up job off the controller's task;
+    /// `finish_register` completes it.
+    fn begin_register(&mut self, spec: ModelSpec, reply: Reply<Allocation>) {
+        let planned = self.check_new(&spec).and_then(|()| self.plan_with(&context_of(&spec)));
+        let gpu_pct = match planned {
+            Ok((_, initial)) => initial[self.entries.len()].gpu_pct,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.starting.insert(spec.name.clone());
+        tracing::info!(model = %spec.name, gpu_pct, "model starting");
+        let job = self.backend.preparer(&spec.name, gpu_pct);
+        let done = self.prepared.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = job();
+            let _ = done.send(Prepared { spec, result, reply });
+        });
+    }
+
+    fn finish_register(&mut self, ready: Prepared<B::Prepared>) {
+        let Prepared { spec, result, reply } = ready;
+        self.starting.remove(&spec.name);
+        let registered = match result {
+            Ok(prepared) => self.register(spec, prepared),
+            Err(e) => Err(LiveError::FailedPrecondition(format!("model {:?} could not start: {e}", spec.name))),
+        };
+        let _ = reply.send(registered);
+    }
+
+    /// Adds a started model: the new set's starting shares are applied to the existing models
+    /// first (making room), then the model joins at what is left of its own.
+    fn register(&mut self, spec: ModelSpec, prepared: B::Prepared) -> Result<Allocation, LiveError> {
+        let context = context_of(&spec);
+        let (mut next, initial) = self.plan_with(&context)?;
+        let existing: Vec<_> = initial[..self.entries.len()]
+            .iter()
+            .enumerate()
+            .filter(|(e, _)| self.entries[*e].pinned.is_none())
+            .map(|(e, a)| (e, *a, format!("making room for {}", spec.name)))
+            .collect();
+        let mut allocation = initial[self.entries.len()];
+        // The new model's share is kept free while the others shrink (only then, so a failed
+        // registration leaves no reservation behind).
+        self.backend.reserve(allocation.gpu_pct);
+        self.apply(existing, "register");
+        self.backend.reserve(0.0);
+        let free = 100.0
+            - self.entries.iter().map(|e| self.backend.allocation(e.index).map_or(0.0, |a| a.gpu_pct)).sum::<f64>();
+        allocation.gpu_pct = allocation.gpu_pct.min(free.floor());
+        if allocation.gpu_pct < 1.0 {
+            return Err(LiveError::FailedPrecondition(format!(
+                "no GPU left for {}: pinned models hold {:.0}%",
+                spec.name,
+                100.0 - free
+            )));
+        }
+        let model =
+            LiveModel { name: spec.name.clone(), slo_ms: spec.slo_ms, latency: spec.latency.clone(), allocation };
+        let index =
+            self.backend.add_model(model, prepared).map_err(|e| LiveError::FailedPrecondition(e.to_string()))?;
+        // The backend may serve a nearby share (a GPU's standby pool level).
+        let allocation = self.backend.allocation(index).unwrap_or(allocation);
+        self.entries.push(Entry { context: ModelContext { configured: allocation, ..context }, index, pinned: None });
+        std::mem::swap(&mut self.policy, &mut next);
+        let _ = self.decisions.send(DecisionEvent {
+            time_s: self.now().as_secs_f64(),
+            model: spec.name.clone(),
+            allocation,
+            reason: format!(
+                "registered: starts at its knee share, {}% at batch {}",
+                allocation.gpu_pct, allocation.max_batch
+            ),
+            source: "register".into(),
+        });
+        tracing::info!(model = %spec.name, gpu_pct = allocation.gpu_pct, "model registered");
+        Ok(allocation)
+    }
+
+    fn unregister(&mut self, name: &str) -> Result<(), LiveError> {
+        let e = self.entry(name)?;
+        let entry = self.entries.remove(e);
+        self.backend.retire_model(entry.index).map_err(|err| LiveError::InvalidArgument(err.to_string()))?;
+        let policy = self.policy_name.clone();
+        self.rebuild_policy(&policy)?;
+        tracing::info!(model = %name, "model unregistered; its accepted requests are still served");
+        Ok(())
+    }
+
+    fn set_policy(&mut self, name: &str) -> Result<String, LiveError> {
+        if !LIVE_POLICIES.contains(&name) {
+            return Err(LiveError::InvalidArgument(format!(
+                "policy: {name:?} cannot run live; use one of {}",
+                LIVE_POLICIES.join(", ")
+            )));
+        }
+        let previous = self.policy_name.clone();
+        self.rebuild_policy(name)?;
+        self.apply_initial(&format!("policy {previous} -> {name}"));
+        Ok(previous)
+    }
+
+    fn pin(&mut self, name: &str, allocation: Option<Allocation>) -> Result<Allocation, LiveError> {
+        let e = self.entry(name)?;
+        let Some(allocation) = allocation else {
+            self.entries[e].pinned = None;
+            return self.backend.allocation(self.entries[e].index).map_err(|err| LiveError::NotFound(err.to_string()));
+        };
+        if let Some(problem) = allocation.problem() {
+            return Err(LiveError::InvalidArgument(format!("allocation: {problem}")));
+        }
+        self.backend
+            .set_allocation(self.entries[e].index, allocation)
+            .map_err(|err| LiveError::FailedPrecondition(err.to_string()))?;
+        self.entries[e].pinned = Some(allocation);
+        let _ = self.decisions.send(DecisionEvent {
+            time_s: self.now().as_secs_f64(),
+            model: name.to_string(),
+            allocation,
+            reason: "pinned by OverrideAllocation".into(),
+            source: "override".into(),
+        });
+        Ok(allocation)
+    }
+
+    fn views(&self) -> Vec<ModelView> {
+        self.entries
+            .iter()
+            .map(|e| ModelView {
+                name: e.context.name.clone(),
+                slo_ms: e.context.slo_ms,
+                priority: e.context.priority,
+                allocation: self.backend.allocation(e.index).unwrap_or(e.context.configured),
+                pinned: e.pinned.is_some(),
+            })
+            .collect()
+    }
+
+    fn metrics(&mut self, name: Option<&str>) -> Result<(Vec<(String, Summary)>, Summary), LiveError> {
+        if let Some(name) = name {
+            self.entry(name)?;
+        }
+        let report = self.backend.report();
+        let models = report
+            .models
+            .into_iter()
+            .filter(|m| name.is_none_or(|n| n == m.model))
+            .map(|m| (m.model, m.summary))
+            .collect();
+        Ok((models, report.total))
+    }
+}

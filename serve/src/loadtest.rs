@@ -1,0 +1,196 @@
+//! `gpuslice load-test`: open-loop Infer traffic plus control calls against a server on loopback
+//! (started in-process unless `--target` names one), bounded in time; reports per kind the calls
+//! sent, answered, failed, and latency percentiles, and whether every accepted request was
+//! answered.
+
+use crate::grpc::{self, ServeOptions};
+use crate::live::LiveConfig;
+use crate::proto::controller_client::ControllerClient;
+use crate::proto::register_model_request::Profile;
+use crate::proto::*;
+use anyhow::{Context, Result};
+use comfy_table::Table;
+use hdrhistogram::Histogram;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Models the load test registers, with SLOs generous enough for the offered load.
+const MODELS: [(&str, f64); 3] = [("mobilenet_v3_large", 50.0), ("resnet50", 50.0), ("vgg16", 80.0)];
+/// Connections the calls are spread over.
+const CHANNELS: usize = 4;
+
+pub struct LoadTestOptions {
+    pub target: Option<SocketAddr>,
+    pub duration: Duration,
+    pub infer_rps: u32,
+    pub control_rps: u32,
+}
+
+/// What one kind of call saw.
+#[derive(Debug)]
+pub struct CallStats {
+    pub kind: &'static str,
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub latency_us: Histogram<u64>,
+}
+
+impl CallStats {
+    fn new(kind: &'static str) -> CallStats {
+        CallStats {
+            kind,
+            sent: 0,
+            ok: 0,
+            failed: 0,
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+        }
+    }
+
+    fn record(&mut self, started: Instant, ok: bool) {
+        self.ok += u64::from(ok);
+        self.failed += u64::from(!ok);
+        let _ = self.latency_us.record((started.elapsed().as_micros() as u64).max(1));
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
+    }
+}
+
+pub struct LoadTestReport {
+    pub infer: CallStats,
+    pub control: CallStats,
+    pub elapsed: Duration,
+}
+
+impl LoadTestReport {
+    pub fn table(&self) -> Table {
+        let mut table = gpuslice_eval::output::table(vec![
+            "calls", "sent", "answered", "failed", "rate/s", "p50 ms", "p99 ms", "max ms",
+        ]);
+        for s in [&self.infer, &self.control] {
+            let ms = |q: f64| format!("{:.2}", s.latency_us.value_at_quantile(q) as f64 / 1000.0);
+            table.add_row(vec![
+                s.kind.to_string(),
+                s.sent.to_string(),
+                s.ok.to_string(),
+                s.failed.to_string(),
+                format!("{:.0}", s.sent as f64 / self.elapsed.as_secs_f64()),
+                ms(0.5),
+                ms(0.99),
+                format!("{:.2}", s.latency_us.max() as f64 / 1000.0),
+            ]);
+        }
+        table
+    }
+}
+
+/// Sends `per_tick` calls every millisecond for `duration`, each through `call`.
+async fn open_loop<F, Fut>(
+    duration: Duration,
+    rate: u32,
+    stats: Arc<Mutex<CallStats>>,
+    mut call: F,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let (mut sent, mut handles) = (0u64, Vec::new());
+    while start.elapsed() < duration {
+        tick.tick().await;
+        // Catch up to the rate the elapsed time calls for, so the offered load is exact.
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            let fut = call(sent);
+            let stats = stats.clone();
+            let started = Instant::now();
+            handles.push(tokio::spawn(async move {
+                let ok = fut.await;
+                stats.lock().expect("stats lock").record(started, ok);
+            }));
+            sent += 1;
+        }
+    }
+    stats.lock().expect("stats lock").sent = sent;
+    handles
+}
+
+pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
+    let server = match options.target {
+        Some(_) => None,
+        None => Some(
+            grpc::start(ServeOptions {
+                listen: "127.0.0.1:0".parse().expect("loopback"),
+                metrics_listen: None,
+                controller: LiveConfig::default(),
+                models: Vec::new(),
+                backend: grpc::ServeBackend::Simulated,
+            })
+            .await?,
+        ),
+    };
+    let address = options.target.or(server.as_ref().map(|s| s.grpc)).expect("a target");
+    anyhow::ensure!(address.ip().is_loopback(), "load tests only target loopback addresses, not {address}");
+    let mut clients = Vec::new();
+    for _ in 0..CHANNELS {
+        let channel = Channel::from_shared(format!("http://{address}"))?.connect().await.context("connect")?;
+        clients.push(ControllerClient::new(channel));
+    }
+    for (name, slo_ms) in MODELS {
+        let request = RegisterModelRequest {
+            name: name.into(),
+            slo_ms,
+            priority: 0,
+            max_batch: 32,
+            profile: Some(Profile::ProfilePath("builtin:h100-cudagraph".into())),
+            profile_model: String::new(),
+        };
+        match clients[0].register_model(request).await {
+            Ok(_) => {}
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+            Err(e) => return Err(e).context(format!("register {name}")),
+        }
+    }
+    let infer = Arc::new(Mutex::new(CallStats::new("Infer")));
+    let control = Arc::new(Mutex::new(CallStats::new("control")));
+    let started = Instant::now();
+    let infer_clients = clients.clone();
+    let infer_load = open_loop(options.duration, options.infer_rps, infer.clone(), move |i| {
+        let mut client = infer_clients[i as usize % CHANNELS].clone();
+        let model = MODELS[i as usize % MODELS.len()].0.to_string();
+        async move { client.infer(InferRequest { model, payload: vec![0; 64] }).await.is_ok() }
+    });
+    let control_clients = clients.clone();
+    let control_load = open_loop(options.duration, options.control_rps, control.clone(), move |i| {
+        let mut client = control_clients[i as usize % CHANNELS].clone();
+        let model = MODELS[i as usize % MODELS.len()].0.to_string();
+        async move {
+            match i % 4 {
+                0 => client.get_allocation(GetAllocationRequest { name: model }).await.is_ok(),
+                1 => client.list_models(ListModelsRequest {}).await.is_ok(),
+                2 => client.get_metrics(GetMetricsRequest { name: model }).await.is_ok(),
+                _ => {
+                    let release = OverrideAllocationRequest { name: model, allocation: None, release: true };
+                    client.override_allocation(release).await.is_ok()
+                }
+            }
+        }
+    });
+    let (infer_calls, control_calls) = tokio::join!(infer_load, control_load);
+    for handle in infer_calls.into_iter().chain(control_calls) {
+        handle.await?;
+    }
+    let elapsed = started.elapsed();
+    if let Some(server) = server {
+        server.stop().await?;
+    }
+    let take = |s: Arc<Mutex<CallStats>>| Arc::try_unwrap(s).expect("all calls done").into_inner().expect("stats lock");
+    Ok(LoadTestReport { infer: take(infer), control: take(control), elapsed })
+}

@@ -1,0 +1,313 @@
+//! The gRPC control plane end to end, with the tonic client, on 127.0.0.1:0.
+
+use gpuslice_serve::grpc::{self, Running, ServeOptions};
+use gpuslice_serve::live::LiveConfig;
+use gpuslice_serve::proto::controller_client::ControllerClient;
+use gpuslice_serve::proto::register_model_request::Profile;
+use gpuslice_serve::proto::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>) {
+    let running = grpc::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
+        models: Vec::new(),
+        backend: grpc::ServeBackend::Simulated,
+    })
+    .await
+    .unwrap();
+    let client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    (running, client)
+}
+
+fn register(name: &str, slo_ms: f64) -> RegisterModelRequest {
+    RegisterModelRequest {
+        name: name.into(),
+        slo_ms,
+        priority: 0,
+        max_batch: 16,
+        profile: Some(Profile::ProfilePath("builtin:h100-cudagraph".into())),
+        profile_model: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_infer_and_watch_decisions() {
+    let (running, mut client) = server(0.2).await;
+    let mut watch = client.watch_decisions(WatchDecisionsRequest {}).await.unwrap().into_inner();
+
+    let first = client.register_model(register("resnet50", 20.0)).await.unwrap().into_inner();
+    assert!(first.allocation.unwrap().gpu_pct > 0.0);
+    let registered = watch.message().await.unwrap().unwrap();
+    assert_eq!((registered.model.as_str(), registered.source.as_str()), ("resnet50", "register"));
+
+    // A request per ms for a while: every one answered, with consistent stage timings.
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move {
+            c.infer(InferRequest { model: "resnet50".into(), payload: vec![0; 16] }).await.map(|r| r.into_inner())
+        }));
+        tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+    }
+    for call in calls {
+        let done = call.await.unwrap().unwrap();
+        let t = done.timings.unwrap();
+        assert!(t.inference_ms > 0.5 && t.total_ms >= t.inference_ms + t.queue_ms - 1e-9, "{t:?}");
+        assert!(done.batch_size >= 1);
+    }
+
+    // A second model gets an allocation from the running policy within one control interval.
+    client.register_model(register("vgg16", 30.0)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(200 + 150);
+    let mut from_policy = None;
+    while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, futures_next(&mut watch)).await {
+        if d.source == "model-based" && d.model == "vgg16" {
+            from_policy = Some(d);
+            break;
+        }
+    }
+    let d = from_policy.expect("a model-based decision for vgg16 within one control interval");
+    assert!(d.reason.contains("needs") || d.reason.contains("degraded"), "{}", d.reason);
+
+    let metrics = client.get_metrics(GetMetricsRequest { name: "resnet50".into() }).await.unwrap().into_inner();
+    assert_eq!(metrics.models[0].completed, 200);
+    running.stop().await.unwrap();
+}
+
+/// The error of a call that must fail.
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
+    r.expect_err("the call must fail")
+}
+
+async fn futures_next(stream: &mut tonic::Streaming<Decision>) -> Option<Result<Decision, tonic::Status>> {
+    stream.message().await.transpose()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_the_right_codes() {
+    let (running, mut client) = server(0.5).await;
+    client.register_model(register("resnet50", 20.0)).await.unwrap();
+
+    let e = code(client.register_model(register("resnet50", 20.0)).await);
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = code(client.register_model(register("vgg16", 0.2)).await);
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("best achievable p99"), "{}", e.message());
+    let e = code(client.register_model(register("vgg16", -1.0)).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("slo_ms"));
+    let e = code(client.register_model(register("", 20.0)).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("name"));
+    let e = code(client.register_model(register("no_such_model", 20.0)).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("profile_model"), "{}", e.message());
+    let bad_csv =
+        RegisterModelRequest { profile: Some(Profile::ProfileCsv("engine,model\nx".into())), ..register("m", 20.0) };
+    let e = code(client.register_model(bad_csv).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("profile_csv"), "{}", e.message());
+
+    let e = code(client.infer(InferRequest { model: "nope".into(), payload: vec![] }).await);
+    assert_eq!(e.code(), Code::NotFound);
+    let e = code(client.unregister_model(UnregisterModelRequest { name: "nope".into() }).await);
+    assert_eq!(e.code(), Code::NotFound);
+    let e = code(client.set_policy(SetPolicyRequest { policy: "oracle".into() }).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let too_big = OverrideAllocationRequest {
+        name: "resnet50".into(),
+        allocation: Some(Allocation { gpu_pct: 150.0, max_batch: 8, batch_timeout_ms: 1.0 }),
+        release: false,
+    };
+    assert_eq!(code(client.override_allocation(too_big).await).code(), Code::InvalidArgument);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_policies_and_health() {
+    let (running, mut client) = server(0.2).await;
+    client.register_model(register("resnet50", 20.0)).await.unwrap();
+    client.register_model(register("densenet121", 30.0)).await.unwrap();
+    let pin = Allocation { gpu_pct: 30.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let request = OverrideAllocationRequest { name: "resnet50".into(), allocation: Some(pin), release: false };
+    client.override_allocation(request).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = client.get_allocation(GetAllocationRequest { name: "resnet50".into() }).await.unwrap().into_inner();
+    assert!(got.models[0].pinned);
+    assert_eq!(got.models[0].allocation.unwrap().gpu_pct, 30.0, "the policy leaves a pinned model alone");
+    let release = OverrideAllocationRequest { name: "resnet50".into(), allocation: None, release: true };
+    client.override_allocation(release).await.unwrap();
+
+    let previous = client.set_policy(SetPolicyRequest { policy: "gslice".into() }).await.unwrap().into_inner();
+    assert_eq!(previous.previous, "model-based");
+    let listed = client.list_models(ListModelsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.policy, "gslice");
+    assert_eq!(listed.models.len(), 2);
+    let total: f64 = listed.models.iter().map(|m| m.allocation.unwrap().gpu_pct).sum();
+    assert!(total <= 100.0 + 1e-9);
+
+    let channel = Channel::from_shared(format!("http://{}", running.grpc)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "gpuslice.v1.Controller".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+
+    client.unregister_model(UnregisterModelRequest { name: "densenet121".into() }).await.unwrap();
+    let e = client.infer(InferRequest { model: "densenet121".into(), payload: vec![] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_accepted_request() {
+    let (running, mut client) = server(0.2).await;
+    client.register_model(register("vgg16", 50.0)).await.unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..300 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move { c.infer(InferRequest { model: "vgg16".into(), payload: vec![] }).await }));
+    }
+    // Let them all reach the server, then stop while they are queued.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let stopping = tokio::spawn(running.stop());
+    let mut answered = 0;
+    for call in calls {
+        call.await.unwrap().expect("every accepted request is answered");
+        answered += 1;
+    }
+    stopping.await.unwrap().unwrap();
+    assert_eq!(answered, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_load_test_loses_nothing() {
+    let report = gpuslice_serve::loadtest::run(gpuslice_serve::loadtest::LoadTestOptions {
+        target: None,
+        duration: std::time::Duration::from_secs(2),
+        infer_rps: 1000,
+        control_rps: 200,
+    })
+    .await
+    .unwrap();
+    for stats in [&report.infer, &report.control] {
+        assert!(stats.sent > 0);
+        assert_eq!((stats.ok, stats.failed), (stats.sent, 0), "{}: every call answered", stats.kind);
+    }
+    assert!(report.infer.sent >= 1900, "offered load kept: {}", report.infer.sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_prometheus_metrics() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let (running, mut client) = server(0.2).await;
+    client.register_model(register("resnet50", 20.0)).await.unwrap();
+    client.infer(InferRequest { model: "resnet50".into(), payload: vec![] }).await.unwrap();
+
+    let channel = Channel::from_shared(format!("http://{}", running.grpc)).unwrap().connect().await.unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("a list of services");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"gpuslice.v1.Controller") && names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    let mut http = tokio::net::TcpStream::connect(running.metrics.unwrap()).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("# TYPE gpuslice_completed_total counter"));
+    assert!(text.contains("gpuslice_completed_total{model=\"resnet50\"} 1\n"), "{text}");
+    running.stop().await.unwrap();
+}
+
+/// `serve --backend gpu` on GPU-less workers (2 ms a batch, no MPS): models registered over gRPC
+/// get worker processes at each pool level, Infer calls are batched on them and answered with
+/// their stage timings, the policy reallocates between pool levels, and stopping answers every
+/// accepted request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpu_backend_serves_over_grpc() {
+    let serving = gpuslice_serve::live_gpu::GpuServing {
+        pool_levels: vec![20.0, 40.0, 60.0],
+        fake_ms: Some(2.0),
+        worker_script: None,
+    };
+    let running = grpc::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
+        models: vec![register("resnet50", 20.0)],
+        backend: grpc::ServeBackend::Gpu(serving),
+    })
+    .await
+    .unwrap();
+    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    let mut watch = client.watch_decisions(WatchDecisionsRequest {}).await.unwrap().into_inner();
+    let vgg = client.register_model(register("vgg16", 30.0)).await.unwrap().into_inner();
+    let pct = vgg.allocation.unwrap().gpu_pct;
+    assert!([20.0, 40.0, 60.0].contains(&pct), "a pool level: {pct}");
+
+    let mut calls = Vec::new();
+    for i in 0..300 {
+        let mut c = client.clone();
+        let model = if i % 2 == 0 { "resnet50" } else { "vgg16" };
+        calls.push(tokio::spawn(async move {
+            c.infer(InferRequest { model: model.into(), payload: vec![0; 16] }).await.map(|r| r.into_inner())
+        }));
+        tokio::time::sleep(std::time::Duration::from_micros(300)).await;
+    }
+    for call in calls {
+        let done = call.await.unwrap().expect("answered");
+        let t = done.timings.unwrap();
+        assert!(t.inference_ms >= 2.0, "the fake worker's 2 ms: {t:?}");
+        assert!(done.batch_size >= 1 && t.total_ms >= t.inference_ms + t.queue_ms - 1e-6, "{t:?}");
+    }
+    let mut from_policy = false;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, futures_next(&mut watch)).await {
+        if d.source == "model-based" {
+            let pct = d.allocation.unwrap().gpu_pct;
+            assert!(pct > 0.0 && pct <= 100.0);
+            from_policy = true;
+            break;
+        }
+    }
+    assert!(from_policy, "the policy steers the GPU backend");
+    let metrics = client.get_metrics(GetMetricsRequest { name: String::new() }).await.unwrap().into_inner();
+    assert_eq!(metrics.total.unwrap().completed, 300);
+
+    client.unregister_model(UnregisterModelRequest { name: "vgg16".into() }).await.unwrap();
+    let e = code(client.infer(InferRequest { model: "vgg16".into(), payload: vec![] }).await);
+    assert_eq!(e.code(), Code::NotFound);
+
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(
+            async move { c.infer(InferRequest { model: "resnet50".into(), payload: vec![] }).await },
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let stopping = tokio::spawn(running.stop());
+    for call in calls {
+        call.await.unwrap().expect("every accepted request is answered");
+    }
+    stopping.await.unwrap().unwrap();
+}
