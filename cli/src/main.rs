@@ -71,7 +71,7 @@ enum Command {
         seed: Option<u64>,
         /// Multiply every model's load by this factor (rates and counts; replayed traces play
         /// this much faster).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         load_scale: f64,
         /// Write summary.csv, intervals.csv, latency.svg (p99), gpu.svg (GPU%) and slo.svg (SLO attainment) into this folder.
         #[arg(long)]
@@ -83,8 +83,9 @@ enum Command {
     /// Compare policies on the same arrivals: a table of goodput, SLO attainment, p99 per model,
     /// GPU% used, reallocations and drops, with the spread over seeds.
     Evaluate {
-        /// Scenario file (TOML); the embedded default without it.
-        #[arg(long, short)]
+        /// Scenario file (TOML), as for simulate; the embedded default without it.
+        /// (`--scenario`/`-s` still work.)
+        #[arg(long = "config", short = 'c', visible_alias = "scenario", short_alias = 's')]
         scenario: Option<PathBuf>,
         /// Comma-separated policies: static, temporal, default-mps, triton-like, gslice,
         /// model-based, oracle.
@@ -99,12 +100,12 @@ enum Command {
         seeds: u64,
         /// Multiply every model's load by this factor (rates and counts; replayed traces play
         /// this much faster).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         load_scale: f64,
         /// Sweep the load instead: run the comparison at each of these load scales, print
         /// goodput, SLO attainment and goodput against the reference policy per scale, and with
         /// --out write load-sweep.csv, goodput-vs-load.svg and slo-vs-load.svg.
-        #[arg(long, value_delimiter = ',', conflicts_with = "load_scale")]
+        #[arg(long, allow_negative_numbers = true, value_delimiter = ',', conflicts_with = "load_scale")]
         load_scales: Vec<f64>,
         /// Capacity at the SLO instead: per policy and seed, the highest load scale at which
         /// every model keeps at least --threshold of its requests within its SLO (bracketed
@@ -292,7 +293,7 @@ enum Command {
         out: Option<PathBuf>,
         /// Multiply every model's load by this factor (rates and counts; replayed traces play
         /// this much faster).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         load_scale: f64,
         /// Workers without a GPU that take this many ms per batch (for trying the run anywhere).
         #[arg(long)]

@@ -370,3 +370,21 @@ fn evaluate_sweeps_the_load_and_refuses_a_bad_scale() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("load scale must be > 0"), "{}", stderr(&bad));
 }
+
+#[test]
+fn a_negative_load_scale_is_refused_as_a_value_not_read_as_a_flag() {
+    let out = gpuslice(&["simulate", "--policy", "temporal", "--load-scale", "-1", "--quiet"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("load scale must be > 0, got -1"), "{err}");
+}
+
+#[test]
+fn evaluate_takes_its_scenario_as_config_like_simulate() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/gpu-trio.toml");
+    for flag in ["--config", "-c", "--scenario"] {
+        let out = gpuslice(&["evaluate", flag, shipped, "--policies", "temporal", "--seeds", "1", "--quiet"]);
+        assert!(out.status.success(), "{flag}: {}", stderr(&out));
+        assert!(stdout(&out).contains("gpu-trio"), "{flag}");
+    }
+}

@@ -5,16 +5,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why MPS could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MpsError {
+    /// `nvidia-cuda-mps-control` is not on PATH.
     #[error("MPS is not available: nvidia-cuda-mps-control was not found on PATH")]
     NotInstalled,
+    /// The daemon did not start (its log says why).
     #[error("MPS control daemon did not start: {0}")]
     Start(String),
+    /// Its pipe or log directory failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
+/// A private MPS control daemon (own pipe and log directories), stopped on drop.
 pub struct MpsDaemon {
     pipe_dir: PathBuf,
     log_dir: PathBuf,

@@ -25,8 +25,11 @@ pub const GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, 32];
 
 /// One model served on the GPU.
 pub struct GpuModelSetup {
+    /// The model's name.
     pub name: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
+    /// Its allocation at the start.
     pub allocation: Allocation,
     /// Generated arrivals, or `None`: requests come through `submit` until the model is retired.
     pub arrivals: Option<Box<dyn ArrivalProcess>>,
@@ -35,7 +38,9 @@ pub struct GpuModelSetup {
 /// How workers are started (the script, the GPU-less mode for tests) and how GPU% changes.
 #[derive(Clone)]
 pub struct WorkerTemplate {
+    /// The worker script.
     pub script: std::path::PathBuf,
+    /// GPU-less workers that take this many ms per batch (tests).
     pub fake_ms: Option<f64>,
     /// Standby pool: with levels, every model starts a worker at each GPU% level up front and a
     /// reallocation switches to the one at the level just above the asked GPU% where the GPU has
@@ -153,6 +158,7 @@ struct ModelHandle {
     retired: bool,
 }
 
+/// Models served on the GPU by worker processes, behind the `Backend` trait: one dispatcher per model forms batches, the standby pool switches slices at once.
 pub struct GpuBackend {
     models: Vec<ModelHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -189,6 +195,7 @@ pub struct WorkerStarter {
 pub struct ModelWorkers(Vec<(Worker, f64)>);
 
 impl WorkerStarter {
+    /// Starts workers from `template`, under `mps` where given.
     pub fn new(template: WorkerTemplate, mps: Option<MpsDaemon>) -> WorkerStarter {
         WorkerStarter { template, mps: mps.map(Arc::new) }
     }

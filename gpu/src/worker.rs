@@ -34,10 +34,14 @@ pub fn default_script() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/worker/gpuslice_worker.py"))
 }
 
+/// What a worker serves.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
+    /// The model (torchvision name).
     pub model: String,
+    /// The batch sizes it keeps a CUDA graph for.
     pub batches: Vec<u32>,
+    /// The worker script.
     pub script: PathBuf,
     /// Environment for the worker (e.g. its MPS client variables).
     pub env: Vec<(String, String)>,
@@ -51,20 +55,62 @@ pub struct WorkerSpec {
     pub green_sms: Vec<u32>,
 }
 
+/// A model worker failed; every variant names the model.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The worker process could not be started.
     #[error("worker for {model} could not start: {cause}")]
-    Spawn { model: String, cause: std::io::Error },
+    Spawn {
+        /// The model.
+        model: String,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// The worker process exited.
     #[error("worker for {model} died ({status}); its last words: {stderr}")]
-    Died { model: String, status: String, stderr: String },
+    Died {
+        /// The model.
+        model: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// The worker wrote a line that is not its protocol.
     #[error("worker for {model} said something unexpected: {line:?}")]
-    Protocol { model: String, line: String },
+    Protocol {
+        /// The model.
+        model: String,
+        /// The line.
+        line: String,
+    },
+    /// A batch size the worker has no CUDA graph for.
     #[error("worker for {model} has no CUDA graph for batch {batch}; it has {have:?}")]
-    Batch { model: String, batch: u32, have: Vec<u32> },
+    Batch {
+        /// The model.
+        model: String,
+        /// The size asked for.
+        batch: u32,
+        /// The sizes it has.
+        have: Vec<u32>,
+    },
+    /// A green context the worker does not have.
     #[error("worker for {model} has no green context {context}; it has {have:?} (SM counts)")]
-    Context { model: String, context: usize, have: Vec<u32> },
+    Context {
+        /// The model.
+        model: String,
+        /// The index asked for.
+        context: usize,
+        /// The SM counts of those it has.
+        have: Vec<u32>,
+    },
+    /// Every shared-memory slot of the worker holds a batch.
     #[error("worker for {model} already holds {SLOTS} batches; wait for one to complete")]
-    Full { model: String },
+    Full {
+        /// The model.
+        model: String,
+    },
+    /// The shared-memory file failed.
     #[error("shared memory: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -78,9 +124,13 @@ impl From<WorkerError> for gpuslice_control::BackendError {
 /// GPU time of one batch's stages (from CUDA events in the worker) and the round trip seen here.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct StageTimes {
+    /// Host-to-device copy, ms (CUDA events).
     pub h2d_ms: f64,
+    /// Inference, ms.
     pub infer_ms: f64,
+    /// Device-to-host copy, ms.
     pub d2h_ms: f64,
+    /// From submission to the completion seen by the host.
     #[serde(skip)]
     pub round_trip: Duration,
 }
@@ -114,6 +164,7 @@ pub struct Completion {
     /// When it was handed to the worker (before its inputs were written) and when its completion
     /// was read.
     pub submitted: Instant,
+    /// When the completion was seen.
     pub done: Instant,
     /// `round_trip` is `done - submitted`: it includes waiting behind a batch ahead of it.
     pub times: StageTimes,
@@ -129,11 +180,15 @@ struct Pending {
 /// Called by a worker's reader thread after each line it reads (and when the worker's output ends).
 pub type Notify = Box<dyn Fn() + Send>;
 
+/// A running worker process and its shared-memory slots.
 pub struct Worker {
+    /// The model (torchvision name).
     pub model: String,
+    /// The batch sizes it keeps a CUDA graph for.
     pub batches: Vec<u32>,
     /// What runs the model (e.g. `torch-graph-2.11.0+cu130`) and the device's SM count.
     pub engine: String,
+    /// SMs of its slice (its green context, or the MPS share).
     pub sms: u32,
     /// The SM counts of its green contexts (`run_on`'s `context` indexes these).
     pub green_sms: Vec<u32>,

@@ -16,14 +16,19 @@ use std::time::{Duration, Instant};
 /// How a batch is moved to the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransferMode {
+    /// One host-to-device copy per packet.
     PerPacket,
+    /// Packets gathered on the CPU into one buffer, then one copy.
     CpuCopy,
+    /// One kernel gathers the packets from pinned host memory (zero copy).
     GpuGather,
 }
 
 impl TransferMode {
+    /// Every mode, in the order they are benchmarked.
     pub const ALL: [TransferMode; 3] = [TransferMode::PerPacket, TransferMode::CpuCopy, TransferMode::GpuGather];
 
+    /// Its name in tables and flags.
     pub fn name(self) -> &'static str {
         match self {
             TransferMode::PerPacket => "per-packet",
@@ -33,18 +38,34 @@ impl TransferMode {
     }
 }
 
+/// A CUDA step of the transfer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
+    /// There is no CUDA driver.
     #[error("no CUDA driver on this machine (libcuda not found)")]
     NoDriver,
+    /// A CUDA driver call failed.
     #[error("CUDA: {0}")]
     Driver(#[from] cudarc::driver::DriverError),
+    /// The gather kernel did not compile.
     #[error("NVRTC: {0}")]
     Compile(String),
+    /// A raw CUDA call failed.
     #[error("CUDA call {call} failed: {result:?}")]
-    Call { call: &'static str, result: sys::CUresult },
+    Call {
+        /// Which call.
+        call: &'static str,
+        /// Its result code.
+        result: sys::CUresult,
+    },
+    /// A batch larger than the transfer buffer.
     #[error("batch of {got} bytes is larger than the {capacity}-byte transfer buffer")]
-    TooLarge { got: usize, capacity: usize },
+    TooLarge {
+        /// The batch, bytes.
+        got: usize,
+        /// The buffer, bytes.
+        capacity: usize,
+    },
 }
 
 fn check(call: &'static str, result: sys::CUresult) -> Result<(), GpuError> {
@@ -111,6 +132,7 @@ impl Drop for DeviceBuffer {
     }
 }
 
+/// A CUDA context, stream, gather kernel and device buffer for moving batches to the GPU.
 pub struct GpuTransfer {
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,

@@ -3,6 +3,7 @@
 
 /// Payload bytes per packet (the last packet of an image may carry fewer).
 pub const PAYLOAD: usize = 1024;
+/// Header bytes at the start of every packet.
 pub const HEADER: usize = 20;
 /// Largest datagram: header and a full payload.
 pub const MAX_PACKET: usize = HEADER + PAYLOAD;
@@ -16,27 +17,47 @@ pub const MAX_IMAGE: u32 = 64 << 20;
 /// The packet count is implied by `total_len`; the payload length by the datagram length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketHeader {
+    /// The image (request) this packet belongs to.
     pub image_id: u64,
     /// Byte offset of this payload in the image (a multiple of `PAYLOAD`).
     pub offset: u32,
+    /// The image's length in bytes.
     pub total_len: u32,
 }
 
 /// Why a datagram was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
+    /// Shorter than a header (its length).
     #[error("datagram of {0} bytes is shorter than the {HEADER}-byte header")]
     Short(usize),
+    /// Not a NetML packet (its magic).
     #[error("bad magic {0:#06x}")]
     Magic(u16),
+    /// A protocol version this build does not speak.
     #[error("unsupported version {0}")]
     Version(u8),
+    /// An image length of 0 or above the limit.
     #[error("total_len {0} is 0 or above the {MAX_IMAGE}-byte limit")]
     TotalLen(u32),
+    /// An offset that is not a packet boundary of the image.
     #[error("offset {offset} is not a packet boundary inside an image of {total_len} bytes")]
-    Offset { offset: u32, total_len: u32 },
+    Offset {
+        /// The packet's offset.
+        offset: u32,
+        /// The image's length.
+        total_len: u32,
+    },
+    /// A payload of the wrong length for its offset.
     #[error("payload of {got} bytes where the packet at offset {offset} carries {expected}")]
-    PayloadLen { offset: u32, got: usize, expected: usize },
+    PayloadLen {
+        /// The packet's offset.
+        offset: u32,
+        /// Its payload, bytes.
+        got: usize,
+        /// What that offset carries, bytes.
+        expected: usize,
+    },
 }
 
 impl PacketHeader {

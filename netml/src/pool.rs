@@ -11,6 +11,7 @@ pub const SLOT_BYTES: usize = 2048;
 const _: () = assert!(SLOT_BYTES >= MAX_PACKET);
 const HUGEPAGE: usize = 2 << 20;
 
+/// Fixed-size receive buffers in one mapping (pinned on the GPU machine), handed out by slot.
 pub struct PacketPool {
     map: MmapMut,
     slots: usize,
@@ -40,23 +41,28 @@ impl PacketPool {
         &self.map
     }
 
+    /// Slots not holding a packet.
     pub fn free_slots(&self) -> usize {
         self.free.len()
     }
 
+    /// Slots in all.
     pub fn capacity(&self) -> usize {
         self.slots
     }
 
+    /// A free slot, if any.
     pub fn take(&mut self) -> Option<Slot> {
         self.free.pop()
     }
 
+    /// Returns a slot to the pool.
     pub fn give(&mut self, slot: Slot) {
         debug_assert!((slot as usize) < self.slots && !self.free.contains(&slot));
         self.free.push(slot);
     }
 
+    /// The bytes of a slot.
     pub fn slot(&self, slot: Slot) -> &[u8] {
         let start = slot as usize * SLOT_BYTES;
         &self.map[start..start + SLOT_BYTES]

@@ -14,7 +14,9 @@ pub type Slot = u32;
 /// An image whose every packet has arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompleteImage {
+    /// The image (request).
     pub image_id: u64,
+    /// Its length in bytes.
     pub total_len: u32,
     /// The slot of packet i at index i.
     pub slots: Vec<Slot>,
@@ -27,6 +29,7 @@ pub struct CompleteImage {
 pub enum Outcome {
     /// Kept; the image is not complete yet.
     Pending,
+    /// Kept, and it completed this image.
     Complete(CompleteImage),
     /// Not kept: a duplicate, or its header disagrees with the image's first packet.
     Discard(Slot),
@@ -35,12 +38,15 @@ pub enum Outcome {
 /// Counters of what reassembly saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReassemblyStats {
+    /// Images completed.
     pub completed: u64,
+    /// Packets dropped as duplicates.
     pub duplicates: u64,
     /// Packets whose total length disagreed with their image's first packet.
     pub conflicts: u64,
     /// Images dropped incomplete (timed out, or evicted when too many were open).
     pub expired_images: u64,
+    /// Packets freed with images that expired incomplete.
     pub expired_packets: u64,
 }
 
@@ -51,12 +57,14 @@ struct Partial {
     received: u32,
 }
 
+/// Collects packets into images, keeping each packet in its pool slot.
 pub struct Reassembler {
     open: HashMap<u64, Partial>,
     recently_complete: HashSet<u64>,
     complete_order: VecDeque<u64>,
     timeout_ns: u64,
     max_open: usize,
+    /// What it has seen.
     pub stats: ReassemblyStats,
 }
 

@@ -12,8 +12,10 @@ use std::os::fd::AsRawFd;
 /// Datagrams taken per `recvmmsg` call.
 pub const RECV_BATCH: usize = 64;
 
+/// What a receiver has seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReceiveStats {
+    /// Datagrams received.
     pub datagrams: u64,
     /// Datagrams whose header did not parse (dropped).
     pub malformed: u64,
@@ -24,11 +26,14 @@ pub struct ReceiveStats {
 /// The socket receive buffer asked for.
 const RECEIVE_BUFFER_BYTES: usize = 64 << 20;
 
+/// A UDP socket receiving packets into a pool and reassembling them.
 pub struct Receiver {
     socket: UdpSocket,
+    /// Where packets are kept.
     pub pool: PacketPool,
     reassembler: Reassembler,
     headers: MultiHeaders<SockaddrStorage>,
+    /// What it has seen.
     pub stats: ReceiveStats,
 }
 
@@ -50,10 +55,12 @@ impl Receiver {
         })
     }
 
+    /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 
+    /// The reassembler's figures.
     pub fn reassembly(&self) -> ReassemblyStats {
         self.reassembler.stats
     }
@@ -139,6 +146,7 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// A sender to `destination`, from an ephemeral local port.
     pub fn new(destination: SocketAddr) -> std::io::Result<Sender> {
         let socket = UdpSocket::bind(SocketAddr::new(destination.ip(), 0))?;
         Ok(Sender { socket, destination })

@@ -11,6 +11,7 @@ const TRITON_MAX_BATCH: u32 = 32;
 /// ...waiting at most this long for it.
 const TRITON_MAX_QUEUE_DELAY_MS: f64 = 1.0;
 
+/// A policy that keeps the allocations it starts with, under one sharing mode.
 pub struct FixedPolicy {
     name: &'static str,
     sharing: Sharing,
@@ -24,6 +25,7 @@ impl FixedPolicy {
         FixedPolicy { name, sharing, allocations }
     }
 
+    /// Default MPS with Triton's usual dynamic batching: batches up to 32, waiting at most 1 ms.
     pub fn triton_like(models: &[ModelContext]) -> FixedPolicy {
         let allocations = models
             .iter()

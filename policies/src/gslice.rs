@@ -94,6 +94,7 @@ pub fn knee_allocations(models: &[ModelContext]) -> Vec<Allocation> {
     models.iter().zip(shares).map(|(m, gpu_pct)| Allocation { gpu_pct, ..m.configured }).collect()
 }
 
+/// GSLICE (SoCC '20), as published: see the module's rules.
 pub struct Gslice {
     models: Vec<ModelContext>,
     /// Consecutive intervals whose target differed by at least `MIN_CHANGE_PCT`, and its sign.
@@ -101,6 +102,7 @@ pub struct Gslice {
 }
 
 impl Gslice {
+    /// GSLICE for these models, each starting at its knee.
     pub fn new(models: Vec<ModelContext>) -> Gslice {
         let triggers = vec![(0, 0.0); models.len()];
         Gslice { models, triggers }

@@ -21,7 +21,9 @@ use std::sync::Arc;
 /// What a policy knows of a model before it runs.
 #[derive(Debug, Clone)]
 pub struct ModelContext {
+    /// The model's name.
     pub name: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
     /// Higher is more important; kept when the GPU cannot meet every SLO.
     pub priority: u32,
@@ -34,13 +36,17 @@ pub struct ModelContext {
 /// A change of one model's allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
+    /// The model's index.
     pub model: usize,
+    /// Its new allocation.
     pub allocation: Allocation,
+    /// Why, for logs and decisions.csv.
     pub reason: String,
 }
 
 /// A policy: chooses how the GPU is shared and, each control interval, each model's allocation.
 pub trait Policy: Send {
+    /// The policy's name.
     fn name(&self) -> &str;
 
     /// How the backend is to share the GPU: asked before the first interval and again after

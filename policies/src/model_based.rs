@@ -80,6 +80,7 @@ struct Plan {
     utilization: f64,
 }
 
+/// The model-based policy: see the module.
 pub struct ModelBased {
     models: Vec<ModelContext>,
     learned: Vec<Learned>,
@@ -163,6 +164,7 @@ impl Load {
 }
 
 impl ModelBased {
+    /// The policy for these models, with the profiles as its prior.
     pub fn new(models: Vec<ModelContext>) -> ModelBased {
         let learned = models
             .iter()

@@ -12,12 +12,14 @@ pub struct OraclePlan {
     pub intervals_per_window: usize,
 }
 
+/// Replays an `OraclePlan`, window by window.
 pub struct Oracle {
     plan: OraclePlan,
     interval: usize,
 }
 
 impl Oracle {
+    /// Replays `plan` from its first window.
     pub fn new(plan: OraclePlan) -> Oracle {
         Oracle { plan, interval: 0 }
     }
@@ -54,16 +56,23 @@ impl Policy for Oracle {
 
 /// Inputs of the offline planner.
 pub struct PlanInputs<'a> {
+    /// The models.
     pub models: &'a [crate::ModelContext],
     /// Every model's arrival times (seconds), ascending: the whole trace, known in advance.
     pub arrivals: Vec<Vec<f64>>,
+    /// Seconds per control interval.
     pub control_interval_s: f64,
+    /// Control intervals per planned window.
     pub intervals_per_window: usize,
+    /// Requests waiting longer are dropped.
     pub drop_after_ms: Option<f64>,
+    /// The simulator's interference (see `SimConfig`).
     pub interference: f64,
     /// Per model (by name), where measured; see `SimConfig::interference_by_model`.
     pub interference_by_model: std::collections::BTreeMap<String, f64>,
+    /// Whether service times spread (see `ServiceModel`).
     pub service_jitter: bool,
+    /// Seed of the planning runs.
     pub seed: u64,
 }
 

@@ -269,9 +269,13 @@ pub enum ServeBackend {
 
 /// Where and how `serve` runs.
 pub struct ServeOptions {
+    /// The gRPC address.
     pub listen: SocketAddr,
+    /// The Prometheus metrics address, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// The controller's settings.
     pub controller: LiveConfig,
+    /// What serves the requests.
     pub backend: ServeBackend,
     /// Models registered before the server takes calls.
     pub models: Vec<RegisterModelRequest>,
@@ -279,7 +283,9 @@ pub struct ServeOptions {
 
 /// A running server: its bound addresses, and how to stop it.
 pub struct Running {
+    /// The gRPC address bound.
     pub grpc: SocketAddr,
+    /// The metrics address bound, if any.
     pub metrics: Option<SocketAddr>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,

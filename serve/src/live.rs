@@ -24,13 +24,17 @@ pub const LIVE_POLICIES: [&str; 3] = ["static", "gslice", "model-based"];
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LiveConfig {
+    /// The policy steering the models.
     pub policy: String,
+    /// Seconds between two decisions.
     pub control_interval_s: f64,
     /// Requests queued longer are dropped and answered with an error (None: never).
     pub drop_after_ms: Option<f64>,
+    /// What a reallocation costs (the simulated backend).
     pub reallocation: ReallocationCost,
     /// See `SimConfig::interference` (H100 calibration by default).
     pub interference: f64,
+    /// Seed of the simulated backend's random draws.
     pub seed: u64,
 }
 
@@ -48,73 +52,110 @@ impl Default for LiveConfig {
 }
 
 /// A failed command, by kind; the gRPC layer maps each to its status code.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LiveError {
+    /// A malformed request; the message names the field.
+    #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// No model of that name.
+    #[error("not found: {0}")]
     NotFound(String),
+    /// A model of that name is registered already.
+    #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// The request cannot be met as things are (an SLO the profile cannot meet...).
+    #[error("failed precondition: {0}")]
     FailedPrecondition(String),
     /// The request was accepted but dropped at its deadline, or the controller is gone.
+    #[error("unavailable: {0}")]
     Unavailable(String),
 }
 
 /// A model as registered.
 pub struct ModelSpec {
+    /// The model's name.
     pub name: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
+    /// Higher is kept first when the GPU cannot meet every SLO.
     pub priority: u32,
+    /// Its largest batch.
     pub max_batch: u32,
+    /// Its latency profile.
     pub latency: Arc<LatencyModel>,
 }
 
 /// What a client sees of a model.
 #[derive(Debug, Clone)]
 pub struct ModelView {
+    /// The model's name.
     pub name: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
+    /// Higher is kept first when the GPU cannot meet every SLO.
     pub priority: u32,
+    /// Its allocation now.
     pub allocation: Allocation,
+    /// Whether an operator pinned it (the policy leaves it alone).
     pub pinned: bool,
 }
 
 /// One reallocation, as broadcast to watchers.
 #[derive(Debug, Clone)]
 pub struct DecisionEvent {
+    /// When, seconds since the controller started.
     pub time_s: f64,
+    /// The model.
     pub model: String,
+    /// Its allocation now.
     pub allocation: Allocation,
+    /// Why.
     pub reason: String,
+    /// Who decided: the policy's name, or `override`.
     pub source: String,
 }
 
 /// A completed request's timings.
 #[derive(Debug, Clone, Copy)]
 pub struct InferDone {
+    /// The request's ticket.
     pub ticket: Ticket,
+    /// Time queued (and waiting for its batch to form), ms.
     pub queue_ms: f64,
+    /// Its batch's inference, ms.
     pub inference_ms: f64,
+    /// Arrival to answer, ms.
     pub total_ms: f64,
+    /// Requests in its batch.
     pub batch_size: u32,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, LiveError>>;
 
+/// A request to the controller task, with where to send its answer.
 pub enum Command {
+    /// Register a model; answers its first allocation.
     Register(ModelSpec, Reply<Allocation>),
+    /// Unregister the named model once its accepted requests are answered.
     Unregister(String, Reply<()>),
+    /// The models and the policy's name.
     List(Reply<(Vec<ModelView>, String)>),
+    /// Switch to the named policy; answers the previous one's name.
     SetPolicy(String, Reply<String>),
     /// Pin (Some) or release (None).
     Override(String, Option<Allocation>, Reply<Allocation>),
     /// Whole-run metrics of the named model, or of all and the total.
     Metrics(Option<String>, Reply<(Vec<(String, Summary)>, Summary)>),
+    /// One request to the named model; answered when it completes.
     Infer(String, Reply<InferDone>),
 }
 
 /// The handle gRPC handlers use.
 #[derive(Clone)]
 pub struct LiveHandle {
+    /// Where commands go.
     pub commands: mpsc::Sender<Command>,
+    /// Every reallocation, for WatchDecisions.
     pub decisions: broadcast::Sender<DecisionEvent>,
 }
 
@@ -139,17 +180,22 @@ pub trait LiveBackend: Send + 'static {
     /// Keeps `gpu_pct` free while other models shrink to make room for a new one (where the
     /// backend rounds shares, so that making room really frees it); 0 ends the reservation.
     fn reserve(&mut self, _gpu_pct: f64) {}
+    /// Starts serving `model` with what its preparer readied; returns its index.
     fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
     /// Takes no more requests; serves those it accepted.
     fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
+    /// Queues one request for `model`.
     fn submit(&mut self, model: usize) -> Result<Ticket, BackendError>;
     /// Serves up to `now` (since the backend started); returns the submitted requests served and
     /// dropped since the last call.
     fn advance(&mut self, now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>);
     /// What each model (by index) saw since the last call.
     fn take_interval(&mut self) -> Vec<ModelInterval>;
+    /// The allocation of `model` now.
     fn allocation(&self, model: usize) -> Result<Allocation, BackendError>;
+    /// Changes the allocation of `model` (after the backend's reallocation cost).
     fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
+    /// Whole-run figures so far.
     fn report(&mut self) -> Report;
     /// The GPU% levels slices are served at, where the backend has such levels (a standby pool).
     fn slice_levels(&self) -> Vec<f64> {
@@ -159,9 +205,13 @@ pub trait LiveBackend: Send + 'static {
 
 /// A model as the backend serves it.
 pub struct LiveModel {
+    /// The model's name.
     pub name: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
+    /// Its latency profile.
     pub latency: Arc<LatencyModel>,
+    /// Its allocation now.
     pub allocation: Allocation,
 }
 
@@ -256,10 +306,12 @@ struct Live<B: LiveBackend> {
 
 /// The running controller task and how to stop it.
 pub struct Started {
+    /// How handlers reach it.
     pub handle: LiveHandle,
     /// Send (or drop) to stop: commands already queued are handled, new ones refused, and the
     /// task ends once every accepted request has been answered.
     pub stop: oneshot::Sender<()>,
+    /// The task, to await its end.
     pub task: tokio::task::JoinHandle<()>,
 }
 

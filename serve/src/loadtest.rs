@@ -21,20 +21,30 @@ const MODELS: [(&str, f64); 3] = [("mobilenet_v3_large", 50.0), ("resnet50", 50.
 /// Connections the calls are spread over.
 const CHANNELS: usize = 4;
 
+/// What `gpuslice load-test` sends.
 pub struct LoadTestOptions {
+    /// A running server, or None to start one on loopback.
     pub target: Option<SocketAddr>,
+    /// How long to send.
     pub duration: Duration,
+    /// Infer calls per second.
     pub infer_rps: u32,
+    /// Control-plane calls (GetAllocation, ListModels) per second.
     pub control_rps: u32,
 }
 
 /// What one kind of call saw.
 #[derive(Debug)]
 pub struct CallStats {
+    /// Which calls.
     pub kind: &'static str,
+    /// Calls sent.
     pub sent: u64,
+    /// Calls answered OK.
     pub ok: u64,
+    /// Calls that failed.
     pub failed: u64,
+    /// Latencies of the answered calls, µs.
     pub latency_us: Histogram<u64>,
 }
 
@@ -55,18 +65,24 @@ impl CallStats {
         let _ = self.latency_us.record((started.elapsed().as_micros() as u64).max(1));
     }
 
+    /// 99th-percentile latency, ms.
     pub fn p99_ms(&self) -> f64 {
         self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
     }
 }
 
+/// What a load test saw.
 pub struct LoadTestReport {
+    /// The Infer calls.
     pub infer: CallStats,
+    /// The control-plane calls.
     pub control: CallStats,
+    /// How long it ran.
     pub elapsed: Duration,
 }
 
 impl LoadTestReport {
+    /// The report as a table.
     pub fn table(&self) -> Table {
         let mut table = gpuslice_eval::output::table(vec![
             "calls", "sent", "answered", "failed", "rate/s", "p50 ms", "p99 ms", "max ms",
@@ -122,6 +138,7 @@ where
     handles
 }
 
+/// Runs the load test (starting a loopback server where no target is given).
 pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
     let server = match options.target {
         Some(_) => None,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// A node's configuration file (`node.toml`).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -19,29 +20,38 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// What serves the requests: "sim" (default) or "gpu".
     pub backend: Option<String>,
+    /// The controller's settings.
     #[serde(default)]
     pub controller: LiveConfig,
     /// Worker settings of the GPU backend.
     #[serde(default)]
     pub gpu: GpuServing,
+    /// Models registered at start.
     #[serde(default)]
     pub models: Vec<NodeModel>,
 }
 
+/// A model registered at start.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeModel {
+    /// Its name.
     pub name: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
+    /// Higher is kept first when the GPU cannot meet every SLO.
     #[serde(default)]
     pub priority: u32,
+    /// Its largest batch.
     pub max_batch: u32,
     /// A profile CSV path (relative to the config file) or builtin:NAME.
     pub profile: String,
+    /// The profile's model name, where it differs from `name`.
     pub profile_model: Option<String>,
 }
 
 impl NodeConfig {
+    /// Reads `path` (the defaults without one); an unknown or malformed key is an error naming it.
     pub fn load(path: Option<&Path>) -> Result<NodeConfig> {
         let Some(path) = path else { return Ok(NodeConfig::default()) };
         let text =
@@ -95,9 +105,14 @@ impl NodeConfig {
 /// What `serve`'s flags override in the node config.
 #[derive(Debug, Default)]
 pub struct ServeOverrides {
+    /// `--backend`.
     pub backend: Option<String>,
+    /// `--listen`.
     pub listen: Option<SocketAddr>,
+    /// `--metrics-listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// `--policy`.
     pub policy: Option<String>,
+    /// `--fake-ms`.
     pub fake_ms: Option<f64>,
 }

@@ -61,12 +61,19 @@ impl Allocation {
 pub enum ReallocationCost {
     /// A standby worker already holds the new slice; only the queue handover pauses dispatch.
     /// The old worker finishes its in-flight batch meanwhile.
-    Standby { handover_us: f64 },
+    Standby {
+        /// The handover pause, µs.
+        handover_us: f64,
+    },
     /// The worker is restarted with the new slice; the model dispatches nothing for `restart_s`.
-    ColdRestart { restart_s: f64 },
+    ColdRestart {
+        /// The restart, seconds.
+        restart_s: f64,
+    },
 }
 
 impl ReallocationCost {
+    /// How long the model dispatches nothing while it moves.
     pub fn pause_ns(&self) -> u64 {
         match self {
             ReallocationCost::Standby { handover_us } => crate::secs_to_ns(handover_us * 1e-6),
@@ -79,11 +86,22 @@ impl ReallocationCost {
 #[derive(Debug, Clone)]
 pub enum ServiceModel {
     /// From a calibration profile; with `jitter`, a log-normal spread whose p99/p50 matches the profile.
-    Calibrated { latency: Arc<LatencyModel>, jitter: bool },
+    Calibrated {
+        /// The fitted latency surface.
+        latency: Arc<LatencyModel>,
+        /// Whether service times spread around the median.
+        jitter: bool,
+    },
     /// A fixed time, whatever the batch and slice (for M/D/1 checks).
-    Constant { ms: f64 },
+    Constant {
+        /// The time, ms.
+        ms: f64,
+    },
     /// Exponentially distributed with this mean (for M/M/1 checks).
-    Exponential { mean_ms: f64 },
+    Exponential {
+        /// The mean, ms.
+        mean_ms: f64,
+    },
 }
 
 /// `SimConfig::interference` fitted to the co-location run measured on the H100
@@ -98,6 +116,7 @@ pub const H100_MPS_SHARE_EXPONENT: f64 = 0.5;
 /// Settings of one run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// How the GPU is shared.
     pub sharing: Sharing,
     /// Slowdown from memory-bandwidth and L2 contention: a running batch is slowed by
     /// `1 + interference * (sum of the other running batches' GPU shares) / 100`.
@@ -115,9 +134,11 @@ pub struct SimConfig {
     /// GPU% held by work outside this simulation, counted as a co-runner in the interference
     /// (the oracle's planner simulates one model at a time this way).
     pub background_pct: f64,
+    /// What a reallocation costs.
     pub reallocation: ReallocationCost,
     /// Requests still queued this long after arrival are dropped (None: never).
     pub drop_after_ms: Option<f64>,
+    /// Seed of every random draw.
     pub seed: u64,
     /// Keep one record per completed request (for tests and per-request CSV output).
     pub record_requests: bool,
@@ -142,9 +163,14 @@ impl Default for SimConfig {
 
 /// One served model.
 pub struct ModelSetup {
+    /// The model's name.
     pub name: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
+    /// How long its batches take.
     pub service: ServiceModel,
+    /// Its allocation at the start.
     pub allocation: Allocation,
+    /// Its requests' arrivals.
     pub arrivals: Box<dyn ArrivalProcess>,
 }

@@ -32,12 +32,24 @@ use std::collections::{BinaryHeap, VecDeque};
 /// A simulation input that cannot run.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SimError {
+    /// A model's setup or allocation is out of range.
     #[error("model {model}: {problem}")]
-    InvalidModel { model: String, problem: String },
+    InvalidModel {
+        /// The model's name.
+        model: String,
+        /// What is wrong, and the value.
+        problem: String,
+    },
+    /// Slices add up to more than the GPU.
     #[error("spatial sharing: GPU% of all models adds up to {total_pct:.1}, more than 100")]
-    OverSubscribed { total_pct: f64 },
+    OverSubscribed {
+        /// What they add up to.
+        total_pct: f64,
+    },
+    /// No model has this index.
     #[error("no model with index {0}")]
     UnknownModel(usize),
+    /// The model was retired.
     #[error("model {0} is retired and takes no requests")]
     Retired(String),
 }
@@ -104,7 +116,9 @@ pub const BATCH_SAMPLES_PER_INTERVAL: usize = 1024;
 /// One completed batch, as a policy observes it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BatchSample {
+    /// Requests in the batch.
     pub size: u32,
+    /// GPU% it ran on.
     pub gpu_pct: f64,
     /// Wall time from start to completion, contention included.
     pub exec_ms: f64,
@@ -116,9 +130,13 @@ pub struct BatchSample {
 pub struct RequestRecord {
     /// The ticket `submit` returned, or 0 for generated arrivals.
     pub ticket: Ticket,
+    /// The model's index.
     pub model: usize,
+    /// When it arrived.
     pub arrival_ns: Nanos,
+    /// When its batch started.
     pub start_ns: Nanos,
+    /// When its batch finished.
     pub end_ns: Nanos,
     /// Service time the batch would have had alone on its slice.
     pub solo_ns: Nanos,
@@ -129,31 +147,49 @@ pub struct RequestRecord {
 /// What happened to one model during one control interval.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInterval {
+    /// The model's name.
     pub model: String,
+    /// Start of the interval, seconds into the run.
     pub start_s: f64,
+    /// End of the interval.
     pub end_s: f64,
+    /// The allocation in force at its end.
     pub allocation: Allocation,
+    /// Requests queued at its end.
     pub queue_len: usize,
+    /// What the model saw.
     pub summary: Summary,
+    /// Every batch completed in it.
     pub batches: Vec<BatchSample>,
 }
 
 /// Whole-run figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
+    /// How the GPU was shared (at the end).
     pub sharing: Sharing,
+    /// Simulated (or wall) seconds run.
     pub elapsed_s: f64,
+    /// Events processed.
     pub events: u64,
+    /// Per model.
     pub models: Vec<ModelReport>,
+    /// All models together.
     pub total: Summary,
 }
 
+/// One model over a whole run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelReport {
+    /// The model's name.
     pub model: String,
+    /// Its latency SLO, ms.
     pub slo_ms: f64,
+    /// The allocation in force at its end.
     pub allocation: Allocation,
+    /// Allocation changes applied.
     pub reallocations: u64,
+    /// What the model saw.
     pub summary: Summary,
 }
 
@@ -220,6 +256,7 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    /// A simulator of `setups` under `config`, at time 0; refused with the reason when a setup is out of range.
     pub fn new(config: SimConfig, setups: Vec<ModelSetup>) -> Result<Simulator, SimError> {
         let models =
             setups.into_iter().map(|setup| Self::model_state(&config, setup)).collect::<Result<Vec<_>, _>>()?;

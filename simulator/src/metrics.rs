@@ -12,20 +12,28 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// report the same `Summary`).
 #[derive(Clone)]
 pub struct Counters {
+    /// Requests that arrived.
     pub arrivals: u64,
+    /// Requests completed.
     pub completed: u64,
+    /// Requests completed within the SLO.
     pub within_slo: u64,
+    /// Requests dropped (waited past the drop deadline).
     pub dropped: u64,
+    /// Batches run.
     pub batches: u64,
     /// Sum over time of (GPU% held by running batches) x ns.
     pub sm_pct_ns: f64,
     /// Sum over time of queue length x ns.
     pub queue_area: f64,
+    /// Longest queue seen.
     pub max_queue: usize,
+    /// Latencies of completed requests, µs.
     pub latency_us: Histogram<u64>,
 }
 
 impl Counters {
+    /// Nothing counted yet.
     pub fn new() -> Self {
         Counters {
             arrivals: 0,
@@ -58,6 +66,7 @@ impl Counters {
         latency_us.reset();
     }
 
+    /// Counts one completed request.
     pub fn record_latency(&mut self, latency_ns: u64, within_slo: bool) {
         self.completed += 1;
         self.within_slo += u64::from(within_slo);
@@ -114,25 +123,36 @@ impl Default for Counters {
 /// Figures of one model (or all) over a span of time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    /// Requests that arrived.
     pub arrivals: u64,
+    /// Requests completed.
     pub completed: u64,
+    /// Requests dropped (waited past the drop deadline).
     pub dropped: u64,
+    /// Requests completed within the SLO.
     pub within_slo: u64,
     /// Requests completed within the SLO / requests finished (completed or dropped).
     pub slo_attainment: f64,
     /// Requests completed within the SLO per second. Over a whole run, rates are per second of
     /// offered traffic (start to last arrival), the same span for every policy.
     pub goodput_rps: f64,
+    /// Requests completed per second.
     pub throughput_rps: f64,
+    /// Requests arrived per second.
     pub arrival_rps: f64,
+    /// Median latency of completed requests, ms.
     pub p50_ms: f64,
+    /// 95th percentile, ms.
     pub p95_ms: f64,
+    /// 99th percentile, ms.
     pub p99_ms: f64,
+    /// Mean, ms.
     pub mean_ms: f64,
     /// Requests per batch.
     pub mean_batch: f64,
     /// Time-weighted mean queue length.
     pub mean_queue: f64,
+    /// Longest queue seen.
     pub max_queue: usize,
     /// Fraction of the GPU's SM-time held by this model's running batches.
     pub gpu_util: f64,

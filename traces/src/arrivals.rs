@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 /// A stream of arrival times in seconds, non-decreasing; `None` when it has ended.
 pub trait ArrivalProcess: Send {
+    /// The next arrival time, seconds from the start.
     fn next_arrival(&mut self) -> Option<f64>;
 }
 

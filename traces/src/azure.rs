@@ -30,9 +30,11 @@ pub fn read_timestamps(source: &Source) -> Result<Vec<f64>> {
 /// Per-minute invocation counts of Azure Functions 2019 (`HashFunction,HashApp,HashOwner,1..N`).
 #[derive(Debug, Clone)]
 pub struct FunctionCounts {
+    /// Function hashes, in file order.
     pub functions: Vec<String>,
     /// counts[f][minute]
     pub counts: Vec<Vec<u32>>,
+    /// Minutes in the trace.
     pub minutes: usize,
 }
 
@@ -47,16 +49,24 @@ pub enum FunctionSelection {
     /// Function hashes (`HashFunction`).
     Hashes(Vec<String>),
     /// Every `every`-th function starting at `offset` (to split a trace over several models).
-    Modulo { every: usize, offset: usize },
+    Modulo {
+        /// Take one function in this many...
+        every: usize,
+        /// ...starting at this index.
+        offset: usize,
+    },
 }
 
+/// The keyword `"all"` of a function selection.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AllKeyword {
+    /// `"all"`.
     All,
 }
 
 impl FunctionCounts {
+    /// Reads the trace; a malformed row is an error naming its line.
     pub fn parse(source: &Source) -> Result<FunctionCounts> {
         let (table, mut reader) = CsvTable::new(source)?;
         let hash = table.column("HashFunction")?;

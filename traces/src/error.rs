@@ -30,13 +30,26 @@ impl fmt::Display for Location {
 /// A malformed or unusable input.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// The input could not be read.
     #[error("{location}: cannot read: {cause}")]
-    Io { location: Location, cause: std::io::Error },
+    Io {
+        /// Which input.
+        location: Location,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// The input was read but is malformed or out of range.
     #[error("{location}: {problem}")]
-    Malformed { location: Location, problem: String },
+    Malformed {
+        /// Where: the input, and the line and field where known.
+        location: Location,
+        /// What is wrong, with the value.
+        problem: String,
+    },
 }
 
 impl DataError {
+    /// A malformed input, at `line` and `field` of `source` where known.
     pub fn malformed(source: &str, line: Option<u64>, field: Option<&str>, problem: impl Into<String>) -> Self {
         DataError::Malformed {
             location: Location { source: source.to_string(), line, field: field.map(str::to_string) },
@@ -44,9 +57,11 @@ impl DataError {
         }
     }
 
+    /// An unreadable input.
     pub fn io(source: &str, cause: std::io::Error) -> Self {
         DataError::Io { location: Location { source: source.to_string(), line: None, field: None }, cause }
     }
 }
 
+/// This crate's results.
 pub type Result<T> = std::result::Result<T, DataError>;

@@ -24,6 +24,7 @@ pub const KNEE_SLOWDOWN: f64 = 1.1;
 /// How well the parametric form matches the measured p50s.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitQuality {
+    /// Measured points fitted.
     pub points: usize,
     /// Root-mean-square of (fitted - measured) / measured.
     pub rms_rel_error: f64,
@@ -31,20 +32,27 @@ pub struct FitQuality {
     pub max_rel_error: f64,
     /// The GPU% exponent `p`, and whether it was fitted for this model or pooled from others.
     pub exponent: f64,
+    /// Whether `exponent` was fitted for this model (else pooled).
     pub exponent_fitted: bool,
 }
 
 /// Fitted parameters of the parametric form.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Parametric {
+    /// Fixed cost, ms.
     pub a0: f64,
+    /// Per-item cost that does not shrink with more SMs, ms.
     pub a1: f64,
+    /// Fixed part that scales with the slice, ms at 100%.
     pub c0: f64,
+    /// Per-item part that scales with the slice, ms at 100%.
     pub c1: f64,
+    /// Exponent of `100/g`.
     pub p: f64,
 }
 
 impl Parametric {
+    /// `t(b, g)` in ms.
     pub fn eval_ms(&self, batch: f64, gpu_pct: f64) -> f64 {
         let x = 100.0 / gpu_pct.clamp(1.0, 100.0);
         self.a0 + self.a1 * batch + (self.c0 + self.c1 * batch) * x.powf(self.p)
@@ -99,8 +107,11 @@ impl MeasuredGrid {
 /// A model's calibrated latency: `p50_ms(batch, gpu_pct)` and its tail.
 #[derive(Debug, Clone)]
 pub struct LatencyModel {
+    /// The model's name.
     pub model: String,
+    /// The fitted form.
     pub parametric: Parametric,
+    /// How well it fits.
     pub fit: FitQuality,
     residual: MeasuredGrid,
     tail_ratio: MeasuredGrid,
@@ -118,6 +129,7 @@ impl LatencyModel {
         self.tail_ratio.at(batch as f64, gpu_pct).max(1.0)
     }
 
+    /// 99th-percentile batch latency in ms (the median times the tail ratio).
     pub fn p99_ms(&self, batch: u32, gpu_pct: f64) -> f64 {
         self.p50_ms(batch, gpu_pct) * self.tail_ratio(batch, gpu_pct)
     }

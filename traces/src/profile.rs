@@ -8,19 +8,28 @@ use std::collections::BTreeMap;
 /// One measured point: a model at one GPU% and batch size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProfilePoint {
+    /// MPS active-thread percentage.
     pub gpu_pct: f64,
+    /// Batch size.
     pub batch: u32,
+    /// Median batch latency, ms.
     pub p50_ms: f64,
+    /// 99th percentile, ms.
     pub p99_ms: f64,
+    /// Mean, ms.
     pub mean_ms: f64,
 }
 
 /// Everything measured for one model.
 #[derive(Debug, Clone)]
 pub struct ModelProfile {
+    /// The model (torchvision name).
     pub model: String,
+    /// What ran it (e.g. `cudagraph`).
     pub engine: String,
+    /// Its precision (e.g. `fp16`).
     pub dtype: String,
+    /// Every measured point.
     pub points: Vec<ProfilePoint>,
 }
 
@@ -37,11 +46,14 @@ impl ModelProfile {
 /// All models of one profile file, by name.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileSet {
+    /// Where it was read from.
     pub source: String,
+    /// By model name.
     pub models: BTreeMap<String, ModelProfile>,
 }
 
 impl ProfileSet {
+    /// Reads a profile CSV; a malformed row is an error naming its line and field.
     pub fn parse(source: &Source) -> Result<ProfileSet> {
         let (table, mut reader) = CsvTable::new(source)?;
         let col = |name| table.column(name);
@@ -106,6 +118,7 @@ impl ProfileSet {
         Ok(ProfileSet { source: source.name.clone(), models })
     }
 
+    /// The profile of `name`, or an error listing the models there are.
     pub fn model(&self, name: &str) -> Result<&ModelProfile> {
         self.models.get(name).ok_or_else(|| {
             let known: Vec<_> = self.models.keys().map(String::as_str).collect();

@@ -26,7 +26,9 @@ pub fn builtin_names() -> impl Iterator<Item = &'static str> {
 
 /// A loaded input: its display name (for errors) and its text.
 pub struct Source {
+    /// Its name in errors: a path, or `builtin:NAME`.
     pub name: String,
+    /// Its contents.
     pub text: std::borrow::Cow<'static, str>,
 }
 
@@ -62,6 +64,7 @@ pub struct CsvTable<'a> {
 }
 
 impl<'a> CsvTable<'a> {
+    /// Reads the header row of `source`; records come from the reader returned with it.
     pub fn new(source: &'a Source) -> Result<(CsvTable<'a>, csv::Reader<&'a [u8]>)> {
         let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(source.text.as_bytes());
         let headers = reader
@@ -71,6 +74,7 @@ impl<'a> CsvTable<'a> {
         Ok((CsvTable { source, headers }, reader))
     }
 
+    /// The header row.
     pub fn headers(&self) -> &csv::StringRecord {
         &self.headers
     }
@@ -90,6 +94,7 @@ impl<'a> CsvTable<'a> {
         })
     }
 
+    /// The line a record was read from.
     pub fn line(record: &csv::StringRecord) -> Option<u64> {
         record.position().map(|p| p.line())
     }
@@ -116,6 +121,7 @@ impl<'a> CsvTable<'a> {
         }
     }
 
+    /// An error naming this source, the record's line and the column.
     pub fn error(&self, record: &csv::StringRecord, col: usize, problem: impl Into<String>) -> crate::error::DataError {
         DataError::malformed(&self.source.name, Self::line(record), self.headers.get(col), problem)
     }

@@ -22,35 +22,55 @@ fn sixty() -> f64 {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ArrivalSpec {
     /// Poisson arrivals at `rate` requests/s.
-    Poisson { rate: f64 },
+    Poisson {
+        /// Requests per second.
+        rate: f64,
+    },
     /// Gamma-renewal arrivals at `rate` requests/s with interval coefficient of variation `cv`.
-    Gamma { rate: f64, cv: f64 },
+    Gamma {
+        /// Requests per second.
+        rate: f64,
+        /// Coefficient of variation of the intervals (1: Poisson).
+        cv: f64,
+    },
     /// Piecewise-constant rate: `steps = [[start_s, rate], ...]`, first at 0; Gamma(cv) intervals.
     Steps {
+        /// `[start_s, rate]` pairs, the first at 0, starts ascending.
         steps: Vec<(f64, f64)>,
+        /// Coefficient of variation of the intervals (1: Poisson).
         #[serde(default = "one")]
         cv: f64,
     },
     /// `mean_rate * (1 + amplitude * sin(2π (t + phase_s) / period_s))`, stepped every `step_s`.
     Diurnal {
+        /// Mean requests per second.
         mean_rate: f64,
+        /// Relative swing around the mean, in [0, 1].
         amplitude: f64,
+        /// Seconds per cycle.
         period_s: f64,
+        /// Shift of the cycle, seconds.
         #[serde(default)]
         phase_s: f64,
+        /// The rate is held constant over steps this long, seconds.
         #[serde(default = "sixty")]
         step_s: f64,
+        /// Coefficient of variation of the intervals (1: Poisson).
         #[serde(default = "one")]
         cv: f64,
     },
     /// Replays the timestamps of an Azure LLM 2023 trace from `start_s` on, `speedup` times
     /// faster, each recorded arrival `scale` times on average (more load, same timeline).
     Replay {
+        /// The trace file (relative to the scenario) or `builtin:NAME`.
         trace: String,
+        /// Replay this many times faster.
         #[serde(default = "one")]
         speedup: f64,
+        /// Each recorded arrival this many times on average.
         #[serde(default = "one")]
         scale: f64,
+        /// Start this many seconds into the trace.
         #[serde(default)]
         start_s: f64,
     },
@@ -58,12 +78,17 @@ pub enum ArrivalSpec {
     /// times `scale`, spread at random inside each minute. `minute_s` below 60 compresses the
     /// day (1 plays each minute's count in one second: the day in 24 minutes).
     PerMinuteCounts {
+        /// The trace file (relative to the scenario) or `builtin:NAME`.
         trace: String,
+        /// Which functions' counts drive the model.
         functions: FunctionSelection,
+        /// Each recorded arrival this many times on average.
         #[serde(default = "one")]
         scale: f64,
+        /// Start at this minute of the trace.
         #[serde(default)]
         start_minute: usize,
+        /// Seconds each trace minute plays in (60: real time).
         #[serde(default = "sixty")]
         minute_s: f64,
     },
