@@ -11,7 +11,7 @@ const DEFAULT_INTERVALS_PER_WINDOW: usize = 5;
 
 /// The oracle's plan for `loaded`: each model's arrivals drawn from the scenario's seeded processes, planned per window (see `OraclePlan::compute`).
 pub fn plan(loaded: &LoadedScenario, contexts: &[ModelContext]) -> Result<OraclePlan> {
-    let (_, setups, _) = loaded.build()?;
+    let (config, setups, _) = loaded.build()?;
     let arrivals =
         setups.into_iter().map(|mut setup| std::iter::from_fn(|| setup.arrivals.next_arrival()).collect()).collect();
     let s = &loaded.scenario;
@@ -20,10 +20,7 @@ pub fn plan(loaded: &LoadedScenario, contexts: &[ModelContext]) -> Result<Oracle
         arrivals,
         control_interval_s: s.control_interval_s,
         intervals_per_window: s.oracle_window_intervals.unwrap_or(DEFAULT_INTERVALS_PER_WINDOW),
-        drop_after_ms: s.drop_after_ms,
-        interference: loaded.contention.interference,
-        interference_by_model: loaded.interference_by_model(),
+        config,
         service_jitter: s.service_jitter,
-        seed: s.seed,
     })?)
 }

@@ -12,7 +12,7 @@ mod shares;
 pub use fixed::FixedPolicy;
 pub use gslice::Gslice;
 pub use model_based::ModelBased;
-pub use oracle::{Oracle, OraclePlan, PlanInputs};
+pub use oracle::{Oracle, OraclePlan, PlanInputs, WindowPlan};
 
 use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
 use gpuslice_traces::LatencyModel;

@@ -1,4 +1,8 @@
-//! The oracle: allocations planned offline with the whole trace known (see `OraclePlan`).
+//! The oracle: allocations planned offline with the whole trace known (see `OraclePlan`). It
+//! covers every mode model-based can choose: per window, slices planned per model, or the whole
+//! GPU shared (temporal or default MPS) at the best of a few uniform batchings, whichever serves
+//! more requests within their SLOs; so it stays an upper bound of the hybrid (within what one
+//! window's plan from an empty queue can see).
 
 use crate::{Decision, Policy};
 use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
@@ -6,22 +10,47 @@ use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
 /// Allocations per window, computed offline.
 #[derive(Debug, Clone)]
 pub struct OraclePlan {
-    /// windows[w][m]: model m's allocation during window w.
-    pub windows: Vec<Vec<Allocation>>,
+    /// What each window runs.
+    pub windows: Vec<WindowPlan>,
     /// Control intervals per window.
     pub intervals_per_window: usize,
+}
+
+/// One window of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowPlan {
+    /// Per model, its slice and batching under spatial sharing.
+    pub slices: Vec<Allocation>,
+    /// The shared mode and per-model batching, where sharing the whole GPU serves more requests
+    /// within their SLOs in this window than the slices.
+    pub shared: Option<(Sharing, Vec<Allocation>)>,
 }
 
 /// Replays an `OraclePlan`, window by window.
 pub struct Oracle {
     plan: OraclePlan,
     interval: usize,
+    /// The shared modes the backend offers (none: slices only).
+    offered: Vec<Sharing>,
 }
 
 impl Oracle {
     /// Replays `plan` from its first window.
     pub fn new(plan: OraclePlan) -> Oracle {
-        Oracle { plan, interval: 0 }
+        Oracle { plan, interval: 0, offered: Vec::new() }
+    }
+
+    /// Window `w`'s mode and allocations, as far as the backend offers its mode.
+    fn window(&self, w: usize) -> Option<(Sharing, &[Allocation])> {
+        let plan = self.plan.windows.get(w)?;
+        Some(match &plan.shared {
+            Some((mode, allocations)) if self.offered.contains(mode) => (*mode, allocations),
+            _ => (Sharing::Spatial, &plan.slices),
+        })
+    }
+
+    fn current_window(&self) -> usize {
+        self.interval / self.plan.intervals_per_window
     }
 }
 
@@ -31,11 +60,16 @@ impl Policy for Oracle {
     }
 
     fn sharing(&self) -> Sharing {
-        Sharing::Spatial
+        let last = self.plan.windows.len().saturating_sub(1);
+        self.window(self.current_window().min(last)).map_or(Sharing::Spatial, |(mode, _)| mode)
+    }
+
+    fn offer_modes(&mut self, modes: &[Sharing]) {
+        self.offered = modes.to_vec();
     }
 
     fn initial(&mut self) -> Vec<Allocation> {
-        self.plan.windows[0].clone()
+        self.window(0).map(|(_, a)| a.to_vec()).unwrap_or_default()
     }
 
     fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
@@ -43,8 +77,8 @@ impl Policy for Oracle {
         if !self.interval.is_multiple_of(self.plan.intervals_per_window) {
             return Vec::new();
         }
-        let window = self.interval / self.plan.intervals_per_window;
-        let Some(next) = self.plan.windows.get(window) else { return Vec::new() };
+        let window = self.current_window();
+        let Some((_, next)) = self.window(window) else { return Vec::new() };
         next.iter()
             .zip(observations)
             .enumerate()
@@ -64,16 +98,10 @@ pub struct PlanInputs<'a> {
     pub control_interval_s: f64,
     /// Control intervals per planned window.
     pub intervals_per_window: usize,
-    /// Requests waiting longer are dropped.
-    pub drop_after_ms: Option<f64>,
-    /// The simulator's interference (see `SimConfig`).
-    pub interference: f64,
-    /// Per model (by name), where measured; see `SimConfig::interference_by_model`.
-    pub interference_by_model: std::collections::BTreeMap<String, f64>,
+    /// The run's simulator settings (contention, drops, seed); the planning runs use them.
+    pub config: gpuslice_simulator::SimConfig,
     /// Whether service times spread (see `ServiceModel`).
     pub service_jitter: bool,
-    /// Seed of the planning runs.
-    pub seed: u64,
 }
 
 /// GPU% grid of the planner.
@@ -107,7 +135,19 @@ impl OraclePlan {
             handles.into_iter().map(|h| h.join().expect("planner thread")).collect()
         });
         let tables: Table = tables.into_iter().collect::<Result<_, _>>()?;
-        let windows = (0..windows).map(|w| split_window(&tables, w)).collect();
+        let windows = (0..windows)
+            .map(|w| {
+                let (slices, goodput) = split_window(&tables, w);
+                let shared = best_shared(&inputs, w, window_s)?.filter(|(served, _, _)| *served > goodput);
+                // Shared modes ignore GPU%; keeping the window's slices there means switching
+                // to or from slices never asks for more than the whole GPU.
+                let shared = shared.map(|(_, mode, allocations)| {
+                    let kept = allocations.iter().zip(&slices).map(|(a, s)| Allocation { gpu_pct: s.gpu_pct, ..*a });
+                    (mode, kept.collect())
+                });
+                Ok(WindowPlan { slices, shared })
+            })
+            .collect::<Result<_, gpuslice_simulator::SimError>>()?;
         Ok(OraclePlan { windows, intervals_per_window: inputs.intervals_per_window })
     }
 }
@@ -144,12 +184,10 @@ fn model_table(
                 let formation = if rate_per_ms > 0.0 { (max_batch as f64 - 1.0) / rate_per_ms } else { 0.0 };
                 let allocation = Allocation { gpu_pct, max_batch, batch_timeout_ms: formation.min(model.slo_ms / 2.0) };
                 let config = SimConfig {
-                    drop_after_ms: inputs.drop_after_ms,
-                    interference: inputs.interference,
-                    interference_by_model: inputs.interference_by_model.clone(),
+                    sharing: Sharing::Spatial,
                     background_pct: 100.0 - gpu_pct,
-                    seed: inputs.seed ^ (w as u64) << 8 ^ m as u64,
-                    ..SimConfig::default()
+                    seed: inputs.config.seed ^ (w as u64) << 8 ^ m as u64,
+                    ..inputs.config.clone()
                 };
                 let setup = ModelSetup {
                     name: model.name.clone(),
@@ -175,11 +213,12 @@ fn model_table(
 
 /// The knapsack over GPU% for one window: one level per model (at least 5% each) with the most
 /// goodput in total, fewest GPU% among equals; leftover GPU is then spread over the models in turn.
-fn split_window(tables: &Table, w: usize) -> Vec<Allocation> {
+fn split_window(tables: &Table, w: usize) -> (Vec<Allocation>, u64) {
     let n = tables.len();
     if n > GPU_LEVELS {
         // More models than 5% slices: an even split, each at its best batching for 5%.
-        return (0..n).map(|m| Allocation { gpu_pct: 100.0 / n as f64, ..tables[m][w][0].1 }).collect();
+        let goodput = (0..n).map(|m| tables[m][w][0].0).sum();
+        return ((0..n).map(|m| Allocation { gpu_pct: 100.0 / n as f64, ..tables[m][w][0].1 }).collect(), goodput);
     }
     // best[k][c]: (goodput, units used) of models 0..k within c units, and model k-1's units.
     let mut best = vec![vec![Some((0u64, 0usize)); GPU_LEVELS + 1]; n + 1];
@@ -204,9 +243,64 @@ fn split_window(tables: &Table, w: usize) -> Vec<Allocation> {
         units[k] = choice[k + 1][c];
         c -= units[k];
     }
+    let goodput = best[n][GPU_LEVELS].map_or(0, |(g, _)| g);
     let leftover = GPU_LEVELS - units.iter().sum::<usize>();
     for i in 0..leftover {
         units[i % n] += 1;
     }
-    (0..n).map(|m| Allocation { gpu_pct: (units[m] * GPU_STEP) as f64, ..tables[m][w][units[m] - 1].1 }).collect()
+    let allocations =
+        (0..n).map(|m| Allocation { gpu_pct: (units[m] * GPU_STEP) as f64, ..tables[m][w][units[m] - 1].1 }).collect();
+    (allocations, goodput)
+}
+
+/// Uniform batchings (max batch, wait ms) the shared modes are planned with: those the tuned
+/// baselines chose on the shipped scenarios, and a small batch for tight SLOs.
+const SHARED_BATCHINGS: [(u32, f64); 5] = [(8, 1.0), (16, 1.0), (32, 1.0), (64, 1.0), (32, 8.0)];
+
+/// The best shared plan of window `w`: every model on the whole GPU together, under temporal
+/// sharing and default MPS, at each of `SHARED_BATCHINGS`; the most requests served within
+/// their SLOs (and the plan), or None for an empty window.
+fn best_shared(
+    inputs: &PlanInputs,
+    w: usize,
+    window_s: f64,
+) -> Result<Option<(u64, Sharing, Vec<Allocation>)>, gpuslice_simulator::SimError> {
+    use gpuslice_simulator::{ModelSetup, ServiceModel, SimConfig, Simulator};
+    use gpuslice_traces::arrivals::Replay;
+    let (start, end) = (w as f64 * window_s, (w + 1) as f64 * window_s);
+    let times: Vec<std::sync::Arc<[f64]>> = inputs
+        .arrivals
+        .iter()
+        .map(|a| a.iter().filter(|t| **t >= start && **t < end).map(|t| t - start).collect())
+        .collect();
+    if times.iter().all(|t| t.is_empty()) {
+        return Ok(None);
+    }
+    let mut best: Option<(u64, Sharing, Vec<Allocation>)> = None;
+    for mode in [Sharing::Temporal, Sharing::DefaultMps] {
+        for (max_batch, batch_timeout_ms) in SHARED_BATCHINGS {
+            let allocation = Allocation { gpu_pct: 100.0, max_batch, batch_timeout_ms };
+            let setups = inputs
+                .models
+                .iter()
+                .zip(&times)
+                .map(|(model, times)| ModelSetup {
+                    name: model.name.clone(),
+                    slo_ms: model.slo_ms,
+                    service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: inputs.service_jitter },
+                    allocation,
+                    arrivals: Box::new(Replay::new(times.clone(), 1.0, 1.0, None, 0)),
+                })
+                .collect();
+            let config =
+                SimConfig { sharing: mode, seed: inputs.config.seed ^ (w as u64) << 8, ..inputs.config.clone() };
+            let mut sim = Simulator::new(config, setups)?;
+            sim.finish();
+            let served = sim.report().total.within_slo;
+            if best.as_ref().is_none_or(|(b, _, _)| served > *b) {
+                best = Some((served, mode, vec![allocation; inputs.models.len()]));
+            }
+        }
+    }
+    Ok(best)
 }
