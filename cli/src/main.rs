@@ -421,7 +421,9 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: redirected logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -443,6 +445,7 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Simulate { config, sharing, policy, seed, load_scale, out, quiet } => {
+            output::check_out_dir(out.as_deref())?;
             let mut loaded = scenario::LoadedScenario::load(config.as_deref())?;
             loaded.scale_load(load_scale)?;
             if let Some(seed) = seed {
@@ -483,6 +486,7 @@ fn run(command: Command) -> Result<()> {
             out,
             quiet,
         } => {
+            output::check_out_dir(out.as_deref())?;
             let mut loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
             let seeds = seeds.max(1);
             let reference_policy = policies.contains(&reference).then_some(reference.as_str());

@@ -388,3 +388,16 @@ fn evaluate_takes_its_scenario_as_config_like_simulate() {
         assert!(stdout(&out).contains("gpu-trio"), "{flag}");
     }
 }
+
+#[test]
+fn an_out_folder_that_cannot_be_written_fails_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let out_arg = blocker.join("results");
+    let out = gpuslice(&["simulate", "--policy", "temporal", "--quiet", "--out", out_arg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--out") && err.contains("cannot create the folder"), "{err}");
+    assert!(stdout(&out).is_empty(), "the run went ahead: {}", stdout(&out));
+}

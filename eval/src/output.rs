@@ -234,3 +234,14 @@ pub fn fit_table(
     }
     table
 }
+
+/// Creates `dir` (where given) and checks that files can be written there, so a run that would
+/// fail to save its results fails before it starts, naming the folder.
+pub fn check_out_dir(dir: Option<&Path>) -> Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    std::fs::create_dir_all(dir).with_context(|| format!("--out {}: cannot create the folder", dir.display()))?;
+    let probe = dir.join(".gpuslice-write-check");
+    std::fs::write(&probe, b"").with_context(|| format!("--out {}: cannot write there", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .with_context(|| format!("--out {}: cannot clean up {}", dir.display(), probe.display()))
+}
