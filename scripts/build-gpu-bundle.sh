@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 mkdir -p out/gpu-tests
 cargo build --release -p gpuslice
 strip -o out/gpuslice target/release/gpuslice
-cargo test -p gpuslice-netml --test netml_loopback --no-run --message-format=json \
+cargo test -p gpuslice-netml --test netml_loopback -p gpuslice-gpu --test worker --no-run --message-format=json \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
