@@ -348,20 +348,22 @@ enum Command {
     /// Fit the simulator to measurements from `profile`: the latency model of every model (fit
     /// error printed), then the co-location parameters (each model's `interference` on the
     /// controlled groups; the default-MPS share exponent and `mps_launch_contention` on the
-    /// default-MPS groups); save a calibration file scenarios load. With the defaults it
-    /// reproduces the shipped `profiles/h100/calibration.toml`.
+    /// default-MPS groups); save a calibration file scenarios load. With the defaults and
+    /// `--out profiles/h100/calibration.toml` it reproduces the shipped one.
     Calibrate {
         /// Profile CSV (the grid), or `builtin:NAME` (`builtin:h100-grid` is `profiles/h100/grid.csv`).
         #[arg(long, default_value = "builtin:h100-grid")]
         profile: String,
-        /// Co-location CSV from `gpuslice profile --colocate`.
-        #[arg(long, default_value = "profiles/h100/colocation.csv")]
-        colocation: PathBuf,
+        /// Co-location CSV from `gpuslice profile --colocate`, or `builtin:h100-colocation`
+        /// (`profiles/h100/colocation.csv`).
+        #[arg(long, default_value = "builtin:h100-colocation")]
+        colocation: String,
         /// Fit only on groups of at most this many models (larger ones are left for `validate`).
         #[arg(long, default_value_t = 2)]
         fit_group_size: usize,
-        /// Calibration file to write (TOML).
-        #[arg(long, default_value = "profiles/h100/calibration.toml")]
+        /// Calibration file to write (TOML); required, so the shipped one is only replaced when
+        /// asked for by name.
+        #[arg(long)]
         out: PathBuf,
     },
     /// Check the simulator against measurements it was not fitted on: (a) GPU% levels left out
@@ -369,16 +371,16 @@ enum Command {
     /// GPU; prints predicted against measured p50 and p99 with the relative error.
     Validate {
         /// Profile CSV (the grid), or `builtin:NAME`.
-        #[arg(long, default_value = "profiles/h100/grid.csv")]
+        #[arg(long, default_value = "builtin:h100-grid")]
         profile: String,
         /// GPU% levels left out of the fit and predicted.
         #[arg(long, value_delimiter = ',', default_value = "80,50,30")]
         hold_out: Vec<f64>,
-        /// Co-location CSV from `gpuslice profile --colocate`.
-        #[arg(long, default_value = "profiles/h100/colocation.csv")]
-        colocation: PathBuf,
+        /// Co-location CSV from `gpuslice profile --colocate`, or `builtin:h100-colocation`.
+        #[arg(long, default_value = "builtin:h100-colocation")]
+        colocation: String,
         /// Calibration whose co-location parameters predict the groups (its profile is used too).
-        #[arg(long, default_value = "profiles/h100/calibration.toml")]
+        #[arg(long, default_value = "builtin:h100-calibration")]
         calibration: String,
         /// Write held-out.csv and colocated.csv into this folder.
         #[arg(long)]

@@ -401,3 +401,15 @@ fn an_out_folder_that_cannot_be_written_fails_before_the_run() {
     assert!(err.contains("--out") && err.contains("cannot create the folder"), "{err}");
     assert!(stdout(&out).is_empty(), "the run went ahead: {}", stdout(&out));
 }
+
+#[test]
+fn validate_runs_anywhere_and_calibrate_never_overwrites_the_shipped_file_unasked() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let validate =
+        Command::new(env!("CARGO_BIN_EXE_gpuslice")).arg("validate").current_dir(elsewhere.path()).output().unwrap();
+    assert!(validate.status.success(), "{}", stderr(&validate));
+    assert!(stdout(&validate).contains("groups not fitted on"));
+    let calibrate = gpuslice(&["calibrate"]);
+    assert!(!calibrate.status.success());
+    assert!(stderr(&calibrate).contains("--out"), "{}", stderr(&calibrate));
+}

@@ -155,13 +155,15 @@ impl Calibration {
 }
 
 /// Reads a co-location CSV written by `gpuslice profile --colocate`.
-pub fn read_colocation(path: &Path) -> Result<Vec<ColocationRow>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn read_colocation(spec: &str) -> Result<Vec<ColocationRow>> {
+    let source = gpuslice_traces::Source::load(spec, Path::new("."))?;
+    let name = &source.name;
+    let mut reader = csv::Reader::from_reader(source.text.as_bytes());
     let mut rows = Vec::new();
     for (i, row) in reader.deserialize().enumerate() {
-        let row: ColocationRow = row.with_context(|| format!("{}: line {} is malformed", path.display(), i + 2))?;
+        let row: ColocationRow = row.with_context(|| format!("{name}: line {} is malformed", i + 2))?;
         if !(row.p50_ms > 0.0 && row.gpu_pct > 0.0 && row.gpu_pct <= 100.0 && row.batch > 0) {
-            bail!("{}: line {}: p50_ms, gpu_pct (0, 100] and batch must be positive", path.display(), i + 2);
+            bail!("{name}: line {}: p50_ms, gpu_pct (0, 100] and batch must be positive", i + 2);
         }
         rows.push(row);
     }
@@ -363,7 +365,7 @@ pub struct CalibrateOptions<'a> {
     /// The profile (a path, or `builtin:NAME`).
     pub profile: &'a str,
     /// The co-location file (`gpuslice profile --colocate`).
-    pub colocation: &'a Path,
+    pub colocation: &'a str,
     /// Only groups of at most this many models are fitted on (the larger ones are left to `validate`).
     pub fit_group_size: usize,
     /// Where the fitted calibration TOML goes.
@@ -386,7 +388,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     if controlled.is_empty() || default_mps.is_empty() {
         bail!(
             "{}: fitting needs controlled and default-MPS groups of at most {} models; found {} and {}",
-            o.colocation.display(),
+            o.colocation,
             o.fit_group_size,
             controlled.len(),
             default_mps.len()
@@ -459,7 +461,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     let text = format!(
         "# Written by `gpuslice calibrate --profile {} --colocation {} --fit-group-size {}`.\n{}",
         o.profile,
-        o.colocation.display(),
+        o.colocation,
         o.fit_group_size,
         toml::to_string(&file)?
     );
@@ -610,7 +612,7 @@ pub fn held_out_table(points: &[HeldOutPoint]) -> Table {
 pub fn validate(
     profile: &str,
     hold_out: &[f64],
-    colocation: &Path,
+    colocation: &str,
     calibration: &str,
     out: Option<&Path>,
 ) -> Result<()> {

@@ -11,6 +11,7 @@ const BUILTINS: &[(&str, &str)] = &[
     // Measured with `gpuslice profile` and fitted with `gpuslice calibrate` (profiles/h100/README.md).
     ("h100-grid", include_str!("../../profiles/h100/grid.csv")),
     ("h100-calibration", include_str!("../../profiles/h100/calibration.toml")),
+    ("h100-colocation", include_str!("../../profiles/h100/colocation.csv")),
     ("azure-llm-code", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_code.csv")),
     ("azure-llm-conv", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")),
     ("azure-functions-2019", include_str!("../data/azure_functions_2019/1000_inv.csv")),
