@@ -526,10 +526,8 @@ fn run(command: Command) -> Result<()> {
             }
             loaded.scale_load(load_scale)?;
             let results = evaluate::run(&loaded, &policies, seeds, !quiet)?;
-            println!(
-                "{} — {seeds} seed(s), means ± standard deviation; vs ref = goodput / {reference}'s",
-                loaded.scenario.name
-            );
+            let over = if seeds > 1 { format!("{seeds} seeds, means ± standard deviation") } else { "1 seed".into() };
+            println!("{} — {over}; vs ref = goodput / {reference}'s", loaded.scenario.name);
             println!("{}", evaluate::table(&results, &policies, reference_policy));
             if let Some(dir) = out {
                 evaluate::write(&dir, &results, &policies)?;

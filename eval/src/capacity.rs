@@ -302,7 +302,7 @@ pub fn table(results: &[Capacity], policies: &[String], threshold: f64) -> Table
     let mut table = crate::output::table(header);
     for policy in policies {
         let Some((mean, sd)) = policy_capacity(results, policy) else { continue };
-        let spread = if seeds > 1 { format!("x{mean:.3} ± {sd:.3}") } else { format!("x{mean:.3}") };
+        let spread = crate::output::with_spread(format!("x{mean:.3}"), format!("{sd:.3}"), seeds);
         let ratio = best.filter(|(_, c)| *c > 0.0).map_or("-".into(), |(_, c)| format!("{:.2}x", mean / c));
         let search = results.iter().find(|r| &r.policy == policy);
         let batching = search.and_then(|r| r.batching).map_or("its own".into(), |b| format!("tuned: {b}"));

@@ -213,6 +213,7 @@ fn mean_attainment_pct(results: &[PolicyResult], policy: &str) -> f64 {
 
 /// The comparison table: one row per policy, means over seeds (± standard deviation).
 pub fn table(results: &[PolicyResult], policies: &[String], reference: Option<&str>) -> Table {
+    use crate::output::with_spread;
     let models: Vec<String> =
         results.first().map(|r| r.run.report.models.iter().map(|m| m.model.clone()).collect()).unwrap_or_default();
     let mut header: Vec<String> =
@@ -230,9 +231,9 @@ pub fn table(results: &[PolicyResult], policies: &[String], reference: Option<&s
         let (attainment, attainment_sd) = stat(&|r| r.run.report.total.slo_attainment * 100.0);
         let mut row = vec![
             policy.clone(),
-            format!("{goodput:.0} ± {goodput_sd:.0}"),
+            with_spread(format!("{goodput:.0}"), format!("{goodput_sd:.0}"), runs.len()),
             reference_goodput.map_or("".into(), |g| if g > 0.0 { format!("{:.2}x", goodput / g) } else { "-".into() }),
-            format!("{attainment:.1}% ± {attainment_sd:.1}"),
+            with_spread(format!("{attainment:.1}%"), format!("{attainment_sd:.1}"), runs.len()),
             format!("{:.0}", stat(&|r| r.run.report.total.dropped as f64).0),
             format!("{:.0}", stat(&|r| r.gpu_allocated_pct).0),
             format!("{:.0}%", stat(&|r| r.run.report.total.gpu_util * 100.0).0),
@@ -240,7 +241,7 @@ pub fn table(results: &[PolicyResult], policies: &[String], reference: Option<&s
         ];
         for (i, _) in models.iter().enumerate() {
             let (p99, sd) = stat(&|r| r.run.report.models[i].summary.p99_ms);
-            row.push(format!("{p99:.1} ± {sd:.1}"));
+            row.push(with_spread(format!("{p99:.1}"), format!("{sd:.1}"), runs.len()));
         }
         table.add_row(row);
     }

@@ -245,3 +245,9 @@ pub fn check_out_dir(dir: Option<&Path>) -> Result<()> {
     std::fs::remove_file(&probe)
         .with_context(|| format!("--out {}: cannot clean up {}", dir.display(), probe.display()))
 }
+
+/// A mean with its spread over runs: `value ± spread`, or the value alone from a single run
+/// (whose spread says nothing).
+pub fn with_spread(value: String, spread: String, runs: usize) -> String {
+    if runs > 1 { format!("{value} ± {spread}") } else { value }
+}
