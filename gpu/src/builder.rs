@@ -1,7 +1,6 @@
 //! The GPU as the backend of a scenario run (`gpuslice gpu-run`): builds a `GpuBackend` from the
 //! run's models, with its own MPS daemon where the sharing mode needs one.
 
-use crate::mps::MpsDaemon;
 use crate::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
 use gpuslice_control::{Backend, BackendBuilder, BackendError};
 use gpuslice_simulator::{ModelSetup, Sharing, SimConfig};
@@ -39,12 +38,6 @@ impl BackendBuilder for GpuBuilder {
         if mode != Sharing::Spatial {
             template.pool_levels.clear();
         }
-        // GPU-less workers (tests) need no MPS.
-        let mps = match template.fake_ms {
-            Some(_) => None,
-            None if mode == Sharing::Temporal => None,
-            None => Some(MpsDaemon::start_private().map_err(|e| BackendError::Worker(Box::new(e)))?),
-        };
         let gpu_setups = setups
             .into_iter()
             .map(|s| GpuModelSetup {
@@ -55,7 +48,7 @@ impl BackendBuilder for GpuBuilder {
             })
             .collect();
         let drop_after = config.drop_after_ms.map(|ms| Duration::from_secs_f64(ms * 1e-3));
-        let starter = WorkerStarter::new(template, mps);
+        let starter = WorkerStarter::for_mode(template, mode).map_err(|e| BackendError::Worker(Box::new(e)))?;
         let interval = Duration::from_secs_f64(control_interval_s);
         Ok(Box::new(GpuBackend::start(gpu_setups, interval, drop_after, starter, mode)?))
     }

@@ -195,6 +195,18 @@ pub struct WorkerStarter {
 pub struct ModelWorkers(Vec<(Worker, f64)>);
 
 impl WorkerStarter {
+    /// Starts workers from `template` to serve under `mode`, with a private MPS daemon where
+    /// they need one: not for GPU-less workers (tests), nor under temporal sharing (the driver
+    /// time-slices the workers' contexts).
+    pub fn for_mode(template: WorkerTemplate, mode: Sharing) -> Result<WorkerStarter, crate::mps::MpsError> {
+        let mps = match template.fake_ms {
+            Some(_) => None,
+            None if mode == Sharing::Temporal => None,
+            None => Some(MpsDaemon::start_private()?),
+        };
+        Ok(WorkerStarter::new(template, mps))
+    }
+
     /// Starts workers from `template`, under `mps` where given.
     pub fn new(template: WorkerTemplate, mps: Option<MpsDaemon>) -> WorkerStarter {
         WorkerStarter { template, mps: mps.map(Arc::new) }

@@ -5,7 +5,9 @@
 //! window's plan from an empty queue can see).
 
 use crate::{Decision, Policy};
-use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+use gpuslice_simulator::{Allocation, ModelInterval, ModelSetup, ServiceModel, Sharing};
+use gpuslice_traces::arrivals::Replay;
+use std::sync::Arc;
 
 /// Allocations per window, computed offline.
 #[derive(Debug, Clone)]
@@ -104,6 +106,26 @@ pub struct PlanInputs<'a> {
     pub service_jitter: bool,
 }
 
+impl PlanInputs<'_> {
+    /// Model `m`'s arrivals in window `w`, in seconds from the window's start.
+    fn window_arrivals(&self, m: usize, w: usize, window_s: f64) -> Arc<[f64]> {
+        let (start, end) = (w as f64 * window_s, (w + 1) as f64 * window_s);
+        self.arrivals[m].iter().filter(|t| **t >= start && **t < end).map(|t| t - start).collect()
+    }
+
+    /// Model `m` replaying `times` at `allocation`, for one planning run.
+    fn replay(&self, m: usize, times: Arc<[f64]>, allocation: Allocation) -> ModelSetup {
+        let model = &self.models[m];
+        ModelSetup {
+            name: model.name.clone(),
+            slo_ms: model.slo_ms,
+            service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: self.service_jitter },
+            allocation,
+            arrivals: Box::new(Replay::new(times, 1.0, 1.0, None, 0)),
+        }
+    }
+}
+
 /// GPU% grid of the planner.
 const GPU_STEP: usize = 5;
 const GPU_LEVELS: usize = 100 / GPU_STEP;
@@ -159,15 +181,11 @@ fn model_table(
     windows: usize,
     window_s: f64,
 ) -> Result<Vec<WindowRow>, gpuslice_simulator::SimError> {
-    use gpuslice_simulator::{ModelSetup, ServiceModel, SimConfig, Simulator};
-    use gpuslice_traces::arrivals::Replay;
+    use gpuslice_simulator::{SimConfig, Simulator};
     let model = &inputs.models[m];
-    let arrivals = &inputs.arrivals[m];
     let mut table = Vec::with_capacity(windows);
     for w in 0..windows {
-        let (start, end) = (w as f64 * window_s, (w + 1) as f64 * window_s);
-        let times: std::sync::Arc<[f64]> =
-            arrivals.iter().filter(|t| **t >= start && **t < end).map(|t| t - start).collect();
+        let times = inputs.window_arrivals(m, w, window_s);
         let rate_per_ms = times.len() as f64 / (window_s * 1e3);
         let mut row: [(u64, Allocation); GPU_LEVELS] = std::array::from_fn(|level| {
             (0, Allocation { gpu_pct: ((level + 1) * GPU_STEP) as f64, max_batch: 1, batch_timeout_ms: 0.0 })
@@ -189,14 +207,7 @@ fn model_table(
                     seed: inputs.config.seed ^ (w as u64) << 8 ^ m as u64,
                     ..inputs.config.clone()
                 };
-                let setup = ModelSetup {
-                    name: model.name.clone(),
-                    slo_ms: model.slo_ms,
-                    service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: inputs.service_jitter },
-                    allocation,
-                    arrivals: Box::new(Replay::new(times.clone(), 1.0, 1.0, None, 0)),
-                };
-                let mut sim = Simulator::new(config, vec![setup])?;
+                let mut sim = Simulator::new(config, vec![inputs.replay(m, times.clone(), allocation)])?;
                 sim.finish();
                 let goodput = sim.report().total.within_slo;
                 if goodput > slot.0 {
@@ -265,14 +276,8 @@ fn best_shared(
     w: usize,
     window_s: f64,
 ) -> Result<Option<(u64, Sharing, Vec<Allocation>)>, gpuslice_simulator::SimError> {
-    use gpuslice_simulator::{ModelSetup, ServiceModel, SimConfig, Simulator};
-    use gpuslice_traces::arrivals::Replay;
-    let (start, end) = (w as f64 * window_s, (w + 1) as f64 * window_s);
-    let times: Vec<std::sync::Arc<[f64]>> = inputs
-        .arrivals
-        .iter()
-        .map(|a| a.iter().filter(|t| **t >= start && **t < end).map(|t| t - start).collect())
-        .collect();
+    use gpuslice_simulator::{SimConfig, Simulator};
+    let times: Vec<Arc<[f64]>> = (0..inputs.models.len()).map(|m| inputs.window_arrivals(m, w, window_s)).collect();
     if times.iter().all(|t| t.is_empty()) {
         return Ok(None);
     }
@@ -280,18 +285,8 @@ fn best_shared(
     for mode in [Sharing::Temporal, Sharing::DefaultMps] {
         for (max_batch, batch_timeout_ms) in SHARED_BATCHINGS {
             let allocation = Allocation { gpu_pct: 100.0, max_batch, batch_timeout_ms };
-            let setups = inputs
-                .models
-                .iter()
-                .zip(&times)
-                .map(|(model, times)| ModelSetup {
-                    name: model.name.clone(),
-                    slo_ms: model.slo_ms,
-                    service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: inputs.service_jitter },
-                    allocation,
-                    arrivals: Box::new(Replay::new(times.clone(), 1.0, 1.0, None, 0)),
-                })
-                .collect();
+            let setups =
+                times.iter().enumerate().map(|(m, times)| inputs.replay(m, times.clone(), allocation)).collect();
             let config =
                 SimConfig { sharing: mode, seed: inputs.config.seed ^ (w as u64) << 8, ..inputs.config.clone() };
             let mut sim = Simulator::new(config, setups)?;

@@ -5,7 +5,6 @@
 
 use crate::live::{LiveBackend, LiveModel};
 use gpuslice_control::{Backend, BackendError};
-use gpuslice_gpu::mps::MpsDaemon;
 use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, ModelWorkers, WorkerStarter, WorkerTemplate};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, RequestRecord, Sharing, Ticket};
 use serde::Deserialize;
@@ -43,10 +42,6 @@ pub fn start(serving: &GpuServing, drop_after_ms: Option<f64>) -> anyhow::Result
         "the worker script {} does not exist (set [gpu] worker_script or $GPUSLICE_WORKER)",
         template.script.display()
     );
-    let mps = match serving.fake_ms {
-        Some(_) => None,
-        None => Some(MpsDaemon::start_private()?),
-    };
     // The dispatchers drop queued requests at this age; the controller's own interval paces
     // observation, so the backend's is unused here.
     let drop_after = drop_after_ms.map(|ms| Duration::from_secs_f64(ms * 1e-3));
@@ -54,7 +49,7 @@ pub fn start(serving: &GpuServing, drop_after_ms: Option<f64>) -> anyhow::Result
         Vec::new(),
         Duration::from_secs(1),
         drop_after,
-        WorkerStarter::new(template, mps),
+        WorkerStarter::for_mode(template, Sharing::Spatial)?,
         Sharing::Spatial,
     )?)
 }
