@@ -124,6 +124,11 @@ enum Command {
         /// of at their best setting of a grid of max batch (1-64) and batch wait (0.5-8 ms).
         #[arg(long, requires = "capacity")]
         untuned: bool,
+        /// --capacity, then every model's SLO attainment and p50 at x0.25, x0.5, ... up to
+        /// model-based's capacity, model-based against the best baseline at each load (each
+        /// baseline at its reported batching); with --out, attainment-by-load.csv.
+        #[arg(long, requires = "capacity")]
+        by_load: bool,
         /// Policy the "vs ref" column divides by.
         #[arg(long, default_value = "model-based")]
         reference: String,
@@ -484,6 +489,7 @@ fn run(command: Command) -> Result<()> {
             threshold,
             precision,
             untuned,
+            by_load,
             reference,
             out,
             quiet,
@@ -505,8 +511,24 @@ fn run(command: Command) -> Result<()> {
                     threshold * 100.0
                 );
                 println!("{}", capacity::table(&results, &policies, threshold));
+                if let Some(dir) = &out {
+                    capacity::write(dir, &results, &tuning, &policies, threshold)?;
+                }
+                if by_load {
+                    let rows = capacity::by_load(&loaded, &results, seeds, !quiet)?;
+                    println!(
+                        "{} — SLO met per model and load, model-based against the best baseline (within {} points, p50 within {}x up to x{})",
+                        loaded.scenario.name,
+                        capacity::BY_LOAD_ATTAINMENT_SLACK,
+                        capacity::BY_LOAD_P50_RATIO,
+                        capacity::BY_LOAD_P50_UP_TO
+                    );
+                    println!("{}", capacity::by_load_table(&rows));
+                    if let Some(dir) = &out {
+                        output::write_csv(&dir.join("attainment-by-load.csv"), rows.iter())?;
+                    }
+                }
                 if let Some(dir) = out {
-                    capacity::write(&dir, &results, &tuning, &policies, threshold)?;
                     tracing::info!(dir = %dir.display(), "results written");
                 }
                 return Ok(());

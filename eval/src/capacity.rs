@@ -198,37 +198,50 @@ pub fn run(
         .flat_map(|p| settings(p).into_iter().map(move |b| (p.clone(), b)))
         .flat_map(|(p, b)| (0..seeds).map(move |k| (p.clone(), b, loaded.scenario.seed + k)))
         .collect();
-    let progress = Mutex::new(LateProgress::new(
-        Some(jobs.len() as f64),
-        "searches",
-        &format!("capacity of {}", loaded.scenario.name),
-        show_progress,
-    ));
-    let queue = Mutex::new(jobs.into_iter().enumerate());
+    let what = format!("capacity of {}", loaded.scenario.name);
+    let all = in_parallel(jobs, "searches", &what, show_progress, |(policy, batching, seed)| {
+        let found = search(policy, *seed, options, |scale| run_at(loaded, policy, *batching, *seed, scale))?;
+        Ok(Capacity { batching: *batching, ..found })
+    })?;
+    Ok(keep_best_settings(all))
+}
+
+/// `loaded` under `policy` at `scale` times its load on seed `seed`, every model at `batching`
+/// where given.
+fn run_at(loaded: &LoadedScenario, policy: &str, batching: Option<Batching>, seed: u64, scale: f64) -> Result<Report> {
+    let mut scaled = loaded.clone();
+    scaled.scenario.seed = seed;
+    if let Some(b) = batching {
+        for m in &mut scaled.scenario.models {
+            (m.max_batch, m.batch_timeout_ms) = (b.max_batch, b.batch_timeout_ms);
+        }
+    }
+    scaled.scale_load(scale)?;
+    Ok(simulate::run(&scaled, &PolicyChoice::Named(policy.to_string()), false)?.report)
+}
+
+/// `f` of every job, in the jobs' order, spread over the machine's cores, with a progress bar
+/// counting `unit`.
+fn in_parallel<J: Sync, R: Send>(
+    jobs: Vec<J>,
+    unit: &str,
+    what: &str,
+    show_progress: bool,
+    f: impl Fn(&J) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let progress = Mutex::new(LateProgress::new(Some(jobs.len() as f64), unit, what, show_progress));
+    let queue = Mutex::new(jobs.iter().enumerate());
     let results = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 loop {
-                    let Some((index, (policy, batching, seed))) = queue.lock().expect("queue").next() else { return };
-                    let found = search(&policy, seed, options, |scale| {
-                        let mut scaled = loaded.clone();
-                        scaled.scenario.seed = seed;
-                        if let Some(b) = batching {
-                            for m in &mut scaled.scenario.models {
-                                (m.max_batch, m.batch_timeout_ms) = (b.max_batch, b.batch_timeout_ms);
-                            }
-                        }
-                        scaled.scale_load(scale)?;
-                        Ok(simulate::run(&scaled, &PolicyChoice::Named(policy.clone()), false)?.report)
-                    })
-                    .map(|c| Capacity { batching, ..c });
-                    let mut done = results.lock().expect("results");
-                    done.push((index, found));
-                    let mut bar = progress.lock().expect("progress");
-                    bar.set_message(&format!("{policy} seed {seed}"));
-                    bar.set(done.len() as f64);
+                    let Some((index, job)) = queue.lock().expect("queue").next() else { return };
+                    let done = f(job);
+                    let mut results = results.lock().expect("results");
+                    results.push((index, done));
+                    progress.lock().expect("progress").set(results.len() as f64);
                 }
             });
         }
@@ -236,8 +249,108 @@ pub fn run(
     progress.into_inner().expect("progress").finish();
     let mut results = results.into_inner().expect("results");
     results.sort_by_key(|(i, _)| *i);
-    let all: Vec<Capacity> = results.into_iter().map(|(_, r)| r).collect::<Result<_>>()?;
-    Ok(keep_best_settings(all))
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Loads of the by-load comparison are multiples of this.
+pub const BY_LOAD_STEP: f64 = 0.25;
+
+/// One model at one load under one policy (at its reported batching), over the seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadRow {
+    /// The load scale.
+    pub load_scale: f64,
+    /// The policy.
+    pub policy: String,
+    /// The model.
+    pub model: String,
+    /// Share of its requests within its SLO, mean over seeds.
+    pub slo_attainment: f64,
+    /// Median latency, ms, mean over seeds.
+    pub p50_ms: f64,
+    /// 99th percentile, ms, mean over seeds.
+    pub p99_ms: f64,
+}
+
+/// SLO attainment and latency per model at every multiple of `BY_LOAD_STEP` up to model-based's
+/// capacity (or the highest found without it), for model-based and each baseline at the
+/// batching it was reported with: does the policy hold up at every load, not only at its edge?
+pub fn by_load(
+    loaded: &LoadedScenario,
+    reported: &[Capacity],
+    seeds: u64,
+    show_progress: bool,
+) -> Result<Vec<LoadRow>> {
+    let policies: Vec<(String, Option<Batching>)> = ["model-based"]
+        .iter()
+        .chain(BASELINES.iter())
+        .filter_map(|p| reported.iter().find(|c| c.policy == *p).map(|c| (c.policy.clone(), c.batching)))
+        .collect();
+    let top = policy_capacity(reported, "model-based")
+        .map(|(c, _)| c)
+        .unwrap_or_else(|| reported.iter().map(|c| c.capacity).fold(0.0, f64::max));
+    let loads: Vec<f64> = (1..).map(|k| k as f64 * BY_LOAD_STEP).take_while(|l| *l <= top + 1e-9).collect();
+    let jobs: Vec<(f64, &str, Option<Batching>)> =
+        loads.iter().flat_map(|&l| policies.iter().map(move |(p, b)| (l, p.as_str(), *b))).collect();
+    let what = format!("attainment by load on {}", loaded.scenario.name);
+    in_parallel(jobs, "loads", &what, show_progress, |(scale, policy, batching)| {
+        let reports = (0..seeds)
+            .map(|k| run_at(loaded, policy, *batching, loaded.scenario.seed + k, *scale))
+            .collect::<Result<Vec<_>>>()?;
+        let mean = |m: usize, f: &dyn Fn(&ModelReport) -> f64| {
+            reports.iter().map(|r| f(&r.models[m])).sum::<f64>() / seeds as f64
+        };
+        Ok((0..reports[0].models.len())
+            .map(|m| LoadRow {
+                load_scale: *scale,
+                policy: policy.to_string(),
+                model: reports[0].models[m].model.clone(),
+                slo_attainment: mean(m, &|r| r.summary.slo_attainment),
+                p50_ms: mean(m, &|r| r.summary.p50_ms),
+                p99_ms: mean(m, &|r| r.summary.p99_ms),
+            })
+            .collect::<Vec<_>>())
+    })
+    .map(|rows| rows.into_iter().flatten().collect())
+}
+
+/// How far model-based's attainment may fall below the best baseline's at any load (points).
+pub const BY_LOAD_ATTAINMENT_SLACK: f64 = 0.5;
+/// ...and its median latency rise above the lowest baseline median, up to `BY_LOAD_P50_UP_TO`.
+pub const BY_LOAD_P50_RATIO: f64 = 1.25;
+/// The loads (scale) up to which the median is compared.
+pub const BY_LOAD_P50_UP_TO: f64 = 0.5;
+
+/// Per load and model: model-based's attainment and median against the best baseline's (the
+/// highest attainment, the lowest median), and whether it holds within
+/// `BY_LOAD_ATTAINMENT_SLACK` points and (up to `BY_LOAD_P50_UP_TO`) `BY_LOAD_P50_RATIO`.
+pub fn by_load_table(rows: &[LoadRow]) -> Table {
+    let mut table = crate::output::table(
+        ["load", "model", "model-based SLO met", "best baseline", "points", "p50 ms (best baseline)", "holds"]
+            .map(String::from)
+            .to_vec(),
+    );
+    for ours in rows.iter().filter(|r| r.policy == "model-based") {
+        let others = || {
+            rows.iter()
+                .filter(|r| r.policy != "model-based" && r.load_scale == ours.load_scale && r.model == ours.model)
+        };
+        let Some(best) = others().max_by(|a, b| a.slo_attainment.total_cmp(&b.slo_attainment)) else { continue };
+        let fastest = others().map(|r| r.p50_ms).fold(f64::INFINITY, f64::min);
+        let points = (ours.slo_attainment - best.slo_attainment) * 100.0;
+        let p50_ok = ours.load_scale > BY_LOAD_P50_UP_TO + 1e-9 || ours.p50_ms <= BY_LOAD_P50_RATIO * fastest;
+        let holds = points >= -BY_LOAD_ATTAINMENT_SLACK && p50_ok;
+        table.add_row(vec![
+            format!("x{:.2}", ours.load_scale),
+            ours.model.clone(),
+            format!("{:.2}%", ours.slo_attainment * 100.0),
+            format!("{:.2}% ({})", best.slo_attainment * 100.0, best.policy),
+            format!("{points:+.2}"),
+            format!("{:.1} ({fastest:.1})", ours.p50_ms),
+            if holds { "yes".into() } else { "NO".into() },
+        ]);
+    }
+    table
 }
 
 /// Splits the searches into those to report (each tuned baseline at its setting with the

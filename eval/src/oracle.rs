@@ -3,7 +3,7 @@
 
 use crate::scenario::LoadedScenario;
 use anyhow::Result;
-use gpuslice_policies::PlanInputs;
+use gpuslice_policies::{DeviceModel, PlanInputs};
 use gpuslice_policies::{ModelContext, OraclePlan};
 
 /// Control intervals per oracle window when the scenario does not say.
@@ -20,7 +20,6 @@ pub fn plan(loaded: &LoadedScenario, contexts: &[ModelContext]) -> Result<Oracle
         arrivals,
         control_interval_s: s.control_interval_s,
         intervals_per_window: s.oracle_window_intervals.unwrap_or(DEFAULT_INTERVALS_PER_WINDOW),
-        config,
-        service_jitter: s.service_jitter,
+        device: DeviceModel { config, service_jitter: s.service_jitter },
     })?)
 }

@@ -4,7 +4,7 @@
 use crate::scenario::LoadedScenario;
 use anyhow::Result;
 use gpuslice_control::{BackendBuilder, DeviceSample, SimBuilder, StageSummary};
-use gpuslice_policies::{FixedPolicy, ModelContext, OraclePlan, Policy};
+use gpuslice_policies::{DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{ModelInterval, Report, Sharing};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -97,13 +97,18 @@ impl LateProgress {
     }
 }
 
-fn policy_for(choice: &PolicyChoice, loaded: &LoadedScenario, contexts: &[ModelContext]) -> Result<Box<dyn Policy>> {
+fn policy_for(
+    choice: &PolicyChoice,
+    loaded: &LoadedScenario,
+    contexts: &[ModelContext],
+    device: &DeviceModel,
+) -> Result<Box<dyn Policy>> {
     match choice {
         PolicyChoice::Scenario(sharing) => Ok(Box::new(FixedPolicy::configured("scenario", *sharing, contexts))),
         PolicyChoice::Named(name) => {
             let plan: Option<OraclePlan> =
                 if name == "oracle" { Some(crate::oracle::plan(loaded, contexts)?) } else { None };
-            Ok(gpuslice_policies::build(name, contexts, plan)?)
+            Ok(gpuslice_policies::build(name, contexts, device, plan)?)
         }
     }
 }
@@ -122,7 +127,8 @@ pub fn run_on(
     show_progress: bool,
 ) -> Result<SimRun> {
     let (mut config, mut setups, contexts) = loaded.build()?;
-    let mut policy = policy_for(choice, loaded, &contexts)?;
+    let device = DeviceModel { config: config.clone(), service_jitter: loaded.scenario.service_jitter };
+    let mut policy = policy_for(choice, loaded, &contexts, &device)?;
     policy.offer_modes(on.modes());
     policy.plan_on_levels(on.slice_levels());
     config.sharing = policy.sharing();
@@ -182,7 +188,11 @@ pub fn run_on(
                 }
             }
         }
-        intervals.extend(observed.into_iter().map(|i| ModelInterval { batches: Vec::new(), ..i }));
+        intervals.extend(observed.into_iter().map(|i| ModelInterval {
+            batches: Vec::new(),
+            arrivals_s: Vec::new(),
+            ..i
+        }));
         progress.set(now);
     }
     progress.finish();

@@ -10,7 +10,8 @@ use crate::telemetry::Telemetry;
 use crate::worker::{Completion, INPUT_BYTES_PER_ITEM, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
 use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_simulator::{
-    Allocation, BatchSample, Counters, ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket,
+    ARRIVAL_TIMES_PER_INTERVAL, Allocation, BATCH_SAMPLES_PER_INTERVAL, BatchSample, Counters, IntervalRing,
+    ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket,
 };
 use gpuslice_traces::ArrivalProcess;
 use hdrhistogram::Histogram;
@@ -135,7 +136,10 @@ struct Shared {
     allocation: Allocation,
     total: Counters,
     interval: Counters,
-    samples: Vec<BatchSample>,
+    /// This interval's completed batches (the most recent ones).
+    samples: IntervalRing<BatchSample>,
+    /// This interval's arrival times (the most recent ones).
+    interval_arrivals: IntervalRing<Instant>,
     /// No more requests will come (the arrival process ended, or the model was retired).
     arrivals_done: bool,
     /// Batches handed to workers and not completed.
@@ -245,6 +249,7 @@ impl WorkerStarter {
 impl Shared {
     /// Queues a request, counting it as an arrival.
     fn push(&mut self, request: Queued) {
+        self.interval_arrivals.push(request.arrival);
         self.queue.push_back(request);
         self.total.arrivals += 1;
         self.interval.arrivals += 1;
@@ -609,7 +614,8 @@ impl GpuBackend {
                 allocation: setup.allocation,
                 total: Counters::new(),
                 interval: Counters::new(),
-                samples: Vec::new(),
+                samples: IntervalRing::new(BATCH_SAMPLES_PER_INTERVAL),
+                interval_arrivals: IntervalRing::new(ARRIVAL_TIMES_PER_INTERVAL),
                 arrivals_done: false,
                 in_flight: 0,
                 stop: false,
@@ -729,7 +735,13 @@ impl GpuBackend {
                     allocation: s.allocation,
                     queue_len: s.queue.len(),
                     summary,
-                    batches: std::mem::take(&mut s.samples),
+                    batches: s.samples.take(),
+                    arrivals_s: s
+                        .interval_arrivals
+                        .take()
+                        .into_iter()
+                        .map(|t| t.saturating_duration_since(self.started).as_secs_f64())
+                        .collect(),
                 }
             })
             .collect()

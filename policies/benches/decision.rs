@@ -1,13 +1,15 @@
-//! One policy decision for 16 models (the 8 profiled models, twice).
+//! One policy decision for 16 models (the 8 profiled models, twice), and one cycle of
+//! model-based's mode trials (a trial and the decisions up to the next).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gpuslice_policies::{ModelContext, build};
-use gpuslice_simulator::{Allocation, BatchSample, ModelInterval, Summary};
+use gpuslice_policies::{DeviceModel, ModelContext, TRIAL_EVERY, build};
+use gpuslice_simulator::{Allocation, BatchSample, ModelInterval, Sharing, Summary};
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use std::hint::black_box;
 use std::sync::Arc;
 
-fn observations(models: &[ModelContext], initial: &[Allocation]) -> Vec<ModelInterval> {
+/// Interval `k` (1 s each) of 16 models at 100-700 requests/s, arrivals evenly spread.
+fn observations(models: &[ModelContext], initial: &[Allocation], k: usize) -> Vec<ModelInterval> {
     models
         .iter()
         .zip(initial)
@@ -16,8 +18,8 @@ fn observations(models: &[ModelContext], initial: &[Allocation]) -> Vec<ModelInt
             let rate = 100.0 + 40.0 * i as f64;
             ModelInterval {
                 model: m.name.clone(),
-                start_s: 0.0,
-                end_s: 1.0,
+                start_s: k as f64,
+                end_s: k as f64 + 1.0,
                 allocation: *a,
                 queue_len: i % 3,
                 summary: Summary {
@@ -39,6 +41,7 @@ fn observations(models: &[ModelContext], initial: &[Allocation]) -> Vec<ModelInt
                     gpu_util: a.gpu_pct / 200.0,
                 },
                 batches: (0..64).map(|k| BatchSample { size: 1 + k % 8, gpu_pct: a.gpu_pct, exec_ms: 3.0 }).collect(),
+                arrivals_s: (0..rate as usize).map(|j| k as f64 + j as f64 / rate).collect(),
             }
         })
         .collect()
@@ -61,11 +64,28 @@ fn decision(c: &mut Criterion) {
         .collect();
     assert_eq!(models.len(), 16);
     let mut group = c.benchmark_group("decision_16_models");
+    let device = DeviceModel::h100();
     for name in ["model-based", "gslice"] {
-        let mut policy = build(name, &models, None).unwrap();
-        let obs = observations(&models, &policy.initial());
+        // Slices only (no shared mode offered: no trials), as on a live node.
+        let mut policy = build(name, &models, &device, None).unwrap();
+        let obs = observations(&models, &policy.initial(), 0);
         group.bench_function(name, |b| b.iter(|| black_box(policy.decide(black_box(&obs)))));
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("mode_trial_16_models");
+    group.sample_size(10);
+    let mut policy = build("model-based", &models, &device, None).unwrap();
+    policy.offer_modes(&[Sharing::Temporal, Sharing::DefaultMps, Sharing::Spatial]);
+    let initial = policy.initial();
+    let intervals: Vec<_> = (0..TRIAL_EVERY).map(|k| observations(&models, &initial, k)).collect();
+    group.bench_function("model-based, one trial cycle", |b| {
+        b.iter(|| {
+            for obs in &intervals {
+                black_box(policy.decide(black_box(obs)));
+            }
+        })
+    });
     group.finish();
 }
 

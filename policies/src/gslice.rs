@@ -233,6 +233,7 @@ mod tests {
             queue_len: 0,
             summary,
             batches: Vec::new(),
+            arrivals_s: Vec::new(),
         }
     }
 

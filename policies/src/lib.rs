@@ -7,12 +7,14 @@ mod fixed;
 mod gslice;
 mod model_based;
 mod oracle;
+mod replay;
 mod shares;
 
 pub use fixed::FixedPolicy;
 pub use gslice::Gslice;
-pub use model_based::ModelBased;
+pub use model_based::{ModelBased, TRIAL_EVERY};
 pub use oracle::{Oracle, OraclePlan, PlanInputs, WindowPlan};
+pub use replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 
 use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
 use gpuslice_traces::LatencyModel;
@@ -88,10 +90,12 @@ pub enum PolicyError {
     OracleWithoutPlan,
 }
 
-/// The policy called `name` for these models. `oracle` needs its plan (see `OraclePlan`).
+/// The policy called `name` for these models; `device` is the model of the GPU that planning
+/// policies simulate on. `oracle` needs its plan (see `OraclePlan`).
 pub fn build(
     name: &str,
     models: &[ModelContext],
+    device: &DeviceModel,
     oracle_plan: Option<OraclePlan>,
 ) -> Result<Box<dyn Policy>, PolicyError> {
     Ok(match name {
@@ -100,7 +104,7 @@ pub fn build(
         "default-mps" => Box::new(FixedPolicy::configured("default-mps", Sharing::DefaultMps, models)),
         "triton-like" => Box::new(FixedPolicy::triton_like(models)),
         "gslice" => Box::new(Gslice::new(models.to_vec())),
-        "model-based" => Box::new(ModelBased::new(models.to_vec())),
+        "model-based" => Box::new(ModelBased::new(models.to_vec(), device.clone())),
         "oracle" => Box::new(Oracle::new(oracle_plan.ok_or(PolicyError::OracleWithoutPlan)?)),
         other => return Err(PolicyError::Unknown { name: other.to_string() }),
     })

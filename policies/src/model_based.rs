@@ -19,14 +19,20 @@
 //! those levels (`plan_on_levels`): a need rounds up to a level, leftover goes a level at a time.
 //!
 //! It is a hybrid: slices are not work-conserving, and at ordinary load a shared GPU serves
-//! bursts better. While the GPU keeps up with the recent peak load (`SHARED_MAX_BUSY`), the
-//! policy runs the backend's work-conserving mode (temporal: one batch at a time, oldest first;
-//! else default MPS) with SLO-sized dynamic batching (`shared_batching`), and switches to the
-//! planned slices beyond that, switching back with hysteresis.
+//! bursts better; which holds more load depends on the models, their SLOs and the traffic. So
+//! every `TRIAL_EVERY` intervals the policy replays the recent arrivals through the simulator
+//! (the calibrated model of the GPU, `DeviceModel`) under its planned slices and under each
+//! shared mode the backend offers (temporal, default MPS) at a few batchings (uniform ones as a
+//! Triton batcher is configured, and SLO-sized per model), each at 1x to 1.5x the load that
+//! came, and serves in the candidate that keeps every model within its SLO at the highest load
+//! (model-predictive mode choice; see `TrialScore`). It starts shared, at the largest batching.
 
+use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
-use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Batch sizes considered (the real backend keeps one CUDA graph for each).
 pub const BATCH_SIZES: [u32; 11] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64];
@@ -85,29 +91,99 @@ pub struct ModelBased {
     models: Vec<ModelContext>,
     learned: Vec<Learned>,
     slices: SliceGrid,
-    /// The work-conserving mode the backend offers (temporal preferred: one batch at a time,
-    /// oldest first, is the best tail at light load), if any.
-    shared_mode: Option<Sharing>,
-    /// The mode in force.
-    mode: Sharing,
+    /// The shared (work-conserving) modes the backend offers.
+    shared_modes: Vec<Sharing>,
+    /// The GPU model the mode trials replay recent arrivals on.
+    device: DeviceModel,
+    /// Per model, its most recent arrival times (seconds into the run), at most
+    /// `TRIAL_MAX_ARRIVALS` over the last `TRIAL_MAX_AGE` intervals.
+    recent_arrivals: Vec<VecDeque<f64>>,
+    /// Start times of the last `TRIAL_MAX_AGE` intervals.
+    recent_starts: VecDeque<f64>,
+    /// Decisions made so far.
+    decisions: usize,
+    /// The mode in force and why (the last trial's verdict).
+    choice: ModeChoice,
+    why: String,
 }
 
-/// Shared (work-conserving) sharing is kept while the GPU's predicted busy fraction at the
-/// recent peak rates (a lower bound: batches at their most efficient size) stays under this.
-/// Measured on the shipped scenarios (`evaluate --capacity`): one batch at a time with
-/// SLO-sized batching holds more load than slices wherever the GPU can keep up (bursts of one
-/// model are absorbed by the whole GPU, not by its slice); slices take over at overload, where
-/// they serve by priority and keep the most requests within their SLOs.
-pub const SHARED_MAX_BUSY: f64 = 1.0;
-/// Coming back to shared sharing from slices needs the busy fraction this much lower, so the
-/// mode does not flap at the boundary.
-pub const MODE_HYSTERESIS: f64 = 0.85;
-/// Under shared sharing a batch waits at most this share of the SLO to fill (Triton-style
-/// dynamic batching: a large batch when the load brings one, no long wait when it does not).
+/// Mode trials run every this many control intervals (and at the first).
+pub const TRIAL_EVERY: usize = 4;
+/// ...on the arrivals of the last this many intervals (longer windows, up to 100 intervals,
+/// held no more load on the shipped scenarios and cost more),
+pub const TRIAL_MAX_AGE: usize = 8;
+/// ...at most this many of them, all models together (the most recent), so that a trial stays
+/// milliseconds.
+pub const TRIAL_MAX_ARRIVALS: usize = 10_000;
+/// A trial's winner replaces the mode in force only when it holds more of `TRIAL_LOADS`, or
+/// as many with this much more of the worst model's requests within SLO beyond them, or all of
+/// them with `TRIAL_LATENCY_GAIN` lower latency: trials on recent traffic are noisy, and
+/// flapping between near-equal modes costs reallocations.
+pub const TRIAL_ATTAINMENT_GAIN: f64 = 0.005;
+/// ...(see `TRIAL_ATTAINMENT_GAIN`).
+pub const TRIAL_LATENCY_GAIN: f64 = 0.9;
+/// ...replayed at these multiples of the load that came, lowest first: a candidate's headroom is
+/// the highest multiple at which every model keeps `TRIAL_TARGET` of its requests within its
+/// SLO (the capacity criterion, on recent traffic).
+pub const TRIAL_LOADS: [f64; 4] = [1.0, 1.15, 1.3, 1.5];
+/// Share of each model's requests within its SLO that a trial asks for.
+pub const TRIAL_TARGET: f64 = 0.99;
+
+/// The shared batching (max batch, wait ms) the policy starts with.
+const SHARED_START: (u32, f64) = (64, 1.0);
+
+/// The outcome of one candidate in a mode trial.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TrialScore {
+    /// How many of `TRIAL_LOADS` it held (every model at `TRIAL_TARGET` or better).
+    held: usize,
+    /// The worst model's share within its SLO at the first load it did not hold (1 if it held all).
+    beyond: f64,
+    /// At the highest load it held: the models' mean p50 over SLO where it held them all (ample
+    /// headroom: latency is what differs), else the worst model's p99 over SLO (how close to
+    /// the edge). Lower is better.
+    latency: f64,
+}
+
+impl TrialScore {
+    fn better_than(&self, other: &TrialScore) -> bool {
+        self.held
+            .cmp(&other.held)
+            .then(self.beyond.total_cmp(&other.beyond))
+            .then(other.latency.total_cmp(&self.latency))
+            .is_gt()
+    }
+
+    /// Better by enough to leave `incumbent` for it (see `TRIAL_ATTAINMENT_GAIN`).
+    fn clearly_better_than(&self, incumbent: &TrialScore) -> bool {
+        self.held > incumbent.held
+            || (self.held == incumbent.held
+                && (self.beyond > incumbent.beyond + TRIAL_ATTAINMENT_GAIN
+                    || (self.beyond >= incumbent.beyond && self.latency < TRIAL_LATENCY_GAIN * incumbent.latency)))
+    }
+}
+
+/// The mode a trial chose: slices, or a shared mode with one batching for every model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ModeChoice {
+    Slices,
+    Shared { mode: Sharing, batching: SharedBatching },
+}
+
+/// How models batch on a shared GPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SharedBatching {
+    /// Every model the same max batch and wait (ms), as a Triton dynamic batcher is configured.
+    Uniform(u32, f64),
+    /// Each model's largest batch that runs within `SHARED_BATCH_SHARE` of the SLO it can
+    /// delay, waiting at most `SHARED_TIMEOUT_SHARE` of its own SLO.
+    SloSized,
+}
+
+/// Under `SharedBatching::SloSized`, a batch waits at most this share of its model's SLO to fill,
 pub const SHARED_TIMEOUT_SHARE: f64 = 0.05;
-/// ...and the largest batch runs in at most this share of the SLO on the whole GPU (of the
-/// tightest SLO of all models under temporal sharing, where every model waits behind it), so a
-/// request can wait behind another model's batch and its own.
+/// ...and runs on the whole GPU within this share of the SLOs it can delay: under temporal
+/// sharing every model's (all wait behind it), under default MPS its own.
 pub const SHARED_BATCH_SHARE: f64 = 0.3;
 
 /// The GPU% a slice may have, ascending: every whole GPU%, or the backend's levels.
@@ -164,8 +240,9 @@ impl Load {
 }
 
 impl ModelBased {
-    /// The policy for these models, with the profiles as its prior.
-    pub fn new(models: Vec<ModelContext>) -> ModelBased {
+    /// The policy for these models, with the profiles as its prior and `device` as the model of
+    /// the GPU its mode trials run on.
+    pub fn new(models: Vec<ModelContext>, device: DeviceModel) -> ModelBased {
         let learned = models
             .iter()
             .map(|m| {
@@ -186,49 +263,149 @@ impl ModelBased {
                 }
             })
             .collect();
-        ModelBased { models, learned, slices: SliceGrid::whole(), shared_mode: None, mode: Sharing::Spatial }
+        let n = models.len();
+        ModelBased {
+            models,
+            learned,
+            slices: SliceGrid::whole(),
+            shared_modes: Vec::new(),
+            device,
+            recent_arrivals: vec![VecDeque::new(); n],
+            recent_starts: VecDeque::new(),
+            decisions: 0,
+            choice: ModeChoice::Slices,
+            why: "slices until the first trial".to_string(),
+        }
     }
 
-    /// Under shared sharing: model `m`'s largest batch (index) and its batch timeout.
-    fn shared_batching(&self, m: usize) -> (usize, f64) {
-        let l = &self.learned[m];
-        let (scale, _) = Self::correction(l);
-        let slo = self.models[m].slo_ms;
-        // One batch at a time: every other model's requests may wait behind this one.
-        let blocks = match self.shared_mode {
-            Some(Sharing::Temporal) => self.models.iter().map(|c| c.slo_ms).fold(slo, f64::min),
-            _ => slo,
+    /// The sharing mode in force.
+    fn mode(&self) -> Sharing {
+        match self.choice {
+            ModeChoice::Slices => Sharing::Spatial,
+            ModeChoice::Shared { mode, .. } => mode,
+        }
+    }
+
+    /// Keeps the interval's arrivals for the trials, forgetting those older than `TRIAL_MAX_AGE`
+    /// intervals.
+    fn remember_arrivals(&mut self, observations: &[ModelInterval]) {
+        let Some(first) = observations.first().filter(|_| !self.shared_modes.is_empty()) else { return };
+        self.recent_starts.push_back(first.start_s);
+        while self.recent_starts.len() > TRIAL_MAX_AGE {
+            self.recent_starts.pop_front();
+        }
+        let since = self.recent_starts[0];
+        for (recent, obs) in self.recent_arrivals.iter_mut().zip(observations) {
+            recent.extend(&obs.arrivals_s);
+            while recent.front().is_some_and(|t| *t < since) || recent.len() > TRIAL_MAX_ARRIVALS {
+                recent.pop_front();
+            }
+        }
+    }
+
+    /// Replays the recent arrivals under the planned slices and under every shared mode and
+    /// batching the backend offers, and keeps the candidate that holds the SLOs best (see
+    /// `TrialScore`), the one in force among equals.
+    fn trial(&mut self, slices: &[Allocation]) {
+        if self.shared_modes.is_empty() {
+            return;
+        }
+        let Some(end) = self.recent_arrivals.iter().filter_map(|r| r.back()).copied().reduce(f64::max) else {
+            return;
         };
-        let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * blocks;
-        let batch = (0..BATCH_SIZES.len()).rev().find(|&b| fits(b)).unwrap_or(0);
-        (batch, SHARED_TIMEOUT_SHARE * slo)
+        // The most recent `TRIAL_MAX_ARRIVALS` of all models, cut at one time for all.
+        let mut all: Vec<f64> = self.recent_arrivals.iter().flatten().copied().collect();
+        let cut = if all.len() > TRIAL_MAX_ARRIVALS {
+            let k = all.len() - TRIAL_MAX_ARRIVALS;
+            *all.select_nth_unstable_by(k, f64::total_cmp).1
+        } else {
+            self.recent_starts.front().copied().unwrap_or(0.0)
+        };
+        let times: Vec<Arc<[f64]>> =
+            self.recent_arrivals.iter().map(|r| r.iter().filter(|t| **t >= cut).map(|t| t - cut).collect()).collect();
+        let mut candidates = vec![(ModeChoice::Slices, slices.to_vec())];
+        for &mode in &self.shared_modes {
+            let uniform = SHARED_BATCHINGS.iter().map(|&(b, w)| SharedBatching::Uniform(b, w));
+            for batching in uniform.chain([SharedBatching::SloSized]) {
+                let allocations = (0..self.models.len())
+                    .map(|m| {
+                        let (max_batch, batch_timeout_ms) = self.shared_batching(m, mode, batching);
+                        Allocation { gpu_pct: 100.0, max_batch, batch_timeout_ms }
+                    })
+                    .collect();
+                candidates.push((ModeChoice::Shared { mode, batching }, allocations));
+            }
+        }
+        let mut best: Option<(ModeChoice, TrialScore)> = None;
+        let mut incumbent: Option<TrialScore> = None;
+        for (choice, allocations) in candidates {
+            let sharing = match choice {
+                ModeChoice::Slices => Sharing::Spatial,
+                ModeChoice::Shared { mode, .. } => mode,
+            };
+            let run = |scale: f64| {
+                let run = ReplayRun {
+                    models: &self.models,
+                    times: &times,
+                    allocations: &allocations,
+                    sharing,
+                    scale,
+                    seed: self.decisions as u64,
+                };
+                self.device.replay(&run).ok()
+            };
+            // Up the loads from the highest the best so far held, until one is not held: what
+            // holds a load holds the lower ones, and a candidate that does not hold that one
+            // cannot win, so most losers cost one replay.
+            let from = best.as_ref().map_or(0, |(_, b)| b.held.saturating_sub(1));
+            let mut score = TrialScore { held: from, beyond: 1.0, latency: f64::INFINITY };
+            for scale in &TRIAL_LOADS[from..] {
+                let Some(report) = run(*scale) else { break };
+                let attainment = worst_attainment(&report);
+                if attainment < TRIAL_TARGET {
+                    score.beyond = attainment;
+                    break;
+                }
+                score.held += 1;
+                let over_slo = report.models.iter().map(|m| (m.summary.p50_ms / m.slo_ms, m.summary.p99_ms / m.slo_ms));
+                score.latency = if score.held == TRIAL_LOADS.len() {
+                    over_slo.map(|(p50, _)| p50).sum::<f64>() / self.models.len().max(1) as f64
+                } else {
+                    over_slo.map(|(_, p99)| p99).fold(0.0, f64::max)
+                };
+            }
+            if choice == self.choice {
+                incumbent = Some(score);
+            }
+            if best.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
+                best = Some((choice, score));
+            }
+        }
+        if let Some((choice, score)) = best
+            && incumbent.is_none_or(|i| score.clearly_better_than(&i))
+        {
+            self.choice = choice;
+            let held = if score.held == 0 { "none".to_string() } else { format!("x{}", TRIAL_LOADS[score.held - 1]) };
+            self.why =
+                format!("trial on the last {:.1} s of arrivals: every SLO held up to {held} their load", end - cut);
+        }
     }
 
-    /// The GPU's busy fraction under shared sharing at the given rates (per ms), each model in
-    /// its most efficient batch up to its largest: batches grow while others hold the GPU, so
-    /// near saturation, where the estimate matters, they are as large as allowed.
-    fn shared_busy(&self, rates: impl Iterator<Item = f64>) -> f64 {
-        rates
-            .enumerate()
-            .map(|(m, rate)| {
-                let (largest, _) = self.shared_batching(m);
-                let (scale, _) = Self::correction(&self.learned[m]);
-                let per_item = (0..=largest)
-                    .map(|b| self.learned[m].p50[b][99] / BATCH_SIZES[b] as f64)
-                    .fold(f64::INFINITY, f64::min);
-                rate * per_item * scale
-            })
-            .sum()
-    }
-
-    /// The mode for the next interval: shared while the GPU keeps up with the load at the
-    /// recent peak rates (its busy fraction then, returned too), slices beyond or where the
-    /// backend offers no shared mode.
-    fn choose_mode(&self, loads: &[Load]) -> (Sharing, f64) {
-        let Some(shared) = self.shared_mode else { return (Sharing::Spatial, f64::NAN) };
-        let busy = self.shared_busy(loads.iter().map(|l| l.peak_rate.max(l.capacity_rate)));
-        let limit = if self.mode == shared { SHARED_MAX_BUSY } else { SHARED_MAX_BUSY * MODE_HYSTERESIS };
-        (if busy <= limit { shared } else { Sharing::Spatial }, busy)
+    /// Model `m`'s max batch and wait (ms) on a GPU shared in `mode` with `batching`.
+    fn shared_batching(&self, m: usize, mode: Sharing, batching: SharedBatching) -> (u32, f64) {
+        let SharedBatching::Uniform(max_batch, wait_ms) = batching else {
+            let l = &self.learned[m];
+            let (scale, _) = Self::correction(l);
+            let slo = self.models[m].slo_ms;
+            let delays = match mode {
+                Sharing::Temporal => self.models.iter().map(|c| c.slo_ms).fold(slo, f64::min),
+                _ => slo,
+            };
+            let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * delays;
+            let b = (0..BATCH_SIZES.len()).rev().find(|&b| fits(b)).unwrap_or(0);
+            return (BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * slo);
+        };
+        (max_batch, wait_ms)
     }
 
     /// Median service time correction (profile -> this GPU) and the spread seen around it.
@@ -342,127 +519,15 @@ impl ModelBased {
         self.smallest_slice(m, peak).unwrap_or(100).max(self.burst_slice(m, load.peak_burst))
     }
 
-    /// Learns from one interval: service-time fit, tail excess, and rate forecast.
-    fn observe(&mut self, m: usize, obs: &ModelInterval) -> Load {
-        let interval_ms = ((obs.end_s - obs.start_s) * 1e3).max(1e-3);
-        let l = &mut self.learned[m];
-        l.sum_w *= FORGETTING;
-        l.sum_log *= FORGETTING;
-        l.sum_log2 *= FORGETTING;
-        // Under default MPS batch times carry the others' contention, which is not the slices'
-        // to learn; under temporal sharing a batch runs alone on the whole GPU, as profiled.
-        let samples = if self.mode == Sharing::DefaultMps { &[][..] } else { &obs.batches[..] };
-        for sample in samples {
-            let Some(b) = BATCH_SIZES.iter().position(|&b| b >= sample.size) else { continue };
-            let g = (sample.gpu_pct.round() as usize).clamp(1, 100);
-            let r = (sample.exec_ms / l.p50[b][g - 1]).ln();
-            if r.is_finite() {
-                l.sum_w += 1.0;
-                l.sum_log += r;
-                l.sum_log2 += r * r;
-            }
-        }
-        let rate = obs.summary.arrivals as f64 / interval_ms;
-        l.rate_ewma = if l.rate_ewma == 0.0 { rate } else { 0.5 * l.rate_ewma + 0.5 * rate };
-        l.recent_rates[l.intervals_seen % PEAK_WINDOW] = rate;
-        l.recent_bursts[l.intervals_seen % PEAK_WINDOW] = obs.summary.max_queue;
-        l.intervals_seen += 1;
-        let load = Load {
-            rate: rate.max(l.rate_ewma),
-            capacity_rate: rate.max(l.rate_ewma) + obs.queue_len as f64 / (DRAIN_S * 1e3).max(interval_ms),
-            peak_rate: l.recent_rates.iter().fold(rate, |a, b| a.max(*b)),
-            peak_burst: l.recent_bursts.iter().copied().max().unwrap_or(0),
-        };
-        // How far the end-to-end tail ran over what the model predicts for the allocation in
-        // force, learned only from steady intervals: a backlog or drops mean the load outran the
-        // slice, which the rate forecast answers, not the latency model.
-        let steady = self.mode == Sharing::Spatial
-            && obs.summary.dropped == 0
-            && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
-        let previous = self.learned[m].tail_excess;
-        if steady && obs.summary.completed > 0 {
-            let a = obs.allocation;
-            let b = BATCH_SIZES.iter().position(|&b| b >= a.max_batch).unwrap_or(BATCH_SIZES.len() - 1);
-            let gpu = (a.gpu_pct.round() as usize).clamp(1, 100);
-            // Against the model's own prediction, without the correction being learned.
-            let excess = match self.predict_with_excess(m, b, gpu, load, MAX_UTILIZATION, 1.0) {
-                Some((predicted, _, _)) => (obs.summary.p99_ms / predicted).clamp(0.5, 3.0),
-                None => previous,
-            };
-            self.learned[m].tail_excess = 0.5 * previous + 0.5 * excess;
-        } else {
-            self.learned[m].tail_excess = 1.0 + (previous - 1.0) * FORGETTING;
-        }
-        load
-    }
-}
-
-impl Policy for ModelBased {
-    fn name(&self) -> &str {
-        "model-based"
-    }
-
-    fn sharing(&self) -> Sharing {
-        self.mode
-    }
-
-    fn offer_modes(&mut self, modes: &[Sharing]) {
-        self.shared_mode = [Sharing::Temporal, Sharing::DefaultMps].into_iter().find(|m| modes.contains(m));
-    }
-
-    /// Before any traffic is seen: slices, each model at its knee (max-min shares), configured
-    /// batching. Slices isolate the models until the first interval shows the load: a shared
-    /// start under a load the shared GPU cannot serve leaves a backlog that costs more than 1%
-    /// of the run's requests (mixed-slo-trio x1.25: mobilenet 99.0% against 99.8%; capacity
-    /// x1.27 against x1.89 with a slice start).
-    fn initial(&mut self) -> Vec<Allocation> {
-        crate::gslice::knee_allocations(&self.models)
-    }
-
-    fn plan_on_levels(&mut self, levels: &[f64]) {
-        // The policy plans in whole GPU%: a fractional level is asked for as the whole number
-        // below it, which the backend serves at that level (the one at or above what is asked).
-        let mut whole: Vec<usize> =
-            levels.iter().filter(|l| **l >= 1.0 && **l <= 100.0).map(|l| l.floor() as usize).collect();
-        whole.sort_unstable();
-        whole.dedup();
-        if !whole.is_empty() {
-            self.slices = SliceGrid(whole);
-        }
-    }
-
-    fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
+    /// Slices for the next interval, each with its batching and why: every model's need at its
+    /// forecast rate, in priority order; leftover GPU to recent peaks, then to the least headroom.
+    fn plan_slices(&self, observations: &[ModelInterval], loads: &[Load]) -> Vec<(Allocation, String)> {
         let n = self.models.len();
-        let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
         // What the arrivals alone need: a backlog is drained from leftover GPU only, since under
         // overload a drain requirement would make a model degrade and its backlog never clear.
         let slices = &self.slices;
         let needed: Vec<Option<usize>> =
             (0..n).map(|m| self.smallest_slice(m, loads[m].steady()).and_then(|g| slices.at_or_above(g))).collect();
-
-        let sliced_pct: usize = needed.iter().map(|g| g.unwrap_or(100)).sum();
-        let (mode, busy) = self.choose_mode(&loads);
-        if mode != Sharing::Spatial {
-            // Shared: batching for the whole GPU, no slices planned; the slices stay as they
-            // are, ready for a switch back (they add up to at most 100).
-            let previous = std::mem::replace(&mut self.mode, mode);
-            return (0..n)
-                .filter_map(|m| {
-                    let current = observations[m].allocation;
-                    let (b, timeout_ms) = self.shared_batching(m);
-                    let allocation = Allocation { max_batch: BATCH_SIZES[b], batch_timeout_ms: timeout_ms, ..current };
-                    (allocation != current || previous != mode).then(|| Decision {
-                        model: m,
-                        allocation,
-                        reason: format!(
-                            "{mode}: GPU busy {:.0}% at the recent peak rates (slices would need {sliced_pct}%): batch up to {}, wait at most {timeout_ms:.1} ms",
-                            busy * 100.0,
-                            BATCH_SIZES[b]
-                        ),
-                    })
-                })
-                .collect();
-        }
 
         // Every model keeps the smallest slice so it still serves; then the slices in priority
         // order, and within a priority the models that serve the most requests per GPU% first
@@ -525,7 +590,7 @@ impl Policy for ModelBased {
             room[m] = headroom(self, m, gpu[m]);
         }
 
-        let mut chosen: Vec<(Allocation, String)> = (0..n)
+        (0..n)
             .map(|m| {
                 let load = loads[m];
                 let rate = load.rate * 1e3;
@@ -568,10 +633,137 @@ impl Policy for ModelBased {
                     }
                 }
             })
-            .collect();
+            .collect()
+    }
 
-        let switching = self.mode != Sharing::Spatial;
-        self.mode = Sharing::Spatial;
+    /// Learns from one interval: service-time fit, tail excess, and rate forecast.
+    fn observe(&mut self, m: usize, obs: &ModelInterval) -> Load {
+        let interval_ms = ((obs.end_s - obs.start_s) * 1e3).max(1e-3);
+        let mode = self.mode();
+        let l = &mut self.learned[m];
+        l.sum_w *= FORGETTING;
+        l.sum_log *= FORGETTING;
+        l.sum_log2 *= FORGETTING;
+        // Under default MPS batch times carry the others' contention, which is not the slices'
+        // to learn; under temporal sharing a batch runs alone on the whole GPU, as profiled.
+        let samples = if mode == Sharing::DefaultMps { &[][..] } else { &obs.batches[..] };
+        for sample in samples {
+            let Some(b) = BATCH_SIZES.iter().position(|&b| b >= sample.size) else { continue };
+            let g = (sample.gpu_pct.round() as usize).clamp(1, 100);
+            let r = (sample.exec_ms / l.p50[b][g - 1]).ln();
+            if r.is_finite() {
+                l.sum_w += 1.0;
+                l.sum_log += r;
+                l.sum_log2 += r * r;
+            }
+        }
+        let rate = obs.summary.arrivals as f64 / interval_ms;
+        l.rate_ewma = if l.rate_ewma == 0.0 { rate } else { 0.5 * l.rate_ewma + 0.5 * rate };
+        l.recent_rates[l.intervals_seen % PEAK_WINDOW] = rate;
+        l.recent_bursts[l.intervals_seen % PEAK_WINDOW] = obs.summary.max_queue;
+        l.intervals_seen += 1;
+        let load = Load {
+            rate: rate.max(l.rate_ewma),
+            capacity_rate: rate.max(l.rate_ewma) + obs.queue_len as f64 / (DRAIN_S * 1e3).max(interval_ms),
+            peak_rate: l.recent_rates.iter().fold(rate, |a, b| a.max(*b)),
+            peak_burst: l.recent_bursts.iter().copied().max().unwrap_or(0),
+        };
+        // How far the end-to-end tail ran over what the model predicts for the allocation in
+        // force, learned only from steady intervals: a backlog or drops mean the load outran the
+        // slice, which the rate forecast answers, not the latency model.
+        let steady = self.mode() == Sharing::Spatial
+            && obs.summary.dropped == 0
+            && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
+        let previous = self.learned[m].tail_excess;
+        if steady && obs.summary.completed > 0 {
+            let a = obs.allocation;
+            let b = BATCH_SIZES.iter().position(|&b| b >= a.max_batch).unwrap_or(BATCH_SIZES.len() - 1);
+            let gpu = (a.gpu_pct.round() as usize).clamp(1, 100);
+            // Against the model's own prediction, without the correction being learned.
+            let excess = match self.predict_with_excess(m, b, gpu, load, MAX_UTILIZATION, 1.0) {
+                Some((predicted, _, _)) => (obs.summary.p99_ms / predicted).clamp(0.5, 3.0),
+                None => previous,
+            };
+            self.learned[m].tail_excess = 0.5 * previous + 0.5 * excess;
+        } else {
+            self.learned[m].tail_excess = 1.0 + (previous - 1.0) * FORGETTING;
+        }
+        load
+    }
+}
+
+impl Policy for ModelBased {
+    fn name(&self) -> &str {
+        "model-based"
+    }
+
+    fn sharing(&self) -> Sharing {
+        self.mode()
+    }
+
+    fn offer_modes(&mut self, modes: &[Sharing]) {
+        self.shared_modes =
+            [Sharing::Temporal, Sharing::DefaultMps].into_iter().filter(|m| modes.contains(m)).collect();
+    }
+
+    /// Before any traffic is seen: the first shared mode the backend offers, at the largest
+    /// batching the trials try. It is work-conserving and its batches grow with whatever load
+    /// comes, until the first trial one interval later; a slice start at the configured batch
+    /// fell behind in that interval (gpu-trio x1.36 against x1.48, default x1.16 against x1.17).
+    /// Slices at each model's knee where the backend offers no shared mode.
+    fn initial(&mut self) -> Vec<Allocation> {
+        let knees = crate::gslice::knee_allocations(&self.models);
+        let Some(&mode) = self.shared_modes.first() else { return knees };
+        let (max_batch, batch_timeout_ms) = SHARED_START;
+        self.choice = ModeChoice::Shared { mode, batching: SharedBatching::Uniform(max_batch, batch_timeout_ms) };
+        self.why = "start: no traffic seen yet".to_string();
+        knees.into_iter().map(|a| Allocation { max_batch, batch_timeout_ms, ..a }).collect()
+    }
+
+    fn plan_on_levels(&mut self, levels: &[f64]) {
+        // The policy plans in whole GPU%: a fractional level is asked for as the whole number
+        // below it, which the backend serves at that level (the one at or above what is asked).
+        let mut whole: Vec<usize> =
+            levels.iter().filter(|l| **l >= 1.0 && **l <= 100.0).map(|l| l.floor() as usize).collect();
+        whole.sort_unstable();
+        whole.dedup();
+        if !whole.is_empty() {
+            self.slices = SliceGrid(whole);
+        }
+    }
+
+    fn decide(&mut self, observations: &[ModelInterval]) -> Vec<Decision> {
+        let n = self.models.len();
+        let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
+        self.remember_arrivals(observations);
+        let mut chosen = self.plan_slices(observations, &loads);
+        let previous = self.choice;
+        if self.decisions.is_multiple_of(TRIAL_EVERY) {
+            let slices: Vec<Allocation> = chosen.iter().map(|(a, _)| *a).collect();
+            self.trial(&slices);
+        }
+        self.decisions += 1;
+
+        if let ModeChoice::Shared { mode, batching } = self.choice {
+            // Shared: the trial's batching for every model; the slices stay as they are, ready
+            // for a switch back (they add up to at most 100).
+            return (0..n)
+                .filter_map(|m| {
+                    let current = observations[m].allocation;
+                    let (max_batch, batch_timeout_ms) = self.shared_batching(m, mode, batching);
+                    let allocation = Allocation { max_batch, batch_timeout_ms, ..current };
+                    (allocation != current || previous != self.choice).then(|| Decision {
+                        model: m,
+                        allocation,
+                        reason: format!(
+                            "{mode}, batch up to {max_batch}, wait at most {batch_timeout_ms:.1} ms ({})",
+                            self.why
+                        ),
+                    })
+                })
+                .collect();
+        }
+        let switching = previous != ModeChoice::Slices;
 
         // Hysteresis: keep an allocation that still meets the SLO when the new slice is close.
         let kept: Vec<bool> = (0..n)
@@ -603,5 +795,31 @@ impl Policy for ModelBased {
             })
             .map(|(model, (allocation, reason))| Decision { model, allocation, reason })
             .collect()
+    }
+}
+
+/// The worst model's share of its requests within its SLO in a replay (1 for a model without
+/// requests).
+fn worst_attainment(report: &Report) -> f64 {
+    report
+        .models
+        .iter()
+        .map(|m| if m.summary.arrivals == 0 { 1.0 } else { m.summary.within_slo as f64 / m.summary.arrivals as f64 })
+        .fold(1.0, f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrialScore;
+
+    #[test]
+    fn a_trial_leaves_the_mode_in_force_only_for_a_clear_gain() {
+        let incumbent = TrialScore { held: 2, beyond: 0.95, latency: 1.0 };
+        let slightly = TrialScore { beyond: 0.952, ..incumbent };
+        assert!(slightly.better_than(&incumbent) && !slightly.clearly_better_than(&incumbent));
+        assert!(TrialScore { beyond: 0.96, ..incumbent }.clearly_better_than(&incumbent));
+        assert!(TrialScore { held: 3, beyond: 0.5, latency: 2.0 }.clearly_better_than(&incumbent));
+        assert!(TrialScore { latency: 0.8, ..incumbent }.clearly_better_than(&incumbent));
+        assert!(!TrialScore { latency: 0.95, ..incumbent }.clearly_better_than(&incumbent));
     }
 }

@@ -4,9 +4,9 @@
 //! more requests within their SLOs; so it stays an upper bound of the hybrid (within what one
 //! window's plan from an empty queue can see).
 
+use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 use crate::{Decision, Policy};
-use gpuslice_simulator::{Allocation, ModelInterval, ModelSetup, ServiceModel, Sharing};
-use gpuslice_traces::arrivals::Replay;
+use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
 use std::sync::Arc;
 
 /// Allocations per window, computed offline.
@@ -100,10 +100,8 @@ pub struct PlanInputs<'a> {
     pub control_interval_s: f64,
     /// Control intervals per planned window.
     pub intervals_per_window: usize,
-    /// The run's simulator settings (contention, drops, seed); the planning runs use them.
-    pub config: gpuslice_simulator::SimConfig,
-    /// Whether service times spread (see `ServiceModel`).
-    pub service_jitter: bool,
+    /// The run's model of the GPU (contention, drops, seed); the planning runs use it.
+    pub device: DeviceModel,
 }
 
 impl PlanInputs<'_> {
@@ -111,18 +109,6 @@ impl PlanInputs<'_> {
     fn window_arrivals(&self, m: usize, w: usize, window_s: f64) -> Arc<[f64]> {
         let (start, end) = (w as f64 * window_s, (w + 1) as f64 * window_s);
         self.arrivals[m].iter().filter(|t| **t >= start && **t < end).map(|t| t - start).collect()
-    }
-
-    /// Model `m` replaying `times` at `allocation`, for one planning run.
-    fn replay(&self, m: usize, times: Arc<[f64]>, allocation: Allocation) -> ModelSetup {
-        let model = &self.models[m];
-        ModelSetup {
-            name: model.name.clone(),
-            slo_ms: model.slo_ms,
-            service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: self.service_jitter },
-            allocation,
-            arrivals: Box::new(Replay::new(times, 1.0, 1.0, None, 0)),
-        }
     }
 }
 
@@ -204,10 +190,11 @@ fn model_table(
                 let config = SimConfig {
                     sharing: Sharing::Spatial,
                     background_pct: 100.0 - gpu_pct,
-                    seed: inputs.config.seed ^ (w as u64) << 8 ^ m as u64,
-                    ..inputs.config.clone()
+                    seed: inputs.device.config.seed ^ (w as u64) << 8 ^ m as u64,
+                    ..inputs.device.config.clone()
                 };
-                let mut sim = Simulator::new(config, vec![inputs.replay(m, times.clone(), allocation)])?;
+                let setup = inputs.device.setup(model, times.clone(), allocation, 1.0, 0);
+                let mut sim = Simulator::new(config, vec![setup])?;
                 sim.finish();
                 let goodput = sim.report().total.within_slo;
                 if goodput > slot.0 {
@@ -264,10 +251,6 @@ fn split_window(tables: &Table, w: usize) -> (Vec<Allocation>, u64) {
     (allocations, goodput)
 }
 
-/// Uniform batchings (max batch, wait ms) the shared modes are planned with: those the tuned
-/// baselines chose on the shipped scenarios, and a small batch for tight SLOs.
-const SHARED_BATCHINGS: [(u32, f64); 5] = [(8, 1.0), (16, 1.0), (32, 1.0), (64, 1.0), (32, 8.0)];
-
 /// The best shared plan of window `w`: every model on the whole GPU together, under temporal
 /// sharing and default MPS, at each of `SHARED_BATCHINGS`; the most requests served within
 /// their SLOs (and the plan), or None for an empty window.
@@ -276,7 +259,6 @@ fn best_shared(
     w: usize,
     window_s: f64,
 ) -> Result<Option<(u64, Sharing, Vec<Allocation>)>, gpuslice_simulator::SimError> {
-    use gpuslice_simulator::{SimConfig, Simulator};
     let times: Vec<Arc<[f64]>> = (0..inputs.models.len()).map(|m| inputs.window_arrivals(m, w, window_s)).collect();
     if times.iter().all(|t| t.is_empty()) {
         return Ok(None);
@@ -284,16 +266,18 @@ fn best_shared(
     let mut best: Option<(u64, Sharing, Vec<Allocation>)> = None;
     for mode in [Sharing::Temporal, Sharing::DefaultMps] {
         for (max_batch, batch_timeout_ms) in SHARED_BATCHINGS {
-            let allocation = Allocation { gpu_pct: 100.0, max_batch, batch_timeout_ms };
-            let setups =
-                times.iter().enumerate().map(|(m, times)| inputs.replay(m, times.clone(), allocation)).collect();
-            let config =
-                SimConfig { sharing: mode, seed: inputs.config.seed ^ (w as u64) << 8, ..inputs.config.clone() };
-            let mut sim = Simulator::new(config, setups)?;
-            sim.finish();
-            let served = sim.report().total.within_slo;
+            let allocations = vec![Allocation { gpu_pct: 100.0, max_batch, batch_timeout_ms }; inputs.models.len()];
+            let run = ReplayRun {
+                models: inputs.models,
+                times: &times,
+                allocations: &allocations,
+                sharing: mode,
+                scale: 1.0,
+                seed: inputs.device.config.seed ^ (w as u64) << 8,
+            };
+            let served = inputs.device.replay(&run)?.total.within_slo;
             if best.as_ref().is_none_or(|(b, _, _)| served > *b) {
-                best = Some((served, mode, vec![allocation; inputs.models.len()]));
+                best = Some((served, mode, allocations));
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Policies through their public interface, on hand-computed cases.
 
-use gpuslice_policies::{ModelContext, build};
+use gpuslice_policies::{DeviceModel, ModelContext, build};
 use gpuslice_simulator::{Allocation, BatchSample, ModelInterval, Summary};
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use std::sync::Arc;
@@ -56,6 +56,7 @@ fn interval(allocation: Allocation, arrivals: u64, completed: u64, p99_ms: f64) 
             gpu_util: 0.0,
         },
         batches: Vec::new(),
+        arrivals_s: Vec::new(),
     }
 }
 
@@ -76,7 +77,8 @@ fn the_toy_profile_is_fitted_exactly() {
 // batch with the lowest utilization is 12 (s = 6.5 ms, utilization 0.54, p99 11 + 6.5 = 17.5).
 #[test]
 fn model_based_picks_the_smallest_slice_then_the_most_spare_batch() {
-    let mut policy = build("model-based", &[context("toy", toy_latency(), 20.0, 0)], None).unwrap();
+    let mut policy =
+        build("model-based", &[context("toy", toy_latency(), 20.0, 0)], &DeviceModel::default(), None).unwrap();
     let current = policy.initial()[0];
     let decisions = policy.decide(&[interval(current, 1000, 0, 0.0)]);
     assert_eq!(decisions.len(), 1);
@@ -92,7 +94,7 @@ fn model_based_picks_the_smallest_slice_then_the_most_spare_batch() {
 fn model_based_degrades_by_priority_when_demand_exceeds_the_gpu() {
     let latency = toy_latency();
     let models = [context("low", latency.clone(), 20.0, 0), context("high", latency, 20.0, 5)];
-    let mut policy = build("model-based", &models, None).unwrap();
+    let mut policy = build("model-based", &models, &DeviceModel::default(), None).unwrap();
     let start = policy.initial();
     let decisions = policy.decide(&[interval(start[0], 1000, 0, 0.0), interval(start[1], 1000, 0, 0.0)]);
     let of = |m: usize| decisions.iter().find(|d| d.model == m).expect("a decision for each model");
@@ -116,7 +118,7 @@ fn model_based_keeps_the_models_that_serve_most_requests_per_gpu_pct() {
         context("big", latency.clone(), 20.0, 0),
         context("small2", latency, 20.0, 0),
     ];
-    let mut policy = build("model-based", &models, None).unwrap();
+    let mut policy = build("model-based", &models, &DeviceModel::default(), None).unwrap();
     let start = policy.initial();
     let arrivals = [500, 1000, 500];
     let observed: Vec<ModelInterval> = (0..3).map(|m| interval(start[m], arrivals[m], 0, 0.0)).collect();
@@ -139,7 +141,7 @@ fn model_based_plans_on_the_backends_slice_levels() {
     let latency = toy_latency();
     let levels = [20.0, 30.0, 45.0, 60.0, 70.0];
     let models = [context("low", latency.clone(), 20.0, 0), context("high", latency.clone(), 20.0, 5)];
-    let mut policy = build("model-based", &models, None).unwrap();
+    let mut policy = build("model-based", &models, &DeviceModel::default(), None).unwrap();
     policy.plan_on_levels(&levels);
     let start = policy.initial();
     let decisions = policy.decide(&[interval(start[0], 1000, 0, 0.0), interval(start[1], 1000, 0, 0.0)]);
@@ -149,7 +151,7 @@ fn model_based_plans_on_the_backends_slice_levels() {
     assert_eq!(of(0).allocation.gpu_pct, 30.0, "{}", of(0).reason);
     assert!(of(0).reason.starts_with("degraded"), "{}", of(0).reason);
 
-    let mut alone = build("model-based", &[context("toy", latency, 20.0, 0)], None).unwrap();
+    let mut alone = build("model-based", &[context("toy", latency, 20.0, 0)], &DeviceModel::default(), None).unwrap();
     alone.plan_on_levels(&levels);
     let current = alone.initial()[0];
     let decisions = alone.decide(&[interval(current, 1000, 0, 0.0)]);
@@ -164,7 +166,7 @@ fn gslice_starts_at_the_knees_and_shares_max_min() {
     let models: Vec<ModelContext> =
         names.iter().map(|n| context(n, Arc::new(fitted.remove(*n).unwrap()), 30.0, 0)).collect();
     let knees: Vec<f64> = models.iter().map(|m| m.latency.knee_pct(8)).collect();
-    let initial = build("gslice", &models, None).unwrap().initial();
+    let initial = build("gslice", &models, &DeviceModel::default(), None).unwrap().initial();
     let total: f64 = initial.iter().map(|a| a.gpu_pct).sum();
     if knees.iter().sum::<f64>() <= 100.0 {
         assert_eq!(initial.iter().map(|a| a.gpu_pct).collect::<Vec<_>>(), knees);
@@ -181,7 +183,7 @@ fn gslice_starts_at_the_knees_and_shares_max_min() {
 /// one's share as its target set it.
 fn gslice_pair() -> Box<dyn gpuslice_policies::Policy> {
     let contexts = [context("a", toy_latency(), 20.0, 0), context("b", toy_latency(), 20.0, 0)];
-    build("gslice", &contexts, None).unwrap()
+    build("gslice", &contexts, &DeviceModel::default(), None).unwrap()
 }
 
 #[test]
@@ -235,7 +237,7 @@ fn gslice_ignores_changes_under_three_points() {
 // the batch grows by 16/0.5 = 32 to 40, where a p99-based rule would shrink it to 1.
 #[test]
 fn gslice_sizes_the_batch_from_the_time_batches_run() {
-    let mut policy = build("gslice", &[context("toy", toy_latency(), 20.0, 0)], None).unwrap();
+    let mut policy = build("gslice", &[context("toy", toy_latency(), 20.0, 0)], &DeviceModel::default(), None).unwrap();
     let current = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
     let mut observed = interval(current, 1000, 1000, 100.0);
     observed.batches = vec![BatchSample { size: 8, gpu_pct: 40.0, exec_ms: 4.0 }; 10];
@@ -248,7 +250,7 @@ fn gslice_sizes_the_batch_from_the_time_batches_run() {
 
 #[test]
 fn unknown_policies_are_named_in_the_error() {
-    let err = build("gslise", &[], None).err().unwrap().to_string();
+    let err = build("gslise", &[], &DeviceModel::default(), None).err().unwrap().to_string();
     assert!(err.contains("gslise") && err.contains("model-based"), "{err}");
-    assert!(build("oracle", &[], None).err().unwrap().to_string().contains("plan"));
+    assert!(build("oracle", &[], &DeviceModel::default(), None).err().unwrap().to_string().contains("plan"));
 }

@@ -5,7 +5,7 @@
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
 use gpuslice_control::BackendError;
-use gpuslice_policies::{ModelContext, Policy};
+use gpuslice_policies::{DeviceModel, ModelContext, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
     Simulator, Summary, Ticket, secs_to_ns,
@@ -330,8 +330,8 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
             config.control_interval_s
         )));
     }
-    let policy =
-        gpuslice_policies::build(&config.policy, &[], None).map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
+    let policy = gpuslice_policies::build(&config.policy, &[], &DeviceModel::h100(), None)
+        .map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
     let (commands, mut rx) = mpsc::channel(65_536);
     let (decisions, _) = broadcast::channel(4096);
     let (prepared, mut prepared_rx) = mpsc::unbounded_channel();
@@ -465,8 +465,8 @@ impl<B: LiveBackend> Live<B> {
 
     /// Policy `name` for `contexts`, planning on the backend's slice levels.
     fn build_policy(&self, name: &str, contexts: &[ModelContext]) -> Result<Box<dyn Policy>, LiveError> {
-        let mut policy =
-            gpuslice_policies::build(name, contexts, None).map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
+        let mut policy = gpuslice_policies::build(name, contexts, &DeviceModel::h100(), None)
+            .map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
         policy.plan_on_levels(&self.backend.slice_levels());
         Ok(policy)
     }

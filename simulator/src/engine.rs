@@ -19,7 +19,7 @@
 //!   on the H100.
 
 use crate::config::{Allocation, ModelSetup, ServiceModel, Sharing, SimConfig};
-use crate::metrics::{Counters, Summary};
+use crate::metrics::{Counters, IntervalRing, Summary};
 use crate::service::ServiceSampler;
 use crate::{Nanos, secs_to_ns};
 use gpuslice_traces::ArrivalProcess;
@@ -112,6 +112,8 @@ struct Batch {
 /// Completed batches kept per model and interval: the most recent ones, in a ring, so that long
 /// intervals at high load do not hold millions of samples.
 pub const BATCH_SAMPLES_PER_INTERVAL: usize = 1024;
+/// Arrival times kept per model and interval, the most recent ones (see `ModelInterval::arrivals_s`).
+pub const ARRIVAL_TIMES_PER_INTERVAL: usize = 1 << 16;
 
 /// One completed batch, as a policy observes it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -159,8 +161,12 @@ pub struct ModelInterval {
     pub queue_len: usize,
     /// What the model saw.
     pub summary: Summary,
-    /// Every batch completed in it.
+    /// Every batch completed in it (the most recent `BATCH_SAMPLES_PER_INTERVAL`).
     pub batches: Vec<BatchSample>,
+    /// When each request arrived, seconds into the run, ascending (the most recent
+    /// `ARRIVAL_TIMES_PER_INTERVAL`; `summary.arrivals` counts them all): what a policy that
+    /// replays recent traffic through a model of the GPU needs.
+    pub arrivals_s: Vec<f64>,
 }
 
 /// Whole-run figures.
@@ -215,9 +221,8 @@ struct ModelState {
     arrivals: Box<dyn ArrivalProcess>,
     total: Counters,
     interval: Counters,
-    interval_batches: Vec<BatchSample>,
-    /// Batches completed this interval (the ring's write position).
-    interval_batches_seen: usize,
+    interval_batches: IntervalRing<BatchSample>,
+    interval_arrivals: IntervalRing<f64>,
     reallocations: u64,
 }
 
@@ -321,8 +326,8 @@ impl Simulator {
             arrivals: setup.arrivals,
             total: Counters::new(),
             interval: Counters::new(),
-            interval_batches: Vec::new(),
-            interval_batches_seen: 0,
+            interval_batches: IntervalRing::new(BATCH_SAMPLES_PER_INTERVAL),
+            interval_arrivals: IntervalRing::new(ARRIVAL_TIMES_PER_INTERVAL),
             reallocations: 0,
         })
     }
@@ -489,7 +494,6 @@ impl Simulator {
                 m.touch_queue(now);
                 let summary = m.interval.summary(now - start, now - start);
                 m.interval.reset();
-                m.interval_batches_seen = 0;
                 ModelInterval {
                     model: m.name.clone(),
                     start_s: start as f64 * 1e-9,
@@ -497,7 +501,8 @@ impl Simulator {
                     allocation: m.pending.unwrap_or(m.allocation),
                     queue_len: m.queue.len(),
                     summary,
-                    batches: std::mem::take(&mut m.interval_batches),
+                    batches: m.interval_batches.take(),
+                    arrivals_s: m.interval_arrivals.take(),
                 }
             })
             .collect()
@@ -554,6 +559,7 @@ impl Simulator {
         self.last_arrival = self.now;
         state.total.arrivals += 1;
         state.interval.arrivals += 1;
+        state.interval_arrivals.push(self.now as f64 * 1e-9);
         let len = state.queue.len();
         state.total.max_queue = state.total.max_queue.max(len);
         state.interval.max_queue = state.interval.max_queue.max(len);
@@ -806,12 +812,7 @@ impl Simulator {
         }
         let sample =
             BatchSample { size: batch.size, gpu_pct: batch.gpu_pct, exec_ms: (now - batch.started) as f64 * 1e-6 };
-        let slot = state.interval_batches_seen % BATCH_SAMPLES_PER_INTERVAL;
-        state.interval_batches_seen += 1;
-        match state.interval_batches.get_mut(slot) {
-            Some(old) => *old = sample,
-            None => state.interval_batches.push(sample),
-        }
+        state.interval_batches.push(sample);
         batch.requests.clear();
         self.spare_vecs.push(batch.requests);
         self.reschedule_running();

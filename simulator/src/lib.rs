@@ -13,8 +13,11 @@ pub use config::{
     Allocation, H100_INTERFERENCE, H100_MPS_LAUNCH_CONTENTION, H100_MPS_SHARE_EXPONENT, ModelSetup, ReallocationCost,
     ServiceModel, Sharing, SimConfig,
 };
-pub use engine::{BatchSample, ModelInterval, ModelReport, Report, RequestRecord, SimError, Simulator, Ticket};
-pub use metrics::{Counters, Summary};
+pub use engine::{
+    ARRIVAL_TIMES_PER_INTERVAL, BATCH_SAMPLES_PER_INTERVAL, BatchSample, ModelInterval, ModelReport, Report,
+    RequestRecord, SimError, Simulator, Ticket,
+};
+pub use metrics::{Counters, IntervalRing, Summary};
 
 /// Simulated time, in nanoseconds from the start.
 pub type Nanos = u64;

@@ -157,3 +157,56 @@ pub struct Summary {
     /// Fraction of the GPU's SM-time held by this model's running batches.
     pub gpu_util: f64,
 }
+
+/// The most recent `capacity` items of one control interval, oldest first when taken: per-interval
+/// observations (batch samples, arrival times) stay bounded however long the interval and high
+/// the load.
+#[derive(Debug, Clone)]
+pub struct IntervalRing<T> {
+    items: Vec<T>,
+    /// Items pushed since the last `take` (the write position, modulo the capacity).
+    seen: usize,
+    capacity: usize,
+}
+
+impl<T> IntervalRing<T> {
+    /// An empty ring keeping at most `capacity` (at least 1) items.
+    pub fn new(capacity: usize) -> IntervalRing<T> {
+        IntervalRing { items: Vec::new(), seen: 0, capacity: capacity.max(1) }
+    }
+
+    /// Adds an item, overwriting the oldest when full.
+    pub fn push(&mut self, item: T) {
+        let slot = self.seen % self.capacity;
+        self.seen += 1;
+        match self.items.get_mut(slot) {
+            Some(old) => *old = item,
+            None => self.items.push(item),
+        }
+    }
+
+    /// The items kept, oldest first, and starts a new interval.
+    pub fn take(&mut self) -> Vec<T> {
+        let mut items = std::mem::take(&mut self.items);
+        if self.seen > self.capacity {
+            items.rotate_left(self.seen % self.capacity);
+        }
+        self.seen = 0;
+        items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IntervalRing;
+
+    #[test]
+    fn an_interval_ring_keeps_the_most_recent_items_oldest_first() {
+        let mut ring = IntervalRing::new(3);
+        (1..=2).for_each(|i| ring.push(i));
+        assert_eq!(ring.take(), [1, 2]);
+        (1..=7).for_each(|i| ring.push(i));
+        assert_eq!(ring.take(), [5, 6, 7]);
+        assert!(ring.take().is_empty());
+    }
+}

@@ -1,0 +1,86 @@
+//! Replaying arrivals through the simulator, the model of the GPU that planning policies share:
+//! the oracle replays the future of the trace, model-based the recent past (its mode trials).
+
+use crate::ModelContext;
+use gpuslice_simulator::{Allocation, ModelSetup, Report, ServiceModel, Sharing, SimConfig, SimError, Simulator};
+use gpuslice_traces::arrivals::Replay;
+use std::sync::Arc;
+
+/// What a policy that plans by simulation knows of the GPU: the simulator settings of the run
+/// (co-location interference, default-MPS contention, reallocation cost, drops) and whether
+/// service times spread.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceModel {
+    /// The simulator's settings; `sharing` and `seed` are set per replay.
+    pub config: SimConfig,
+    /// Whether service times spread around the profile's median (see `ServiceModel`).
+    pub service_jitter: bool,
+}
+
+/// Uniform batchings (max batch, wait ms) the shared modes are planned and tried with: those the
+/// tuned baselines chose on the shipped scenarios, small batches for tight SLOs, and no wait at
+/// all (a batch takes what is queued when the GPU frees: the lowest latency at light load).
+pub const SHARED_BATCHINGS: [(u32, f64); 7] =
+    [(8, 1.0), (16, 1.0), (32, 1.0), (64, 1.0), (32, 8.0), (64, 2.0), (64, 0.0)];
+
+/// One replay: every model's arrival times (seconds from the replay's start, ascending), each
+/// played `scale` times over (see `Replay::new`), at its allocation, under `sharing`.
+pub struct ReplayRun<'a> {
+    /// The models.
+    pub models: &'a [ModelContext],
+    /// Per model, its arrivals.
+    pub times: &'a [Arc<[f64]>],
+    /// Per model, its allocation.
+    pub allocations: &'a [Allocation],
+    /// How the GPU is shared.
+    pub sharing: Sharing,
+    /// Load multiplier.
+    pub scale: f64,
+    /// Seed of the replay's random draws.
+    pub seed: u64,
+}
+
+impl DeviceModel {
+    /// The H100's co-location model (`H100_INTERFERENCE`, `H100_MPS_LAUNCH_CONTENTION`), with
+    /// spread service times: for a live node without a calibration of its own.
+    pub fn h100() -> DeviceModel {
+        let config = SimConfig {
+            interference: gpuslice_simulator::H100_INTERFERENCE,
+            mps_launch_contention: gpuslice_simulator::H100_MPS_LAUNCH_CONTENTION,
+            ..SimConfig::default()
+        };
+        DeviceModel { config, service_jitter: true }
+    }
+
+    /// Model `m` replaying `times` at `allocation`, `scale` times over.
+    pub(crate) fn setup(
+        &self,
+        model: &ModelContext,
+        times: Arc<[f64]>,
+        allocation: Allocation,
+        scale: f64,
+        seed: u64,
+    ) -> ModelSetup {
+        ModelSetup {
+            name: model.name.clone(),
+            slo_ms: model.slo_ms,
+            service: ServiceModel::Calibrated { latency: model.latency.clone(), jitter: self.service_jitter },
+            allocation,
+            arrivals: Box::new(Replay::new(times, 1.0, scale, None, seed)),
+        }
+    }
+
+    /// Runs `run` to the end (every request served or dropped) and reports it.
+    pub fn replay(&self, run: &ReplayRun) -> Result<Report, SimError> {
+        let setups = (0..run.models.len())
+            .map(|m| {
+                let seed = run.seed.wrapping_add(m as u64);
+                self.setup(&run.models[m], run.times[m].clone(), run.allocations[m], run.scale, seed)
+            })
+            .collect();
+        let config = SimConfig { sharing: run.sharing, seed: run.seed, record_requests: false, ..self.config.clone() };
+        let mut sim = Simulator::new(config, setups)?;
+        sim.finish();
+        Ok(sim.report())
+    }
+}
