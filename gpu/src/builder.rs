@@ -1,7 +1,7 @@
 //! The GPU as the backend of a scenario run (`gpuslice gpu-run`): builds a `GpuBackend` from the
 //! run's models, with its own MPS daemon where the sharing mode needs one.
 
-use crate::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+use crate::serving::{GpuBackend, GpuModelSetup, ModelSource, WorkerStarter, WorkerTemplate};
 use gpuslice_control::{Backend, BackendBuilder, BackendError};
 use gpuslice_simulator::{ModelSetup, Sharing, SimConfig};
 use std::time::Duration;
@@ -41,6 +41,7 @@ impl BackendBuilder for GpuBuilder {
         let gpu_setups = setups
             .into_iter()
             .map(|s| GpuModelSetup {
+                source: ModelSource::torchvision(&s.name),
                 name: s.name,
                 slo_ms: s.slo_ms,
                 allocation: s.allocation,

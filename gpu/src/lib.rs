@@ -5,4 +5,5 @@ pub mod builder;
 pub mod mps;
 pub mod serving;
 pub mod telemetry;
+pub mod tensors;
 pub mod worker;

@@ -7,7 +7,8 @@
 
 use crate::mps::MpsDaemon;
 use crate::telemetry::Telemetry;
-use crate::worker::{Completion, INPUT_BYTES_PER_ITEM, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
+use crate::tensors::ModelIo;
+use crate::worker::{Completion, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
 use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_simulator::{
     ARRIVAL_TIMES_PER_INTERVAL, Allocation, BATCH_SAMPLES_PER_INTERVAL, BatchSample, Counters, IntervalRing,
@@ -28,6 +29,8 @@ pub const GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, 32];
 pub struct GpuModelSetup {
     /// The model's name.
     pub name: String,
+    /// What its workers run.
+    pub source: ModelSource,
     /// Its latency SLO, ms.
     pub slo_ms: f64,
     /// Its allocation at the start.
@@ -120,17 +123,46 @@ impl StageRecorder {
     }
 }
 
-/// A request waiting in a model's queue; submitted ones carry their ticket (generated arrivals 0).
+/// A request waiting in a model's queue; submitted ones carry their ticket (generated arrivals 0)
+/// and their input row (generated ones are served zeros).
 struct Queued {
     arrival: Instant,
     ticket: Ticket,
+    input: Option<Arc<[u8]>>,
+}
+
+/// A submitted request served: its record and its output row.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// When it arrived, ran and completed.
+    pub record: RequestRecord,
+    /// Its output row, as the worker wrote it.
+    pub output: Vec<u8>,
+}
+
+/// What a model's workers run.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// The program (see `WorkerSpec::model`).
+    pub program: String,
+    /// Its tensors.
+    pub io: ModelIo,
+    /// Whether it computes in half precision.
+    pub half: bool,
+}
+
+impl ModelSource {
+    /// A torchvision classifier with random weights (benchmarks), in half precision.
+    pub fn torchvision(name: &str) -> ModelSource {
+        ModelSource { program: name.to_string(), io: ModelIo::image_classifier(), half: true }
+    }
 }
 
 /// What a model's dispatcher and the backend share.
 struct Shared {
     queue: VecDeque<Queued>,
     /// Submitted requests served (times in ns since the backend started) or dropped, not yet taken.
-    finished: Vec<RequestRecord>,
+    finished: Vec<Answered>,
     dropped_tickets: Vec<Ticket>,
     stages: StageRecorder,
     allocation: Allocation,
@@ -151,6 +183,10 @@ struct Shared {
 
 struct ModelHandle {
     name: String,
+    /// What its workers run (a standby starts from it).
+    source: ModelSource,
+    /// Bytes of one request's input row.
+    row_in: usize,
     slo_ms: f64,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     /// Ready standby workers go to the dispatcher through this.
@@ -216,9 +252,11 @@ impl WorkerStarter {
         WorkerStarter { template, mps: mps.map(Arc::new) }
     }
 
-    fn one(&self, model: &str, gpu_pct: f64) -> Result<Worker, WorkerError> {
+    fn one(&self, model: &ModelSource, gpu_pct: f64) -> Result<Worker, WorkerError> {
         Worker::spawn(&WorkerSpec {
-            model: model.into(),
+            model: model.program.clone(),
+            io: model.io.clone(),
+            half: model.half,
             batches: GRAPH_BATCHES.to_vec(),
             script: self.template.script.clone(),
             env: self.mps.as_ref().map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
@@ -234,7 +272,7 @@ impl WorkerStarter {
     }
 
     /// One worker per pool level, or one at `gpu_pct` without a pool; started in parallel.
-    pub fn start(&self, model: &str, gpu_pct: f64) -> Result<ModelWorkers, WorkerError> {
+    pub fn start(&self, model: &ModelSource, gpu_pct: f64) -> Result<ModelWorkers, WorkerError> {
         let levels =
             if self.template.pool_levels.is_empty() { vec![gpu_pct] } else { self.template.pool_levels.clone() };
         std::thread::scope(|scope| {
@@ -287,7 +325,7 @@ fn feed(
             if s.stop {
                 return;
             }
-            s.push(Queued { arrival: Instant::now(), ticket: 0 });
+            s.push(Queued { arrival: Instant::now(), ticket: 0, input: None });
             ready.notify_one();
         }
         lock.lock().expect("model state").arrivals_done = true;
@@ -452,9 +490,17 @@ impl Dispatcher {
             drop(s);
             let graph = graph_for(n);
             let submitted = Instant::now();
-            // The requests' inputs go to the worker's shared memory (their payload bytes).
-            let handed =
-                pool[active].0.submit(graph, 0, |input| input[..graph as usize * INPUT_BYTES_PER_ITEM].fill(0));
+            // Each request's input goes into its row of the worker's shared memory, as it came
+            // (the one copy on the host); rows without one, and the graph's padding, are zeros.
+            let row = pool[active].0.row_bytes().0;
+            let handed = pool[active].0.submit(graph, 0, |slot| {
+                for (i, rows) in slot[..graph as usize * row].chunks_exact_mut(row).enumerate() {
+                    match requests.get(i).and_then(|r| r.input.as_deref()) {
+                        Some(input) => rows.copy_from_slice(input),
+                        None => rows.fill(0),
+                    }
+                }
+            });
             running.push_back(Running { requests, worker: active, graph, submitted });
             if let Err(e) = handed {
                 self.fail(&mut lock.lock().expect("model state"), e, running);
@@ -479,7 +525,8 @@ impl Dispatcher {
             while let Some(completion) = worker.try_complete()? {
                 let i = running.iter().position(|r| r.worker == w).expect("a batch of this worker runs");
                 let batch = running.remove(i).expect("index");
-                self.record(s, batch, &completion, *gpu_pct, pace);
+                let row = worker.row_bytes().1;
+                self.record(s, batch, &completion, worker.output_of(completion.slot), row, *gpu_pct, pace);
             }
         }
         Ok(())
@@ -487,7 +534,17 @@ impl Dispatcher {
 
     /// A completed batch: stage times, the sample the policy learns from (how long the batch held
     /// the worker: the slice's whole per-batch cycle, not the GPU time alone) and each request.
-    fn record(&self, s: &mut Shared, batch: Running, c: &Completion, gpu_pct: f64, pace: &mut Pace) {
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        s: &mut Shared,
+        batch: Running,
+        c: &Completion,
+        outputs: &[u8],
+        row: usize,
+        gpu_pct: f64,
+        pace: &mut Pace,
+    ) {
         let since_start = |t: Instant| t.saturating_duration_since(self.started).as_nanos() as u64;
         let (began, service) = pace.completed(batch.worker, batch.graph, c);
         s.in_flight -= 1;
@@ -500,12 +557,12 @@ impl Dispatcher {
         s.interval.sm_pct_ns += busy;
         s.samples.push(BatchSample { size: batch.graph, gpu_pct, exec_ms: service.as_secs_f64() * 1e3 });
         let size = batch.requests.len() as u32;
-        for r in batch.requests {
+        for (i, r) in batch.requests.into_iter().enumerate() {
             let latency = (c.done - r.arrival).as_nanos() as u64;
             s.total.record_latency(latency, latency <= self.slo_ns);
             s.interval.record_latency(latency, latency <= self.slo_ns);
             if r.ticket != 0 {
-                s.finished.push(RequestRecord {
+                let record = RequestRecord {
                     ticket: r.ticket,
                     model: self.index,
                     arrival_ns: since_start(r.arrival),
@@ -513,7 +570,9 @@ impl Dispatcher {
                     end_ns: since_start(c.done),
                     solo_ns: service.as_nanos() as u64,
                     batch_size: size,
-                });
+                };
+                let output = outputs.get(i * row..(i + 1) * row).map(<[u8]>::to_vec).unwrap_or_default();
+                s.finished.push(Answered { record, output });
             }
         }
     }
@@ -548,8 +607,8 @@ impl GpuBackend {
             let handles: Vec<_> = setups
                 .iter()
                 .map(|s| {
-                    let (starter, name, pct) = (&starter, s.name.as_str(), s.allocation.gpu_pct);
-                    scope.spawn(move || starter.start(name, pct))
+                    let (starter, source, pct) = (&starter, &s.source, s.allocation.gpu_pct);
+                    scope.spawn(move || starter.start(source, pct))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<_, _>>()
@@ -637,10 +696,13 @@ impl GpuBackend {
             slo_ns: (setup.slo_ms * 1e6) as u64,
         };
         let pool = workers.0;
+        let row_in = pool.first().map_or(0, |(w, _)| w.row_bytes().0);
         let active = pool.iter().position(|(_, pct)| *pct == setup.allocation.gpu_pct).unwrap_or(0);
         self.threads.push(std::thread::spawn(move || dispatcher.serve(pool, active)));
         self.models.push(ModelHandle {
             name: setup.name,
+            source: setup.source,
+            row_in,
             slo_ms: setup.slo_ms,
             shared,
             handover,
@@ -662,10 +724,19 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// Queues one request for a model (an open one: added without arrivals, not retired);
-    /// its result comes out of `take_finished` under the returned ticket.
-    pub fn submit(&mut self, model: usize) -> Result<Ticket, SimError> {
+    /// Queues one request for a model (an open one: added without arrivals, not retired), with
+    /// its input row (None: zeros); its result comes out of `take_answered` (or `take_finished`)
+    /// under the returned ticket.
+    pub fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, SimError> {
         let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
+        if let Some(input) = &input
+            && input.len() != handle.row_in
+        {
+            return Err(SimError::InvalidModel {
+                model: handle.name.clone(),
+                problem: format!("a request's input is {} bytes, {} given", handle.row_in, input.len()),
+            });
+        }
         let (lock, ready) = &*handle.shared;
         let mut s = lock.lock().expect("model state");
         if handle.retired {
@@ -679,13 +750,13 @@ impl GpuBackend {
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        s.push(Queued { arrival: Instant::now(), ticket });
+        s.push(Queued { arrival: Instant::now(), ticket, input });
         ready.notify_one();
         Ok(ticket)
     }
 
-    /// Submitted requests served and dropped since the last call.
-    pub fn take_finished(&mut self) -> (Vec<RequestRecord>, Vec<Ticket>) {
+    /// Submitted requests served (with their outputs) and dropped since the last call.
+    pub fn take_answered(&mut self) -> (Vec<Answered>, Vec<Ticket>) {
         let (mut done, mut dropped) = (Vec::new(), Vec::new());
         for m in &self.models {
             let mut s = m.shared.0.lock().expect("model state");
@@ -693,6 +764,13 @@ impl GpuBackend {
             dropped.append(&mut s.dropped_tickets);
         }
         (done, dropped)
+    }
+
+    /// Submitted requests served and dropped since the last call (`take_answered` without the
+    /// outputs).
+    pub fn take_finished(&mut self) -> (Vec<RequestRecord>, Vec<Ticket>) {
+        let (done, dropped) = self.take_answered();
+        (done.into_iter().map(|a| a.record).collect(), dropped)
     }
 
     /// A model's allocation now.
@@ -773,7 +851,7 @@ impl Backend for GpuBackend {
     /// serves until the standby is ready); batch size and timeout change at once.
     fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
         let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
-        let name = handle.name.clone();
+        let (name, source) = (handle.name.clone(), handle.source.clone());
         if handle.retired {
             return Err(SimError::Retired(name).into());
         }
@@ -816,7 +894,7 @@ impl Backend for GpuBackend {
             let (starter, handover) = (self.starter.clone(), handle.handover.clone());
             let starting = handle.standby_starting.clone();
             std::thread::spawn(move || {
-                match starter.one(&name, allocation.gpu_pct) {
+                match starter.one(&source, allocation.gpu_pct) {
                     Ok(worker) => {
                         let _ = handover.send(Handover::Started(Box::new(worker), allocation.gpu_pct));
                     }

@@ -7,6 +7,7 @@
 //! stream. A thread reads its completions as they come, stamps them, and wakes whoever waits
 //! (`on_output`).
 
+use crate::tensors::ModelIo;
 use memmap2::MmapMut;
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -37,8 +38,13 @@ pub fn default_script() -> PathBuf {
 /// What a worker serves.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
-    /// The model (torchvision name).
+    /// The model's program: `torchvision:NAME` (or a bare torchvision name: random weights, for
+    /// benchmarks), or the path of a TorchScript (`.pt`) or torch.export (`.pt2`) file.
     pub model: String,
+    /// Its input and output tensors (one request is one row of each).
+    pub io: ModelIo,
+    /// Whether it computes in half precision (the inputs are cast on the GPU, the outputs back).
+    pub half: bool,
     /// The batch sizes it keeps a CUDA graph for.
     pub batches: Vec<u32>,
     /// The worker script.
@@ -203,22 +209,27 @@ pub struct Worker {
     input_bytes: usize,
     /// Bytes of one slot (its inputs, then its outputs).
     slot_bytes: usize,
+    /// Bytes of one request's input row and output row.
+    row_in: usize,
+    row_out: usize,
     pending: VecDeque<Pending>,
     seq: u64,
 }
 
-/// Bytes of one fp16 3x224x224 input.
-pub const INPUT_BYTES_PER_ITEM: usize = 3 * 224 * 224 * 2;
-
 impl Worker {
     /// Starts the worker and waits until it has captured its graphs.
     pub fn spawn(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
+        if let Some(problem) = spec.io.problem() {
+            return Err(WorkerError::Protocol { model: spec.model.clone(), line: problem });
+        }
         let largest = spec.batches.iter().copied().max().unwrap_or(1) as usize;
-        let slot_bytes = largest * INPUT_BYTES_PER_ITEM + largest * 1000 * 2;
+        let (row_in, row_out) = (spec.io.input().bytes(), spec.io.output().bytes());
+        let slot_bytes = largest * (row_in + row_out);
         let size = SLOTS * slot_bytes;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let unique = format!("gpuslice-{}-{}-{n}", std::process::id(), spec.model);
+        // The file name carries no part of the model's source (a path, or a hostile name).
+        let unique = format!("gpuslice-{}-{n}", std::process::id());
         let shm_dir =
             if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
         let shm_path = shm_dir.join(&unique);
@@ -233,12 +244,16 @@ impl Worker {
             .arg(&spec.script)
             .args(["--model", &spec.model, "--batches", &batches.join(","), "--slots", &SLOTS.to_string(), "--shm"])
             .arg(&shm_path)
+            .args(["--io", &serde_json::to_string(&spec.io).expect("tensor specs serialize")])
             .envs(spec.env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path)?);
         if let Some(ms) = spec.fake_ms {
             command.args(["--fake-ms", &ms.to_string()]);
+        }
+        if !spec.half {
+            command.arg("--fp32");
         }
         if let Some(handle) = &spec.input_ipc {
             command.args(["--input-ipc", handle]);
@@ -267,13 +282,19 @@ impl Worker {
             shm,
             input_bytes: 0,
             slot_bytes,
+            row_in,
+            row_out,
             pending: VecDeque::new(),
             seq: 0,
         };
         let (line, _) = worker.read_line()?;
         let ready: Ready = serde_json::from_str(&line).map_err(|_| worker.protocol(&line))?;
-        // The worker lays the slots out by the sizes it reports.
-        if SLOTS * (ready.input_bytes + ready.output_bytes) > worker.shm.len() {
+        // The worker lays the slots out by the sizes it reports: they must be the rows' here.
+        let largest_ready = ready.batches.iter().copied().max().unwrap_or(0) as usize;
+        if ready.input_bytes != largest_ready * row_in
+            || ready.output_bytes != largest_ready * row_out
+            || SLOTS * (ready.input_bytes + ready.output_bytes) > worker.shm.len()
+        {
             return Err(worker.protocol(&line));
         }
         worker.slot_bytes = ready.input_bytes + ready.output_bytes;
@@ -318,6 +339,11 @@ impl Worker {
     /// Slot 0's input area: write a batch's items here before `run`.
     pub fn input_mut(&mut self) -> &mut [u8] {
         &mut self.shm[..self.input_bytes]
+    }
+
+    /// Bytes of one request's input row and of its output row.
+    pub fn row_bytes(&self) -> (usize, usize) {
+        (self.row_in, self.row_out)
     }
 
     /// The outputs of the last batch `run` ran.

@@ -2,11 +2,34 @@
 //! detection. The GPU runs of the same worker are in scripts/gpu-test.sh.
 
 use gpuslice_gpu::mps::{MpsDaemon, MpsError};
+use gpuslice_gpu::serving::ModelSource;
+use gpuslice_gpu::tensors::{DataType, ModelIo, TensorSpec};
 use gpuslice_gpu::worker::{Worker, WorkerError, WorkerSpec, default_script};
+
+/// A small model: 4 FP32 in, 2 FP32 out per request (the fake worker answers each row's sum).
+fn small_io() -> ModelIo {
+    let spec = |name: &str, n: i64| TensorSpec { name: name.into(), datatype: DataType::Fp32, dims: vec![n] };
+    ModelIo { inputs: vec![spec("x", 4)], outputs: vec![spec("y", 2)] }
+}
+
+fn small(name: &str) -> ModelSource {
+    ModelSource { program: name.into(), io: small_io(), half: true }
+}
+
+/// Rows of `values`, as little-endian FP32 bytes.
+fn fp32(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn read_fp32(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
 
 fn fake(model: &str) -> WorkerSpec {
     WorkerSpec {
         model: model.into(),
+        io: small_io(),
+        half: true,
         batches: vec![1, 2, 4, 8],
         script: default_script(),
         env: Vec::new(),
@@ -20,9 +43,10 @@ fn fake(model: &str) -> WorkerSpec {
 fn batches_go_through_shared_memory_and_come_back_timed() {
     let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
     assert_eq!(worker.batches, vec![1, 2, 4, 8]);
-    worker.input_mut()[..8].copy_from_slice(b"gpuslice");
+    assert_eq!(worker.row_bytes(), (16, 8));
+    worker.input_mut()[..32].copy_from_slice(&fp32(&[1.0, 2.0, 3.0, 4.0, 0.5, 0.5, 0.5, 0.5]));
     let times = worker.run(4).unwrap();
-    assert_eq!(&worker.output()[..8], b"gpuslice", "the worker read the batch from shared memory");
+    assert_eq!(read_fp32(&worker.output()[..32]), [10.0, 10.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0], "each row's answer");
     assert_eq!(times.infer_ms, 2.0);
     assert!(times.round_trip.as_secs_f64() * 1e3 >= 2.0);
     for _ in 0..20 {
@@ -35,8 +59,8 @@ fn batches_go_through_shared_memory_and_come_back_timed() {
 #[test]
 fn a_worker_holds_two_batches_in_their_own_slots() {
     let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
-    let first = worker.submit(4, 0, |input| input[..8].copy_from_slice(b"batch--1")).unwrap();
-    let second = worker.submit(8, 0, |input| input[..8].copy_from_slice(b"batch--2")).unwrap();
+    let first = worker.submit(4, 0, |input| input[..16].copy_from_slice(&fp32(&[1.0; 4]))).unwrap();
+    let second = worker.submit(8, 0, |input| input[..16].copy_from_slice(&fp32(&[2.0; 4]))).unwrap();
     assert_ne!(first, second);
     assert_eq!(worker.in_flight(), 2);
     let err = worker.submit(1, 0, |_| ()).unwrap_err();
@@ -46,8 +70,8 @@ fn a_worker_holds_two_batches_in_their_own_slots() {
     let b = worker.complete().unwrap();
     assert_eq!((a.slot, b.slot), (first, second), "completed in the order handed over");
     assert!(b.done >= a.done && b.times.round_trip.as_secs_f64() * 1e3 >= 4.0, "the second waited for the first");
-    assert_eq!(&worker.output_of(first)[..8], b"batch--1");
-    assert_eq!(&worker.output_of(second)[..8], b"batch--2");
+    assert_eq!(read_fp32(&worker.output_of(first)[..8]), [4.0, 4.0], "each batch in its own slot");
+    assert_eq!(read_fp32(&worker.output_of(second)[..8]), [8.0, 8.0]);
     assert_eq!(worker.in_flight(), 0);
     assert!(worker.try_complete().unwrap().is_none(), "nothing in flight");
     worker.run(1).unwrap();
@@ -108,6 +132,7 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
     use std::time::Duration;
     let setup = |name: &str, seed: u64| GpuModelSetup {
         name: name.into(),
+        source: small(name),
         slo_ms: 50.0,
         allocation: Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 },
         arrivals: Some(Box::new(
@@ -161,6 +186,7 @@ fn a_standby_pool_switches_levels_at_once() {
     use std::time::Duration;
     let setup = GpuModelSetup {
         name: "a".into(),
+        source: small("a"),
         slo_ms: 50.0,
         allocation: Allocation { gpu_pct: 35.0, max_batch: 8, batch_timeout_ms: 2.0 },
         arrivals: Some(Box::new(
@@ -210,27 +236,38 @@ fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
     .unwrap();
     let open = |name: &str| GpuModelSetup {
         name: name.into(),
+        source: small(name),
         slo_ms: 50.0,
         allocation: Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
         arrivals: None,
     };
     // A unique name, so the test can find this worker's process among others running at once.
     let doomed_name = format!("doomed-{}", std::process::id());
-    let kept = backend.add_model(open("kept"), backend.starter().start("kept", 40.0).unwrap()).unwrap();
-    let doomed = backend.add_model(open(&doomed_name), backend.starter().start(&doomed_name, 40.0).unwrap()).unwrap();
+    let kept = backend.add_model(open("kept"), backend.starter().start(&small("kept"), 40.0).unwrap()).unwrap();
+    let doomed = backend.add_model(open(&doomed_name), backend.starter().start(&small(&doomed_name), 40.0).unwrap()).unwrap();
     assert!(
-        backend.add_model(open("third"), backend.starter().start("third", 40.0).unwrap()).is_err(),
+        backend.add_model(open("third"), backend.starter().start(&small("third"), 40.0).unwrap()).is_err(),
         "40 + 40 + 40 > 100"
     );
 
-    let mut tickets: HashSet<u64> = (0..20).map(|_| backend.submit(kept).unwrap()).collect();
+    // Request k sends [k, k, k, k]: its answer is 4k in both outputs, whatever batch it rode in.
+    let mut tickets: std::collections::HashMap<u64, f32> = (0..20)
+        .map(|k| {
+            let input: std::sync::Arc<[u8]> = fp32(&[k as f32; 4]).into();
+            (backend.submit(kept, Some(input)).unwrap(), 4.0 * k as f32)
+        })
+        .collect();
+    let wrong = backend.submit(kept, Some(fp32(&[1.0; 3]).into())).unwrap_err().to_string();
+    assert!(wrong.contains("16 bytes, 12 given"), "{wrong}");
     let (mut answered, deadline) = (0, Instant::now() + Duration::from_secs(10));
     while !tickets.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
-        let (done, dropped) = backend.take_finished();
+        let (done, dropped) = backend.take_answered();
         assert!(dropped.is_empty());
-        for r in done {
-            assert!(tickets.remove(&r.ticket), "ticket {} answered once", r.ticket);
+        for a in done {
+            let r = a.record;
+            let expected = tickets.remove(&r.ticket).unwrap_or_else(|| panic!("ticket {} answered once", r.ticket));
+            assert_eq!(read_fp32(&a.output), [expected, expected], "ticket {} got its own answer", r.ticket);
             assert!(r.batch_size >= 1 && r.batch_size <= 4 && r.end_ns >= r.start_ns + 2_000_000);
             answered += 1;
         }
@@ -248,7 +285,7 @@ fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
         .expect("the doomed worker's process");
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     // (The dispatcher may find the worker dead between two of these submissions.)
-    let mut lost: HashSet<u64> = (0..5).map_while(|_| backend.submit(doomed).ok()).collect();
+    let mut lost: HashSet<u64> = (0..5).map_while(|_| backend.submit(doomed, None).ok()).collect();
     let accepted = lost.len() as u64;
     assert!(accepted >= 1);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -261,11 +298,11 @@ fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
         }
     }
     assert!(lost.is_empty(), "every request to the dead worker comes back dropped: {lost:?}");
-    let refused = backend.submit(doomed).unwrap_err().to_string();
+    let refused = backend.submit(doomed, None).unwrap_err().to_string();
     assert!(refused.contains("died"), "{refused}");
 
     backend.retire_model(kept).unwrap();
-    assert!(backend.submit(kept).is_err(), "a retired model takes no requests");
+    assert!(backend.submit(kept, None).is_err(), "a retired model takes no requests");
     let report = gpuslice_control::Backend::report(&mut backend);
     assert_eq!(report.models[0].summary.completed, 20);
     assert_eq!(report.models[1].summary.dropped, accepted);
@@ -283,6 +320,7 @@ fn a_reserved_share_is_left_free_by_reallocations() {
         WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 45.0, 60.0] };
     let setup = GpuModelSetup {
         name: "a".into(),
+        source: small("a"),
         slo_ms: 50.0,
         allocation: Allocation { gpu_pct: 60.0, max_batch: 8, batch_timeout_ms: 2.0 },
         arrivals: None,

@@ -2,8 +2,12 @@
 """A gpuslice model worker: one process per model (and per GPU share: its MPS active-thread
 percentage is fixed when CUDA starts, from CUDA_MPS_ACTIVE_THREAD_PERCENTAGE).
 
-It loads a torchvision model (random weights, fp16), captures one CUDA graph per batch size, and
-serves batches the Rust backend places in shared memory. The shared file has --slots slots of
+It loads the model's program (--model: `torchvision:NAME` or a bare torchvision name, random
+weights seeded with 0, for benchmarks; or a TorchScript `.pt` / torch.export `.pt2` file), in half
+precision unless --fp32, captures one CUDA graph per batch size, and serves batches the Rust
+backend places in shared memory. --io gives the model's input and output tensor (name, datatype,
+dims per request, as JSON): one request is one row of each, in its wire datatype; the worker casts
+inputs to the compute precision on the GPU and outputs back to their datatype inside the graph. The shared file has --slots slots of
 N + M bytes, each its inputs then its outputs, so the backend can hand over the next batch while
 one runs: batches are launched as their commands come and run in order on the GPU, and each is
 answered when its last CUDA event completes. The protocol is one JSON object per line:
@@ -18,7 +22,9 @@ With --input-ipc HANDLE the inputs come instead from a GPU buffer of another pro
 transfer's batch buffer, fp32 images back to back), opened once through CUDA IPC: each batch is
 cast to fp16 on the GPU, never crossing the host (h2d_ms then times that device-side copy).
 Stage times come from CUDA events, whose completion the worker polls (event.query()), never a
-stream callback. With --fake-ms the worker needs no GPU: it sleeps that long per batch (for tests).
+stream callback. With --fake-ms the worker needs no GPU: it sleeps that long per batch and writes, for each row,
+every output element = the sum of that row's input elements (as float32, cast to the output's
+datatype): a checkable answer per request, for tests.
 With --green-sms 40,80 the worker makes one green context per SM count up front (creating one
 takes 80-160 ms, so never on the critical path) and captures every batch's graph on a stream of
 each: one process and one copy of the model serve at several SM partitions, and a batch names the
@@ -26,8 +32,18 @@ partition it runs on (a reallocation without a standby process).
 """
 import argparse, collections, contextlib, json, mmap, os, select, sys, time
 
-IMAGE = (3, 224, 224)
-CLASSES = 1000
+# Open Inference Protocol datatypes: (numpy type code, torch dtype name)
+DATATYPES = {"BOOL": ("?", "bool"), "UINT8": ("u1", "uint8"), "INT8": ("i1", "int8"), "INT16": ("<i2", "int16"),
+             "INT32": ("<i4", "int32"), "INT64": ("<i8", "int64"), "FP16": ("<f2", "float16"),
+             "FP32": ("<f4", "float32"), "FP64": ("<f8", "float64")}
+SIZES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8}
+
+
+def row_bytes(tensor):
+    n = 1
+    for d in tensor["dims"]:
+        n *= d
+    return n * SIZES[tensor["datatype"]]
 
 
 def reply(obj):
@@ -70,17 +86,42 @@ def current(context):
         (getattr(context, "pop_context", None) or context.pop_current)()
 
 
-def open_ipc_input(handle_hex, largest):
+def open_ipc_input(handle_hex, largest, dims):
     """The fp32 batch buffer another process exported, as a tensor on this GPU (no copy)."""
     import cupy, torch
 
     pointer = cupy.cuda.runtime.ipcOpenMemHandle(bytes.fromhex(handle_hex))
-    count = largest * IMAGE[0] * IMAGE[1] * IMAGE[2]
+    count = largest
+    for d in dims:
+        count *= d
 
     class Exported:
         __cuda_array_interface__ = {"shape": (count,), "typestr": "<f4", "data": (pointer, False), "version": 3}
 
-    return torch.as_tensor(Exported(), device="cuda").view(largest, *IMAGE)
+    return torch.as_tensor(Exported(), device="cuda").view(largest, *dims)
+
+
+def load_model(source, torch):
+    """The model `source` names, on the GPU, in eval mode."""
+    if source.endswith(".pt"):
+        return torch.jit.load(source, map_location="cuda").eval()
+    if source.endswith(".pt2"):
+        return torch.export.load(source).module().cuda()
+    import torchvision
+    name = source.removeprefix("torchvision:")
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).cuda().eval()
+
+
+def fake_answer(np, shared, start, batch, io, input_bytes):
+    """Each row's outputs: the sum of its inputs (float32), in the output's datatype."""
+    t_in, t_out = io["inputs"][0], io["outputs"][0]
+    rows_in = np.frombuffer(shared, dtype=DATATYPES[t_in["datatype"]][0], count=batch * row_bytes(t_in) // SIZES[t_in["datatype"]],
+                            offset=start).reshape(batch, -1)
+    sums = rows_in.astype(np.float32).sum(axis=1, dtype=np.float32)
+    per_row = row_bytes(t_out) // SIZES[t_out["datatype"]]
+    out = np.repeat(sums[:, None], per_row, axis=1).astype(DATATYPES[t_out["datatype"]][0])
+    shared[start + input_bytes:start + input_bytes + out.nbytes] = out.tobytes()
 
 
 def main():
@@ -92,45 +133,54 @@ def main():
     p.add_argument("--fake-ms", type=float, default=None)
     p.add_argument("--input-ipc", default=None, help="CUDA IPC handle (hex) of an fp32 input buffer")
     p.add_argument("--green-sms", default=None, help="SM counts of green contexts to serve on (e.g. 40,80)")
+    p.add_argument("--io", required=True, help="the model's input and output tensors, JSON")
+    p.add_argument("--fp32", action="store_true", help="compute in the model's own precision, not fp16")
     args = p.parse_args()
+    io = json.loads(args.io)
+    t_in, t_out = io["inputs"][0], io["outputs"][0]
     batches = sorted(int(b) for b in args.batches.split(","))
     green_sms = [int(n) for n in args.green_sms.split(",")] if args.green_sms else []
     largest = batches[-1]
-    input_bytes = largest * IMAGE[0] * IMAGE[1] * IMAGE[2] * 2
-    output_bytes = largest * CLASSES * 2
+    input_bytes = largest * row_bytes(t_in)
+    output_bytes = largest * row_bytes(t_out)
     slot_bytes = input_bytes + output_bytes
     fd = os.open(args.shm, os.O_RDWR)
     shared = mmap.mmap(fd, args.slots * slot_bytes)
     commands = Commands()
 
     if args.fake_ms is not None:
+        import numpy  # before "ready": an import on the first batch would stall it
         reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
                "engine": "fake", "sms": 0, "green_sms": green_sms})
         while (msg := commands.next()) is not None and not msg.get("quit"):
             time.sleep(args.fake_ms / 1000)
-            start = msg.get("slot", 0) * slot_bytes
-            # Echo: proves the worker read this slot's input.
-            shared[start + input_bytes:start + input_bytes + 8] = shared[start:start + 8]
+            fake_answer(numpy, shared, msg.get("slot", 0) * slot_bytes, msg["batch"], io, input_bytes)
             reply({"done": msg["run"], "h2d_ms": 0.0, "infer_ms": args.fake_ms, "d2h_ms": 0.0})
         return
 
-    import torch, torchvision
+    import torch
     torch.backends.cudnn.benchmark = True
-    model = getattr(torchvision.models, args.model)(weights=None).half().cuda().eval()
-    host_in = [torch.frombuffer(shared, dtype=torch.float16, count=input_bytes // 2, offset=k * slot_bytes)
-               .view(largest, *IMAGE) for k in range(args.slots)]
-    host_out = [torch.frombuffer(shared, dtype=torch.float16, count=output_bytes // 2,
-                                 offset=k * slot_bytes + input_bytes).view(largest, CLASSES) for k in range(args.slots)]
+    wire_in, wire_out = (getattr(torch, DATATYPES[t["datatype"]][1]) for t in (t_in, t_out))
+    model = load_model(args.model, torch)
+    # Floating inputs are cast to the compute precision on the GPU; others (ids) stay as they are.
+    compute_in = torch.float16 if not args.fp32 and wire_in.is_floating_point else wire_in
+    if not args.fp32:
+        model = model.half()
+    host_in = [torch.frombuffer(shared, dtype=wire_in, count=input_bytes // SIZES[t_in["datatype"]],
+                                offset=k * slot_bytes).view(largest, *t_in["dims"]) for k in range(args.slots)]
+    host_out = [torch.frombuffer(shared, dtype=wire_out, count=output_bytes // SIZES[t_out["datatype"]],
+                                 offset=k * slot_bytes + input_bytes).view(largest, *t_out["dims"])
+                for k in range(args.slots)]
     # Page-locks the shared mapping so the copies to and from the GPU are DMA, asynchronous and
     # at full bus speed, instead of going through the driver's staging buffer.
     status = torch.cuda.cudart().cudaHostRegister(host_in[0].data_ptr(), args.slots * slot_bytes, 0)
     pinned = int(status) == 0
     if not pinned:
         print(f"cudaHostRegister of the shared memory failed ({status}): copies go through staging", file=sys.stderr)
-    static_in = torch.zeros(largest, *IMAGE, device="cuda", dtype=torch.float16)
+    static_in = torch.zeros(largest, *t_in["dims"], device="cuda", dtype=compute_in)
     source_in = host_in
     if args.input_ipc is not None:
-        source_in = [open_ipc_input(args.input_ipc, largest)] * args.slots
+        source_in = [open_ipc_input(args.input_ipc, largest, t_in["dims"])] * args.slots
     # One stream per partition: the device's own, or one per green context (its SMs only).
     if green_sms:
         from torch.cuda.green_contexts import GreenContext
@@ -152,9 +202,13 @@ def main():
                         for _ in range(3):
                             model(x)
                     stream.synchronize()
+                    got = tuple(model(x).shape)
+                    if got != (b, *t_out["dims"]):
+                        sys.exit(f"model {args.model}: output {t_out['name']} has shape {list(got)} for a batch of {b}; "
+                                 f"the config declares {[b, *t_out['dims']]}")
                     g = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(g, pool=graph_pool, stream=stream):
-                        outputs[k, b] = model(x)
+                        outputs[k, b] = model(x).to(wire_out)
                     stream.synchronize()
                 graphs[k, b] = g
     torch.cuda.synchronize()

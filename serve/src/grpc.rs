@@ -2,6 +2,7 @@
 //! Prometheus text metrics over HTTP, in front of the live controller.
 
 use crate::live::{self, Command, LiveConfig, LiveError, LiveHandle, ModelSpec};
+use gpuslice_gpu::serving::ModelSource;
 use crate::proto::controller_server::{Controller, ControllerServer};
 use crate::proto::*;
 use gpuslice_simulator::Summary;
@@ -65,6 +66,7 @@ async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
     let profile =
         r.profile.ok_or_else(|| Status::invalid_argument("profile is required: profile_path or profile_csv"))?;
     let wanted = if r.profile_model.is_empty() { name.clone() } else { r.profile_model.clone() };
+    let profile_model_name = wanted.clone();
     let latency = tokio::task::spawn_blocking(move || -> Result<LatencyModel, String> {
         let source = match profile {
             register_model_request::Profile::ProfilePath(path) => {
@@ -82,13 +84,10 @@ async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
     .await
     .map_err(|e| Status::internal(e.to_string()))?
     .map_err(Status::invalid_argument)?;
-    Ok(ModelSpec {
-        name,
-        slo_ms: r.slo_ms,
-        priority: r.priority,
-        max_batch: r.max_batch.min(64),
-        latency: Arc::new(latency),
-    })
+    // The torchvision model its profile names (random weights: a benchmark); repository models
+    // come with their own program and tensors (RepositoryModelLoad).
+    let source = ModelSource::torchvision(&profile_model_name);
+    Ok(ModelSpec { name, slo_ms: r.slo_ms, priority: r.priority, max_batch: r.max_batch.min(64), latency: Arc::new(latency), source })
 }
 
 /// The gRPC service.
@@ -201,8 +200,10 @@ impl Controller for Service {
     }
 
     async fn infer(&self, request: Request<InferRequest>) -> Result<Response<InferResponse>, Status> {
-        let model = required(&request.get_ref().model, "model")?.to_string();
-        let done = self.live.ask(|reply| Command::Infer(model, reply)).await?;
+        let request = request.into_inner();
+        let model = required(&request.model, "model")?.to_string();
+        let input = (!request.payload.is_empty()).then(|| Arc::<[u8]>::from(request.payload));
+        let done = self.live.ask(|reply| Command::Infer(model, input, reply)).await?;
         Ok(Response::new(InferResponse {
             request_id: done.ticket,
             timings: Some(StageTimings {
@@ -213,6 +214,7 @@ impl Controller for Service {
                 total_ms: done.total_ms,
             }),
             batch_size: done.batch_size,
+            output: done.output.unwrap_or_default(),
         }))
     }
 }

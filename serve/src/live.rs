@@ -5,6 +5,7 @@
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
 use gpuslice_control::BackendError;
+use gpuslice_gpu::serving::ModelSource;
 use gpuslice_policies::{DeviceModel, ModelContext, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
@@ -83,6 +84,8 @@ pub struct ModelSpec {
     pub max_batch: u32,
     /// Its latency profile.
     pub latency: Arc<LatencyModel>,
+    /// What its workers run, and its tensors.
+    pub source: ModelSource,
 }
 
 /// What a client sees of a model.
@@ -98,6 +101,8 @@ pub struct ModelView {
     pub allocation: Allocation,
     /// Whether an operator pinned it (the policy leaves it alone).
     pub pinned: bool,
+    /// What its workers run, and its tensors.
+    pub source: ModelSource,
 }
 
 /// One reallocation, as broadcast to watchers.
@@ -115,8 +120,8 @@ pub struct DecisionEvent {
     pub source: String,
 }
 
-/// A completed request's timings.
-#[derive(Debug, Clone, Copy)]
+/// A completed request's timings and output.
+#[derive(Debug, Clone)]
 pub struct InferDone {
     /// The request's ticket.
     pub ticket: Ticket,
@@ -128,6 +133,8 @@ pub struct InferDone {
     pub total_ms: f64,
     /// Requests in its batch.
     pub batch_size: u32,
+    /// Its output row, where the backend computes one (the GPU backend; not the simulator).
+    pub output: Option<Vec<u8>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, LiveError>>;
@@ -146,8 +153,11 @@ pub enum Command {
     Override(String, Option<Allocation>, Reply<Allocation>),
     /// Whole-run metrics of the named model, or of all and the total.
     Metrics(Option<String>, Reply<(Vec<(String, Summary)>, Summary)>),
-    /// One request to the named model; answered when it completes.
-    Infer(String, Reply<InferDone>),
+    /// One request to the named model, with its input row (None: zeros, for load tests);
+    /// answered when it completes.
+    Infer(String, Option<Arc<[u8]>>, Reply<InferDone>),
+    /// What the named model is (for the inference protocol's metadata and checks).
+    Describe(String, Reply<ModelView>),
 }
 
 /// The handle gRPC handlers use.
@@ -176,7 +186,11 @@ pub trait LiveBackend: Send + 'static {
     type Prepared: Send + 'static;
     /// A job that readies `model` to start at `gpu_pct`; it may take seconds, so the controller
     /// runs it off its task.
-    fn preparer(&self, model: &str, gpu_pct: f64) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
+    fn preparer(
+        &self,
+        model: &ModelSource,
+        gpu_pct: f64,
+    ) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
     /// Keeps `gpu_pct` free while other models shrink to make room for a new one (where the
     /// backend rounds shares, so that making room really frees it); 0 ends the reservation.
     fn reserve(&mut self, _gpu_pct: f64) {}
@@ -184,11 +198,11 @@ pub trait LiveBackend: Send + 'static {
     fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
     /// Takes no more requests; serves those it accepted.
     fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
-    /// Queues one request for `model`.
-    fn submit(&mut self, model: usize) -> Result<Ticket, BackendError>;
-    /// Serves up to `now` (since the backend started); returns the submitted requests served and
-    /// dropped since the last call.
-    fn advance(&mut self, now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>);
+    /// Queues one request for `model` with its input row (None: zeros).
+    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError>;
+    /// Serves up to `now` (since the backend started); returns the submitted requests served
+    /// (with their output rows, where the backend computes them) and dropped since the last call.
+    fn advance(&mut self, now: Duration) -> (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>);
     /// What each model (by index) saw since the last call.
     fn take_interval(&mut self) -> Vec<ModelInterval>;
     /// The allocation of `model` now.
@@ -213,6 +227,8 @@ pub struct LiveModel {
     pub latency: Arc<LatencyModel>,
     /// Its allocation now.
     pub allocation: Allocation,
+    /// What its workers run.
+    pub source: ModelSource,
 }
 
 /// Registered models have no generated arrivals: every request comes through Infer.
@@ -226,7 +242,7 @@ impl ArrivalProcess for Submitted {
 /// The simulator, run in wall-clock time: a model's service is its profile's latency.
 impl LiveBackend for Simulator {
     type Prepared = ();
-    fn preparer(&self, _: &str, _: f64) -> Box<dyn FnOnce() -> Result<(), BackendError> + Send> {
+    fn preparer(&self, _: &ModelSource, _: f64) -> Box<dyn FnOnce() -> Result<(), BackendError> + Send> {
         Box::new(|| Ok(()))
     }
     fn add_model(&mut self, model: LiveModel, _: ()) -> Result<usize, BackendError> {
@@ -242,12 +258,15 @@ impl LiveBackend for Simulator {
     fn retire_model(&mut self, model: usize) -> Result<(), BackendError> {
         Ok(Simulator::retire_model(self, model)?)
     }
-    fn submit(&mut self, model: usize) -> Result<Ticket, BackendError> {
+    /// The input is not read: the simulator serves by the profile.
+    fn submit(&mut self, model: usize, _input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
         Ok(Simulator::submit(self, model)?)
     }
-    fn advance(&mut self, now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>) {
+    /// The simulator computes no outputs: only when each request would complete.
+    fn advance(&mut self, now: Duration) -> (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>) {
         self.run_until(secs_to_ns(now.as_secs_f64()));
-        self.take_finished()
+        let (done, dropped) = self.take_finished();
+        (done.into_iter().map(|r| (r, None)).collect(), dropped)
     }
     fn take_interval(&mut self) -> Vec<ModelInterval> {
         Simulator::take_interval(self)
@@ -278,6 +297,7 @@ pub fn simulated_backend(config: &LiveConfig) -> Result<Simulator, LiveError> {
 
 struct Entry {
     context: ModelContext,
+    source: ModelSource,
     index: usize,
     pinned: Option<Allocation>,
 }
@@ -404,7 +424,7 @@ impl<B: LiveBackend> Live<B> {
     fn advance(&mut self) {
         let now = self.now();
         let (done, dropped) = self.backend.advance(now);
-        for r in done {
+        for (r, output) in done {
             if let Some(reply) = self.waiting.remove(&r.ticket) {
                 let ms = |ns: u64| ns as f64 * 1e-6;
                 let _ = reply.send(Ok(InferDone {
@@ -413,6 +433,7 @@ impl<B: LiveBackend> Live<B> {
                     inference_ms: ms(r.end_ns - r.start_ns),
                     total_ms: ms(r.end_ns - r.arrival_ns),
                     batch_size: r.batch_size,
+                    output,
                 }));
             }
         }
@@ -509,8 +530,12 @@ impl<B: LiveBackend> Live<B> {
             Command::Metrics(name, reply) => {
                 let _ = reply.send(self.metrics(name.as_deref()));
             }
-            Command::Infer(name, reply) => match self.entry(&name) {
-                Ok(e) => match self.backend.submit(self.entries[e].index) {
+            Command::Describe(name, reply) => {
+                let view = self.entry(&name).map(|e| self.view(e));
+                let _ = reply.send(view);
+            }
+            Command::Infer(name, input, reply) => match self.entry(&name) {
+                Ok(e) => match self.backend.submit(self.entries[e].index, input) {
                     Ok(ticket) => {
                         self.waiting.insert(ticket, reply);
                     }
@@ -566,7 +591,7 @@ impl<B: LiveBackend> Live<B> {
         };
         self.starting.insert(spec.name.clone());
         tracing::info!(model = %spec.name, gpu_pct, "model starting");
-        let job = self.backend.preparer(&spec.name, gpu_pct);
+        let job = self.backend.preparer(&spec.source, gpu_pct);
         let done = self.prepared.clone();
         tokio::task::spawn_blocking(move || {
             let result = job();
@@ -611,13 +636,19 @@ impl<B: LiveBackend> Live<B> {
                 100.0 - free
             )));
         }
-        let model =
-            LiveModel { name: spec.name.clone(), slo_ms: spec.slo_ms, latency: spec.latency.clone(), allocation };
+        let model = LiveModel {
+            name: spec.name.clone(),
+            slo_ms: spec.slo_ms,
+            latency: spec.latency.clone(),
+            allocation,
+            source: spec.source.clone(),
+        };
         let index =
             self.backend.add_model(model, prepared).map_err(|e| LiveError::FailedPrecondition(e.to_string()))?;
         // The backend may serve a nearby share (a GPU's standby pool level).
         let allocation = self.backend.allocation(index).unwrap_or(allocation);
-        self.entries.push(Entry { context: ModelContext { configured: allocation, ..context }, index, pinned: None });
+        let configured = ModelContext { configured: allocation, ..context };
+        self.entries.push(Entry { context: configured, source: spec.source.clone(), index, pinned: None });
         std::mem::swap(&mut self.policy, &mut next);
         let _ = self.decisions.send(DecisionEvent {
             time_s: self.now().as_secs_f64(),
@@ -680,16 +711,20 @@ impl<B: LiveBackend> Live<B> {
     }
 
     fn views(&self) -> Vec<ModelView> {
-        self.entries
-            .iter()
-            .map(|e| ModelView {
-                name: e.context.name.clone(),
-                slo_ms: e.context.slo_ms,
-                priority: e.context.priority,
-                allocation: self.backend.allocation(e.index).unwrap_or(e.context.configured),
-                pinned: e.pinned.is_some(),
-            })
-            .collect()
+        (0..self.entries.len()).map(|e| self.view(e)).collect()
+    }
+
+    /// What a client sees of entry `e`.
+    fn view(&self, e: usize) -> ModelView {
+        let e = &self.entries[e];
+        ModelView {
+            name: e.context.name.clone(),
+            slo_ms: e.context.slo_ms,
+            priority: e.context.priority,
+            allocation: self.backend.allocation(e.index).unwrap_or(e.context.configured),
+            pinned: e.pinned.is_some(),
+            source: e.source.clone(),
+        }
     }
 
     fn metrics(&mut self, name: Option<&str>) -> Result<(Vec<(String, Summary)>, Summary), LiveError> {

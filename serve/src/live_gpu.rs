@@ -5,9 +5,10 @@
 
 use crate::live::{LiveBackend, LiveModel};
 use gpuslice_control::{Backend, BackendError};
-use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, ModelWorkers, WorkerStarter, WorkerTemplate};
+use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, ModelSource, ModelWorkers, WorkerStarter, WorkerTemplate};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, RequestRecord, Sharing, Ticket};
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How `serve --backend gpu` runs its workers (the `[gpu]` part of node.toml).
@@ -57,8 +58,12 @@ pub fn start(serving: &GpuServing, drop_after_ms: Option<f64>) -> anyhow::Result
 impl LiveBackend for GpuBackend {
     type Prepared = ModelWorkers;
 
-    fn preparer(&self, model: &str, gpu_pct: f64) -> Box<dyn FnOnce() -> Result<ModelWorkers, BackendError> + Send> {
-        let (starter, model) = (self.starter(), model.to_string());
+    fn preparer(
+        &self,
+        model: &ModelSource,
+        gpu_pct: f64,
+    ) -> Box<dyn FnOnce() -> Result<ModelWorkers, BackendError> + Send> {
+        let (starter, model) = (self.starter(), model.clone());
         Box::new(move || Ok(starter.start(&model, gpu_pct)?))
     }
 
@@ -67,8 +72,13 @@ impl LiveBackend for GpuBackend {
     }
 
     fn add_model(&mut self, model: LiveModel, workers: ModelWorkers) -> Result<usize, BackendError> {
-        let setup =
-            GpuModelSetup { name: model.name, slo_ms: model.slo_ms, allocation: model.allocation, arrivals: None };
+        let setup = GpuModelSetup {
+            name: model.name,
+            source: model.source,
+            slo_ms: model.slo_ms,
+            allocation: model.allocation,
+            arrivals: None,
+        };
         Ok(GpuBackend::add_model(self, setup, workers)?)
     }
 
@@ -76,13 +86,14 @@ impl LiveBackend for GpuBackend {
         Ok(GpuBackend::retire_model(self, model)?)
     }
 
-    fn submit(&mut self, model: usize) -> Result<Ticket, BackendError> {
-        Ok(GpuBackend::submit(self, model)?)
+    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
+        Ok(GpuBackend::submit(self, model, input)?)
     }
 
     /// The GPU serves in real time: nothing to advance, only completions to collect.
-    fn advance(&mut self, _now: Duration) -> (Vec<RequestRecord>, Vec<Ticket>) {
-        self.take_finished()
+    fn advance(&mut self, _now: Duration) -> (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>) {
+        let (done, dropped) = self.take_answered();
+        (done.into_iter().map(|a| (a.record, Some(a.output))).collect(), dropped)
     }
 
     fn take_interval(&mut self) -> Vec<ModelInterval> {
