@@ -1,13 +1,17 @@
-//! Generates the gpuslice.v1 gRPC code with protox (no protoc binary) and keeps the descriptor
-//! set for server reflection.
+//! Generates the gRPC code of gpuslice.v1 and of the standard inference protocol with protox (no
+//! protoc binary) and keeps their descriptor sets for server reflection.
 use protox::prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/gpuslice/v1/gpuslice.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("gpuslice_v1_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    for (proto, descriptor) in [
+        ("proto/gpuslice/v1/gpuslice.proto", "gpuslice_v1_descriptor.bin"),
+        ("proto/inference/grpc_service.proto", "inference_descriptor.bin"),
+    ] {
+        println!("cargo:rerun-if-changed={proto}");
+        let descriptors = protox::compile([proto], ["proto"])?;
+        std::fs::write(out.join(descriptor), descriptors.encode_to_vec())?;
+        tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    }
     Ok(())
 }

@@ -164,6 +164,11 @@ enum Command {
         /// the GPU backend's serving anywhere).
         #[arg(long)]
         fake_ms: Option<f64>,
+        /// Model repository folder: one folder per model with its config.toml (tensors, SLO,
+        /// source) and program file; every model in it is loaded at start, and the inference
+        /// protocol's RepositoryModelLoad / Unload manage them [default: the config's, or none].
+        #[arg(long)]
+        model_repository: Option<PathBuf>,
     },
     /// Load-test the gRPC plane on loopback: open-loop Infer calls plus control calls for a
     /// bounded time, then a table of calls sent, answered, failed and latency percentiles.
@@ -557,8 +562,15 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { backend, listen, metrics_listen, config, policy, fake_ms } => {
-            let overrides = gpuslice_serve::node::ServeOverrides { backend, listen, metrics_listen, policy, fake_ms };
+        Command::Serve { backend, listen, metrics_listen, config, policy, fake_ms, model_repository } => {
+            let overrides = gpuslice_serve::node::ServeOverrides {
+                backend,
+                listen,
+                metrics_listen,
+                policy,
+                fake_ms,
+                model_repository,
+            };
             let options = gpuslice_serve::node::NodeConfig::load(config.as_deref())?.into_options(overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async move {

@@ -151,7 +151,10 @@ impl ModelIo {
             }
             let elements = t.dims.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d as usize));
             if elements.is_none_or(|e| e > MAX_ELEMENTS) {
-                return Some(format!("tensor {}: more than {MAX_ELEMENTS} elements per request ({:?})", t.name, t.dims));
+                return Some(format!(
+                    "tensor {}: more than {MAX_ELEMENTS} elements per request ({:?})",
+                    t.name, t.dims
+                ));
             }
         }
         None

@@ -244,7 +244,8 @@ fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
     // A unique name, so the test can find this worker's process among others running at once.
     let doomed_name = format!("doomed-{}", std::process::id());
     let kept = backend.add_model(open("kept"), backend.starter().start(&small("kept"), 40.0).unwrap()).unwrap();
-    let doomed = backend.add_model(open(&doomed_name), backend.starter().start(&small(&doomed_name), 40.0).unwrap()).unwrap();
+    let doomed =
+        backend.add_model(open(&doomed_name), backend.starter().start(&small(&doomed_name), 40.0).unwrap()).unwrap();
     assert!(
         backend.add_model(open("third"), backend.starter().start(&small("third"), 40.0).unwrap()).is_err(),
         "40 + 40 + 40 > 100"

@@ -1,12 +1,16 @@
 //! The gRPC control plane (`gpuslice.v1.Controller`), standard health and reflection, and
 //! Prometheus text metrics over HTTP, in front of the live controller.
 
+use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::kserve::InferenceService;
 use crate::live::{self, Command, LiveConfig, LiveError, LiveHandle, ModelSpec};
-use gpuslice_gpu::serving::ModelSource;
 use crate::proto::controller_server::{Controller, ControllerServer};
 use crate::proto::*;
+use crate::repository::Repository;
+use futures_util::future::try_join_all;
+use gpuslice_gpu::serving::ModelSource;
 use gpuslice_simulator::Summary;
-use gpuslice_traces::{LatencyModel, ProfileSet, Source};
+use gpuslice_traces::{LatencyModel, Source};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,10 +80,7 @@ async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
                 Source { name: "profile_csv".into(), text: text.into() }
             }
         };
-        let set = ProfileSet::parse(&source).map_err(|e| format!("profile: {e}"))?;
-        let profile = set.model(&wanted).map_err(|e| format!("profile_model: {e}"))?;
-        let all = LatencyModel::fit_all(&set).map_err(|e| format!("profile: {e}"))?;
-        Ok(all.get(&profile.model).cloned().expect("fit_all fits every model"))
+        crate::repository::fit_profile(&source, &wanted)
     })
     .await
     .map_err(|e| Status::internal(e.to_string()))?
@@ -87,7 +88,14 @@ async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
     // The torchvision model its profile names (random weights: a benchmark); repository models
     // come with their own program and tensors (RepositoryModelLoad).
     let source = ModelSource::torchvision(&profile_model_name);
-    Ok(ModelSpec { name, slo_ms: r.slo_ms, priority: r.priority, max_batch: r.max_batch.min(64), latency: Arc::new(latency), source })
+    Ok(ModelSpec {
+        name,
+        slo_ms: r.slo_ms,
+        priority: r.priority,
+        max_batch: r.max_batch.min(64),
+        latency: Arc::new(latency),
+        source,
+    })
 }
 
 /// The gRPC service.
@@ -281,6 +289,9 @@ pub struct ServeOptions {
     pub backend: ServeBackend,
     /// Models registered before the server takes calls.
     pub models: Vec<RegisterModelRequest>,
+    /// A model repository: every model in it is loaded (registered) before the server takes
+    /// calls, and RepositoryModelLoad / Unload manage them after.
+    pub repository: Option<std::path::PathBuf>,
 }
 
 /// A running server: its bound addresses, and how to stop it.
@@ -339,19 +350,34 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ControllerServer<Service>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(crate::inference::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     for model in options.models {
         let name = model.name.clone();
         let spec = model_spec(model).await.map_err(|s| anyhow::anyhow!("model {name}: {}", s.message()))?;
-        live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e:?}"))?;
+        live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e}"))?;
     }
+    let repository = options.repository.as_deref().map(Repository::open).transpose()?;
+    if let Some(repository) = &repository {
+        // Every model starts at once (their workers start in parallel).
+        let names = repository.names()?;
+        tracing::info!(models = ?names, "loading the model repository");
+        let live = &live;
+        try_join_all(names.iter().map(|name| async move {
+            let spec = repository.spec(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e}"))
+        }))
+        .await?;
+    }
+    health_reporter.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
+    let inference = GrpcInferenceServiceServer::new(InferenceService::new(live.clone(), repository))
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let service = ControllerServer::new(Service { live, stopping });
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -361,6 +387,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
+            .add_service(inference)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
                 let _ = shutdown_rx.await;
                 let _ = stopping_tx.send(true);

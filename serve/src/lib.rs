@@ -3,10 +3,12 @@
 //! `live_gpu`), the node's TOML configuration (`node`) and the loopback load test (`loadtest`).
 
 pub mod grpc;
+pub mod kserve;
 pub mod live;
 pub mod live_gpu;
 pub mod loadtest;
 pub mod node;
+pub mod repository;
 
 /// The generated gpuslice.v1 gRPC types and services.
 #[allow(missing_docs)]
@@ -14,4 +16,12 @@ pub mod proto {
     tonic::include_proto!("gpuslice.v1");
     /// The encoded descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gpuslice_v1_descriptor");
+}
+
+/// The generated types and service of the standard inference protocol (KServe v2).
+#[allow(missing_docs)]
+pub mod inference {
+    tonic::include_proto!("inference");
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("inference_descriptor");
 }

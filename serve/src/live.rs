@@ -202,7 +202,7 @@ pub trait LiveBackend: Send + 'static {
     fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError>;
     /// Serves up to `now` (since the backend started); returns the submitted requests served
     /// (with their output rows, where the backend computes them) and dropped since the last call.
-    fn advance(&mut self, now: Duration) -> (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>);
+    fn advance(&mut self, now: Duration) -> Served;
     /// What each model (by index) saw since the last call.
     fn take_interval(&mut self) -> Vec<ModelInterval>;
     /// The allocation of `model` now.
@@ -216,6 +216,10 @@ pub trait LiveBackend: Send + 'static {
         Vec::new()
     }
 }
+
+/// What `LiveBackend::advance` returns: the submitted requests served, each with its output row
+/// where the backend computes one, and the tickets of those dropped.
+pub type Served = (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>);
 
 /// A model as the backend serves it.
 pub struct LiveModel {
@@ -263,7 +267,7 @@ impl LiveBackend for Simulator {
         Ok(Simulator::submit(self, model)?)
     }
     /// The simulator computes no outputs: only when each request would complete.
-    fn advance(&mut self, now: Duration) -> (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>) {
+    fn advance(&mut self, now: Duration) -> Served {
         self.run_until(secs_to_ns(now.as_secs_f64()));
         let (done, dropped) = self.take_finished();
         (done.into_iter().map(|r| (r, None)).collect(), dropped)
@@ -535,6 +539,12 @@ impl<B: LiveBackend> Live<B> {
                 let _ = reply.send(view);
             }
             Command::Infer(name, input, reply) => match self.entry(&name) {
+                Ok(e) if input.as_ref().is_some_and(|i| i.len() != self.entries[e].source.io.input().bytes()) => {
+                    let (expected, given) = (self.entries[e].source.io.input().bytes(), input.map_or(0, |i| i.len()));
+                    let _ = reply.send(Err(LiveError::InvalidArgument(format!(
+                        "model {name:?} takes {expected} bytes of input per request, {given} given"
+                    ))));
+                }
                 Ok(e) => match self.backend.submit(self.entries[e].index, input) {
                     Ok(ticket) => {
                         self.waiting.insert(ticket, reply);

@@ -3,10 +3,10 @@
 //! controller's task; Infer calls are queued on the model's dispatcher and answered from its
 //! completions.
 
-use crate::live::{LiveBackend, LiveModel};
+use crate::live::{LiveBackend, LiveModel, Served};
 use gpuslice_control::{Backend, BackendError};
 use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, ModelSource, ModelWorkers, WorkerStarter, WorkerTemplate};
-use gpuslice_simulator::{Allocation, ModelInterval, Report, RequestRecord, Sharing, Ticket};
+use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Ticket};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +91,7 @@ impl LiveBackend for GpuBackend {
     }
 
     /// The GPU serves in real time: nothing to advance, only completions to collect.
-    fn advance(&mut self, _now: Duration) -> (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>) {
+    fn advance(&mut self, _now: Duration) -> Served {
         let (done, dropped) = self.take_answered();
         (done.into_iter().map(|a| (a.record, Some(a.output))).collect(), dropped)
     }

@@ -148,6 +148,7 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
                 metrics_listen: None,
                 controller: LiveConfig::default(),
                 models: Vec::new(),
+                repository: None,
                 backend: grpc::ServeBackend::Simulated,
             })
             .await?,
@@ -182,7 +183,7 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
     let infer_load = open_loop(options.duration, options.infer_rps, infer.clone(), move |i| {
         let mut client = infer_clients[i as usize % CHANNELS].clone();
         let model = MODELS[i as usize % MODELS.len()].0.to_string();
-        async move { client.infer(InferRequest { model, payload: vec![0; 64] }).await.is_ok() }
+        async move { client.infer(InferRequest { model, payload: Vec::new() }).await.is_ok() }
     });
     let control_clients = clients.clone();
     let control_load = open_loop(options.duration, options.control_rps, control.clone(), move |i| {

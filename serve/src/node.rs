@@ -29,6 +29,8 @@ pub struct NodeConfig {
     /// Models registered at start.
     #[serde(default)]
     pub models: Vec<NodeModel>,
+    /// A model repository (relative to the config file): its models are loaded at start.
+    pub model_repository: Option<std::path::PathBuf>,
 }
 
 /// A model registered at start.
@@ -59,6 +61,7 @@ impl NodeConfig {
         let mut config: NodeConfig =
             toml::from_str(&text).with_context(|| format!("node config {} is malformed", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        config.model_repository = config.model_repository.map(|r| base.join(r));
         for m in &mut config.models {
             if !m.profile.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) {
                 m.profile = base.join(&m.profile).display().to_string();
@@ -69,7 +72,7 @@ impl NodeConfig {
 
     /// Serve options, with command-line overrides applied.
     pub fn into_options(self, overrides: ServeOverrides) -> Result<ServeOptions> {
-        let ServeOverrides { backend, listen, metrics_listen, policy, fake_ms } = overrides;
+        let ServeOverrides { backend, listen, metrics_listen, policy, fake_ms, model_repository } = overrides;
         let mut controller = self.controller;
         if let Some(policy) = policy {
             controller.policy = policy;
@@ -86,6 +89,7 @@ impl NodeConfig {
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             metrics_listen: metrics_listen.or(self.metrics_listen),
             controller,
+            repository: model_repository.or(self.model_repository),
             models: self
                 .models
                 .into_iter()
@@ -115,4 +119,6 @@ pub struct ServeOverrides {
     pub policy: Option<String>,
     /// `--fake-ms`.
     pub fake_ms: Option<f64>,
+    /// `--model-repository`.
+    pub model_repository: Option<std::path::PathBuf>,
 }

@@ -14,6 +14,7 @@ async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>)
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
         models: Vec::new(),
+        repository: None,
         backend: grpc::ServeBackend::Simulated,
     })
     .await
@@ -48,7 +49,7 @@ async fn register_infer_and_watch_decisions() {
     for _ in 0..200 {
         let mut c = client.clone();
         calls.push(tokio::spawn(async move {
-            c.infer(InferRequest { model: "resnet50".into(), payload: vec![0; 16] }).await.map(|r| r.into_inner())
+            c.infer(InferRequest { model: "resnet50".into(), payload: Vec::new() }).await.map(|r| r.into_inner())
         }));
         tokio::time::sleep(std::time::Duration::from_micros(500)).await;
     }
@@ -254,6 +255,7 @@ async fn the_gpu_backend_serves_over_grpc() {
         metrics_listen: None,
         controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
         models: vec![register("resnet50", 20.0)],
+        repository: None,
         backend: grpc::ServeBackend::Gpu(serving),
     })
     .await
@@ -269,7 +271,7 @@ async fn the_gpu_backend_serves_over_grpc() {
         let mut c = client.clone();
         let model = if i % 2 == 0 { "resnet50" } else { "vgg16" };
         calls.push(tokio::spawn(async move {
-            c.infer(InferRequest { model: model.into(), payload: vec![0; 16] }).await.map(|r| r.into_inner())
+            c.infer(InferRequest { model: model.into(), payload: Vec::new() }).await.map(|r| r.into_inner())
         }));
         tokio::time::sleep(std::time::Duration::from_micros(300)).await;
     }
@@ -279,6 +281,15 @@ async fn the_gpu_backend_serves_over_grpc() {
         assert!(t.inference_ms >= 2.0, "the fake worker's 2 ms: {t:?}");
         assert!(done.batch_size >= 1 && t.total_ms >= t.inference_ms + t.queue_ms - 1e-6, "{t:?}");
     }
+    // A request's input row is the model's input tensor: 3x224x224 FP32 for a torchvision model;
+    // the GPU-less worker answers every output element with the row's sum.
+    let row: Vec<u8> = (0..3 * 224 * 224).flat_map(|i| ((i % 4) as f32).to_le_bytes()).collect();
+    let done = client.infer(InferRequest { model: "vgg16".into(), payload: row }).await.unwrap().into_inner();
+    assert_eq!(done.output.len(), 4000);
+    assert_eq!(f32::from_le_bytes(done.output[..4].try_into().unwrap()), 1.5 * 3.0 * 224.0 * 224.0);
+    let e = code(client.infer(InferRequest { model: "vgg16".into(), payload: vec![0; 16] }).await);
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("602112 bytes"), "{e:?}");
     let mut from_policy = false;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, futures_next(&mut watch)).await {
@@ -291,7 +302,7 @@ async fn the_gpu_backend_serves_over_grpc() {
     }
     assert!(from_policy, "the policy steers the GPU backend");
     let metrics = client.get_metrics(GetMetricsRequest { name: String::new() }).await.unwrap().into_inner();
-    assert_eq!(metrics.total.unwrap().completed, 300);
+    assert_eq!(metrics.total.unwrap().completed, 301);
 
     client.unregister_model(UnregisterModelRequest { name: "vgg16".into() }).await.unwrap();
     let e = code(client.infer(InferRequest { model: "vgg16".into(), payload: vec![] }).await);

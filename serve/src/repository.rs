@@ -1,0 +1,210 @@
+//! A model repository (`serve --model-repository DIR`): one folder per model, named as the model,
+//! holding `config.toml` and, for a model of its own, its program file:
+//!
+//! ```toml
+//! slo_ms = 25
+//! priority = 0            # optional
+//! max_batch = 32          # optional
+//! source = "model.pt"     # a TorchScript (.pt) or torch.export (.pt2) file in this folder,
+//!                         # or "torchvision:resnet50" (random weights: benchmarks)
+//! profile_model = "resnet50"  # the profiled model its latency starts from (learned online after)
+//! fp32 = false            # optional: compute in fp32 instead of fp16
+//! [[inputs]]
+//! name = "input"
+//! datatype = "FP32"
+//! dims = [3, 224, 224]    # per request, without the batch dimension
+//! [[outputs]]
+//! name = "output"
+//! datatype = "FP32"
+//! dims = [1000]
+//! ```
+//!
+//! Names are confined to a fixed charset and files to the model's own folder.
+
+use crate::live::ModelSpec;
+use gpuslice_gpu::serving::ModelSource;
+use gpuslice_gpu::tensors::{ModelIo, TensorSpec};
+use gpuslice_traces::{LatencyModel, ProfileSet, Source};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The profile repository models' latencies start from unless their config names another.
+pub const DEFAULT_PROFILE: &str = "builtin:h100-cudagraph";
+
+/// Largest batch when a model's config does not say.
+const DEFAULT_MAX_BATCH: u32 = 32;
+
+/// A model's `config.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelConfig {
+    slo_ms: f64,
+    #[serde(default)]
+    priority: u32,
+    max_batch: Option<u32>,
+    source: String,
+    profile: Option<String>,
+    profile_model: Option<String>,
+    #[serde(default)]
+    fp32: bool,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+/// A model repository on disk.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+}
+
+/// Why a name cannot be a model's, if it cannot: 1-64 characters of A-Z a-z 0-9 _ - . and not
+/// starting with a dot (so it never names a path outside its folder).
+pub fn name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    (!ok).then(|| format!("model name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . not starting with a dot"))
+}
+
+impl Repository {
+    /// The repository at `root` (a folder).
+    pub fn open(root: &Path) -> anyhow::Result<Repository> {
+        anyhow::ensure!(root.is_dir(), "model repository {} is not a folder", root.display());
+        Ok(Repository { root: root.to_path_buf() })
+    }
+
+    /// The models it holds (folders with a config.toml and a valid name), sorted.
+    pub fn names(&self) -> anyhow::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| name_problem(n).is_none() && self.root.join(n).join("config.toml").is_file())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Model `name` as the controller registers it: its config read and checked, its latency
+    /// fitted from its profile. Errors name the file and the problem.
+    pub fn spec(&self, name: &str) -> Result<ModelSpec, String> {
+        if let Some(problem) = name_problem(name) {
+            return Err(problem);
+        }
+        let folder = self.root.join(name);
+        let path = folder.join("config.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("no model {name:?} in the repository ({}: {e})", path.display()))?;
+        let config: ModelConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bad = |what: String| format!("{}: {what}", path.display());
+        if !(config.slo_ms.is_finite() && config.slo_ms > 0.0 && config.slo_ms <= 3_600_000.0) {
+            return Err(bad(format!("slo_ms must be in (0, 3600000], got {}", config.slo_ms)));
+        }
+        let max_batch = config.max_batch.unwrap_or(DEFAULT_MAX_BATCH);
+        if !(1..=64).contains(&max_batch) {
+            return Err(bad(format!("max_batch must be 1-64, got {max_batch}")));
+        }
+        let io = ModelIo { inputs: config.inputs, outputs: config.outputs };
+        if let Some(problem) = io.problem() {
+            return Err(bad(problem));
+        }
+        let program = match config.source.strip_prefix("torchvision:") {
+            Some(arch) if !arch.is_empty() && arch.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                config.source.clone()
+            }
+            Some(_) => return Err(bad(format!("source {:?}: torchvision:NAME takes a model name", config.source))),
+            None => {
+                let file = &config.source;
+                let plain = !file.contains('/') && !file.contains('\\') && name_problem(file).is_none();
+                if !plain || !(file.ends_with(".pt") || file.ends_with(".pt2")) {
+                    return Err(bad(format!(
+                        "source {file:?} must be a .pt or .pt2 file in the model's folder, or torchvision:NAME"
+                    )));
+                }
+                let program = folder.join(file);
+                if !program.is_file() {
+                    return Err(bad(format!("source {} does not exist", program.display())));
+                }
+                program.display().to_string()
+            }
+        };
+        let wanted = config
+            .profile_model
+            .or_else(|| config.source.strip_prefix("torchvision:").map(str::to_string))
+            .ok_or_else(|| {
+                bad("profile_model is required: the profiled model whose latency it starts from \
+                     (profiling at registration is not built yet)"
+                    .into())
+            })?;
+        let profile = config.profile.unwrap_or_else(|| DEFAULT_PROFILE.to_string());
+        let source = Source::load(&profile, &folder).map_err(|e| bad(format!("profile: {e}")))?;
+        let latency = fit_profile(&source, &wanted).map_err(bad)?;
+        Ok(ModelSpec {
+            name: name.to_string(),
+            slo_ms: config.slo_ms,
+            priority: config.priority,
+            max_batch,
+            latency: Arc::new(latency),
+            source: ModelSource { program, io, half: !config.fp32 },
+        })
+    }
+}
+
+/// The latency model of `model` fitted from the profile `source`.
+pub fn fit_profile(source: &Source, model: &str) -> Result<LatencyModel, String> {
+    let set = ProfileSet::parse(source).map_err(|e| format!("profile: {e}"))?;
+    let profile = set.model(model).map_err(|e| format!("profile_model: {e}"))?;
+    let all = LatencyModel::fit_all(&set).map_err(|e| format!("profile: {e}"))?;
+    Ok(all.get(&profile.model).cloned().expect("fit_all fits every model"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+slo_ms = 25
+source = "torchvision:resnet50"
+[[inputs]]
+name = "input"
+datatype = "FP32"
+dims = [3, 224, 224]
+[[outputs]]
+name = "output"
+datatype = "FP32"
+dims = [1000]
+"#;
+
+    fn repository(models: &[(&str, &str)]) -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, config) in models {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("config.toml"), config).unwrap();
+        }
+        let repository = Repository::open(dir.path()).unwrap();
+        (dir, repository)
+    }
+
+    #[test]
+    fn a_torchvision_model_gets_its_profile_and_tensors() {
+        let (_dir, repository) = repository(&[("classifier", CONFIG)]);
+        assert_eq!(repository.names().unwrap(), ["classifier"]);
+        let spec = repository.spec("classifier").unwrap();
+        assert_eq!((spec.max_batch, spec.source.io.input().bytes()), (32, 3 * 224 * 224 * 4));
+        assert!(spec.latency.p50_ms(1, 100.0) > 0.0);
+    }
+
+    #[test]
+    fn hostile_names_missing_files_and_bad_tensors_are_refused_with_the_file() {
+        let missing_file = CONFIG.replace("torchvision:resnet50", "model.pt");
+        let escaping = CONFIG.replace("torchvision:resnet50", "../../etc/passwd.pt");
+        let bad_dims = CONFIG.replace("dims = [1000]", "dims = [0]");
+        let (_dir, repository) = repository(&[("a", &missing_file), ("b", &escaping), ("c", &bad_dims)]);
+        assert!(repository.spec("a").err().unwrap().contains("does not exist"));
+        assert!(repository.spec("b").err().unwrap().contains("in the model's folder"));
+        let err = repository.spec("c").err().unwrap();
+        assert!(err.contains("c/config.toml") && err.contains("at least 1"), "{err}");
+        assert!(repository.spec("../a").err().unwrap().contains("model name"));
+        assert!(repository.spec("nothere").err().unwrap().contains("no model \"nothere\""));
+    }
+}
