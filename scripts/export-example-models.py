@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Writes the example repository's model files (needs PyTorch; run on the GPU machine):
+examples/models/tiny_mlp/model.pt (TorchScript: 16 -> 32 -> 4, weights seeded with 0), and with
+--resnet50 DIR a repository model DIR/resnet50_file (TorchScript ResNet-50, torchvision's
+architecture with weights seeded with 0, and its config.toml) for checking served outputs
+against PyTorch. Usage: export-example-models.py [--resnet50 DIR]
+"""
+import argparse, os, shutil
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(HERE, "..", "examples", "models")
+
+
+def tiny_mlp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    path = os.path.join(EXAMPLES, "tiny_mlp", "model.pt")
+    torch.jit.script(model).save(path)
+    print("wrote", path)
+
+
+def resnet50(folder):
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    target = os.path.join(folder, "resnet50_file")
+    os.makedirs(target, exist_ok=True)
+    torch.jit.trace(model, torch.randn(1, 3, 224, 224)).save(os.path.join(target, "model.pt"))
+    config = open(os.path.join(EXAMPLES, "resnet50", "config.toml")).read()
+    config = config.replace('source = "torchvision:resnet50"', 'source = "model.pt"\nprofile_model = "resnet50"')
+    open(os.path.join(target, "config.toml"), "w").write(config)
+    print("wrote", target)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--resnet50", help="a repository folder to write resnet50_file into")
+    args = p.parse_args()
+    tiny_mlp()
+    if args.resnet50:
+        resnet50(args.resnet50)
