@@ -2,9 +2,9 @@
 # On the GPU machine: gpuslice serves model files through the standard inference protocol and
 # its outputs equal PyTorch's. Exports the example models (scripts/export-example-models.py),
 # then with tritonclient (carried as wheels: see the device README) checks
-#  - resnet50_file (TorchScript ResNet-50, seeded weights, fp16) at every default pool level, one
+#  - resnet50_file (TorchScript ResNet-50, seeded weights, fp32) at every default pool level, one
 #    level per server start, against a direct PyTorch run of the same file on the same inputs;
-#  - the example repository (tiny_mlp in fp32, resnet50 from torchvision) under the default pool,
+#  - the example repository (tiny_mlp, resnet50 from torchvision) under the default pool,
 #    with an unload while requests are queued.
 # Writes $OUT/serve-check.txt and copies the exported tiny_mlp model.pt to $OUT.
 # Through the device tool: carry ["out", ".whl"], command `bash scripts/gpu-serve-check.sh`.
@@ -34,7 +34,7 @@ serve() {
     kill -0 $server 2>/dev/null || break
     sleep 0.5
   done
-  echo "server did not start:"; tail -20 /tmp/serve.err
+  echo "server did not start:"; tail -20 /tmp/serve.err; cat /tmp/serve.out
   return 1
 }
 
@@ -48,7 +48,7 @@ for level in 10 20 30 45 60 80; do
   if serve /tmp/rn /tmp/node.toml; then
     python3 cli/tests/python/tritonclient_check.py "$address" resnet50_file --expect file \
       --program /tmp/rn/resnet50_file/model.pt --skip-unload 2>&1 | tee -a "$log" || status=1
-    stop | tee -a "$log"
+    stop >> "$log"
   else
     status=1
   fi
@@ -58,7 +58,7 @@ echo "== example repository, default pool levels" | tee -a "$log"
 printf '[gpu]\n' > /tmp/node.toml
 if serve examples/models /tmp/node.toml; then
   python3 cli/tests/python/tritonclient_check.py "$address" tiny_mlp --expect file \
-    --program examples/models/tiny_mlp/model.pt --fp32 2>&1 | tee -a "$log" || status=1
+    --program examples/models/tiny_mlp/model.pt 2>&1 | tee -a "$log" || status=1
   stop | tee -a "$log"
 else
   status=1
