@@ -1,0 +1,40 @@
+//! What the tests that drive the `gpuslice serve` binary from Python share.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+/// Whether python3 can import every module of `imports` (a comma-separated list).
+pub fn python_has(imports: &str) -> bool {
+    Command::new("python3").args(["-c", &format!("import {imports}")]).status().is_ok_and(|s| s.success())
+}
+
+/// Starts `gpuslice serve` with `args` on a free loopback port; returns it and its address.
+pub fn serve(args: &[&str]) -> (Child, String) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gpuslice"))
+        .args(["--log", "warn", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address =
+        line.trim().strip_prefix("serving gpuslice.v1 on ").expect("the server prints its address").to_string();
+    (server, address)
+}
+
+/// Stops `server` with SIGTERM, then checks that every client run succeeded and the server
+/// exited cleanly.
+pub fn stop_and_check(mut server: Child, clients: &[Output]) {
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    let status = server.wait().unwrap();
+    for client in clients {
+        assert!(
+            client.status.success(),
+            "python client failed:\n{}\n{}",
+            String::from_utf8_lossy(&client.stdout),
+            String::from_utf8_lossy(&client.stderr)
+        );
+    }
+    assert!(status.success(), "server exit after SIGTERM: {status}");
+}
