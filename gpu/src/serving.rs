@@ -136,8 +136,19 @@ struct Queued {
 pub struct Answered {
     /// When it arrived, ran and completed.
     pub record: RequestRecord,
+    /// What the worker computed for it.
+    pub computed: Computed,
+}
+
+/// A request's output row and its batch's copy times.
+#[derive(Debug, Clone)]
+pub struct Computed {
     /// Its output row, as the worker wrote it.
     pub output: Vec<u8>,
+    /// Its batch's host-to-device copy, ms (CUDA events; 0 from GPU-less workers).
+    pub h2d_ms: f64,
+    /// Its batch's device-to-host copy, ms.
+    pub d2h_ms: f64,
 }
 
 /// What a model's workers run.
@@ -572,7 +583,8 @@ impl Dispatcher {
                     batch_size: size,
                 };
                 let output = outputs.get(i * row..(i + 1) * row).map(<[u8]>::to_vec).unwrap_or_default();
-                s.finished.push(Answered { record, output });
+                let (h2d_ms, d2h_ms) = (c.times.h2d_ms, c.times.d2h_ms);
+                s.finished.push(Answered { record, computed: Computed { output, h2d_ms, d2h_ms } });
             }
         }
     }

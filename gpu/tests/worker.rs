@@ -268,7 +268,7 @@ fn submitted_requests_are_answered_and_a_dead_worker_loses_none_silently() {
         for a in done {
             let r = a.record;
             let expected = tickets.remove(&r.ticket).unwrap_or_else(|| panic!("ticket {} answered once", r.ticket));
-            assert_eq!(read_fp32(&a.output), [expected, expected], "ticket {} got its own answer", r.ticket);
+            assert_eq!(read_fp32(&a.computed.output), [expected, expected], "ticket {} got its own answer", r.ticket);
             assert!(r.batch_size >= 1 && r.batch_size <= 4 && r.end_ns >= r.start_ns + 2_000_000);
             answered += 1;
         }

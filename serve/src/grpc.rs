@@ -216,13 +216,13 @@ impl Controller for Service {
             request_id: done.ticket,
             timings: Some(StageTimings {
                 queue_ms: done.queue_ms,
-                host_to_device_ms: 0.0,
+                host_to_device_ms: done.computed.as_ref().map_or(0.0, |c| c.h2d_ms),
                 inference_ms: done.inference_ms,
-                device_to_host_ms: 0.0,
+                device_to_host_ms: done.computed.as_ref().map_or(0.0, |c| c.d2h_ms),
                 total_ms: done.total_ms,
             }),
             batch_size: done.batch_size,
-            output: done.output.unwrap_or_default(),
+            output: done.computed.map(|c| c.output).unwrap_or_default(),
         }))
     }
 }

@@ -213,7 +213,7 @@ impl GrpcInferenceService for InferenceService {
         .await?;
         let mut data = Vec::with_capacity(n * output.bytes());
         for done in answers {
-            let Some(row) = done.output else {
+            let Some(row) = done.computed.map(|c| c.output) else {
                 return Err(LiveError::FailedPrecondition(
                     "this node's backend computes no outputs (the simulator); serve with --backend gpu".into(),
                 )

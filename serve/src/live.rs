@@ -5,7 +5,7 @@
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
 use gpuslice_control::BackendError;
-use gpuslice_gpu::serving::ModelSource;
+use gpuslice_gpu::serving::{Computed, ModelSource};
 use gpuslice_policies::{DeviceModel, ModelContext, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
@@ -133,8 +133,9 @@ pub struct InferDone {
     pub total_ms: f64,
     /// Requests in its batch.
     pub batch_size: u32,
-    /// Its output row, where the backend computes one (the GPU backend; not the simulator).
-    pub output: Option<Vec<u8>>,
+    /// Its output row and its batch's copy times, where the backend computes them (the GPU
+    /// backend; not the simulator).
+    pub computed: Option<Computed>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, LiveError>>;
@@ -218,8 +219,8 @@ pub trait LiveBackend: Send + 'static {
 }
 
 /// What `LiveBackend::advance` returns: the submitted requests served, each with its output row
-/// where the backend computes one, and the tickets of those dropped.
-pub type Served = (Vec<(RequestRecord, Option<Vec<u8>>)>, Vec<Ticket>);
+/// and copy times where the backend computes them, and the tickets of those dropped.
+pub type Served = (Vec<(RequestRecord, Option<Computed>)>, Vec<Ticket>);
 
 /// A model as the backend serves it.
 pub struct LiveModel {
@@ -437,7 +438,7 @@ impl<B: LiveBackend> Live<B> {
                     inference_ms: ms(r.end_ns - r.start_ns),
                     total_ms: ms(r.end_ns - r.arrival_ns),
                     batch_size: r.batch_size,
-                    output,
+                    computed: output,
                 }));
             }
         }

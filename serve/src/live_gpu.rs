@@ -93,7 +93,7 @@ impl LiveBackend for GpuBackend {
     /// The GPU serves in real time: nothing to advance, only completions to collect.
     fn advance(&mut self, _now: Duration) -> Served {
         let (done, dropped) = self.take_answered();
-        (done.into_iter().map(|a| (a.record, Some(a.output))).collect(), dropped)
+        (done.into_iter().map(|a| (a.record, Some(a.computed))).collect(), dropped)
     }
 
     fn take_interval(&mut self) -> Vec<ModelInterval> {
