@@ -185,6 +185,10 @@ enum Command {
         /// Control calls per second (GetAllocation, ListModels, GetMetrics, OverrideAllocation).
         #[arg(long, default_value_t = 1000)]
         control_rps: u32,
+        /// Send every Infer a full input row (a 3x224x224 FP32 image, 588 KiB) instead of an
+        /// empty payload (the server then serves zeros).
+        #[arg(long)]
+        with_inputs: bool,
     },
     /// On the GPU machine: CPU time and latency of moving batches of packetized images to the GPU
     /// by per-packet copies, CPU-Copy and the GPU gather kernel (each checked byte for byte first).
@@ -585,13 +589,14 @@ fn run(command: Command) -> Result<()> {
                 running.stop().await
             })
         }
-        Command::LoadTest { target, seconds, infer_rps, control_rps } => {
+        Command::LoadTest { target, seconds, infer_rps, control_rps, with_inputs } => {
             anyhow::ensure!(seconds > 0.0 && seconds <= 600.0, "--seconds must be in (0, 600]");
             let options = gpuslice_serve::loadtest::LoadTestOptions {
                 target,
                 duration: std::time::Duration::from_secs_f64(seconds),
                 infer_rps,
                 control_rps,
+                with_inputs,
             };
             let report = tokio::runtime::Runtime::new()?.block_on(gpuslice_serve::loadtest::run(options))?;
             println!("{}", report.table());

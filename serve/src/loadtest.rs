@@ -31,7 +31,13 @@ pub struct LoadTestOptions {
     pub infer_rps: u32,
     /// Control-plane calls (GetAllocation, ListModels) per second.
     pub control_rps: u32,
+    /// Send each Infer a full input row (a 3x224x224 FP32 image of pseudo-random values) instead
+    /// of an empty payload (zeros on the server): the cost of really moving request bytes.
+    pub with_inputs: bool,
 }
+
+/// Bytes of one input row of the load test's models (torchvision classifiers).
+const IMAGE_BYTES: usize = 3 * 224 * 224 * 4;
 
 /// What one kind of call saw.
 #[derive(Debug)]
@@ -180,10 +186,17 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
     let control = Arc::new(Mutex::new(CallStats::new("control")));
     let started = Instant::now();
     let infer_clients = clients.clone();
+    // One image for every call: values in [0, 1), as a preprocessed image's.
+    let image: Arc<Vec<u8>> = Arc::new(if options.with_inputs {
+        (0..IMAGE_BYTES / 4).flat_map(|k| ((k * 7919 % 1000) as f32 / 1000.0).to_le_bytes()).collect()
+    } else {
+        Vec::new()
+    });
     let infer_load = open_loop(options.duration, options.infer_rps, infer.clone(), move |i| {
         let mut client = infer_clients[i as usize % CHANNELS].clone();
         let model = MODELS[i as usize % MODELS.len()].0.to_string();
-        async move { client.infer(InferRequest { model, payload: Vec::new() }).await.is_ok() }
+        let payload = image.as_ref().clone();
+        async move { client.infer(InferRequest { model, payload }).await.is_ok() }
     });
     let control_clients = clients.clone();
     let control_load = open_loop(options.duration, options.control_rps, control.clone(), move |i| {

@@ -190,6 +190,8 @@ async fn a_short_load_test_loses_nothing() {
         duration: std::time::Duration::from_secs(2),
         infer_rps: 1000,
         control_rps: 200,
+        // Every Infer carries a full input row (checked for its size by the server).
+        with_inputs: true,
     })
     .await
     .unwrap();
