@@ -494,22 +494,34 @@ impl ModelBased {
             .min()
     }
 
+    /// Whether `gpu`% serves a burst of `burst` queued requests within the SLO budget, in
+    /// batches of some size.
+    fn clears_burst(&self, m: usize, burst: usize, gpu: usize) -> bool {
+        let l = &self.learned[m];
+        let (scale, _) = Self::correction(l);
+        let budget = self.models[m].slo_ms * (1.0 - MARGIN);
+        (0..BATCH_SIZES.len()).any(|b| {
+            let rounds = burst.div_ceil(BATCH_SIZES[b] as usize) as f64;
+            rounds * l.p50[b][gpu - 1] * scale * l.tail[b][gpu - 1] <= budget
+        })
+    }
+
     /// The smallest GPU% at which a burst of `burst` queued requests is served within the SLO
-    /// budget, in batches of the best size.
+    /// budget, in batches of the best size (100 if none), by bisection: more SMs never make the
+    /// profile slower (see `smallest_slice`; a test checks it against a scan).
     fn burst_slice(&self, m: usize, burst: usize) -> usize {
         if burst == 0 {
             return 1;
         }
-        let l = &self.learned[m];
-        let (scale, _) = Self::correction(l);
-        let budget = self.models[m].slo_ms * (1.0 - MARGIN);
-        let clears = |g: usize| {
-            (0..BATCH_SIZES.len()).any(|b| {
-                let rounds = burst.div_ceil(BATCH_SIZES[b] as usize) as f64;
-                rounds * l.p50[b][g - 1] * scale * l.tail[b][g - 1] <= budget
-            })
-        };
-        (1..=100).find(|&g| clears(g)).unwrap_or(100)
+        if !self.clears_burst(m, burst, 100) {
+            return 100;
+        }
+        let (mut lo, mut hi) = (1, 100);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.clears_burst(m, burst, mid) { hi = mid } else { lo = mid + 1 }
+        }
+        lo
     }
 
     /// The GPU% model `m` wants at its recent peak rate (with its backlog drained) and for its
@@ -810,7 +822,44 @@ fn worst_attainment(report: &Report) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::TrialScore;
+    use super::{ModelBased, TrialScore};
+    use crate::{DeviceModel, ModelContext};
+    use gpuslice_simulator::Allocation;
+    use gpuslice_traces::{LatencyModel, ProfileSet, Source};
+    use std::sync::Arc;
+
+    #[test]
+    fn the_burst_slice_bisection_finds_what_a_scan_finds_on_every_profiled_model() {
+        let set =
+            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
+        let models: Vec<ModelContext> = LatencyModel::fit_all(&set)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(name, latency)| {
+                let latency = Arc::new(latency);
+                [5.0, 20.0, 80.0].map(|slo_ms| ModelContext {
+                    name: name.clone(),
+                    slo_ms,
+                    priority: 0,
+                    latency: latency.clone(),
+                    configured: Allocation { gpu_pct: 10.0, max_batch: 8, batch_timeout_ms: 1.0 },
+                })
+            })
+            .collect();
+        let policy = ModelBased::new(models.clone(), DeviceModel::default());
+        for m in 0..models.len() {
+            for burst in [1, 3, 8, 40, 200, 1000] {
+                let scanned = (1..=100).find(|&g| policy.clears_burst(m, burst, g)).unwrap_or(100);
+                assert_eq!(
+                    policy.burst_slice(m, burst),
+                    scanned,
+                    "{} SLO {} burst {burst}",
+                    models[m].name,
+                    models[m].slo_ms
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_trial_leaves_the_mode_in_force_only_for_a_clear_gain() {
