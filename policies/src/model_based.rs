@@ -847,16 +847,10 @@ mod tests {
             })
             .collect();
         let policy = ModelBased::new(models.clone(), DeviceModel::default());
-        for m in 0..models.len() {
+        for (m, model) in models.iter().enumerate() {
             for burst in [1, 3, 8, 40, 200, 1000] {
                 let scanned = (1..=100).find(|&g| policy.clears_burst(m, burst, g)).unwrap_or(100);
-                assert_eq!(
-                    policy.burst_slice(m, burst),
-                    scanned,
-                    "{} SLO {} burst {burst}",
-                    models[m].name,
-                    models[m].slo_ms
-                );
+                assert_eq!(policy.burst_slice(m, burst), scanned, "{} SLO {} burst {burst}", model.name, model.slo_ms);
             }
         }
     }
