@@ -170,6 +170,16 @@ enum ModeChoice {
     Shared { mode: Sharing, batching: SharedBatching },
 }
 
+impl ModeChoice {
+    /// How the backend shares the GPU under this choice.
+    fn sharing(self) -> Sharing {
+        match self {
+            ModeChoice::Slices => Sharing::Spatial,
+            ModeChoice::Shared { mode, .. } => mode,
+        }
+    }
+}
+
 /// How models batch on a shared GPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SharedBatching {
@@ -278,14 +288,6 @@ impl ModelBased {
         }
     }
 
-    /// The sharing mode in force.
-    fn mode(&self) -> Sharing {
-        match self.choice {
-            ModeChoice::Slices => Sharing::Spatial,
-            ModeChoice::Shared { mode, .. } => mode,
-        }
-    }
-
     /// Keeps the interval's arrivals for the trials, forgetting those older than `TRIAL_MAX_AGE`
     /// intervals.
     fn remember_arrivals(&mut self, observations: &[ModelInterval]) {
@@ -339,10 +341,7 @@ impl ModelBased {
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
         for (choice, allocations) in candidates {
-            let sharing = match choice {
-                ModeChoice::Slices => Sharing::Spatial,
-                ModeChoice::Shared { mode, .. } => mode,
-            };
+            let sharing = choice.sharing();
             let run = |scale: f64| {
                 let run = ReplayRun {
                     models: &self.models,
@@ -393,19 +392,21 @@ impl ModelBased {
 
     /// Model `m`'s max batch and wait (ms) on a GPU shared in `mode` with `batching`.
     fn shared_batching(&self, m: usize, mode: Sharing, batching: SharedBatching) -> (u32, f64) {
-        let SharedBatching::Uniform(max_batch, wait_ms) = batching else {
-            let l = &self.learned[m];
-            let (scale, _) = Self::correction(l);
-            let slo = self.models[m].slo_ms;
-            let delays = match mode {
-                Sharing::Temporal => self.models.iter().map(|c| c.slo_ms).fold(slo, f64::min),
-                _ => slo,
-            };
-            let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * delays;
-            let b = (0..BATCH_SIZES.len()).rev().find(|&b| fits(b)).unwrap_or(0);
-            return (BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * slo);
-        };
-        (max_batch, wait_ms)
+        match batching {
+            SharedBatching::Uniform(max_batch, wait_ms) => (max_batch, wait_ms),
+            SharedBatching::SloSized => {
+                let l = &self.learned[m];
+                let (scale, _) = Self::correction(l);
+                let slo = self.models[m].slo_ms;
+                let delays = match mode {
+                    Sharing::Temporal => self.models.iter().map(|c| c.slo_ms).fold(slo, f64::min),
+                    _ => slo,
+                };
+                let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * delays;
+                let b = (0..BATCH_SIZES.len()).rev().find(|&b| fits(b)).unwrap_or(0);
+                (BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * slo)
+            }
+        }
     }
 
     /// Median service time correction (profile -> this GPU) and the spread seen around it.
@@ -651,7 +652,7 @@ impl ModelBased {
     /// Learns from one interval: service-time fit, tail excess, and rate forecast.
     fn observe(&mut self, m: usize, obs: &ModelInterval) -> Load {
         let interval_ms = ((obs.end_s - obs.start_s) * 1e3).max(1e-3);
-        let mode = self.mode();
+        let mode = self.choice.sharing();
         let l = &mut self.learned[m];
         l.sum_w *= FORGETTING;
         l.sum_log *= FORGETTING;
@@ -683,7 +684,7 @@ impl ModelBased {
         // How far the end-to-end tail ran over what the model predicts for the allocation in
         // force, learned only from steady intervals: a backlog or drops mean the load outran the
         // slice, which the rate forecast answers, not the latency model.
-        let steady = self.mode() == Sharing::Spatial
+        let steady = mode == Sharing::Spatial
             && obs.summary.dropped == 0
             && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
         let previous = self.learned[m].tail_excess;
@@ -710,7 +711,7 @@ impl Policy for ModelBased {
     }
 
     fn sharing(&self) -> Sharing {
-        self.mode()
+        self.choice.sharing()
     }
 
     fn offer_modes(&mut self, modes: &[Sharing]) {
@@ -748,11 +749,15 @@ impl Policy for ModelBased {
         let n = self.models.len();
         let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
         self.remember_arrivals(observations);
-        let mut chosen = self.plan_slices(observations, &loads);
         let previous = self.choice;
+        // The slices are planned when a trial weighs them or they will serve: not while a shared
+        // mode serves between two trials (the trial changes nothing the plan reads).
+        let mut planned = None;
         if self.decisions.is_multiple_of(TRIAL_EVERY) {
-            let slices: Vec<Allocation> = chosen.iter().map(|(a, _)| *a).collect();
+            let plan = self.plan_slices(observations, &loads);
+            let slices: Vec<Allocation> = plan.iter().map(|(a, _)| *a).collect();
             self.trial(&slices);
+            planned = Some(plan);
         }
         self.decisions += 1;
 
@@ -775,6 +780,7 @@ impl Policy for ModelBased {
                 })
                 .collect();
         }
+        let mut chosen = planned.unwrap_or_else(|| self.plan_slices(observations, &loads));
         let switching = previous != ModeChoice::Slices;
 
         // Hysteresis: keep an allocation that still meets the SLO when the new slice is close.
