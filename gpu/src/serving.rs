@@ -536,8 +536,8 @@ impl Dispatcher {
             while let Some(completion) = worker.try_complete()? {
                 let i = running.iter().position(|r| r.worker == w).expect("a batch of this worker runs");
                 let batch = running.remove(i).expect("index");
-                let row = worker.row_bytes().1;
-                self.record(s, batch, &completion, worker.output_of(completion.slot), row, *gpu_pct, pace);
+                let rows = worker.output_of(completion.slot).chunks_exact(worker.row_bytes().1);
+                self.record(s, batch, &completion, rows, *gpu_pct, pace);
             }
         }
         Ok(())
@@ -545,14 +545,13 @@ impl Dispatcher {
 
     /// A completed batch: stage times, the sample the policy learns from (how long the batch held
     /// the worker: the slice's whole per-batch cycle, not the GPU time alone) and each request.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
+    /// `output_rows` are the batch's output rows, the requests' first.
+    fn record<'a>(
         &self,
         s: &mut Shared,
         batch: Running,
         c: &Completion,
-        outputs: &[u8],
-        row: usize,
+        mut output_rows: impl Iterator<Item = &'a [u8]>,
         gpu_pct: f64,
         pace: &mut Pace,
     ) {
@@ -568,7 +567,9 @@ impl Dispatcher {
         s.interval.sm_pct_ns += busy;
         s.samples.push(BatchSample { size: batch.graph, gpu_pct, exec_ms: service.as_secs_f64() * 1e3 });
         let size = batch.requests.len() as u32;
-        for (i, r) in batch.requests.into_iter().enumerate() {
+        for r in batch.requests {
+            // Row i is request i's, whether or not it waits for an answer.
+            let output = output_rows.next();
             let latency = (c.done - r.arrival).as_nanos() as u64;
             s.total.record_latency(latency, latency <= self.slo_ns);
             s.interval.record_latency(latency, latency <= self.slo_ns);
@@ -582,7 +583,7 @@ impl Dispatcher {
                     solo_ns: service.as_nanos() as u64,
                     batch_size: size,
                 };
-                let output = outputs.get(i * row..(i + 1) * row).map(<[u8]>::to_vec).unwrap_or_default();
+                let output = output.map(<[u8]>::to_vec).unwrap_or_default();
                 let (h2d_ms, d2h_ms) = (c.times.h2d_ms, c.times.d2h_ms);
                 s.finished.push(Answered { record, computed: Computed { output, h2d_ms, d2h_ms } });
             }

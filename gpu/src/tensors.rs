@@ -108,6 +108,14 @@ pub struct ModelIo {
     pub outputs: Vec<TensorSpec>,
 }
 
+/// Whether `name` is 1-64 characters of A-Z a-z 0-9 _ - . (names that come from users: tensors,
+/// models).
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// Most elements one tensor of one request may have (a 4K RGB image is 25 M): bounds the
 /// shared memory a worker maps.
 pub const MAX_ELEMENTS: usize = 1 << 26;
@@ -140,10 +148,7 @@ impl ModelIo {
             ));
         }
         for t in self.inputs.iter().chain(&self.outputs) {
-            let name_ok = !t.name.is_empty()
-                && t.name.len() <= 64
-                && t.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !name_ok {
+            if !plain_name(&t.name) {
                 return Some(format!("tensor name {:?} must be 1-64 characters of A-Z a-z 0-9 _ - .", t.name));
             }
             if t.dims.is_empty() || t.dims.iter().any(|d| *d < 1) {

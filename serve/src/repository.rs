@@ -28,7 +28,7 @@
 
 use crate::live::ModelSpec;
 use gpuslice_gpu::serving::ModelSource;
-use gpuslice_gpu::tensors::{ModelIo, TensorSpec};
+use gpuslice_gpu::tensors::{ModelIo, TensorSpec, plain_name};
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -66,10 +66,7 @@ pub struct Repository {
 /// Why a name cannot be a model's, if it cannot: 1-64 characters of A-Z a-z 0-9 _ - . and not
 /// starting with a dot (so it never names a path outside its folder).
 pub fn name_problem(name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let ok = plain_name(name) && !name.starts_with('.');
     (!ok).then(|| format!("model name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . not starting with a dot"))
 }
 
