@@ -82,7 +82,7 @@ fn attainment(loaded: &LoadedScenario, policy: &str, scale: f64) -> Vec<(String,
 
 #[test]
 fn gslice_meets_its_slos_where_temporal_does_at_light_load() {
-    for name in ["gpu-trio.toml", "step-4x.toml", "gpu-step.toml"] {
+    for name in ["gpu-trio.toml", "step-4x.toml", "gpu-step.toml", "mixed-slo-trio.toml", "bench-events.toml"] {
         let loaded = scenario(name);
         for scale in [0.25, 0.5] {
             let temporal = attainment(&loaded, "temporal", scale);
