@@ -314,9 +314,10 @@ enum Command {
         fake_ms: Option<f64>,
         /// Standby pool: GPU% levels each model keeps a worker at, so a reallocation switches at
         /// once. The model-based policy plans its slices on these levels; another policy's slice
-        /// takes the level at or above it where the GPU has room, else the one below. Empty:
-        /// start a worker per change.
-        #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80")]
+        /// takes the level at or above it where the GPU has room, else the one below. A 100%
+        /// level lets a policy switch to default MPS (every model on its whole-GPU worker) and
+        /// back. Empty: start a worker per change.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80,100")]
         pool_levels: Vec<f64>,
     },
     /// On the GPU machine: measure batch latency over a grid of GPU% (MPS) and batch sizes for

@@ -131,10 +131,11 @@ pub fn run_on(
     let mut policy = policy_for(choice, loaded, &contexts, &device)?;
     policy.offer_modes(on.modes());
     policy.plan_on_levels(on.slice_levels());
-    config.sharing = policy.sharing();
     for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
         setup.allocation = allocation;
     }
+    // After `initial`: it may choose the mode to start in.
+    config.sharing = policy.sharing();
     let names: Vec<String> = contexts.iter().map(|c| c.name.clone()).collect();
     let mode = config.sharing;
     let mut backend = on.build(config, setups, loaded.scenario.control_interval_s)?;

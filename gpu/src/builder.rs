@@ -13,8 +13,9 @@ pub struct GpuBuilder {
 }
 
 impl BackendBuilder for GpuBuilder {
+    /// Slices, and default MPS where the pool has a whole-GPU level to switch to.
     fn modes(&self) -> &'static [Sharing] {
-        &[Sharing::Spatial]
+        if self.template.has_whole_gpu_level() { &[Sharing::Spatial, Sharing::DefaultMps] } else { &[Sharing::Spatial] }
     }
 
     fn slice_levels(&self) -> &[f64] {
@@ -32,10 +33,11 @@ impl BackendBuilder for GpuBuilder {
         control_interval_s: f64,
     ) -> Result<Box<dyn Backend>, BackendError> {
         let mode = config.sharing;
-        // Temporal sharing is the driver time-slicing the workers' contexts (no MPS); default MPS
-        // runs every worker at 100%. Neither reallocates, so neither keeps a standby pool.
+        // Temporal sharing is the driver time-slicing the workers' contexts (no MPS): it does not
+        // reallocate, so it keeps no standby pool. Default MPS runs every model on its 100%
+        // worker and keeps the pool only where it can switch back to slices.
         let mut template = self.template.clone();
-        if mode != Sharing::Spatial {
+        if mode == Sharing::Temporal || (mode == Sharing::DefaultMps && !template.has_whole_gpu_level()) {
             template.pool_levels.clear();
         }
         let gpu_setups = setups

@@ -58,6 +58,11 @@ impl WorkerTemplate {
     /// level at or above it if that fits (a slice rounded down would serve less than the policy
     /// planned), else the highest level that fits (the lowest level if none does: the caller
     /// then refuses the change).
+    /// Whether the pool has a worker on the whole GPU (what default MPS serves on).
+    pub fn has_whole_gpu_level(&self) -> bool {
+        self.pool_levels.contains(&100.0)
+    }
+
     fn level(&self, gpu_pct: f64, room: f64) -> f64 {
         let fitting = self.pool_levels.iter().copied().filter(|l| *l <= room + 1e-9);
         let above = fitting.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
@@ -207,6 +212,9 @@ struct ModelHandle {
     reallocations: u64,
     /// Retired: takes no requests and holds no GPU share; serves what it had accepted.
     retired: bool,
+    /// Its slice under spatial sharing; under default MPS it serves on the whole GPU and keeps
+    /// the slice its policy asked for, for a switch back.
+    slice_pct: f64,
 }
 
 /// Models served on the GPU by worker processes, behind the `Backend` trait: one dispatcher per model forms batches, the standby pool switches slices at once.
@@ -613,14 +621,18 @@ impl GpuBackend {
         sharing: Sharing,
     ) -> Result<GpuBackend, BackendError> {
         let mut setups = setups;
-        for s in &mut setups {
-            s.allocation.gpu_pct = starter.starting_pct(s.allocation.gpu_pct);
+        if sharing == Sharing::Spatial {
+            for s in &mut setups {
+                s.allocation.gpu_pct = starter.starting_pct(s.allocation.gpu_pct);
+            }
         }
         let workers: Vec<ModelWorkers> = std::thread::scope(|scope| {
             let handles: Vec<_> = setups
                 .iter()
                 .map(|s| {
-                    let (starter, source, pct) = (&starter, &s.source, s.allocation.gpu_pct);
+                    // Under default MPS every model serves on the whole GPU (see `add_model`).
+                    let pct = if sharing == Sharing::DefaultMps { 100.0 } else { s.allocation.gpu_pct };
+                    let (starter, source) = (&starter, &s.source);
                     scope.spawn(move || starter.start(source, pct))
                 })
                 .collect();
@@ -667,7 +679,10 @@ impl GpuBackend {
     pub fn add_model(&mut self, setup: GpuModelSetup, workers: ModelWorkers) -> Result<usize, SimError> {
         let mut setup = setup;
         let held = self.held_pct(None);
-        if !self.starter.template.pool_levels.is_empty() {
+        let slice_pct = setup.allocation.gpu_pct;
+        if self.sharing == Sharing::DefaultMps {
+            setup.allocation.gpu_pct = 100.0;
+        } else if !self.starter.template.pool_levels.is_empty() {
             setup.allocation.gpu_pct = self.starter.template.level(setup.allocation.gpu_pct, 100.0 - held);
         }
         if let Some(problem) = setup.allocation.problem() {
@@ -722,6 +737,7 @@ impl GpuBackend {
             standby_starting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             reallocations: 0,
             retired: false,
+            slice_pct,
         });
         Ok(index)
     }
@@ -869,6 +885,13 @@ impl Backend for GpuBackend {
             return Err(SimError::Retired(name).into());
         }
         let mut allocation = allocation;
+        if self.sharing == Sharing::DefaultMps {
+            // On the whole GPU: the batching applies now, the slice at a switch back.
+            let handle = &mut self.models[model];
+            handle.slice_pct = allocation.gpu_pct;
+            handle.shared.0.lock().expect("model state").allocation = Allocation { gpu_pct: 100.0, ..allocation };
+            return Ok(());
+        }
         let held_by_others = self.held_pct(Some(model));
         let pool = &self.starter.template.pool_levels;
         if !pool.is_empty() {
@@ -957,15 +980,40 @@ impl Backend for GpuBackend {
         }
     }
 
+    /// Switches between slices and default MPS by moving every model to another worker of its
+    /// standby pool: to its whole-GPU one, or back to the level of its slice (in model order,
+    /// each within what the others left). Needs a pool with a 100% level; temporal sharing
+    /// (no MPS) is not switched to.
     fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
         if sharing == self.sharing {
-            Ok(())
-        } else {
-            Err(BackendError::Unsupported(format!(
-                "the GPU backend serves {} and cannot switch to {sharing}",
-                self.sharing
-            )))
+            return Ok(());
         }
+        let template = &self.starter.template;
+        let switchable = [Sharing::Spatial, Sharing::DefaultMps];
+        if !(switchable.contains(&sharing) && switchable.contains(&self.sharing) && template.has_whole_gpu_level()) {
+            return Err(BackendError::Unsupported(format!(
+                "the GPU backend serves {} and cannot switch to {sharing}: it switches only between spatial and default-mps, with a 100% pool level (levels: {:?})",
+                self.sharing, template.pool_levels
+            )));
+        }
+        let mut held = self.reserved_pct;
+        for handle in self.models.iter_mut().filter(|m| !m.retired) {
+            let mut state = handle.shared.0.lock().expect("model state");
+            let pct = if sharing == Sharing::DefaultMps {
+                handle.slice_pct = state.allocation.gpu_pct;
+                100.0
+            } else {
+                template.level(handle.slice_pct, 100.0 - held)
+            };
+            held += pct;
+            if pct != state.allocation.gpu_pct {
+                state.allocation.gpu_pct = pct;
+                handle.reallocations += 1;
+                let _ = handle.handover.send(Handover::Level(pct));
+            }
+        }
+        self.sharing = sharing;
+        Ok(())
     }
 }
 

@@ -216,6 +216,55 @@ fn a_standby_pool_switches_levels_at_once() {
     assert_eq!(report.models[0].summary.completed, report.models[0].summary.arrivals);
 }
 
+/// With a 100% level in the pool, the backend switches between slices and default MPS by
+/// moving every model to its whole-GPU worker and back to its slice, without losing a request;
+/// a batching change under default MPS applies at once and the slice asked for waits for the
+/// switch back.
+#[test]
+fn a_pool_with_a_whole_gpu_level_switches_between_slices_and_default_mps() {
+    use gpuslice_control::Backend;
+    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+    use std::time::Duration;
+    let setup = |name: &str, seed| GpuModelSetup {
+        name: name.into(),
+        source: small(name),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 45.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: Some(Box::new(
+            ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.2)).unwrap(), 1.0, seed).unwrap(),
+        )),
+    };
+    let template =
+        WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 45.0, 100.0] };
+    let mut backend = GpuBackend::start(
+        vec![setup("a", 3), setup("b", 4)],
+        Duration::from_millis(200),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let pct = |i: &[gpuslice_simulator::ModelInterval]| i.iter().map(|m| m.allocation.gpu_pct).collect::<Vec<_>>();
+    assert_eq!(pct(&backend.next_interval().unwrap()), vec![45.0, 45.0]);
+    backend.set_sharing(Sharing::DefaultMps).unwrap();
+    backend.apply(0, Allocation { gpu_pct: 20.0, max_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
+    let shared = backend.next_interval().unwrap();
+    assert_eq!(pct(&shared), vec![100.0, 100.0], "every model on its whole-GPU worker");
+    assert_eq!(shared[0].allocation.max_batch, 4, "the batching applies under default MPS");
+    assert!(shared.iter().all(|m| m.batches.iter().any(|b| b.gpu_pct == 100.0)), "batches ran at 100%");
+    backend.set_sharing(Sharing::Spatial).unwrap();
+    let back = backend.next_interval().unwrap();
+    assert_eq!(pct(&back), vec![20.0, 45.0], "back to the slice asked for under default MPS, and b's own");
+    assert!(backend.set_sharing(Sharing::Temporal).unwrap_err().to_string().contains("temporal"));
+    while backend.next_interval().is_some() {}
+    let report = backend.report();
+    for m in &report.models {
+        assert_eq!(m.summary.completed, m.summary.arrivals, "{}: every request answered", m.model);
+    }
+}
+
 /// Requests submitted one at a time (the gRPC plane's way) are each answered under their ticket;
 /// a model added later serves too; a retired one takes no more but serves what it accepted; a
 /// worker that dies fails its requests with their tickets and its model refuses new ones.

@@ -25,7 +25,8 @@
 //! shared mode the backend offers (temporal, default MPS) at a few batchings (uniform ones as a
 //! Triton batcher is configured, and SLO-sized per model), each at 1x to 1.5x the load that
 //! came, and serves in the candidate that keeps every model within its SLO at the highest load
-//! (model-predictive mode choice; see `TrialScore`). It starts shared, at the largest batching.
+//! (model-predictive mode choice), scoring each candidate on its record over the trials so far
+//! (`Tally`). It starts shared, at the largest batching (see `start_mode`).
 
 use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 use crate::shares::max_min;
@@ -102,6 +103,8 @@ pub struct ModelBased {
     recent_starts: VecDeque<f64>,
     /// Decisions made so far.
     decisions: usize,
+    /// Per candidate of the trials (in the order `trial` lists them), its record.
+    tallies: Vec<Tally>,
     /// The mode in force and why (the last trial's verdict).
     choice: ModeChoice,
     why: String,
@@ -115,12 +118,12 @@ pub const TRIAL_MAX_AGE: usize = 8;
 /// ...at most this many of them, all models together (the most recent), so that a trial stays
 /// milliseconds.
 pub const TRIAL_MAX_ARRIVALS: usize = 10_000;
-/// A trial's winner replaces the mode in force only when it holds more of `TRIAL_LOADS`, or
-/// as many with this much more of the worst model's requests within SLO beyond them, or all of
-/// them with `TRIAL_LATENCY_GAIN` lower latency: trials on recent traffic are noisy, and
-/// flapping between near-equal modes costs reallocations.
-pub const TRIAL_ATTAINMENT_GAIN: f64 = 0.005;
-/// ...(see `TRIAL_ATTAINMENT_GAIN`).
+/// A trial's winner replaces the mode in force only when its headroom (see `TrialScore`) is
+/// this much more (a multiple of the load), or as much with `TRIAL_LATENCY_GAIN` lower
+/// latency: trials on recent traffic are noisy, and flapping between near-equal modes costs
+/// reallocations.
+pub const TRIAL_HEADROOM_GAIN: f64 = 0.03;
+/// ...(see `TRIAL_HEADROOM_GAIN`).
 pub const TRIAL_LATENCY_GAIN: f64 = 0.9;
 /// ...replayed at these multiples of the load that came, lowest first: a candidate's headroom is
 /// the highest multiple at which every model keeps `TRIAL_TARGET` of its requests within its
@@ -128,17 +131,92 @@ pub const TRIAL_LATENCY_GAIN: f64 = 0.9;
 pub const TRIAL_LOADS: [f64; 4] = [1.0, 1.15, 1.3, 1.5];
 /// Share of each model's requests within its SLO that a trial asks for.
 pub const TRIAL_TARGET: f64 = 0.99;
+/// Candidates are scored on their record over the trials so far, each trial's replays
+/// weighing this much less at the next: one window of recent traffic rarely holds the burst
+/// that decides whether 1% of a run's requests miss, and a mode chosen on the last window alone
+/// flapped between near-equal batchings (azure-llm: x0.84 where one fixed batching holds x0.88).
+/// A memory of about 1 / (1 - TRIAL_MEMORY) trials still follows a load that moves.
+pub const TRIAL_MEMORY: f64 = 0.9;
+
+/// What one candidate did over the trials so far, forgotten by `TRIAL_MEMORY` per trial: at
+/// each of `TRIAL_LOADS`, per model, the requests replayed and those within SLO, and the
+/// candidate's latencies over the SLOs (the models' mean p50, the worst model's p99).
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    requests: Vec<[f64; TRIAL_LOADS.len()]>,
+    within: Vec<[f64; TRIAL_LOADS.len()]>,
+    p50_over_slo: [f64; TRIAL_LOADS.len()],
+    p99_over_slo: [f64; TRIAL_LOADS.len()],
+    replays: [f64; TRIAL_LOADS.len()],
+}
+
+impl Tally {
+    fn new(models: usize) -> Tally {
+        Tally {
+            requests: vec![[0.0; TRIAL_LOADS.len()]; models],
+            within: vec![[0.0; TRIAL_LOADS.len()]; models],
+            ..Tally::default()
+        }
+    }
+
+    /// Forgets by `TRIAL_MEMORY`, before a trial adds to it.
+    fn age(&mut self) {
+        let fade = |v: &mut [f64; TRIAL_LOADS.len()]| v.iter_mut().for_each(|x| *x *= TRIAL_MEMORY);
+        self.requests.iter_mut().chain(self.within.iter_mut()).for_each(fade);
+        [&mut self.p50_over_slo, &mut self.p99_over_slo, &mut self.replays].into_iter().for_each(fade);
+    }
+
+    /// Adds a replay at load `k`.
+    fn add(&mut self, k: usize, report: &Report) {
+        for (m, model) in report.models.iter().enumerate() {
+            self.requests[m][k] += model.summary.arrivals as f64;
+            self.within[m][k] += model.summary.within_slo as f64;
+        }
+        let over_slo = report.models.iter().map(|m| (m.summary.p50_ms / m.slo_ms, m.summary.p99_ms / m.slo_ms));
+        self.p50_over_slo[k] += over_slo.clone().map(|(p50, _)| p50).sum::<f64>() / report.models.len().max(1) as f64;
+        self.p99_over_slo[k] += over_slo.map(|(_, p99)| p99).fold(0.0, f64::max);
+        self.replays[k] += 1.0;
+    }
+
+    /// The worst model's share within SLO at load `k` (1 without requests).
+    fn worst(&self, k: usize) -> f64 {
+        self.requests
+            .iter()
+            .zip(&self.within)
+            .map(|(r, w)| if r[k] > 0.0 { w[k] / r[k] } else { 1.0 })
+            .fold(1.0, f64::min)
+    }
+
+    /// The candidate's score on its record (see `TrialScore`).
+    fn score(&self) -> TrialScore {
+        let held =
+            (0..TRIAL_LOADS.len()).take_while(|&k| self.replays[k] > 0.0 && self.worst(k) >= TRIAL_TARGET).count();
+        let last = TRIAL_LOADS.len() - 1;
+        let (headroom, latency) = match held {
+            0 => (TRIAL_LOADS[0] * self.worst(0) / TRIAL_TARGET, f64::INFINITY),
+            h if h > last => (TRIAL_LOADS[last], self.p50_over_slo[last] / self.replays[last]),
+            h => {
+                let (above, below) = (self.worst(h - 1), self.worst(h));
+                let crossing = (above - TRIAL_TARGET) / (above - below);
+                let headroom = TRIAL_LOADS[h - 1] + crossing * (TRIAL_LOADS[h] - TRIAL_LOADS[h - 1]);
+                (headroom, self.p99_over_slo[h - 1] / self.replays[h - 1])
+            }
+        };
+        TrialScore { headroom, latency }
+    }
+}
 
 /// The shared batching (max batch, wait ms) the policy starts with.
 const SHARED_START: (u32, f64) = (64, 1.0);
 
-/// The outcome of one candidate in a mode trial.
+/// A candidate's standing on its record over the trials (`Tally::score`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct TrialScore {
-    /// How many of `TRIAL_LOADS` it held (every model at `TRIAL_TARGET` or better).
-    held: usize,
-    /// The worst model's share within its SLO at the first load it did not hold (1 if it held all).
-    beyond: f64,
+    /// The load multiple up to which every model keeps `TRIAL_TARGET` of its requests within
+    /// SLO, interpolated between the two of `TRIAL_LOADS` around the worst model's crossing
+    /// (the highest of them if it held them all; below the lowest, scaled by the worst model's
+    /// shortfall there): a continuous score, so that near-equal candidates stay near-equal.
+    headroom: f64,
     /// At the highest load it held: the models' mean p50 over SLO where it held them all (ample
     /// headroom: latency is what differs), else the worst model's p99 over SLO (how close to
     /// the edge). Lower is better.
@@ -147,19 +225,13 @@ struct TrialScore {
 
 impl TrialScore {
     fn better_than(&self, other: &TrialScore) -> bool {
-        self.held
-            .cmp(&other.held)
-            .then(self.beyond.total_cmp(&other.beyond))
-            .then(other.latency.total_cmp(&self.latency))
-            .is_gt()
+        self.headroom.total_cmp(&other.headroom).then(other.latency.total_cmp(&self.latency)).is_gt()
     }
 
-    /// Better by enough to leave `incumbent` for it (see `TRIAL_ATTAINMENT_GAIN`).
+    /// Better by enough to leave `incumbent` for it (see `TRIAL_HEADROOM_GAIN`).
     fn clearly_better_than(&self, incumbent: &TrialScore) -> bool {
-        self.held > incumbent.held
-            || (self.held == incumbent.held
-                && (self.beyond > incumbent.beyond + TRIAL_ATTAINMENT_GAIN
-                    || (self.beyond >= incumbent.beyond && self.latency < TRIAL_LATENCY_GAIN * incumbent.latency)))
+        self.headroom > incumbent.headroom + TRIAL_HEADROOM_GAIN
+            || (self.headroom >= incumbent.headroom && self.latency < TRIAL_LATENCY_GAIN * incumbent.latency)
     }
 }
 
@@ -283,6 +355,7 @@ impl ModelBased {
             recent_arrivals: vec![VecDeque::new(); n],
             recent_starts: VecDeque::new(),
             decisions: 0,
+            tallies: Vec::new(),
             choice: ModeChoice::Slices,
             why: "slices until the first trial".to_string(),
         }
@@ -338,11 +411,22 @@ impl ModelBased {
                 candidates.push((ModeChoice::Shared { mode, batching }, allocations));
             }
         }
+        let n = self.models.len();
+        self.tallies.resize_with(candidates.len(), || Tally::new(n));
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
-        for (choice, allocations) in candidates {
+        for ((choice, allocations), tally) in candidates.into_iter().zip(&mut self.tallies) {
+            tally.age();
             let sharing = choice.sharing();
-            let run = |scale: f64| {
+            // Up the loads until one is not held in this window; the loads above it are given
+            // its replay (what misses a load misses more of a higher one), so that most
+            // candidates cost one or two replays.
+            let mut missed: Option<Report> = None;
+            for (k, &scale) in TRIAL_LOADS.iter().enumerate() {
+                if let Some(report) = &missed {
+                    tally.add(k, report);
+                    continue;
+                }
                 let run = ReplayRun {
                     models: &self.models,
                     times: &times,
@@ -351,28 +435,13 @@ impl ModelBased {
                     scale,
                     seed: self.decisions as u64,
                 };
-                self.device.replay(&run).ok()
-            };
-            // Up the loads from the highest the best so far held, until one is not held: what
-            // holds a load holds the lower ones, and a candidate that does not hold that one
-            // cannot win, so most losers cost one replay.
-            let from = best.as_ref().map_or(0, |(_, b)| b.held.saturating_sub(1));
-            let mut score = TrialScore { held: from, beyond: 1.0, latency: f64::INFINITY };
-            for scale in &TRIAL_LOADS[from..] {
-                let Some(report) = run(*scale) else { break };
-                let attainment = worst_attainment(&report);
-                if attainment < TRIAL_TARGET {
-                    score.beyond = attainment;
-                    break;
+                let Ok(report) = self.device.replay(&run) else { break };
+                tally.add(k, &report);
+                if worst_attainment(&report) < TRIAL_TARGET {
+                    missed = Some(report);
                 }
-                score.held += 1;
-                let over_slo = report.models.iter().map(|m| (m.summary.p50_ms / m.slo_ms, m.summary.p99_ms / m.slo_ms));
-                score.latency = if score.held == TRIAL_LOADS.len() {
-                    over_slo.map(|(p50, _)| p50).sum::<f64>() / self.models.len().max(1) as f64
-                } else {
-                    over_slo.map(|(_, p99)| p99).fold(0.0, f64::max)
-                };
             }
+            let score = tally.score();
             if choice == self.choice {
                 incumbent = Some(score);
             }
@@ -384,10 +453,24 @@ impl ModelBased {
             && incumbent.is_none_or(|i| score.clearly_better_than(&i))
         {
             self.choice = choice;
-            let held = if score.held == 0 { "none".to_string() } else { format!("x{}", TRIAL_LOADS[score.held - 1]) };
-            self.why =
-                format!("trial on the last {:.1} s of arrivals: every SLO held up to {held} their load", end - cut);
+            self.why = format!(
+                "trials up to the last {:.1} s of arrivals: every SLO held up to x{:.2} their load",
+                end - cut,
+                score.headroom
+            );
         }
+    }
+
+    /// The shared mode to start in, before any traffic is seen: temporal, unless some model's
+    /// SLO is shorter than another's full start batch on the whole GPU, which it would wait
+    /// behind under temporal sharing (then default MPS, where it waits for its own batches only,
+    /// if the backend offers it).
+    fn start_mode(&self) -> Option<Sharing> {
+        let batch = BATCH_SIZES.iter().position(|&b| b == SHARED_START.0).unwrap_or(BATCH_SIZES.len() - 1);
+        let longest_batch_ms = self.learned.iter().map(|l| l.p50[batch][99]).fold(0.0, f64::max);
+        let shortest_slo_ms = self.models.iter().map(|m| m.slo_ms).fold(f64::INFINITY, f64::min);
+        let preferred = if shortest_slo_ms < longest_batch_ms { Sharing::DefaultMps } else { Sharing::Temporal };
+        self.shared_modes.iter().copied().find(|&m| m == preferred).or(self.shared_modes.first().copied())
     }
 
     /// Model `m`'s max batch and wait (ms) on a GPU shared in `mode` with `batching`.
@@ -726,7 +809,7 @@ impl Policy for ModelBased {
     /// Slices at each model's knee where the backend offers no shared mode.
     fn initial(&mut self) -> Vec<Allocation> {
         let knees = crate::gslice::knee_allocations(&self.models);
-        let Some(&mode) = self.shared_modes.first() else { return knees };
+        let Some(mode) = self.start_mode() else { return knees };
         let (max_batch, batch_timeout_ms) = SHARED_START;
         self.choice = ModeChoice::Shared { mode, batching: SharedBatching::Uniform(max_batch, batch_timeout_ms) };
         self.why = "start: no traffic seen yet".to_string();
@@ -828,9 +911,9 @@ fn worst_attainment(report: &Report) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{ModelBased, TrialScore};
-    use crate::{DeviceModel, ModelContext};
-    use gpuslice_simulator::Allocation;
+    use super::{ModelBased, TRIAL_LOADS, Tally, TrialScore};
+    use crate::{DeviceModel, ModelContext, Policy};
+    use gpuslice_simulator::{Allocation, Sharing};
     use gpuslice_traces::{LatencyModel, ProfileSet, Source};
     use std::sync::Arc;
 
@@ -861,13 +944,64 @@ mod tests {
         }
     }
 
+    /// A tally of one model with `within` of 1000 requests within SLO at each load.
+    fn tally(within: [f64; TRIAL_LOADS.len()]) -> Tally {
+        let mut t = Tally::new(1);
+        (t.requests[0], t.within[0]) = ([1000.0; TRIAL_LOADS.len()], within);
+        t.replays = [1.0; TRIAL_LOADS.len()];
+        t.p99_over_slo = [0.5; TRIAL_LOADS.len()];
+        t
+    }
+
+    #[test]
+    fn the_headroom_interpolates_where_the_worst_model_crosses_the_target() {
+        // Held at x1 (99.5%) and x1.15 (99.2%), not at x1.3 (98.2%): the 99% line is crossed a
+        // fifth of the way from x1.15 to x1.3.
+        let score = tally([995.0, 992.0, 982.0, 900.0]).score();
+        assert!((score.headroom - 1.18).abs() < 1e-9, "{score:?}");
+        // Forgetting weighs the newest trial more: an old miss fades.
+        let mut t = tally([900.0; 4]);
+        for _ in 0..40 {
+            t.age();
+            for k in 0..TRIAL_LOADS.len() {
+                (t.requests[0][k], t.within[0][k], t.replays[k]) =
+                    (t.requests[0][k] + 1000.0, t.within[0][k] + 1000.0, t.replays[k] + 1.0);
+            }
+        }
+        assert_eq!(t.score().headroom, TRIAL_LOADS[TRIAL_LOADS.len() - 1]);
+        // Below the lowest load: scaled by the shortfall there.
+        assert!((tally([891.0; 4]).score().headroom - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn it_starts_under_default_mps_only_where_a_slo_is_shorter_than_another_models_batch() {
+        let set =
+            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
+        let mut fitted = LatencyModel::fit_all(&set).unwrap();
+        let mut context = |name: &str, slo_ms: f64| ModelContext {
+            name: name.into(),
+            slo_ms,
+            priority: 0,
+            latency: Arc::new(fitted.remove(name).unwrap()),
+            configured: Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 1.0 },
+        };
+        let start = |models: Vec<ModelContext>| {
+            let mut policy = ModelBased::new(models, DeviceModel::default());
+            policy.offer_modes(&[Sharing::Temporal, Sharing::DefaultMps]);
+            policy.initial();
+            policy.sharing()
+        };
+        // vgg16's batch of 64 runs ~11 ms on the whole GPU: an 8 ms SLO cannot wait behind it.
+        assert_eq!(start(vec![context("mobilenet_v3_large", 8.0), context("vgg16", 40.0)]), Sharing::DefaultMps);
+        assert_eq!(start(vec![context("resnet50", 20.0), context("densenet121", 25.0)]), Sharing::Temporal);
+    }
+
     #[test]
     fn a_trial_leaves_the_mode_in_force_only_for_a_clear_gain() {
-        let incumbent = TrialScore { held: 2, beyond: 0.95, latency: 1.0 };
-        let slightly = TrialScore { beyond: 0.952, ..incumbent };
+        let incumbent = TrialScore { headroom: 1.2, latency: 1.0 };
+        let slightly = TrialScore { headroom: 1.21, ..incumbent };
         assert!(slightly.better_than(&incumbent) && !slightly.clearly_better_than(&incumbent));
-        assert!(TrialScore { beyond: 0.96, ..incumbent }.clearly_better_than(&incumbent));
-        assert!(TrialScore { held: 3, beyond: 0.5, latency: 2.0 }.clearly_better_than(&incumbent));
+        assert!(TrialScore { headroom: 1.25, latency: 2.0 }.clearly_better_than(&incumbent));
         assert!(TrialScore { latency: 0.8, ..incumbent }.clearly_better_than(&incumbent));
         assert!(!TrialScore { latency: 0.95, ..incumbent }.clearly_better_than(&incumbent));
     }
