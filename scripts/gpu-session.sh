@@ -3,18 +3,33 @@
 # packed into $OUT/session.tgz (the device tool returns a limited number of files). Each step goes
 # on if one fails. The earlier sessions' steps are in this file's git history.
 #
-# 2026-12-01 (seventh session): after the crate split, the GPU tests (workers, MPS, the GPU
-# backend's serving and reallocation; the NetML loopback), then live capacity on gpu-trio for
-# model-based and default-mps around the loads the H200 held before (x1.1 and x1.2).
+# 2026-12-02 (ninth session): the GPU backend switches between slices and default MPS through a
+# 100% pool level (now shipped by default), so model-based's mode trials run live. The GPU
+# worker tests, then live capacity for model-based and default-mps:
+#   bash scripts/gpu-session.sh trio    gpu-trio around the x1.15-x1.2 both held last time
+#   bash scripts/gpu-session.sh trio-low   gpu-trio below that (neither held x1.15 in `trio`)
+#   bash scripts/gpu-session.sh mixed   the mixed-SLO trio
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/device.txt"
-for test in out/gpu-tests/*; do
-  echo "== $test" | tee -a "$R/tests.txt"
-  timeout 240 "$test" --test-threads 1 2>&1 | tail -30 | tee -a "$R/tests.txt"
-done
-OUT=$R/capacity timeout 200 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.1 1.2 1.3
-OUT=$R/capacity timeout 140 bash scripts/gpu-capacity.sh default-mps scenarios/gpu-trio.toml 1.2 1.3
+case "${1:-trio}" in
+  trio)
+    for test in out/gpu-tests/worker-*; do
+      echo "== $test" | tee -a "$R/tests.txt"
+      timeout 180 "$test" --test-threads 1 2>&1 | tail -30 | tee -a "$R/tests.txt"
+    done
+    OUT=$R/capacity timeout 230 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.15 1.2 1.3
+    OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh default-mps scenarios/gpu-trio.toml 1.15 1.2
+    ;;
+  trio-low)
+    OUT=$R/capacity timeout 250 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.0 1.1 1.15
+    OUT=$R/capacity timeout 170 bash scripts/gpu-capacity.sh default-mps scenarios/gpu-trio.toml 1.0 1.1
+    ;;
+  mixed)
+    OUT=$R/capacity timeout 280 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml 1.4 1.7 2.0
+    OUT=$R/capacity timeout 280 bash scripts/gpu-capacity.sh default-mps scenarios/mixed-slo-trio.toml 1.4 1.7 2.0
+    ;;
+esac
 mkdir -p "$OUT"
 tar czf "$OUT/session.tgz" -C "$R" .

@@ -105,6 +105,10 @@ pub struct ModelBased {
     decisions: usize,
     /// Per candidate of the trials (in the order `trial` lists them), its record.
     tallies: Vec<Tally>,
+    /// Per model, the requests the mode in force finished since the last trial and those within
+    /// SLO: what it did on the GPU itself goes into its record beside its replays, so that a
+    /// mode the replays rate well but that misses SLOs on this GPU loses its place.
+    served: Vec<(f64, f64)>,
     /// The mode in force and why (the last trial's verdict).
     choice: ModeChoice,
     why: String,
@@ -176,6 +180,15 @@ impl Tally {
         self.p50_over_slo[k] += over_slo.clone().map(|(p50, _)| p50).sum::<f64>() / report.models.len().max(1) as f64;
         self.p99_over_slo[k] += over_slo.map(|(_, p99)| p99).fold(0.0, f64::max);
         self.replays[k] += 1.0;
+    }
+
+    /// Adds what the candidate, in force, served on the GPU (per model: requests, within SLO)
+    /// at every load: what misses at the load that came misses more of a higher one.
+    fn add_served(&mut self, served: &[(f64, f64)]) {
+        for ((requests, within), (finished, met)) in self.requests.iter_mut().zip(&mut self.within).zip(served) {
+            requests.iter_mut().for_each(|r| *r += finished);
+            within.iter_mut().for_each(|w| *w += met);
+        }
     }
 
     /// The worst model's share within SLO at load `k` (1 without requests).
@@ -356,6 +369,7 @@ impl ModelBased {
             recent_starts: VecDeque::new(),
             decisions: 0,
             tallies: Vec::new(),
+            served: vec![(0.0, 0.0); n],
             choice: ModeChoice::Slices,
             why: "slices until the first trial".to_string(),
         }
@@ -415,8 +429,12 @@ impl ModelBased {
         self.tallies.resize_with(candidates.len(), || Tally::new(n));
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
+        let served = std::mem::replace(&mut self.served, vec![(0.0, 0.0); n]);
         for ((choice, allocations), tally) in candidates.into_iter().zip(&mut self.tallies) {
             tally.age();
+            if choice == self.choice {
+                tally.add_served(&served);
+            }
             let sharing = choice.sharing();
             // Up the loads until one is not held in this window; the loads above it are given
             // its replay (what misses a load misses more of a higher one), so that most
@@ -832,6 +850,11 @@ impl Policy for ModelBased {
         let n = self.models.len();
         let loads: Vec<Load> = observations.iter().enumerate().map(|(m, obs)| self.observe(m, obs)).collect();
         self.remember_arrivals(observations);
+        for (served, obs) in self.served.iter_mut().zip(observations) {
+            let s = &obs.summary;
+            served.0 += (s.completed + s.dropped) as f64;
+            served.1 += s.within_slo as f64;
+        }
         let previous = self.choice;
         // The slices are planned when a trial weighs them or they will serve: not while a shared
         // mode serves between two trials (the trial changes nothing the plan reads).
