@@ -80,7 +80,25 @@ enum Handover {
     Started(Box<Worker>, f64),
     /// Serve with the pool's worker at this GPU% level from now on.
     Level(f64),
+    /// A worker started in place of one that died, at this GPU%: it joins the pool.
+    Replacement(Box<Worker>, f64),
+    /// The replacement for the worker at this GPU% could not start (why).
+    ReplacementFailed(f64, String),
 }
+
+/// A model whose workers fail this many times within `FAILURE_WINDOW` is marked failed (its
+/// requests dropped, new ones refused) until it is registered again: it is crashing, not unlucky.
+pub const MAX_WORKER_FAILURES: usize = 3;
+/// ...(see `MAX_WORKER_FAILURES`).
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// A worker that has held a batch this many times its model's SLO (and at least `HUNG_MIN`)
+/// is taken as hung, and replaced like one that died.
+pub const HUNG_AFTER_SLOS: u32 = 20;
+/// ...(see `HUNG_AFTER_SLOS`).
+pub const HUNG_MIN: Duration = Duration::from_secs(1);
+/// The n-th replacement within `FAILURE_WINDOW` starts after (2^n - 1) times this: the first at
+/// once, later ones backing off.
+const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Per-request stage times of one model, in microseconds.
 struct StageRecorder {
@@ -134,6 +152,8 @@ struct Queued {
     arrival: Instant,
     ticket: Ticket,
     input: Option<Arc<[u8]>>,
+    /// It was in a batch whose worker died: a second loss drops it.
+    retried: bool,
 }
 
 /// A submitted request served: its record and its output row.
@@ -193,8 +213,13 @@ struct Shared {
     /// Batches handed to workers and not completed.
     in_flight: usize,
     stop: bool,
-    /// Set when the worker died; the model serves nothing more.
+    /// Set when the model's workers failed too often (`MAX_WORKER_FAILURES`); it serves
+    /// nothing more.
     failed: Option<String>,
+    /// Workers that died or hung and were replaced (or are being).
+    worker_failures: u64,
+    /// Requests put back in the queue because their worker died.
+    retried: u64,
 }
 
 struct ModelHandle {
@@ -344,7 +369,7 @@ fn feed(
             if s.stop {
                 return;
             }
-            s.push(Queued { arrival: Instant::now(), ticket: 0, input: None });
+            s.push(Queued { arrival: Instant::now(), ticket: 0, input: None, retried: false });
             ready.notify_one();
         }
         lock.lock().expect("model state").arrivals_done = true;
@@ -410,12 +435,55 @@ impl Pace {
 /// to `SLOTS` at once), switching workers between two batches when the backend reallocates.
 struct Dispatcher {
     index: usize,
+    name: String,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     standby: mpsc::Receiver<Handover>,
     started: Instant,
     drop_after: Option<Duration>,
     slo_ns: u64,
+    /// Starts replacements for workers that die, and hands them over.
+    restarter: Restarter,
 }
+
+/// What a dispatcher needs to replace a worker.
+struct Restarter {
+    starter: WorkerStarter,
+    source: ModelSource,
+    handover: mpsc::Sender<Handover>,
+}
+
+impl Restarter {
+    /// Starts a worker at `gpu_pct` after `delay`, off the serving thread; it comes back as a
+    /// `Handover::Replacement` (or `ReplacementFailed`).
+    fn replace(&self, gpu_pct: f64, delay: Duration) {
+        let (starter, source, handover) = (self.starter.clone(), self.source.clone(), self.handover.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = handover.send(match starter.one(&source, gpu_pct) {
+                Ok(worker) => Handover::Replacement(Box::new(worker), gpu_pct),
+                Err(e) => Handover::ReplacementFailed(gpu_pct, e.to_string()),
+            });
+        });
+    }
+}
+
+/// A dispatcher's workers and what they hold.
+struct Crew {
+    /// Its workers and their GPU% (the standby pool, or the one worker without a pool).
+    pool: Vec<(Worker, f64)>,
+    /// The worker batches go to.
+    active: usize,
+    running: VecDeque<Running>,
+    pace: Pace,
+    /// When workers failed recently (within `FAILURE_WINDOW`).
+    failures: VecDeque<Instant>,
+    /// When the pool's processes were last checked for an exit (`EXIT_CHECK_EVERY`).
+    checked: Instant,
+}
+
+/// How often a dispatcher checks that its workers' processes are alive: an idle standby that
+/// died is replaced before the policy moves onto it.
+const EXIT_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 impl Dispatcher {
     /// Wakes this dispatcher when `worker` writes a completion.
@@ -429,15 +497,22 @@ impl Dispatcher {
         }));
     }
 
-    fn serve(self, mut pool: Vec<(Worker, f64)>, mut active: usize) {
+    fn serve(self, pool: Vec<(Worker, f64)>, active: usize) {
         let (lock, ready) = &*self.shared;
         for (worker, _) in &pool {
             self.wake_on_completion(worker);
         }
-        let mut running: VecDeque<Running> = VecDeque::new();
-        let mut pace = Pace::default();
+        let mut crew = Crew {
+            pool,
+            active,
+            running: VecDeque::new(),
+            pace: Pace::default(),
+            failures: VecDeque::new(),
+            checked: Instant::now(),
+        };
         // A standby worker that takes over once the old ones have completed what they hold.
         let mut switching: Option<(Box<Worker>, f64)> = None;
+        let hung_after = Duration::from_nanos(self.slo_ns * HUNG_AFTER_SLOS as u64).max(HUNG_MIN);
         loop {
             // A reallocation takes effect between two batches.
             while let Ok(handover) = self.standby.try_recv() {
@@ -447,34 +522,72 @@ impl Dispatcher {
                         switching = Some((worker, pct));
                     }
                     Handover::Level(pct) => {
-                        active = pool.iter().position(|(_, p)| *p == pct).unwrap_or(active);
+                        crew.active = crew.pool.iter().position(|(_, p)| *p == pct).unwrap_or(crew.active);
+                    }
+                    Handover::Replacement(worker, pct) => {
+                        tracing::info!(model = %self.name, gpu_pct = pct, "replacement worker serving");
+                        self.wake_on_completion(&worker);
+                        crew.pool.push((*worker, pct));
+                        let wanted = lock.lock().expect("model state").allocation.gpu_pct;
+                        if crew.pool.len() == 1 || pct == wanted {
+                            crew.active = crew.pool.len() - 1;
+                        }
+                    }
+                    Handover::ReplacementFailed(pct, why) => {
+                        let e = WorkerError::Spawn { model: self.name.clone(), cause: std::io::Error::other(why) };
+                        if !self.worker_lost(&mut lock.lock().expect("model state"), &mut crew, None, pct, e) {
+                            return;
+                        }
                     }
                 }
             }
             let mut s = lock.lock().expect("model state");
             // Checked under the lock: a completion written after this check wakes the wait below.
-            if let Err(e) = self.collect(&mut s, &mut pool, &mut running, &mut pace) {
-                self.fail(&mut s, e, running);
-                return;
-            }
-            if running.is_empty()
-                && let Some((worker, pct)) = switching.take()
-            {
-                drop(s);
-                let old = std::mem::replace(&mut pool, vec![(*worker, pct)]);
-                // Old workers take a moment to exit: not on the serving thread.
-                std::thread::spawn(move || drop(old));
-                (active, pace) = (0, Pace::default());
+            if let Err((w, e)) = self.collect(&mut s, &mut crew) {
+                let pct = crew.pool[w].1;
+                if !self.worker_lost(&mut s, &mut crew, Some(w), pct, e) {
+                    return;
+                }
                 continue;
             }
             let now = Instant::now();
+            if now - crew.checked > EXIT_CHECK_EVERY {
+                crew.checked = now;
+                if let Some((w, e)) =
+                    crew.pool.iter_mut().enumerate().find_map(|(w, (worker, _))| Some((w, worker.exited()?)))
+                {
+                    let pct = crew.pool[w].1;
+                    if !self.worker_lost(&mut s, &mut crew, Some(w), pct, e) {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            if let Some(r) = crew.running.iter().find(|r| now - r.submitted > hung_after) {
+                let (w, waited_ms) = (r.worker, (now - r.submitted).as_secs_f64() * 1e3);
+                let (pct, e) = (crew.pool[w].1, WorkerError::Hung { model: self.name.clone(), waited_ms });
+                if !self.worker_lost(&mut s, &mut crew, Some(w), pct, e) {
+                    return;
+                }
+                continue;
+            }
+            if crew.running.is_empty()
+                && let Some((worker, pct)) = switching.take()
+            {
+                drop(s);
+                let old = std::mem::replace(&mut crew.pool, vec![(*worker, pct)]);
+                // Old workers take a moment to exit: not on the serving thread.
+                std::thread::spawn(move || drop(old));
+                (crew.active, crew.pace) = (0, Pace::default());
+                continue;
+            }
             if let Some(limit) = self.drop_after {
                 let expired = s.queue.iter().take_while(|r| now - r.arrival > limit).count();
                 let dropped: Vec<Queued> = s.queue.drain(..expired).collect();
                 s.drop_requests(dropped.into_iter());
             }
             let Some(head) = s.queue.front().map(|r| r.arrival) else {
-                if (s.stop || s.arrivals_done) && running.is_empty() {
+                if (s.stop || s.arrivals_done) && crew.running.is_empty() {
                     return;
                 }
                 drop(ready.wait_timeout(s, Duration::from_millis(5)).expect("model state"));
@@ -484,15 +597,16 @@ impl Dispatcher {
             let max = (a.max_batch as usize).min(*GRAPH_BATCHES.last().expect("graphs") as usize);
             let full = s.queue.len() >= max;
             // A batch is formed when full or when its first request has waited the batch timeout,
-            // and goes when its worker is ready for it.
+            // and goes when its worker is ready for it (none while every worker is being replaced).
             let formed_at =
                 if full || s.arrivals_done { now } else { head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) };
-            let held = running.iter().filter(|r| r.worker == active).count();
-            let worker_ready_at = match running.iter().rfind(|r| r.worker == active) {
-                _ if switching.is_some() || held >= SLOTS => None,
+            let active = crew.active;
+            let held = crew.running.iter().filter(|r| r.worker == active).count();
+            let worker_ready_at = match crew.running.iter().rfind(|r| r.worker == active) {
+                _ if switching.is_some() || held >= SLOTS || crew.pool.is_empty() => None,
                 None => Some(now),
                 Some(_) if full => Some(now),
-                Some(r) => pace.next_hand_off(active, r.graph, r.submitted),
+                Some(r) => crew.pace.next_hand_off(active, r.graph, r.submitted),
             };
             match worker_ready_at.map(|at| at.max(formed_at)) {
                 Some(at) if at <= now => {}
@@ -511,8 +625,8 @@ impl Dispatcher {
             let submitted = Instant::now();
             // Each request's input goes into its row of the worker's shared memory, as it came
             // (the one copy on the host); rows without one, and the graph's padding, are zeros.
-            let row = pool[active].0.row_bytes().0;
-            let handed = pool[active].0.submit(graph, 0, |slot| {
+            let row = crew.pool[active].0.row_bytes().0;
+            let handed = crew.pool[active].0.submit(graph, 0, |slot| {
                 for (i, rows) in slot[..graph as usize * row].chunks_exact_mut(row).enumerate() {
                     match requests.get(i).and_then(|r| r.input.as_deref()) {
                         Some(input) => rows.copy_from_slice(input),
@@ -520,35 +634,78 @@ impl Dispatcher {
                     }
                 }
             });
-            running.push_back(Running { requests, worker: active, graph, submitted });
+            crew.running.push_back(Running { requests, worker: active, graph, submitted });
             if let Err(e) = handed {
-                self.fail(&mut lock.lock().expect("model state"), e, running);
-                return;
+                let pct = crew.pool[active].1;
+                if !self.worker_lost(&mut lock.lock().expect("model state"), &mut crew, Some(active), pct, e) {
+                    return;
+                }
             }
         }
     }
 
-    /// Records every batch that has completed, oldest first per worker.
-    fn collect(
-        &self,
-        s: &mut Shared,
-        pool: &mut [(Worker, f64)],
-        running: &mut VecDeque<Running>,
-        pace: &mut Pace,
-    ) -> Result<(), WorkerError> {
-        let mut workers: Vec<usize> = running.iter().map(|r| r.worker).collect();
+    /// Records every batch that has completed, oldest first per worker; a worker that fails is
+    /// named with its error.
+    fn collect(&self, s: &mut Shared, crew: &mut Crew) -> Result<(), (usize, WorkerError)> {
+        let mut workers: Vec<usize> = crew.running.iter().map(|r| r.worker).collect();
         workers.sort_unstable();
         workers.dedup();
         for w in workers {
-            let (worker, gpu_pct) = &mut pool[w];
-            while let Some(completion) = worker.try_complete()? {
-                let i = running.iter().position(|r| r.worker == w).expect("a batch of this worker runs");
-                let batch = running.remove(i).expect("index");
+            let (worker, gpu_pct) = &mut crew.pool[w];
+            while let Some(completion) = worker.try_complete().map_err(|e| (w, e))? {
+                let i = crew.running.iter().position(|r| r.worker == w).expect("a batch of this worker runs");
+                let batch = crew.running.remove(i).expect("index");
                 let rows = worker.output_of(completion.slot).chunks_exact(worker.row_bytes().1);
-                self.record(s, batch, &completion, rows, *gpu_pct, pace);
+                self.record(s, batch, &completion, rows, *gpu_pct, &mut crew.pace);
             }
         }
         Ok(())
+    }
+
+    /// A worker at `pct`% died, hung or could not be replaced (`e`; `w`: its index in the pool,
+    /// `None` for a replacement that did not start). It leaves the pool; the requests of its
+    /// batches go back to the head of the queue, once (lost a second time, they are dropped and
+    /// their submitters told); a replacement starts at its level, backing off; the model serves
+    /// on another pool worker meanwhile. Returns false when the model has failed
+    /// `MAX_WORKER_FAILURES` times within `FAILURE_WINDOW`: it is then marked failed.
+    fn worker_lost(&self, s: &mut Shared, crew: &mut Crew, w: Option<usize>, pct: f64, e: WorkerError) -> bool {
+        let now = Instant::now();
+        crew.failures.retain(|t| now - *t < FAILURE_WINDOW);
+        crew.failures.push_back(now);
+        s.worker_failures += 1;
+        if let Some(w) = w {
+            let (held, others): (Vec<Running>, Vec<Running>) = crew.running.drain(..).partition(|r| r.worker == w);
+            crew.running =
+                others.into_iter().map(|r| Running { worker: r.worker - usize::from(r.worker > w), ..r }).collect();
+            s.in_flight -= held.len();
+            let (retry, lost): (Vec<Queued>, Vec<Queued>) =
+                held.into_iter().flat_map(|r| r.requests).partition(|r| !r.retried);
+            s.retried += retry.len() as u64;
+            s.drop_requests(lost.into_iter());
+            for mut r in retry.into_iter().rev() {
+                r.retried = true;
+                s.queue.push_front(r);
+            }
+            let (dead, _) = crew.pool.remove(w);
+            // A hung worker does not exit when asked; dropping it waits, then kills it.
+            std::thread::spawn(move || drop(dead));
+            crew.pace = Pace::default();
+            crew.active = match crew.active {
+                a if a == w => nearest_level(&crew.pool, pct),
+                a if a > w => a - 1,
+                a => a,
+            };
+        }
+        if crew.failures.len() >= MAX_WORKER_FAILURES {
+            let why =
+                format!("{} worker failures within {} s, the last: {e}", crew.failures.len(), FAILURE_WINDOW.as_secs());
+            self.fail(s, why, std::mem::take(&mut crew.running));
+            return false;
+        }
+        let delay = RESTART_BACKOFF * ((1u32 << (crew.failures.len() - 1)) - 1);
+        tracing::warn!(model = %self.name, gpu_pct = pct, error = %e, in_s = delay.as_secs_f64(), "worker lost; its requests are retried and a replacement starts");
+        self.restarter.replace(pct, delay);
+        true
     }
 
     /// A completed batch: stage times, the sample the policy learns from (how long the batch held
@@ -600,14 +757,22 @@ impl Dispatcher {
 
     /// Nothing accepted is lost silently: the batches in flight and the queue are dropped and
     /// their submitters told; the model takes no more requests.
-    fn fail(&self, s: &mut Shared, e: WorkerError, running: VecDeque<Running>) {
-        tracing::error!(error = %e, "worker failed; its requests are dropped");
+    fn fail(&self, s: &mut Shared, why: String, running: VecDeque<Running>) {
+        tracing::error!(model = %self.name, error = %why, "model failed; its requests are dropped");
         let queued: Vec<Queued> = s.queue.drain(..).collect();
         s.drop_requests(running.into_iter().flat_map(|r| r.requests).chain(queued));
         s.in_flight = 0;
-        s.failed = Some(e.to_string());
+        s.failed = Some(why);
         s.stop = true;
     }
+}
+
+/// The pool worker to serve on while the one at `pct`% is replaced: the highest level at or below
+/// it (the model keeps within its share), else the lowest above; 0 in an empty pool.
+fn nearest_level(pool: &[(Worker, f64)], pct: f64) -> usize {
+    let below = pool.iter().enumerate().filter(|(_, (_, p))| *p <= pct).max_by(|a, b| a.1.1.total_cmp(&b.1.1));
+    let above = || pool.iter().enumerate().min_by(|a, b| a.1.1.total_cmp(&b.1.1));
+    below.or_else(above).map_or(0, |(i, _)| i)
 }
 
 impl GpuBackend {
@@ -707,6 +872,8 @@ impl GpuBackend {
                 in_flight: 0,
                 stop: false,
                 failed: None,
+                worker_failures: 0,
+                retried: 0,
             }),
             Condvar::new(),
         ));
@@ -717,11 +884,17 @@ impl GpuBackend {
         }
         let dispatcher = Dispatcher {
             index,
+            name: setup.name.clone(),
             shared: shared.clone(),
             standby,
             started: self.started,
             drop_after: self.drop_after,
             slo_ns: (setup.slo_ms * 1e6) as u64,
+            restarter: Restarter {
+                starter: self.starter.clone(),
+                source: setup.source.clone(),
+                handover: handover.clone(),
+            },
         };
         let pool = workers.0;
         let row_in = pool.first().map_or(0, |(w, _)| w.row_bytes().0);
@@ -774,12 +947,12 @@ impl GpuBackend {
         if let Some(cause) = &s.failed {
             return Err(SimError::InvalidModel {
                 model: handle.name.clone(),
-                problem: format!("its worker died: {cause}"),
+                problem: format!("it has failed: {cause}"),
             });
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        s.push(Queued { arrival: Instant::now(), ticket, input });
+        s.push(Queued { arrival: Instant::now(), ticket, input, retried: false });
         ready.notify_one();
         Ok(ticket)
     }

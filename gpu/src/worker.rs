@@ -110,6 +110,14 @@ pub enum WorkerError {
         /// The SM counts of those it has.
         have: Vec<u32>,
     },
+    /// The worker held a batch far longer than it could take (see `serving::HUNG_AFTER_SLOS`).
+    #[error("worker for {model} has not answered a batch in {waited_ms:.0} ms: taken as hung")]
+    Hung {
+        /// The model.
+        model: String,
+        /// How long the batch had been held.
+        waited_ms: f64,
+    },
     /// Every shared-memory slot of the worker holds a batch.
     #[error("worker for {model} already holds {SLOTS} batches; wait for one to complete")]
     Full {
@@ -328,6 +336,12 @@ impl Worker {
         let tail: String =
             stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
         WorkerError::Died { model: self.model.clone(), status, stderr: tail }
+    }
+
+    /// Why the worker's process has exited, if it has (whether or not it held a batch): a
+    /// supervisor's check.
+    pub fn exited(&mut self) -> Option<WorkerError> {
+        matches!(self.child.try_wait(), Ok(Some(_))).then(|| self.died())
     }
 
     /// Calls `notify` after every line the worker writes and when its output ends (to wake a
