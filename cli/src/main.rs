@@ -676,6 +676,30 @@ fn run(command: Command) -> Result<()> {
                 output::write_csv(&dir.join("device.csv"), &run.device)?;
                 output::write_csv(&dir.join("stages.csv"), &run.stages)?;
             }
+            // Worker failures are replaced (gpu::serving's supervision); a run they cost requests
+            // is not a measurement to keep.
+            let failed: Vec<String> = run
+                .report
+                .models
+                .iter()
+                .filter(|m| m.worker_failures > 0)
+                .map(|m| {
+                    format!(
+                        "{}: {} worker failures, {} requests dropped",
+                        m.model, m.worker_failures, m.summary.dropped
+                    )
+                })
+                .collect();
+            if !failed.is_empty() {
+                println!("worker failures (each worker replaced): {}", failed.join("; "));
+                let lost: u64 =
+                    run.report.models.iter().filter(|m| m.worker_failures > 0).map(|m| m.summary.dropped).sum();
+                anyhow::ensure!(
+                    lost == 0,
+                    "workers failed during the run and {lost} requests were dropped: {}",
+                    failed.join("; ")
+                );
+            }
             Ok(())
         }
         Command::Profile {

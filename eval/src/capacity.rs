@@ -557,6 +557,7 @@ mod tests {
             slo_ms: 10.0,
             allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
             reallocations: 0,
+            worker_failures: 0,
             summary: summary.clone(),
         };
         Report {

@@ -829,6 +829,17 @@ impl GpuBackend {
         Ok(backend)
     }
 
+    /// Why `model` serves nothing any more, if its workers failed too often
+    /// (`MAX_WORKER_FAILURES`); None for a serving or unknown model.
+    pub fn failure(&self, model: usize) -> Option<String> {
+        self.models.get(model)?.shared.0.lock().expect("model state").failed.clone()
+    }
+
+    /// How many of `model`'s workers died or hung (each replaced, or the model failed).
+    pub fn worker_failures(&self, model: usize) -> u64 {
+        self.models.get(model).map_or(0, |m| m.shared.0.lock().expect("model state").worker_failures)
+    }
+
     /// The GPU% levels of the standby pool (empty without one): the only slices it serves.
     pub fn pool_levels(&self) -> &[f64] {
         &self.starter.template.pool_levels
@@ -1140,6 +1151,7 @@ impl Backend for GpuBackend {
                     slo_ms: m.slo_ms,
                     allocation: s.allocation,
                     reallocations: m.reallocations,
+                    worker_failures: s.worker_failures,
                     summary: s.total.summary(span, span),
                 }
             })

@@ -238,6 +238,7 @@ impl Service {
                 priority: v.priority,
                 allocation: Some(to_proto(v.allocation)),
                 pinned: v.pinned,
+                failure: v.failure.unwrap_or_default(),
             })
             .collect();
         Ok((models, policy))

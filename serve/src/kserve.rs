@@ -157,7 +157,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let ready = match self.describe(&request.get_ref().name).await {
-            Ok(_) => true,
+            Ok(view) => view.failure.is_none(),
             Err(s) if s.code() == tonic::Code::NotFound => false,
             Err(s) => return Err(s),
         };
@@ -246,9 +246,12 @@ impl GrpcInferenceService for InferenceService {
         let models = names
             .into_iter()
             .map(|name| {
-                let loaded = views.iter().any(|v| v.name == name);
-                let state = if loaded { "READY" } else { "UNAVAILABLE" };
-                ModelIndex { name, version: "1".into(), state: state.into(), reason: String::new() }
+                let (state, reason) = match views.iter().find(|v| v.name == name) {
+                    Some(ModelView { failure: Some(why), .. }) => ("UNAVAILABLE", why.clone()),
+                    Some(_) => ("READY", String::new()),
+                    None => ("UNAVAILABLE", String::new()),
+                };
+                ModelIndex { name, version: "1".into(), state: state.into(), reason }
             })
             .filter(|m| !request.get_ref().ready || m.state == "READY")
             .collect();

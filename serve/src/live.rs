@@ -103,6 +103,8 @@ pub struct ModelView {
     pub pinned: bool,
     /// What its workers run, and its tensors.
     pub source: ModelSource,
+    /// Why it serves nothing, if it has failed (see `LiveBackend::failure`).
+    pub failure: Option<String>,
 }
 
 /// One reallocation, as broadcast to watchers.
@@ -212,6 +214,11 @@ pub trait LiveBackend: Send + 'static {
     fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
     /// Whole-run figures so far.
     fn report(&mut self) -> Report;
+
+    /// Why `model` serves nothing any more, if it has failed (its workers failed too often).
+    fn failure(&self, _model: usize) -> Option<String> {
+        None
+    }
     /// The GPU% levels slices are served at, where the backend has such levels (a standby pool).
     fn slice_levels(&self) -> Vec<f64> {
         Vec::new()
@@ -735,6 +742,7 @@ impl<B: LiveBackend> Live<B> {
             allocation: self.backend.allocation(e.index).unwrap_or(e.context.configured),
             pinned: e.pinned.is_some(),
             source: e.source.clone(),
+            failure: self.backend.failure(e.index),
         }
     }
 

@@ -112,6 +112,10 @@ impl LiveBackend for GpuBackend {
         Backend::report(self)
     }
 
+    fn failure(&self, model: usize) -> Option<String> {
+        GpuBackend::failure(self, model)
+    }
+
     fn slice_levels(&self) -> Vec<f64> {
         self.pool_levels().to_vec()
     }

@@ -195,6 +195,8 @@ pub struct ModelReport {
     pub allocation: Allocation,
     /// Allocation changes applied.
     pub reallocations: u64,
+    /// Worker processes that died or hung and were replaced (the GPU backend; 0 simulated).
+    pub worker_failures: u64,
     /// What the model saw.
     pub summary: Summary,
 }
@@ -525,6 +527,7 @@ impl Simulator {
                     slo_ms: m.slo_ns as f64 * 1e-6,
                     allocation: m.pending.unwrap_or(m.allocation),
                     reallocations: m.reallocations,
+                    worker_failures: 0,
                     summary: m.total.summary(now, span),
                 }
             })
