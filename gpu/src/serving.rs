@@ -86,8 +86,10 @@ enum Handover {
     ReplacementFailed(f64, String),
 }
 
-/// A model whose workers fail this many times within `FAILURE_WINDOW` is marked failed (its
-/// requests dropped, new ones refused) until it is registered again: it is crashing, not unlucky.
+/// A model whose workers at one pool level fail this many times within `FAILURE_WINDOW` is
+/// marked failed (its requests dropped, new ones refused) until it is registered again: it is
+/// crashing, not unlucky. (Per level: every worker lost at once, as when the MPS server dies, is
+/// one failure of each.)
 pub const MAX_WORKER_FAILURES: usize = 3;
 /// ...(see `MAX_WORKER_FAILURES`).
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -96,8 +98,8 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub const HUNG_AFTER_SLOS: u32 = 20;
 /// ...(see `HUNG_AFTER_SLOS`).
 pub const HUNG_MIN: Duration = Duration::from_secs(1);
-/// The n-th replacement within `FAILURE_WINDOW` starts after (2^n - 1) times this: the first at
-/// once, later ones backing off.
+/// The n-th replacement at a level within `FAILURE_WINDOW` starts after (2^n - 1) times this:
+/// the first at once, later ones backing off.
 const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Per-request stage times of one model, in microseconds.
@@ -475,8 +477,8 @@ struct Crew {
     active: usize,
     running: VecDeque<Running>,
     pace: Pace,
-    /// When workers failed recently (within `FAILURE_WINDOW`).
-    failures: VecDeque<Instant>,
+    /// When workers failed recently (within `FAILURE_WINDOW`), and at which level.
+    failures: VecDeque<(Instant, f64)>,
     /// When the pool's processes were last checked for an exit (`EXIT_CHECK_EVERY`).
     checked: Instant,
 }
@@ -666,12 +668,13 @@ impl Dispatcher {
     /// `None` for a replacement that did not start). It leaves the pool; the requests of its
     /// batches go back to the head of the queue, once (lost a second time, they are dropped and
     /// their submitters told); a replacement starts at its level, backing off; the model serves
-    /// on another pool worker meanwhile. Returns false when the model has failed
-    /// `MAX_WORKER_FAILURES` times within `FAILURE_WINDOW`: it is then marked failed.
+    /// on another pool worker meanwhile. Returns false when workers at that level have failed
+    /// `MAX_WORKER_FAILURES` times within `FAILURE_WINDOW`: the model is then marked failed.
     fn worker_lost(&self, s: &mut Shared, crew: &mut Crew, w: Option<usize>, pct: f64, e: WorkerError) -> bool {
         let now = Instant::now();
-        crew.failures.retain(|t| now - *t < FAILURE_WINDOW);
-        crew.failures.push_back(now);
+        crew.failures.retain(|(t, _)| now - *t < FAILURE_WINDOW);
+        crew.failures.push_back((now, pct));
+        let at_level = crew.failures.iter().filter(|(_, p)| *p == pct).count();
         s.worker_failures += 1;
         if let Some(w) = w {
             let (held, others): (Vec<Running>, Vec<Running>) = crew.running.drain(..).partition(|r| r.worker == w);
@@ -696,13 +699,13 @@ impl Dispatcher {
                 a => a,
             };
         }
-        if crew.failures.len() >= MAX_WORKER_FAILURES {
+        if at_level >= MAX_WORKER_FAILURES {
             let why =
-                format!("{} worker failures within {} s, the last: {e}", crew.failures.len(), FAILURE_WINDOW.as_secs());
+                format!("{at_level} worker failures at {pct}% within {} s, the last: {e}", FAILURE_WINDOW.as_secs());
             self.fail(s, why, std::mem::take(&mut crew.running));
             return false;
         }
-        let delay = RESTART_BACKOFF * ((1u32 << (crew.failures.len() - 1)) - 1);
+        let delay = RESTART_BACKOFF * ((1u32 << (at_level - 1)) - 1);
         tracing::warn!(model = %self.name, gpu_pct = pct, error = %e, in_s = delay.as_secs_f64(), "worker lost; its requests are retried and a replacement starts");
         self.restarter.replace(pct, delay);
         true

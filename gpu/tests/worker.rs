@@ -126,28 +126,9 @@ fn mps_is_started_or_reported_missing() {
 #[test]
 fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
     use gpuslice_control::Backend;
-    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
-    use gpuslice_simulator::{Allocation, Sharing};
-    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
-    use std::time::Duration;
-    let setup = |name: &str, seed: u64| GpuModelSetup {
-        name: name.into(),
-        source: small(name),
-        slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 },
-        arrivals: Some(Box::new(
-            ModulatedRenewal::new(RateSchedule::constant(300.0, Some(1.5)).unwrap(), 1.0, seed).unwrap(),
-        )),
-    };
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
-    let mut backend = GpuBackend::start(
-        vec![setup("a", 1), setup("b", 2)],
-        Duration::from_millis(250),
-        None,
-        WorkerStarter::new(template, None),
-        Sharing::Spatial,
-    )
-    .unwrap();
+    use gpuslice_simulator::Allocation;
+    let mut backend =
+        fake_backend(vec![loaded("a", 40.0, 300.0, 1.5, 1), loaded("b", 40.0, 300.0, 1.5, 2)], Vec::new(), 250);
     let mut intervals = 0;
     while let Some(observed) = backend.next_interval() {
         intervals += 1;
@@ -180,28 +161,8 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
 #[test]
 fn a_standby_pool_switches_levels_at_once() {
     use gpuslice_control::Backend;
-    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
-    use gpuslice_simulator::{Allocation, Sharing};
-    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
-    use std::time::Duration;
-    let setup = GpuModelSetup {
-        name: "a".into(),
-        source: small("a"),
-        slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 35.0, max_batch: 8, batch_timeout_ms: 2.0 },
-        arrivals: Some(Box::new(
-            ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.0)).unwrap(), 1.0, 3).unwrap(),
-        )),
-    };
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 60.0] };
-    let mut backend = GpuBackend::start(
-        vec![setup],
-        Duration::from_millis(200),
-        None,
-        WorkerStarter::new(template, None),
-        Sharing::Spatial,
-    )
-    .unwrap();
+    use gpuslice_simulator::Allocation;
+    let mut backend = fake_backend(vec![loaded("a", 35.0, 200.0, 1.0, 3)], vec![20.0, 30.0, 60.0], 200);
     let first = backend.next_interval().unwrap();
     assert_eq!(first[0].allocation.gpu_pct, 30.0, "35% is served by the 30% worker");
     backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
@@ -223,29 +184,9 @@ fn a_standby_pool_switches_levels_at_once() {
 #[test]
 fn a_pool_with_a_whole_gpu_level_switches_between_slices_and_default_mps() {
     use gpuslice_control::Backend;
-    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
     use gpuslice_simulator::{Allocation, Sharing};
-    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
-    use std::time::Duration;
-    let setup = |name: &str, seed| GpuModelSetup {
-        name: name.into(),
-        source: small(name),
-        slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 45.0, max_batch: 8, batch_timeout_ms: 2.0 },
-        arrivals: Some(Box::new(
-            ModulatedRenewal::new(RateSchedule::constant(200.0, Some(1.2)).unwrap(), 1.0, seed).unwrap(),
-        )),
-    };
-    let template =
-        WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 45.0, 100.0] };
-    let mut backend = GpuBackend::start(
-        vec![setup("a", 3), setup("b", 4)],
-        Duration::from_millis(200),
-        None,
-        WorkerStarter::new(template, None),
-        Sharing::Spatial,
-    )
-    .unwrap();
+    let setups = vec![loaded("a", 45.0, 200.0, 1.2, 3), loaded("b", 45.0, 200.0, 1.2, 4)];
+    let mut backend = fake_backend(setups, vec![20.0, 30.0, 45.0, 100.0], 200);
     let pct = |i: &[gpuslice_simulator::ModelInterval]| i.iter().map(|m| m.allocation.gpu_pct).collect::<Vec<_>>();
     assert_eq!(pct(&backend.next_interval().unwrap()), vec![45.0, 45.0]);
     backend.set_sharing(Sharing::DefaultMps).unwrap();
@@ -412,28 +353,8 @@ fn serve_through_a_fault(
     fault: impl Fn(&[u32]),
 ) -> (gpuslice_simulator::Report, Vec<(f64, u64)>) {
     use gpuslice_control::Backend;
-    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
-    use gpuslice_simulator::{Allocation, Sharing};
-    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
     use std::time::{Duration, Instant};
-    let setup = GpuModelSetup {
-        name: name.into(),
-        source: small(name),
-        slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 30.0, max_batch: 8, batch_timeout_ms: 2.0 },
-        arrivals: Some(Box::new(
-            ModulatedRenewal::new(RateSchedule::constant(300.0, Some(3.0)).unwrap(), 1.0, 5).unwrap(),
-        )),
-    };
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: levels };
-    let mut backend = GpuBackend::start(
-        vec![setup],
-        Duration::from_millis(100),
-        None,
-        WorkerStarter::new(template, None),
-        Sharing::Spatial,
-    )
-    .unwrap();
+    let mut backend = fake_backend(vec![loaded(name, 30.0, 300.0, 3.0, 5)], levels, 100);
     let started = Instant::now();
     let (mut faulted, mut after) = (None, Vec::new());
     while let Some(intervals) = backend.next_interval() {
@@ -537,4 +458,32 @@ fn a_model_whose_workers_keep_dying_is_marked_failed() {
         }
     }
     assert!(tickets.is_empty(), "every accepted request answered or dropped: {tickets:?}");
+}
+
+/// Model `name` on GPU-less workers at `gpu_pct`% (batches of 8, 2 ms), fed `rate` requests/s
+/// for `seconds`.
+fn loaded(name: &str, gpu_pct: f64, rate: f64, seconds: f64, seed: u64) -> gpuslice_gpu::serving::GpuModelSetup {
+    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+    gpuslice_gpu::serving::GpuModelSetup {
+        name: name.into(),
+        source: small(name),
+        slo_ms: 50.0,
+        allocation: gpuslice_simulator::Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 2.0 },
+        arrivals: Some(Box::new(
+            ModulatedRenewal::new(RateSchedule::constant(rate, Some(seconds)).unwrap(), 1.0, seed).unwrap(),
+        )),
+    }
+}
+
+/// The GPU backend on GPU-less workers (2 ms a batch) with this standby pool, sliced.
+fn fake_backend(
+    setups: Vec<gpuslice_gpu::serving::GpuModelSetup>,
+    pool_levels: Vec<f64>,
+    interval_ms: u64,
+) -> gpuslice_gpu::serving::GpuBackend {
+    use gpuslice_gpu::serving::{GpuBackend, WorkerStarter, WorkerTemplate};
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels };
+    let interval = std::time::Duration::from_millis(interval_ms);
+    GpuBackend::start(setups, interval, None, WorkerStarter::new(template, None), gpuslice_simulator::Sharing::Spatial)
+        .unwrap()
 }
