@@ -143,12 +143,14 @@ pub trait BackendBuilder {
     fn progress_unit(&self) -> &'static str;
 
     /// Starts the backend on these models, in `config.sharing`, stepping `control_interval_s`
-    /// at a time; requests older than `config.drop_after_ms` are dropped.
+    /// at a time; requests older than `config.drop_after_ms` are dropped. `switching`: whether
+    /// the policy may switch modes (`Backend::set_sharing`) during the run.
     fn build(
         &self,
         config: SimConfig,
         setups: Vec<ModelSetup>,
         control_interval_s: f64,
+        switching: bool,
     ) -> Result<Box<dyn Backend>, BackendError>;
 }
 
@@ -170,6 +172,7 @@ impl BackendBuilder for SimBuilder {
         config: SimConfig,
         setups: Vec<ModelSetup>,
         control_interval_s: f64,
+        _switching: bool,
     ) -> Result<Box<dyn Backend>, BackendError> {
         Ok(Box::new(SimBackend::new(Simulator::new(config, setups)?, control_interval_s)))
     }

@@ -138,7 +138,7 @@ pub fn run_on(
     config.sharing = policy.sharing();
     let names: Vec<String> = contexts.iter().map(|c| c.name.clone()).collect();
     let mode = config.sharing;
-    let mut backend = on.build(config, setups, loaded.scenario.control_interval_s)?;
+    let mut backend = on.build(config, setups, loaded.scenario.control_interval_s, policy.switches_modes())?;
     let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());
     let mut progress = LateProgress::new(loaded.scenario.duration_s, on.progress_unit(), &what, show_progress);
     let started = Instant::now();

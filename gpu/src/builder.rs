@@ -31,13 +31,15 @@ impl BackendBuilder for GpuBuilder {
         config: SimConfig,
         setups: Vec<ModelSetup>,
         control_interval_s: f64,
+        switching: bool,
     ) -> Result<Box<dyn Backend>, BackendError> {
         let mode = config.sharing;
         // Temporal sharing is the driver time-slicing the workers' contexts (no MPS): it does not
         // reallocate, so it keeps no standby pool. Default MPS runs every model on its 100%
-        // worker and keeps the pool only where it can switch back to slices.
+        // worker and keeps the pool only for a policy that may switch back to slices.
         let mut template = self.template.clone();
-        if mode == Sharing::Temporal || (mode == Sharing::DefaultMps && !template.has_whole_gpu_level()) {
+        if mode == Sharing::Temporal || (mode == Sharing::DefaultMps && !(switching && template.has_whole_gpu_level()))
+        {
             template.pool_levels.clear();
         }
         let gpu_setups = setups

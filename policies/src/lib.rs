@@ -70,6 +70,12 @@ pub trait Policy: Send {
     /// The sharing modes the backend can switch between while it serves (the simulator: all
     /// three). A policy that switches modes chooses among these; the others ignore it.
     fn offer_modes(&mut self, _modes: &[Sharing]) {}
+
+    /// Whether it may switch modes during the run, among those offered (the backend then keeps
+    /// what a switch needs, e.g. the GPU's standby pool under default MPS).
+    fn switches_modes(&self) -> bool {
+        false
+    }
 }
 
 /// Names accepted by `build`.

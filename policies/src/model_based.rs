@@ -820,6 +820,10 @@ impl Policy for ModelBased {
             [Sharing::Temporal, Sharing::DefaultMps].into_iter().filter(|m| modes.contains(m)).collect();
     }
 
+    fn switches_modes(&self) -> bool {
+        !self.shared_modes.is_empty()
+    }
+
     /// Before any traffic is seen: the first shared mode the backend offers, at the largest
     /// batching the trials try. It is work-conserving and its batches grow with whatever load
     /// comes, until the first trial one interval later; a slice start at the configured batch

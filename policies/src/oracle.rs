@@ -70,6 +70,10 @@ impl Policy for Oracle {
         self.offered = modes.to_vec();
     }
 
+    fn switches_modes(&self) -> bool {
+        self.offered.len() > 1
+    }
+
     fn initial(&mut self) -> Vec<Allocation> {
         self.window(0).map(|(_, a)| a.to_vec()).unwrap_or_default()
     }
