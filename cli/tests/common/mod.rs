@@ -15,8 +15,29 @@ pub fn python_or_skip(imports: &str, packages: &str) -> bool {
     false
 }
 
+/// A `gpuslice serve` process: killed if the test ends without `stop_and_check` (a failed
+/// assertion), so that no server outlives its test.
+pub struct Server(Option<Child>);
+
+impl Server {
+    /// Its process id.
+    #[allow(dead_code)] // Each test crate compiles this module; not every one asks.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `gpuslice serve` with `args` on a free loopback port; returns it and its address.
-pub fn serve(args: &[&str]) -> (Child, String) {
+pub fn serve(args: &[&str]) -> (Server, String) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_gpuslice"))
         .args(["--log", "warn", "serve", "--listen", "127.0.0.1:0"])
         .args(args)
@@ -25,6 +46,7 @@ pub fn serve(args: &[&str]) -> (Child, String) {
         .expect("the server starts");
     let mut line = String::new();
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server(Some(server));
     let address =
         line.trim().strip_prefix("serving gpuslice.v1 on ").expect("the server prints its address").to_string();
     (server, address)
@@ -32,9 +54,10 @@ pub fn serve(args: &[&str]) -> (Child, String) {
 
 /// Stops `server` with SIGTERM, then checks that every client run succeeded and the server
 /// exited cleanly.
-pub fn stop_and_check(mut server: Child, clients: &[Output]) {
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    let status = server.wait().unwrap();
+pub fn stop_and_check(mut server: Server, clients: &[Output]) {
+    let mut child = server.0.take().expect("a running server");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
     for client in clients {
         assert!(
             client.status.success(),
