@@ -22,11 +22,7 @@ fn processes_with(needle: &str) -> Vec<u32> {
 
 #[test]
 fn killing_every_worker_of_a_model_under_load_loses_no_call() {
-    if !common::python_or_skip("tritonclient.grpc, numpy", "tritonclient[grpc] and numpy") {
-        return;
-    }
-    let repository = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models");
-    let (server, address) = common::serve(&["--backend", "gpu", "--fake-ms", "5", "--model-repository", repository]);
+    let Some((server, address)) = common::serve_examples_for_tritonclient() else { return };
     let load = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/fault_load.py"))
         .args([&address, "tiny_mlp", "6"])

@@ -10,11 +10,7 @@ use std::process::Command;
 
 #[test]
 fn tritonclient_infers_through_gpuslice_and_each_caller_gets_its_own_answer() {
-    if !common::python_or_skip("tritonclient.grpc, numpy", "tritonclient[grpc] and numpy") {
-        return;
-    }
-    let repository = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models");
-    let (server, address) = common::serve(&["--backend", "gpu", "--fake-ms", "5", "--model-repository", repository]);
+    let Some((server, address)) = common::serve_examples_for_tritonclient() else { return };
     let check = |model: &str, extra: &[&str]| {
         Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tritonclient_check.py"))

@@ -54,15 +54,15 @@ pub struct WorkerTemplate {
 }
 
 impl WorkerTemplate {
-    /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest
-    /// level at or above it if that fits (a slice rounded down would serve less than the policy
-    /// planned), else the highest level that fits (the lowest level if none does: the caller
-    /// then refuses the change).
     /// Whether the pool has a worker on the whole GPU (what default MPS serves on).
     pub fn has_whole_gpu_level(&self) -> bool {
         self.pool_levels.contains(&100.0)
     }
 
+    /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest
+    /// level at or above it if that fits (a slice rounded down would serve less than the policy
+    /// planned), else the highest level that fits (the lowest level if none does: the caller
+    /// then refuses the change).
     fn level(&self, gpu_pct: f64, room: f64) -> f64 {
         let fitting = self.pool_levels.iter().copied().filter(|l| *l <= room + 1e-9);
         let above = fitting.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
@@ -82,8 +82,8 @@ enum Handover {
     Level(f64),
     /// A worker started in place of one that died, at this GPU%: it joins the pool.
     Replacement(Box<Worker>, f64),
-    /// The replacement for the worker at this GPU% could not start (why).
-    ReplacementFailed(f64, String),
+    /// The replacement for the worker at this GPU% could not start.
+    ReplacementFailed(f64, WorkerError),
 }
 
 /// A model whose workers at one pool level fail this many times within `FAILURE_WINDOW` is
@@ -220,8 +220,6 @@ struct Shared {
     failed: Option<String>,
     /// Workers that died or hung and were replaced (or are being).
     worker_failures: u64,
-    /// Requests put back in the queue because their worker died.
-    retried: u64,
 }
 
 struct ModelHandle {
@@ -463,7 +461,7 @@ impl Restarter {
             std::thread::sleep(delay);
             let _ = handover.send(match starter.one(&source, gpu_pct) {
                 Ok(worker) => Handover::Replacement(Box::new(worker), gpu_pct),
-                Err(e) => Handover::ReplacementFailed(gpu_pct, e.to_string()),
+                Err(e) => Handover::ReplacementFailed(gpu_pct, e),
             });
         });
     }
@@ -481,6 +479,14 @@ struct Crew {
     failures: VecDeque<(Instant, f64)>,
     /// When the pool's processes were last checked for an exit (`EXIT_CHECK_EVERY`).
     checked: Instant,
+}
+
+/// Which worker a dispatcher lost (`Dispatcher::worker_lost`).
+enum Lost {
+    /// The pool's worker at this index.
+    Pool(usize),
+    /// The replacement being started at this GPU%.
+    Start(f64),
 }
 
 /// How often a dispatcher checks that its workers' processes are alive: an idle standby that
@@ -535,9 +541,8 @@ impl Dispatcher {
                             crew.active = crew.pool.len() - 1;
                         }
                     }
-                    Handover::ReplacementFailed(pct, why) => {
-                        let e = WorkerError::Spawn { model: self.name.clone(), cause: std::io::Error::other(why) };
-                        if !self.worker_lost(&mut lock.lock().expect("model state"), &mut crew, None, pct, e) {
+                    Handover::ReplacementFailed(pct, e) => {
+                        if !self.worker_lost(&mut lock.lock().expect("model state"), &mut crew, Lost::Start(pct), e) {
                             return;
                         }
                     }
@@ -546,8 +551,7 @@ impl Dispatcher {
             let mut s = lock.lock().expect("model state");
             // Checked under the lock: a completion written after this check wakes the wait below.
             if let Err((w, e)) = self.collect(&mut s, &mut crew) {
-                let pct = crew.pool[w].1;
-                if !self.worker_lost(&mut s, &mut crew, Some(w), pct, e) {
+                if !self.worker_lost(&mut s, &mut crew, Lost::Pool(w), e) {
                     return;
                 }
                 continue;
@@ -558,8 +562,7 @@ impl Dispatcher {
                 if let Some((w, e)) =
                     crew.pool.iter_mut().enumerate().find_map(|(w, (worker, _))| Some((w, worker.exited()?)))
                 {
-                    let pct = crew.pool[w].1;
-                    if !self.worker_lost(&mut s, &mut crew, Some(w), pct, e) {
+                    if !self.worker_lost(&mut s, &mut crew, Lost::Pool(w), e) {
                         return;
                     }
                     continue;
@@ -567,8 +570,8 @@ impl Dispatcher {
             }
             if let Some(r) = crew.running.iter().find(|r| now - r.submitted > hung_after) {
                 let (w, waited_ms) = (r.worker, (now - r.submitted).as_secs_f64() * 1e3);
-                let (pct, e) = (crew.pool[w].1, WorkerError::Hung { model: self.name.clone(), waited_ms });
-                if !self.worker_lost(&mut s, &mut crew, Some(w), pct, e) {
+                let e = WorkerError::Hung { model: self.name.clone(), waited_ms };
+                if !self.worker_lost(&mut s, &mut crew, Lost::Pool(w), e) {
                     return;
                 }
                 continue;
@@ -637,11 +640,10 @@ impl Dispatcher {
                 }
             });
             crew.running.push_back(Running { requests, worker: active, graph, submitted });
-            if let Err(e) = handed {
-                let pct = crew.pool[active].1;
-                if !self.worker_lost(&mut lock.lock().expect("model state"), &mut crew, Some(active), pct, e) {
-                    return;
-                }
+            if let Err(e) = handed
+                && !self.worker_lost(&mut lock.lock().expect("model state"), &mut crew, Lost::Pool(active), e)
+            {
+                return;
             }
         }
     }
@@ -664,13 +666,16 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// A worker at `pct`% died, hung or could not be replaced (`e`; `w`: its index in the pool,
-    /// `None` for a replacement that did not start). It leaves the pool; the requests of its
-    /// batches go back to the head of the queue, once (lost a second time, they are dropped and
-    /// their submitters told); a replacement starts at its level, backing off; the model serves
-    /// on another pool worker meanwhile. Returns false when workers at that level have failed
+    /// A worker died, hung or could not be replaced (`lost`, why: `e`). It leaves the pool; the
+    /// requests of its batches go back to the head of the queue, once (lost a second time, they
+    /// are dropped and their submitters told); a replacement starts at its level, backing off;
+    /// the model serves on another pool worker meanwhile. Returns false when workers at that level have failed
     /// `MAX_WORKER_FAILURES` times within `FAILURE_WINDOW`: the model is then marked failed.
-    fn worker_lost(&self, s: &mut Shared, crew: &mut Crew, w: Option<usize>, pct: f64, e: WorkerError) -> bool {
+    fn worker_lost(&self, s: &mut Shared, crew: &mut Crew, lost: Lost, e: WorkerError) -> bool {
+        let (w, pct) = match lost {
+            Lost::Pool(w) => (Some(w), crew.pool[w].1),
+            Lost::Start(pct) => (None, pct),
+        };
         let now = Instant::now();
         crew.failures.retain(|(t, _)| now - *t < FAILURE_WINDOW);
         crew.failures.push_back((now, pct));
@@ -683,7 +688,6 @@ impl Dispatcher {
             s.in_flight -= held.len();
             let (retry, lost): (Vec<Queued>, Vec<Queued>) =
                 held.into_iter().flat_map(|r| r.requests).partition(|r| !r.retried);
-            s.retried += retry.len() as u64;
             s.drop_requests(lost.into_iter());
             for mut r in retry.into_iter().rev() {
                 r.retried = true;
@@ -838,11 +842,6 @@ impl GpuBackend {
         self.models.get(model)?.shared.0.lock().expect("model state").failed.clone()
     }
 
-    /// How many of `model`'s workers died or hung (each replaced, or the model failed).
-    pub fn worker_failures(&self, model: usize) -> u64 {
-        self.models.get(model).map_or(0, |m| m.shared.0.lock().expect("model state").worker_failures)
-    }
-
     /// The GPU% levels of the standby pool (empty without one): the only slices it serves.
     pub fn pool_levels(&self) -> &[f64] {
         &self.starter.template.pool_levels
@@ -887,7 +886,6 @@ impl GpuBackend {
                 stop: false,
                 failed: None,
                 worker_failures: 0,
-                retried: 0,
             }),
             Condvar::new(),
         ));

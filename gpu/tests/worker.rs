@@ -450,7 +450,7 @@ fn a_model_whose_workers_keep_dying_is_marked_failed() {
             }
             Ok(_) => panic!(
                 "still accepting 10 s after the last kill: {} worker failures counted, workers now {:?}, killed {killed:?}",
-                backend.worker_failures(model),
+                gpuslice_control::Backend::report(&mut backend).models[model].worker_failures,
                 worker_pids(&name)
             ),
         }

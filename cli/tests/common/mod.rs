@@ -52,6 +52,18 @@ pub fn serve(args: &[&str]) -> (Server, String) {
     (server, address)
 }
 
+/// With tritonclient (`python_or_skip`), `gpuslice serve` on GPU-less workers (5 ms a batch,
+/// each output element the sum of its row's inputs) serving the example model repository; None
+/// where the test is skipped.
+#[allow(dead_code)] // Each test crate compiles this module; not every one asks.
+pub fn serve_examples_for_tritonclient() -> Option<(Server, String)> {
+    if !python_or_skip("tritonclient.grpc, numpy", "tritonclient[grpc] and numpy") {
+        return None;
+    }
+    let repository = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models");
+    Some(serve(&["--backend", "gpu", "--fake-ms", "5", "--model-repository", repository]))
+}
+
 /// Stops `server` with SIGTERM, then checks that every client run succeeded and the server
 /// exited cleanly.
 pub fn stop_and_check(mut server: Server, clients: &[Output]) {
