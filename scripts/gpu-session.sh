@@ -9,6 +9,10 @@
 #   bash scripts/gpu-session.sh trio    gpu-trio around the x1.15-x1.2 both held last time
 #   bash scripts/gpu-session.sh trio-low   gpu-trio below that (neither held x1.15 in `trio`)
 #   bash scripts/gpu-session.sh mixed   the mixed-SLO trio
+#
+# 2026-12-02 (tenth session): gpu-run plans with the calibration of the GPU it runs on
+# (builtin:h200-calibration here), so model-based's mode trials predict this GPU:
+#   bash scripts/gpu-session.sh h200    both trios where the H100 calibration's runs stopped
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -29,6 +33,11 @@ case "${1:-trio}" in
   mixed)
     OUT=$R/capacity timeout 280 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml 1.4 1.7 2.0
     OUT=$R/capacity timeout 280 bash scripts/gpu-capacity.sh default-mps scenarios/mixed-slo-trio.toml 1.4 1.7 2.0
+    ;;
+  h200)
+    OUT=$R/capacity timeout 250 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml 1.25 1.4
+    OUT=$R/capacity timeout 120 bash scripts/gpu-capacity.sh default-mps scenarios/mixed-slo-trio.toml 1.25
+    OUT=$R/capacity timeout 170 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.15 1.2
     ;;
 esac
 mkdir -p "$OUT"

@@ -1,6 +1,6 @@
 //! The `gpuslice` command line.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 mod lab;
 
@@ -66,6 +66,10 @@ enum Command {
         /// temporal, default-mps, triton-like, gslice, model-based or oracle.
         #[arg(long)]
         policy: Option<String>,
+        /// Calibration (`builtin:h200-calibration`, or a file from `calibrate`) in place of
+        /// the scenario's: the same scenario on another GPU.
+        #[arg(long)]
+        calibration: Option<String>,
         /// Override the scenario's random seed.
         #[arg(long)]
         seed: Option<u64>,
@@ -87,6 +91,10 @@ enum Command {
         /// (`--scenario`/`-s` still work.)
         #[arg(long = "config", short = 'c', visible_alias = "scenario", short_alias = 's')]
         scenario: Option<PathBuf>,
+        /// Calibration (`builtin:h200-calibration`, or a file from `calibrate`) in place of
+        /// the scenario's: the same scenario on another GPU.
+        #[arg(long)]
+        calibration: Option<String>,
         /// Comma-separated policies: static, temporal, default-mps, triton-like, gslice,
         /// model-based, oracle.
         #[arg(
@@ -312,6 +320,12 @@ enum Command {
         /// Workers without a GPU that take this many ms per batch (for trying the run anywhere).
         #[arg(long)]
         fake_ms: Option<f64>,
+        /// What the policy predicts latency with: `device` (the embedded calibration of the GPU
+        /// NVML reports, e.g. `builtin:h200-calibration` on an H200; the scenario's where none
+        /// is embedded), `scenario` (the scenario's own), or a calibration (`builtin:NAME` or a
+        /// file from `calibrate`).
+        #[arg(long, default_value = "device")]
+        calibration: String,
         /// Standby pool: GPU% levels each model keeps a worker at, so a reallocation switches at
         /// once. The model-based policy plans its slices on these levels; another policy's slice
         /// takes the level at or above it where the GPU has room, else the one below. A 100%
@@ -459,11 +473,33 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The calibration a live run plans with, from `--calibration` (see `GpuRun`): `None` keeps the
+/// scenario's.
+fn live_calibration(flag: &str, gpu_less: bool) -> Result<Option<String>> {
+    match flag {
+        "scenario" => Ok(None),
+        // GPU-less workers have no device to match.
+        "device" if gpu_less => Ok(None),
+        "device" => {
+            let name = gpuslice_gpu::telemetry::Telemetry::open()
+                .and_then(|nvml| nvml.device_name())
+                .context("--calibration device: cannot read the GPU's name (name a calibration instead)")?;
+            let found = gpuslice_traces::source::device_calibration(&name);
+            match found {
+                Some(spec) => tracing::info!(device = %name, calibration = spec, "calibration of this GPU"),
+                None => tracing::warn!(device = %name, "no embedded calibration for this GPU: the scenario's is used"),
+            }
+            Ok(found.map(str::to_string))
+        }
+        spec => Ok(Some(spec.to_string())),
+    }
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Simulate { config, sharing, policy, seed, load_scale, out, quiet } => {
+        Command::Simulate { config, sharing, policy, calibration, seed, load_scale, out, quiet } => {
             output::check_out_dir(out.as_deref())?;
-            let mut loaded = scenario::LoadedScenario::load(config.as_deref())?;
+            let mut loaded = scenario::LoadedScenario::load_calibrated(config.as_deref(), calibration.as_deref())?;
             loaded.scale_load(load_scale)?;
             if let Some(seed) = seed {
                 loaded.scenario.seed = seed;
@@ -491,6 +527,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Evaluate {
             scenario,
+            calibration,
             policies,
             seeds,
             load_scale,
@@ -505,7 +542,7 @@ fn run(command: Command) -> Result<()> {
             quiet,
         } => {
             output::check_out_dir(out.as_deref())?;
-            let mut loaded = scenario::LoadedScenario::load(scenario.as_deref())?;
+            let mut loaded = scenario::LoadedScenario::load_calibrated(scenario.as_deref(), calibration.as_deref())?;
             let seeds = seeds.max(1);
             let reference_policy = policies.contains(&reference).then_some(reference.as_str());
             if capacity_search {
@@ -641,8 +678,9 @@ fn run(command: Command) -> Result<()> {
                 out: out.as_deref(),
             })
         }
-        Command::GpuRun { config, policy, out, load_scale, fake_ms, pool_levels } => {
-            let mut loaded = scenario::LoadedScenario::load(Some(&config))?;
+        Command::GpuRun { config, policy, out, load_scale, fake_ms, calibration, pool_levels } => {
+            let calibration = live_calibration(&calibration, fake_ms.is_some())?;
+            let mut loaded = scenario::LoadedScenario::load_calibrated(Some(&config), calibration.as_deref())?;
             loaded.scale_load(load_scale)?;
             let template = gpuslice_gpu::serving::WorkerTemplate {
                 script: gpuslice_gpu::worker::default_script(),

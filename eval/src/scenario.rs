@@ -111,23 +111,47 @@ pub struct LoadedScenario {
 impl LoadedScenario {
     /// Reads `path`, or the embedded default when `None`.
     pub fn load(path: Option<&Path>) -> Result<LoadedScenario> {
-        match path {
+        LoadedScenario::load_calibrated(path, None)
+    }
+
+    /// Reads `path` (the embedded default when `None`) with `calibration` (`builtin:NAME` or a
+    /// path relative to the working directory) in place of the scenario's own, when given: the
+    /// same scenario run on another GPU, or predicted for one.
+    pub fn load_calibrated(path: Option<&Path>, calibration: Option<&str>) -> Result<LoadedScenario> {
+        let (text, origin, base_dir) = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read scenario {}", path.display()))?;
                 let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                LoadedScenario::from_text(&text, &path.display().to_string(), base_dir)
+                (std::borrow::Cow::Owned(text), path.display().to_string(), base_dir)
             }
-            None => LoadedScenario::from_text(DEFAULT_SCENARIO, "builtin:default", PathBuf::from(".")),
+            None => (std::borrow::Cow::Borrowed(DEFAULT_SCENARIO), "builtin:default".to_string(), PathBuf::from(".")),
+        };
+        let mut scenario: Scenario =
+            toml::from_str(&text).with_context(|| format!("scenario {origin} is malformed"))?;
+        let mut calibration_base = base_dir.clone();
+        if let Some(spec) = calibration {
+            // The calibration brings its own profile, which a scenario's `profile` would override.
+            scenario.calibration = Some(spec.to_string());
+            scenario.profile = None;
+            calibration_base = PathBuf::from(".");
         }
+        LoadedScenario::resolve(scenario, &origin, base_dir, &calibration_base)
     }
 
     /// Parses scenario `text`; `origin` names it in errors, relative paths start at `base_dir`.
     pub fn from_text(text: &str, origin: &str, base_dir: PathBuf) -> Result<LoadedScenario> {
         let scenario: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin} is malformed"))?;
+        let calibration_base = base_dir.clone();
+        LoadedScenario::resolve(scenario, origin, base_dir, &calibration_base)
+    }
+
+    /// Loads the scenario's calibration (a relative path taken from `calibration_base`) and
+    /// applies the scenario's own overrides of it.
+    fn resolve(scenario: Scenario, origin: &str, base_dir: PathBuf, calibration_base: &Path) -> Result<LoadedScenario> {
         let (mut profile, mut profile_base, mut contention) = match &scenario.calibration {
             Some(spec) => {
-                let c = Calibration::load(spec, &base_dir).with_context(|| format!("scenario {origin}"))?;
+                let c = Calibration::load(spec, calibration_base).with_context(|| format!("scenario {origin}"))?;
                 (c.profile, c.profile_base, c.contention)
             }
             None => (DEFAULT_PROFILE.to_string(), base_dir.clone(), Contention::first_h100_trio()),
@@ -290,6 +314,20 @@ max_batch = 8
 batch_timeout_ms = 2
 arrivals = { kind = "poisson", rate = 100 }
 "#;
+
+    #[test]
+    fn a_calibration_named_at_load_replaces_the_scenarios() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("two.toml");
+        std::fs::write(&path, TWO_MODELS).unwrap();
+        let own = LoadedScenario::load_calibrated(Some(&path), None).unwrap();
+        let h200 = LoadedScenario::load_calibrated(Some(&path), Some("builtin:h200-calibration")).unwrap();
+        assert_eq!(own.profile, "builtin:h100-grid");
+        assert_eq!(h200.profile, "builtin:h200-grid");
+        assert_ne!(own.contention.interference_by_model, h200.contention.interference_by_model);
+        let err = LoadedScenario::load_calibrated(Some(&path), Some("no/such.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("no/such.toml"), "{err:#}");
+    }
 
     #[test]
     fn a_calibration_brings_its_profile_and_per_model_interference() {

@@ -20,6 +20,11 @@ impl Telemetry {
         Ok(Telemetry { nvml: Nvml::init()? })
     }
 
+    /// GPU 0's product name (e.g. `NVIDIA H200`).
+    pub fn device_name(&self) -> Result<String, TelemetryError> {
+        Ok(self.nvml.device_by_index(0)?.name()?)
+    }
+
     /// One reading of GPU 0.
     pub fn sample(&self, time_s: f64) -> Result<DeviceSample, TelemetryError> {
         let device = self.nvml.device_by_index(0)?;

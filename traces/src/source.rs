@@ -12,10 +12,22 @@ const BUILTINS: &[(&str, &str)] = &[
     ("h100-grid", include_str!("../../profiles/h100/grid.csv")),
     ("h100-calibration", include_str!("../../profiles/h100/calibration.toml")),
     ("h100-colocation", include_str!("../../profiles/h100/colocation.csv")),
+    // The same on the H200 (profiles/h200/README.md).
+    ("h200-grid", include_str!("../../profiles/h200/grid.csv")),
+    ("h200-calibration", include_str!("../../profiles/h200/calibration.toml")),
+    ("h200-colocation", include_str!("../../profiles/h200/colocation.csv")),
     ("azure-llm-code", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_code.csv")),
     ("azure-llm-conv", include_str!("../data/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")),
     ("azure-functions-2019", include_str!("../data/azure_functions_2019/1000_inv.csv")),
 ];
+
+/// The embedded calibration measured on the GPU NVML names `device_name` (`NVIDIA H200` ->
+/// `builtin:h200-calibration`), if there is one.
+pub fn device_calibration(device_name: &str) -> Option<&'static str> {
+    const BY_DEVICE: &[(&str, &str)] =
+        &[("H200", "builtin:h200-calibration"), ("H100", "builtin:h100-calibration")];
+    BY_DEVICE.iter().find(|(gpu, _)| device_name.contains(gpu)).map(|(_, calibration)| *calibration)
+}
 
 /// The prefix that names embedded data instead of a file.
 pub const BUILTIN_PREFIX: &str = "builtin:";
@@ -125,5 +137,20 @@ impl<'a> CsvTable<'a> {
     /// An error naming this source, the record's line and the column.
     pub fn error(&self, record: &csv::StringRecord, col: usize, problem: impl Into<String>) -> crate::error::DataError {
         DataError::malformed(&self.source.name, Self::line(record), self.headers.get(col), problem)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_device_finds_its_own_calibration() {
+        assert_eq!(device_calibration("NVIDIA H200"), Some("builtin:h200-calibration"));
+        assert_eq!(device_calibration("NVIDIA H100 80GB HBM3"), Some("builtin:h100-calibration"));
+        assert_eq!(device_calibration("NVIDIA A100-SXM4-80GB"), None);
+        for spec in [device_calibration("NVIDIA H200"), device_calibration("NVIDIA H100")].into_iter().flatten() {
+            Source::load(spec, Path::new(".")).expect("embedded");
+        }
     }
 }
