@@ -197,6 +197,9 @@ enum Command {
         /// empty payload (the server then serves zeros).
         #[arg(long)]
         with_inputs: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// On the GPU machine: CPU time and latency of moving batches of packetized images to the GPU
     /// by per-packet copies, CPU-Copy and the GPU gather kernel (each checked byte for byte first).
@@ -467,10 +470,23 @@ fn main() -> std::process::ExitCode {
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, a cause that repeats the one before it said once
+/// (tonic's transport errors wrap their cause under the same words: "tcp connect error: tcp
+/// connect error").
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if parts.last() != Some(&cause) {
+            parts.push(cause);
+        }
+    }
+    parts.join(": ")
 }
 
 /// The calibration a live run plans with, from `--calibration` (see `GpuRun`): `None` keeps the
@@ -627,7 +643,7 @@ fn run(command: Command) -> Result<()> {
                 running.stop().await
             })
         }
-        Command::LoadTest { target, seconds, infer_rps, control_rps, with_inputs } => {
+        Command::LoadTest { target, seconds, infer_rps, control_rps, with_inputs, quiet } => {
             anyhow::ensure!(seconds > 0.0 && seconds <= 600.0, "--seconds must be in (0, 600]");
             let options = gpuslice_serve::loadtest::LoadTestOptions {
                 target,
@@ -635,9 +651,13 @@ fn run(command: Command) -> Result<()> {
                 infer_rps,
                 control_rps,
                 with_inputs,
+                progress: !quiet,
             };
             let report = tokio::runtime::Runtime::new()?.block_on(gpuslice_serve::loadtest::run(options))?;
             println!("{}", report.table());
+            if let Some(failures) = report.failure_table() {
+                println!("failed calls by reason:\n{failures}");
+            }
             let lost = report.infer.sent - report.infer.ok - report.infer.failed;
             println!(
                 "Infer: {} sent, {} answered OK, {} failed, {lost} unanswered",

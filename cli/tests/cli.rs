@@ -417,3 +417,34 @@ fn validate_runs_anywhere_and_calibrate_never_overwrites_the_shipped_file_unaske
     assert!(!calibrate.status.success());
     assert!(stderr(&calibrate).contains("--out"), "{}", stderr(&calibrate));
 }
+
+#[test]
+fn serve_on_a_busy_port_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = gpuslice(&["--log", "warn", "serve", "--listen", &address]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains(&format!("cannot listen for gRPC on {address}")), "{text}");
+}
+
+#[test]
+fn load_test_against_nothing_names_the_address() {
+    // A port just freed: nothing listens there.
+    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let out = gpuslice(&["--log", "warn", "load-test", "--quiet", "--seconds", "1", "--target", &address]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains(&format!("cannot connect to {address}")), "{text}");
+    assert!(!text.contains("tcp connect error: tcp connect error"), "{text}");
+}
+
+#[test]
+fn validate_prints_its_calibration_in_words() {
+    let out = gpuslice(&["--log", "warn", "validate", "--hold-out", "50"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("GPU% 50 left out"), "{text}");
+    assert!(text.contains("default MPS: share exponent"), "{text}");
+    assert!(!text.contains("Contention {"), "{text}");
+}

@@ -35,6 +35,23 @@ pub struct Contention {
     pub mps_share_exponent: f64,
 }
 
+impl std::fmt::Display for Contention {
+    /// `interference 0.391 (densenet121 0.394, vgg16 0.131), default MPS: share exponent 0.945,
+    /// launch contention 0.0004`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interference {:.3}", self.interference)?;
+        if !self.interference_by_model.is_empty() {
+            let by_model: Vec<String> = self.interference_by_model.iter().map(|(m, k)| format!("{m} {k:.3}")).collect();
+            write!(f, " ({})", by_model.join(", "))?;
+        }
+        write!(
+            f,
+            ", default MPS: share exponent {:.3}, launch contention {:.4}",
+            self.mps_share_exponent, self.mps_launch_contention
+        )
+    }
+}
+
 impl Contention {
     /// The parameters fitted to the first H100 trio (bench/results/2026-11-23-h100-colocation.csv),
     /// used by scenarios that name no calibration.
@@ -425,12 +442,8 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     let launch = minimize_1d(0.0, 8.0, |c| loss(&default_mps, &latency, &at(exponent, c), None))?;
     contention = at(exponent, launch);
     println!(
-        "interference by model {:?} (from {} controlled groups; {:.3} for the others); default MPS: mps_share_exponent {}, mps_launch_contention {:.3} (from {} groups)",
-        contention.interference_by_model,
+        "{contention} (interference from {} controlled groups, the default-MPS terms from {} groups)",
         controlled.len(),
-        contention.interference,
-        contention.mps_share_exponent,
-        contention.mps_launch_contention,
         default_mps.len()
     );
     let predictions = predict_groups(&fit_groups, &latency, &contention)?;
@@ -618,7 +631,8 @@ pub fn validate(
 ) -> Result<()> {
     let set = ProfileSet::parse(&Source::load(profile, Path::new("."))?)?;
     let held_out = validate_held_out(&set, hold_out)?;
-    println!("(a) GPU% {hold_out:?} left out of the fit, each point simulated alone, closed loop:");
+    let levels: Vec<String> = hold_out.iter().map(f64::to_string).collect();
+    println!("(a) GPU% {} left out of the fit, each point simulated alone, closed loop:", levels.join(", "));
     println!("{}", held_out_table(&held_out));
     let calibration = Calibration::load(calibration, Path::new("."))?;
     let latency: BTreeMap<String, Arc<LatencyModel>> =
@@ -626,7 +640,7 @@ pub fn validate(
     let fitted_on = &calibration.fitted_on;
     let groups = groups(&read_colocation(colocation)?);
     let predictions = predict_groups(&groups, &latency, &calibration.contention)?;
-    println!("(b) co-located groups, closed loop ({:?} from {}):", calibration.contention, calibration.origin);
+    println!("(b) co-located groups, closed loop ({} from {}):", calibration.contention, calibration.origin);
     println!("{}", group_table(&predictions, fitted_on));
     let unseen: Vec<&GroupPrediction> = predictions.iter().filter(|p| !fitted_on.contains(&p.group)).collect();
     if let Some(worst) = unseen.iter().max_by(|a, b| a.p50_error().abs().total_cmp(&b.p50_error().abs())) {

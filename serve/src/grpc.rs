@@ -7,6 +7,7 @@ use crate::live::{self, Command, LiveConfig, LiveError, LiveHandle, ModelSpec};
 use crate::proto::controller_server::{Controller, ControllerServer};
 use crate::proto::*;
 use crate::repository::Repository;
+use anyhow::Context;
 use futures_util::future::try_join_all;
 use gpuslice_gpu::serving::ModelSource;
 use gpuslice_simulator::Summary;
@@ -325,12 +326,16 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         }
     };
     let live::Started { handle: live, stop: stop_controller, task: controller_task } =
-        started.map_err(|e| anyhow::anyhow!("controller: {e:?}"))?;
-    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+        started.map_err(|e| anyhow::anyhow!("controller: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", options.listen))?;
     let grpc = listener.local_addr()?;
     let metrics = match options.metrics_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
             let bound = listener.local_addr()?;
             let handle = live.clone();
             let app = axum::Router::new().route(
@@ -400,6 +405,9 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         controller_task.await?;
         Ok(())
     });
-    tracing::info!(%grpc, metrics = ?metrics, "serving gpuslice.v1");
+    match metrics {
+        Some(metrics) => tracing::info!(%grpc, %metrics, "serving gpuslice.v1 and the inference protocol; /metrics"),
+        None => tracing::info!(%grpc, "serving gpuslice.v1 and the inference protocol"),
+    }
     Ok(Running { grpc, metrics, shutdown, done })
 }

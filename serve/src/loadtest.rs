@@ -1,7 +1,7 @@
 //! `gpuslice load-test`: open-loop Infer traffic plus control calls against a server on loopback
 //! (started in-process unless `--target` names one), bounded in time; reports per kind the calls
 //! sent, answered, failed, and latency percentiles, and whether every accepted request was
-//! answered.
+//! answered. Failed calls are counted by reason (the gRPC code and message).
 
 use crate::grpc::{self, ServeOptions};
 use crate::live::LiveConfig;
@@ -34,6 +34,8 @@ pub struct LoadTestOptions {
     /// Send each Infer a full input row (a 3x224x224 FP32 image of pseudo-random values) instead
     /// of an empty payload (zeros on the server): the cost of really moving request bytes.
     pub with_inputs: bool,
+    /// Show a progress bar (calls sent, answered, failed) on a terminal.
+    pub progress: bool,
 }
 
 /// Bytes of one input row of the load test's models (torchvision classifiers).
@@ -52,6 +54,8 @@ pub struct CallStats {
     pub failed: u64,
     /// Latencies of the answered calls, µs.
     pub latency_us: Histogram<u64>,
+    /// Failed calls by reason (`CODE: message`).
+    pub failures: std::collections::BTreeMap<String, u64>,
 }
 
 impl CallStats {
@@ -62,13 +66,24 @@ impl CallStats {
             ok: 0,
             failed: 0,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+            failures: Default::default(),
         }
     }
 
-    fn record(&mut self, started: Instant, ok: bool) {
-        self.ok += u64::from(ok);
-        self.failed += u64::from(!ok);
-        let _ = self.latency_us.record((started.elapsed().as_micros() as u64).max(1));
+    fn record(&mut self, started: Instant, outcome: Result<(), tonic::Status>) {
+        match outcome {
+            Ok(()) => {
+                self.ok += 1;
+                let _ = self.latency_us.record((started.elapsed().as_micros() as u64).max(1));
+            }
+            Err(status) => {
+                self.failed += 1;
+                // Messages carry no per-call detail worth keeping apart; the first line bounds
+                // the key.
+                let message: String = status.message().lines().next().unwrap_or("").chars().take(120).collect();
+                *self.failures.entry(format!("{:?}: {message}", status.code())).or_default() += 1;
+            }
+        }
     }
 
     /// 99th-percentile latency, ms.
@@ -108,9 +123,26 @@ impl LoadTestReport {
         }
         table
     }
+
+    /// Failed calls by kind and reason, most frequent first (empty when none failed).
+    pub fn failure_table(&self) -> Option<Table> {
+        let mut rows: Vec<(&str, &String, u64)> = [&self.infer, &self.control]
+            .into_iter()
+            .flat_map(|s| s.failures.iter().map(move |(reason, n)| (s.kind, reason, *n)))
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        let mut table = gpuslice_eval::output::table(vec!["calls", "failed", "reason"]);
+        for (kind, reason, n) in rows {
+            table.add_row(vec![kind.to_string(), n.to_string(), reason.clone()]);
+        }
+        Some(table)
+    }
 }
 
-/// Sends `per_tick` calls every millisecond for `duration`, each through `call`.
+/// Sends `rate` calls per second for `duration`, each through `call`.
 async fn open_loop<F, Fut>(
     duration: Duration,
     rate: u32,
@@ -119,7 +151,7 @@ async fn open_loop<F, Fut>(
 ) -> Vec<tokio::task::JoinHandle<()>>
 where
     F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
 {
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -134,13 +166,13 @@ where
             let stats = stats.clone();
             let started = Instant::now();
             handles.push(tokio::spawn(async move {
-                let ok = fut.await;
-                stats.lock().expect("stats lock").record(started, ok);
+                let outcome = fut.await;
+                stats.lock().expect("stats lock").record(started, outcome);
             }));
             sent += 1;
         }
+        stats.lock().expect("stats lock").sent = sent;
     }
-    stats.lock().expect("stats lock").sent = sent;
     handles
 }
 
@@ -164,7 +196,10 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
     anyhow::ensure!(address.ip().is_loopback(), "load tests only target loopback addresses, not {address}");
     let mut clients = Vec::new();
     for _ in 0..CHANNELS {
-        let channel = Channel::from_shared(format!("http://{address}"))?.connect().await.context("connect")?;
+        let channel = Channel::from_shared(format!("http://{address}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {address}"))?;
         clients.push(ControllerClient::new(channel));
     }
     for (name, slo_ms) in MODELS {
@@ -196,7 +231,7 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
         let mut client = infer_clients[i as usize % CHANNELS].clone();
         let model = MODELS[i as usize % MODELS.len()].0.to_string();
         let payload = image.as_ref().clone();
-        async move { client.infer(InferRequest { model, payload }).await.is_ok() }
+        async move { client.infer(InferRequest { model, payload }).await.map(drop) }
     });
     let control_clients = clients.clone();
     let control_load = open_loop(options.duration, options.control_rps, control.clone(), move |i| {
@@ -204,24 +239,89 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
         let model = MODELS[i as usize % MODELS.len()].0.to_string();
         async move {
             match i % 4 {
-                0 => client.get_allocation(GetAllocationRequest { name: model }).await.is_ok(),
-                1 => client.list_models(ListModelsRequest {}).await.is_ok(),
-                2 => client.get_metrics(GetMetricsRequest { name: model }).await.is_ok(),
+                0 => client.get_allocation(GetAllocationRequest { name: model }).await.map(drop),
+                1 => client.list_models(ListModelsRequest {}).await.map(drop),
+                2 => client.get_metrics(GetMetricsRequest { name: model }).await.map(drop),
                 _ => {
                     let release = OverrideAllocationRequest { name: model, allocation: None, release: true };
-                    client.override_allocation(release).await.is_ok()
+                    client.override_allocation(release).await.map(drop)
                 }
             }
         }
     });
+    let progress = options.progress.then(|| show_progress(options.duration, infer.clone(), control.clone()));
     let (infer_calls, control_calls) = tokio::join!(infer_load, control_load);
     for handle in infer_calls.into_iter().chain(control_calls) {
         handle.await?;
     }
     let elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
     if let Some(server) = server {
         server.stop().await?;
     }
     let take = |s: Arc<Mutex<CallStats>>| Arc::try_unwrap(s).expect("all calls done").into_inner().expect("stats lock");
     Ok(LoadTestReport { infer: take(infer), control: take(control), elapsed })
+}
+
+/// A progress bar over the test's duration with the calls sent, answered and failed so far,
+/// redrawn four times a second until aborted (drawn only on a terminal).
+fn show_progress(
+    duration: Duration,
+    infer: Arc<Mutex<CallStats>>,
+    control: Arc<Mutex<CallStats>>,
+) -> tokio::task::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("load test [{bar:30}] {pos}/{len} s  {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let _clear = scopeguard(bar.clone());
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            bar.set_position(started.elapsed().as_secs().min(bar.length().unwrap_or(0)));
+            let line = |s: &Arc<Mutex<CallStats>>| {
+                let s = s.lock().expect("stats lock");
+                format!("{}: {} sent, {} answered, {} failed", s.kind, s.sent, s.ok, s.failed)
+            };
+            bar.set_message(format!("{}; {}", line(&infer), line(&control)));
+        }
+    })
+}
+
+/// Clears the progress bar when the task ends (aborted with the test).
+fn scopeguard(bar: indicatif::ProgressBar) -> impl Drop {
+    struct Clear(indicatif::ProgressBar);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    Clear(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_by_reason() {
+        let mut stats = CallStats::new("Infer");
+        stats.record(Instant::now(), Ok(()));
+        for _ in 0..2 {
+            stats.record(Instant::now(), Err(tonic::Status::unavailable("dropped: queued past the deadline")));
+        }
+        stats.record(Instant::now(), Err(tonic::Status::not_found("no model named \"x\"\nsecond line")));
+        assert_eq!((stats.ok, stats.failed), (1, 3));
+        assert_eq!(stats.failures["Unavailable: dropped: queued past the deadline"], 2);
+        assert_eq!(stats.failures["NotFound: no model named \"x\""], 1);
+        let report =
+            LoadTestReport { infer: stats, control: CallStats::new("control"), elapsed: Duration::from_secs(1) };
+        let table = report.failure_table().expect("failures").to_string();
+        assert!(table.find("Unavailable") < table.find("NotFound"), "most frequent first:\n{table}");
+    }
 }

@@ -192,6 +192,7 @@ async fn a_short_load_test_loses_nothing() {
         control_rps: 200,
         // Every Infer carries a full input row (checked for its size by the server).
         with_inputs: true,
+        progress: false,
     })
     .await
     .unwrap();

@@ -24,8 +24,7 @@ const BUILTINS: &[(&str, &str)] = &[
 /// The embedded calibration measured on the GPU NVML names `device_name` (`NVIDIA H200` ->
 /// `builtin:h200-calibration`), if there is one.
 pub fn device_calibration(device_name: &str) -> Option<&'static str> {
-    const BY_DEVICE: &[(&str, &str)] =
-        &[("H200", "builtin:h200-calibration"), ("H100", "builtin:h100-calibration")];
+    const BY_DEVICE: &[(&str, &str)] = &[("H200", "builtin:h200-calibration"), ("H100", "builtin:h100-calibration")];
     BY_DEVICE.iter().find(|(gpu, _)| device_name.contains(gpu)).map(|(_, calibration)| *calibration)
 }
 
