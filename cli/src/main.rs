@@ -464,9 +464,30 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
+/// Commands that only print (tables from files and simulations) end quietly when their output
+/// is closed early (`gpuslice simulate | head`), as Unix tools do, instead of panicking on the
+/// broken pipe. The others keep SIGPIPE ignored: they write to worker pipes and sockets, whose
+/// failures they handle.
+fn end_quietly_on_closed_output(command: &Command) {
+    if matches!(
+        command,
+        Command::Simulate { .. }
+            | Command::Evaluate { .. }
+            | Command::Calibrate { .. }
+            | Command::Validate { .. }
+            | Command::Fit { .. }
+            | Command::Bench { .. }
+    ) {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: restores the default disposition before any thread starts; no handler runs.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
+    end_quietly_on_closed_output(&cli.command);
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -525,16 +546,19 @@ fn run(command: Command) -> Result<()> {
                 None => PolicyChoice::Scenario(sharing.map_or(loaded.scenario.sharing, Sharing::from)),
             };
             let run = simulate::run(&loaded, &choice, !quiet)?;
+            let steered = match &choice {
+                PolicyChoice::Scenario(_) => "the scenario's fixed allocations".to_string(),
+                PolicyChoice::Named(_) => format!("policy {}", run.policy),
+            };
             println!(
-                "{} — policy {}, {} sharing, {:.1} s simulated in {:.2} s, {} reallocations",
+                "{} — {steered}, {} sharing, {:.1} s simulated in {:.2} s, {} reallocations",
                 loaded.scenario.name,
-                run.policy,
                 run.report.sharing,
                 run.report.elapsed_s,
                 run.wall.as_secs_f64(),
                 run.decisions.len()
             );
-            println!("{}", output::summary_table(&run.report));
+            println!("{}", output::summary_table(&run.report, !run.decisions.is_empty()));
             if let Some(dir) = out {
                 let files = output::write_run(&dir, &run.report, &run.intervals)?;
                 tracing::info!(files = ?files, "results written");
@@ -716,7 +740,7 @@ fn run(command: Command) -> Result<()> {
                 run.report.elapsed_s,
                 run.decisions.len()
             );
-            println!("{}", output::summary_table(&run.report));
+            println!("{}", output::summary_table(&run.report, !run.decisions.is_empty()));
             println!("{}", output::stage_table(&run.stages));
             if !run.device.is_empty() {
                 let n = run.device.len() as f64;

@@ -448,3 +448,15 @@ fn validate_prints_its_calibration_in_words() {
     assert!(text.contains("default MPS: share exponent"), "{text}");
     assert!(!text.contains("Contention {"), "{text}");
 }
+
+#[test]
+fn the_table_says_what_its_allocations_are() {
+    let fixed = stdout(&gpuslice(&["--log", "warn", "simulate", "--quiet", "--sharing", "temporal"]));
+    assert!(fixed.contains("the scenario's fixed allocations, temporal sharing"), "{fixed}");
+    assert!(fixed.contains("turns") && !fixed.contains("at end"), "temporal sharing has no GPU%:\n{fixed}");
+    let steered = stdout(&gpuslice(&["--log", "warn", "simulate", "--quiet", "--policy", "gslice"]));
+    assert!(steered.contains("policy gslice") && steered.contains("GPU% at end"), "{steered}");
+    for text in [&fixed, &steered] {
+        assert!(text.contains("SM-time used") && !text.contains("GPU util"), "{text}");
+    }
+}

@@ -217,7 +217,7 @@ pub fn table(results: &[PolicyResult], policies: &[String], reference: Option<&s
     let models: Vec<String> =
         results.first().map(|r| r.run.report.models.iter().map(|m| m.model.clone()).collect()).unwrap_or_default();
     let mut header: Vec<String> =
-        ["policy", "goodput/s", "vs ref", "SLO met", "drops", "GPU% alloc", "SM util", "reallocs"]
+        ["policy", "goodput/s", "vs ref", "SLO met", "drops", "GPU% alloc", "SM-time used", "reallocs"]
             .iter()
             .map(|s| s.to_string())
             .collect();

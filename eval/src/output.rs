@@ -4,23 +4,31 @@
 use crate::plot::{Series, line_chart};
 use anyhow::{Context, Result};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use gpuslice_simulator::{ModelInterval, Report, Summary};
+use gpuslice_simulator::{ModelInterval, Report, Sharing, Summary};
 use serde::Serialize;
 use std::path::Path;
 
 /// An empty terminal table in the house style, with `header`.
 pub fn table<T: Into<comfy_table::Cell>>(header: impl IntoIterator<Item = T>) -> Table {
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    // On a terminal, cells wrap to fit its width; redirected, rows stay whole.
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(header);
     table
 }
 
-/// The per-model table of a finished run, with a total row.
-pub fn summary_table(report: &Report) -> Table {
+/// The per-model table of a finished run, with a total row. A run whose policy made decisions
+/// (`adaptive`) shows the allocations as they were at its end, and says so; under temporal
+/// sharing a model has the whole GPU in turns, and under default MPS all of it, whatever GPU% it
+/// was configured with.
+pub fn summary_table(report: &Report, adaptive: bool) -> Table {
+    let (gpu_header, batch_header) = if adaptive { ("GPU% at end", "batch at end") } else { ("GPU%", "batch") };
     let mut table = table(vec![
         "model",
-        "GPU%",
-        "batch",
+        gpu_header,
+        batch_header,
         "SLO ms",
         "arrivals",
         "done",
@@ -33,7 +41,7 @@ pub fn summary_table(report: &Report) -> Table {
         "thru/s",
         "avg batch",
         "avg queue",
-        "GPU util",
+        "SM-time used",
     ]);
     let row = |name: &str, gpu: String, batch: String, slo: String, s: &Summary| {
         vec![
@@ -57,13 +65,12 @@ pub fn summary_table(report: &Report) -> Table {
     };
     for m in &report.models {
         let a = &m.allocation;
-        table.add_row(row(
-            &m.model,
-            format!("{:.0}", a.gpu_pct),
-            a.max_batch.to_string(),
-            format!("{:.0}", m.slo_ms),
-            &m.summary,
-        ));
+        let gpu = match report.sharing {
+            Sharing::Temporal => "turns".to_string(),
+            Sharing::DefaultMps => "100".to_string(),
+            Sharing::Spatial => format!("{:.0}", a.gpu_pct),
+        };
+        table.add_row(row(&m.model, gpu, a.max_batch.to_string(), format!("{:.0}", m.slo_ms), &m.summary));
     }
     table.add_row(row("total", "".into(), "".into(), "".into(), &report.total));
     table
