@@ -5,7 +5,7 @@
 //! bracket is narrower than `precision` of the scale.
 
 use crate::output::write_csv;
-use crate::plot::{Series, line_chart};
+use crate::plot::{Chart, Series, line_chart};
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice};
 use anyhow::{Result, bail};
@@ -512,20 +512,21 @@ pub fn write(dir: &Path, results: &[Capacity], tuning: &[Capacity], policies: &[
             Some(Series { name: policy.clone(), points, color, dashed: false })
         })
         .collect();
-    let x_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(0.0, f64::max);
+    let scales = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let (x_min, x_max) = (scales().fold(f64::INFINITY, f64::min), scales().fold(0.0, f64::max));
     series.push(Series {
         name: format!("{:.0}% threshold", threshold * 100.0),
-        points: vec![(0.0, threshold * 100.0), (x_max, threshold * 100.0)],
+        points: vec![(x_min.min(x_max), threshold * 100.0), (x_max, threshold * 100.0)],
         color: policies.len(),
         dashed: true,
     });
-    line_chart(
-        &dir.join("capacity-slo-vs-load.svg"),
-        "Worst model's SLO attainment against load (the capacity search's runs)",
-        "load scale (x the scenario's)",
-        "SLO met by the worst model (%)",
-        &series,
-    )
+    let chart = Chart {
+        title: "Worst model's SLO attainment against load (the capacity search's runs)",
+        x_label: "load scale (x the scenario's)",
+        y_label: "SLO met by the worst model (%)",
+        marked: true,
+    };
+    line_chart(&dir.join("capacity-slo-vs-load.svg"), &chart, &series)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! comparison table with the spread over seeds, and writes CSV and SVG plots.
 
 use crate::output::{interval_attainment, write_csv};
-use crate::plot::{Series, line_chart};
+use crate::plot::{Chart, Series, line_chart};
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice, SimRun};
 use anyhow::Result;
@@ -176,18 +176,15 @@ pub fn write_sweep(dir: &Path, points: &[LoadPoint], policies: &[String], refere
             })
             .collect()
     };
+    let chart = |title, y_label| Chart { title, x_label: "load scale (x the scenario's)", y_label, marked: true };
     line_chart(
         &dir.join("goodput-vs-load.svg"),
-        "Goodput against offered load",
-        "load scale (x the scenario's)",
-        "goodput (requests within SLO / s)",
+        &chart("Goodput against offered load", "goodput (requests within SLO / s)"),
         &series(&mean_goodput),
     )?;
     line_chart(
         &dir.join("slo-vs-load.svg"),
-        "SLO attainment against offered load",
-        "load scale (x the scenario's)",
-        "SLO met (%)",
+        &chart("SLO attainment against offered load", "SLO met (%)"),
         &series(&mean_attainment_pct),
     )?;
     Ok(())
@@ -297,11 +294,10 @@ pub fn write(dir: &Path, results: &[PolicyResult], policies: &[String]) -> Resul
             })
             .collect()
     };
+    let chart = |title, y_label| Chart { title, x_label: "time (s)", y_label, marked: false };
     line_chart(
         &dir.join("slo.svg"),
-        "SLO attainment per control interval (all models)",
-        "time (s)",
-        "SLO met (%)",
+        &chart("SLO attainment per control interval (all models)", "SLO met (%)"),
         &series(&|_, c| interval_attainment(c)),
     )?;
     let allocated = |r: &PolicyResult, c: &[ModelInterval]| {
@@ -313,9 +309,7 @@ pub fn write(dir: &Path, results: &[PolicyResult], policies: &[String]) -> Resul
     };
     line_chart(
         &dir.join("gpu.svg"),
-        "GPU% allocated per control interval (all models)",
-        "time (s)",
-        "GPU %",
+        &chart("GPU% allocated per control interval (all models)", "GPU %"),
         &series(&allocated),
     )?;
     Ok(())

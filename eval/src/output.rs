@@ -1,7 +1,7 @@
 //! What a run shows a person: a per-model table on the terminal, and under `--out` CSV files and
 //! SVG plots of latency and GPU share over time.
 
-use crate::plot::{Series, line_chart};
+use crate::plot::{Chart, Series, line_chart};
 use anyhow::{Context, Result};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use gpuslice_simulator::{ModelInterval, Report, Sharing, Summary};
@@ -210,13 +210,15 @@ pub fn write_run(dir: &Path, report: &Report, intervals: &[ModelInterval]) -> Re
         dashed: true,
     }));
     let title = format!("p99 latency per control interval ({})", report.sharing);
-    line_chart(&files[2], &title, "time (s)", "p99 latency (ms)", &latency)?;
+    let chart = |title, y_label| Chart { title, x_label: "time (s)", y_label, marked: false };
+    line_chart(&files[2], &chart(&title, "p99 latency (ms)"), &latency)?;
     let mut gpu = series(" allocated", false, &|i| Some(i.allocation.gpu_pct));
     gpu.extend(series(" used", true, &|i| Some(i.summary.gpu_util * 100.0)));
-    line_chart(&files[3], &format!("GPU% allocated and SM-time used ({})", report.sharing), "time (s)", "GPU %", &gpu)?;
+    let title = format!("GPU% allocated and SM-time used ({})", report.sharing);
+    line_chart(&files[3], &chart(&title, "GPU %"), &gpu)?;
     let slo = series("", false, &|i| interval_attainment(std::slice::from_ref(i)));
     let title = format!("SLO attainment per control interval ({})", report.sharing);
-    line_chart(&files[4], &title, "time (s)", "requests within SLO (%)", &slo)?;
+    line_chart(&files[4], &chart(&title, "requests within SLO (%)"), &slo)?;
     Ok(files.to_vec())
 }
 
