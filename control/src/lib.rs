@@ -139,6 +139,12 @@ pub trait BackendBuilder {
         &[]
     }
 
+    /// The largest batch the backend serves, if it has one (the GPU backend: its largest CUDA
+    /// graph); a larger `max_batch` is served as this.
+    fn max_batch(&self) -> Option<u32> {
+        None
+    }
+
     /// What the run's progress counts in (seconds simulated, seconds on the GPU).
     fn progress_unit(&self) -> &'static str;
 

@@ -131,6 +131,9 @@ pub fn run_on(
     let mut policy = policy_for(choice, loaded, &contexts, &device)?;
     policy.offer_modes(on.modes());
     policy.plan_on_levels(on.slice_levels());
+    if let Some(max_batch) = on.max_batch() {
+        policy.serve_batches_up_to(max_batch);
+    }
     for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
         setup.allocation = allocation;
     }

@@ -1,7 +1,7 @@
 //! The GPU as the backend of a scenario run (`gpuslice gpu-run`): builds a `GpuBackend` from the
 //! run's models, with its own MPS daemon where the sharing mode needs one.
 
-use crate::serving::{GpuBackend, GpuModelSetup, ModelSource, WorkerStarter, WorkerTemplate};
+use crate::serving::{GRAPH_BATCHES, GpuBackend, GpuModelSetup, ModelSource, WorkerStarter, WorkerTemplate};
 use gpuslice_control::{Backend, BackendBuilder, BackendError};
 use gpuslice_simulator::{ModelSetup, Sharing, SimConfig};
 use std::time::Duration;
@@ -20,6 +20,10 @@ impl BackendBuilder for GpuBuilder {
 
     fn slice_levels(&self) -> &[f64] {
         &self.template.pool_levels
+    }
+
+    fn max_batch(&self) -> Option<u32> {
+        GRAPH_BATCHES.last().copied()
     }
 
     fn progress_unit(&self) -> &'static str {

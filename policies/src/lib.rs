@@ -67,6 +67,11 @@ pub trait Policy: Send {
     /// does every policy when there are no levels.
     fn plan_on_levels(&mut self, _levels: &[f64]) {}
 
+    /// The backend serves batches of at most `max_batch` requests (the GPU backend: its
+    /// largest CUDA graph) and serves a larger `max_batch` as this one. A policy that sizes
+    /// batches plans within it; the others ignore it.
+    fn serve_batches_up_to(&mut self, _max_batch: u32) {}
+
     /// The sharing modes the backend can switch between while it serves (the simulator: all
     /// three). A policy that switches modes chooses among these; the others ignore it.
     fn offer_modes(&mut self, _modes: &[Sharing]) {}

@@ -92,6 +92,8 @@ pub struct ModelBased {
     models: Vec<ModelContext>,
     learned: Vec<Learned>,
     slices: SliceGrid,
+    /// How many of `BATCH_SIZES` the backend serves (see `serve_batches_up_to`).
+    batch_sizes: usize,
     /// The shared (work-conserving) modes the backend offers.
     shared_modes: Vec<Sharing>,
     /// The GPU model the mode trials replay recent arrivals on.
@@ -363,6 +365,7 @@ impl ModelBased {
             models,
             learned,
             slices: SliceGrid::whole(),
+            batch_sizes: BATCH_SIZES.len(),
             shared_modes: Vec::new(),
             device,
             recent_arrivals: vec![VecDeque::new(); n],
@@ -414,7 +417,7 @@ impl ModelBased {
             self.recent_arrivals.iter().map(|r| r.iter().filter(|t| **t >= cut).map(|t| t - cut).collect()).collect();
         let mut candidates = vec![(ModeChoice::Slices, slices.to_vec())];
         for &mode in &self.shared_modes {
-            let uniform = SHARED_BATCHINGS.iter().map(|&(b, w)| SharedBatching::Uniform(b, w));
+            let uniform = self.shared_batchings().into_iter().map(|(b, w)| SharedBatching::Uniform(b, w));
             for batching in uniform.chain([SharedBatching::SloSized]) {
                 let allocations = (0..self.models.len())
                     .map(|m| {
@@ -479,12 +482,29 @@ impl ModelBased {
         }
     }
 
+    /// The largest batch the backend serves.
+    fn largest_batch(&self) -> u32 {
+        BATCH_SIZES[self.batch_sizes - 1]
+    }
+
+    /// The uniform batchings the trials try: `SHARED_BATCHINGS` with batches above what the
+    /// backend serves brought down to its largest (once each).
+    fn shared_batchings(&self) -> Vec<(u32, f64)> {
+        let mut batchings: Vec<(u32, f64)> = Vec::new();
+        for (b, w) in SHARED_BATCHINGS.map(|(b, w)| (b.min(self.largest_batch()), w)) {
+            if !batchings.contains(&(b, w)) {
+                batchings.push((b, w));
+            }
+        }
+        batchings
+    }
+
     /// The shared mode to start in, before any traffic is seen: temporal, unless some model's
     /// SLO is shorter than another's full start batch on the whole GPU, which it would wait
     /// behind under temporal sharing (then default MPS, where it waits for its own batches only,
     /// if the backend offers it).
     fn start_mode(&self) -> Option<Sharing> {
-        let batch = BATCH_SIZES.iter().position(|&b| b == SHARED_START.0).unwrap_or(BATCH_SIZES.len() - 1);
+        let batch = self.batch_sizes - 1;
         let longest_batch_ms = self.learned.iter().map(|l| l.p50[batch][99]).fold(0.0, f64::max);
         let shortest_slo_ms = self.models.iter().map(|m| m.slo_ms).fold(f64::INFINITY, f64::min);
         let preferred = if shortest_slo_ms < longest_batch_ms { Sharing::DefaultMps } else { Sharing::Temporal };
@@ -504,7 +524,7 @@ impl ModelBased {
                     _ => slo,
                 };
                 let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * delays;
-                let b = (0..BATCH_SIZES.len()).rev().find(|&b| fits(b)).unwrap_or(0);
+                let b = (0..self.batch_sizes).rev().find(|&b| fits(b)).unwrap_or(0);
                 (BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * slo)
             }
         }
@@ -573,7 +593,7 @@ impl ModelBased {
     /// that also drains the backlog in time if there is one, else one for the arrivals alone.
     fn best_at(&self, m: usize, gpu: usize, load: Load) -> Option<Plan> {
         let best = |load: Load| {
-            (0..BATCH_SIZES.len())
+            (0..self.batch_sizes)
                 .filter_map(|b| self.plan(m, b, gpu, load))
                 .min_by(|a, b| a.utilization.total_cmp(&b.utilization))
         };
@@ -583,7 +603,7 @@ impl ModelBased {
     /// The smallest GPU% at which some batch size meets the SLO (binary search per batch size:
     /// more SMs never make the profile slower).
     fn smallest_slice(&self, m: usize, load: Load) -> Option<usize> {
-        (0..BATCH_SIZES.len())
+        (0..self.batch_sizes)
             .filter_map(|b| {
                 self.plan(m, b, 100, load)?;
                 let (mut lo, mut hi) = (1, 100);
@@ -602,7 +622,7 @@ impl ModelBased {
         let l = &self.learned[m];
         let (scale, _) = Self::correction(l);
         let budget = self.models[m].slo_ms * (1.0 - MARGIN);
-        (0..BATCH_SIZES.len()).any(|b| {
+        (0..self.batch_sizes).any(|b| {
             let rounds = burst.div_ceil(BATCH_SIZES[b] as usize) as f64;
             rounds * l.p50[b][gpu - 1] * scale * l.tail[b][gpu - 1] <= budget
         })
@@ -729,10 +749,10 @@ impl ModelBased {
                     None => {
                         // Degraded: the batch closest to the SLO that the slice can serve without
                         // overload, else the largest.
-                        let b = (0..BATCH_SIZES.len())
+                        let b = (0..self.batch_sizes)
                             .filter_map(|b| self.predict(m, b, gpu[m], load, 1.0).map(|(p99, _, _)| (b, p99)))
                             .min_by(|x, y| x.1.total_cmp(&y.1))
-                            .map_or(BATCH_SIZES.len() - 1, |(b, _)| b);
+                            .map_or(self.batch_sizes - 1, |(b, _)| b);
                         let formation = if load.rate > 0.0 { (BATCH_SIZES[b] as f64 - 1.0) / load.rate } else { 0.0 };
                         (
                             Allocation { gpu_pct: gpu[m] as f64, max_batch: BATCH_SIZES[b], batch_timeout_ms: formation },
@@ -832,10 +852,14 @@ impl Policy for ModelBased {
     fn initial(&mut self) -> Vec<Allocation> {
         let knees = crate::gslice::knee_allocations(&self.models);
         let Some(mode) = self.start_mode() else { return knees };
-        let (max_batch, batch_timeout_ms) = SHARED_START;
+        let (max_batch, batch_timeout_ms) = (SHARED_START.0.min(self.largest_batch()), SHARED_START.1);
         self.choice = ModeChoice::Shared { mode, batching: SharedBatching::Uniform(max_batch, batch_timeout_ms) };
         self.why = "start: no traffic seen yet".to_string();
         knees.into_iter().map(|a| Allocation { max_batch, batch_timeout_ms, ..a }).collect()
+    }
+
+    fn serve_batches_up_to(&mut self, max_batch: u32) {
+        self.batch_sizes = BATCH_SIZES.iter().filter(|&&b| b <= max_batch).count().max(1);
     }
 
     fn plan_on_levels(&mut self, levels: &[f64]) {

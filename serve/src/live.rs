@@ -223,6 +223,10 @@ pub trait LiveBackend: Send + 'static {
     fn slice_levels(&self) -> Vec<f64> {
         Vec::new()
     }
+    /// The largest batch the backend serves, if it has one (see `BackendBuilder::max_batch`).
+    fn max_batch(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// What `LiveBackend::advance` returns: the submitted requests served, each with its output row
@@ -501,6 +505,9 @@ impl<B: LiveBackend> Live<B> {
         let mut policy = gpuslice_policies::build(name, contexts, &DeviceModel::h100(), None)
             .map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
         policy.plan_on_levels(&self.backend.slice_levels());
+        if let Some(max_batch) = self.backend.max_batch() {
+            policy.serve_batches_up_to(max_batch);
+        }
         Ok(policy)
     }
 

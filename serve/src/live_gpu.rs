@@ -119,4 +119,8 @@ impl LiveBackend for GpuBackend {
     fn slice_levels(&self) -> Vec<f64> {
         self.pool_levels().to_vec()
     }
+
+    fn max_batch(&self) -> Option<u32> {
+        gpuslice_gpu::serving::GRAPH_BATCHES.last().copied()
+    }
 }

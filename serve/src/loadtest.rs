@@ -133,7 +133,7 @@ impl LoadTestReport {
         if rows.is_empty() {
             return None;
         }
-        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         let mut table = gpuslice_eval::output::table(vec!["calls", "failed", "reason"]);
         for (kind, reason, n) in rows {
             table.add_row(vec![kind.to_string(), n.to_string(), reason.clone()]);

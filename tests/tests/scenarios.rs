@@ -118,3 +118,42 @@ fn default_mps_reproduces_the_measured_h100_trio() {
     // Who suffers most: the latency-bound models, far more than the SM-bound vgg16.
     assert!(densenet > 2.0 * resnext && resnext > 1.5 * vgg, "{densenet:.2} {resnext:.2} {vgg:.2}");
 }
+
+/// The simulator as a backend whose batches stop at 32 requests, as the GPU backend's CUDA
+/// graphs do.
+struct BatchesUpTo32;
+
+impl gpuslice_control::BackendBuilder for BatchesUpTo32 {
+    fn modes(&self) -> &'static [gpuslice_simulator::Sharing] {
+        gpuslice_control::SimBuilder.modes()
+    }
+    fn max_batch(&self) -> Option<u32> {
+        Some(32)
+    }
+    fn progress_unit(&self) -> &'static str {
+        "s simulated"
+    }
+    fn build(
+        &self,
+        config: gpuslice_simulator::SimConfig,
+        setups: Vec<gpuslice_simulator::ModelSetup>,
+        control_interval_s: f64,
+        switching: bool,
+    ) -> Result<Box<dyn gpuslice_control::Backend>, gpuslice_control::BackendError> {
+        gpuslice_control::SimBuilder.build(config, setups, control_interval_s, switching)
+    }
+}
+
+#[test]
+fn model_based_plans_within_the_backends_largest_batch() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/mixed-slo-trio.toml");
+    let loaded = gpuslice_eval::scenario::LoadedScenario::load(Some(&path)).unwrap();
+    let choice = gpuslice_eval::simulate::PolicyChoice::Named("model-based".into());
+    let largest = |on: &dyn gpuslice_control::BackendBuilder| {
+        let run = gpuslice_eval::simulate::run_on(&loaded, &choice, on, false).unwrap();
+        run.intervals.iter().map(|i| i.allocation.max_batch).max().unwrap_or(0)
+    };
+    // Unbounded, it plans batches above 32 on this scenario; told the backend stops at 32, never.
+    assert!(largest(&gpuslice_control::SimBuilder) > 32);
+    assert_eq!(largest(&BatchesUpTo32), 32);
+}
