@@ -1,8 +1,10 @@
 //! The backend contract: a `Backend` serves the models, reports what happened in each control
 //! interval, and applies allocations. `SimBackend` runs the discrete-event simulator; the GPU
 //! backend (crate `gpuslice-gpu`) implements the same trait, so a policy runs unchanged offline
-//! and live.
+//! and live. `control_step` is the step of the control loop both kinds of run take each
+//! interval: the policy decides on what was observed, and its changes are applied.
 
+use gpuslice_policies::{Decision, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, Report, Sharing, SimConfig, SimError, Simulator, secs_to_ns,
 };
@@ -184,9 +186,189 @@ impl BackendBuilder for SimBuilder {
     }
 }
 
-/// Orders a control interval's allocation changes so that slices shrink before others grow: the
-/// GPU is then never oversubscribed in between. `growth` is a change's GPU% minus the model's
-/// current GPU%. Offline and live runs apply their decisions in this order.
-pub fn order_shrinking_first<T>(changes: &mut [T], growth: impl Fn(&T) -> f64) {
-    changes.sort_by(|a, b| growth(a).total_cmp(&growth(b)));
+/// What a control step changes, by the policy's model index: an offline backend directly, the
+/// live controller through its registered models.
+pub trait Steered {
+    /// Changes model `model`'s allocation.
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
+    /// Switches how the GPU is shared.
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError>;
+}
+
+impl Steered for Box<dyn Backend> {
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        self.as_mut().apply(model, allocation)
+    }
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        self.as_mut().set_sharing(sharing)
+    }
+}
+
+/// A change a control step made or tried.
+#[derive(Debug)]
+pub enum Change {
+    /// A model's new allocation, and the policy's reason.
+    Allocation {
+        /// The model (the policy's index).
+        model: usize,
+        /// Its new allocation.
+        allocation: Allocation,
+        /// Why, in the policy's words.
+        reason: String,
+    },
+    /// A new sharing mode for every model.
+    Sharing {
+        /// The mode before.
+        from: Sharing,
+        /// The mode after.
+        to: Sharing,
+    },
+}
+
+/// What a control step did: the changes applied, and those the backend refused (each leaves
+/// things as they were; serving goes on).
+#[derive(Debug, Default)]
+pub struct StepOutcome {
+    /// Applied, in order.
+    pub applied: Vec<Change>,
+    /// Refused, with why.
+    pub refused: Vec<(Change, BackendError)>,
+}
+
+/// One step of the control loop, the same offline and live: `policy` decides on the interval
+/// just `observed`; its allocation changes (but those of `held` models, e.g. pinned by an
+/// operator) are applied (`apply_shrinking_first`); then, if the policy wants another sharing
+/// mode than `sharing`, the switch (`sharing` follows it when applied).
+pub fn control_step(
+    policy: &mut dyn Policy,
+    observed: &[ModelInterval],
+    held: &dyn Fn(usize) -> bool,
+    sharing: &mut Sharing,
+    target: &mut dyn Steered,
+) -> StepOutcome {
+    let decisions: Vec<Decision> = policy.decide(observed).into_iter().filter(|d| !held(d.model)).collect();
+    let now = |m: usize| observed.get(m).map_or(0.0, |o| o.allocation.gpu_pct);
+    let mut outcome = apply_shrinking_first(decisions, &now, target);
+    let wanted = policy.sharing();
+    if wanted != *sharing {
+        let change = Change::Sharing { from: *sharing, to: wanted };
+        match target.set_sharing(wanted) {
+            Ok(()) => {
+                *sharing = wanted;
+                outcome.applied.push(change);
+            }
+            Err(e) => outcome.refused.push((change, e)),
+        }
+    }
+    outcome
+}
+
+/// Applies `decisions` with the slices that shrink (against each model's GPU% `now`) before
+/// those that grow, so that the GPU is never oversubscribed in between.
+pub fn apply_shrinking_first(
+    mut decisions: Vec<Decision>,
+    now: &dyn Fn(usize) -> f64,
+    target: &mut dyn Steered,
+) -> StepOutcome {
+    decisions.sort_by(|a, b| (a.allocation.gpu_pct - now(a.model)).total_cmp(&(b.allocation.gpu_pct - now(b.model))));
+    let mut outcome = StepOutcome::default();
+    for Decision { model, allocation, reason } in decisions {
+        let change = Change::Allocation { model, allocation, reason };
+        match target.apply(model, allocation) {
+            Ok(()) => outcome.applied.push(change),
+            Err(e) => outcome.refused.push((change, e)),
+        }
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_simulator::Counters;
+
+    /// Decides the same allocations every interval, in the given order, and wants `sharing`.
+    struct Scripted {
+        decisions: Vec<(usize, f64)>,
+        sharing: Sharing,
+    }
+
+    impl Policy for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn sharing(&self) -> Sharing {
+            self.sharing
+        }
+        fn initial(&mut self) -> Vec<Allocation> {
+            Vec::new()
+        }
+        fn decide(&mut self, _: &[ModelInterval]) -> Vec<Decision> {
+            let at = |gpu_pct| Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 1.0 };
+            self.decisions
+                .iter()
+                .map(|&(model, pct)| Decision { model, allocation: at(pct), reason: "r".into() })
+                .collect()
+        }
+    }
+
+    /// Records what it is asked, refusing one model's changes and every sharing switch.
+    #[derive(Default)]
+    struct Recorder {
+        applied: Vec<(usize, f64)>,
+        refuse_model: Option<usize>,
+    }
+
+    impl Steered for Recorder {
+        fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+            if self.refuse_model == Some(model) {
+                return Err(BackendError::Unsupported("no".into()));
+            }
+            self.applied.push((model, allocation.gpu_pct));
+            Ok(())
+        }
+        fn set_sharing(&mut self, _: Sharing) -> Result<(), BackendError> {
+            Err(BackendError::Unsupported("slices only".into()))
+        }
+    }
+
+    fn observed(gpu: &[f64]) -> Vec<ModelInterval> {
+        gpu.iter()
+            .enumerate()
+            .map(|(m, &gpu_pct)| ModelInterval {
+                model: format!("m{m}"),
+                start_s: 0.0,
+                end_s: 1.0,
+                allocation: Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 1.0 },
+                queue_len: 0,
+                summary: Counters::new().summary(1, 1),
+                batches: Vec::new(),
+                arrivals_s: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slices_shrink_before_others_grow_and_held_models_stay() {
+        // m0 grows 20 -> 50, m1 shrinks 60 -> 30, m2 shrinks 20 -> 10 but is held.
+        let mut policy = Scripted { decisions: vec![(0, 50.0), (1, 30.0), (2, 10.0)], sharing: Sharing::Spatial };
+        let mut target = Recorder::default();
+        let mut sharing = Sharing::Spatial;
+        let outcome = control_step(&mut policy, &observed(&[20.0, 60.0, 20.0]), &|m| m == 2, &mut sharing, &mut target);
+        assert_eq!(target.applied, vec![(1, 30.0), (0, 50.0)]);
+        assert_eq!(outcome.applied.len(), 2);
+        assert!(outcome.refused.is_empty());
+    }
+
+    #[test]
+    fn a_refused_change_is_reported_and_the_others_still_apply() {
+        let mut policy = Scripted { decisions: vec![(0, 50.0), (1, 30.0)], sharing: Sharing::DefaultMps };
+        let mut target = Recorder { refuse_model: Some(1), ..Recorder::default() };
+        let mut sharing = Sharing::Spatial;
+        let outcome = control_step(&mut policy, &observed(&[20.0, 60.0]), &|_| false, &mut sharing, &mut target);
+        assert_eq!(target.applied, vec![(0, 50.0)]);
+        assert_eq!(outcome.refused.len(), 2, "model 1's change and the sharing switch");
+        assert!(matches!(outcome.refused[1].0, Change::Sharing { from: Sharing::Spatial, to: Sharing::DefaultMps }));
+        assert_eq!(sharing, Sharing::Spatial, "a refused switch leaves the mode as it was");
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::scenario::LoadedScenario;
 use anyhow::Result;
-use gpuslice_control::{BackendBuilder, DeviceSample, SimBuilder, StageSummary};
+use gpuslice_control::{BackendBuilder, Change, DeviceSample, SimBuilder, StageSummary, control_step};
 use gpuslice_policies::{DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{ModelInterval, Report, Sharing};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -150,47 +150,31 @@ pub fn run_on(
     while let Some(observed) = backend.next_interval() {
         device.extend(backend.device());
         let now = observed.first().map_or(0.0, |o| o.end_s);
-        let mut chosen = policy.decide(&observed);
-        gpuslice_control::order_shrinking_first(&mut chosen, |d| {
-            d.allocation.gpu_pct - observed[d.model].allocation.gpu_pct
-        });
-        for d in chosen {
-            // A refused decision leaves the model as it was; serving goes on.
-            if let Err(e) = backend.apply(d.model, d.allocation) {
-                tracing::warn!(time_s = now, model = %names[d.model], error = %e, reason = %d.reason, "decision refused");
-                refused += 1;
-                continue;
-            }
-            tracing::debug!(time_s = now, model = %names[d.model], gpu_pct = d.allocation.gpu_pct, max_batch = d.allocation.max_batch, reason = %d.reason, "reallocation");
-            decisions.push(TimedDecision {
-                time_s: now,
-                model: names[d.model].clone(),
-                gpu_pct: d.allocation.gpu_pct,
-                max_batch: d.allocation.max_batch,
-                batch_timeout_ms: d.allocation.batch_timeout_ms,
-                reason: d.reason,
-            });
+        let step = control_step(policy.as_mut(), &observed, &|_| false, &mut sharing_now, &mut backend);
+        for (change, e) in &step.refused {
+            tracing::warn!(time_s = now, change = %describe(change, &names), error = %e, "decision refused");
         }
-        let wanted = policy.sharing();
-        if wanted != sharing_now {
-            match backend.set_sharing(wanted) {
-                Ok(()) => {
-                    tracing::debug!(time_s = now, from = %sharing_now, to = %wanted, "sharing switched");
-                    decisions.push(TimedDecision {
-                        time_s: now,
-                        model: "(all)".into(),
-                        gpu_pct: f64::NAN,
-                        max_batch: 0,
-                        batch_timeout_ms: f64::NAN,
-                        reason: format!("sharing {sharing_now} -> {wanted}"),
-                    });
-                    sharing_now = wanted;
-                }
-                Err(e) => {
-                    tracing::warn!(time_s = now, to = %wanted, error = %e, "sharing switch refused");
-                    refused += 1;
-                }
-            }
+        refused += step.refused.len();
+        for change in step.applied {
+            tracing::debug!(time_s = now, change = %describe(&change, &names), "applied");
+            decisions.push(match change {
+                Change::Allocation { model, allocation, reason } => TimedDecision {
+                    time_s: now,
+                    model: names[model].clone(),
+                    gpu_pct: allocation.gpu_pct,
+                    max_batch: allocation.max_batch,
+                    batch_timeout_ms: allocation.batch_timeout_ms,
+                    reason,
+                },
+                Change::Sharing { from, to } => TimedDecision {
+                    time_s: now,
+                    model: "(all)".into(),
+                    gpu_pct: f64::NAN,
+                    max_batch: 0,
+                    batch_timeout_ms: f64::NAN,
+                    reason: format!("sharing {from} -> {to}"),
+                },
+            });
         }
         intervals.extend(observed.into_iter().map(|i| ModelInterval {
             batches: Vec::new(),
@@ -215,4 +199,15 @@ pub fn run_on(
         "run finished"
     );
     Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, device, stages, wall })
+}
+
+/// A change in words, for logs.
+fn describe(change: &Change, names: &[String]) -> String {
+    match change {
+        Change::Allocation { model, allocation, reason } => format!(
+            "{}: GPU% {}, batch up to {}, wait {} ms ({reason})",
+            names[*model], allocation.gpu_pct, allocation.max_batch, allocation.batch_timeout_ms
+        ),
+        Change::Sharing { from, to } => format!("sharing {from} -> {to}"),
+    }
 }

@@ -4,9 +4,9 @@
 //! it runs the policy and applies its decisions, which it also broadcasts. A model's start-up
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
-use gpuslice_control::BackendError;
+use gpuslice_control::{BackendError, Change, Steered, StepOutcome, apply_shrinking_first, control_step};
 use gpuslice_gpu::serving::{Computed, ModelSource};
-use gpuslice_policies::{DeviceModel, ModelContext, Policy};
+use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
     Simulator, Summary, Ticket, secs_to_ns,
@@ -214,6 +214,10 @@ pub trait LiveBackend: Send + 'static {
     fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
     /// Whole-run figures so far.
     fn report(&mut self) -> Report;
+    /// Switches how the GPU is shared (a backend that offers no modes refuses).
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!("this backend serves slices only, not {sharing}")))
+    }
 
     /// Why `model` serves nothing any more, if it has failed (its workers failed too often).
     fn failure(&self, _model: usize) -> Option<String> {
@@ -333,11 +337,29 @@ struct Live<B: LiveBackend> {
     entries: Vec<Entry>,
     policy_name: String,
     policy: Box<dyn Policy>,
+    /// How the GPU is shared now (slices until a policy switches).
+    sharing: Sharing,
     waiting: HashMap<Ticket, Reply<InferDone>>,
     decisions: broadcast::Sender<DecisionEvent>,
     /// Models starting up, by name.
     starting: std::collections::HashSet<String>,
     prepared: mpsc::UnboundedSender<Prepared<B::Prepared>>,
+}
+
+/// The registered models as the control step steers them: the policy's index is the entry's,
+/// the backend's is the entry's `index`.
+struct Registered<'a, B: LiveBackend> {
+    backend: &'a mut B,
+    entries: &'a [Entry],
+}
+
+impl<B: LiveBackend> Steered for Registered<'_, B> {
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        self.backend.set_allocation(self.entries[model].index, allocation)
+    }
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        self.backend.set_sharing(sharing)
+    }
 }
 
 /// The running controller task and how to stop it.
@@ -380,6 +402,7 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
         entries: Vec::new(),
         policy_name: config.policy,
         policy,
+        sharing: Sharing::Spatial,
         waiting: HashMap::new(),
         decisions: decisions.clone(),
         starting: Default::default(),
@@ -464,39 +487,54 @@ impl<B: LiveBackend> Live<B> {
         }
     }
 
-    /// One control interval: observe, decide, apply.
+    /// One control interval: observe, then the control step offline runs take too.
     fn control(&mut self) {
         let all = self.backend.take_interval();
         if self.entries.is_empty() {
             return;
         }
         let observed: Vec<_> = self.entries.iter().map(|e| all[e.index].clone()).collect();
-        let decisions = self.policy.decide(&observed);
+        let entries = &self.entries;
+        let held = |e: usize| entries[e].pinned.is_some();
+        let mut target = Registered { backend: &mut self.backend, entries };
+        let outcome = control_step(self.policy.as_mut(), &observed, &held, &mut self.sharing, &mut target);
         let source = self.policy_name.clone();
-        let targets = decisions
-            .into_iter()
-            .filter(|d| self.entries[d.model].pinned.is_none())
-            .map(|d| (d.model, d.allocation, d.reason))
-            .collect();
-        self.apply(targets, &source);
+        self.publish(outcome, &source);
     }
 
-    /// Applies allocations (slices that shrink first, so the GPU is never oversubscribed in
-    /// between) and broadcasts each. Ones the backend refuses are logged and skipped.
-    fn apply(&mut self, mut targets: Vec<(usize, Allocation, String)>, source: &str) {
-        let current =
-            |this: &Self, e: usize| this.backend.allocation(this.entries[e].index).map(|a| a.gpu_pct).unwrap_or(0.0);
-        gpuslice_control::order_shrinking_first(&mut targets, |t| t.1.gpu_pct - current(self, t.0));
+    /// Applies allocations (by entry), slices that shrink first, and publishes what was done.
+    fn apply(&mut self, targets: Vec<(usize, Allocation, String)>, source: &str) {
+        let decisions =
+            targets.into_iter().map(|(model, allocation, reason)| Decision { model, allocation, reason }).collect();
+        let (backend, entries) = (&self.backend, &self.entries);
+        let now: Vec<f64> =
+            entries.iter().map(|e| backend.allocation(e.index).map(|a| a.gpu_pct).unwrap_or(0.0)).collect();
+        let mut target = Registered { backend: &mut self.backend, entries: &self.entries };
+        let outcome = apply_shrinking_first(decisions, &|e| now[e], &mut target);
+        self.publish(outcome, source);
+    }
+
+    /// Broadcasts each applied allocation (WatchDecisions) and logs what was refused.
+    fn publish(&mut self, outcome: StepOutcome, source: &str) {
         let time_s = self.now().as_secs_f64();
-        for (e, allocation, reason) in targets {
-            let name = self.entries[e].context.name.clone();
-            if let Err(err) = self.backend.set_allocation(self.entries[e].index, allocation) {
-                tracing::warn!(model = %name, error = %err, %reason, "decision refused");
-                continue;
+        let name = |e: usize| self.entries[e].context.name.clone();
+        for (change, err) in outcome.refused {
+            match change {
+                Change::Allocation { model, reason, .. } => {
+                    tracing::warn!(model = %name(model), error = %err, %reason, "decision refused")
+                }
+                Change::Sharing { to, .. } => tracing::warn!(to = %to, error = %err, "sharing switch refused"),
             }
-            tracing::debug!(model = %name, gpu_pct = allocation.gpu_pct, max_batch = allocation.max_batch, %reason, "reallocation");
-            let _ =
-                self.decisions.send(DecisionEvent { time_s, model: name, allocation, reason, source: source.into() });
+        }
+        for change in outcome.applied {
+            match change {
+                Change::Allocation { model, allocation, reason } => {
+                    tracing::debug!(model = %name(model), gpu_pct = allocation.gpu_pct, max_batch = allocation.max_batch, %reason, "reallocation");
+                    let event = DecisionEvent { time_s, model: name(model), allocation, reason, source: source.into() };
+                    let _ = self.decisions.send(event);
+                }
+                Change::Sharing { from, to } => tracing::info!(%from, %to, "sharing switched"),
+            }
         }
     }
 
