@@ -1,13 +1,21 @@
 //! The backend contract: a `Backend` serves the models, reports what happened in each control
 //! interval, and applies allocations. `SimBackend` runs the discrete-event simulator; the GPU
 //! backend (crate `gpuslice-gpu`) implements the same trait, so a policy runs unchanged offline
-//! and live. `control_step` is the step of the control loop both kinds of run take each
+//! and live; a live backend also takes models and single requests while it serves
+//! (`LiveBackend`). `control_step` is the step of the control loop both kinds of run take each
 //! interval: the policy decides on what was observed, and its changes are applied.
+
+pub mod tensors;
 
 use gpuslice_policies::{Decision, Policy};
 use gpuslice_simulator::{
-    Allocation, ModelInterval, ModelSetup, Report, Sharing, SimConfig, SimError, Simulator, secs_to_ns,
+    Allocation, ModelInterval, ModelSetup, Report, RequestRecord, ServiceModel, Sharing, SimConfig, SimError,
+    Simulator, Ticket, secs_to_ns,
 };
+use gpuslice_traces::{ArrivalProcess, LatencyModel};
+use std::sync::Arc;
+use std::time::Duration;
+use tensors::ModelIo;
 
 /// A backend refused an allocation or failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +55,155 @@ pub trait Backend {
     /// Per model, where its requests' time went, where the backend measures the stages.
     fn stage_times(&mut self) -> Vec<StageSummary> {
         Vec::new()
+    }
+}
+
+/// What the live controller serves on. Models are added and retired while it runs, and their
+/// requests come one at a time (`submit`); indices are stable (a retired model keeps its own).
+pub trait LiveBackend: Send + 'static {
+    /// A model made ready to serve (on a GPU: its worker processes, started).
+    type Prepared: Send + 'static;
+    /// A job that readies `model` to start at `gpu_pct`; it may take seconds, so the controller
+    /// runs it off its task.
+    fn preparer(
+        &self,
+        model: &ModelSource,
+        gpu_pct: f64,
+    ) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
+    /// Keeps `gpu_pct` free while other models shrink to make room for a new one (where the
+    /// backend rounds shares, so that making room really frees it); 0 ends the reservation.
+    fn reserve(&mut self, _gpu_pct: f64) {}
+    /// Starts serving `model` with what its preparer readied; returns its index.
+    fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
+    /// Takes no more requests; serves those it accepted.
+    fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
+    /// Queues one request for `model` with its input row (None: zeros).
+    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError>;
+    /// Serves up to `now` (since the backend started); returns the submitted requests served
+    /// (with their output rows, where the backend computes them) and dropped since the last call.
+    fn advance(&mut self, now: Duration) -> Served;
+    /// What each model (by index) saw since the last call.
+    fn take_interval(&mut self) -> Vec<ModelInterval>;
+    /// The allocation of `model` now.
+    fn allocation(&self, model: usize) -> Result<Allocation, BackendError>;
+    /// Changes the allocation of `model` (after the backend's reallocation cost).
+    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
+    /// Whole-run figures so far.
+    fn report(&mut self) -> Report;
+    /// Switches how the GPU is shared (a backend that offers no modes refuses).
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!("this backend serves slices only, not {sharing}")))
+    }
+
+    /// Why `model` serves nothing any more, if it has failed (its workers failed too often).
+    fn failure(&self, _model: usize) -> Option<String> {
+        None
+    }
+    /// The GPU% levels slices are served at, where the backend has such levels (a standby pool).
+    fn slice_levels(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// The largest batch the backend serves, if it has one (see `BackendBuilder::max_batch`).
+    fn max_batch(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// What `LiveBackend::advance` returns: the submitted requests served, each with its output row
+/// and copy times where the backend computes them, and the tickets of those dropped.
+pub type Served = (Vec<(RequestRecord, Option<Computed>)>, Vec<Ticket>);
+
+/// A model as the backend serves it.
+pub struct LiveModel {
+    /// The model's name.
+    pub name: String,
+    /// Its latency SLO, ms.
+    pub slo_ms: f64,
+    /// Its latency profile.
+    pub latency: Arc<LatencyModel>,
+    /// Its allocation now.
+    pub allocation: Allocation,
+    /// What its workers run.
+    pub source: ModelSource,
+}
+
+/// Registered models have no generated arrivals: every request comes through Infer.
+struct Submitted;
+impl ArrivalProcess for Submitted {
+    fn next_arrival(&mut self) -> Option<f64> {
+        None
+    }
+}
+
+/// The simulator, run in wall-clock time: a model's service is its profile's latency.
+impl LiveBackend for Simulator {
+    type Prepared = ();
+    fn preparer(&self, _: &ModelSource, _: f64) -> Box<dyn FnOnce() -> Result<(), BackendError> + Send> {
+        Box::new(|| Ok(()))
+    }
+    fn add_model(&mut self, model: LiveModel, _: ()) -> Result<usize, BackendError> {
+        let setup = ModelSetup {
+            name: model.name,
+            slo_ms: model.slo_ms,
+            service: ServiceModel::Calibrated { latency: model.latency, jitter: true },
+            allocation: model.allocation,
+            arrivals: Box::new(Submitted),
+        };
+        Ok(Simulator::add_model(self, setup)?)
+    }
+    fn retire_model(&mut self, model: usize) -> Result<(), BackendError> {
+        Ok(Simulator::retire_model(self, model)?)
+    }
+    /// The input is not read: the simulator serves by the profile.
+    fn submit(&mut self, model: usize, _input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
+        Ok(Simulator::submit(self, model)?)
+    }
+    /// The simulator computes no outputs: only when each request would complete.
+    fn advance(&mut self, now: Duration) -> Served {
+        self.run_until(secs_to_ns(now.as_secs_f64()));
+        let (done, dropped) = self.take_finished();
+        (done.into_iter().map(|r| (r, None)).collect(), dropped)
+    }
+    fn take_interval(&mut self) -> Vec<ModelInterval> {
+        Simulator::take_interval(self)
+    }
+    fn allocation(&self, model: usize) -> Result<Allocation, BackendError> {
+        Ok(Simulator::allocation(self, model)?)
+    }
+    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        Ok(Simulator::set_allocation(self, model, allocation)?)
+    }
+    fn report(&mut self) -> Report {
+        Simulator::report(self)
+    }
+}
+
+/// A request's output row and its batch's copy times.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    /// Its output row, as the worker wrote it.
+    pub output: Vec<u8>,
+    /// Its batch's host-to-device copy, ms (CUDA events; 0 from GPU-less workers).
+    pub h2d_ms: f64,
+    /// Its batch's device-to-host copy, ms.
+    pub d2h_ms: f64,
+}
+
+/// What a model's workers run.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// The program (see `WorkerSpec::model`).
+    pub program: String,
+    /// Its tensors.
+    pub io: ModelIo,
+    /// Whether it computes in half precision.
+    pub half: bool,
+}
+
+impl ModelSource {
+    /// A torchvision classifier with random weights (benchmarks), in half precision.
+    pub fn torchvision(name: &str) -> ModelSource {
+        ModelSource { program: name.to_string(), io: ModelIo::image_classifier(), half: true }
     }
 }
 

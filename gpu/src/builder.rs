@@ -1,7 +1,8 @@
 //! The GPU as the backend of a scenario run (`gpuslice gpu-run`): builds a `GpuBackend` from the
 //! run's models, with its own MPS daemon where the sharing mode needs one.
 
-use crate::serving::{GRAPH_BATCHES, GpuBackend, GpuModelSetup, ModelSource, WorkerStarter, WorkerTemplate};
+use crate::serving::{GRAPH_BATCHES, GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+use gpuslice_control::ModelSource;
 use gpuslice_control::{Backend, BackendBuilder, BackendError};
 use gpuslice_simulator::{ModelSetup, Sharing, SimConfig};
 use std::time::Duration;

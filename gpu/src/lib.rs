@@ -2,8 +2,8 @@
 //! serves models on them behind the `Backend` trait.
 
 pub mod builder;
+pub mod live;
 pub mod mps;
 pub mod serving;
 pub mod telemetry;
-pub mod tensors;
 pub mod worker;

@@ -7,9 +7,9 @@
 
 use crate::mps::MpsDaemon;
 use crate::telemetry::Telemetry;
-use crate::tensors::ModelIo;
 use crate::worker::{Completion, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
 use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
+use gpuslice_control::{Computed, ModelSource};
 use gpuslice_simulator::{
     ARRIVAL_TIMES_PER_INTERVAL, Allocation, BATCH_SAMPLES_PER_INTERVAL, BatchSample, Counters, IntervalRing,
     ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket,
@@ -165,35 +165,6 @@ pub struct Answered {
     pub record: RequestRecord,
     /// What the worker computed for it.
     pub computed: Computed,
-}
-
-/// A request's output row and its batch's copy times.
-#[derive(Debug, Clone)]
-pub struct Computed {
-    /// Its output row, as the worker wrote it.
-    pub output: Vec<u8>,
-    /// Its batch's host-to-device copy, ms (CUDA events; 0 from GPU-less workers).
-    pub h2d_ms: f64,
-    /// Its batch's device-to-host copy, ms.
-    pub d2h_ms: f64,
-}
-
-/// What a model's workers run.
-#[derive(Debug, Clone)]
-pub struct ModelSource {
-    /// The program (see `WorkerSpec::model`).
-    pub program: String,
-    /// Its tensors.
-    pub io: ModelIo,
-    /// Whether it computes in half precision.
-    pub half: bool,
-}
-
-impl ModelSource {
-    /// A torchvision classifier with random weights (benchmarks), in half precision.
-    pub fn torchvision(name: &str) -> ModelSource {
-        ModelSource { program: name.to_string(), io: ModelIo::image_classifier(), half: true }
-    }
 }
 
 /// What a model's dispatcher and the backend share.

@@ -7,7 +7,7 @@
 //! stream. A thread reads its completions as they come, stamps them, and wakes whoever waits
 //! (`on_output`).
 
-use crate::tensors::ModelIo;
+use gpuslice_control::tensors::ModelIo;
 use memmap2::MmapMut;
 use serde::Deserialize;
 use std::collections::VecDeque;

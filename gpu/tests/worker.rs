@@ -1,9 +1,9 @@
 //! The worker protocol against the shipped worker in its GPU-less mode (`--fake-ms`), and MPS
 //! detection. The GPU runs of the same worker are in scripts/gpu-test.sh.
 
+use gpuslice_control::ModelSource;
+use gpuslice_control::tensors::{DataType, ModelIo, TensorSpec};
 use gpuslice_gpu::mps::{MpsDaemon, MpsError};
-use gpuslice_gpu::serving::ModelSource;
-use gpuslice_gpu::tensors::{DataType, ModelIo, TensorSpec};
 use gpuslice_gpu::worker::{Worker, WorkerError, WorkerSpec, default_script};
 
 /// A small model: 4 FP32 in, 2 FP32 out per request (the fake worker answers each row's sum).

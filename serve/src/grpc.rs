@@ -9,7 +9,7 @@ use crate::proto::*;
 use crate::repository::Repository;
 use anyhow::Context;
 use futures_util::future::try_join_all;
-use gpuslice_gpu::serving::ModelSource;
+use gpuslice_control::ModelSource;
 use gpuslice_simulator::Summary;
 use gpuslice_traces::{LatencyModel, Source};
 use std::net::SocketAddr;

@@ -12,7 +12,7 @@ use crate::inference::*;
 use crate::live::{Command, LiveError, LiveHandle, ModelView};
 use crate::repository::Repository;
 use futures_util::future::try_join_all;
-use gpuslice_gpu::tensors::{DataType, TensorSpec};
+use gpuslice_control::tensors::{DataType, TensorSpec};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 

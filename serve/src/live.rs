@@ -4,14 +4,13 @@
 //! it runs the policy and applies its decisions, which it also broadcasts. A model's start-up
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
-use gpuslice_control::{BackendError, Change, Steered, StepOutcome, apply_shrinking_first, control_step};
-use gpuslice_gpu::serving::{Computed, ModelSource};
-use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
-use gpuslice_simulator::{
-    Allocation, ModelInterval, ModelSetup, ReallocationCost, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
-    Simulator, Summary, Ticket, secs_to_ns,
+use gpuslice_control::{
+    BackendError, Change, Computed, LiveBackend, LiveModel, ModelSource, Steered, StepOutcome, apply_shrinking_first,
+    control_step,
 };
-use gpuslice_traces::{ArrivalProcess, LatencyModel};
+use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
+use gpuslice_simulator::{Allocation, ReallocationCost, Sharing, SimConfig, Simulator, Summary, Ticket};
+use gpuslice_traces::LatencyModel;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -179,126 +178,6 @@ impl LiveHandle {
         let gone = || LiveError::Unavailable("the controller has stopped".into());
         self.commands.send(make(tx)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
-    }
-}
-
-/// What the live controller serves on. Models are added and retired while it runs, and their
-/// requests come one at a time (`submit`); indices are stable (a retired model keeps its own).
-pub trait LiveBackend: Send + 'static {
-    /// A model made ready to serve (on a GPU: its worker processes, started).
-    type Prepared: Send + 'static;
-    /// A job that readies `model` to start at `gpu_pct`; it may take seconds, so the controller
-    /// runs it off its task.
-    fn preparer(
-        &self,
-        model: &ModelSource,
-        gpu_pct: f64,
-    ) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
-    /// Keeps `gpu_pct` free while other models shrink to make room for a new one (where the
-    /// backend rounds shares, so that making room really frees it); 0 ends the reservation.
-    fn reserve(&mut self, _gpu_pct: f64) {}
-    /// Starts serving `model` with what its preparer readied; returns its index.
-    fn add_model(&mut self, model: LiveModel, prepared: Self::Prepared) -> Result<usize, BackendError>;
-    /// Takes no more requests; serves those it accepted.
-    fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
-    /// Queues one request for `model` with its input row (None: zeros).
-    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError>;
-    /// Serves up to `now` (since the backend started); returns the submitted requests served
-    /// (with their output rows, where the backend computes them) and dropped since the last call.
-    fn advance(&mut self, now: Duration) -> Served;
-    /// What each model (by index) saw since the last call.
-    fn take_interval(&mut self) -> Vec<ModelInterval>;
-    /// The allocation of `model` now.
-    fn allocation(&self, model: usize) -> Result<Allocation, BackendError>;
-    /// Changes the allocation of `model` (after the backend's reallocation cost).
-    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
-    /// Whole-run figures so far.
-    fn report(&mut self) -> Report;
-    /// Switches how the GPU is shared (a backend that offers no modes refuses).
-    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported(format!("this backend serves slices only, not {sharing}")))
-    }
-
-    /// Why `model` serves nothing any more, if it has failed (its workers failed too often).
-    fn failure(&self, _model: usize) -> Option<String> {
-        None
-    }
-    /// The GPU% levels slices are served at, where the backend has such levels (a standby pool).
-    fn slice_levels(&self) -> Vec<f64> {
-        Vec::new()
-    }
-    /// The largest batch the backend serves, if it has one (see `BackendBuilder::max_batch`).
-    fn max_batch(&self) -> Option<u32> {
-        None
-    }
-}
-
-/// What `LiveBackend::advance` returns: the submitted requests served, each with its output row
-/// and copy times where the backend computes them, and the tickets of those dropped.
-pub type Served = (Vec<(RequestRecord, Option<Computed>)>, Vec<Ticket>);
-
-/// A model as the backend serves it.
-pub struct LiveModel {
-    /// The model's name.
-    pub name: String,
-    /// Its latency SLO, ms.
-    pub slo_ms: f64,
-    /// Its latency profile.
-    pub latency: Arc<LatencyModel>,
-    /// Its allocation now.
-    pub allocation: Allocation,
-    /// What its workers run.
-    pub source: ModelSource,
-}
-
-/// Registered models have no generated arrivals: every request comes through Infer.
-struct Submitted;
-impl ArrivalProcess for Submitted {
-    fn next_arrival(&mut self) -> Option<f64> {
-        None
-    }
-}
-
-/// The simulator, run in wall-clock time: a model's service is its profile's latency.
-impl LiveBackend for Simulator {
-    type Prepared = ();
-    fn preparer(&self, _: &ModelSource, _: f64) -> Box<dyn FnOnce() -> Result<(), BackendError> + Send> {
-        Box::new(|| Ok(()))
-    }
-    fn add_model(&mut self, model: LiveModel, _: ()) -> Result<usize, BackendError> {
-        let setup = ModelSetup {
-            name: model.name,
-            slo_ms: model.slo_ms,
-            service: ServiceModel::Calibrated { latency: model.latency, jitter: true },
-            allocation: model.allocation,
-            arrivals: Box::new(Submitted),
-        };
-        Ok(Simulator::add_model(self, setup)?)
-    }
-    fn retire_model(&mut self, model: usize) -> Result<(), BackendError> {
-        Ok(Simulator::retire_model(self, model)?)
-    }
-    /// The input is not read: the simulator serves by the profile.
-    fn submit(&mut self, model: usize, _input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
-        Ok(Simulator::submit(self, model)?)
-    }
-    /// The simulator computes no outputs: only when each request would complete.
-    fn advance(&mut self, now: Duration) -> Served {
-        self.run_until(secs_to_ns(now.as_secs_f64()));
-        let (done, dropped) = self.take_finished();
-        (done.into_iter().map(|r| (r, None)).collect(), dropped)
-    }
-    fn take_interval(&mut self) -> Vec<ModelInterval> {
-        Simulator::take_interval(self)
-    }
-    fn allocation(&self, model: usize) -> Result<Allocation, BackendError> {
-        Ok(Simulator::allocation(self, model)?)
-    }
-    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
-        Ok(Simulator::set_allocation(self, model, allocation)?)
-    }
-    fn report(&mut self) -> Report {
-        Simulator::report(self)
     }
 }
 

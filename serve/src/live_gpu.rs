@@ -1,14 +1,9 @@
-//! `serve --backend gpu`: the live controller on the GPU backend. Each registered model gets its
-//! worker processes (under a private MPS daemon, one per standby pool level), started off the
-//! controller's task; Infer calls are queued on the model's dispatcher and answered from its
-//! completions.
+//! `serve --backend gpu`: the `[gpu]` settings and the GPU backend started with them, for the
+//! live controller (the backend's live side is `gpuslice_gpu::live`).
 
-use crate::live::{LiveBackend, LiveModel, Served};
-use gpuslice_control::{Backend, BackendError};
-use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, ModelSource, ModelWorkers, WorkerStarter, WorkerTemplate};
-use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing, Ticket};
+use gpuslice_gpu::serving::{GpuBackend, WorkerStarter, WorkerTemplate};
+use gpuslice_simulator::Sharing;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How `serve --backend gpu` runs its workers (the `[gpu]` part of node.toml).
@@ -53,74 +48,4 @@ pub fn start(serving: &GpuServing, drop_after_ms: Option<f64>) -> anyhow::Result
         WorkerStarter::for_mode(template, Sharing::Spatial)?,
         Sharing::Spatial,
     )?)
-}
-
-impl LiveBackend for GpuBackend {
-    type Prepared = ModelWorkers;
-
-    fn preparer(
-        &self,
-        model: &ModelSource,
-        gpu_pct: f64,
-    ) -> Box<dyn FnOnce() -> Result<ModelWorkers, BackendError> + Send> {
-        let (starter, model) = (self.starter(), model.clone());
-        Box::new(move || Ok(starter.start(&model, gpu_pct)?))
-    }
-
-    fn reserve(&mut self, gpu_pct: f64) {
-        GpuBackend::reserve(self, gpu_pct)
-    }
-
-    fn add_model(&mut self, model: LiveModel, workers: ModelWorkers) -> Result<usize, BackendError> {
-        let setup = GpuModelSetup {
-            name: model.name,
-            source: model.source,
-            slo_ms: model.slo_ms,
-            allocation: model.allocation,
-            arrivals: None,
-        };
-        Ok(GpuBackend::add_model(self, setup, workers)?)
-    }
-
-    fn retire_model(&mut self, model: usize) -> Result<(), BackendError> {
-        Ok(GpuBackend::retire_model(self, model)?)
-    }
-
-    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
-        Ok(GpuBackend::submit(self, model, input)?)
-    }
-
-    /// The GPU serves in real time: nothing to advance, only completions to collect.
-    fn advance(&mut self, _now: Duration) -> Served {
-        let (done, dropped) = self.take_answered();
-        (done.into_iter().map(|a| (a.record, Some(a.computed))).collect(), dropped)
-    }
-
-    fn take_interval(&mut self) -> Vec<ModelInterval> {
-        GpuBackend::take_interval(self)
-    }
-
-    fn allocation(&self, model: usize) -> Result<Allocation, BackendError> {
-        Ok(GpuBackend::allocation(self, model)?)
-    }
-
-    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
-        self.apply(model, allocation)
-    }
-
-    fn report(&mut self) -> Report {
-        Backend::report(self)
-    }
-
-    fn failure(&self, model: usize) -> Option<String> {
-        GpuBackend::failure(self, model)
-    }
-
-    fn slice_levels(&self) -> Vec<f64> {
-        self.pool_levels().to_vec()
-    }
-
-    fn max_batch(&self) -> Option<u32> {
-        gpuslice_gpu::serving::GRAPH_BATCHES.last().copied()
-    }
 }

@@ -27,8 +27,8 @@
 //! Names are confined to a fixed charset and files to the model's own folder.
 
 use crate::live::ModelSpec;
-use gpuslice_gpu::serving::ModelSource;
-use gpuslice_gpu::tensors::{ModelIo, TensorSpec, plain_name};
+use gpuslice_control::ModelSource;
+use gpuslice_control::tensors::{ModelIo, TensorSpec, plain_name};
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -64,7 +64,7 @@ pub fn group_label(group: &[Placement]) -> String {
 /// when `daemon` is None; CUDA graphs for `batches`.
 pub fn worker_spec(p: &Placement, batches: Vec<u32>, daemon: Option<&MpsDaemon>, fake_ms: Option<f64>) -> WorkerSpec {
     WorkerSpec {
-        io: gpuslice_gpu::tensors::ModelIo::image_classifier(),
+        io: gpuslice_control::tensors::ModelIo::image_classifier(),
         half: true,
         model: p.model.clone(),
         batches,

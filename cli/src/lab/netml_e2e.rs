@@ -265,7 +265,7 @@ pub fn run(o: &E2eOptions) -> Result<()> {
     let mut gpu = GpuTransfer::new(&receiver.pool, capacity, max_packets).context("GPU transfer")?;
     let mps = o.gpu_pct.map(|_| MpsDaemon::start_private()).transpose()?;
     let spec = WorkerSpec {
-        io: gpuslice_gpu::tensors::ModelIo::image_classifier(),
+        io: gpuslice_control::tensors::ModelIo::image_classifier(),
         half: true,
         model: o.model.to_string(),
         batches: vec![o.batch],

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 fn spec(model: &str, batch: u32, env: Vec<(String, String)>, green_sms: Vec<u32>) -> WorkerSpec {
     WorkerSpec {
-        io: gpuslice_gpu::tensors::ModelIo::image_classifier(),
+        io: gpuslice_control::tensors::ModelIo::image_classifier(),
         half: true,
         model: model.into(),
         batches: vec![batch],

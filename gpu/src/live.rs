@@ -1,0 +1,80 @@
+//! The GPU backend as the live controller's (`LiveBackend`): each registered model gets its
+//! worker processes (under a private MPS daemon, one per standby pool level), started off the
+//! controller's task; requests are queued on the model's dispatcher and answered from its
+//! completions.
+
+use crate::serving::{GRAPH_BATCHES, GpuBackend, GpuModelSetup, ModelWorkers};
+use gpuslice_control::{Backend, BackendError, LiveBackend, LiveModel, ModelSource, Served};
+use gpuslice_simulator::{Allocation, ModelInterval, Report, Ticket};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl LiveBackend for GpuBackend {
+    type Prepared = ModelWorkers;
+
+    fn preparer(
+        &self,
+        model: &ModelSource,
+        gpu_pct: f64,
+    ) -> Box<dyn FnOnce() -> Result<ModelWorkers, BackendError> + Send> {
+        let (starter, model) = (self.starter(), model.clone());
+        Box::new(move || Ok(starter.start(&model, gpu_pct)?))
+    }
+
+    fn reserve(&mut self, gpu_pct: f64) {
+        GpuBackend::reserve(self, gpu_pct)
+    }
+
+    fn add_model(&mut self, model: LiveModel, workers: ModelWorkers) -> Result<usize, BackendError> {
+        let setup = GpuModelSetup {
+            name: model.name,
+            source: model.source,
+            slo_ms: model.slo_ms,
+            allocation: model.allocation,
+            arrivals: None,
+        };
+        Ok(GpuBackend::add_model(self, setup, workers)?)
+    }
+
+    fn retire_model(&mut self, model: usize) -> Result<(), BackendError> {
+        Ok(GpuBackend::retire_model(self, model)?)
+    }
+
+    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
+        Ok(GpuBackend::submit(self, model, input)?)
+    }
+
+    /// The GPU serves in real time: nothing to advance, only completions to collect.
+    fn advance(&mut self, _now: Duration) -> Served {
+        let (done, dropped) = self.take_answered();
+        (done.into_iter().map(|a| (a.record, Some(a.computed))).collect(), dropped)
+    }
+
+    fn take_interval(&mut self) -> Vec<ModelInterval> {
+        GpuBackend::take_interval(self)
+    }
+
+    fn allocation(&self, model: usize) -> Result<Allocation, BackendError> {
+        Ok(GpuBackend::allocation(self, model)?)
+    }
+
+    fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        self.apply(model, allocation)
+    }
+
+    fn report(&mut self) -> Report {
+        Backend::report(self)
+    }
+
+    fn failure(&self, model: usize) -> Option<String> {
+        GpuBackend::failure(self, model)
+    }
+
+    fn slice_levels(&self) -> Vec<f64> {
+        self.pool_levels().to_vec()
+    }
+
+    fn max_batch(&self) -> Option<u32> {
+        GRAPH_BATCHES.last().copied()
+    }
+}
