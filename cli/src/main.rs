@@ -155,7 +155,7 @@ enum Command {
         /// on worker processes under a private MPS daemon (see the config's [gpu]) [default:
         /// the config's, or sim].
         #[arg(long)]
-        backend: Option<String>,
+        backend: Option<gpuslice_serve::node::BackendKind>,
         /// gRPC address; loopback unless told otherwise [default: 127.0.0.1:50051, or the config's].
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,

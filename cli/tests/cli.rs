@@ -460,3 +460,17 @@ fn the_table_says_what_its_allocations_are() {
         assert!(text.contains("SM-time used") && !text.contains("GPU util"), "{text}");
     }
 }
+
+#[test]
+fn an_unknown_backend_is_refused_naming_the_choices() {
+    let flag = gpuslice(&["serve", "--backend", "cuda"]);
+    assert!(!flag.status.success());
+    assert!(stderr(&flag).contains("use sim (the simulator) or gpu"), "{}", stderr(&flag));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "backend = \"tpu\"\n").unwrap();
+    let file = gpuslice(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!file.status.success());
+    let text = stderr(&file);
+    assert!(text.contains("node.toml") && text.contains("`sim`") && text.contains("`gpu`"), "{text}");
+}

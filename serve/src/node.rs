@@ -19,7 +19,7 @@ pub struct NodeConfig {
     /// Prometheus text metrics address (default: none).
     pub metrics_listen: Option<SocketAddr>,
     /// What serves the requests: "sim" (default) or "gpu".
-    pub backend: Option<String>,
+    pub backend: Option<BackendKind>,
     /// The controller's settings.
     #[serde(default)]
     pub controller: LiveConfig,
@@ -31,6 +31,29 @@ pub struct NodeConfig {
     pub models: Vec<NodeModel>,
     /// A model repository (relative to the config file): its models are loaded at start.
     pub model_repository: Option<std::path::PathBuf>,
+}
+
+/// What serves a node's requests (the one place `serve` chooses between the simulator and the
+/// GPU: `NodeConfig::into_options` turns it into the `ServeBackend` started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The simulator in wall-clock time.
+    #[default]
+    Sim,
+    /// The GPU backend, with the config's `[gpu]` settings.
+    Gpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BackendKind, String> {
+        match s {
+            "sim" => Ok(BackendKind::Sim),
+            "gpu" => Ok(BackendKind::Gpu),
+            other => Err(format!("{other:?} is not a backend: use sim (the simulator) or gpu")),
+        }
+    }
 }
 
 /// A model registered at start.
@@ -79,10 +102,9 @@ impl NodeConfig {
         }
         let mut gpu = self.gpu;
         gpu.fake_ms = fake_ms.or(gpu.fake_ms);
-        let backend = match backend.or(self.backend).as_deref().unwrap_or("sim") {
-            "sim" => ServeBackend::Simulated,
-            "gpu" => ServeBackend::Gpu(gpu),
-            other => anyhow::bail!("backend {other:?}: use sim (the simulator) or gpu"),
+        let backend = match backend.or(self.backend).unwrap_or_default() {
+            BackendKind::Sim => ServeBackend::Simulated,
+            BackendKind::Gpu => ServeBackend::Gpu(gpu),
         };
         Ok(ServeOptions {
             backend,
@@ -110,7 +132,7 @@ impl NodeConfig {
 #[derive(Debug, Default)]
 pub struct ServeOverrides {
     /// `--backend`.
-    pub backend: Option<String>,
+    pub backend: Option<BackendKind>,
     /// `--listen`.
     pub listen: Option<SocketAddr>,
     /// `--metrics-listen`.
