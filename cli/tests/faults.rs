@@ -57,5 +57,12 @@ fn killing_every_worker_of_a_model_under_load_loses_no_call() {
     assert!(!failed.contains_key("4") && !failed.contains_key("5"), "serving again within 2-3 s of the kill: {report}");
     assert!(n("unavailable") * 100 <= n("calls"), "under 1% of calls failed: {report}");
     eprintln!("{report} ({} workers killed)", workers.len());
+    // Operators see the failures: a counter per model.
+    let metrics = server.metrics();
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gpuslice_worker_failures_total{model=\"tiny_mlp\"} "))
+        .unwrap_or_else(|| panic!("no worker failure counter for tiny_mlp:\n{metrics}"));
+    assert!(failures.parse::<u64>().unwrap() >= 1, "{metrics}");
     common::stop_and_check(server, &[]);
 }

@@ -236,16 +236,23 @@ impl Worker {
         let size = SLOTS * slot_bytes;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| {
+            for dir in [shm_dir(), std::env::temp_dir()] {
+                remove_stale_files(&dir);
+            }
+        });
         // The file name carries no part of the model's source (a path, or a hostile name).
-        let unique = format!("gpuslice-{}-{n}", std::process::id());
-        let shm_dir =
-            if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-        let shm_path = shm_dir.join(&unique);
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&shm_path)?;
+        let unique = format!("{FILE_PREFIX}{}-{n}", std::process::id());
+        let shm_path = shm_dir().join(&unique);
+        let stderr_path = std::env::temp_dir().join(format!("{unique}.stderr"));
+        // Until the worker owns them (its Drop removes them), a failed start removes them here.
+        let mut files = FilesGuard(vec![shm_path.clone(), stderr_path.clone()]);
+        // Requests' bytes pass through it: readable and writable by this user only.
+        let file = private_file(&shm_path)?;
         file.set_len(size as u64)?;
         // SAFETY: the file is private to this worker pair and not truncated while mapped.
         let shm = unsafe { MmapMut::map_mut(&file)? };
-        let stderr_path = std::env::temp_dir().join(format!("{unique}.stderr"));
         let batches: Vec<String> = spec.batches.iter().map(|b| b.to_string()).collect();
         let mut command = Command::new("python3");
         command
@@ -256,7 +263,7 @@ impl Worker {
             .envs(spec.env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path)?);
+            .stderr(private_file(&stderr_path)?);
         if let Some(ms) = spec.fake_ms {
             command.args(["--fake-ms", &ms.to_string()]);
         }
@@ -275,6 +282,8 @@ impl Worker {
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         let notify: Arc<Mutex<Option<Notify>>> = Arc::new(Mutex::new(None));
         let lines = read_lines(stdout, notify.clone());
+        // The worker's Drop removes them from here on.
+        files.0.clear();
         let mut worker = Worker {
             model: spec.model.clone(),
             batches: spec.batches.clone(),
@@ -478,6 +487,54 @@ fn read_lines(
         wake();
     });
     lines
+}
+
+/// Names of the files a worker pair shares: `gpuslice-PID-N` in /dev/shm and
+/// `gpuslice-PID-N.stderr` in the temporary folder, PID the gpuslice process's.
+const FILE_PREFIX: &str = "gpuslice-";
+
+/// Where the shared-memory files go: /dev/shm where there is one.
+fn shm_dir() -> PathBuf {
+    if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() }
+}
+
+/// A new file that only this user may read or write (0600).
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Removes the files a gone process's workers left in `dir` (a gpuslice killed before it could
+/// remove them: SIGKILL, a crash); those of running processes stay. Returns how many it removed.
+pub fn remove_stale_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(FILE_PREFIX)).and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        let gone = pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if gone && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, "removed files left by a gpuslice that is gone");
+    }
+    removed
+}
+
+/// Removes its files when dropped: a worker start that fails leaves nothing behind.
+struct FilesGuard(Vec<PathBuf>);
+
+impl Drop for FilesGuard {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl Drop for Worker {

@@ -494,3 +494,37 @@ fn fake_backend(
     GpuBackend::start(setups, interval, None, WorkerStarter::new(template, None), gpuslice_simulator::Sharing::Spatial)
         .unwrap()
 }
+
+#[test]
+fn a_workers_shared_files_are_private_to_this_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let _worker = Worker::spawn(&fake("resnet50")).unwrap();
+    let ours = format!("gpuslice-{}-", std::process::id());
+    let dirs = [std::path::PathBuf::from("/dev/shm"), std::env::temp_dir()];
+    let files: Vec<_> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&ours))
+        .collect();
+    assert!(files.len() >= 2, "the shared-memory file and the stderr file");
+    for file in files {
+        let mode = file.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.path().display());
+    }
+}
+
+#[test]
+fn files_left_by_a_gone_process_are_removed_and_a_running_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Above Linux's largest pid (2^22): no such process.
+    let gone = dir.path().join("gpuslice-4194305-0");
+    let running = dir.path().join(format!("gpuslice-{}-999999", std::process::id()));
+    let other = dir.path().join("someone-else-1");
+    for path in [&gone, &running, &other] {
+        std::fs::write(path, b"x").unwrap();
+    }
+    assert_eq!(gpuslice_gpu::worker::remove_stale_files(dir.path()), 1);
+    assert!(!gone.exists() && running.exists() && other.exists());
+}

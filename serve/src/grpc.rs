@@ -10,7 +10,7 @@ use crate::repository::Repository;
 use anyhow::Context;
 use futures_util::future::try_join_all;
 use gpuslice_control::ModelSource;
-use gpuslice_simulator::Summary;
+use gpuslice_simulator::{ModelReport, Summary};
 use gpuslice_traces::{LatencyModel, Source};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -203,7 +203,7 @@ impl Controller for Service {
         let filter = (!name.is_empty()).then_some(name);
         let (models, total) = self.live.ask(|reply| Command::Metrics(filter, reply)).await?;
         Ok(Response::new(GetMetricsResponse {
-            models: models.into_iter().map(|(m, s)| metrics(m, &s)).collect(),
+            models: models.into_iter().map(|m| metrics(m.model, &m.summary)).collect(),
             total: Some(metrics("total".into(), &total)),
         }))
     }
@@ -263,8 +263,22 @@ async fn prometheus(live: LiveHandle) -> Result<String, Status> {
     let mut text = String::new();
     for (name, kind, value) in series {
         text += &format!("# TYPE {name} {kind}\n");
-        for (model, s) in models.iter().map(|(m, s)| (m.as_str(), s)).chain(std::iter::once(("total", &total))) {
+        for (model, s) in
+            models.iter().map(|m| (m.model.as_str(), &m.summary)).chain(std::iter::once(("total", &total)))
+        {
             text += &format!("{name}{{model=\"{model}\"}} {}\n", value(s));
+        }
+    }
+    // Per model only: what replaced its workers, and how often it was reallocated.
+    type Counter = (&'static str, fn(&ModelReport) -> u64);
+    let counters: [Counter; 2] = [
+        ("gpuslice_worker_failures_total", |m| m.worker_failures),
+        ("gpuslice_reallocations_total", |m| m.reallocations),
+    ];
+    for (name, value) in counters {
+        text += &format!("# TYPE {name} counter\n");
+        for m in &models {
+            text += &format!("{name}{{model=\"{}\"}} {}\n", m.model, value(m));
         }
     }
     Ok(text)

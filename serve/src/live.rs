@@ -9,7 +9,7 @@ use gpuslice_control::{
     control_step,
 };
 use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
-use gpuslice_simulator::{Allocation, ReallocationCost, Sharing, SimConfig, Simulator, Summary, Ticket};
+use gpuslice_simulator::{Allocation, ModelReport, ReallocationCost, Sharing, SimConfig, Simulator, Summary, Ticket};
 use gpuslice_traces::LatencyModel;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -154,7 +154,7 @@ pub enum Command {
     /// Pin (Some) or release (None).
     Override(String, Option<Allocation>, Reply<Allocation>),
     /// Whole-run metrics of the named model, or of all and the total.
-    Metrics(Option<String>, Reply<(Vec<(String, Summary)>, Summary)>),
+    Metrics(Option<String>, Reply<(Vec<ModelReport>, Summary)>),
     /// One request to the named model, with its input row (None: zeros, for load tests);
     /// answered when it completes.
     Infer(String, Option<Arc<[u8]>>, Reply<InferDone>),
@@ -670,17 +670,12 @@ impl<B: LiveBackend> Live<B> {
         }
     }
 
-    fn metrics(&mut self, name: Option<&str>) -> Result<(Vec<(String, Summary)>, Summary), LiveError> {
+    fn metrics(&mut self, name: Option<&str>) -> Result<(Vec<ModelReport>, Summary), LiveError> {
         if let Some(name) = name {
             self.entry(name)?;
         }
         let report = self.backend.report();
-        let models = report
-            .models
-            .into_iter()
-            .filter(|m| name.is_none_or(|n| n == m.model))
-            .map(|m| (m.model, m.summary))
-            .collect();
+        let models = report.models.into_iter().filter(|m| name.is_none_or(|n| n == m.model)).collect();
         Ok((models, report.total))
     }
 }

@@ -45,13 +45,18 @@ pub enum BackendKind {
     Gpu,
 }
 
+/// A backend name that is neither `sim` nor `gpu`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a backend: use sim (the simulator) or gpu")]
+pub struct UnknownBackend(String);
+
 impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<BackendKind, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<BackendKind, UnknownBackend> {
         match s {
             "sim" => Ok(BackendKind::Sim),
             "gpu" => Ok(BackendKind::Gpu),
-            other => Err(format!("{other:?} is not a backend: use sim (the simulator) or gpu")),
+            other => Err(UnknownBackend(other.to_string())),
         }
     }
 }

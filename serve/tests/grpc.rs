@@ -239,6 +239,8 @@ async fn reflection_v1_and_prometheus_metrics() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("# TYPE gpuslice_completed_total counter"));
     assert!(text.contains("gpuslice_completed_total{model=\"resnet50\"} 1\n"), "{text}");
+    assert!(text.contains("# TYPE gpuslice_worker_failures_total counter"), "{text}");
+    assert!(text.contains("gpuslice_worker_failures_total{model=\"resnet50\"} 0\n"), "{text}");
     running.stop().await.unwrap();
 }
 

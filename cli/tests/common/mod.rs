@@ -17,13 +17,25 @@ pub fn python_or_skip(imports: &str, packages: &str) -> bool {
 
 /// A `gpuslice serve` process: killed if the test ends without `stop_and_check` (a failed
 /// assertion), so that no server outlives its test.
-pub struct Server(Option<Child>);
+pub struct Server(Option<Child>, Option<String>);
 
 impl Server {
     /// Its process id.
     #[allow(dead_code)] // Each test crate compiles this module; not every one asks.
     pub fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Its Prometheus text (`GET /metrics`), where it was started with `--metrics-listen`.
+    #[allow(dead_code)] // Each test crate compiles this module; not every one asks.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let address = self.1.as_deref().expect("started with --metrics-listen");
+        let mut http = std::net::TcpStream::connect(address).unwrap();
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        http.read_to_string(&mut text).unwrap();
+        text
     }
 }
 
@@ -46,10 +58,13 @@ pub fn serve(args: &[&str]) -> (Server, String) {
         .expect("the server starts");
     let mut line = String::new();
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let server = Server(Some(server));
-    let address =
-        line.trim().strip_prefix("serving gpuslice.v1 on ").expect("the server prints its address").to_string();
-    (server, address)
+    // "serving gpuslice.v1 on ADDRESS[, metrics on http://METRICS/metrics]"
+    let rest = line.trim().strip_prefix("serving gpuslice.v1 on ").expect("the server prints its address");
+    let (address, metrics) = match rest.split_once(", metrics on http://") {
+        Some((address, metrics)) => (address, metrics.strip_suffix("/metrics").map(str::to_string)),
+        None => (rest, None),
+    };
+    (Server(Some(server), metrics), address.to_string())
 }
 
 /// With tritonclient (`python_or_skip`), `gpuslice serve` on GPU-less workers (5 ms a batch,
@@ -61,7 +76,16 @@ pub fn serve_examples_for_tritonclient() -> Option<(Server, String)> {
         return None;
     }
     let repository = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models");
-    Some(serve(&["--backend", "gpu", "--fake-ms", "5", "--model-repository", repository]))
+    Some(serve(&[
+        "--backend",
+        "gpu",
+        "--fake-ms",
+        "5",
+        "--model-repository",
+        repository,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]))
 }
 
 /// Stops `server` with SIGTERM, then checks that every client run succeeded and the server
