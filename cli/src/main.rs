@@ -137,9 +137,10 @@ enum Command {
         /// baseline at its reported batching); with --out, attainment-by-load.csv.
         #[arg(long, requires = "capacity")]
         by_load: bool,
-        /// Policy the "vs ref" column divides by.
-        #[arg(long, default_value = "model-based")]
-        reference: String,
+        /// Policy the "vs ref" column divides by, one of --policies [default: model-based, where
+        /// it runs].
+        #[arg(long)]
+        reference: Option<String>,
         /// Write evaluate.csv, decisions.csv, slo.svg and gpu.svg into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -583,8 +584,15 @@ fn run(command: Command) -> Result<()> {
         } => {
             output::check_out_dir(out.as_deref())?;
             let mut loaded = scenario::LoadedScenario::load_calibrated(scenario.as_deref(), calibration.as_deref())?;
-            let seeds = seeds.max(1);
-            let reference_policy = policies.contains(&reference).then_some(reference.as_str());
+            anyhow::ensure!((1..=1000).contains(&seeds), "--seeds must be in 1..=1000, got {seeds}");
+            let reference_policy = match &reference {
+                Some(r) if !policies.contains(r) => {
+                    anyhow::bail!("--reference {r:?} is not one of --policies ({})", policies.join(","))
+                }
+                Some(r) => Some(r.as_str()),
+                None => policies.iter().any(|p| p == "model-based").then_some("model-based"),
+            };
+            let against = reference_policy.map_or(String::new(), |r| format!(", goodput / {r}'s"));
             if capacity_search {
                 let options = capacity::SearchOptions { threshold, precision, ..Default::default() };
                 options.check()?;
@@ -623,7 +631,7 @@ fn run(command: Command) -> Result<()> {
             if !load_scales.is_empty() {
                 let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, !quiet)?;
                 println!(
-                    "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met, goodput / {reference}'s at the same load",
+                    "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met{against} at the same load",
                     loaded.scenario.name
                 );
                 println!("{}", evaluate::sweep_table(&points, &policies, reference_policy));
@@ -636,7 +644,7 @@ fn run(command: Command) -> Result<()> {
             loaded.scale_load(load_scale)?;
             let results = evaluate::run(&loaded, &policies, seeds, !quiet)?;
             let over = if seeds > 1 { format!("{seeds} seeds, means ± standard deviation") } else { "1 seed".into() };
-            println!("{} — {over}; vs ref = goodput / {reference}'s", loaded.scenario.name);
+            println!("{} — {over}{}", loaded.scenario.name, against.replace(", goodput", "; vs ref = goodput"));
             println!("{}", evaluate::table(&results, &policies, reference_policy));
             if let Some(dir) = out {
                 evaluate::write(&dir, &results, &policies)?;

@@ -474,3 +474,19 @@ fn an_unknown_backend_is_refused_naming_the_choices() {
     let text = stderr(&file);
     assert!(text.contains("node.toml") && text.contains("`sim`") && text.contains("`gpu`"), "{text}");
 }
+
+#[test]
+fn bad_flags_are_refused_with_the_reason() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["validate", "--hold-out=-5"], "GPU% must be in (0, 100], got -5"),
+        (&["validate", "--hold-out=nan"], "got NaN"),
+        (&["validate", "--hold-out", "55"], "no point at GPU% 55"),
+        (&["evaluate", "--seeds", "0", "--policies", "temporal"], "--seeds must be in 1..=1000"),
+        (&["evaluate", "--policies", "temporal", "--reference", "foo"], "--reference \"foo\" is not one of --policies"),
+    ];
+    for (args, reason) in cases {
+        let out = gpuslice(&[&["--log", "warn"], args].concat());
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(reason), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -552,7 +552,15 @@ pub struct HeldOutPoint {
 /// Refits every model without the `held_out` GPU% levels and simulates each held-out point
 /// (the model alone, closed loop at that GPU% and batch).
 pub fn validate_held_out(set: &ProfileSet, held_out: &[f64]) -> Result<Vec<HeldOutPoint>> {
+    if let Some(bad) = held_out.iter().find(|h| !(h.is_finite() && **h > 0.0 && **h <= 100.0)) {
+        bail!("--hold-out: GPU% must be in (0, 100], got {bad}");
+    }
     let is_held_out = |g: f64| held_out.iter().any(|h| (h - g).abs() < 1e-9);
+    if let Some(level) =
+        held_out.iter().find(|&&h| !set.models.values().any(|p| p.points.iter().any(|q| (q.gpu_pct - h).abs() < 1e-9)))
+    {
+        bail!("--hold-out: the profile has no point at GPU% {level}");
+    }
     let mut training = set.clone();
     for profile in training.models.values_mut() {
         profile.points.retain(|p| !is_held_out(p.gpu_pct));

@@ -4,7 +4,7 @@
 use crate::calibration::{Calibration, Contention};
 use anyhow::{Context, Result, bail};
 use gpuslice_policies::ModelContext;
-use gpuslice_simulator::{Allocation, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
+use gpuslice_simulator::{Allocation, MAX_LATENCY_MS, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
 use gpuslice_traces::{ArrivalSpec, LatencyModel, ProfileSet, Source, TraceLibrary};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -89,6 +89,16 @@ pub struct ModelEntry {
     /// How its requests arrive.
     pub arrivals: ArrivalSpec,
 }
+
+/// The most models in a scenario.
+pub const MAX_MODELS: usize = 256;
+/// The longest `duration_s`: 30 days.
+pub const MAX_DURATION_S: f64 = 30.0 * 86_400.0;
+/// The shortest `control_interval_s`.
+pub const MIN_CONTROL_INTERVAL_S: f64 = 1e-3;
+/// The most arrivals the rates of a scenario may ask for over its duration (at their peaks):
+/// minutes of simulation.
+pub const MAX_EXPECTED_ARRIVALS: f64 = 2e9;
 
 /// A scenario together with the folder its relative paths are taken from, and its calibration
 /// resolved.
@@ -184,7 +194,7 @@ impl LoadedScenario {
             }
             self.scenario.name = format!("{} (load x{factor})", self.scenario.name);
         }
-        Ok(())
+        self.validate()
     }
 
     fn validate(&self) -> Result<()> {
@@ -193,11 +203,53 @@ impl LoadedScenario {
         if s.models.is_empty() {
             bail!("scenario {origin}: no [[models]]");
         }
-        if !(s.control_interval_s.is_finite() && s.control_interval_s > 0.0) {
-            bail!("scenario {origin}: control_interval_s must be > 0, got {}", s.control_interval_s);
+        if s.models.len() > MAX_MODELS {
+            bail!("scenario {origin}: {} models, more than {MAX_MODELS}", s.models.len());
         }
-        if let Some(d) = s.duration_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
-            bail!("scenario {origin}: duration_s must be > 0, got {d}");
+        if !(s.control_interval_s.is_finite() && (MIN_CONTROL_INTERVAL_S..=3600.0).contains(&s.control_interval_s)) {
+            bail!(
+                "scenario {origin}: control_interval_s must be in [{MIN_CONTROL_INTERVAL_S}, 3600], got {}",
+                s.control_interval_s
+            );
+        }
+        if let Some(d) = s.duration_s.filter(|d| !(d.is_finite() && *d > 0.0 && *d <= MAX_DURATION_S)) {
+            bail!("scenario {origin}: duration_s must be in (0, {MAX_DURATION_S}], got {d}");
+        }
+        if let Some(w) = s.oracle_window_intervals.filter(|w| !(1..=10_000).contains(w)) {
+            bail!("scenario {origin}: oracle_window_intervals must be in 1..=10000, got {w}");
+        }
+        let config = SimConfig {
+            drop_after_ms: s.drop_after_ms,
+            reallocation: s.reallocation,
+            interference: self.contention.interference,
+            mps_launch_contention: self.contention.mps_launch_contention,
+            mps_share_exponent: self.contention.mps_share_exponent,
+            ..SimConfig::default()
+        };
+        if let Some(problem) = config.problem() {
+            bail!("scenario {origin}: {problem}");
+        }
+        let mut expected = 0.0;
+        for (i, m) in s.models.iter().enumerate() {
+            let allocation =
+                Allocation { gpu_pct: m.gpu_pct, max_batch: m.max_batch, batch_timeout_ms: m.batch_timeout_ms };
+            if let Some(problem) = allocation.problem() {
+                bail!("scenario {origin}: models[{i}] ({}): {problem}", m.name);
+            }
+            if !(m.slo_ms.is_finite() && m.slo_ms > 0.0 && m.slo_ms <= MAX_LATENCY_MS) {
+                bail!(
+                    "scenario {origin}: models[{i}] ({}): slo_ms must be in (0, {MAX_LATENCY_MS}], got {}",
+                    m.name,
+                    m.slo_ms
+                );
+            }
+            expected += m.arrivals.peak_rate().unwrap_or(0.0) * s.duration_s.unwrap_or(0.0);
+        }
+        // What a run costs: the simulator does about 10 M events a second.
+        if expected > MAX_EXPECTED_ARRIVALS {
+            bail!(
+                "scenario {origin}: its rates over duration_s ask for up to {expected:.3e} arrivals, more than {MAX_EXPECTED_ARRIVALS:.0e}: lower the rates or the duration"
+            );
         }
         let c = &self.contention;
         if !(c.interference.is_finite() && c.interference >= 0.0) {
@@ -364,5 +416,51 @@ arrivals = { kind = "poisson", rate = 100 }
         let text = TWO_MODELS.replace("builtin:h100-calibration", "no/such/calibration.toml");
         let err = format!("{:#}", LoadedScenario::from_text(&text, "two", ".".into()).unwrap_err());
         assert!(err.contains("no/such/calibration.toml"), "{err}");
+    }
+
+    /// A one-model scenario with `top` added at the top level, `model` to the model and the
+    /// given `arrivals` (the base leaves out what the cases set: TOML refuses a key twice).
+    fn hostile(top: &str, model: &str, arrivals: &str) -> String {
+        format!(
+            "name = \"h\"\nsharing = \"spatial\"\nduration_s = 10\n{top}\n[[models]]\nname = \"resnet50\"\nslo_ms = 30\ngpu_pct = 50\n{model}\narrivals = {arrivals}\n"
+        )
+    }
+
+    #[test]
+    fn absurd_numbers_are_refused_naming_the_field_before_anything_runs() {
+        let base_model = "max_batch = 8\nbatch_timeout_ms = 2";
+        let poisson = "{ kind = \"poisson\", rate = 100 }";
+        let cases: Vec<(String, &str)> = vec![
+            (hostile("", base_model, "{ kind = \"poisson\", rate = 1e12 }"), "rate"),
+            (
+                hostile(
+                    "",
+                    base_model,
+                    "{ kind = \"diurnal\", mean_rate = 10, amplitude = 0.5, period_s = 60, step_s = 1e-12 }",
+                ),
+                "step_s",
+            ),
+            (
+                hostile("", base_model, "{ kind = \"replay\", trace = \"builtin:azure-llm-code\", start_s = nan }"),
+                "start_s",
+            ),
+            (
+                hostile("", base_model, "{ kind = \"replay\", trace = \"builtin:azure-llm-code\", scale = 1e300 }"),
+                "scale",
+            ),
+            (hostile("", base_model, poisson).replace("duration_s = 10", "duration_s = 1e12"), "duration_s"),
+            (hostile("control_interval_s = 1e-9", base_model, poisson), "control_interval_s"),
+            (hostile("drop_after_ms = -1", base_model, poisson), "drop_after_ms"),
+            (hostile("oracle_window_intervals = 0", base_model, poisson), "oracle_window_intervals"),
+            (hostile("reallocation = { kind = \"cold-restart\", restart_s = 1e9 }", base_model, poisson), "restart_s"),
+            (hostile("", "max_batch = 8\nbatch_timeout_ms = 4294967296", poisson), "batch_timeout_ms"),
+            (hostile("", "max_batch = 100000\nbatch_timeout_ms = 2", poisson), "max_batch"),
+            (hostile("", base_model, poisson).replace("slo_ms = 30", "slo_ms = -20"), "slo_ms must be in"),
+        ];
+        for (text, field) in cases {
+            let err = LoadedScenario::from_text(&text, "hostile.toml", ".".into()).and_then(|l| l.build().map(drop));
+            let message = format!("{:#}", err.expect_err(&text));
+            assert!(message.contains(field) && message.contains("hostile.toml"), "{field}: {message}");
+        }
     }
 }

@@ -39,17 +39,29 @@ pub struct Allocation {
     pub batch_timeout_ms: f64,
 }
 
+/// The largest `Allocation::max_batch` (beyond any GPU's memory for these models).
+pub const MAX_BATCH: u32 = 1024;
+/// The longest `Allocation::batch_timeout_ms`: a minute.
+pub const MAX_BATCH_TIMEOUT_MS: f64 = 60_000.0;
+/// The longest latency SLO, and `SimConfig::drop_after_ms`: an hour, in ms.
+pub const MAX_LATENCY_MS: f64 = 3_600_000.0;
+/// The longest reallocation pause (`ReallocationCost`): an hour, in seconds.
+pub const MAX_PAUSE_S: f64 = 3_600.0;
+
 impl Allocation {
     /// Why this allocation cannot be applied, if it cannot.
     pub fn problem(&self) -> Option<String> {
         if !(self.gpu_pct > 0.0 && self.gpu_pct <= 100.0) {
             return Some(format!("gpu_pct must be in (0, 100], got {}", self.gpu_pct));
         }
-        if self.max_batch == 0 {
-            return Some("max_batch must be at least 1".into());
+        if !(1..=MAX_BATCH).contains(&self.max_batch) {
+            return Some(format!("max_batch must be in 1..={MAX_BATCH}, got {}", self.max_batch));
         }
-        if !(self.batch_timeout_ms.is_finite() && self.batch_timeout_ms >= 0.0) {
-            return Some(format!("batch_timeout_ms must be >= 0, got {}", self.batch_timeout_ms));
+        if !(self.batch_timeout_ms.is_finite() && (0.0..=MAX_BATCH_TIMEOUT_MS).contains(&self.batch_timeout_ms)) {
+            return Some(format!(
+                "batch_timeout_ms must be in [0, {MAX_BATCH_TIMEOUT_MS}], got {}",
+                self.batch_timeout_ms
+            ));
         }
         None
     }
@@ -73,6 +85,16 @@ pub enum ReallocationCost {
 }
 
 impl ReallocationCost {
+    /// Why this cost cannot be simulated, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        let (name, seconds) = match *self {
+            ReallocationCost::Standby { handover_us } => ("handover_us", handover_us * 1e-6),
+            ReallocationCost::ColdRestart { restart_s } => ("restart_s", restart_s),
+        };
+        (!(seconds.is_finite() && (0.0..=MAX_PAUSE_S).contains(&seconds)))
+            .then(|| format!("reallocation {name} must be between 0 and {MAX_PAUSE_S} s, got {seconds} s"))
+    }
+
     /// How long the model dispatches nothing while it moves.
     pub fn pause_ns(&self) -> u64 {
         match self {
@@ -142,6 +164,30 @@ pub struct SimConfig {
     pub seed: u64,
     /// Keep one record per completed request (for tests and per-request CSV output).
     pub record_requests: bool,
+}
+
+impl SimConfig {
+    /// Why this run cannot be simulated, if it cannot (a value out of its documented range).
+    pub fn problem(&self) -> Option<String> {
+        let contention = [
+            ("interference", self.interference),
+            ("mps_launch_contention", self.mps_launch_contention),
+            ("mps_share_exponent", self.mps_share_exponent),
+        ];
+        let by_model = self.interference_by_model.iter().map(|(m, k)| (m.as_str(), *k));
+        for (name, value) in contention.into_iter().chain(by_model) {
+            if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
+                return Some(format!("{name} must be in [0, 100], got {value}"));
+            }
+        }
+        if !(self.background_pct.is_finite() && (0.0..=100.0).contains(&self.background_pct)) {
+            return Some(format!("background_pct must be in [0, 100], got {}", self.background_pct));
+        }
+        if let Some(ms) = self.drop_after_ms.filter(|ms| !(ms.is_finite() && *ms > 0.0 && *ms <= MAX_LATENCY_MS)) {
+            return Some(format!("drop_after_ms must be in (0, {MAX_LATENCY_MS}], got {ms}"));
+        }
+        self.reallocation.problem()
+    }
 }
 
 impl Default for SimConfig {

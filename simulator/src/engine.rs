@@ -18,7 +18,7 @@
 //!   Latency thus depends on who else runs, and latency-bound models suffer most, as measured
 //!   on the H100.
 
-use crate::config::{Allocation, ModelSetup, ServiceModel, Sharing, SimConfig};
+use crate::config::{Allocation, MAX_LATENCY_MS, ModelSetup, ServiceModel, Sharing, SimConfig};
 use crate::metrics::{Counters, IntervalRing, Summary};
 use crate::service::ServiceSampler;
 use crate::{Nanos, secs_to_ns};
@@ -40,6 +40,9 @@ pub enum SimError {
         /// What is wrong, and the value.
         problem: String,
     },
+    /// A setting of the run is out of range.
+    #[error("{0}")]
+    InvalidConfig(String),
     /// Slices add up to more than the GPU.
     #[error("spatial sharing: GPU% of all models adds up to {total_pct:.1}, more than 100")]
     OverSubscribed {
@@ -265,6 +268,9 @@ pub struct Simulator {
 impl Simulator {
     /// A simulator of `setups` under `config`, at time 0; refused with the reason when a setup is out of range.
     pub fn new(config: SimConfig, setups: Vec<ModelSetup>) -> Result<Simulator, SimError> {
+        if let Some(problem) = config.problem() {
+            return Err(SimError::InvalidConfig(problem));
+        }
         let models =
             setups.into_iter().map(|setup| Self::model_state(&config, setup)).collect::<Result<Vec<_>, _>>()?;
         let mut sim = Simulator {
@@ -298,8 +304,8 @@ impl Simulator {
         if let Some(problem) = setup.allocation.problem() {
             return Err(invalid(problem));
         }
-        if !(setup.slo_ms.is_finite() && setup.slo_ms > 0.0) {
-            return Err(invalid(format!("slo_ms must be > 0, got {}", setup.slo_ms)));
+        if !(setup.slo_ms.is_finite() && setup.slo_ms > 0.0 && setup.slo_ms <= MAX_LATENCY_MS) {
+            return Err(invalid(format!("slo_ms must be in (0, {MAX_LATENCY_MS}], got {}", setup.slo_ms)));
         }
         match setup.service {
             ServiceModel::Constant { ms: v } | ServiceModel::Exponential { mean_ms: v }
@@ -475,7 +481,7 @@ impl Simulator {
             state.reallocations += 1;
             state.generation += 1;
             state.worker_busy = false;
-            state.resume_at = self.now + self.config.reallocation.pause_ns();
+            state.resume_at = self.now.saturating_add(self.config.reallocation.pause_ns());
             state.resume_version += 1;
             state.timeout_at = None;
             let (at, version) = (state.resume_at, state.resume_version);
@@ -653,7 +659,7 @@ impl Simulator {
         let Some(head) = state.queue.front().map(|q| q.arrival) else {
             return false;
         };
-        let deadline = head + secs_to_ns(state.allocation.batch_timeout_ms * 1e-3);
+        let deadline = head.saturating_add(secs_to_ns(state.allocation.batch_timeout_ms * 1e-3));
         if state.queue.len() >= state.allocation.max_batch as usize || now >= deadline {
             return true;
         }
@@ -745,7 +751,7 @@ impl Simulator {
             let interference = self.models[batch.model].interference;
             batch.speed = 1.0 / (stretch * (1.0 + interference * (total_share - batch.share) / 100.0));
             let remaining = ((1.0 - batch.progress).max(0.0) * batch.solo_ns / batch.speed).ceil();
-            batch.finish_at = now + remaining as Nanos;
+            batch.finish_at = now.saturating_add(remaining as Nanos);
             self.next_completion = self.next_completion.min(batch.finish_at);
         }
     }

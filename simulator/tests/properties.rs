@@ -169,3 +169,36 @@ fn spatial_oversubscription_and_bad_allocations_are_refused() {
     assert_eq!(sim.allocation(0).unwrap().gpu_pct, 60.0, "a refused change leaves the allocation as it was");
     assert!(sim.set_allocation(5, bigger).is_err());
 }
+
+#[test]
+fn values_at_their_limits_run_and_beyond_them_are_refused() {
+    use gpuslice_simulator::{MAX_BATCH_TIMEOUT_MS, MAX_PAUSE_S, ReallocationCost};
+    let setup = |batch_timeout_ms: f64| ModelSetup {
+        name: "m".into(),
+        slo_ms: 10.0,
+        service: ServiceModel::Constant { ms: 1.0 },
+        allocation: Allocation { gpu_pct: 50.0, max_batch: 4, batch_timeout_ms },
+        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(100.0, Some(1.0)).unwrap(), 1.0, 0).unwrap()),
+    };
+    // At the limits the time arithmetic cannot overflow: the longest batch wait and the longest
+    // reallocation pause finish.
+    let config =
+        SimConfig { reallocation: ReallocationCost::ColdRestart { restart_s: MAX_PAUSE_S }, ..SimConfig::default() };
+    let mut sim = Simulator::new(config, vec![setup(MAX_BATCH_TIMEOUT_MS)]).unwrap();
+    sim.run_until(gpuslice_simulator::secs_to_ns(0.5));
+    let longer = Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: MAX_BATCH_TIMEOUT_MS };
+    sim.set_allocation(0, longer).unwrap();
+    sim.run_until(u64::MAX);
+    let report = sim.report();
+    assert_eq!(report.total.arrivals, report.total.completed + report.total.dropped, "every arrival accounted for");
+    // Beyond them: refused, naming the field (over gRPC, OverrideAllocation comes here).
+    let wait = Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1e300 };
+    let err = sim.set_allocation(0, wait).unwrap_err().to_string();
+    assert!(err.contains("batch_timeout_ms"), "{err}");
+    let config = SimConfig { reallocation: ReallocationCost::ColdRestart { restart_s: 2e10 }, ..SimConfig::default() };
+    let err = Simulator::new(config, vec![setup(1.0)]).err().unwrap().to_string();
+    assert!(err.contains("restart_s"), "{err}");
+    let config = SimConfig { drop_after_ms: Some(-1.0), ..SimConfig::default() };
+    let err = Simulator::new(config, vec![setup(1.0)]).err().unwrap().to_string();
+    assert!(err.contains("drop_after_ms"), "{err}");
+}

@@ -32,8 +32,18 @@ pub struct RateSchedule {
     end: Option<f64>,
 }
 
+/// The highest arrival rate a process takes, requests/s per model (a GPU serves tens of
+/// thousands of these models' requests a second at best).
+pub const MAX_RATE: f64 = 1e6;
+/// The most steps a rate schedule holds (a diurnal day in 10 ms steps).
+pub const MAX_STEPS: usize = 10_000_000;
+/// The most requests one bin of recorded counts (e.g. a minute of a trace) expands to, after
+/// its scale: they are drawn at once.
+pub const MAX_PER_BIN: f64 = 10_000_000.0;
+
 impl RateSchedule {
-    /// Steps `(start_s, rate)`; the first must start at 0, starts must ascend, rates be >= 0.
+    /// Steps `(start_s, rate)`; the first must start at 0, starts must ascend, rates be in
+    /// [0, `MAX_RATE`].
     pub fn steps(steps: &[(f64, f64)], end: Option<f64>) -> Result<RateSchedule, ArrivalError> {
         if steps.is_empty() || steps[0].0 != 0.0 {
             return Err(ArrivalError("a rate schedule must start with a step at time 0".into()));
@@ -51,6 +61,12 @@ impl RateSchedule {
         }
         if let Some((i, (_, rate))) = steps.iter().enumerate().find(|(_, (_, r))| !(r.is_finite() && *r >= 0.0)) {
             return Err(ArrivalError(format!("step {i} has rate {rate}; rates must be finite and >= 0")));
+        }
+        if let Some((i, (_, rate))) = steps.iter().enumerate().find(|(_, (_, r))| *r > MAX_RATE) {
+            return Err(ArrivalError(format!("step {i} has rate {rate}/s, above the largest, {MAX_RATE}/s")));
+        }
+        if steps.len() > MAX_STEPS {
+            return Err(ArrivalError(format!("{} steps, more than {MAX_STEPS}", steps.len())));
         }
         Ok(RateSchedule {
             starts: steps.iter().map(|s| s.0).collect(),
@@ -80,7 +96,14 @@ impl RateSchedule {
         if !(period > 0.0 && step > 0.0 && end > 0.0) {
             return Err(ArrivalError("period, step and duration must be > 0".into()));
         }
-        let n = (end / step).ceil() as usize;
+        // Checked before the steps are made: a tiny step would ask for terabytes.
+        let n = (end / step).ceil();
+        if n.is_nan() || n > MAX_STEPS as f64 {
+            return Err(ArrivalError(format!(
+                "step_s {step} over {end} s makes {n} steps, more than {MAX_STEPS}: use a longer step_s"
+            )));
+        }
+        let n = n as usize;
         let steps: Vec<(f64, f64)> = (0..n)
             .map(|i| {
                 let mid = (i as f64 + 0.5) * step;

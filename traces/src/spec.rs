@@ -94,7 +94,21 @@ pub enum ArrivalSpec {
     },
 }
 
+/// The largest `speedup` or `scale` of a replayed trace.
+pub const MAX_FACTOR: f64 = 1e6;
+
 impl ArrivalSpec {
+    /// The highest rate a rate-driven process asks for, requests/s (None for recorded traces,
+    /// whose arrivals are counted when they are loaded).
+    pub fn peak_rate(&self) -> Option<f64> {
+        match self {
+            ArrivalSpec::Poisson { rate } | ArrivalSpec::Gamma { rate, .. } => Some(*rate),
+            ArrivalSpec::Steps { steps, .. } => Some(steps.iter().map(|s| s.1).fold(0.0, f64::max)),
+            ArrivalSpec::Diurnal { mean_rate, amplitude, .. } => Some(mean_rate * (1.0 + amplitude.abs())),
+            ArrivalSpec::Replay { .. } | ArrivalSpec::PerMinuteCounts { .. } => None,
+        }
+    }
+
     /// The same arrivals with `factor` times the load, on the same timeline: rates, counts and
     /// a replayed trace's arrivals are multiplied.
     pub fn scaled(&self, factor: f64) -> ArrivalSpec {
@@ -154,6 +168,9 @@ impl TraceLibrary {
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 { Ok(()) } else { Err(bad(format!("{name} must be > 0, got {v}"))) }
         };
+        let at_most = |name: &str, v: f64, max: f64| {
+            if v <= max { Ok(()) } else { Err(bad(format!("{name} must be at most {max}, got {v}"))) }
+        };
         Ok(match spec {
             ArrivalSpec::Poisson { rate } => {
                 positive("rate", *rate)?;
@@ -183,6 +200,11 @@ impl TraceLibrary {
             ArrivalSpec::Replay { trace, speedup, scale, start_s } => {
                 positive("speedup", *speedup)?;
                 positive("scale", *scale)?;
+                at_most("speedup", *speedup, MAX_FACTOR)?;
+                at_most("scale", *scale, MAX_FACTOR)?;
+                if !(start_s.is_finite() && *start_s >= 0.0) {
+                    return Err(bad(format!("start_s must be >= 0, got {start_s}")));
+                }
                 let all = self.timestamps(trace)?;
                 let times: Arc<[f64]> = if *start_s > 0.0 {
                     all.iter().filter(|t| **t >= *start_s).map(|t| t - start_s).collect()
@@ -194,9 +216,19 @@ impl TraceLibrary {
             ArrivalSpec::PerMinuteCounts { trace, functions, scale, start_minute, minute_s } => {
                 positive("scale", *scale)?;
                 positive("minute_s", *minute_s)?;
+                at_most("scale", *scale, MAX_FACTOR)?;
                 let counts = self.function_counts(trace)?;
                 let sums = counts.select(functions, what)?;
                 let window: Arc<[u64]> = sums.get(*start_minute..).unwrap_or_default().into();
+                if let Some((minute, count)) =
+                    window.iter().enumerate().find(|(_, c)| **c as f64 * scale > crate::arrivals::MAX_PER_BIN)
+                {
+                    return Err(bad(format!(
+                        "minute {} of {trace} holds {count} calls, times scale {scale} more than the {} a minute can hold",
+                        start_minute + minute,
+                        crate::arrivals::MAX_PER_BIN
+                    )));
+                }
                 Box::new(SpreadCounts::new(window, *minute_s, *scale, horizon_s, seed))
             }
         })
