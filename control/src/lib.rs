@@ -31,6 +31,31 @@ pub enum BackendError {
     Unsupported(String),
 }
 
+/// Why `name` cannot name a model, if it cannot: a model name is 1-64 characters of A-Z a-z 0-9
+/// `_ - .`, starting with neither a dot nor a dash (it names a folder of a model repository and
+/// goes into worker arguments, metric labels and logs), and not `total` (the metrics' name for
+/// all models together). The message quotes it with `quoted_name`.
+pub fn model_name_problem(name: &str) -> Option<String> {
+    if tensors::plain_name(name) && !name.starts_with(['.', '-']) && name != "total" {
+        return None;
+    }
+    Some(format!(
+        "model name {} must be 1-64 characters of A-Z a-z 0-9 _ - . starting with neither a dot nor a dash, and not \"total\"",
+        quoted_name(name)
+    ))
+}
+
+/// `name` quoted and escaped for a message or a log, cut after 64 characters (a name that came
+/// from a request may be anything, of any length).
+pub fn quoted_name(name: &str) -> String {
+    let shown: String = name.chars().take(64).collect();
+    if shown.len() < name.len() {
+        format!("{shown:?} (and {} more bytes)", name.len() - shown.len())
+    } else {
+        format!("{shown:?}")
+    }
+}
+
 /// One GPU serving several models, observed and steered once per control interval.
 pub trait Backend {
     /// Serves until the end of the next control interval and returns what each model saw in it,

@@ -260,6 +260,9 @@ impl LoadedScenario {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in s.models.iter().enumerate() {
+            if let Some(problem) = gpuslice_control::model_name_problem(&m.name) {
+                bail!("scenario {origin}: models[{i}]: {problem}");
+            }
             if !seen.insert(&m.name) {
                 bail!("scenario {origin}: models[{i}]: duplicate model name {:?}", m.name);
             }

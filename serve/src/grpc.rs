@@ -62,11 +62,22 @@ fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
 /// Parses and fits the request's profile (off the async threads: fitting takes milliseconds).
 async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
     let name = required(&r.name, "name")?.to_string();
-    if !(r.slo_ms.is_finite() && r.slo_ms > 0.0) {
-        return Err(Status::invalid_argument(format!("slo_ms must be > 0, got {}", r.slo_ms)));
+    if let Some(problem) = gpuslice_control::model_name_problem(&name) {
+        return Err(Status::invalid_argument(problem));
     }
-    if r.max_batch == 0 {
-        return Err(Status::invalid_argument("max_batch must be at least 1"));
+    if !(r.slo_ms.is_finite() && r.slo_ms > 0.0 && r.slo_ms <= gpuslice_simulator::MAX_LATENCY_MS) {
+        return Err(Status::invalid_argument(format!(
+            "slo_ms must be in (0, {}], got {}",
+            gpuslice_simulator::MAX_LATENCY_MS,
+            r.slo_ms
+        )));
+    }
+    if !(1..=gpuslice_simulator::MAX_BATCH).contains(&r.max_batch) {
+        return Err(Status::invalid_argument(format!(
+            "max_batch must be in 1..={}, got {}",
+            gpuslice_simulator::MAX_BATCH,
+            r.max_batch
+        )));
     }
     let profile =
         r.profile.ok_or_else(|| Status::invalid_argument("profile is required: profile_path or profile_csv"))?;
@@ -140,7 +151,7 @@ impl Controller for Service {
         if !name.is_empty() {
             models.retain(|m| m.name == name);
             if models.is_empty() {
-                return Err(Status::not_found(format!("no model named {name:?}")));
+                return Err(Status::not_found(format!("no model named {}", gpuslice_control::quoted_name(&name))));
             }
         }
         Ok(Response::new(GetAllocationResponse { models }))

@@ -325,7 +325,7 @@ fn context_of(spec: &ModelSpec) -> ModelContext {
 }
 
 fn not_found(name: &str) -> LiveError {
-    LiveError::NotFound(format!("no model named {name:?}"))
+    LiveError::NotFound(format!("no model named {}", gpuslice_control::quoted_name(name)))
 }
 
 impl<B: LiveBackend> Live<B> {
@@ -497,6 +497,10 @@ impl<B: LiveBackend> Live<B> {
 
     /// A new model is refused if its name is taken or its SLO cannot be met at all.
     fn check_new(&self, spec: &ModelSpec) -> Result<(), LiveError> {
+        // Every registration passes here: RegisterModel, the node config's models, the repository.
+        if let Some(problem) = gpuslice_control::model_name_problem(&spec.name) {
+            return Err(LiveError::InvalidArgument(problem));
+        }
         if self.entries.iter().any(|e| e.context.name == spec.name) || self.starting.contains(&spec.name) {
             return Err(LiveError::AlreadyExists(format!("model {:?} is already registered", spec.name)));
         }

@@ -63,13 +63,6 @@ pub struct Repository {
     root: PathBuf,
 }
 
-/// Why a name cannot be a model's, if it cannot: 1-64 characters of A-Z a-z 0-9 _ - . and not
-/// starting with a dot (so it never names a path outside its folder).
-pub fn name_problem(name: &str) -> Option<String> {
-    let ok = plain_name(name) && !name.starts_with('.');
-    (!ok).then(|| format!("model name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . not starting with a dot"))
-}
-
 impl Repository {
     /// The repository at `root` (a folder).
     pub fn open(root: &Path) -> anyhow::Result<Repository> {
@@ -81,7 +74,9 @@ impl Repository {
     pub fn names(&self) -> anyhow::Result<Vec<String>> {
         let mut names: Vec<String> = std::fs::read_dir(&self.root)?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| name_problem(n).is_none() && self.root.join(n).join("config.toml").is_file())
+            .filter(|n| {
+                gpuslice_control::model_name_problem(n).is_none() && self.root.join(n).join("config.toml").is_file()
+            })
             .collect();
         names.sort();
         Ok(names)
@@ -90,7 +85,7 @@ impl Repository {
     /// Model `name` as the controller registers it: its config read and checked, its latency
     /// fitted from its profile. Errors name the file and the problem.
     pub fn spec(&self, name: &str) -> Result<ModelSpec, String> {
-        if let Some(problem) = name_problem(name) {
+        if let Some(problem) = gpuslice_control::model_name_problem(name) {
             return Err(problem);
         }
         let folder = self.root.join(name);
@@ -117,7 +112,7 @@ impl Repository {
             Some(_) => return Err(bad(format!("source {:?}: torchvision:NAME takes a model name", config.source))),
             None => {
                 let file = &config.source;
-                let plain = !file.contains('/') && !file.contains('\\') && name_problem(file).is_none();
+                let plain = plain_name(file) && !file.starts_with('.');
                 if !plain || !(file.ends_with(".pt") || file.ends_with(".pt2")) {
                     return Err(bad(format!(
                         "source {file:?} must be a .pt or .pt2 file in the model's folder, or torchvision:NAME"

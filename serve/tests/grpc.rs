@@ -327,3 +327,30 @@ async fn the_gpu_backend_serves_over_grpc() {
     }
     stopping.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_and_numbers_are_refused_without_echoing_them_whole() {
+    let (running, mut client) = server(0.2).await;
+    let long = "a".repeat(1 << 20);
+    let names = ["x\"} 1\nevil_metric{a=\"b\"} 42\n#", "total", "a/b", "-h", ".hidden", long.as_str()];
+    for name in names {
+        let e = code(client.register_model(register(name, 20.0)).await);
+        assert_eq!(e.code(), Code::InvalidArgument, "{name:.40}: {e:?}");
+        assert!(e.message().contains("must be 1-64 characters") && e.message().len() < 400, "{:.200}", e.message());
+        assert!(!e.message().contains('\n'), "escaped: {:.200}", e.message());
+    }
+    let mut huge = register("resnet50", 20.0);
+    huge.max_batch = u32::MAX;
+    let e = code(client.register_model(huge).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("max_batch must be in 1..=1024"), "{e:?}");
+    let mut forever = register("resnet50", 1e300);
+    forever.slo_ms = 1e300;
+    let e = code(client.register_model(forever).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("slo_ms must be in"), "{e:?}");
+    let models = client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
+    assert!(models.is_empty(), "nothing registered: {models:?}");
+    // An unknown name is quoted, escaped and cut in the answer.
+    let e = code(client.unregister_model(UnregisterModelRequest { name: long.clone() }).await);
+    assert!(e.code() == Code::NotFound && e.message().len() < 200, "{:.200}", e.message());
+    running.stop().await.unwrap();
+}
