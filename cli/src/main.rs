@@ -178,6 +178,11 @@ enum Command {
         /// protocol's RepositoryModelLoad / Unload manage them [default: the config's, or none].
         #[arg(long)]
         model_repository: Option<PathBuf>,
+        /// A folder whose regular files RegisterModel's `profile_path` may name (repeat for
+        /// several); other paths are refused as "not allowed" [default: the config's
+        /// `data_roots`, else its folder; without a config, none: only `builtin:` and inline CSV].
+        #[arg(long = "data-root")]
+        data_roots: Vec<PathBuf>,
     },
     /// Load-test the gRPC plane on loopback: open-loop Infer calls plus control calls for a
     /// bounded time, then a table of calls sent, answered, failed and latency percentiles.
@@ -652,7 +657,7 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { backend, listen, metrics_listen, config, policy, fake_ms, model_repository } => {
+        Command::Serve { backend, listen, metrics_listen, config, policy, fake_ms, model_repository, data_roots } => {
             let overrides = gpuslice_serve::node::ServeOverrides {
                 backend,
                 listen,
@@ -660,6 +665,7 @@ fn run(command: Command) -> Result<()> {
                 policy,
                 fake_ms,
                 model_repository,
+                data_roots,
             };
             let options = gpuslice_serve::node::NodeConfig::load(config.as_deref())?.into_options(overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;

@@ -13,6 +13,7 @@ use gpuslice_control::ModelSource;
 use gpuslice_simulator::{ModelReport, Summary};
 use gpuslice_traces::{LatencyModel, Source};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
@@ -60,7 +61,15 @@ fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
 }
 
 /// Parses and fits the request's profile (off the async threads: fitting takes milliseconds).
-async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
+/// Where a registration's `profile_path` may be read from: anywhere for the node config's own
+/// models (the operator's file), only under the data roots for a RegisterModel call.
+#[derive(Clone, Copy)]
+enum ProfileFiles<'a> {
+    Operator,
+    Confined(&'a [PathBuf]),
+}
+
+async fn model_spec(r: RegisterModelRequest, files: ProfileFiles<'_>) -> Result<ModelSpec, Status> {
     let name = required(&r.name, "name")?.to_string();
     if let Some(problem) = gpuslice_control::model_name_problem(&name) {
         return Err(Status::invalid_argument(problem));
@@ -83,11 +92,17 @@ async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
         r.profile.ok_or_else(|| Status::invalid_argument("profile is required: profile_path or profile_csv"))?;
     let wanted = if r.profile_model.is_empty() { name.clone() } else { r.profile_model.clone() };
     let profile_model_name = wanted.clone();
+    let roots: Option<Vec<PathBuf>> = match files {
+        ProfileFiles::Operator => None,
+        ProfileFiles::Confined(roots) => Some(roots.to_vec()),
+    };
     let latency = tokio::task::spawn_blocking(move || -> Result<LatencyModel, String> {
         let source = match profile {
-            register_model_request::Profile::ProfilePath(path) => {
-                Source::load(&path, std::path::Path::new(".")).map_err(|e| format!("profile_path: {e}"))?
+            register_model_request::Profile::ProfilePath(path) => match &roots {
+                None => Source::load(&path, std::path::Path::new(".")),
+                Some(roots) => Source::load_confined(&path, roots),
             }
+            .map_err(|e| format!("profile_path: {e}"))?,
             register_model_request::Profile::ProfileCsv(text) => {
                 Source { name: "profile_csv".into(), text: text.into() }
             }
@@ -113,6 +128,8 @@ async fn model_spec(r: RegisterModelRequest) -> Result<ModelSpec, Status> {
 /// The gRPC service.
 pub struct Service {
     live: LiveHandle,
+    /// Where RegisterModel's `profile_path` may be read from.
+    data_roots: Arc<[PathBuf]>,
     /// Turns true when the server shuts down, ending decision streams.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -123,7 +140,7 @@ impl Controller for Service {
         &self,
         request: Request<RegisterModelRequest>,
     ) -> Result<Response<RegisterModelResponse>, Status> {
-        let spec = model_spec(request.into_inner()).await?;
+        let spec = model_spec(request.into_inner(), ProfileFiles::Confined(&self.data_roots)).await?;
         let allocation = self.live.ask(|reply| Command::Register(spec, reply)).await?;
         Ok(Response::new(RegisterModelResponse { allocation: Some(to_proto(allocation)) }))
     }
@@ -319,6 +336,8 @@ pub struct ServeOptions {
     /// A model repository: every model in it is loaded (registered) before the server takes
     /// calls, and RepositoryModelLoad / Unload manage them after.
     pub repository: Option<std::path::PathBuf>,
+    /// Folders whose files RegisterModel's `profile_path` may name (besides `builtin:`).
+    pub data_roots: Vec<PathBuf>,
 }
 
 /// A running server: its bound addresses, and how to stop it.
@@ -390,7 +409,9 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     for model in options.models {
         let name = model.name.clone();
-        let spec = model_spec(model).await.map_err(|s| anyhow::anyhow!("model {name}: {}", s.message()))?;
+        let spec = model_spec(model, ProfileFiles::Operator)
+            .await
+            .map_err(|s| anyhow::anyhow!("model {name}: {}", s.message()))?;
         live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e}"))?;
     }
     let repository = options.repository.as_deref().map(Repository::open).transpose()?;
@@ -410,7 +431,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let service = ControllerServer::new(Service { live, stopping });
+    let service = ControllerServer::new(Service { live, stopping, data_roots: options.data_roots.into() });
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         tonic::transport::Server::builder()

@@ -187,6 +187,7 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
                 controller: LiveConfig::default(),
                 models: Vec::new(),
                 repository: None,
+                data_roots: Vec::new(),
                 backend: grpc::ServeBackend::Simulated,
             })
             .await?,

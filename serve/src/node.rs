@@ -31,6 +31,11 @@ pub struct NodeConfig {
     pub models: Vec<NodeModel>,
     /// A model repository (relative to the config file): its models are loaded at start.
     pub model_repository: Option<std::path::PathBuf>,
+    /// Folders (relative to the config file) whose regular files RegisterModel's
+    /// `profile_path` may name; default: the config file's folder (without a config: none,
+    /// only `builtin:` data and inline CSV).
+    #[serde(default)]
+    pub data_roots: Vec<std::path::PathBuf>,
 }
 
 /// What serves a node's requests (the one place `serve` chooses between the simulator and the
@@ -90,6 +95,10 @@ impl NodeConfig {
             toml::from_str(&text).with_context(|| format!("node config {} is malformed", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.model_repository = config.model_repository.map(|r| base.join(r));
+        config.data_roots = match config.data_roots.is_empty() {
+            true => vec![base.to_path_buf()],
+            false => config.data_roots.iter().map(|r| base.join(r)).collect(),
+        };
         for m in &mut config.models {
             if !m.profile.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) {
                 m.profile = base.join(&m.profile).display().to_string();
@@ -100,7 +109,8 @@ impl NodeConfig {
 
     /// Serve options, with command-line overrides applied.
     pub fn into_options(self, overrides: ServeOverrides) -> Result<ServeOptions> {
-        let ServeOverrides { backend, listen, metrics_listen, policy, fake_ms, model_repository } = overrides;
+        let ServeOverrides { backend, listen, metrics_listen, policy, fake_ms, model_repository, data_roots } =
+            overrides;
         let mut controller = self.controller;
         if let Some(policy) = policy {
             controller.policy = policy;
@@ -112,6 +122,7 @@ impl NodeConfig {
             BackendKind::Gpu => ServeBackend::Gpu(gpu),
         };
         Ok(ServeOptions {
+            data_roots: if data_roots.is_empty() { self.data_roots } else { data_roots },
             backend,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             metrics_listen: metrics_listen.or(self.metrics_listen),
@@ -148,4 +159,6 @@ pub struct ServeOverrides {
     pub fake_ms: Option<f64>,
     /// `--model-repository`.
     pub model_repository: Option<std::path::PathBuf>,
+    /// `--data-root` (each): replace the config's data roots.
+    pub data_roots: Vec<std::path::PathBuf>,
 }

@@ -15,6 +15,7 @@ async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>)
         controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
         models: Vec::new(),
         repository: None,
+        data_roots: Vec::new(),
         backend: grpc::ServeBackend::Simulated,
     })
     .await
@@ -261,6 +262,7 @@ async fn the_gpu_backend_serves_over_grpc() {
         controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
         models: vec![register("resnet50", 20.0)],
         repository: None,
+        data_roots: Vec::new(),
         backend: grpc::ServeBackend::Gpu(serving),
     })
     .await
@@ -353,4 +355,52 @@ async fn hostile_names_and_numbers_are_refused_without_echoing_them_whole() {
     let e = code(client.unregister_model(UnregisterModelRequest { name: long.clone() }).await);
     assert!(e.code() == Code::NotFound && e.message().len() < 200, "{:.200}", e.message());
     running.stop().await.unwrap();
+}
+
+/// RegisterModel with `profile_path`, on a server whose only data root is `root`.
+async fn register_from(root: &std::path::Path, path: &str) -> Result<(), tonic::Status> {
+    let running = grpc::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        controller: LiveConfig::default(),
+        models: Vec::new(),
+        repository: None,
+        data_roots: vec![root.to_path_buf()],
+        backend: grpc::ServeBackend::Simulated,
+    })
+    .await
+    .unwrap();
+    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    let mut request = register("resnet50", 20.0);
+    request.profile = Some(Profile::ProfilePath(path.into()));
+    let call = tokio::time::timeout(std::time::Duration::from_secs(10), client.register_model(request));
+    let result = call.await.expect("answered, not hung").map(drop);
+    running.stop().await.unwrap();
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_paths_are_read_only_under_the_data_roots_and_say_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let profile = gpuslice_traces::Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap();
+    std::fs::write(root.join("profile.csv"), profile.text.as_bytes()).unwrap();
+    std::fs::write(dir.path().join("outside.csv"), profile.text.as_bytes()).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside.csv"), root.join("link.csv")).unwrap();
+    nix::unistd::mkfifo(&root.join("fifo.csv"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+    register_from(&root, "profile.csv").await.expect("a regular file under the root");
+    register_from(&root, root.join("profile.csv").to_str().unwrap()).await.expect("by its full path too");
+    register_from(&root, "builtin:h100-cudagraph").await.expect("built-ins");
+
+    let refused = ["/etc/passwd", "/dev/zero", "/no/such/file", "../outside.csv", "link.csv", "fifo.csv", "."];
+    for path in refused {
+        let e = register_from(&root, path).await.expect_err(path);
+        assert_eq!(e.code(), Code::InvalidArgument, "{path}: {e:?}");
+        // The same answer whatever the file: only the path asked for differs.
+        let said = e.message().replace(&format!("{path:?}"), "PATH");
+        assert!(said.starts_with("profile_path: PATH: not allowed:"), "{path}: {said}");
+        assert!(!said.contains("root:") && !said.contains("No such file"), "{path}: {said}");
+    }
 }

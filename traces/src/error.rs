@@ -38,6 +38,10 @@ pub enum DataError {
         /// Why.
         cause: std::io::Error,
     },
+    /// A file named by a request that it may not read: outside the data roots, not a regular
+    /// file, too large, or missing (which of these is not said).
+    #[error("{0}: not allowed: name builtin:NAME or a regular file of at most {max} MiB under the server's data roots", max = crate::source::MAX_CONFINED_BYTES >> 20)]
+    NotAllowed(String),
     /// The input was read but is malformed or out of range.
     #[error("{location}: {problem}")]
     Malformed {
