@@ -191,11 +191,23 @@ impl Controller for Service {
         } else {
             let a =
                 r.allocation.ok_or_else(|| Status::invalid_argument("allocation is required unless release is set"))?;
-            Some(gpuslice_simulator::Allocation {
+            // A slice is served in whole GPU% (MPS's active-thread percentage): below 1 it would
+            // be served at 1 and reported as asked.
+            if !(a.gpu_pct >= 1.0 && a.gpu_pct <= 100.0) {
+                return Err(Status::invalid_argument(format!(
+                    "allocation.gpu_pct must be in [1, 100], got {}",
+                    a.gpu_pct
+                )));
+            }
+            let allocation = gpuslice_simulator::Allocation {
                 gpu_pct: a.gpu_pct,
                 max_batch: a.max_batch,
                 batch_timeout_ms: a.batch_timeout_ms,
-            })
+            };
+            if let Some(problem) = allocation.problem() {
+                return Err(Status::invalid_argument(format!("allocation: {problem}")));
+            }
+            Some(allocation)
         };
         let allocation = self.live.ask(|reply| Command::Override(name, pin, reply)).await?;
         Ok(Response::new(OverrideAllocationResponse { allocation: Some(to_proto(allocation)) }))

@@ -20,6 +20,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 /// Policies that can run live: they partition the GPU (spatial sharing) and need no foreknowledge.
 pub const LIVE_POLICIES: [&str; 3] = ["static", "gslice", "model-based"];
 
+/// The most models one node serves at once (each holds worker processes and a share of the GPU;
+/// a policy gives each at least 1%).
+pub const MAX_MODELS: usize = 64;
+
 /// How the node runs (the `[controller]` part of node.toml).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -500,6 +504,11 @@ impl<B: LiveBackend> Live<B> {
         // Every registration passes here: RegisterModel, the node config's models, the repository.
         if let Some(problem) = gpuslice_control::model_name_problem(&spec.name) {
             return Err(LiveError::InvalidArgument(problem));
+        }
+        if self.entries.len() + self.starting.len() >= MAX_MODELS {
+            return Err(LiveError::FailedPrecondition(format!(
+                "{MAX_MODELS} models are registered or starting, the most one node serves: unregister one first"
+            )));
         }
         if self.entries.iter().any(|e| e.context.name == spec.name) || self.starting.contains(&spec.name) {
             return Err(LiveError::AlreadyExists(format!("model {:?} is already registered", spec.name)));

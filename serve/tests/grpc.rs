@@ -404,3 +404,25 @@ async fn profile_paths_are_read_only_under_the_data_roots_and_say_nothing_else()
         assert!(!said.contains("root:") && !said.contains("No such file"), "{path}: {said}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_a_bounded_number_of_models_and_whole_percent_pins() {
+    let (running, mut client) = server(0.2).await;
+    for i in 0..gpuslice_serve::live::MAX_MODELS {
+        let mut request = register(&format!("m{i}"), 200.0);
+        request.profile_model = "resnet50".into();
+        client.register_model(request).await.unwrap_or_else(|e| panic!("model {i}: {e:?}"));
+    }
+    let mut one_more = register("one-more", 200.0);
+    one_more.profile_model = "resnet50".into();
+    let e = code(client.register_model(one_more).await);
+    assert!(e.code() == Code::FailedPrecondition && e.message().contains("64 models"), "{e:?}");
+    let pin = |gpu_pct| OverrideAllocationRequest {
+        name: "m0".into(),
+        allocation: Some(Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 1.0 }),
+        release: false,
+    };
+    let e = code(client.override_allocation(pin(1e-300)).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("gpu_pct must be in [1, 100]"), "{e:?}");
+    running.stop().await.unwrap();
+}
