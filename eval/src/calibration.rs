@@ -235,7 +235,7 @@ pub fn simulate_closed_loop(
             let arrivals = ModulatedRenewal::new(schedule, 1.0, seed + i as u64)?;
             Ok(ModelSetup {
                 name: latency.model.clone(),
-                slo_ms: 1e9,
+                slo_ms: gpuslice_simulator::MAX_LATENCY_MS,
                 service: ServiceModel::Calibrated { latency: latency.clone(), jitter: true },
                 allocation: Allocation { gpu_pct: *gpu_pct, max_batch: *batch, batch_timeout_ms: 0.0 },
                 arrivals: Box::new(arrivals),
