@@ -688,7 +688,13 @@ impl<B: LiveBackend> Live<B> {
             self.entry(name)?;
         }
         let report = self.backend.report();
-        let models = report.models.into_iter().filter(|m| name.is_none_or(|n| n == m.model)).collect();
+        let models = report
+            .models
+            .into_iter()
+            .filter(|m| name.is_none_or(|n| n == m.model))
+            // Unregistered models count in the total only: no stale series in /metrics.
+            .filter(|m| self.entries.iter().any(|e| e.context.name == m.model))
+            .collect();
         Ok((models, report.total))
     }
 }

@@ -426,3 +426,38 @@ async fn a_node_takes_a_bounded_number_of_models_and_whole_percent_pins() {
     assert!(e.code() == Code::InvalidArgument && e.message().contains("gpu_pct must be in [1, 100]"), "{e:?}");
     running.stop().await.unwrap();
 }
+
+/// This process's resident memory, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_and_unregistering_for_long_keeps_memory_flat() {
+    let (running, mut client) = server(0.05).await;
+    let profile = gpuslice_traces::Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap();
+    let mut cycle = async |i: usize| {
+        let mut request = register(&format!("churn{i}"), 200.0);
+        // Inline, so the profile is not read from a file each time.
+        request.profile = Some(Profile::ProfileCsv(profile.text.to_string()));
+        request.profile_model = "resnet50".into();
+        client.register_model(request).await.unwrap();
+        client.infer(InferRequest { model: format!("churn{i}"), payload: Vec::new() }).await.unwrap();
+        client.unregister_model(UnregisterModelRequest { name: format!("churn{i}") }).await.unwrap();
+    };
+    for i in 0..500 {
+        cycle(i).await;
+    }
+    let after_warmup = rss_kib();
+    for i in 500..3000 {
+        cycle(i).await;
+    }
+    let after = rss_kib();
+    assert!(after * 10 <= after_warmup * 11, "resident memory {after_warmup} KiB -> {after} KiB over 2,500 cycles");
+    let metrics = client.get_metrics(GetMetricsRequest { name: String::new() }).await.unwrap().into_inner();
+    assert!(metrics.models.is_empty(), "retired models leave the metrics: {:?}", metrics.models.len());
+    assert_eq!(metrics.total.unwrap().completed, 3000, "and stay in the total");
+    running.stop().await.unwrap();
+}

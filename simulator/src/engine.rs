@@ -223,6 +223,12 @@ struct ModelState {
     queue_changed_at: Nanos,
     /// Retired models take no new requests and serve out their queue.
     retired: bool,
+    /// A retired model whose queue is served out: its figures went into
+    /// `Simulator::retired_total`, its memory was given back, and reports leave it out. A
+    /// model added later takes its slot when no arrival event of it is left (`arrival_pending`).
+    released: bool,
+    /// An arrival event of this model is in the event queue.
+    arrival_pending: bool,
     arrivals: Box<dyn ArrivalProcess>,
     total: Counters,
     interval: Counters,
@@ -263,6 +269,8 @@ pub struct Simulator {
     /// Submitted requests dropped at their deadline, not yet taken.
     dropped_tickets: Vec<Ticket>,
     next_ticket: Ticket,
+    /// The whole-run figures of released models (see `ModelState::released`).
+    retired_total: Counters,
 }
 
 impl Simulator {
@@ -291,6 +299,7 @@ impl Simulator {
             requests: Vec::new(),
             dropped_tickets: Vec::new(),
             next_ticket: NO_TICKET + 1,
+            retired_total: Counters::new(),
         };
         sim.check_capacity()?;
         for m in 0..sim.models.len() {
@@ -331,6 +340,8 @@ impl Simulator {
             queue: VecDeque::new(),
             queue_changed_at: 0,
             retired: false,
+            released: false,
+            arrival_pending: false,
             arrivals: setup.arrivals,
             total: Counters::new(),
             interval: Counters::new(),
@@ -344,12 +355,33 @@ impl Simulator {
     pub fn add_model(&mut self, setup: ModelSetup) -> Result<usize, SimError> {
         let mut state = Self::model_state(&self.config, setup)?;
         state.queue_changed_at = self.now;
-        self.models.push(state);
-        if let Err(e) = self.check_capacity() {
-            self.models.pop();
-            return Err(e);
-        }
-        let m = self.models.len() - 1;
+        // A released model's slot is taken again (a node that registers and unregisters models
+        // for weeks keeps its table the size of what it serves): nothing refers to the slot any
+        // more, and the new model's versions start past the old one's, so that no stale
+        // timeout or resume event of the old model is taken for its own.
+        let reusable = self.models.iter().position(|m| m.released && !m.arrival_pending);
+        let m = match reusable {
+            Some(m) => {
+                let old = &self.models[m];
+                state.generation = old.generation + 1;
+                state.resume_version = old.resume_version + 1;
+                state.timeout_version = old.timeout_version + 1;
+                let old = std::mem::replace(&mut self.models[m], state);
+                if let Err(e) = self.check_capacity() {
+                    self.models[m] = old;
+                    return Err(e);
+                }
+                m
+            }
+            None => {
+                self.models.push(state);
+                if let Err(e) = self.check_capacity() {
+                    self.models.pop();
+                    return Err(e);
+                }
+                self.models.len() - 1
+            }
+        };
         self.schedule_next_arrival(m);
         Ok(m)
     }
@@ -496,7 +528,8 @@ impl Simulator {
         self.advance_running();
         let (start, now) = (self.interval_start, self.now);
         self.interval_start = now;
-        self.models
+        let intervals = self
+            .models
             .iter_mut()
             .map(|m| {
                 m.touch_queue(now);
@@ -513,29 +546,50 @@ impl Simulator {
                     arrivals_s: m.interval_arrivals.take(),
                 }
             })
-            .collect()
+            .collect();
+        // A retired model that has served its queue hands its figures to the run's and gives
+        // its memory back: a node that registers and unregisters models for weeks stays flat.
+        // (A batch of an earlier worker generation may still run after a reallocation.)
+        let running: Vec<usize> = self.running.iter().map(|b| b.model).collect();
+        let served_out = |(i, m): &(usize, &mut ModelState)| {
+            m.retired && !m.released && m.queue.is_empty() && !m.worker_busy && !running.contains(i)
+        };
+        for (_, m) in self.models.iter_mut().enumerate().filter(served_out) {
+            self.retired_total.merge(&m.total);
+            m.total = Counters::released();
+            m.interval = Counters::released();
+            m.queue = VecDeque::new();
+            // Its latency model and cached tables: kilobytes per model.
+            m.service = ServiceSampler::new(ServiceModel::Constant { ms: 1.0 });
+            m.released = true;
+        }
+        intervals
     }
 
-    /// Whole-run figures up to now.
+    /// Whole-run figures up to now: per model in service (retired ones are left out), and in
+    /// all, retired models included.
     pub fn report(&mut self) -> Report {
         self.advance_running();
         let now = self.now;
         let span = if self.last_arrival > 0 { self.last_arrival } else { now };
         let mut total = Counters::new();
+        total.merge(&self.retired_total);
         let models = self
             .models
             .iter_mut()
-            .map(|m| {
+            .filter(|m| !m.released)
+            .filter_map(|m| {
                 m.touch_queue(now);
                 total.merge(&m.total);
-                ModelReport {
+                // Retired models count in the total, not as models of the run.
+                (!m.retired).then(|| ModelReport {
                     model: m.name.clone(),
                     slo_ms: m.slo_ns as f64 * 1e-6,
                     allocation: m.pending.unwrap_or(m.allocation),
                     reallocations: m.reallocations,
                     worker_failures: 0,
                     summary: m.total.summary(now, span),
-                }
+                })
             })
             .collect();
         Report {
@@ -578,6 +632,7 @@ impl Simulator {
         if let Some(t) = self.models[model].arrivals.next_arrival() {
             let at = secs_to_ns(t).max(self.now);
             self.push(at, model, EventKind::Arrival);
+            self.models[model].arrival_pending = true;
         }
     }
 
@@ -585,6 +640,7 @@ impl Simulator {
         let m = event.model;
         match event.kind {
             EventKind::Arrival => {
+                self.models[m].arrival_pending = false;
                 if self.models[m].retired {
                     return;
                 }

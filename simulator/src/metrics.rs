@@ -36,6 +36,15 @@ impl Counters {
     /// Nothing counted yet.
     pub fn new() -> Self {
         Counters {
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+            ..Counters::released()
+        }
+    }
+
+    /// Nothing counted, with a histogram that holds next to no memory until it records (for a
+    /// retired model whose figures have been handed over: a full one is hundreds of KB).
+    pub fn released() -> Self {
+        Counters {
             arrivals: 0,
             completed: 0,
             within_slo: 0,
@@ -44,7 +53,7 @@ impl Counters {
             sm_pct_ns: 0.0,
             queue_area: 0.0,
             max_queue: 0,
-            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+            latency_us: Histogram::new(1).expect("valid histogram"),
         }
     }
 

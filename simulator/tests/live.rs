@@ -64,3 +64,32 @@ fn a_request_past_its_deadline_is_reported_dropped() {
     assert_eq!(done.len() + dropped.len(), tickets.len());
     assert!(!dropped.is_empty());
 }
+
+#[test]
+fn a_served_out_model_gives_its_slot_and_memory_back_and_stays_in_the_total() {
+    let mut sim = Simulator::new(SimConfig::default(), vec![setup("a", 50.0)]).unwrap();
+    let b = sim.add_model(setup("b", 40.0)).unwrap();
+    // A reallocation while b serves: its old worker's batch may still run after the move.
+    sim.submit(b).unwrap();
+    sim.set_allocation(b, Allocation { gpu_pct: 30.0, max_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
+    sim.submit(b).unwrap();
+    sim.retire_model(b).unwrap();
+    // Still serving: its slot is not taken.
+    let _ = sim.take_interval();
+    assert_ne!(sim.add_model(setup("c", 10.0)).unwrap(), b);
+    sim.run_until(gpuslice_simulator::secs_to_ns(1.0));
+    let _ = sim.take_interval();
+    let (done, _) = sim.take_finished();
+    assert_eq!(done.len(), 2, "b's requests were served");
+    // Served out and released: the next model takes b's slot, and serves on it as its own.
+    let d = sim.add_model(setup("d", 10.0)).unwrap();
+    assert_eq!(d, b);
+    let ticket = sim.submit(d).unwrap();
+    sim.run_until(gpuslice_simulator::secs_to_ns(2.0));
+    let (done, _) = sim.take_finished();
+    assert_eq!(done.iter().map(|r| r.ticket).collect::<Vec<_>>(), vec![ticket]);
+    let report = sim.report();
+    let names: Vec<_> = report.models.iter().map(|m| m.model.as_str()).collect();
+    assert_eq!(names, ["a", "d", "c"], "retired models leave the per-model figures");
+    assert_eq!(report.total.completed, 3, "and stay in the total");
+}
