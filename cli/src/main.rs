@@ -183,6 +183,11 @@ enum Command {
         /// `data_roots`, else its folder; without a config, none: only `builtin:` and inline CSV].
         #[arg(long = "data-root")]
         data_roots: Vec<PathBuf>,
+        /// On SIGINT/SIGTERM, the longest shutdown may take: accepted requests are answered (or
+        /// dropped at the controller's drop deadline) well inside it; what it cuts short is a
+        /// client holding a connection open. A second signal exits at once.
+        #[arg(long, default_value_t = 30.0)]
+        shutdown_deadline_s: f64,
     },
     /// Load-test the gRPC plane on loopback: open-loop Infer calls plus control calls for a
     /// bounded time, then a table of calls sent, answered, failed and latency percentiles.
@@ -657,7 +662,21 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { backend, listen, metrics_listen, config, policy, fake_ms, model_repository, data_roots } => {
+        Command::Serve {
+            backend,
+            listen,
+            metrics_listen,
+            config,
+            policy,
+            fake_ms,
+            model_repository,
+            data_roots,
+            shutdown_deadline_s,
+        } => {
+            anyhow::ensure!(
+                shutdown_deadline_s.is_finite() && (0.0..=3600.0).contains(&shutdown_deadline_s),
+                "--shutdown-deadline-s must be in [0, 3600], got {shutdown_deadline_s}"
+            );
             let overrides = gpuslice_serve::node::ServeOverrides {
                 backend,
                 listen,
@@ -677,8 +696,23 @@ fn run(command: Command) -> Result<()> {
                     running.metrics.map_or(String::new(), |m| format!(", metrics on http://{m}/metrics"))
                 );
                 shutdown_signal().await;
-                tracing::info!("shutting down: no new calls; answering accepted requests");
-                running.stop().await
+                tracing::info!(
+                    deadline_s = shutdown_deadline_s,
+                    "shutting down: no new calls; answering accepted requests (a second signal exits at once)"
+                );
+                // Accepted requests are answered within the drop deadline; what can outlast it
+                // is a client holding an idle connection open, which must not keep the node up.
+                tokio::select! {
+                    stopped = running.stop() => stopped,
+                    _ = shutdown_signal() => {
+                        tracing::warn!("second signal: exiting now");
+                        std::process::exit(130)
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_secs_f64(shutdown_deadline_s)) => {
+                        tracing::warn!(deadline_s = shutdown_deadline_s, "connections still open at the shutdown deadline: exiting");
+                        Ok(())
+                    }
+                }
             })
         }
         Command::LoadTest { target, seconds, infer_rps, control_rps, with_inputs, quiet } => {

@@ -490,3 +490,50 @@ fn bad_flags_are_refused_with_the_reason() {
         assert!(stderr(&out).contains(reason), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// `gpuslice serve` with `args`, its gRPC address, and an idle TCP connection held to it.
+fn serve_held_open(args: &[&str]) -> (std::process::Child, std::net::TcpStream) {
+    use std::io::BufRead;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gpuslice"))
+        .args(["--log", "warn", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.trim().strip_prefix("serving gpuslice.v1 on ").unwrap().to_string();
+    let idle = std::net::TcpStream::connect(address).unwrap();
+    (server, idle)
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn exits_within(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[test]
+fn an_idle_client_cannot_hold_shutdown_past_its_deadline_and_a_second_signal_exits_at_once() {
+    let term = |child: &std::process::Child| {
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    };
+    let (mut server, _idle) = serve_held_open(&["--shutdown-deadline-s", "1"]);
+    term(&server);
+    let status = exits_within(&mut server, std::time::Duration::from_secs(10)).expect("exits after its 1 s deadline");
+    assert!(status.success(), "{status}");
+
+    let (mut server, _idle) = serve_held_open(&["--shutdown-deadline-s", "600"]);
+    term(&server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    term(&server);
+    let status = exits_within(&mut server, std::time::Duration::from_secs(5)).expect("the second signal ends it");
+    assert_eq!(status.code(), Some(130));
+}

@@ -125,6 +125,9 @@ async fn model_spec(r: RegisterModelRequest, files: ProfileFiles<'_>) -> Result<
     })
 }
 
+/// Calls one connection may have open at once (an Infer is open until its request is served).
+pub const MAX_CALLS_PER_CONNECTION: usize = 4096;
+
 /// The gRPC service.
 pub struct Service {
     live: LiveHandle,
@@ -447,6 +450,12 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            // A peer that is gone is noticed (TCP and HTTP/2 keep-alives) and its connection
+            // closed; one connection cannot hold more than this many calls open at once.
+            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
