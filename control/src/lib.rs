@@ -84,7 +84,8 @@ pub trait Backend {
 }
 
 /// What the live controller serves on. Models are added and retired while it runs, and their
-/// requests come one at a time (`submit`); indices are stable (a retired model keeps its own).
+/// requests come one at a time (`submit`); a model keeps its index while it serves (once
+/// retired and served out, the simulator gives the index to a model added later).
 pub trait LiveBackend: Send + 'static {
     /// A model made ready to serve (on a GPU: its worker processes, started).
     type Prepared: Send + 'static;
