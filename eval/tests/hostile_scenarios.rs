@@ -1,0 +1,60 @@
+//! Scenario files against hostile values (a proptest fuzz): every field of a scenario, and of
+//! each arrival kind, at and beyond its limits; loading and building it gives an error naming
+//! the scenario, never a panic or an allocation the size of the value. `PROPTEST_CASES=100000`
+//! runs a longer campaign.
+
+use gpuslice_eval::scenario::LoadedScenario;
+use proptest::prelude::*;
+
+/// A TOML number a hostile or mistaken file could hold.
+fn number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => (0.001f64..1000.0).prop_map(|v| format!("{v:?}")),
+        1 => prop::sample::select(vec![
+            "0", "-1", "1e-300", "1e300", "nan", "inf", "-inf", "4294967296", "1e12", "1e-12", "2e10", "1",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+fn arrivals() -> impl Strategy<Value = String> {
+    prop_oneof![
+        number().prop_map(|r| format!("{{ kind = \"poisson\", rate = {r} }}")),
+        (number(), number()).prop_map(|(r, cv)| format!("{{ kind = \"gamma\", rate = {r}, cv = {cv} }}")),
+        (number(), number(), number()).prop_map(|(t, a, b)| format!("{{ kind = \"steps\", steps = [[0, {a}], [{t}, {b}]] }}")),
+        (number(), number(), number(), number()).prop_map(|(m, a, p, s)| {
+            format!("{{ kind = \"diurnal\", mean_rate = {m}, amplitude = {a}, period_s = {p}, step_s = {s} }}")
+        }),
+        (number(), number(), number()).prop_map(|(speedup, scale, start)| {
+            format!("{{ kind = \"replay\", trace = \"builtin:azure-llm-code\", speedup = {speedup}, scale = {scale}, start_s = {start} }}")
+        }),
+        (number(), number()).prop_map(|(scale, minute_s)| {
+            format!("{{ kind = \"per-minute-counts\", trace = \"builtin:azure-functions-2019\", functions = [0, 1], scale = {scale}, minute_s = {minute_s} }}")
+        }),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = String> {
+    let top = (number(), number(), number(), number(), 0u64..20);
+    let model =
+        (number(), number(), prop::sample::select(vec![0u64, 1, 8, 64, 100_000, 4_294_967_295]), number(), arrivals());
+    (top, model).prop_map(|((duration, interval, drop, restart, window), (slo, gpu, batch, wait, arrivals))| {
+        format!(
+            "name = \"fuzz\"\nsharing = \"spatial\"\nduration_s = {duration}\ncontrol_interval_s = {interval}\n\
+             drop_after_ms = {drop}\noracle_window_intervals = {window}\n\
+             reallocation = {{ kind = \"cold-restart\", restart_s = {restart} }}\n\
+             [[models]]\nname = \"resnet50\"\nslo_ms = {slo}\ngpu_pct = {gpu}\nmax_batch = {batch}\n\
+             batch_timeout_ms = {wait}\narrivals = {arrivals}\n"
+        )
+    })
+}
+
+proptest! {
+    #[test]
+    fn hostile_scenarios_are_refused_or_built_never_panic(text in scenario()) {
+        match LoadedScenario::from_text(&text, "fuzz.toml", ".".into()).and_then(|s| s.build().map(drop)) {
+            Ok(()) => {}
+            Err(e) => prop_assert!(format!("{e:#}").contains("fuzz.toml") || format!("{e:#}").contains("models[0]"), "{e:#}"),
+        }
+    }
+}
