@@ -183,6 +183,14 @@ enum Command {
         /// `data_roots`, else its folder; without a config, none: only `builtin:` and inline CSV].
         #[arg(long = "data-root")]
         data_roots: Vec<PathBuf>,
+        /// A file holding a bearer token (16+ printable characters): every call but health
+        /// checks, and /metrics, must then carry `authorization: Bearer TOKEN` [default: the
+        /// config's auth_token_file, else none].
+        #[arg(long)]
+        auth_token_file: Option<PathBuf>,
+        /// Do not serve gRPC server reflection.
+        #[arg(long)]
+        no_reflection: bool,
         /// On SIGINT/SIGTERM, the longest shutdown may take: accepted requests are answered (or
         /// dropped at the controller's drop deadline) well inside it; what it cuts short is a
         /// client holding a connection open. A second signal exits at once.
@@ -671,6 +679,8 @@ fn run(command: Command) -> Result<()> {
             fake_ms,
             model_repository,
             data_roots,
+            auth_token_file,
+            no_reflection,
             shutdown_deadline_s,
         } => {
             anyhow::ensure!(
@@ -685,6 +695,8 @@ fn run(command: Command) -> Result<()> {
                 fake_ms,
                 model_repository,
                 data_roots,
+                auth_token_file,
+                no_reflection,
             };
             let options = gpuslice_serve::node::NodeConfig::load(config.as_deref())?.into_options(overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;

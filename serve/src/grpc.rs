@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 impl From<LiveError> for Status {
@@ -353,6 +354,35 @@ pub struct ServeOptions {
     pub repository: Option<std::path::PathBuf>,
     /// Folders whose files RegisterModel's `profile_path` may name (besides `builtin:`).
     pub data_roots: Vec<PathBuf>,
+    /// When set, every call but health checks, and /metrics, must carry `authorization: Bearer
+    /// TOKEN` (UNAUTHENTICATED, HTTP 401 otherwise).
+    pub auth_token: Option<String>,
+    /// Serve gRPC server reflection.
+    pub reflection: bool,
+}
+
+/// Checks a call's `authorization: Bearer TOKEN` where the server has a token.
+#[derive(Clone)]
+struct BearerToken(Option<Arc<str>>);
+
+impl BearerToken {
+    /// Whether `header` (the `authorization` value) carries the token, compared in constant
+    /// time.
+    fn admits(&self, header: Option<&str>) -> bool {
+        let Some(token) = &self.0 else { return true };
+        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else { return false };
+        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.admits(request.metadata().get("authorization").and_then(|v| v.to_str().ok())) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("this server needs the header authorization: Bearer <token>"))
+        }
+    }
 }
 
 /// A running server: its bound addresses, and how to stop it.
@@ -390,6 +420,10 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", options.listen))?;
     let grpc = listener.local_addr()?;
+    let token = BearerToken(options.auth_token.as_deref().map(Arc::from));
+    if token.0.is_none() && !options.listen.ip().is_loopback() {
+        tracing::warn!(listen = %options.listen, "listening beyond loopback without an auth token: anyone who reaches this address can register models and send requests (--auth-token-file)");
+    }
     let metrics = match options.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -397,11 +431,22 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
                 .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
             let bound = listener.local_addr()?;
             let handle = live.clone();
+            let token = token.clone();
             let app = axum::Router::new().route(
                 "/metrics",
-                axum::routing::get(move || {
-                    let handle = handle.clone();
-                    async move { prometheus(handle).await.unwrap_or_else(|s| format!("# error: {}\n", s.message())) }
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    let (handle, token) = (handle.clone(), token.clone());
+                    async move {
+                        let header = headers.get("authorization").and_then(|v| v.to_str().ok());
+                        if !token.admits(header) {
+                            return (
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                "authorization: Bearer <token> needed\n".to_string(),
+                            );
+                        }
+                        let text = prometheus(handle).await.unwrap_or_else(|s| format!("# error: {}\n", s.message()));
+                        (axum::http::StatusCode::OK, text)
+                    }
                 }),
             );
             tokio::spawn(async move {
@@ -445,8 +490,21 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(live.clone(), repository))
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
+    let inference = InterceptedService::new(inference, token.clone());
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let service = ControllerServer::new(Service { live, stopping, data_roots: options.data_roots.into() });
+    let service = ControllerServer::with_interceptor(
+        Service { live, stopping, data_roots: options.data_roots.into() },
+        token.clone(),
+    );
+    // Health stays open (load balancers probe it without credentials); reflection, when
+    // served, needs the token like the rest.
+    let (reflection_v1, reflection_v1alpha) = match options.reflection {
+        true => (
+            Some(InterceptedService::new(reflection_v1, token.clone())),
+            Some(InterceptedService::new(reflection_v1alpha, token.clone())),
+        ),
+        false => (None, None),
+    };
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -457,8 +515,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
             .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(service)
             .add_service(inference)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {

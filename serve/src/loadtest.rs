@@ -188,6 +188,8 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
                 models: Vec::new(),
                 repository: None,
                 data_roots: Vec::new(),
+                auth_token: None,
+                reflection: true,
                 backend: grpc::ServeBackend::Simulated,
             })
             .await?,

@@ -36,6 +36,12 @@ pub struct NodeConfig {
     /// only `builtin:` data and inline CSV).
     #[serde(default)]
     pub data_roots: Vec<std::path::PathBuf>,
+    /// A file holding the bearer token every call (but health checks) and /metrics must carry
+    /// (relative to the config file; at least 16 characters). Without one, anyone who reaches
+    /// the address may call.
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// Serve gRPC server reflection (default true).
+    pub reflection: Option<bool>,
 }
 
 /// What serves a node's requests (the one place `serve` chooses between the simulator and the
@@ -95,6 +101,7 @@ impl NodeConfig {
             toml::from_str(&text).with_context(|| format!("node config {} is malformed", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.model_repository = config.model_repository.map(|r| base.join(r));
+        config.auth_token_file = config.auth_token_file.map(|f| base.join(f));
         config.data_roots = match config.data_roots.is_empty() {
             true => vec![base.to_path_buf()],
             false => config.data_roots.iter().map(|r| base.join(r)).collect(),
@@ -109,8 +116,18 @@ impl NodeConfig {
 
     /// Serve options, with command-line overrides applied.
     pub fn into_options(self, overrides: ServeOverrides) -> Result<ServeOptions> {
-        let ServeOverrides { backend, listen, metrics_listen, policy, fake_ms, model_repository, data_roots } =
-            overrides;
+        let ServeOverrides {
+            backend,
+            listen,
+            metrics_listen,
+            policy,
+            fake_ms,
+            model_repository,
+            data_roots,
+            auth_token_file,
+            no_reflection,
+        } = overrides;
+        let auth_token = auth_token_file.or(self.auth_token_file).map(|path| read_token(&path)).transpose()?;
         let mut controller = self.controller;
         if let Some(policy) = policy {
             controller.policy = policy;
@@ -122,6 +139,8 @@ impl NodeConfig {
             BackendKind::Gpu => ServeBackend::Gpu(gpu),
         };
         Ok(ServeOptions {
+            auth_token,
+            reflection: !no_reflection && self.reflection.unwrap_or(true),
             data_roots: if data_roots.is_empty() { self.data_roots } else { data_roots },
             backend,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
@@ -161,4 +180,24 @@ pub struct ServeOverrides {
     pub model_repository: Option<std::path::PathBuf>,
     /// `--data-root` (each): replace the config's data roots.
     pub data_roots: Vec<std::path::PathBuf>,
+    /// `--auth-token-file`.
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// `--no-reflection`.
+    pub no_reflection: bool,
+}
+
+/// The shortest bearer token a server takes.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The bearer token in `path` (surrounding whitespace removed).
+fn read_token(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read auth token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    anyhow::ensure!(
+        token.chars().count() >= MIN_TOKEN_CHARS && token.chars().all(|c| c.is_ascii_graphic()),
+        "auth token file {}: the token must be at least {MIN_TOKEN_CHARS} printable characters without spaces",
+        path.display()
+    );
+    Ok(token)
 }

@@ -16,6 +16,8 @@ async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>)
         models: Vec::new(),
         repository: None,
         data_roots: Vec::new(),
+        auth_token: None,
+        reflection: true,
         backend: grpc::ServeBackend::Simulated,
     })
     .await
@@ -263,6 +265,8 @@ async fn the_gpu_backend_serves_over_grpc() {
         models: vec![register("resnet50", 20.0)],
         repository: None,
         data_roots: Vec::new(),
+        auth_token: None,
+        reflection: true,
         backend: grpc::ServeBackend::Gpu(serving),
     })
     .await
@@ -366,6 +370,8 @@ async fn register_from(root: &std::path::Path, path: &str) -> Result<(), tonic::
         models: Vec::new(),
         repository: None,
         data_roots: vec![root.to_path_buf()],
+        auth_token: None,
+        reflection: true,
         backend: grpc::ServeBackend::Simulated,
     })
     .await
@@ -459,5 +465,75 @@ async fn registering_and_unregistering_for_long_keeps_memory_flat() {
     let metrics = client.get_metrics(GetMetricsRequest { name: String::new() }).await.unwrap().into_inner();
     assert!(metrics.models.is_empty(), "retired models leave the metrics: {:?}", metrics.models.len());
     assert_eq!(metrics.total.unwrap().completed, 3000, "and stay in the total");
+    running.stop().await.unwrap();
+}
+
+/// A GET of /metrics at `address` with `headers`, the HTTP status line back.
+async fn metrics_status(address: std::net::SocketAddr, headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut http = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n");
+    http.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).await.unwrap();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_calls_without_it_are_refused_and_reflection_can_be_off() {
+    const TOKEN: &str = "correct-horse-battery-staple";
+    let running = grpc::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        controller: LiveConfig::default(),
+        models: Vec::new(),
+        repository: None,
+        data_roots: Vec::new(),
+        auth_token: Some(TOKEN.into()),
+        reflection: false,
+        backend: grpc::ServeBackend::Simulated,
+    })
+    .await
+    .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", running.grpc)).unwrap().connect().await.unwrap();
+    let with = |token: &'static str| {
+        move |mut request: tonic::Request<()>| {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(request)
+        }
+    };
+    let e = code(ControllerClient::new(channel.clone()).list_models(ListModelsRequest {}).await);
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let mut wrong = ControllerClient::with_interceptor(channel.clone(), with("correct-horse-battery-stapl"));
+    assert_eq!(code(wrong.list_models(ListModelsRequest {}).await).code(), Code::Unauthenticated);
+    let mut right = ControllerClient::with_interceptor(channel.clone(), with(TOKEN));
+    right.register_model(register("resnet50", 20.0)).await.unwrap();
+    right.list_models(ListModelsRequest {}).await.unwrap();
+    // The inference protocol too.
+    let mut kserve =
+        gpuslice_serve::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel.clone());
+    let e = code(kserve.server_live(gpuslice_serve::inference::ServerLiveRequest {}).await);
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // Health stays open to probes.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    // Reflection is off.
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let reflection = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::with_interceptor(
+        channel,
+        with(TOKEN),
+    )
+    .server_reflection_info(tokio_stream::iter([request]))
+    .await;
+    assert_eq!(reflection.expect_err("not served").code(), Code::Unimplemented);
+    // /metrics wants the token.
+    let metrics = running.metrics.unwrap();
+    assert!(metrics_status(metrics, "").await.contains("401"));
+    assert!(metrics_status(metrics, &format!("Authorization: Bearer {TOKEN}\r\n")).await.contains("200"));
     running.stop().await.unwrap();
 }
