@@ -151,46 +151,12 @@ enum Command {
     /// Run the controller live behind the gRPC control plane (gpuslice.v1, with health and
     /// reflection) until SIGINT or SIGTERM; then stop accepting and answer every accepted request.
     Serve {
-        /// The backend that serves requests: `sim` runs the simulator in wall-clock time (Infer
-        /// waits for the simulated completion); `gpu` serves on the GPU, each registered model
-        /// on worker processes under a private MPS daemon (see the config's [gpu]) [default:
-        /// the config's, or sim].
-        #[arg(long)]
-        backend: Option<gpuslice_serve::node::BackendKind>,
-        /// gRPC address; loopback unless told otherwise [default: 127.0.0.1:50051, or the config's].
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Address of the Prometheus text metrics endpoint (/metrics) [default: the config's, or none].
-        #[arg(long)]
-        metrics_listen: Option<std::net::SocketAddr>,
         /// Node configuration (TOML): listen addresses, [controller] settings, [[models]] to register.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Policy to run: static, gslice or model-based [default: the config's, or model-based].
-        #[arg(long)]
-        policy: Option<String>,
-        /// With `--backend gpu`: GPU-less workers taking this many ms per batch, no MPS (to try
-        /// the GPU backend's serving anywhere).
-        #[arg(long)]
-        fake_ms: Option<f64>,
-        /// Model repository folder: one folder per model with its config.toml (tensors, SLO,
-        /// source) and program file; every model in it is loaded at start, and the inference
-        /// protocol's RepositoryModelLoad / Unload manage them [default: the config's, or none].
-        #[arg(long)]
-        model_repository: Option<PathBuf>,
-        /// A folder whose regular files RegisterModel's `profile_path` may name (repeat for
-        /// several); other paths are refused as "not allowed" [default: the config's
-        /// `data_roots`, else its folder; without a config, none: only `builtin:` and inline CSV].
-        #[arg(long = "data-root")]
-        data_roots: Vec<PathBuf>,
-        /// A file holding a bearer token (16+ printable characters): every call but health
-        /// checks, and /metrics, must then carry `authorization: Bearer TOKEN` [default: the
-        /// config's auth_token_file, else none].
-        #[arg(long)]
-        auth_token_file: Option<PathBuf>,
-        /// Do not serve gRPC server reflection.
-        #[arg(long)]
-        no_reflection: bool,
+        /// What the flags override in the node configuration.
+        #[command(flatten)]
+        overrides: gpuslice_serve::node::ServeOverrides,
         /// On SIGINT/SIGTERM, the longest shutdown may take: accepted requests are answered (or
         /// dropped at the controller's drop deadline) well inside it; what it cuts short is a
         /// client holding a connection open. A second signal exits at once.
@@ -670,34 +636,11 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve {
-            backend,
-            listen,
-            metrics_listen,
-            config,
-            policy,
-            fake_ms,
-            model_repository,
-            data_roots,
-            auth_token_file,
-            no_reflection,
-            shutdown_deadline_s,
-        } => {
+        Command::Serve { config, overrides, shutdown_deadline_s } => {
             anyhow::ensure!(
                 shutdown_deadline_s.is_finite() && (0.0..=3600.0).contains(&shutdown_deadline_s),
                 "--shutdown-deadline-s must be in [0, 3600], got {shutdown_deadline_s}"
             );
-            let overrides = gpuslice_serve::node::ServeOverrides {
-                backend,
-                listen,
-                metrics_listen,
-                policy,
-                fake_ms,
-                model_repository,
-                data_roots,
-                auth_token_file,
-                no_reflection,
-            };
             let options = gpuslice_serve::node::NodeConfig::load(config.as_deref())?.into_options(overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async move {

@@ -116,37 +116,31 @@ impl NodeConfig {
 
     /// Serve options, with command-line overrides applied.
     pub fn into_options(self, overrides: ServeOverrides) -> Result<ServeOptions> {
-        let ServeOverrides {
-            backend,
-            listen,
-            metrics_listen,
-            policy,
-            fake_ms,
-            model_repository,
-            data_roots,
-            auth_token_file,
-            no_reflection,
-        } = overrides;
-        let auth_token = auth_token_file.or(self.auth_token_file).map(|path| read_token(&path)).transpose()?;
+        let auth_token =
+            overrides.auth_token_file.or(self.auth_token_file).map(|path| read_token(&path)).transpose()?;
         let mut controller = self.controller;
-        if let Some(policy) = policy {
+        if let Some(policy) = overrides.policy {
             controller.policy = policy;
         }
         let mut gpu = self.gpu;
-        gpu.fake_ms = fake_ms.or(gpu.fake_ms);
-        let backend = match backend.or(self.backend).unwrap_or_default() {
+        gpu.fake_ms = overrides.fake_ms.or(gpu.fake_ms);
+        let backend = match overrides.backend.or(self.backend).unwrap_or_default() {
             BackendKind::Sim => ServeBackend::Simulated,
             BackendKind::Gpu => ServeBackend::Gpu(gpu),
         };
+        let data_roots = if overrides.data_roots.is_empty() { self.data_roots } else { overrides.data_roots };
         Ok(ServeOptions {
             auth_token,
-            reflection: !no_reflection && self.reflection.unwrap_or(true),
-            data_roots: if data_roots.is_empty() { self.data_roots } else { data_roots },
+            reflection: !overrides.no_reflection && self.reflection.unwrap_or(true),
+            data_roots,
             backend,
-            listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
-            metrics_listen: metrics_listen.or(self.metrics_listen),
+            listen: overrides
+                .listen
+                .or(self.listen)
+                .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
+            metrics_listen: overrides.metrics_listen.or(self.metrics_listen),
             controller,
-            repository: model_repository.or(self.model_repository),
+            repository: overrides.model_repository.or(self.model_repository),
             models: self
                 .models
                 .into_iter()
@@ -164,25 +158,44 @@ impl NodeConfig {
 }
 
 /// What `serve`'s flags override in the node config.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, clap::Args)]
 pub struct ServeOverrides {
-    /// `--backend`.
+    /// The backend that serves requests: `sim` runs the simulator in wall-clock time (Infer
+    /// waits for the simulated completion); `gpu` serves on the GPU, each registered model on
+    /// worker processes under a private MPS daemon (see the config's [gpu]) [default: the
+    /// config's, or sim].
+    #[arg(long)]
     pub backend: Option<BackendKind>,
-    /// `--listen`.
+    /// gRPC address; loopback unless told otherwise [default: 127.0.0.1:50051, or the config's].
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// `--metrics-listen`.
+    /// Address of the Prometheus text metrics endpoint (/metrics) [default: the config's, or none].
+    #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
-    /// `--policy`.
+    /// Policy to run: static, gslice or model-based [default: the config's, or model-based].
+    #[arg(long)]
     pub policy: Option<String>,
-    /// `--fake-ms`.
+    /// With `--backend gpu`: GPU-less workers taking this many ms per batch, no MPS (to try the
+    /// GPU backend's serving anywhere).
+    #[arg(long)]
     pub fake_ms: Option<f64>,
-    /// `--model-repository`.
+    /// Model repository folder: one folder per model with its config.toml (tensors, SLO,
+    /// source) and program file; every model in it is loaded at start, and the inference
+    /// protocol's RepositoryModelLoad / Unload manage them [default: the config's, or none].
+    #[arg(long)]
     pub model_repository: Option<std::path::PathBuf>,
-    /// `--data-root` (each): replace the config's data roots.
+    /// A folder whose regular files RegisterModel's `profile_path` may name (repeat for
+    /// several); other paths are refused as "not allowed" [default: the config's `data_roots`,
+    /// else its folder; without a config, none: only `builtin:` and inline CSV].
+    #[arg(long = "data-root")]
     pub data_roots: Vec<std::path::PathBuf>,
-    /// `--auth-token-file`.
+    /// A file holding a bearer token (16+ printable characters): every call but health checks,
+    /// and /metrics, must then carry `authorization: Bearer TOKEN` [default: the config's
+    /// auth_token_file, else none].
+    #[arg(long)]
     pub auth_token_file: Option<std::path::PathBuf>,
-    /// `--no-reflection`.
+    /// Do not serve gRPC server reflection.
+    #[arg(long)]
     pub no_reflection: bool,
 }
 
