@@ -421,20 +421,40 @@ enum Command {
     },
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from creation on: a signal that comes before the first
+/// `next` is kept for it, not left to its default action (which ends the process at once).
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Starts listening (inside a Tokio runtime).
+    fn listen() -> Result<ShutdownSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(ShutdownSignals {
+                interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+
+    /// The next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -644,13 +664,15 @@ fn run(command: Command) -> Result<()> {
             let options = gpuslice_serve::node::NodeConfig::load(config.as_deref())?.into_options(overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async move {
+                // Before the address is printed: whoever reads it may signal at once.
+                let mut signals = ShutdownSignals::listen()?;
                 let running = gpuslice_serve::grpc::start(options).await?;
                 println!(
                     "serving gpuslice.v1 on {}{}",
                     running.grpc,
                     running.metrics.map_or(String::new(), |m| format!(", metrics on http://{m}/metrics"))
                 );
-                shutdown_signal().await;
+                signals.next().await;
                 tracing::info!(
                     deadline_s = shutdown_deadline_s,
                     "shutting down: no new calls; answering accepted requests (a second signal exits at once)"
@@ -659,7 +681,7 @@ fn run(command: Command) -> Result<()> {
                 // is a client holding an idle connection open, which must not keep the node up.
                 tokio::select! {
                     stopped = running.stop() => stopped,
-                    _ = shutdown_signal() => {
+                    _ = signals.next() => {
                         tracing::warn!("second signal: exiting now");
                         std::process::exit(130)
                     }
