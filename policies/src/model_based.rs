@@ -184,12 +184,22 @@ impl Tally {
         self.replays[k] += 1.0;
     }
 
-    /// Adds what the candidate, in force, served on the GPU (per model: requests, within SLO)
-    /// at every load: what misses at the load that came misses more of a higher one.
-    fn add_served(&mut self, served: &[(f64, f64)]) {
-        for ((requests, within), (finished, met)) in self.requests.iter_mut().zip(&mut self.within).zip(served) {
-            requests.iter_mut().for_each(|r| *r += finished);
-            within.iter_mut().for_each(|w| *w += met);
+    /// Adds what the candidate, in force, served on the GPU (per model: requests finished,
+    /// within SLO) at every load, as much as one replay of it (`replayed`: per model, the
+    /// requests this trial replayed at each load): what misses at the load that came misses
+    /// more of a higher one. Served evidence is the truth the replays model, so it weighs as
+    /// much as they do: at a third of a replay's weight, a mode that replays at 100% and served
+    /// 97.6% on the H200 kept its place (`bench/results/2026-12-02-h200-live-capacity-h200-calibration`).
+    fn add_served(&mut self, served: &[(f64, f64)], replayed: &[[f64; TRIAL_LOADS.len()]]) {
+        let records = self.requests.iter_mut().zip(&mut self.within);
+        for (((requests, within), &(finished, met)), replayed) in records.zip(served).zip(replayed) {
+            if finished <= 0.0 {
+                continue;
+            }
+            for k in 0..TRIAL_LOADS.len() {
+                requests[k] += replayed[k];
+                within[k] += replayed[k] * met / finished;
+            }
         }
     }
 
@@ -435,9 +445,7 @@ impl ModelBased {
         let served = std::mem::replace(&mut self.served, vec![(0.0, 0.0); n]);
         for ((choice, allocations), tally) in candidates.into_iter().zip(&mut self.tallies) {
             tally.age();
-            if choice == self.choice {
-                tally.add_served(&served);
-            }
+            let replayed_before = tally.requests.clone();
             let sharing = choice.sharing();
             // Up the loads until one is not held in this window; the loads above it are given
             // its replay (what misses a load misses more of a higher one), so that most
@@ -461,6 +469,12 @@ impl ModelBased {
                 if worst_attainment(&report) < TRIAL_TARGET {
                     missed = Some(report);
                 }
+            }
+            if choice == self.choice {
+                let replayed: Vec<[f64; TRIAL_LOADS.len()]> = (tally.requests.iter().zip(&replayed_before))
+                    .map(|(now, before)| std::array::from_fn(|k| now[k] - before[k]))
+                    .collect();
+                tally.add_served(&served, &replayed);
             }
             let score = tally.score();
             if choice == self.choice {
@@ -1022,6 +1036,30 @@ mod tests {
         assert_eq!(t.score().headroom, TRIAL_LOADS[TRIAL_LOADS.len() - 1]);
         // Below the lowest load: scaled by the shortfall there.
         assert!((tally([891.0; 4]).score().headroom - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn what_the_mode_in_force_served_weighs_as_much_as_a_replay() {
+        // Replays at 100% at every load; the GPU served 97.6% (the H200's mixed trio at x1.25).
+        let mut t = tally([1000.0; 4]);
+        for trial in 1..=6 {
+            t.age();
+            for k in 0..TRIAL_LOADS.len() {
+                (t.requests[0][k], t.within[0][k], t.replays[k]) =
+                    (t.requests[0][k] + 1000.0, t.within[0][k] + 1000.0, t.replays[k] + 1.0);
+            }
+            t.add_served(&[(500.0, 488.0)], &[[1000.0; TRIAL_LOADS.len()]]);
+            let worst = t.worst(0);
+            // Half of each trial's record is served evidence once the first replay fades.
+            assert!(worst < 0.993 && worst > 0.98, "trial {trial}: {worst}");
+            if trial >= 3 {
+                assert!(t.score().headroom < 1.0, "trial {trial}: {:?}", t.score());
+            }
+        }
+        // A model that finished nothing since the last trial adds nothing.
+        let before = t.requests.clone();
+        t.add_served(&[(0.0, 0.0)], &[[1000.0; TRIAL_LOADS.len()]]);
+        assert_eq!(t.requests, before);
     }
 
     #[test]
