@@ -523,10 +523,9 @@ fn live_calibration(flag: &str, gpu_less: bool) -> Result<Option<String>> {
         // GPU-less workers have no device to match.
         "device" if gpu_less => Ok(None),
         "device" => {
-            let name = gpuslice_gpu::telemetry::Telemetry::open()
-                .and_then(|nvml| nvml.device_name())
+            let (name, found) = gpuslice_gpu::telemetry::Telemetry::open()
+                .and_then(|nvml| nvml.embedded_calibration())
                 .context("--calibration device: cannot read the GPU's name (name a calibration instead)")?;
-            let found = gpuslice_traces::source::device_calibration(&name);
             match found {
                 Some(spec) => tracing::info!(device = %name, calibration = spec, "calibration of this GPU"),
                 None => tracing::warn!(device = %name, "no embedded calibration for this GPU: the scenario's is used"),

@@ -116,6 +116,9 @@ pub struct FitSummary {
     pub exponent: f64,
 }
 
+/// The profile of runs that name no calibration.
+pub const DEFAULT_PROFILE: &str = "builtin:h100-cudagraph";
+
 /// A loaded calibration: where its profile is, and the co-location parameters.
 #[derive(Debug, Clone)]
 pub struct Calibration {
@@ -132,6 +135,18 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// What runs without a calibration use: the `h100-cudagraph` profile with the first H100
+    /// trio's co-location parameters (usable without a GPU).
+    pub fn first_h100() -> Calibration {
+        Calibration {
+            origin: "builtin:h100-cudagraph with the first H100 trio's co-location".into(),
+            profile: DEFAULT_PROFILE.into(),
+            profile_base: PathBuf::from("."),
+            contention: Contention::first_h100_trio(),
+            fitted_on: Vec::new(),
+        }
+    }
+
     /// Reads a calibration file (`builtin:NAME` or a path relative to `base_dir`).
     pub fn load(spec: &str, base_dir: &Path) -> Result<Calibration> {
         let source = Source::load(spec, base_dir)?;

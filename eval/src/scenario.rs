@@ -18,7 +18,6 @@ fn default_interval() -> f64 {
     1.0
 }
 /// The profile of scenarios that name neither a profile nor a calibration.
-const DEFAULT_PROFILE: &str = "builtin:h100-cudagraph";
 fn default_true() -> bool {
     true
 }
@@ -164,7 +163,10 @@ impl LoadedScenario {
                 let c = Calibration::load(spec, calibration_base).with_context(|| format!("scenario {origin}"))?;
                 (c.profile, c.profile_base, c.contention)
             }
-            None => (DEFAULT_PROFILE.to_string(), base_dir.clone(), Contention::first_h100_trio()),
+            None => {
+                let c = Calibration::first_h100();
+                (c.profile, base_dir.clone(), c.contention)
+            }
         };
         if let Some(p) = &scenario.profile {
             (profile, profile_base) = (p.clone(), base_dir.clone());

@@ -25,6 +25,13 @@ impl Telemetry {
         Ok(self.nvml.device_by_index(0)?.name()?)
     }
 
+    /// GPU 0's name and its embedded calibration (`builtin:NAME`), if one is embedded.
+    pub fn embedded_calibration(&self) -> Result<(String, Option<&'static str>), TelemetryError> {
+        let name = self.device_name()?;
+        let calibration = gpuslice_traces::source::device_calibration(&name);
+        Ok((name, calibration))
+    }
+
     /// One reading of GPU 0.
     pub fn sample(&self, time_s: f64) -> Result<DeviceSample, TelemetryError> {
         let device = self.nvml.device_by_index(0)?;

@@ -10,6 +10,7 @@ use crate::repository::Repository;
 use anyhow::Context;
 use futures_util::future::try_join_all;
 use gpuslice_control::ModelSource;
+use gpuslice_eval::calibration::Calibration;
 use gpuslice_simulator::{ModelReport, Summary};
 use gpuslice_traces::{LatencyModel, Source};
 use std::net::SocketAddr;
@@ -122,6 +123,7 @@ async fn model_spec(r: RegisterModelRequest, files: ProfileFiles<'_>) -> Result<
         priority: r.priority,
         max_batch: r.max_batch.min(64),
         latency: Arc::new(latency),
+        profile_model: profile_model_name,
         source,
     })
 }
@@ -359,6 +361,28 @@ pub struct ServeOptions {
     pub auth_token: Option<String>,
     /// Serve gRPC server reflection.
     pub reflection: bool,
+    /// The GPU's calibration: repository models without a profile of their own take its
+    /// profile (the controller's `contention` holds its co-location model).
+    pub calibration: Calibration,
+}
+
+impl ServeOptions {
+    /// A server on a free loopback port served by `backend`, with the default controller, no
+    /// models, no token and the first H100 calibration: load tests and tests start from it.
+    pub fn loopback(backend: ServeBackend) -> ServeOptions {
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("a loopback address"),
+            metrics_listen: None,
+            controller: LiveConfig::default(),
+            backend,
+            models: Vec::new(),
+            repository: None,
+            data_roots: Vec::new(),
+            auth_token: None,
+            reflection: true,
+            calibration: Calibration::first_h100(),
+        }
+    }
 }
 
 /// Checks a call's `authorization: Bearer TOKEN` where the server has a token.
@@ -474,7 +498,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .map_err(|s| anyhow::anyhow!("model {name}: {}", s.message()))?;
         live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e}"))?;
     }
-    let repository = options.repository.as_deref().map(Repository::open).transpose()?;
+    let repository =
+        options.repository.as_deref().map(|root| Repository::open(root, &options.calibration)).transpose()?;
     if let Some(repository) = &repository {
         // Every model starts at once (their workers start in parallel).
         let names = repository.names()?;

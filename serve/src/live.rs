@@ -8,6 +8,7 @@ use gpuslice_control::{
     BackendError, Change, Computed, LiveBackend, LiveModel, ModelSource, Steered, StepOutcome, apply_shrinking_first,
     control_step,
 };
+use gpuslice_eval::calibration::Contention;
 use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
 use gpuslice_simulator::{Allocation, ModelReport, ReallocationCost, Sharing, SimConfig, Simulator, Summary, Ticket};
 use gpuslice_traces::LatencyModel;
@@ -36,8 +37,13 @@ pub struct LiveConfig {
     pub drop_after_ms: Option<f64>,
     /// What a reallocation costs (the simulated backend).
     pub reallocation: ReallocationCost,
-    /// See `SimConfig::interference` (H100 calibration by default).
-    pub interference: f64,
+    /// Overrides the calibration's co-location interference, for every model (see
+    /// `SimConfig::interference`).
+    pub interference: Option<f64>,
+    /// The GPU's co-location model, from the node's calibration (`NodeConfig::into_options`),
+    /// which the policy plans with; not read from the `[controller]` table.
+    #[serde(skip)]
+    pub contention: Contention,
     /// Seed of the simulated backend's random draws.
     pub seed: u64,
 }
@@ -49,9 +55,23 @@ impl Default for LiveConfig {
             control_interval_s: 0.5,
             drop_after_ms: Some(1000.0),
             reallocation: ReallocationCost::Standby { handover_us: 100.0 },
-            interference: gpuslice_simulator::H100_INTERFERENCE,
+            interference: None,
+            contention: Contention::first_h100_trio(),
             seed: 1,
         }
+    }
+}
+
+impl LiveConfig {
+    /// The co-location model in force: the calibration's, with `interference` overriding every
+    /// model's where given.
+    pub fn contention(&self) -> Contention {
+        let mut contention = self.contention.clone();
+        if let Some(k) = self.interference {
+            contention.interference = k;
+            contention.interference_by_model.clear();
+        }
+        contention
     }
 }
 
@@ -87,6 +107,8 @@ pub struct ModelSpec {
     pub max_batch: u32,
     /// Its latency profile.
     pub latency: Arc<LatencyModel>,
+    /// The profiled model its latency and co-location figures are those of.
+    pub profile_model: String,
     /// What its workers run, and its tensors.
     pub source: ModelSource,
 }
@@ -187,13 +209,14 @@ impl LiveHandle {
 
 /// The simulator the live controller serves on when no GPU is used.
 pub fn simulated_backend(config: &LiveConfig) -> Result<Simulator, LiveError> {
+    // The simulated GPU applies one interference to every model: its models are named as
+    // served, and the calibration's per-model values are by profiled model.
+    let contention = config.contention();
     let sim_config = SimConfig {
-        sharing: Sharing::Spatial,
-        interference: config.interference,
         reallocation: config.reallocation,
         drop_after_ms: config.drop_after_ms,
-        seed: config.seed,
-        ..SimConfig::default()
+        interference_by_model: Default::default(),
+        ..contention.config(Sharing::Spatial, config.seed)
     };
     Simulator::new(sim_config, Vec::new()).map_err(|e| LiveError::InvalidArgument(e.to_string()))
 }
@@ -220,6 +243,11 @@ struct Live<B: LiveBackend> {
     entries: Vec<Entry>,
     policy_name: String,
     policy: Box<dyn Policy>,
+    /// What the policy knows of the GPU; its per-model interference by served name (see
+    /// `ModelSpec::profile_model`).
+    device: DeviceModel,
+    /// The calibration's co-location model, per-model values by profiled model.
+    contention: Contention,
     /// How the GPU is shared now (slices until a policy switches).
     sharing: Sharing,
     waiting: HashMap<Ticket, Reply<InferDone>>,
@@ -271,7 +299,9 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
             config.control_interval_s
         )));
     }
-    let policy = gpuslice_policies::build(&config.policy, &[], &DeviceModel::h100(), None)
+    let contention = config.contention();
+    let device = DeviceModel { config: contention.config(Sharing::Spatial, config.seed), service_jitter: true };
+    let policy = gpuslice_policies::build(&config.policy, &[], &device, None)
         .map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
     let (commands, mut rx) = mpsc::channel(65_536);
     let (decisions, _) = broadcast::channel(4096);
@@ -285,6 +315,8 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
         entries: Vec::new(),
         policy_name: config.policy,
         policy,
+        device,
+        contention,
         sharing: Sharing::Spatial,
         waiting: HashMap::new(),
         decisions: decisions.clone(),
@@ -423,7 +455,7 @@ impl<B: LiveBackend> Live<B> {
 
     /// Policy `name` for `contexts`, planning on the backend's slice levels.
     fn build_policy(&self, name: &str, contexts: &[ModelContext]) -> Result<Box<dyn Policy>, LiveError> {
-        let mut policy = gpuslice_policies::build(name, contexts, &DeviceModel::h100(), None)
+        let mut policy = gpuslice_policies::build(name, contexts, &self.device, None)
             .map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
         policy.plan_on_levels(&self.backend.slice_levels());
         if let Some(max_batch) = self.backend.max_batch() {
@@ -533,9 +565,20 @@ impl<B: LiveBackend> Live<B> {
         Ok((next, initial))
     }
 
+    /// Gives the policy's GPU model `spec`'s co-location interference, where the calibration
+    /// measured its profiled model (the calibration's default otherwise).
+    fn learn_interference(&mut self, spec: &ModelSpec) {
+        let by_model = &mut self.device.config.interference_by_model;
+        match self.contention.interference_by_model.get(&spec.profile_model) {
+            Some(&k) => by_model.insert(spec.name.clone(), k),
+            None => by_model.remove(&spec.name),
+        };
+    }
+
     /// Checks a registration and starts the model's start-up job off the controller's task;
     /// `finish_register` completes it.
     fn begin_register(&mut self, spec: ModelSpec, reply: Reply<Allocation>) {
+        self.learn_interference(&spec);
         let planned = self.check_new(&spec).and_then(|()| self.plan_with(&context_of(&spec)));
         let gpu_pct = match planned {
             Ok((_, initial)) => initial[self.entries.len()].gpu_pct,

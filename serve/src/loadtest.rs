@@ -4,7 +4,6 @@
 //! answered. Failed calls are counted by reason (the gRPC code and message).
 
 use crate::grpc::{self, ServeOptions};
-use crate::live::LiveConfig;
 use crate::proto::controller_client::ControllerClient;
 use crate::proto::register_model_request::Profile;
 use crate::proto::*;
@@ -180,20 +179,7 @@ where
 pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
     let server = match options.target {
         Some(_) => None,
-        None => Some(
-            grpc::start(ServeOptions {
-                listen: "127.0.0.1:0".parse().expect("loopback"),
-                metrics_listen: None,
-                controller: LiveConfig::default(),
-                models: Vec::new(),
-                repository: None,
-                data_roots: Vec::new(),
-                auth_token: None,
-                reflection: true,
-                backend: grpc::ServeBackend::Simulated,
-            })
-            .await?,
-        ),
+        None => Some(grpc::start(ServeOptions::loopback(grpc::ServeBackend::Simulated)).await?),
     };
     let address = options.target.or(server.as_ref().map(|s| s.grpc)).expect("a target");
     anyhow::ensure!(address.ip().is_loopback(), "load tests only target loopback addresses, not {address}");

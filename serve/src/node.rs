@@ -6,6 +6,7 @@ use crate::live::LiveConfig;
 use crate::live_gpu::GpuServing;
 use crate::proto::{RegisterModelRequest, register_model_request::Profile};
 use anyhow::{Context, Result};
+use gpuslice_eval::calibration::Calibration;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -42,6 +43,9 @@ pub struct NodeConfig {
     pub auth_token_file: Option<std::path::PathBuf>,
     /// Serve gRPC server reflection (default true).
     pub reflection: Option<bool>,
+    /// The GPU's calibration (see `ServeOverrides::calibration`; a path is relative to the
+    /// config file).
+    pub calibration: Option<String>,
 }
 
 /// What serves a node's requests (the one place `serve` chooses between the simulator and the
@@ -102,6 +106,11 @@ impl NodeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.model_repository = config.model_repository.map(|r| base.join(r));
         config.auth_token_file = config.auth_token_file.map(|f| base.join(f));
+        config.calibration = config.calibration.map(|spec| match spec.as_str() {
+            DEVICE_CALIBRATION => spec,
+            _ if spec.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) => spec,
+            _ => base.join(spec).display().to_string(),
+        });
         config.data_roots = match config.data_roots.is_empty() {
             true => vec![base.to_path_buf()],
             false => config.data_roots.iter().map(|r| base.join(r)).collect(),
@@ -124,7 +133,12 @@ impl NodeConfig {
         }
         let mut gpu = self.gpu;
         gpu.fake_ms = overrides.fake_ms.or(gpu.fake_ms);
-        let backend = match overrides.backend.or(self.backend).unwrap_or_default() {
+        let kind = overrides.backend.or(self.backend).unwrap_or_default();
+        let spec = overrides.calibration.or(self.calibration).unwrap_or_else(|| DEVICE_CALIBRATION.into());
+        let on_a_gpu = kind == BackendKind::Gpu && gpu.fake_ms.is_none();
+        let calibration = load_calibration(&spec, on_a_gpu)?;
+        controller.contention = calibration.contention.clone();
+        let backend = match kind {
             BackendKind::Sim => ServeBackend::Simulated,
             BackendKind::Gpu => ServeBackend::Gpu(gpu),
         };
@@ -132,6 +146,7 @@ impl NodeConfig {
         Ok(ServeOptions {
             auth_token,
             reflection: !overrides.no_reflection && self.reflection.unwrap_or(true),
+            calibration,
             data_roots,
             backend,
             listen: overrides
@@ -154,6 +169,35 @@ impl NodeConfig {
                 })
                 .collect(),
         })
+    }
+}
+
+/// The calibration spec that stands for the GPU the node runs on.
+pub const DEVICE_CALIBRATION: &str = "device";
+
+/// The calibration `spec` names (`device`: the embedded one of the GPU NVML reports, when
+/// serving on one; otherwise, or where none is embedded, the first H100 calibration).
+fn load_calibration(spec: &str, on_a_gpu: bool) -> Result<Calibration> {
+    if spec != DEVICE_CALIBRATION {
+        let calibration = Calibration::load(spec, Path::new("."))?;
+        tracing::info!(calibration = %calibration.origin, "calibration");
+        return Ok(calibration);
+    }
+    if !on_a_gpu {
+        return Ok(Calibration::first_h100());
+    }
+    let (device, found) = gpuslice_gpu::telemetry::Telemetry::open()
+        .and_then(|nvml| nvml.embedded_calibration())
+        .context("calibration \"device\": cannot read the GPU's name (name a calibration instead)")?;
+    match found {
+        Some(spec) => {
+            tracing::info!(%device, calibration = spec, "calibration of this GPU");
+            Calibration::load(spec, Path::new("."))
+        }
+        None => {
+            tracing::warn!(%device, "no embedded calibration for this GPU: planning with the first H100's");
+            Ok(Calibration::first_h100())
+        }
     }
 }
 
@@ -197,6 +241,13 @@ pub struct ServeOverrides {
     /// Do not serve gRPC server reflection.
     #[arg(long)]
     pub no_reflection: bool,
+    /// What the policy plans with: `device` (the embedded calibration of the GPU NVML reports,
+    /// e.g. `builtin:h200-calibration` on an H200; the first H100 calibration on the simulator,
+    /// with GPU-less workers or on a GPU without one), or a calibration (`builtin:NAME` or a file
+    /// from `calibrate`): its co-location model, and the profile of repository models that name
+    /// none [default: the config's, or device].
+    #[arg(long)]
+    pub calibration: Option<String>,
 }
 
 /// The shortest bearer token a server takes.
@@ -213,4 +264,53 @@ fn read_token(path: &Path) -> Result<String> {
         path.display()
     );
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `serve`'s flags as a user gives them.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        overrides: ServeOverrides,
+    }
+
+    fn options(toml: &str, flags: &[&str]) -> Result<ServeOptions> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, toml).unwrap();
+        let overrides = Flags::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?.overrides;
+        NodeConfig::load(Some(&path))?.into_options(overrides)
+    }
+
+    #[test]
+    fn the_policy_plans_with_the_calibration_the_node_names() {
+        let h200 = Calibration::load("builtin:h200-calibration", Path::new(".")).unwrap();
+        let named = options("calibration = \"builtin:h200-calibration\"\n", &[]).unwrap();
+        assert_eq!(named.controller.contention, h200.contention);
+        assert_eq!(named.calibration.profile, "builtin:h200-grid");
+        // The flag wins over the file; `device` off a GPU is the first H100 calibration.
+        let flagged = options("calibration = \"builtin:h200-calibration\"\n", &["--calibration", "device"]).unwrap();
+        assert_eq!(flagged.controller.contention, Calibration::first_h100().contention);
+        let simulated = options("", &[]).unwrap();
+        assert_eq!(simulated.controller.contention, Calibration::first_h100().contention);
+        // [controller] interference overrides every model's.
+        let overridden =
+            options("calibration = \"builtin:h200-calibration\"\n[controller]\ninterference = 0.2\n", &[]).unwrap();
+        let contention = overridden.controller.contention();
+        assert_eq!(contention.interference, 0.2);
+        assert!(contention.interference_by_model.is_empty());
+        assert_eq!(contention.mps_share_exponent, h200.contention.mps_share_exponent);
+    }
+
+    #[test]
+    fn a_calibration_that_cannot_be_read_is_named() {
+        let error = options("calibration = \"missing.toml\"\n", &[]).err().expect("refused");
+        assert!(format!("{error:#}").contains("missing.toml"), "{error:#}");
+        let error = options("", &["--calibration", "builtin:nonesuch"]).err().expect("refused");
+        assert!(format!("{error:#}").contains("nonesuch"), "{error:#}");
+    }
 }

@@ -8,6 +8,7 @@
 //! source = "model.pt"     # a TorchScript (.pt) or torch.export (.pt2) file in this folder,
 //!                         # or "torchvision:resnet50" (random weights: benchmarks)
 //! profile_model = "resnet50"  # the profiled model its latency starts from (learned online after)
+//! profile = "profile.csv" # optional: its profile (default: the node's calibration's)
 //! fp16 = false            # optional: compute in half precision (see below)
 //! [[inputs]]
 //! name = "input"
@@ -27,15 +28,14 @@
 //! Names are confined to a fixed charset and files to the model's own folder.
 
 use crate::live::ModelSpec;
+use anyhow::Context;
 use gpuslice_control::ModelSource;
 use gpuslice_control::tensors::{ModelIo, TensorSpec, plain_name};
+use gpuslice_eval::calibration::Calibration;
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The profile repository models' latencies start from unless their config names another.
-pub const DEFAULT_PROFILE: &str = "builtin:h100-cudagraph";
 
 /// Largest batch when a model's config does not say.
 const DEFAULT_MAX_BATCH: u32 = 32;
@@ -61,13 +61,18 @@ struct ModelConfig {
 #[derive(Debug, Clone)]
 pub struct Repository {
     root: PathBuf,
+    /// Where models without a `profile` of their own take their latency from: the node's
+    /// calibration's profile.
+    default_profile: Source,
 }
 
 impl Repository {
-    /// The repository at `root` (a folder).
-    pub fn open(root: &Path) -> anyhow::Result<Repository> {
+    /// The repository at `root` (a folder); models that name no profile take `calibration`'s.
+    pub fn open(root: &Path, calibration: &Calibration) -> anyhow::Result<Repository> {
         anyhow::ensure!(root.is_dir(), "model repository {} is not a folder", root.display());
-        Ok(Repository { root: root.to_path_buf() })
+        let default_profile = Source::load(&calibration.profile, &calibration.profile_base)
+            .with_context(|| format!("calibration {}: its profile", calibration.origin))?;
+        Ok(Repository { root: root.to_path_buf(), default_profile })
     }
 
     /// The models it holds (folders with a config.toml and a valid name), sorted.
@@ -133,15 +138,20 @@ impl Repository {
                      (profiling at registration is not built yet)"
                     .into())
             })?;
-        let profile = config.profile.unwrap_or_else(|| DEFAULT_PROFILE.to_string());
-        let source = Source::load(&profile, &folder).map_err(|e| bad(format!("profile: {e}")))?;
-        let latency = fit_profile(&source, &wanted).map_err(bad)?;
+        let latency = match &config.profile {
+            Some(profile) => {
+                let source = Source::load(profile, &folder).map_err(|e| bad(format!("profile: {e}")))?;
+                fit_profile(&source, &wanted).map_err(bad)?
+            }
+            None => fit_profile(&self.default_profile, &wanted).map_err(bad)?,
+        };
         Ok(ModelSpec {
             name: name.to_string(),
             slo_ms: config.slo_ms,
             priority: config.priority,
             max_batch,
             latency: Arc::new(latency),
+            profile_model: wanted,
             source: ModelSource { program, io, half: config.fp16 },
         })
     }
@@ -178,7 +188,7 @@ dims = [1000]
             std::fs::create_dir_all(dir.path().join(name)).unwrap();
             std::fs::write(dir.path().join(name).join("config.toml"), config).unwrap();
         }
-        let repository = Repository::open(dir.path()).unwrap();
+        let repository = Repository::open(dir.path(), &Calibration::first_h100()).unwrap();
         (dir, repository)
     }
 

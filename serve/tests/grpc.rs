@@ -10,15 +10,9 @@ use tonic::transport::Channel;
 
 async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>) {
     let running = grpc::start(ServeOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
-        models: Vec::new(),
-        repository: None,
-        data_roots: Vec::new(),
-        auth_token: None,
-        reflection: true,
-        backend: grpc::ServeBackend::Simulated,
+        ..ServeOptions::loopback(grpc::ServeBackend::Simulated)
     })
     .await
     .unwrap();
@@ -259,15 +253,9 @@ async fn the_gpu_backend_serves_over_grpc() {
         worker_script: None,
     };
     let running = grpc::start(ServeOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
         controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
         models: vec![register("resnet50", 20.0)],
-        repository: None,
-        data_roots: Vec::new(),
-        auth_token: None,
-        reflection: true,
-        backend: grpc::ServeBackend::Gpu(serving),
+        ..ServeOptions::loopback(grpc::ServeBackend::Gpu(serving))
     })
     .await
     .unwrap();
@@ -364,15 +352,8 @@ async fn hostile_names_and_numbers_are_refused_without_echoing_them_whole() {
 /// RegisterModel with `profile_path`, on a server whose only data root is `root`.
 async fn register_from(root: &std::path::Path, path: &str) -> Result<(), tonic::Status> {
     let running = grpc::start(ServeOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        controller: LiveConfig::default(),
-        models: Vec::new(),
-        repository: None,
         data_roots: vec![root.to_path_buf()],
-        auth_token: None,
-        reflection: true,
-        backend: grpc::ServeBackend::Simulated,
+        ..ServeOptions::loopback(grpc::ServeBackend::Simulated)
     })
     .await
     .unwrap();
@@ -483,15 +464,10 @@ async fn metrics_status(address: std::net::SocketAddr, headers: &str) -> String 
 async fn with_a_token_calls_without_it_are_refused_and_reflection_can_be_off() {
     const TOKEN: &str = "correct-horse-battery-staple";
     let running = grpc::start(ServeOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        controller: LiveConfig::default(),
-        models: Vec::new(),
-        repository: None,
-        data_roots: Vec::new(),
         auth_token: Some(TOKEN.into()),
         reflection: false,
-        backend: grpc::ServeBackend::Simulated,
+        ..ServeOptions::loopback(grpc::ServeBackend::Simulated)
     })
     .await
     .unwrap();

@@ -40,6 +40,7 @@ pub fn builtin_names() -> impl Iterator<Item = &'static str> {
 pub const MAX_CONFINED_BYTES: u64 = 16 << 20;
 
 /// A loaded input: its display name (for errors) and its text.
+#[derive(Debug, Clone)]
 pub struct Source {
     /// Its name in errors: a path, or `builtin:NAME`.
     pub name: String,
