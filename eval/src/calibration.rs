@@ -149,9 +149,8 @@ impl Calibration {
 
     /// Reads a calibration file (`builtin:NAME` or a path relative to `base_dir`).
     pub fn load(spec: &str, base_dir: &Path) -> Result<Calibration> {
-        let source = Source::load(spec, base_dir)?;
-        let file: CalibrationFile =
-            toml::from_str(&source.text).with_context(|| format!("calibration {} is malformed", source.name))?;
+        let source = Source::load(spec, base_dir).context("calibration")?;
+        let file: CalibrationFile = source.parse_toml().context("calibration")?;
         let c = &file.contention;
         let values = [
             ("interference", &c.interference),

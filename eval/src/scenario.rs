@@ -129,10 +129,9 @@ impl LoadedScenario {
     pub fn load_calibrated(path: Option<&Path>, calibration: Option<&str>) -> Result<LoadedScenario> {
         let (text, origin, base_dir) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read scenario {}", path.display()))?;
+                let source = Source::read_file(path).context("cannot read the scenario")?;
                 let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                (std::borrow::Cow::Owned(text), path.display().to_string(), base_dir)
+                (source.text, source.name, base_dir)
             }
             None => (std::borrow::Cow::Borrowed(DEFAULT_SCENARIO), "builtin:default".to_string(), PathBuf::from(".")),
         };

@@ -99,8 +99,7 @@ impl NodeConfig {
     /// Reads `path` (the defaults without one); an unknown or malformed key is an error naming it.
     pub fn load(path: Option<&Path>) -> Result<NodeConfig> {
         let Some(path) = path else { return Ok(NodeConfig::default()) };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read node config {}", path.display()))?;
+        let text = gpuslice_traces::Source::read_file(path).context("cannot read the node config")?.text;
         let mut config: NodeConfig =
             toml::from_str(&text).with_context(|| format!("node config {} is malformed", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));

@@ -66,10 +66,34 @@ impl Source {
                     )
                 });
         }
-        let path = base_dir.join(spec);
+        Source::read_file(&base_dir.join(spec))
+    }
+
+    /// Reads the file at `path`, which must be a regular file: a FIFO would block the read for
+    /// ever and a device could be endless.
+    pub fn read_file(path: &Path) -> Result<Source> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|cause| DataError::io(&name, cause))?;
+        let meta = std::fs::metadata(path).map_err(|cause| DataError::io(&name, cause))?;
+        if !meta.is_file() {
+            return Err(DataError::malformed(&name, None, None, "not a regular file"));
+        }
+        let text = std::fs::read_to_string(path).map_err(|cause| DataError::io(&name, cause))?;
         Ok(Source { name, text: text.into() })
+    }
+
+    /// Parses the text as TOML. The error says where (line, column) and what, without quoting
+    /// the text: a file named by mistake is not echoed to whoever named it.
+    pub fn parse_toml<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        toml::from_str(&self.text).map_err(|e| {
+            let (line, column) = e.span().map_or((None, None), |span| {
+                let before = &self.text[..span.start.min(self.text.len())];
+                let line = before.matches('\n').count() as u64 + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (Some(line), Some(column))
+            });
+            let at = column.map_or(String::new(), |c| format!("column {c}: "));
+            DataError::malformed(&self.name, line, None, format!("{at}not valid TOML: {}", e.message().trim()))
+        })
     }
 
     /// Loads `spec` for a request from outside (a gRPC call): `builtin:NAME`, or a regular file
@@ -175,6 +199,27 @@ impl<'a> CsvTable<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_read() {
+        for path in ["/dev/zero", "/tmp"] {
+            let error = Source::load(path, Path::new(".")).unwrap_err().to_string();
+            assert!(error.contains(path) && error.contains("not a regular file"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_toml_error_says_where_without_quoting_the_text() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Doc {
+            a: f64,
+        }
+        let source = Source { name: "secret.txt".into(), text: "a = 1\nroot:x:0:0:root:/root:/bin/bash\n".into() };
+        let error = source.parse_toml::<Doc>().unwrap_err().to_string();
+        assert!(error.starts_with("secret.txt:2: column "), "{error}");
+        assert!(!error.contains("bin/bash") && !error.contains("root:x"), "{error}");
+    }
 
     #[test]
     fn each_device_finds_its_own_calibration() {
