@@ -191,12 +191,27 @@ pub fn read_colocation(spec: &str) -> Result<Vec<ColocationRow>> {
     let name = &source.name;
     let mut reader = csv::Reader::from_reader(source.text.as_bytes());
     let mut rows = Vec::new();
+    let (low, high) = gpuslice_traces::source::BATCH_MS_RANGE;
     for (i, row) in reader.deserialize().enumerate() {
-        let row: ColocationRow = row.with_context(|| format!("{name}: line {} is malformed", i + 2))?;
-        if !(row.p50_ms > 0.0 && row.gpu_pct > 0.0 && row.gpu_pct <= 100.0 && row.batch > 0) {
-            bail!("{name}: line {}: p50_ms, gpu_pct (0, 100] and batch must be positive", i + 2);
+        let line = i + 2;
+        let row: ColocationRow = row.with_context(|| format!("{name}: line {line} is malformed"))?;
+        if !(row.gpu_pct > 0.0 && row.gpu_pct <= 100.0) {
+            bail!("{name}: line {line}: gpu_pct must be in (0, 100], got {}", row.gpu_pct);
+        }
+        if !(1..=gpuslice_simulator::MAX_BATCH).contains(&row.batch) {
+            bail!("{name}: line {line}: batch must be in 1..={}, got {}", gpuslice_simulator::MAX_BATCH, row.batch);
+        }
+        let times = [("p50_ms", row.p50_ms), ("p99_ms", row.p99_ms), ("solo_p50_ms", row.solo_p50_ms)];
+        if let Some((what, ms)) = times.into_iter().find(|(_, ms)| !(ms.is_finite() && (low..=high).contains(ms))) {
+            let ms = gpuslice_traces::source::number(ms);
+            bail!("{name}: line {line}: {what} must be a batch time in [{low}, {high}] ms, got {ms}");
         }
         rows.push(row);
+    }
+    for group in groups(&rows) {
+        if let Some(problem) = group.placement_problem() {
+            bail!("{name}: group {}: {problem}", group.label);
+        }
     }
     Ok(rows)
 }
@@ -211,6 +226,37 @@ pub struct Group {
 }
 
 impl Group {
+    /// Why the group's rows are not one per placement its label names (`MODEL:GPU%:BATCH`
+    /// joined by `+`), if they are not: a duplicated or foreign row would move the fit.
+    fn placement_problem(&self) -> Option<String> {
+        let mut named: Vec<(String, f64, u32)> = Vec::new();
+        for placement in self.label.split('+') {
+            let parts: Vec<&str> = placement.split(':').collect();
+            let parsed = match parts[..] {
+                [model, pct, batch] => pct.parse().ok().zip(batch.parse().ok()).map(|(p, b)| (model.to_string(), p, b)),
+                _ => None,
+            };
+            match parsed {
+                Some(p) => named.push(p),
+                None => return Some(format!("{placement:?} is not MODEL:GPU%:BATCH")),
+            }
+        }
+        for row in &self.rows {
+            let found = named.iter().position(|(m, p, b)| *m == row.model && *p == row.gpu_pct && *b == row.batch);
+            match found {
+                Some(k) => drop(named.swap_remove(k)),
+                None => {
+                    return Some(format!(
+                        "a row for {}:{}:{} that the group does not name, or names fewer times",
+                        row.model, row.gpu_pct, row.batch
+                    ));
+                }
+            }
+        }
+        let missing: Vec<String> = named.iter().map(|(m, p, b)| format!("{m}:{p}:{b}")).collect();
+        (!missing.is_empty()).then(|| format!("no row for {}", missing.join(", ")))
+    }
+
     /// Every model at 100%: default MPS; otherwise each model is held to its slice.
     pub fn sharing(&self) -> Sharing {
         if self.rows.iter().all(|r| r.gpu_pct >= 100.0) { Sharing::DefaultMps } else { Sharing::Spatial }
@@ -711,6 +757,27 @@ struct ColocatedRow<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colocation_rows_must_be_one_per_placement_of_their_group() {
+        let shipped = Source::load("builtin:h200-colocation", Path::new(".")).unwrap().text.to_string();
+        let second = shipped.lines().nth(1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let read = |text: String| {
+            let path = dir.path().join("colocation.csv");
+            std::fs::write(&path, text).unwrap();
+            read_colocation(path.to_str().unwrap()).map_err(|e| e.to_string())
+        };
+        assert!(read(shipped.clone()).is_ok());
+        let duplicated = read(format!("{shipped}{second}\n")).unwrap_err();
+        assert!(duplicated.contains("densenet121:50:8 that the group does not name"), "{duplicated}");
+        let foreign = read(shipped.replacen("+vgg16:50:8,densenet121,", "+vgg16:50:8,resnet50,", 1)).unwrap_err();
+        assert!(foreign.contains("resnet50:50:8"), "{foreign}");
+        let missing = read(shipped.replacen(&format!("{second}\n"), "", 1)).unwrap_err();
+        assert!(missing.contains("no row for densenet121:50:8"), "{missing}");
+        let tiny = read(shipped.replacen(",4.599,", ",1e-300,", 1)).unwrap_err();
+        assert!(tiny.contains("line 2: p50_ms must be a batch time") && tiny.ends_with("got 1e-300"), "{tiny}");
+    }
 
     #[test]
     fn minimize_1d_finds_the_bottom_of_a_bowl() {

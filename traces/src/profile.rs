@@ -68,9 +68,9 @@ impl ProfileSet {
             let point = ProfilePoint {
                 gpu_pct: table.positive(&record, gpu_pct)?,
                 batch: table.parse(&record, batch)?,
-                p50_ms: table.positive(&record, p50)?,
-                p99_ms: table.positive(&record, p99)?,
-                mean_ms: table.positive(&record, mean)?,
+                p50_ms: table.batch_ms(&record, p50)?,
+                p99_ms: table.batch_ms(&record, p99)?,
+                mean_ms: table.batch_ms(&record, mean)?,
             };
             if point.gpu_pct > 100.0 {
                 return Err(table.error(&record, gpu_pct, format!("GPU% must be in (0, 100], got {}", point.gpu_pct)));

@@ -36,6 +36,16 @@ pub fn builtin_names() -> impl Iterator<Item = &'static str> {
     BUILTINS.iter().map(|(name, _)| *name)
 }
 
+/// The GPU time of one batch that measured files may hold, in ms: from a microsecond (no
+/// kernel launch is faster) to an hour.
+pub const BATCH_MS_RANGE: (f64, f64) = (1e-3, 3_600_000.0);
+
+/// `v` as a person reads it in an error: plain where it is of everyday size, in exponent form
+/// where plain would run to hundreds of digits (1e-300, 1e300).
+pub fn number(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || (1e-4..1e9).contains(&v.abs()) { v.to_string() } else { format!("{v:e}") }
+}
+
 /// The largest file `Source::load_confined` reads.
 pub const MAX_CONFINED_BYTES: u64 = 16 << 20;
 
@@ -186,7 +196,19 @@ impl<'a> CsvTable<'a> {
         if v.is_finite() && v > 0.0 {
             Ok(v)
         } else {
-            Err(self.error(record, col, format!("must be a finite number > 0, got {v}")))
+            Err(self.error(record, col, format!("must be a finite number > 0, got {}", number(v))))
+        }
+    }
+
+    /// The value at `col` as a batch's GPU time in ms: within `BATCH_MS_RANGE` (a time of
+    /// 1e-300 ms fitted to relative errors of inf%).
+    pub fn batch_ms(&self, record: &csv::StringRecord, col: usize) -> Result<f64> {
+        let v: f64 = self.parse(record, col)?;
+        let (low, high) = BATCH_MS_RANGE;
+        if v.is_finite() && (low..=high).contains(&v) {
+            Ok(v)
+        } else {
+            Err(self.error(record, col, format!("must be a batch time in [{low}, {high}] ms, got {}", number(v))))
         }
     }
 
