@@ -18,7 +18,7 @@ impl LiveBackend for GpuBackend {
         gpu_pct: f64,
     ) -> Box<dyn FnOnce() -> Result<ModelWorkers, BackendError> + Send> {
         let (starter, model) = (self.starter(), model.clone());
-        Box::new(move || Ok(starter.start(&model, gpu_pct)?))
+        Box::new(move || Ok(starter.start_first(&model, gpu_pct)?))
     }
 
     fn reserve(&mut self, gpu_pct: f64) {

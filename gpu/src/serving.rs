@@ -80,7 +80,8 @@ enum Handover {
     Started(Box<Worker>, f64),
     /// Serve with the pool's worker at this GPU% level from now on.
     Level(f64),
-    /// A worker started in place of one that died, at this GPU%: it joins the pool.
+    /// A worker started in place of one that died, or a pool level started behind the first,
+    /// at this GPU%: it joins the pool.
     Replacement(Box<Worker>, f64),
     /// The replacement for the worker at this GPU% could not start.
     ReplacementFailed(f64, WorkerError),
@@ -246,8 +247,12 @@ pub struct WorkerStarter {
     mps: Option<Arc<MpsDaemon>>,
 }
 
-/// A model's workers, started and ready to serve (see `GpuBackend::add_model`).
-pub struct ModelWorkers(Vec<(Worker, f64)>);
+/// A model's workers, started and ready to serve (see `GpuBackend::add_model`), and the pool
+/// levels still to start once it serves.
+pub struct ModelWorkers {
+    ready: Vec<(Worker, f64)>,
+    to_start: Vec<f64>,
+}
 
 impl WorkerStarter {
     /// Starts workers from `template` to serve under `mode`, with a private MPS daemon where
@@ -286,7 +291,8 @@ impl WorkerStarter {
         if self.template.pool_levels.is_empty() { gpu_pct } else { self.template.level(gpu_pct, gpu_pct) }
     }
 
-    /// One worker per pool level, or one at `gpu_pct` without a pool; started in parallel.
+    /// One worker per pool level, or one at `gpu_pct` without a pool; started in parallel, all
+    /// ready before the model serves (a run that measures from its first request).
     pub fn start(&self, model: &ModelSource, gpu_pct: f64) -> Result<ModelWorkers, WorkerError> {
         let levels =
             if self.template.pool_levels.is_empty() { vec![gpu_pct] } else { self.template.pool_levels.clone() };
@@ -295,7 +301,18 @@ impl WorkerStarter {
                 levels.iter().map(|&pct| scope.spawn(move || self.one(model, pct).map(|w| (w, pct)))).collect();
             handles.into_iter().map(|h| h.join().expect("worker start")).collect::<Result<Vec<_>, _>>()
         })
-        .map(ModelWorkers)
+        .map(|ready| ModelWorkers { ready, to_start: Vec::new() })
+    }
+
+    /// The worker at the level a model starting at `gpu_pct` serves at, alone: the model serves
+    /// as soon as it is ready, and the pool's other levels start behind it (`to_start`, started
+    /// by `GpuBackend::add_model`), a live node's model not waiting for workers it does not
+    /// use yet.
+    pub fn start_first(&self, model: &ModelSource, gpu_pct: f64) -> Result<ModelWorkers, WorkerError> {
+        let first = self.starting_pct(gpu_pct);
+        let worker = self.one(model, first)?;
+        let to_start = self.template.pool_levels.iter().copied().filter(|&pct| pct != first).collect();
+        Ok(ModelWorkers { ready: vec![(worker, first)], to_start })
     }
 }
 
@@ -504,7 +521,7 @@ impl Dispatcher {
                         crew.active = crew.pool.iter().position(|(_, p)| *p == pct).unwrap_or(crew.active);
                     }
                     Handover::Replacement(worker, pct) => {
-                        tracing::info!(model = %self.name, gpu_pct = pct, "replacement worker serving");
+                        tracing::info!(model = %self.name, gpu_pct = pct, "pool worker ready");
                         self.wake_on_completion(&worker);
                         crew.pool.push((*worker, pct));
                         let wanted = lock.lock().expect("model state").allocation.gpu_pct;
@@ -879,7 +896,11 @@ impl GpuBackend {
                 handover: handover.clone(),
             },
         };
-        let pool = workers.0;
+        // The pool's other levels join as they come up, as replacements do.
+        for &pct in &workers.to_start {
+            dispatcher.restarter.replace(pct, Duration::ZERO);
+        }
+        let pool = workers.ready;
         let row_in = pool.first().map_or(0, |(w, _)| w.row_bytes().0);
         let active = pool.iter().position(|(_, pct)| *pct == setup.allocation.gpu_pct).unwrap_or(0);
         self.threads.push(std::thread::spawn(move || dispatcher.serve(pool, active)));

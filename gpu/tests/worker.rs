@@ -528,3 +528,52 @@ fn files_left_by_a_gone_process_are_removed_and_a_running_ones_kept() {
     assert_eq!(gpuslice_gpu::worker::remove_stale_files(dir.path()), 1);
     assert!(!gone.exists() && running.exists() && other.exists());
 }
+
+#[test]
+fn a_model_serves_on_its_first_pool_level_while_the_others_start_behind_it() {
+    use gpuslice_control::LiveBackend;
+    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
+    use gpuslice_simulator::{Allocation, Sharing};
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+    let name = format!("first-level-{}", std::process::id());
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(1.0), pool_levels: vec![20.0, 40.0, 60.0] };
+    let mut backend = GpuBackend::start(
+        Vec::new(),
+        Duration::from_millis(100),
+        None,
+        WorkerStarter::new(template, None),
+        Sharing::Spatial,
+    )
+    .unwrap();
+    let workers = backend.starter().start_first(&small(&name), 40.0).unwrap();
+    assert_eq!(worker_pids(&name).len(), 1, "one worker started before the model serves");
+    let setup = GpuModelSetup {
+        name: name.clone(),
+        source: small(&name),
+        slo_ms: 50.0,
+        allocation: Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
+        arrivals: None,
+    };
+    let model = backend.add_model(setup, workers).unwrap();
+    let mut tickets: HashSet<u64> = (0..30).map(|_| backend.submit(model, None).unwrap()).collect();
+    // The other two levels come up behind it; a move to one of them is served too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker_pids(&name).len() < 3 {
+        assert!(Instant::now() < deadline, "the other pool levels did not start within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    backend.set_allocation(model, Allocation { gpu_pct: 60.0, max_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
+    tickets.extend((0..30).map(|_| backend.submit(model, None).unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tickets.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        let (done, dropped) = backend.take_answered();
+        assert!(dropped.is_empty(), "dropped {dropped:?}");
+        for a in done {
+            assert!(tickets.remove(&a.record.ticket), "ticket {} answered once", a.record.ticket);
+        }
+    }
+    assert!(tickets.is_empty(), "{} requests unanswered", tickets.len());
+    assert_eq!(worker_pids(&name).len(), 3, "no worker lost on the way");
+}
