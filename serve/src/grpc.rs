@@ -29,6 +29,7 @@ impl From<LiveError> for Status {
             LiveError::AlreadyExists(m) => Status::already_exists(m),
             LiveError::FailedPrecondition(m) => Status::failed_precondition(m),
             LiveError::Unavailable(m) => Status::unavailable(m),
+            LiveError::ResourceExhausted(m) => Status::resource_exhausted(m),
         }
     }
 }

@@ -46,6 +46,11 @@ pub struct LiveConfig {
     pub contention: Contention,
     /// Seed of the simulated backend's random draws.
     pub seed: u64,
+    /// Requests accepted and not yet answered, all models together, beyond which Infer is
+    /// refused (RESOURCE_EXHAUSTED): what a node holds stays bounded however fast calls come.
+    pub max_queued_requests: usize,
+    /// Bytes of input those requests may hold, MiB (see `max_queued_requests`).
+    pub max_queued_input_mib: f64,
 }
 
 impl Default for LiveConfig {
@@ -58,6 +63,8 @@ impl Default for LiveConfig {
             interference: None,
             contention: Contention::first_h100_trio(),
             seed: 1,
+            max_queued_requests: 262_144,
+            max_queued_input_mib: 2048.0,
         }
     }
 }
@@ -93,6 +100,9 @@ pub enum LiveError {
     /// The request was accepted but dropped at its deadline, or the controller is gone.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The node holds as many queued requests (or bytes of their inputs) as it takes.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
 }
 
 /// A model as registered.
@@ -250,7 +260,12 @@ struct Live<B: LiveBackend> {
     contention: Contention,
     /// How the GPU is shared now (slices until a policy switches).
     sharing: Sharing,
-    waiting: HashMap<Ticket, Reply<InferDone>>,
+    /// Requests accepted and not yet answered, with the bytes of their input.
+    waiting: HashMap<Ticket, (Reply<InferDone>, usize)>,
+    /// The bytes `waiting` holds, and the bounds on it (see `LiveConfig::max_queued_requests`).
+    queued_bytes: usize,
+    max_queued_requests: usize,
+    max_queued_bytes: usize,
     decisions: broadcast::Sender<DecisionEvent>,
     /// Models starting up, by name.
     starting: std::collections::HashSet<String>,
@@ -299,6 +314,14 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
             config.control_interval_s
         )));
     }
+    if config.max_queued_requests == 0
+        || !(config.max_queued_input_mib.is_finite() && config.max_queued_input_mib >= 1.0)
+    {
+        return Err(LiveError::InvalidArgument(format!(
+            "max_queued_requests must be >= 1 and max_queued_input_mib >= 1, got {} and {}",
+            config.max_queued_requests, config.max_queued_input_mib
+        )));
+    }
     let contention = config.contention();
     let device = DeviceModel { config: contention.config(Sharing::Spatial, config.seed), service_jitter: true };
     let policy = gpuslice_policies::build(&config.policy, &[], &device, None)
@@ -319,6 +342,9 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
         contention,
         sharing: Sharing::Spatial,
         waiting: HashMap::new(),
+        queued_bytes: 0,
+        max_queued_requests: config.max_queued_requests,
+        max_queued_bytes: (config.max_queued_input_mib * 1_048_576.0) as usize,
         decisions: decisions.clone(),
         starting: Default::default(),
         prepared,
@@ -373,13 +399,41 @@ impl<B: LiveBackend> Live<B> {
         self.entries.iter().position(|e| e.context.name == name).ok_or_else(|| not_found(name))
     }
 
+    /// Takes `ticket` off the waiting requests (its reply, to answer it).
+    fn answered(&mut self, ticket: Ticket) -> Option<Reply<InferDone>> {
+        let (reply, bytes) = self.waiting.remove(&ticket)?;
+        self.queued_bytes -= bytes;
+        Some(reply)
+    }
+
+    /// Why a request of `bytes` of input cannot be queued now, if it cannot.
+    fn queue_full(&self, bytes: usize) -> Option<LiveError> {
+        let mib = |b: usize| b as f64 / 1_048_576.0;
+        if self.waiting.len() >= self.max_queued_requests {
+            Some(LiveError::ResourceExhausted(format!(
+                "{} requests are queued, the node's limit (max_queued_requests)",
+                self.waiting.len()
+            )))
+        } else if self.queued_bytes + bytes > self.max_queued_bytes {
+            Some(LiveError::ResourceExhausted(format!(
+                "{:.0} MiB of inputs are queued; this one's {:.1} MiB would pass the node's {:.0} MiB \
+                 (max_queued_input_mib)",
+                mib(self.queued_bytes),
+                mib(bytes),
+                mib(self.max_queued_bytes)
+            )))
+        } else {
+            None
+        }
+    }
+
     /// Runs the backend up to the wall clock, answers completed requests, and runs the policy
     /// at each control interval.
     fn advance(&mut self) {
         let now = self.now();
         let (done, dropped) = self.backend.advance(now);
         for (r, output) in done {
-            if let Some(reply) = self.waiting.remove(&r.ticket) {
+            if let Some(reply) = self.answered(r.ticket) {
                 let ms = |ns: u64| ns as f64 * 1e-6;
                 let _ = reply.send(Ok(InferDone {
                     ticket: r.ticket,
@@ -392,7 +446,7 @@ impl<B: LiveBackend> Live<B> {
             }
         }
         for ticket in dropped {
-            if let Some(reply) = self.waiting.remove(&ticket) {
+            if let Some(reply) = self.answered(ticket) {
                 let _ = reply.send(Err(LiveError::Unavailable("dropped: queued past the deadline".into())));
             }
         }
@@ -513,14 +567,22 @@ impl<B: LiveBackend> Live<B> {
                         "model {name:?} takes {expected} bytes of input per request, {given} given"
                     ))));
                 }
-                Ok(e) => match self.backend.submit(self.entries[e].index, input) {
-                    Ok(ticket) => {
-                        self.waiting.insert(ticket, reply);
+                Ok(e) => {
+                    let bytes = input.as_ref().map_or(0, |i| i.len());
+                    if let Some(full) = self.queue_full(bytes) {
+                        let _ = reply.send(Err(full));
+                        return;
                     }
-                    Err(err) => {
-                        let _ = reply.send(Err(LiveError::FailedPrecondition(err.to_string())));
+                    match self.backend.submit(self.entries[e].index, input) {
+                        Ok(ticket) => {
+                            self.waiting.insert(ticket, (reply, bytes));
+                            self.queued_bytes += bytes;
+                        }
+                        Err(err) => {
+                            let _ = reply.send(Err(LiveError::FailedPrecondition(err.to_string())));
+                        }
                     }
-                },
+                }
                 Err(_) if self.starting.contains(&name) => {
                     let _ = reply.send(Err(LiveError::Unavailable(format!("model {name:?} is still starting"))));
                 }

@@ -515,3 +515,45 @@ async fn with_a_token_calls_without_it_are_refused_and_reflection_can_be_off() {
     assert!(metrics_status(metrics, &format!("Authorization: Bearer {TOKEN}\r\n")).await.contains("200"));
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_a_bounded_number_of_queued_requests() {
+    let controller = LiveConfig { control_interval_s: 0.2, max_queued_requests: 8, ..LiveConfig::default() };
+    let running = grpc::start(ServeOptions { controller, ..ServeOptions::loopback(grpc::ServeBackend::Simulated) })
+        .await
+        .unwrap();
+    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    // A 200 ms wait for a batch: the calls pile up behind it.
+    let mut slow = register("resnet50", 1000.0);
+    slow.max_batch = 64;
+    client.register_model(slow).await.unwrap();
+    client
+        .override_allocation(OverrideAllocationRequest {
+            name: "resnet50".into(),
+            allocation: Some(Allocation { gpu_pct: 50.0, max_batch: 64, batch_timeout_ms: 200.0 }),
+            release: false,
+        })
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.infer(InferRequest { model: "resnet50".into(), payload: vec![] }).await })
+        })
+        .collect();
+    let (mut answered, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => answered += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("max_queued_requests"), "{}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    assert!(answered >= 8 && refused > 0, "answered {answered}, refused {refused}");
+    // Once the queue drains the node takes calls again.
+    client.infer(InferRequest { model: "resnet50".into(), payload: vec![] }).await.unwrap();
+    running.stop().await.unwrap();
+}
