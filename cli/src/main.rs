@@ -382,6 +382,10 @@ enum Command {
         /// asked for by name.
         #[arg(long)]
         out: PathBuf,
+        /// Fit the default-MPS share exponent and launch contention jointly (Nelder-Mead)
+        /// instead of one after the other (golden-section searches).
+        #[arg(long)]
+        joint: bool,
     },
     /// Check the simulator against measurements it was not fitted on: (a) GPU% levels left out
     /// of the latency fit, (b) co-located groups, each run in the simulator closed loop as on the
@@ -836,12 +840,13 @@ fn run(command: Command) -> Result<()> {
                 fake_ms,
             })
         }
-        Command::Calibrate { profile, colocation, fit_group_size, out } => {
+        Command::Calibrate { profile, colocation, fit_group_size, out, joint } => {
             calibration::calibrate(&calibration::CalibrateOptions {
                 profile: &profile,
                 colocation: &colocation,
                 fit_group_size,
                 out: &out,
+                joint,
             })?;
             Ok(())
         }

@@ -437,6 +437,62 @@ fn minimize_1d(lo: f64, hi: f64, mut f: impl FnMut(f64) -> Result<f64>) -> Resul
     Ok((a + b) / 2.0)
 }
 
+/// The point of the box `lo`..`hi` minimizing `f`, by Nelder-Mead from `start` (simplex steps
+/// of a tenth of the box, points clamped to it), to `max_evals` evaluations or a simplex whose
+/// values differ by less than 1e-9.
+fn minimize_nelder_mead<const N: usize>(
+    start: [f64; N],
+    lo: [f64; N],
+    hi: [f64; N],
+    max_evals: usize,
+    mut f: impl FnMut([f64; N]) -> Result<f64>,
+) -> Result<[f64; N]> {
+    let clamp = |x: [f64; N]| -> [f64; N] { std::array::from_fn(|i| x[i].clamp(lo[i], hi[i])) };
+    let evals = std::cell::Cell::new(0);
+    let mut eval = |x: [f64; N]| {
+        evals.set(evals.get() + 1);
+        f(x).map(|v| (x, v))
+    };
+    let mut simplex = vec![eval(clamp(start))?];
+    for i in 0..N {
+        let mut x = start;
+        x[i] += (hi[i] - lo[i]) / 10.0;
+        if x[i] > hi[i] {
+            x[i] = start[i] - (hi[i] - lo[i]) / 10.0;
+        }
+        simplex.push(eval(clamp(x))?);
+    }
+    // Points along the line from the centroid `c` through `x`, at `t` times its offset.
+    let along = |c: &[f64; N], x: &[f64; N], t: f64| clamp(std::array::from_fn(|i| c[i] + t * (x[i] - c[i])));
+    loop {
+        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let (best, worst) = (simplex[0].1, simplex[N].1);
+        if worst - best < 1e-9 || evals.get() >= max_evals {
+            return Ok(simplex[0].0);
+        }
+        let centroid: [f64; N] = std::array::from_fn(|i| simplex[..N].iter().map(|p| p.0[i]).sum::<f64>() / N as f64);
+        let worst_point = simplex[N].0;
+        let reflected = eval(along(&centroid, &worst_point, -1.0))?;
+        if reflected.1 < best {
+            let expanded = eval(along(&centroid, &worst_point, -2.0))?;
+            simplex[N] = if expanded.1 < reflected.1 { expanded } else { reflected };
+        } else if reflected.1 < simplex[N - 1].1 {
+            simplex[N] = reflected;
+        } else {
+            let contracted = eval(along(&centroid, &worst_point, 0.5))?;
+            if contracted.1 < worst {
+                simplex[N] = contracted;
+            } else {
+                // Shrink towards the best point.
+                let best_point = simplex[0].0;
+                for p in simplex.iter_mut().skip(1) {
+                    *p = eval(along(&best_point, &p.0, 0.5))?;
+                }
+            }
+        }
+    }
+}
+
 /// What `gpuslice calibrate` fits from.
 pub struct CalibrateOptions<'a> {
     /// The profile (a path, or `builtin:NAME`).
@@ -447,6 +503,9 @@ pub struct CalibrateOptions<'a> {
     pub fit_group_size: usize,
     /// Where the fitted calibration TOML goes.
     pub out: &'a Path,
+    /// Fit the default-MPS share exponent and launch contention together (Nelder-Mead from the
+    /// shipped H100 values) instead of one after the other.
+    pub joint: bool,
 }
 
 /// Fits the latency models, then each model's `interference` on the controlled groups and the
@@ -498,9 +557,24 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
         mps_share_exponent: exponent,
         ..contention.clone()
     };
-    let exponent = minimize_1d(0.25, 4.0, |e| loss(&default_mps, &latency, &at(e, 0.0), None))?;
-    let launch = minimize_1d(0.0, 8.0, |c| loss(&default_mps, &latency, &at(exponent, c), None))?;
+    let started = std::time::Instant::now();
+    let (exponent, launch) = if o.joint {
+        let start = [gpuslice_simulator::H100_MPS_SHARE_EXPONENT, gpuslice_simulator::H100_MPS_LAUNCH_CONTENTION];
+        let [e, c] = minimize_nelder_mead(start, [0.25, 0.0], [4.0, 8.0], 200, |[e, c]| {
+            loss(&default_mps, &latency, &at(e, c), None)
+        })?;
+        (e, c)
+    } else {
+        let exponent = minimize_1d(0.25, 4.0, |e| loss(&default_mps, &latency, &at(e, 0.0), None))?;
+        (exponent, minimize_1d(0.0, 8.0, |c| loss(&default_mps, &latency, &at(exponent, c), None))?)
+    };
     contention = at(exponent, launch);
+    tracing::info!(
+        joint = o.joint,
+        seconds = started.elapsed().as_secs_f64(),
+        loss = loss(&default_mps, &latency, &contention, None)?,
+        "default-MPS terms fitted (loss: sum of squared log errors of p50 over the default-MPS groups)"
+    );
     println!(
         "{contention} (interference from {} controlled groups, the default-MPS terms from {} groups)",
         controlled.len(),
@@ -777,6 +851,16 @@ mod tests {
         assert!(missing.contains("no row for densenet121:50:8"), "{missing}");
         let tiny = read(shipped.replacen(",4.599,", ",1e-300,", 1)).unwrap_err();
         assert!(tiny.contains("line 2: p50_ms must be a batch time") && tiny.ends_with("got 1e-300"), "{tiny}");
+    }
+
+    #[test]
+    fn nelder_mead_finds_the_bottom_of_a_tilted_valley_and_stays_in_its_box() {
+        let valley = |[x, y]: [f64; 2]| Ok((x - 1.2).powi(2) + 10.0 * (y - 0.3 - 0.5 * x).powi(2));
+        let [x, y] = minimize_nelder_mead([0.0, 0.0], [-5.0, -5.0], [5.0, 5.0], 500, valley).unwrap();
+        assert!((x - 1.2).abs() < 1e-3 && (y - 0.9).abs() < 1e-3, "{x} {y}");
+        // The minimum outside the box: its nearest corner.
+        let [x, y] = minimize_nelder_mead([0.5, 0.5], [0.0, 0.0], [1.0, 1.0], 500, |[x, y]| Ok(-x - y)).unwrap();
+        assert!(x > 0.999 && y > 0.999 && x <= 1.0 && y <= 1.0, "{x} {y}");
     }
 
     #[test]
