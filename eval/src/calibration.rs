@@ -437,60 +437,45 @@ fn minimize_1d(lo: f64, hi: f64, mut f: impl FnMut(f64) -> Result<f64>) -> Resul
     Ok((a + b) / 2.0)
 }
 
-/// The point of the box `lo`..`hi` minimizing `f`, by Nelder-Mead from `start` (simplex steps
-/// of a tenth of the box, points clamped to it), to `max_evals` evaluations or a simplex whose
-/// values differ by less than 1e-9.
+/// The point of the box `lo`..`hi` minimizing `f`, by argmin's Nelder-Mead from `start` (simplex
+/// steps of a tenth of the box; `f` is evaluated at points clamped to the box), to `max_iters`
+/// iterations or a simplex whose values spread less than 1e-9.
 fn minimize_nelder_mead<const N: usize>(
     start: [f64; N],
     lo: [f64; N],
     hi: [f64; N],
-    max_evals: usize,
-    mut f: impl FnMut([f64; N]) -> Result<f64>,
+    max_iters: u64,
+    f: impl Fn([f64; N]) -> Result<f64>,
 ) -> Result<[f64; N]> {
-    let clamp = |x: [f64; N]| -> [f64; N] { std::array::from_fn(|i| x[i].clamp(lo[i], hi[i])) };
-    let evals = std::cell::Cell::new(0);
-    let mut eval = |x: [f64; N]| {
-        evals.set(evals.get() + 1);
-        f(x).map(|v| (x, v))
-    };
-    let mut simplex = vec![eval(clamp(start))?];
+    struct Boxed<F, const N: usize> {
+        f: F,
+        lo: [f64; N],
+        hi: [f64; N],
+    }
+    impl<F, const N: usize> Boxed<F, N> {
+        fn clamp(&self, p: &[f64]) -> [f64; N] {
+            std::array::from_fn(|i| p[i].clamp(self.lo[i], self.hi[i]))
+        }
+    }
+    impl<F: Fn([f64; N]) -> Result<f64>, const N: usize> argmin::core::CostFunction for Boxed<F, N> {
+        type Param = Vec<f64>;
+        type Output = f64;
+        fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+            (self.f)(self.clamp(p))
+        }
+    }
+    let mut simplex = vec![start.to_vec()];
     for i in 0..N {
         let mut x = start;
-        x[i] += (hi[i] - lo[i]) / 10.0;
-        if x[i] > hi[i] {
-            x[i] = start[i] - (hi[i] - lo[i]) / 10.0;
-        }
-        simplex.push(eval(clamp(x))?);
+        let step = (hi[i] - lo[i]) / 10.0;
+        x[i] = if x[i] + step <= hi[i] { x[i] + step } else { x[i] - step };
+        simplex.push(x.to_vec());
     }
-    // Points along the line from the centroid `c` through `x`, at `t` times its offset.
-    let along = |c: &[f64; N], x: &[f64; N], t: f64| clamp(std::array::from_fn(|i| c[i] + t * (x[i] - c[i])));
-    loop {
-        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let (best, worst) = (simplex[0].1, simplex[N].1);
-        if worst - best < 1e-9 || evals.get() >= max_evals {
-            return Ok(simplex[0].0);
-        }
-        let centroid: [f64; N] = std::array::from_fn(|i| simplex[..N].iter().map(|p| p.0[i]).sum::<f64>() / N as f64);
-        let worst_point = simplex[N].0;
-        let reflected = eval(along(&centroid, &worst_point, -1.0))?;
-        if reflected.1 < best {
-            let expanded = eval(along(&centroid, &worst_point, -2.0))?;
-            simplex[N] = if expanded.1 < reflected.1 { expanded } else { reflected };
-        } else if reflected.1 < simplex[N - 1].1 {
-            simplex[N] = reflected;
-        } else {
-            let contracted = eval(along(&centroid, &worst_point, 0.5))?;
-            if contracted.1 < worst {
-                simplex[N] = contracted;
-            } else {
-                // Shrink towards the best point.
-                let best_point = simplex[0].0;
-                for p in simplex.iter_mut().skip(1) {
-                    *p = eval(along(&best_point, &p.0, 0.5))?;
-                }
-            }
-        }
-    }
+    let problem = Boxed { f, lo, hi };
+    let solver = argmin::solver::neldermead::NelderMead::new(simplex).with_sd_tolerance(1e-9)?;
+    let result = argmin::core::Executor::new(problem, solver).configure(|state| state.max_iters(max_iters)).run()?;
+    let best = result.state().best_param.as_ref().context("Nelder-Mead returned no point")?;
+    Ok(result.problem().problem.as_ref().context("Nelder-Mead kept no problem")?.clamp(best))
 }
 
 /// What `gpuslice calibrate` fits from.
