@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use gpuslice_serve::node::DEVICE_CALIBRATION;
 mod lab;
 
 use gpuslice_eval::simulate::PolicyChoice;
@@ -312,7 +313,7 @@ enum Command {
         /// NVML reports, e.g. `builtin:h200-calibration` on an H200; the scenario's where none
         /// is embedded), `scenario` (the scenario's own), or a calibration (`builtin:NAME` or a
         /// file from `calibrate`).
-        #[arg(long, default_value = "device")]
+        #[arg(long, default_value = DEVICE_CALIBRATION)]
         calibration: String,
         /// Standby pool: GPU% levels each model keeps a worker at, so a reallocation switches at
         /// once. The model-based policy plans its slices on these levels; another policy's slice
@@ -525,15 +526,10 @@ fn live_calibration(flag: &str, gpu_less: bool) -> Result<Option<String>> {
     match flag {
         "scenario" => Ok(None),
         // GPU-less workers have no device to match.
-        "device" if gpu_less => Ok(None),
-        "device" => {
-            let (name, found) = gpuslice_gpu::telemetry::Telemetry::open()
-                .and_then(|nvml| nvml.embedded_calibration())
+        DEVICE_CALIBRATION if gpu_less => Ok(None),
+        DEVICE_CALIBRATION => {
+            let found = gpuslice_gpu::telemetry::calibration_of_this_gpu("the scenario's")
                 .context("--calibration device: cannot read the GPU's name (name a calibration instead)")?;
-            match found {
-                Some(spec) => tracing::info!(device = %name, calibration = spec, "calibration of this GPU"),
-                None => tracing::warn!(device = %name, "no embedded calibration for this GPU: the scenario's is used"),
-            }
             Ok(found.map(str::to_string))
         }
         spec => Ok(Some(spec.to_string())),
@@ -599,7 +595,7 @@ fn run(command: Command) -> Result<()> {
                 Some(r) => Some(r.as_str()),
                 None => policies.iter().any(|p| p == "model-based").then_some("model-based"),
             };
-            let against = reference_policy.map_or(String::new(), |r| format!(", goodput / {r}'s"));
+            let against = |lead: &str| reference_policy.map_or(String::new(), |r| format!("{lead}goodput / {r}'s"));
             if capacity_search {
                 let options = capacity::SearchOptions { threshold, precision, ..Default::default() };
                 options.check()?;
@@ -638,8 +634,9 @@ fn run(command: Command) -> Result<()> {
             if !load_scales.is_empty() {
                 let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, !quiet)?;
                 println!(
-                    "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met{against} at the same load",
-                    loaded.scenario.name
+                    "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met{} at the same load",
+                    loaded.scenario.name,
+                    against(", ")
                 );
                 println!("{}", evaluate::sweep_table(&points, &policies, reference_policy));
                 if let Some(dir) = out {
@@ -651,7 +648,7 @@ fn run(command: Command) -> Result<()> {
             loaded.scale_load(load_scale)?;
             let results = evaluate::run(&loaded, &policies, seeds, !quiet)?;
             let over = if seeds > 1 { format!("{seeds} seeds, means ± standard deviation") } else { "1 seed".into() };
-            println!("{} — {over}{}", loaded.scenario.name, against.replace(", goodput", "; vs ref = goodput"));
+            println!("{} — {over}{}", loaded.scenario.name, against("; vs ref = "));
             println!("{}", evaluate::table(&results, &policies, reference_policy));
             if let Some(dir) = out {
                 evaluate::write(&dir, &results, &policies)?;

@@ -177,11 +177,15 @@ impl Calibration {
         })
     }
 
+    /// The calibration's profile, read.
+    pub fn profile_source(&self) -> Result<Source> {
+        Source::load(&self.profile, &self.profile_base)
+            .with_context(|| format!("calibration {}: its profile", self.origin))
+    }
+
     /// The calibration's profile, loaded.
     pub fn profile_set(&self) -> Result<ProfileSet> {
-        let source = Source::load(&self.profile, &self.profile_base)
-            .with_context(|| format!("calibration {}: its profile", self.origin))?;
-        Ok(ProfileSet::parse(&source)?)
+        Ok(ProfileSet::parse(&self.profile_source()?)?)
     }
 }
 
@@ -191,7 +195,6 @@ pub fn read_colocation(spec: &str) -> Result<Vec<ColocationRow>> {
     let name = &source.name;
     let mut reader = csv::Reader::from_reader(source.text.as_bytes());
     let mut rows = Vec::new();
-    let (low, high) = gpuslice_traces::source::BATCH_MS_RANGE;
     for (i, row) in reader.deserialize().enumerate() {
         let line = i + 2;
         let row: ColocationRow = row.with_context(|| format!("{name}: line {line} is malformed"))?;
@@ -202,9 +205,10 @@ pub fn read_colocation(spec: &str) -> Result<Vec<ColocationRow>> {
             bail!("{name}: line {line}: batch must be in 1..={}, got {}", gpuslice_simulator::MAX_BATCH, row.batch);
         }
         let times = [("p50_ms", row.p50_ms), ("p99_ms", row.p99_ms), ("solo_p50_ms", row.solo_p50_ms)];
-        if let Some((what, ms)) = times.into_iter().find(|(_, ms)| !(ms.is_finite() && (low..=high).contains(ms))) {
-            let ms = gpuslice_traces::source::number(ms);
-            bail!("{name}: line {line}: {what} must be a batch time in [{low}, {high}] ms, got {ms}");
+        for (what, ms) in times {
+            if let Some(problem) = gpuslice_traces::source::batch_ms_problem(ms) {
+                bail!("{name}: line {line}: {what} {problem}");
+            }
         }
         rows.push(row);
     }

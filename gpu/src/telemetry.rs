@@ -14,6 +14,18 @@ pub struct Telemetry {
     nvml: Nvml,
 }
 
+/// The embedded calibration (`builtin:NAME`) of the GPU NVML reports, logged with the GPU's
+/// name; `None`, with a warning that `fallback` is used instead, where none is embedded.
+pub fn calibration_of_this_gpu(fallback: &str) -> Result<Option<&'static str>, TelemetryError> {
+    let device = Telemetry::open()?.device_name()?;
+    let found = gpuslice_traces::source::device_calibration(&device);
+    match found {
+        Some(spec) => tracing::info!(%device, calibration = spec, "calibration of this GPU"),
+        None => tracing::warn!(%device, "no embedded calibration for this GPU: {fallback} is used"),
+    }
+    Ok(found)
+}
+
 impl Telemetry {
     /// Loads NVML; fails (without panicking) where there is no NVIDIA driver.
     pub fn open() -> Result<Telemetry, TelemetryError> {
@@ -23,13 +35,6 @@ impl Telemetry {
     /// GPU 0's product name (e.g. `NVIDIA H200`).
     pub fn device_name(&self) -> Result<String, TelemetryError> {
         Ok(self.nvml.device_by_index(0)?.name()?)
-    }
-
-    /// GPU 0's name and its embedded calibration (`builtin:NAME`), if one is embedded.
-    pub fn embedded_calibration(&self) -> Result<(String, Option<&'static str>), TelemetryError> {
-        let name = self.device_name()?;
-        let calibration = gpuslice_traces::source::device_calibration(&name);
-        Ok((name, calibration))
     }
 
     /// One reading of GPU 0.

@@ -211,26 +211,10 @@ fn a_pool_with_a_whole_gpu_level_switches_between_slices_and_default_mps() {
 /// worker killed while it holds requests is replaced and they are answered.
 #[test]
 fn submitted_requests_are_answered_and_a_dead_worker_is_replaced_losing_none() {
-    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
-    use gpuslice_simulator::{Allocation, Sharing};
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
-    let mut backend = GpuBackend::start(
-        Vec::new(),
-        Duration::from_millis(100),
-        None,
-        WorkerStarter::new(template, None),
-        Sharing::Spatial,
-    )
-    .unwrap();
-    let open = |name: &str| GpuModelSetup {
-        name: name.into(),
-        source: small(name),
-        slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
-        arrivals: None,
-    };
+    let mut backend = fake_backend(Vec::new(), Vec::new(), 100);
+    let open = submitted;
     // A unique name, so the test can find this worker's process among others running at once.
     let doomed_name = format!("doomed-{}", std::process::id());
     let kept = backend.add_model(open("kept"), backend.starter().start(&small("kept"), 40.0).unwrap()).unwrap();
@@ -407,23 +391,12 @@ fn a_worker_that_stops_answering_is_replaced() {
 /// comes back dropped (never hung), and it refuses new requests with the reason.
 #[test]
 fn a_model_whose_workers_keep_dying_is_marked_failed() {
-    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, MAX_WORKER_FAILURES, WorkerStarter, WorkerTemplate};
-    use gpuslice_simulator::{Allocation, Sharing};
+    use gpuslice_gpu::serving::MAX_WORKER_FAILURES;
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
     let name = format!("crashing-{}", std::process::id());
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: Vec::new() };
-    let starter = WorkerStarter::new(template, None);
-    let mut backend =
-        GpuBackend::start(Vec::new(), Duration::from_millis(100), None, starter, Sharing::Spatial).unwrap();
-    let setup = GpuModelSetup {
-        name: name.clone(),
-        source: small(&name),
-        slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
-        arrivals: None,
-    };
-    let model = backend.add_model(setup, backend.starter().start(&small(&name), 40.0).unwrap()).unwrap();
+    let mut backend = fake_backend(Vec::new(), Vec::new(), 100);
+    let model = backend.add_model(submitted(&name), backend.starter().start(&small(&name), 40.0).unwrap()).unwrap();
     let mut tickets = HashSet::new();
     let mut killed = HashSet::new();
     for _ in 0..MAX_WORKER_FAILURES {
@@ -483,6 +456,17 @@ fn loaded(name: &str, gpu_pct: f64, rate: f64, seconds: f64, seed: u64) -> gpusl
 }
 
 /// The GPU backend on GPU-less workers (2 ms a batch) with this standby pool, sliced.
+/// Model `name` on GPU-less workers, fed by `submit`, at 40% with batches of up to 4.
+fn submitted(name: &str) -> gpuslice_gpu::serving::GpuModelSetup {
+    gpuslice_gpu::serving::GpuModelSetup {
+        name: name.into(),
+        source: small(name),
+        slo_ms: 50.0,
+        allocation: gpuslice_simulator::Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
+        arrivals: None,
+    }
+}
+
 fn fake_backend(
     setups: Vec<gpuslice_gpu::serving::GpuModelSetup>,
     pool_levels: Vec<f64>,
@@ -532,30 +516,14 @@ fn files_left_by_a_gone_process_are_removed_and_a_running_ones_kept() {
 #[test]
 fn a_model_serves_on_its_first_pool_level_while_the_others_start_behind_it() {
     use gpuslice_control::LiveBackend;
-    use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
-    use gpuslice_simulator::{Allocation, Sharing};
+    use gpuslice_simulator::Allocation;
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
     let name = format!("first-level-{}", std::process::id());
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(1.0), pool_levels: vec![20.0, 40.0, 60.0] };
-    let mut backend = GpuBackend::start(
-        Vec::new(),
-        Duration::from_millis(100),
-        None,
-        WorkerStarter::new(template, None),
-        Sharing::Spatial,
-    )
-    .unwrap();
+    let mut backend = fake_backend(Vec::new(), vec![20.0, 40.0, 60.0], 100);
     let workers = backend.starter().start_first(&small(&name), 40.0).unwrap();
     assert_eq!(worker_pids(&name).len(), 1, "one worker started before the model serves");
-    let setup = GpuModelSetup {
-        name: name.clone(),
-        source: small(&name),
-        slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
-        arrivals: None,
-    };
-    let model = backend.add_model(setup, workers).unwrap();
+    let model = backend.add_model(submitted(&name), workers).unwrap();
     let mut tickets: HashSet<u64> = (0..30).map(|_| backend.submit(model, None).unwrap()).collect();
     // The other two levels come up behind it; a move to one of them is served too.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -445,7 +445,9 @@ impl ModelBased {
         let served = std::mem::replace(&mut self.served, vec![(0.0, 0.0); n]);
         for ((choice, allocations), tally) in candidates.into_iter().zip(&mut self.tallies) {
             tally.age();
-            let replayed_before = tally.requests.clone();
+            // What the replays below add, for weighing what the mode in force served.
+            let in_force = choice == self.choice;
+            let before = in_force.then(|| tally.requests.clone());
             let sharing = choice.sharing();
             // Up the loads until one is not held in this window; the loads above it are given
             // its replay (what misses a load misses more of a higher one), so that most
@@ -470,14 +472,14 @@ impl ModelBased {
                     missed = Some(report);
                 }
             }
-            if choice == self.choice {
-                let replayed: Vec<[f64; TRIAL_LOADS.len()]> = (tally.requests.iter().zip(&replayed_before))
+            if let Some(before) = before {
+                let replayed: Vec<[f64; TRIAL_LOADS.len()]> = (tally.requests.iter().zip(&before))
                     .map(|(now, before)| std::array::from_fn(|k| now[k] - before[k]))
                     .collect();
                 tally.add_served(&served, &replayed);
             }
             let score = tally.score();
-            if choice == self.choice {
+            if in_force {
                 incumbent = Some(score);
             }
             if best.as_ref().is_none_or(|(_, b)| score.better_than(b)) {

@@ -640,8 +640,12 @@ impl<B: LiveBackend> Live<B> {
     /// Checks a registration and starts the model's start-up job off the controller's task;
     /// `finish_register` completes it.
     fn begin_register(&mut self, spec: ModelSpec, reply: Reply<Allocation>) {
-        self.learn_interference(&spec);
-        let planned = self.check_new(&spec).and_then(|()| self.plan_with(&context_of(&spec)));
+        // Learned only once the checks pass: a refused duplicate must not change the
+        // registered model's figures.
+        let planned = self.check_new(&spec).and_then(|()| {
+            self.learn_interference(&spec);
+            self.plan_with(&context_of(&spec))
+        });
         let gpu_pct = match planned {
             Ok((_, initial)) => initial[self.entries.len()].gpu_pct,
             Err(e) => {

@@ -107,17 +107,14 @@ impl NodeConfig {
         config.auth_token_file = config.auth_token_file.map(|f| base.join(f));
         config.calibration = config.calibration.map(|spec| match spec.as_str() {
             DEVICE_CALIBRATION => spec,
-            _ if spec.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) => spec,
-            _ => base.join(spec).display().to_string(),
+            _ => beside(base, spec),
         });
         config.data_roots = match config.data_roots.is_empty() {
             true => vec![base.to_path_buf()],
             false => config.data_roots.iter().map(|r| base.join(r)).collect(),
         };
         for m in &mut config.models {
-            if !m.profile.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) {
-                m.profile = base.join(&m.profile).display().to_string();
-            }
+            m.profile = beside(base, std::mem::take(&mut m.profile));
         }
         Ok(config)
     }
@@ -171,6 +168,15 @@ impl NodeConfig {
     }
 }
 
+/// A data spec the node config gives: `builtin:NAME` as it is, a path taken from the config
+/// file's folder `base`.
+fn beside(base: &Path, spec: String) -> String {
+    match spec.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) {
+        true => spec,
+        false => base.join(spec).display().to_string(),
+    }
+}
+
 /// The calibration spec that stands for the GPU the node runs on.
 pub const DEVICE_CALIBRATION: &str = "device";
 
@@ -185,18 +191,11 @@ fn load_calibration(spec: &str, on_a_gpu: bool) -> Result<Calibration> {
     if !on_a_gpu {
         return Ok(Calibration::first_h100());
     }
-    let (device, found) = gpuslice_gpu::telemetry::Telemetry::open()
-        .and_then(|nvml| nvml.embedded_calibration())
+    let found = gpuslice_gpu::telemetry::calibration_of_this_gpu("the first H100's")
         .context("calibration \"device\": cannot read the GPU's name (name a calibration instead)")?;
     match found {
-        Some(spec) => {
-            tracing::info!(%device, calibration = spec, "calibration of this GPU");
-            Calibration::load(spec, Path::new("."))
-        }
-        None => {
-            tracing::warn!(%device, "no embedded calibration for this GPU: planning with the first H100's");
-            Ok(Calibration::first_h100())
-        }
+        Some(spec) => Calibration::load(spec, Path::new(".")),
+        None => Ok(Calibration::first_h100()),
     }
 }
 
@@ -254,9 +253,8 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// The bearer token in `path` (surrounding whitespace removed).
 fn read_token(path: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read auth token file {}", path.display()))?;
-    let token = text.trim().to_string();
+    let source = gpuslice_traces::Source::read_file(path).context("cannot read the auth token file")?;
+    let token = source.text.trim().to_string();
     anyhow::ensure!(
         token.chars().count() >= MIN_TOKEN_CHARS && token.chars().all(|c| c.is_ascii_graphic()),
         "auth token file {}: the token must be at least {MIN_TOKEN_CHARS} printable characters without spaces",

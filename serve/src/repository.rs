@@ -28,7 +28,6 @@
 //! Names are confined to a fixed charset and files to the model's own folder.
 
 use crate::live::ModelSpec;
-use anyhow::Context;
 use gpuslice_control::ModelSource;
 use gpuslice_control::tensors::{ModelIo, TensorSpec, plain_name};
 use gpuslice_eval::calibration::Calibration;
@@ -70,9 +69,7 @@ impl Repository {
     /// The repository at `root` (a folder); models that name no profile take `calibration`'s.
     pub fn open(root: &Path, calibration: &Calibration) -> anyhow::Result<Repository> {
         anyhow::ensure!(root.is_dir(), "model repository {} is not a folder", root.display());
-        let default_profile = Source::load(&calibration.profile, &calibration.profile_base)
-            .with_context(|| format!("calibration {}: its profile", calibration.origin))?;
-        Ok(Repository { root: root.to_path_buf(), default_profile })
+        Ok(Repository { root: root.to_path_buf(), default_profile: calibration.profile_source()? })
     }
 
     /// The models it holds (folders with a config.toml and a valid name), sorted.
@@ -99,7 +96,7 @@ impl Repository {
             .map_err(|e| format!("no model {name:?} in the repository ({}: {e})", path.display()))?;
         let config: ModelConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let bad = |what: String| format!("{}: {what}", path.display());
-        if !(config.slo_ms.is_finite() && config.slo_ms > 0.0 && config.slo_ms <= 3_600_000.0) {
+        if !(config.slo_ms.is_finite() && config.slo_ms > 0.0 && config.slo_ms <= gpuslice_simulator::MAX_LATENCY_MS) {
             return Err(bad(format!("slo_ms must be in (0, 3600000], got {}", config.slo_ms)));
         }
         let max_batch = config.max_batch.unwrap_or(DEFAULT_MAX_BATCH);

@@ -150,15 +150,20 @@ fn a_different_seed_gives_a_different_run() {
     assert_ne!(run(&case).report(), run(&other).report());
 }
 
-#[test]
-fn spatial_oversubscription_and_bad_allocations_are_refused() {
-    let setup = |gpu_pct: f64| ModelSetup {
+/// Model "m": 1 ms per batch of up to 4, SLO 10 ms, Poisson arrivals at `rate` for 1 s.
+fn constant_model(gpu_pct: f64, batch_timeout_ms: f64, rate: f64) -> ModelSetup {
+    ModelSetup {
         name: "m".into(),
         slo_ms: 10.0,
         service: ServiceModel::Constant { ms: 1.0 },
-        allocation: Allocation { gpu_pct, max_batch: 4, batch_timeout_ms: 1.0 },
-        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(1.0, Some(1.0)).unwrap(), 1.0, 0).unwrap()),
-    };
+        allocation: Allocation { gpu_pct, max_batch: 4, batch_timeout_ms },
+        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(rate, Some(1.0)).unwrap(), 1.0, 0).unwrap()),
+    }
+}
+
+#[test]
+fn spatial_oversubscription_and_bad_allocations_are_refused() {
+    let setup = |gpu_pct: f64| constant_model(gpu_pct, 1.0, 1.0);
     let err = Simulator::new(SimConfig::default(), vec![setup(60.0), setup(50.0)]).err().unwrap();
     assert_eq!(err.to_string(), "spatial sharing: GPU% of all models adds up to 110.0, more than 100");
     let err = Simulator::new(SimConfig::default(), vec![setup(0.0)]).err().unwrap();
@@ -173,13 +178,7 @@ fn spatial_oversubscription_and_bad_allocations_are_refused() {
 #[test]
 fn values_at_their_limits_run_and_beyond_them_are_refused() {
     use gpuslice_simulator::{MAX_BATCH_TIMEOUT_MS, MAX_PAUSE_S, ReallocationCost};
-    let setup = |batch_timeout_ms: f64| ModelSetup {
-        name: "m".into(),
-        slo_ms: 10.0,
-        service: ServiceModel::Constant { ms: 1.0 },
-        allocation: Allocation { gpu_pct: 50.0, max_batch: 4, batch_timeout_ms },
-        arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(100.0, Some(1.0)).unwrap(), 1.0, 0).unwrap()),
-    };
+    let setup = |batch_timeout_ms: f64| constant_model(50.0, batch_timeout_ms, 100.0);
     // At the limits the time arithmetic cannot overflow: the longest batch wait and the longest
     // reallocation pause finish.
     let config =

@@ -40,6 +40,14 @@ pub fn builtin_names() -> impl Iterator<Item = &'static str> {
 /// kernel launch is faster) to an hour.
 pub const BATCH_MS_RANGE: (f64, f64) = (1e-3, 3_600_000.0);
 
+/// Why `ms` cannot be a measured batch's GPU time, if it cannot: outside `BATCH_MS_RANGE` (a
+/// time of 1e-300 ms fitted to relative errors of inf%).
+pub fn batch_ms_problem(ms: f64) -> Option<String> {
+    let (low, high) = BATCH_MS_RANGE;
+    let ok = ms.is_finite() && (low..=high).contains(&ms);
+    (!ok).then(|| format!("must be a batch time in [{low}, {high}] ms, got {}", number(ms)))
+}
+
 /// `v` as a person reads it in an error: plain where it is of everyday size, in exponent form
 /// where plain would run to hundreds of digits (1e-300, 1e300).
 pub fn number(v: f64) -> String {
@@ -200,15 +208,12 @@ impl<'a> CsvTable<'a> {
         }
     }
 
-    /// The value at `col` as a batch's GPU time in ms: within `BATCH_MS_RANGE` (a time of
-    /// 1e-300 ms fitted to relative errors of inf%).
+    /// The value at `col` as a batch's GPU time in ms (see `batch_ms_problem`).
     pub fn batch_ms(&self, record: &csv::StringRecord, col: usize) -> Result<f64> {
         let v: f64 = self.parse(record, col)?;
-        let (low, high) = BATCH_MS_RANGE;
-        if v.is_finite() && (low..=high).contains(&v) {
-            Ok(v)
-        } else {
-            Err(self.error(record, col, format!("must be a batch time in [{low}, {high}] ms, got {}", number(v))))
+        match batch_ms_problem(v) {
+            None => Ok(v),
+            Some(problem) => Err(self.error(record, col, problem)),
         }
     }
 
