@@ -13,6 +13,9 @@
 # 2026-12-02 (tenth session): gpu-run plans with the calibration of the GPU it runs on
 # (builtin:h200-calibration here), so model-based's mode trials predict this GPU:
 #   bash scripts/gpu-session.sh h200    both trios where the H100 calibration's runs stopped
+#
+# 2026-12-02 (twelfth session): model-based weighs what was served like one replay (issue 15):
+#   bash scripts/gpu-session.sh served  model-based where it fell below default MPS live
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -38,6 +41,15 @@ case "${1:-trio}" in
     OUT=$R/capacity timeout 250 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml 1.25 1.4
     OUT=$R/capacity timeout 120 bash scripts/gpu-capacity.sh default-mps scenarios/mixed-slo-trio.toml 1.25
     OUT=$R/capacity timeout 170 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.15 1.2
+    ;;
+  served)
+    python3 -c 'import sys, numpy; print(sys.version, "numpy", numpy.__version__)' 2>&1 | tee "$R/python.txt"
+    for step in "model-based scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
+                "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/mixed-slo-trio.toml 1.4"; do
+      date +%T | tee -a "$R/steps.txt"
+      OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh $step
+    done
+    date +%T | tee -a "$R/steps.txt"
     ;;
 esac
 mkdir -p "$OUT"
