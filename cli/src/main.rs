@@ -186,6 +186,9 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Write the Infer calls answered and failed per second here (timeline.csv, timeline.svg).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// On the GPU machine: CPU time and latency of moving batches of packetized images to the GPU
     /// by per-packet copies, CPU-Copy and the GPU gather kernel (each checked byte for byte first).
@@ -692,8 +695,9 @@ fn run(command: Command) -> Result<()> {
                 }
             })
         }
-        Command::LoadTest { target, seconds, infer_rps, control_rps, with_inputs, quiet } => {
+        Command::LoadTest { target, seconds, infer_rps, control_rps, with_inputs, quiet, out } => {
             anyhow::ensure!(seconds > 0.0 && seconds <= 600.0, "--seconds must be in (0, 600]");
+            gpuslice_eval::output::check_out_dir(out.as_deref())?;
             let options = gpuslice_serve::loadtest::LoadTestOptions {
                 target,
                 duration: std::time::Duration::from_secs_f64(seconds),
@@ -706,6 +710,11 @@ fn run(command: Command) -> Result<()> {
             println!("{}", report.table());
             if let Some(failures) = report.failure_table() {
                 println!("failed calls by reason:\n{failures}");
+            }
+            if let Some(dir) = out {
+                for path in report.write_timeline(&dir)? {
+                    println!("wrote {}", path.display());
+                }
             }
             let lost = report.infer.sent - report.infer.ok - report.infer.failed;
             println!(

@@ -1,8 +1,9 @@
 //! Supervision end to end (issue 17): `gpuslice serve --backend gpu --fake-ms 5` with the example
 //! repository, tritonclient calling tiny_mlp 100 times a second while the test kills every one of
 //! its worker processes (the standby pool's too). Every call must be answered, correctly when OK;
-//! the model serves again within 5 s. `.ci/run` installs tritonclient; elsewhere the test is
-//! skipped, saying why, when it is missing.
+//! the model serves again within 5 s; ModelReady, /metrics and the health service show the
+//! outage while it lasts. `.ci/run` installs tritonclient; elsewhere the test is skipped, saying
+//! why, when it is missing.
 
 mod common;
 
@@ -43,6 +44,23 @@ fn killing_every_worker_of_a_model_under_load_loses_no_call() {
     for pid in &workers {
         Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
     }
+    // /metrics shows the outage while it lasts, and its end.
+    let ready = |metrics: String| {
+        metrics.lines().find_map(|l| l.strip_prefix("gpuslice_model_ready{model=\"tiny_mlp\"} ").map(str::to_string))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline && seen.last().is_none_or(|r: &String| r != "1" || seen.len() < 2) {
+        let now = ready(server.metrics()).expect("a readiness gauge for tiny_mlp");
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        seen.contains(&"0".to_string()) && seen.last().map(String::as_str) == Some("1"),
+        "ready 0 then 1: {seen:?}"
+    );
     let load = load.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&load.stdout).to_string();
     assert!(load.status.success(), "{report}\n{}", String::from_utf8_lossy(&load.stderr));
@@ -56,6 +74,12 @@ fn killing_every_worker_of_a_model_under_load_loses_no_call() {
     let failed = counts["failed_by_second"].as_object().unwrap();
     assert!(!failed.contains_key("4") && !failed.contains_key("5"), "serving again within 2-3 s of the kill: {report}");
     assert!(n("unavailable") * 100 <= n("calls"), "under 1% of calls failed: {report}");
+    // ModelReady said not ready during the outage (seconds on the load's clock, which starts
+    // after its imports: the kill comes in its first two), and ready again after it.
+    let not_ready: Vec<u64> =
+        counts["not_ready_seconds"].as_array().unwrap().iter().filter_map(|s| s.as_u64()).collect();
+    assert!(!not_ready.is_empty(), "ModelReady showed the outage: {report}");
+    assert!(not_ready.iter().all(|s| *s <= 3) && counts["ready_at_end"] == true, "ready again: {report}");
     eprintln!("{report} ({} workers killed)", workers.len());
     // Operators see the failures: a counter per model.
     let metrics = server.metrics();

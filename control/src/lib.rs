@@ -125,6 +125,14 @@ pub trait LiveBackend: Send + 'static {
     fn failure(&self, _model: usize) -> Option<String> {
         None
     }
+    /// Why `model` cannot serve right now while it recovers (its workers are being replaced).
+    fn outage(&self, _model: usize) -> Option<String> {
+        None
+    }
+    /// Why the whole node cannot serve right now while it recovers (an MPS outage).
+    fn node_outage(&self) -> Option<String> {
+        None
+    }
     /// The GPU% levels slices are served at, where the backend has such levels (a standby pool).
     fn slice_levels(&self) -> Vec<f64> {
         Vec::new()

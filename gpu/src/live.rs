@@ -70,6 +70,14 @@ impl LiveBackend for GpuBackend {
         GpuBackend::failure(self, model)
     }
 
+    fn outage(&self, model: usize) -> Option<String> {
+        GpuBackend::outage(self, model)
+    }
+
+    fn node_outage(&self) -> Option<String> {
+        GpuBackend::node_outage(self)
+    }
+
     fn slice_levels(&self) -> Vec<f64> {
         self.pool_levels().to_vec()
     }

@@ -1,9 +1,22 @@
 //! NVIDIA MPS: the control daemon with its own pipe and log directories (or one already running
-//! there), and the environment that sets each client's active-thread percentage.
+//! there), the environment that sets each client's active-thread percentage, and a watch on the
+//! daemon and its servers: when the server dies every client's context is lost
+//! (cudaErrorMpsRpcFailure), which is an outage of the node, not a crash of its models.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How often the watch asks the control daemon for its servers.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How long the control daemon has to answer before it is taken as gone.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// Worker losses within this long of an MPS outage's start are the outage's, not their models'
+/// (see `MpsDaemon::outage`); past it, MPS is taken as not coming back and losses count again.
+pub const MPS_RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Why MPS could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +37,9 @@ pub struct MpsDaemon {
     pipe_dir: PathBuf,
     log_dir: PathBuf,
     /// Whether this process started the daemon (and so stops it).
-    owned: bool,
+    owned: AtomicBool,
+    /// The outage under way, if any: when it began and why.
+    outage: Mutex<Option<(Instant, String)>>,
 }
 
 impl MpsDaemon {
@@ -38,19 +53,30 @@ impl MpsDaemon {
         if !found {
             return Err(MpsError::NotInstalled);
         }
-        let mut daemon = MpsDaemon { pipe_dir: base.join("pipe"), log_dir: base.join("log"), owned: false };
+        let daemon = MpsDaemon {
+            pipe_dir: base.join("pipe"),
+            log_dir: base.join("log"),
+            owned: AtomicBool::new(false),
+            outage: Mutex::new(None),
+        };
         std::fs::create_dir_all(&daemon.pipe_dir)?;
         std::fs::create_dir_all(&daemon.log_dir)?;
-        let control = daemon.pipe_dir.join("control");
-        if control.exists() {
+        if daemon.pipe_dir.join("control").exists() {
             return Ok(daemon);
         }
-        let status = Command::new("nvidia-cuda-mps-control").arg("-d").envs(daemon.env()).status()?;
+        daemon.launch()?;
+        Ok(daemon)
+    }
+
+    /// Runs `nvidia-cuda-mps-control -d` here and waits for its control pipe.
+    fn launch(&self) -> Result<(), MpsError> {
+        let control = self.pipe_dir.join("control");
+        let status = Command::new("nvidia-cuda-mps-control").arg("-d").envs(self.env()).status()?;
         if !status.success() {
             return Err(MpsError::Start(format!("nvidia-cuda-mps-control -d exited with {status}")));
         }
         // Started by us: stopped by us, even if its pipe never shows up.
-        daemon.owned = true;
+        self.owned.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !control.exists() {
             if Instant::now() > deadline {
@@ -58,7 +84,104 @@ impl MpsDaemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(daemon)
+        Ok(())
+    }
+
+    /// The PIDs of the MPS servers the control daemon runs, or None when it does not answer
+    /// within `ANSWER_WITHIN` (it died, or hangs).
+    pub fn servers(&self) -> Option<Vec<u32>> {
+        let mut child = Command::new("nvidia-cuda-mps-control")
+            .envs(self.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let asked = child.stdin.take().expect("piped").write_all(b"get_server_list\n");
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => break None,
+            }
+        };
+        if asked.is_err() || !status.is_some_and(|s| s.success()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        let mut out = String::new();
+        child.stdout.take().expect("piped").read_to_string(&mut out).ok()?;
+        Some(out.split_whitespace().filter_map(|pid| pid.parse().ok()).collect())
+    }
+
+    /// Starts the control daemon again after it stopped answering: the stale pipe files go first
+    /// (a client would wait on them).
+    fn relaunch(&self) -> Result<(), MpsError> {
+        for entry in std::fs::read_dir(&self.pipe_dir)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        self.launch()
+    }
+
+    /// The outage under way: when it began and why (see `note_outage`).
+    pub fn outage(&self) -> Option<(Instant, String)> {
+        self.outage.lock().expect("MPS outage").clone()
+    }
+
+    /// Records that MPS failed (`why`), unless an outage is already under way.
+    pub fn note_outage(&self, why: &str) {
+        let mut outage = self.outage.lock().expect("MPS outage");
+        if outage.is_none() {
+            tracing::error!(why, "MPS outage: every worker on its server is lost; they restart on a new one");
+            *outage = Some((Instant::now(), why.to_string()));
+        }
+    }
+
+    /// Ends the outage begun at `began` (every model serves again); a later one stays.
+    pub fn end_outage(&self, began: Instant) {
+        let mut outage = self.outage.lock().expect("MPS outage");
+        if outage.as_ref().is_some_and(|(since, _)| *since == began) {
+            tracing::info!(after_s = began.elapsed().as_secs_f64(), "MPS outage over: every model serves again");
+            *outage = None;
+        }
+    }
+
+    /// Whether a worker lost now belongs to an MPS outage (one began within `MPS_RECOVERY_LIMIT`).
+    pub fn in_outage(&self) -> bool {
+        self.outage().is_some_and(|(since, _)| since.elapsed() < MPS_RECOVERY_LIMIT)
+    }
+
+    /// Watches the daemon every `WATCH_EVERY` until the returned handle is dropped: a server that
+    /// exits is an outage (`note_outage`); a daemon that stops answering is an outage too, and is
+    /// started again.
+    pub fn watch(self: &Arc<Self>) -> MpsWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (daemon, stopping) = (self.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut known: Vec<u32> = Vec::new();
+            while !stopping.load(Ordering::SeqCst) {
+                match daemon.servers() {
+                    Some(servers) => {
+                        if let Some(gone) = known.iter().find(|pid| !servers.contains(pid)) {
+                            daemon.note_outage(&format!("MPS server {gone} exited"));
+                        }
+                        known = servers;
+                    }
+                    None => {
+                        daemon.note_outage("the MPS control daemon stopped answering");
+                        known.clear();
+                        match daemon.relaunch() {
+                            Ok(()) => tracing::warn!("MPS control daemon started again"),
+                            Err(e) => tracing::error!(error = %e, "could not start the MPS control daemon again"),
+                        }
+                    }
+                }
+                std::thread::sleep(WATCH_EVERY);
+            }
+        });
+        MpsWatch { stop, thread: Some(thread) }
     }
 
     /// Starts a daemon of this process's own, under the temporary folder.
@@ -82,14 +205,28 @@ impl MpsDaemon {
     }
 }
 
+/// A running `MpsDaemon::watch`; stops it on drop.
+pub struct MpsWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for MpsWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Drop for MpsDaemon {
     fn drop(&mut self) {
-        if !self.owned {
+        if !self.owned.load(Ordering::SeqCst) {
             return;
         }
         let quit = Command::new("nvidia-cuda-mps-control").envs(self.env()).stdin(Stdio::piped()).spawn().and_then(
             |mut child| {
-                use std::io::Write;
                 child.stdin.take().expect("piped").write_all(b"quit\n")?;
                 child.wait()
             },

@@ -102,6 +102,9 @@ pub const HUNG_MIN: Duration = Duration::from_secs(1);
 /// The n-th replacement at a level within `FAILURE_WINDOW` starts after (2^n - 1) times this:
 /// the first at once, later ones backing off.
 const RESTART_BACKOFF: Duration = Duration::from_millis(250);
+/// A worker lost to an MPS outage is replaced after this: the dead server's clients must all
+/// have exited before the control daemon starts a new one.
+const MPS_OUTAGE_RESTART: Duration = Duration::from_millis(500);
 
 /// Per-request stage times of one model, in microseconds.
 struct StageRecorder {
@@ -192,6 +195,12 @@ struct Shared {
     failed: Option<String>,
     /// Workers that died or hung and were replaced (or are being).
     worker_failures: u64,
+    /// Workers in its pool now: none while every one is being replaced (an outage).
+    workers_up: usize,
+    /// When a worker last joined its pool (at start, or a replacement).
+    joined: Instant,
+    /// When it last lost a worker, and why.
+    last_loss: Option<(Instant, String)>,
 }
 
 struct ModelHandle {
@@ -232,6 +241,8 @@ pub struct GpuBackend {
     /// How the workers share the GPU (for reports): spatial under MPS slices, default MPS,
     /// or temporal (no MPS, the driver time-slices).
     sharing: Sharing,
+    /// Watches the MPS daemon and its servers, where the workers run under MPS.
+    _mps_watch: Option<crate::mps::MpsWatch>,
 }
 
 fn graph_for(n: usize) -> u32 {
@@ -441,12 +452,19 @@ struct Restarter {
 }
 
 impl Restarter {
-    /// Starts a worker at `gpu_pct` after `delay`, off the serving thread; it comes back as a
+    /// Starts a worker at `gpu_pct` after `delay` (and, during an MPS outage, once the control
+    /// daemon answers again), off the serving thread; it comes back as a
     /// `Handover::Replacement` (or `ReplacementFailed`).
     fn replace(&self, gpu_pct: f64, delay: Duration) {
         let (starter, source, handover) = (self.starter.clone(), self.source.clone(), self.handover.clone());
         std::thread::spawn(move || {
             std::thread::sleep(delay);
+            if let Some(mps) = starter.mps.as_ref().filter(|m| m.in_outage()) {
+                let deadline = Instant::now() + crate::mps::MPS_RECOVERY_LIMIT;
+                while mps.servers().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(MPS_OUTAGE_RESTART);
+                }
+            }
             let _ = handover.send(match starter.one(&source, gpu_pct) {
                 Ok(worker) => Handover::Replacement(Box::new(worker), gpu_pct),
                 Err(e) => Handover::ReplacementFailed(gpu_pct, e),
@@ -524,8 +542,9 @@ impl Dispatcher {
                         tracing::info!(model = %self.name, gpu_pct = pct, "pool worker ready");
                         self.wake_on_completion(&worker);
                         crew.pool.push((*worker, pct));
-                        let wanted = lock.lock().expect("model state").allocation.gpu_pct;
-                        if crew.pool.len() == 1 || pct == wanted {
+                        let mut s = lock.lock().expect("model state");
+                        (s.workers_up, s.joined) = (crew.pool.len(), Instant::now());
+                        if crew.pool.len() == 1 || pct == s.allocation.gpu_pct {
                             crew.active = crew.pool.len() - 1;
                         }
                     }
@@ -547,11 +566,19 @@ impl Dispatcher {
             let now = Instant::now();
             if now - crew.checked > EXIT_CHECK_EVERY {
                 crew.checked = now;
-                if let Some((w, e)) =
-                    crew.pool.iter_mut().enumerate().find_map(|(w, (worker, _))| Some((w, worker.exited()?)))
-                {
-                    if !self.worker_lost(&mut s, &mut crew, Lost::Pool(w), e) {
-                        return;
+                let exited: Vec<(usize, WorkerError)> = crew
+                    .pool
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(w, (worker, _))| Some((w, worker.exited()?)))
+                    .collect();
+                if !exited.is_empty() {
+                    // Every worker that exited at once (all of them when the MPS server dies);
+                    // the highest index first, so that the others' indices hold.
+                    for (w, e) in exited.into_iter().rev() {
+                        if !self.worker_lost(&mut s, &mut crew, Lost::Pool(w), e) {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -567,6 +594,7 @@ impl Dispatcher {
             if crew.running.is_empty()
                 && let Some((worker, pct)) = switching.take()
             {
+                (s.workers_up, s.joined) = (1, Instant::now());
                 drop(s);
                 let old = std::mem::replace(&mut crew.pool, vec![(*worker, pct)]);
                 // Old workers take a moment to exit: not on the serving thread.
@@ -664,9 +692,18 @@ impl Dispatcher {
             Lost::Pool(w) => (Some(w), crew.pool[w].1),
             Lost::Start(pct) => (None, pct),
         };
+        // A worker that died of MPS, or during an MPS outage, is the node's loss, not a crash of
+        // its model: it is replaced once MPS serves again, and does not count towards failing it.
+        let mps = self.restarter.starter.mps.as_ref();
+        if e.mentions_mps() {
+            mps.inspect(|m| m.note_outage(&format!("a worker of {} said: {e}", self.name)));
+        }
+        let outage = mps.is_some_and(|m| m.in_outage());
         let now = Instant::now();
         crew.failures.retain(|(t, _)| now - *t < FAILURE_WINDOW);
-        crew.failures.push_back((now, pct));
+        if !outage {
+            crew.failures.push_back((now, pct));
+        }
         let at_level = crew.failures.iter().filter(|(_, p)| *p == pct).count();
         s.worker_failures += 1;
         if let Some(w) = w {
@@ -690,6 +727,13 @@ impl Dispatcher {
                 a if a > w => a - 1,
                 a => a,
             };
+            s.workers_up = crew.pool.len();
+            s.last_loss = Some((now, e.to_string()));
+        }
+        if outage {
+            tracing::warn!(model = %self.name, gpu_pct = pct, error = %e, "worker lost to an MPS outage; it restarts when MPS serves again");
+            self.restarter.replace(pct, MPS_OUTAGE_RESTART);
+            return true;
         }
         if at_level >= MAX_WORKER_FAILURES {
             let why =
@@ -812,6 +856,7 @@ impl GpuBackend {
             } else {
                 Telemetry::open().map_err(|e| tracing::warn!("{e}")).ok()
             },
+            _mps_watch: starter.mps.as_ref().map(|m| m.watch()),
             starter,
             next_ticket: 1,
             reserved_pct: 0.0,
@@ -828,6 +873,33 @@ impl GpuBackend {
     /// (`MAX_WORKER_FAILURES`); None for a serving or unknown model.
     pub fn failure(&self, model: usize) -> Option<String> {
         self.models.get(model)?.shared.0.lock().expect("model state").failed.clone()
+    }
+
+    /// Why `model` cannot serve right now while it recovers: every worker of its pool is being
+    /// replaced. None for a serving, failed or unknown model.
+    pub fn outage(&self, model: usize) -> Option<String> {
+        let s = self.models.get(model)?.shared.0.lock().expect("model state");
+        if s.failed.is_some() || s.workers_up > 0 {
+            return None;
+        }
+        let why = s.last_loss.as_ref().map_or("its workers are starting", |(_, why)| why.as_str());
+        Some(format!("its workers are being replaced ({why})"))
+    }
+
+    /// Why the whole node cannot serve right now: an MPS outage, until every model that serves
+    /// has a worker again that joined after its last loss (then the outage ends).
+    pub fn node_outage(&self) -> Option<String> {
+        let mps = self.starter.mps.as_ref()?;
+        let (began, why) = mps.outage()?;
+        let back = self.models.iter().filter(|m| !m.retired).all(|m| {
+            let s = m.shared.0.lock().expect("model state");
+            s.failed.is_some() || (s.workers_up > 0 && s.last_loss.as_ref().is_none_or(|(lost, _)| s.joined > *lost))
+        });
+        if back {
+            mps.end_outage(began);
+            return None;
+        }
+        Some(format!("recovering from an MPS outage ({why}), {:.1} s so far", began.elapsed().as_secs_f64()))
     }
 
     /// The GPU% levels of the standby pool (empty without one): the only slices it serves.
@@ -874,6 +946,9 @@ impl GpuBackend {
                 stop: false,
                 failed: None,
                 worker_failures: 0,
+                workers_up: workers.ready.len(),
+                joined: Instant::now(),
+                last_loss: None,
             }),
             Condvar::new(),
         ));

@@ -129,6 +129,14 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
 }
 
+impl WorkerError {
+    /// Whether the worker died of MPS, not of its model: CUDA's MPS errors
+    /// (cudaErrorMpsRpcFailure, cudaErrorMpsServerNotReady, ...) all name "MPS".
+    pub fn mentions_mps(&self) -> bool {
+        matches!(self, WorkerError::Died { stderr, .. } if stderr.contains("MPS"))
+    }
+}
+
 impl From<WorkerError> for gpuslice_control::BackendError {
     fn from(e: WorkerError) -> Self {
         gpuslice_control::BackendError::Worker(Box::new(e))
@@ -552,5 +560,26 @@ impl Drop for Worker {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.shm_path);
         let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerError;
+
+    #[test]
+    fn a_worker_that_died_of_mps_is_told_from_one_that_crashed() {
+        let died = |stderr: &str| WorkerError::Died {
+            model: "m".into(),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        };
+        // What PyTorch prints for cudaErrorMpsRpcFailure.
+        let mps = died(
+            "RuntimeError: CUDA error: The remote procedural call between the MPS server and the MPS client failed.",
+        );
+        assert!(mps.mentions_mps());
+        assert!(!died("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB").mentions_mps());
+        assert!(!WorkerError::Hung { model: "m".into(), waited_ms: 2000.0 }.mentions_mps());
     }
 }

@@ -287,9 +287,48 @@ impl Service {
                 allocation: Some(to_proto(v.allocation)),
                 pinned: v.pinned,
                 failure: v.failure.unwrap_or_default(),
+                outage: v.outage.unwrap_or_default(),
             })
             .collect();
         Ok((models, policy))
+    }
+}
+
+/// How often the health service follows the node's state.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Keeps the standard health service in step with the node: each registered model is a service
+/// of its own name, NOT_SERVING while it recovers or after it failed; the node as a whole ("")
+/// is NOT_SERVING during an MPS outage, when no model can serve. Stops with the controller.
+async fn follow_health(live: LiveHandle, mut reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let mut last: std::collections::BTreeMap<String, tonic_health::ServingStatus> = Default::default();
+    loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        let Ok((outage, views)) = live.ask(Command::Health).await else { return };
+        let node = match &outage {
+            Some(why) => (String::new(), NotServing, why.as_str()),
+            None => (String::new(), Serving, ""),
+        };
+        let models = views.iter().map(|v| match v.unavailable() {
+            Some(why) => (v.name.clone(), NotServing, why),
+            None => (v.name.clone(), Serving, ""),
+        });
+        let now: Vec<_> = std::iter::once(node).chain(models).collect();
+        for (name, status, why) in &now {
+            if last.get(name) != Some(status) {
+                match status {
+                    NotServing => tracing::warn!(service = %name, why, "health: NOT_SERVING"),
+                    _ if last.contains_key(name) => tracing::info!(service = %name, "health: SERVING again"),
+                    _ => {}
+                }
+                reporter.set_service_status(name, *status).await;
+            }
+        }
+        for gone in last.keys().filter(|k| !now.iter().any(|(n, ..)| n == *k)).cloned().collect::<Vec<_>>() {
+            reporter.clear_service_status(&gone).await;
+        }
+        last = now.into_iter().map(|(name, status, _)| (name, status)).collect();
     }
 }
 
@@ -327,6 +366,12 @@ async fn prometheus(live: LiveHandle) -> Result<String, Status> {
         for m in &models {
             text += &format!("{name}{{model=\"{}\"}} {}\n", m.model, value(m));
         }
+    }
+    // 0 while a model recovers (its workers are being replaced) or after it failed.
+    let (views, _) = live.ask(Command::List).await?;
+    text += "# TYPE gpuslice_model_ready gauge\n";
+    for v in &views {
+        text += &format!("gpuslice_model_ready{{model=\"{}\"}} {}\n", v.name, u8::from(v.unavailable().is_none()));
     }
     Ok(text)
 }
@@ -513,6 +558,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .await?;
     }
     health_reporter.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
+    tokio::spawn(follow_health(live.clone(), health_reporter));
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(live.clone(), repository))
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);

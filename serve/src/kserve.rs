@@ -157,7 +157,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let ready = match self.describe(&request.get_ref().name).await {
-            Ok(view) => view.failure.is_none(),
+            Ok(view) => view.unavailable().is_none(),
             Err(s) if s.code() == tonic::Code::NotFound => false,
             Err(s) => return Err(s),
         };
@@ -246,9 +246,9 @@ impl GrpcInferenceService for InferenceService {
         let models = names
             .into_iter()
             .map(|name| {
-                let (state, reason) = match views.iter().find(|v| v.name == name) {
-                    Some(ModelView { failure: Some(why), .. }) => ("UNAVAILABLE", why.clone()),
-                    Some(_) => ("READY", String::new()),
+                let (state, reason) = match views.iter().find(|v| v.name == name).map(|v| (v, v.unavailable())) {
+                    Some((_, Some(why))) => ("UNAVAILABLE", why.to_string()),
+                    Some((_, None)) => ("READY", String::new()),
                     None => ("UNAVAILABLE", String::new()),
                 };
                 ModelIndex { name, version: "1".into(), state: state.into(), reason }

@@ -140,6 +140,15 @@ pub struct ModelView {
     pub source: ModelSource,
     /// Why it serves nothing, if it has failed (see `LiveBackend::failure`).
     pub failure: Option<String>,
+    /// Why it cannot serve right now, while it recovers (see `LiveBackend::outage`).
+    pub outage: Option<String>,
+}
+
+impl ModelView {
+    /// Why it does not serve now: it has failed, or it is recovering.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.failure.as_deref().or(self.outage.as_deref())
+    }
 }
 
 /// One reallocation, as broadcast to watchers.
@@ -196,6 +205,8 @@ pub enum Command {
     Infer(String, Option<Arc<[u8]>>, Reply<InferDone>),
     /// What the named model is (for the inference protocol's metadata and checks).
     Describe(String, Reply<ModelView>),
+    /// Why the whole node cannot serve now (an MPS outage), if so, and the models.
+    Health(Reply<(Option<String>, Vec<ModelView>)>),
 }
 
 /// The handle gRPC handlers use.
@@ -560,6 +571,9 @@ impl<B: LiveBackend> Live<B> {
                 let view = self.entry(&name).map(|e| self.view(e));
                 let _ = reply.send(view);
             }
+            Command::Health(reply) => {
+                let _ = reply.send(Ok((self.backend.node_outage(), self.views())));
+            }
             Command::Infer(name, input, reply) => match self.entry(&name) {
                 Ok(e) if input.as_ref().is_some_and(|i| i.len() != self.entries[e].source.io.input().bytes()) => {
                     let (expected, given) = (self.entries[e].source.io.input().bytes(), input.map_or(0, |i| i.len()));
@@ -789,6 +803,7 @@ impl<B: LiveBackend> Live<B> {
             pinned: e.pinned.is_some(),
             source: e.source.clone(),
             failure: self.backend.failure(e.index),
+            outage: self.backend.outage(e.index),
         }
     }
 

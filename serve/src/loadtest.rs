@@ -55,6 +55,8 @@ pub struct CallStats {
     pub latency_us: Histogram<u64>,
     /// Failed calls by reason (`CODE: message`).
     pub failures: std::collections::BTreeMap<String, u64>,
+    /// Per second of the test (when the call was sent): calls answered OK, and failed.
+    pub by_second: Vec<[u64; 2]>,
 }
 
 impl CallStats {
@@ -66,10 +68,16 @@ impl CallStats {
             failed: 0,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
             failures: Default::default(),
+            by_second: Vec::new(),
         }
     }
 
-    fn record(&mut self, started: Instant, outcome: Result<(), tonic::Status>) {
+    /// A call sent at `started`, in second `second` of the test, ended with `outcome`.
+    fn record(&mut self, started: Instant, second: usize, outcome: Result<(), tonic::Status>) {
+        if self.by_second.len() <= second {
+            self.by_second.resize(second + 1, [0, 0]);
+        }
+        self.by_second[second][usize::from(outcome.is_err())] += 1;
         match outcome {
             Ok(()) => {
                 self.ok += 1;
@@ -123,6 +131,36 @@ impl LoadTestReport {
         table
     }
 
+    /// Writes the Infer calls answered and failed per second to `dir`: `timeline.csv` (second,
+    /// answered, failed) and `timeline.svg`. Returns the paths written.
+    pub fn write_timeline(&self, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+        use gpuslice_eval::plot::{Chart, Series, line_chart};
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        #[derive(serde::Serialize)]
+        struct Second {
+            second: usize,
+            answered: u64,
+            failed: u64,
+        }
+        let rows = self.infer.by_second.iter().enumerate();
+        let csv = dir.join("timeline.csv");
+        gpuslice_eval::output::write_csv(
+            &csv,
+            rows.clone().map(|(second, &[answered, failed])| Second { second, answered, failed }),
+        )?;
+        let series = |name: &str, k: usize, color: usize| Series {
+            name: name.into(),
+            points: rows.clone().map(|(s, counts)| (s as f64, counts[k] as f64)).collect(),
+            color,
+            dashed: false,
+        };
+        let svg = dir.join("timeline.svg");
+        let chart =
+            Chart { title: "Infer calls by the second they were sent", x_label: "s", y_label: "calls", marked: false };
+        line_chart(&svg, &chart, &[series("answered", 0, 0), series("failed", 1, 1)])?;
+        Ok(vec![csv, svg])
+    }
+
     /// Failed calls by kind and reason, most frequent first (empty when none failed).
     pub fn failure_table(&self) -> Option<Table> {
         let mut rows: Vec<(&str, &String, u64)> = [&self.infer, &self.control]
@@ -164,9 +202,10 @@ where
             let fut = call(sent);
             let stats = stats.clone();
             let started = Instant::now();
+            let second = (started - start).as_secs() as usize;
             handles.push(tokio::spawn(async move {
                 let outcome = fut.await;
-                stats.lock().expect("stats lock").record(started, outcome);
+                stats.lock().expect("stats lock").record(started, second, outcome);
             }));
             sent += 1;
         }
@@ -191,21 +230,29 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
             .with_context(|| format!("cannot connect to {address}"))?;
         clients.push(ControllerClient::new(channel));
     }
-    for (name, slo_ms) in MODELS {
-        let request = RegisterModelRequest {
-            name: name.into(),
-            slo_ms,
-            priority: 0,
-            max_batch: 32,
-            profile: Some(Profile::ProfilePath("builtin:h100-cudagraph".into())),
-            profile_model: String::new(),
-        };
-        match clients[0].register_model(request).await {
-            Ok(_) => {}
-            Err(e) if e.code() == tonic::Code::AlreadyExists => {}
-            Err(e) => return Err(e).context(format!("register {name}")),
+    // Registered together, as an orchestrator placing several models would: their workers start
+    // in parallel, and each call answers once its model serves.
+    let registrations = MODELS.map(|(name, slo_ms)| {
+        let mut client = clients[0].clone();
+        async move {
+            let request = RegisterModelRequest {
+                name: name.into(),
+                slo_ms,
+                priority: 0,
+                max_batch: 32,
+                profile: Some(Profile::ProfilePath("builtin:h100-cudagraph".into())),
+                profile_model: String::new(),
+            };
+            let asked = Instant::now();
+            match client.register_model(request).await {
+                Ok(_) => tracing::info!(model = name, in_s = asked.elapsed().as_secs_f64(), "registered; serving"),
+                Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+                Err(e) => return Err(e).context(format!("register {name}")),
+            }
+            Ok(())
         }
-    }
+    });
+    futures_util::future::try_join_all(registrations).await?;
     let infer = Arc::new(Mutex::new(CallStats::new("Infer")));
     let control = Arc::new(Mutex::new(CallStats::new("control")));
     let started = Instant::now();
@@ -300,12 +347,13 @@ mod tests {
     #[test]
     fn failures_are_counted_by_reason() {
         let mut stats = CallStats::new("Infer");
-        stats.record(Instant::now(), Ok(()));
+        stats.record(Instant::now(), 0, Ok(()));
         for _ in 0..2 {
-            stats.record(Instant::now(), Err(tonic::Status::unavailable("dropped: queued past the deadline")));
+            stats.record(Instant::now(), 2, Err(tonic::Status::unavailable("dropped: queued past the deadline")));
         }
-        stats.record(Instant::now(), Err(tonic::Status::not_found("no model named \"x\"\nsecond line")));
+        stats.record(Instant::now(), 0, Err(tonic::Status::not_found("no model named \"x\"\nsecond line")));
         assert_eq!((stats.ok, stats.failed), (1, 3));
+        assert_eq!(stats.by_second, [[1, 1], [0, 0], [0, 2]], "answered and failed by the second sent");
         assert_eq!(stats.failures["Unavailable: dropped: queued past the deadline"], 2);
         assert_eq!(stats.failures["NotFound: no model named \"x\""], 1);
         let report =

@@ -152,10 +152,23 @@ async fn pins_policies_and_health() {
         .unwrap()
         .into_inner();
     assert_eq!(status.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    // Each model is a health service of its own name (followed every 200 ms); an unregistered
+    // one is no longer known.
+    let model_health = |name: &str| {
+        let mut health = health.clone();
+        let request = tonic_health::pb::HealthCheckRequest { service: name.into() };
+        async move { health.check(request).await.map(|r| r.into_inner().status()) }
+    };
+    assert_eq!(
+        model_health("densenet121").await.unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     client.unregister_model(UnregisterModelRequest { name: "densenet121".into() }).await.unwrap();
     let e = client.infer(InferRequest { model: "densenet121".into(), payload: vec![] }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(model_health("densenet121").await.unwrap_err().code(), Code::NotFound, "an unregistered model's health");
     running.stop().await.unwrap();
 }
 
@@ -200,6 +213,13 @@ async fn a_short_load_test_loses_nothing() {
     // Most of the offered 2,000 calls went out (1,854 on a clean-clone CI run sharing its 2
     // cores with other work): the generator's rate is for `load-test` to report, not a test.
     assert!(report.infer.sent >= 1000, "offered load kept: {}", report.infer.sent);
+    // The timeline accounts for every Infer call, by the second it was sent.
+    let dir = tempfile::tempdir().unwrap();
+    report.write_timeline(dir.path()).unwrap();
+    let csv = std::fs::read_to_string(dir.path().join("timeline.csv")).unwrap();
+    let answered: u64 = csv.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(answered, report.infer.ok, "{csv}");
+    assert!(std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap().contains("<svg"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,9 @@
 call must be answered (OK, or UNAVAILABLE naming why) and answered correctly when OK.
 
 Usage: fault_load.py ADDRESS MODEL SECONDS
-Prints one JSON line: calls, ok, unavailable, other errors, and per second (from the start) the
-calls that failed.
+Prints one JSON line: calls, ok, unavailable, other errors, per second (from the start) the
+calls that failed, the seconds in which ModelReady said the model was not ready (polled every
+20 ms), and whether it was ready at the end.
 """
 import json, sys, threading, time
 
@@ -56,10 +57,21 @@ def main():
                     else:
                         counts["other"].append(f"{e.status()}: {e.message()}")
 
+    not_ready = set()
+
+    def watch_ready():
+        while time.monotonic() - start < seconds:
+            if not client.is_model_ready(model):
+                not_ready.add(int(time.monotonic() - start))
+            time.sleep(0.02)
+
     threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    threads.append(threading.Thread(target=watch_ready))
     [t.start() for t in threads]
     [t.join() for t in threads]
     counts["failed_by_second"] = failed_by_second
+    counts["not_ready_seconds"] = sorted(not_ready)
+    counts["ready_at_end"] = client.is_model_ready(model)
     print(json.dumps(counts))
 
 
