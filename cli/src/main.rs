@@ -326,6 +326,25 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80,100")]
         pool_levels: Vec<f64>,
     },
+    /// Send a scenario's arrivals, open loop, to any server of the standard inference protocol
+    /// (Triton, or `gpuslice serve`) and print per model the requests answered and within SLO,
+    /// and latency percentiles: `gpu-run`'s measure for a server gpuslice does not run in process.
+    /// Each request carries zeros of the model's declared input shape; the scenario's model
+    /// names are the server's.
+    KserveRun {
+        /// The server, host:port.
+        #[arg(long)]
+        target: String,
+        /// Scenario file (TOML): its models' names, SLOs and arrivals.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Multiply every model's load by this factor.
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        load_scale: f64,
+        /// Write summary.csv (one row per model) into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// On the GPU machine: measure batch latency over a grid of GPU% (MPS) and batch sizes for
     /// the given models through the GPU backend's worker, into a calibration CSV.
     Profile {
@@ -815,6 +834,29 @@ fn run(command: Command) -> Result<()> {
                     "workers failed during the run and {lost} requests were dropped: {}",
                     failed.join("; ")
                 );
+            }
+            Ok(())
+        }
+        Command::KserveRun { target, config, load_scale, out } => {
+            output::check_out_dir(out.as_deref())?;
+            let mut loaded = scenario::LoadedScenario::load(Some(&config))?;
+            loaded.scale_load(load_scale)?;
+            let (_, setups, _) = loaded.build()?;
+            let models = setups
+                .into_iter()
+                .map(|s| gpuslice_serve::scenario_load::LoadedModel {
+                    name: s.name,
+                    slo_ms: s.slo_ms,
+                    arrivals: s.arrivals,
+                })
+                .collect();
+            let outcomes =
+                tokio::runtime::Runtime::new()?.block_on(gpuslice_serve::scenario_load::run(&target, models))?;
+            println!("{} (load x{load_scale}) sent to {target}", loaded.scenario.name);
+            println!("{}", gpuslice_serve::scenario_load::table(&outcomes));
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                output::write_csv(&dir.join("summary.csv"), &outcomes)?;
             }
             Ok(())
         }

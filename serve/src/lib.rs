@@ -1,6 +1,7 @@
 //! The live node: the gRPC control plane (`gpuslice.v1`, with health and reflection) and
 //! Prometheus metrics (`grpc`), the live control loop over the simulated or GPU backend (`live`,
-//! `live_gpu`), the node's TOML configuration (`node`) and the loopback load test (`loadtest`).
+//! `live_gpu`), the node's TOML configuration (`node`), the loopback load test (`loadtest`) and
+//! a scenario's arrivals sent to any inference-protocol server (`scenario_load`).
 
 pub mod grpc;
 pub mod kserve;
@@ -9,6 +10,7 @@ pub mod live_gpu;
 pub mod loadtest;
 pub mod node;
 pub mod repository;
+pub mod scenario_load;
 
 /// The generated gpuslice.v1 gRPC types and services.
 #[allow(missing_docs)]
