@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool, carry ["out"]): supervision live (issue 17). One
 # `serve --config configs/node-gpu.toml` (GPU backend, pool 20/30/45/60), `load-test` registering
-# mobilenet_v3_large, resnet50 and vgg16 together and sending them 1500 Infer/s for 60 s; 15 s
+# mobilenet_v3_large, resnet50 and vgg16 together and sending them 1500 Infer/s for 100 s; 15 s
 # into the load the busiest resnet50 worker is killed (SIGKILL), 20 s later the MPS server.
 # Writes to $OUT: timeline/ (Infer calls answered and failed per second, CSV and SVG),
 # load.txt (the load test's table and registration times), ready.txt (/metrics readiness every
@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
-LOAD_S=${LOAD_S:-60}; RPS=${RPS:-1500}
+LOAD_S=${LOAD_S:-100}; RPS=${RPS:-1500}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 ./out/gpuslice --log info --log-format json serve --config configs/node-gpu.toml > "$OUT/serve.out" 2> "$OUT/serve.log" &
 server=$!
@@ -22,7 +22,7 @@ print(" ".join(l for l in text.splitlines() if l.startswith(sys.argv[1])))' "$1"
   --control-rps 20 --quiet --out "$OUT/timeline" > "$OUT/load.txt" 2>&1 &
 load=$!
 # The load's clock starts with its first call, once the three models serve.
-until metric 'gpuslice_arrivals_total{model="resnet50"}' | grep -qv ' 0$'; do
+until metric 'gpuslice_arrivals_total{model="resnet50"}' | grep -q '} [1-9]'; do
   sleep 0.2; kill -0 $load || { cat "$OUT/load.txt"; exit 1; }
 done
 start=$(date +%s.%N)

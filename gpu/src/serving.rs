@@ -105,6 +105,8 @@ const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 /// A worker lost to an MPS outage is replaced after this: the dead server's clients must all
 /// have exited before the control daemon starts a new one.
 const MPS_OUTAGE_RESTART: Duration = Duration::from_millis(500);
+/// ...and the n-th of a model's workers lost to one outage n times this later (see `worker_lost`).
+const MPS_OUTAGE_STAGGER: Duration = Duration::from_secs(5);
 
 /// Per-request stage times of one model, in microseconds.
 struct StageRecorder {
@@ -485,6 +487,9 @@ struct Crew {
     failures: VecDeque<(Instant, f64)>,
     /// When the pool's processes were last checked for an exit (`EXIT_CHECK_EVERY`).
     checked: Instant,
+    /// The MPS outage its last workers were lost to (when it began), and how many replacements
+    /// it has started for it.
+    outage_restarts: (Option<Instant>, u32),
 }
 
 /// Which worker a dispatcher lost (`Dispatcher::worker_lost`).
@@ -523,6 +528,7 @@ impl Dispatcher {
             pace: Pace::default(),
             failures: VecDeque::new(),
             checked: Instant::now(),
+            outage_restarts: (None, 0),
         };
         // A standby worker that takes over once the old ones have completed what they hold.
         let mut switching: Option<(Box<Worker>, f64)> = None;
@@ -731,8 +737,16 @@ impl Dispatcher {
             s.last_loss = Some((now, e.to_string()));
         }
         if outage {
-            tracing::warn!(model = %self.name, gpu_pct = pct, error = %e, "worker lost to an MPS outage; it restarts when MPS serves again");
-            self.restarter.replace(pct, MPS_OUTAGE_RESTART);
+            // One worker per model first, the pool's other levels behind it: a dozen workers
+            // starting at once (imports, graph capture) each take several times longer.
+            let began = mps.and_then(|m| m.outage()).map(|(began, _)| began);
+            if crew.outage_restarts.0 != began {
+                crew.outage_restarts = (began, 0);
+            }
+            let delay = MPS_OUTAGE_RESTART + MPS_OUTAGE_STAGGER * crew.outage_restarts.1;
+            crew.outage_restarts.1 += 1;
+            tracing::warn!(model = %self.name, gpu_pct = pct, error = %e, in_s = delay.as_secs_f64(), "worker lost to an MPS outage; it restarts when MPS serves again");
+            self.restarter.replace(pct, delay);
             return true;
         }
         if at_level >= MAX_WORKER_FAILURES {
@@ -887,14 +901,15 @@ impl GpuBackend {
     }
 
     /// Why the whole node cannot serve right now: an MPS outage, until every model that serves
-    /// has a worker again that joined after its last loss (then the outage ends).
+    /// has a worker again that joined after the outage began (every MPS client dies with its
+    /// server), or `MPS_RECOVERY_LIMIT` has passed (then each model's own state tells).
     pub fn node_outage(&self) -> Option<String> {
         let mps = self.starter.mps.as_ref()?;
         let (began, why) = mps.outage()?;
         let back = self.models.iter().filter(|m| !m.retired).all(|m| {
             let s = m.shared.0.lock().expect("model state");
-            s.failed.is_some() || (s.workers_up > 0 && s.last_loss.as_ref().is_none_or(|(lost, _)| s.joined > *lost))
-        });
+            s.failed.is_some() || (s.workers_up > 0 && s.joined > began)
+        }) || began.elapsed() > crate::mps::MPS_RECOVERY_LIMIT;
         if back {
             mps.end_outage(began);
             return None;
