@@ -83,6 +83,9 @@ pub trait Backend {
     }
 }
 
+/// A job that readies a model and measures its batch latency (`LiveBackend::measuring_preparer`).
+pub type MeasuringJob<P> = Box<dyn FnOnce() -> Result<(P, Vec<gpuslice_traces::ProfilePoint>), BackendError> + Send>;
+
 /// What the live controller serves on. Models are added and retired while it runs, and their
 /// requests come one at a time (`submit`); a model keeps its index while it serves (once
 /// retired and served out, the simulator gives the index to a model added later).
@@ -96,6 +99,17 @@ pub trait LiveBackend: Send + 'static {
         model: &ModelSource,
         gpu_pct: f64,
     ) -> Box<dyn FnOnce() -> Result<Self::Prepared, BackendError> + Send>;
+    /// A job that readies `model` as `preparer` does and first measures its batch latency on
+    /// this backend, for a model no profile knows: the points measured (GPU%, batch, times).
+    /// Backends that serve no real model cannot measure one.
+    fn measuring_preparer(&self, model: &ModelSource, _gpu_pct: f64) -> MeasuringJob<Self::Prepared> {
+        let program = model.program.clone();
+        Box::new(move || {
+            Err(BackendError::Unsupported(format!(
+                "{program} has no profile, and measuring it at registration needs the GPU backend"
+            )))
+        })
+    }
     /// Keeps `gpu_pct` free while other models shrink to make room for a new one (where the
     /// backend rounds shares, so that making room really frees it); 0 ends the reservation.
     fn reserve(&mut self, _gpu_pct: f64) {}

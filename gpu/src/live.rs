@@ -21,6 +21,17 @@ impl LiveBackend for GpuBackend {
         Box::new(move || Ok(starter.start_first(&model, gpu_pct)?))
     }
 
+    /// Every pool level's worker, started together, each measured in turn (seconds: a few
+    /// hundred batches); the model then serves on all of them.
+    fn measuring_preparer(&self, model: &ModelSource, gpu_pct: f64) -> gpuslice_control::MeasuringJob<ModelWorkers> {
+        let (starter, model) = (self.starter(), model.clone());
+        Box::new(move || {
+            let mut workers = starter.start(&model, gpu_pct)?;
+            let points = workers.measure(&model.program)?;
+            Ok((workers, points))
+        })
+    }
+
     fn reserve(&mut self, gpu_pct: f64) {
         GpuBackend::reserve(self, gpu_pct)
     }

@@ -329,6 +329,46 @@ impl WorkerStarter {
     }
 }
 
+/// Batch sizes a model no profile knows is measured at, at registration (`ModelWorkers::measure`).
+pub const MEASURED_BATCHES: [u32; 6] = [1, 2, 4, 8, 16, 32];
+/// Runs per batch size and level: the first `MEASURE_WARMUP` are not counted.
+const MEASURE_RUNS: usize = 15;
+/// ...(see `MEASURE_RUNS`).
+const MEASURE_WARMUP: usize = 3;
+
+impl ModelWorkers {
+    /// Measures each ready worker's batch latency at `MEASURED_BATCHES` (up to the largest graph),
+    /// one worker at a time on its own level: the points a latency model is fitted from when no
+    /// profile knows the model. Logs each level as it is measured.
+    pub fn measure(&mut self, model: &str) -> Result<Vec<gpuslice_traces::ProfilePoint>, WorkerError> {
+        let largest = *GRAPH_BATCHES.last().expect("graphs");
+        let mut points = Vec::new();
+        for (worker, gpu_pct) in &mut self.ready {
+            for &batch in MEASURED_BATCHES.iter().filter(|&&b| b <= largest) {
+                let mut ms = Vec::with_capacity(MEASURE_RUNS);
+                for run in 0..MEASURE_RUNS {
+                    let times = worker.run(batch)?;
+                    if run >= MEASURE_WARMUP {
+                        ms.push(times.infer_ms);
+                    }
+                }
+                ms.sort_by(f64::total_cmp);
+                let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+                points.push(gpuslice_traces::ProfilePoint {
+                    gpu_pct: *gpu_pct,
+                    batch,
+                    p50_ms: at(0.5),
+                    p99_ms: at(0.99),
+                    mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
+                });
+            }
+            let at_one = points.iter().rfind(|p| p.batch == 1).map_or(0.0, |p| p.p50_ms);
+            tracing::info!(model, gpu_pct = *gpu_pct, batch1_p50_ms = at_one, "measured one level");
+        }
+        Ok(points)
+    }
+}
+
 impl Shared {
     /// Queues a request, counting it as an arrival.
     fn push(&mut self, request: Queued) {

@@ -119,6 +119,7 @@ async fn model_spec(r: RegisterModelRequest, files: ProfileFiles<'_>) -> Result<
     // come with their own program and tensors (RepositoryModelLoad).
     let source = ModelSource::torchvision(&profile_model_name);
     Ok(ModelSpec {
+        measure: false,
         name,
         slo_ms: r.slo_ms,
         priority: r.priority,

@@ -115,10 +115,13 @@ pub struct ModelSpec {
     pub priority: u32,
     /// Its largest batch.
     pub max_batch: u32,
-    /// Its latency profile.
+    /// Its latency profile (a stand-in until measured, where `measure`).
     pub latency: Arc<LatencyModel>,
     /// The profiled model its latency and co-location figures are those of.
     pub profile_model: String,
+    /// No profile knows it: its latency is measured on the backend at registration, before it
+    /// takes traffic, and learned online from there like any model's.
+    pub measure: bool,
     /// What its workers run, and its tensors.
     pub source: ModelSource,
 }
@@ -252,8 +255,11 @@ struct Entry {
 /// A model whose start-up job finished (or failed), back on the controller's task.
 struct Prepared<P> {
     spec: ModelSpec,
-    result: Result<P, BackendError>,
+    /// What the backend readied, and the latency points it measured (for a `measure` spec).
+    result: Result<(P, Option<Vec<gpuslice_traces::ProfilePoint>>), BackendError>,
     reply: Reply<Allocation>,
+    /// When the registration began.
+    asked: Instant,
 }
 
 struct Live<B: LiveBackend> {
@@ -387,6 +393,36 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
 }
 
 /// What the policy knows of a model being registered (its allocation comes from the policy).
+/// The latency model fitted from what the backend measured of `spec` at registration, once its
+/// SLO is checked against it.
+fn measured_latency(spec: &ModelSpec, points: Vec<gpuslice_traces::ProfilePoint>) -> Result<LatencyModel, LiveError> {
+    let profile = gpuslice_traces::ModelProfile {
+        model: spec.name.clone(),
+        engine: "registration".into(),
+        dtype: if spec.source.half { "fp16" } else { "fp32" }.into(),
+        points,
+    };
+    // Fewer than three GPU% levels (no standby pool) cannot fit how it scales with GPU%: it is
+    // taken as proportional, as the profiles' median model scales.
+    let latency = LatencyModel::fit(&profile, 1.0)
+        .map_err(|e| LiveError::FailedPrecondition(format!("model {:?}: its measured latency: {e}", spec.name)))?;
+    let best = latency.p99_ms(1, 100.0);
+    if spec.slo_ms < best {
+        return Err(LiveError::FailedPrecondition(format!(
+            "model {:?}: slo_ms {} cannot be met: measured at registration, its best p99 is {best:.3} ms (batch 1 on the whole GPU)",
+            spec.name, spec.slo_ms
+        )));
+    }
+    tracing::info!(
+        model = %spec.name,
+        points = profile.points.len(),
+        batch1_p50_ms = latency.p50_ms(1, 100.0),
+        fit_rms_rel_error = latency.fit.rms_rel_error,
+        "measured at registration"
+    );
+    Ok(latency)
+}
+
 fn context_of(spec: &ModelSpec) -> ModelContext {
     ModelContext {
         name: spec.name.clone(),
@@ -621,8 +657,9 @@ impl<B: LiveBackend> Live<B> {
         if self.entries.iter().any(|e| e.context.name == spec.name) || self.starting.contains(&spec.name) {
             return Err(LiveError::AlreadyExists(format!("model {:?} is already registered", spec.name)));
         }
+        // A model measured at registration is checked once measured (`finish_register`).
         let best = spec.latency.p99_ms(1, 100.0);
-        if spec.slo_ms < best {
+        if !spec.measure && spec.slo_ms < best {
             return Err(LiveError::FailedPrecondition(format!(
                 "slo_ms {} cannot be met: the best achievable p99 is {best:.3} ms (batch 1 on the whole GPU)",
                 spec.slo_ms
@@ -668,22 +705,41 @@ impl<B: LiveBackend> Live<B> {
             }
         };
         self.starting.insert(spec.name.clone());
-        tracing::info!(model = %spec.name, gpu_pct, "model starting");
-        let job = self.backend.preparer(&spec.source, gpu_pct);
+        tracing::info!(model = %spec.name, gpu_pct, measure = spec.measure, "model starting");
+        let job: Box<dyn FnOnce() -> _ + Send> = if spec.measure {
+            let measuring = self.backend.measuring_preparer(&spec.source, gpu_pct);
+            Box::new(move || measuring().map(|(prepared, points)| (prepared, Some(points))))
+        } else {
+            let preparing = self.backend.preparer(&spec.source, gpu_pct);
+            Box::new(move || preparing().map(|prepared| (prepared, None)))
+        };
         let done = self.prepared.clone();
+        let asked = Instant::now();
         tokio::task::spawn_blocking(move || {
             let result = job();
-            let _ = done.send(Prepared { spec, result, reply });
+            let _ = done.send(Prepared { spec, result, reply, asked });
         });
     }
 
     fn finish_register(&mut self, ready: Prepared<B::Prepared>) {
-        let Prepared { spec, result, reply } = ready;
+        let Prepared { mut spec, result, reply, asked } = ready;
         self.starting.remove(&spec.name);
+        let (name, measured) = (spec.name.clone(), spec.measure);
         let registered = match result {
-            Ok(prepared) => self.register(spec, prepared),
-            Err(e) => Err(LiveError::FailedPrecondition(format!("model {:?} could not start: {e}", spec.name))),
+            Ok((prepared, points)) => match points.map(|p| measured_latency(&spec, p)).transpose() {
+                Ok(latency) => {
+                    if let Some(latency) = latency {
+                        spec.latency = Arc::new(latency);
+                    }
+                    self.register(spec, prepared)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(LiveError::FailedPrecondition(format!("model {name:?} could not start: {e}"))),
         };
+        if registered.is_ok() {
+            tracing::info!(model = %name, in_s = asked.elapsed().as_secs_f64(), measured, "model registered");
+        }
         let _ = reply.send(registered);
     }
 

@@ -7,7 +7,9 @@
 //! max_batch = 32          # optional
 //! source = "model.pt"     # a TorchScript (.pt) or torch.export (.pt2) file in this folder,
 //!                         # or "torchvision:resnet50" (random weights: benchmarks)
-//! profile_model = "resnet50"  # the profiled model its latency starts from (learned online after)
+//! profile_model = "resnet50"  # optional: the profiled model its latency starts from (learned
+//!                         # online after); without it (and a profile) it is measured on its
+//!                         # workers at registration
 //! profile = "profile.csv" # optional: its profile (default: the node's calibration's)
 //! fp16 = false            # optional: compute in half precision (see below)
 //! [[inputs]]
@@ -127,31 +129,37 @@ impl Repository {
                 program.display().to_string()
             }
         };
-        let wanted = config
-            .profile_model
-            .or_else(|| config.source.strip_prefix("torchvision:").map(str::to_string))
-            .ok_or_else(|| {
-                bad("profile_model is required: the profiled model whose latency it starts from \
-                     (profiling at registration is not built yet)"
-                    .into())
-            })?;
-        let latency = match &config.profile {
-            Some(profile) => {
-                let source = Source::load(profile, &folder).map_err(|e| bad(format!("profile: {e}")))?;
-                fit_profile(&source, &wanted).map_err(bad)?
-            }
-            None => fit_profile(&self.default_profile, &wanted).map_err(bad)?,
+        let named = config.profile_model.or_else(|| config.source.strip_prefix("torchvision:").map(str::to_string));
+        // Without a profiled model to start from, it is measured at registration; until then
+        // (planning its first share) it stands in as the profile's first model.
+        let measure = named.is_none() && config.profile.is_none();
+        let (profile_source, fitted) = match &config.profile {
+            Some(profile) => (Source::load(profile, &folder).map_err(|e| bad(format!("profile: {e}")))?, named.clone()),
+            None => (self.default_profile.clone(), named.clone()),
         };
+        let wanted = match fitted {
+            Some(model) => model,
+            None if measure => first_model(&profile_source).map_err(bad)?,
+            None => return Err(bad("profile_model is required with a profile: which of its models this is".into())),
+        };
+        let latency = fit_profile(&profile_source, &wanted).map_err(bad)?;
         Ok(ModelSpec {
+            measure,
             name: name.to_string(),
             slo_ms: config.slo_ms,
             priority: config.priority,
             max_batch,
             latency: Arc::new(latency),
-            profile_model: wanted,
+            profile_model: if measure { name.to_string() } else { wanted },
             source: ModelSource { program, io, half: config.fp16 },
         })
     }
+}
+
+/// The first model of the profile `source` (a stand-in until a model is measured).
+fn first_model(source: &Source) -> Result<String, String> {
+    let set = ProfileSet::parse(source).map_err(|e| format!("profile: {e}"))?;
+    set.models.keys().next().cloned().ok_or_else(|| "profile: it has no model".to_string())
 }
 
 /// The latency model of `model` fitted from the profile `source`.
@@ -196,6 +204,17 @@ dims = [1000]
         let spec = repository.spec("classifier").unwrap();
         assert_eq!((spec.max_batch, spec.source.io.input().bytes()), (32, 3 * 224 * 224 * 4));
         assert!(spec.latency.p50_ms(1, 100.0) > 0.0);
+    }
+
+    #[test]
+    fn a_model_no_profile_knows_is_measured_at_registration() {
+        let (dir, repository) = repository(&[("mine", &CONFIG.replace("torchvision:resnet50", "model.pt"))]);
+        std::fs::write(dir.path().join("mine").join("model.pt"), b"program").unwrap();
+        let spec = repository.spec("mine").unwrap();
+        assert!(spec.measure && spec.profile_model == "mine", "measured, with no stand-in's co-location figures");
+        let named = "profile_model = \"resnet50\"\n".to_string() + &CONFIG.replace("torchvision:resnet50", "model.pt");
+        std::fs::write(dir.path().join("mine").join("config.toml"), named).unwrap();
+        assert!(!repository.spec("mine").unwrap().measure, "a named profile model is not measured");
     }
 
     #[test]

@@ -14,6 +14,6 @@ pub mod spec;
 pub use arrivals::ArrivalProcess;
 pub use error::DataError;
 pub use latency::LatencyModel;
-pub use profile::ProfileSet;
+pub use profile::{ModelProfile, ProfilePoint, ProfileSet};
 pub use source::Source;
 pub use spec::{ArrivalSpec, TraceLibrary};
