@@ -3,7 +3,9 @@
 examples/models/tiny_mlp/model.pt (TorchScript: 16 -> 32 -> 4, weights seeded with 0), and with
 --resnet50 DIR a repository model DIR/resnet50_file (TorchScript ResNet-50, torchvision's
 architecture with weights seeded with 0, and its config.toml) for checking served outputs
-against PyTorch. Usage: export-example-models.py [--resnet50 DIR]
+against PyTorch; with --unprofiled DIR, DIR/resnet18_file (ResNet-18, seeded): a model no
+shipped profile knows, with no profile_model, so gpuslice measures it at registration.
+Usage: export-example-models.py [--resnet50 DIR] [--unprofiled DIR]
 """
 import argparse, os, shutil
 
@@ -34,10 +36,26 @@ def resnet50(folder):
     print("wrote", target)
 
 
+def unprofiled(folder):
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    target = os.path.join(folder, "resnet18_file")
+    os.makedirs(target, exist_ok=True)
+    torch.jit.trace(model, torch.randn(1, 3, 224, 224)).save(os.path.join(target, "model.pt"))
+    config = open(os.path.join(EXAMPLES, "resnet50", "config.toml")).read()
+    config = config.replace('source = "torchvision:resnet50"', 'source = "model.pt"')
+    open(os.path.join(target, "config.toml"), "w").write(config)
+    print("wrote", target)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--resnet50", help="a repository folder to write resnet50_file into")
+    p.add_argument("--unprofiled", help="a repository folder to write resnet18_file into")
     args = p.parse_args()
     tiny_mlp()
     if args.resnet50:
         resnet50(args.resnet50)
+    if args.unprofiled:
+        unprofiled(args.unprofiled)
