@@ -348,9 +348,13 @@ enum Command {
     /// On the GPU machine: measure batch latency over a grid of GPU% (MPS) and batch sizes for
     /// the given models through the GPU backend's worker, into a calibration CSV.
     Profile {
-        /// torchvision models.
+        /// Models: torchvision names, or models of `--model-repository`.
         #[arg(long, value_delimiter = ',', default_value = "resnet50")]
         models: Vec<String>,
+        /// A model repository (as `serve` takes): models of `--models` it holds run their own
+        /// file, tensors and precision.
+        #[arg(long)]
+        model_repository: Option<PathBuf>,
         /// MPS GPU% levels.
         #[arg(long, value_delimiter = ',', default_value = "100,80,60,50,40,30,20,10")]
         gpu_pcts: Vec<f64>,
@@ -872,8 +876,17 @@ fn run(command: Command) -> Result<()> {
             colocate_seconds,
             colocation_out,
             fake_ms,
+            model_repository,
         } => {
             let models: Vec<String> = models.into_iter().filter(|m| !m.is_empty()).collect();
+            let repository = model_repository
+                .map(|dir| {
+                    gpuslice_serve::repository::Repository::open(
+                        &dir,
+                        &gpuslice_eval::calibration::Calibration::first_h100(),
+                    )
+                })
+                .transpose()?;
             profile::run(profile::ProfileOptions {
                 models: &models,
                 gpu_pcts: &gpu_pcts,
@@ -886,6 +899,7 @@ fn run(command: Command) -> Result<()> {
                 colocate_seconds,
                 colocation_out: &colocation_out,
                 fake_ms,
+                repository: repository.as_ref(),
             })
         }
         Command::Calibrate { profile, colocation, fit_group_size, out, joint } => {

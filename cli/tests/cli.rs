@@ -216,6 +216,41 @@ fn profile_writes_the_calibration_schema_that_fit_reads() {
     assert!(stdout(&fit).contains("resnet50") && stdout(&fit).contains("vgg16"));
 }
 
+#[test]
+fn profile_measures_a_repository_model_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("profile.csv");
+    let repository = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models");
+    let run = gpuslice(&[
+        "--log",
+        "warn",
+        "profile",
+        "--models",
+        "tiny_mlp,vgg16",
+        "--model-repository",
+        repository,
+        "--gpu-pcts",
+        "100,50",
+        "--batches",
+        "1,2",
+        "--repeats",
+        "3",
+        "--warmup-s",
+        "0",
+        "--fake-ms",
+        "1",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let rows = csv_rows(&csv);
+    let dtype =
+        |model: &str| rows.iter().filter(|r| r["model"] == model).map(|r| r["dtype"].clone()).collect::<Vec<_>>();
+    // tiny_mlp from the repository computes in fp32 (its config); vgg16, not in it, is torchvision's fp16.
+    assert_eq!(dtype("tiny_mlp"), ["fp32"; 4]);
+    assert_eq!(dtype("vgg16"), ["fp16"; 4]);
+}
+
 /// The shipped H100 measurements (profiles/h100).
 fn shipped(file: &str) -> String {
     format!("{}/../profiles/h100/{file}", env!("CARGO_MANIFEST_DIR"))

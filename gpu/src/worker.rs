@@ -168,6 +168,10 @@ struct Ready {
     green_sms: Vec<u32>,
     #[serde(default)]
     pinned: bool,
+    /// Where its start-up went, seconds by phase (imports, model load, warm-up and capture per
+    /// batch size).
+    #[serde(default)]
+    start_s: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +335,9 @@ impl Worker {
             return Err(worker.protocol(&line));
         }
         worker.green_sms = ready.green_sms;
+        if !ready.start_s.is_empty() {
+            tracing::info!(model = %worker.model, start_s = ?ready.start_s, "worker ready");
+        }
         if !ready.pinned && spec.fake_ms.is_none() {
             tracing::warn!(model = %worker.model, "the worker could not page-lock its shared memory: its host copies go through a staging buffer");
         }

@@ -125,6 +125,13 @@ def fake_answer(np, shared, start, batch, io, input_bytes):
 
 
 def main():
+    began = time.monotonic()
+    # Where the start-up went (seconds), for the "ready" line: a slow start is found here.
+    start_s = {}
+
+    def phase(name, since):
+        start_s[name] = round(time.monotonic() - since, 3)
+        return time.monotonic()
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--batches", default="1,2,4,8,16,32")
@@ -158,7 +165,9 @@ def main():
             reply({"done": msg["run"], "h2d_ms": 0.0, "infer_ms": args.fake_ms, "d2h_ms": 0.0})
         return
 
+    mark = phase("python", began)
     import torch
+    mark = phase("import_torch", mark)
     # A user's model file runs with cuDNN's default algorithm choice, as in eager PyTorch; the
     # torchvision benchmarks (random weights) keep the autotuner they were profiled with. (fp16
     # graphs under MPS slices below 100% computed wrong values on the H200 with either choice:
@@ -166,6 +175,7 @@ def main():
     torch.backends.cudnn.benchmark = not args.model.endswith((".pt", ".pt2"))
     wire_in, wire_out = (getattr(torch, DATATYPES[t["datatype"]][1]) for t in (t_in, t_out))
     model = load_model(args.model, torch)
+    mark = phase("load_model", mark)
     # Floating inputs are cast to the compute precision on the GPU; others (ids) stay as they are.
     compute_in = torch.float16 if not args.fp32 and wire_in.is_floating_point else wire_in
     if not args.fp32:
@@ -200,9 +210,11 @@ def main():
     graphs, outputs = {}, {}
     # The graphs never run at once: one memory pool for all, sized by the largest batch.
     graph_pool = torch.cuda.graph_pool_handle()
+    phase("set_up", mark)
     with torch.inference_mode():
         for k, stream in enumerate(streams):
             for b in batches:
+                batch_began = time.monotonic()
                 x = static_in[:b]
                 torch.cuda.synchronize()
                 with current(contexts[k]):
@@ -219,12 +231,14 @@ def main():
                         outputs[k, b] = model(x).to(wire_out)
                     stream.synchronize()
                 graphs[k, b] = g
+                phase(f"batch_{b}", batch_began)
     torch.cuda.synchronize()
+    phase("total", began)
     # Events per partition and slot: a batch's four stay its own while the next one is launched.
     events = [[[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(args.slots)] for _ in streams]
     reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
            "engine": f"torch-graph-{torch.__version__}", "sms": torch.cuda.get_device_properties(0).multi_processor_count,
-           "green_sms": green_sms, "pinned": pinned})
+           "green_sms": green_sms, "pinned": pinned, "start_s": start_s})
     running = collections.deque()  # (seq, partition, events), in launch order
 
     def answer_oldest():

@@ -53,6 +53,8 @@ pub struct ProfileOptions<'a> {
     pub colocation_out: &'a Path,
     /// GPU-less workers taking this long per batch (tests).
     pub fake_ms: Option<f64>,
+    /// Where `models` are looked up (their files, tensors and precision) before torchvision.
+    pub repository: Option<&'a gpuslice_serve::repository::Repository>,
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -97,14 +99,24 @@ fn profile_grid(o: &ProfileOptions, mps: Option<&MpsDaemon>) -> Result<()> {
     let mut rows = Vec::new();
     for model in o.models {
         bar.set_message(format!("{model}: starting {} workers", o.gpu_pcts.len()));
+        // A repository model runs its own file, tensors and precision; others are torchvision's.
+        let source = match o.repository.filter(|r| r.names().is_ok_and(|n| n.contains(model))) {
+            Some(repository) => Some(repository.spec(model).map_err(|e| anyhow::anyhow!(e))?.source),
+            None => None,
+        };
         let specs: Vec<_> = o
             .gpu_pcts
             .iter()
             .map(|&gpu_pct| {
                 let placement = Placement { model: model.clone(), gpu_pct, batch: 1 };
-                worker_spec(&placement, o.batches.to_vec(), mps, o.fake_ms)
+                let mut spec = worker_spec(&placement, o.batches.to_vec(), mps, o.fake_ms);
+                if let Some(source) = &source {
+                    (spec.model, spec.io, spec.half) = (source.program.clone(), source.io.clone(), source.half);
+                }
+                spec
             })
             .collect();
+        let dtype = if source.as_ref().is_none_or(|s| s.half) { "fp16" } else { "fp32" };
         let mut workers = spawn_all(&specs)?;
         if let (Some(first), Some(&largest)) = (workers.first_mut(), o.batches.iter().max()) {
             bar.set_message(format!("{model}: warming the GPU up for {} s", o.warmup_s));
@@ -142,7 +154,7 @@ fn profile_grid(o: &ProfileOptions, mps: Option<&MpsDaemon>) -> Result<()> {
                 model_rows.push(Row {
                     engine: worker.engine.clone(),
                     model: model.clone(),
-                    dtype: "fp16",
+                    dtype,
                     gpu_pct: pct,
                     sms: worker.sms,
                     batch,
