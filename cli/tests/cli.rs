@@ -572,3 +572,38 @@ fn an_idle_client_cannot_hold_shutdown_past_its_deadline_and_a_second_signal_exi
     let status = exits_within(&mut server, std::time::Duration::from_secs(5)).expect("the second signal ends it");
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn tls_needs_a_readable_certificate_and_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let half = gpuslice(&["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap()]);
+    assert!(!half.status.success() && stderr(&half).contains("both a certificate and its key"), "{}", stderr(&half));
+    let missing = dir.path().join("key.pem");
+    let run = gpuslice(&["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key"])
+        .status
+        .success();
+    assert!(!run, "a flag without its value is refused");
+    let bad = gpuslice(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("key.pem"), "{}", stderr(&bad));
+    std::fs::write(&missing, "not a key").unwrap();
+    let bad = gpuslice(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("cert.pem"), "names the files: {}", stderr(&bad));
+}

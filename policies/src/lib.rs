@@ -12,7 +12,7 @@ mod shares;
 
 pub use fixed::FixedPolicy;
 pub use gslice::Gslice;
-pub use model_based::{ModelBased, TRIAL_EVERY};
+pub use model_based::{BATCH_SIZES, ModelBased, TRIAL_EVERY};
 pub use oracle::{Oracle, OraclePlan, PlanInputs, WindowPlan};
 pub use replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 

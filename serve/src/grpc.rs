@@ -84,10 +84,11 @@ async fn model_spec(r: RegisterModelRequest, files: ProfileFiles<'_>) -> Result<
             r.slo_ms
         )));
     }
-    if !(1..=gpuslice_simulator::MAX_BATCH).contains(&r.max_batch) {
+    // The largest batch any policy plans: a larger cap would be taken as this one, silently.
+    let largest = *gpuslice_policies::BATCH_SIZES.last().expect("batch sizes");
+    if !(1..=largest).contains(&r.max_batch) {
         return Err(Status::invalid_argument(format!(
-            "max_batch must be in 1..={}, got {}",
-            gpuslice_simulator::MAX_BATCH,
+            "max_batch must be in 1..={largest} (the largest batch gpuslice plans), got {}",
             r.max_batch
         )));
     }
@@ -123,7 +124,7 @@ async fn model_spec(r: RegisterModelRequest, files: ProfileFiles<'_>) -> Result<
         name,
         slo_ms: r.slo_ms,
         priority: r.priority,
-        max_batch: r.max_batch.min(64),
+        max_batch: r.max_batch,
         latency: Arc::new(latency),
         profile_model: profile_model_name,
         source,
@@ -408,6 +409,8 @@ pub struct ServeOptions {
     pub auth_token: Option<String>,
     /// Serve gRPC server reflection.
     pub reflection: bool,
+    /// Serve gRPC and /metrics over TLS with this certificate and key.
+    pub tls: Option<crate::tls::TlsIdentity>,
     /// The GPU's calibration: repository models without a profile of their own take its
     /// profile (the controller's `contention` holds its co-location model).
     pub calibration: Calibration,
@@ -427,6 +430,7 @@ impl ServeOptions {
             data_roots: Vec::new(),
             auth_token: None,
             reflection: true,
+            tls: None,
             calibration: Calibration::first_h100(),
         }
     }
@@ -492,8 +496,13 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen for gRPC on {}", options.listen))?;
     let grpc = listener.local_addr()?;
     let token = BearerToken(options.auth_token.as_deref().map(Arc::from));
-    if token.0.is_none() && !options.listen.ip().is_loopback() {
-        tracing::warn!(listen = %options.listen, "listening beyond loopback without an auth token: anyone who reaches this address can register models and send requests (--auth-token-file)");
+    if !options.listen.ip().is_loopback() {
+        if token.0.is_none() {
+            tracing::warn!(listen = %options.listen, "listening beyond loopback without an auth token: anyone who reaches this address can register models and send requests (--auth-token-file)");
+        }
+        if options.tls.is_none() {
+            tracing::warn!(listen = %options.listen, "listening beyond loopback without TLS: requests, answers and the token cross the network in the clear (--tls-cert, --tls-key)");
+        }
     }
     let metrics = match options.metrics_listen {
         Some(addr) => {
@@ -520,11 +529,23 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
                     }
                 }),
             );
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
+            match &options.tls {
+                Some(tls) => {
+                    let listener = crate::tls::TlsListener::new(listener, tls.server_config()?)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            tracing::error!(error = %e, "metrics endpoint stopped");
+                        }
+                    });
                 }
-            });
+                None => {
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            tracing::error!(error = %e, "metrics endpoint stopped");
+                        }
+                    });
+                }
+            }
             Some(bound)
         }
         None => None,
@@ -579,8 +600,12 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         false => (None, None),
     };
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.tonic())?;
+    }
     let done = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             // A peer that is gone is noticed (TCP and HTTP/2 keep-alives) and its connection
             // closed; one connection cannot hold more than this many calls open at once.
             .tcp_keepalive(Some(std::time::Duration::from_secs(60)))

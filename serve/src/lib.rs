@@ -11,6 +11,7 @@ pub mod loadtest;
 pub mod node;
 pub mod repository;
 pub mod scenario_load;
+pub mod tls;
 
 /// The generated gpuslice.v1 gRPC types and services.
 #[allow(missing_docs)]

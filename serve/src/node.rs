@@ -43,6 +43,11 @@ pub struct NodeConfig {
     pub auth_token_file: Option<std::path::PathBuf>,
     /// Serve gRPC server reflection (default true).
     pub reflection: Option<bool>,
+    /// A PEM certificate chain (relative to the config file): gRPC and /metrics are served over
+    /// TLS with it and `tls_key`.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
     /// The GPU's calibration (see `ServeOverrides::calibration`; a path is relative to the
     /// config file).
     pub calibration: Option<String>,
@@ -105,6 +110,8 @@ impl NodeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.model_repository = config.model_repository.map(|r| base.join(r));
         config.auth_token_file = config.auth_token_file.map(|f| base.join(f));
+        config.tls_cert = config.tls_cert.map(|f| base.join(f));
+        config.tls_key = config.tls_key.map(|f| base.join(f));
         config.calibration = config.calibration.map(|spec| match spec.as_str() {
             DEVICE_CALIBRATION => spec,
             _ => beside(base, spec),
@@ -123,6 +130,11 @@ impl NodeConfig {
     pub fn into_options(self, overrides: ServeOverrides) -> Result<ServeOptions> {
         let auth_token =
             overrides.auth_token_file.or(self.auth_token_file).map(|path| read_token(&path)).transpose()?;
+        let tls = match (overrides.tls_cert.or(self.tls_cert), overrides.tls_key.or(self.tls_key)) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsIdentity::load(&cert, &key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both a certificate and its key (--tls-cert and --tls-key)"),
+        };
         let mut controller = self.controller;
         if let Some(policy) = overrides.policy {
             controller.policy = policy;
@@ -141,6 +153,7 @@ impl NodeConfig {
         let data_roots = if overrides.data_roots.is_empty() { self.data_roots } else { overrides.data_roots };
         Ok(ServeOptions {
             auth_token,
+            tls,
             reflection: !overrides.no_reflection && self.reflection.unwrap_or(true),
             calibration,
             data_roots,
@@ -239,6 +252,13 @@ pub struct ServeOverrides {
     /// Do not serve gRPC server reflection.
     #[arg(long)]
     pub no_reflection: bool,
+    /// A PEM certificate chain: gRPC and /metrics are then served over TLS (with --tls-key)
+    /// [default: the config's tls_cert, else plain text].
+    #[arg(long)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert [default: the config's tls_key].
+    #[arg(long)]
+    pub tls_key: Option<std::path::PathBuf>,
     /// What the policy plans with: `device` (the embedded calibration of the GPU NVML reports,
     /// e.g. `builtin:h200-calibration` on an H200; the first H100 calibration on the simulator,
     /// with GPU-less workers or on a GPU without one), or a calibration (`builtin:NAME` or a file

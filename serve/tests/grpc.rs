@@ -356,9 +356,11 @@ async fn hostile_names_and_numbers_are_refused_without_echoing_them_whole() {
         assert!(!e.message().contains('\n'), "escaped: {:.200}", e.message());
     }
     let mut huge = register("resnet50", 20.0);
-    huge.max_batch = u32::MAX;
-    let e = code(client.register_model(huge).await);
-    assert!(e.code() == Code::InvalidArgument && e.message().contains("max_batch must be in 1..=1024"), "{e:?}");
+    for max_batch in [u32::MAX, 65] {
+        huge.max_batch = max_batch;
+        let e = code(client.register_model(huge.clone()).await);
+        assert!(e.code() == Code::InvalidArgument && e.message().contains("max_batch must be in 1..=64"), "{e:?}");
+    }
     let mut forever = register("resnet50", 1e300);
     forever.slo_ms = 1e300;
     let e = code(client.register_model(forever).await);
@@ -575,5 +577,72 @@ async fn a_node_holds_a_bounded_number_of_queued_requests() {
     assert!(answered >= 8 && refused > 0, "answered {answered}, refused {refused}");
     // Once the queue drains the node takes calls again.
     client.infer(InferRequest { model: "resnet50".into(), payload: vec![] }).await.unwrap();
+    running.stop().await.unwrap();
+}
+
+/// `serve` with a certificate, a key and a token: gRPC and /metrics speak TLS only, and refuse
+/// calls without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_token_only_authenticated_tls_calls_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    const TOKEN: &str = "correct-horse-battery-staple";
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (issued.cert.pem(), issued.signing_key.serialize_pem());
+    let running = grpc::start(ServeOptions {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        auth_token: Some(TOKEN.into()),
+        tls: Some(gpuslice_serve::tls::TlsIdentity::from_pem(&cert_pem, &key_pem).unwrap()),
+        ..ServeOptions::loopback(grpc::ServeBackend::Simulated)
+    })
+    .await
+    .unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{}", running.grpc))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let e = code(ControllerClient::new(channel.clone()).list_models(ListModelsRequest {}).await);
+    assert_eq!(e.code(), Code::Unauthenticated, "over TLS, still no call without the token: {e:?}");
+    let mut right = ControllerClient::with_interceptor(channel, |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        Ok(request)
+    });
+    right.register_model(register("resnet50", 20.0)).await.unwrap();
+    assert_eq!(right.list_models(ListModelsRequest {}).await.unwrap().into_inner().models.len(), 1);
+    // Plain text is not served.
+    let plain = match Channel::from_shared(format!("http://{}", running.grpc)).unwrap().connect().await {
+        Ok(channel) => ControllerClient::new(channel).list_models(ListModelsRequest {}).await.map(drop),
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    assert!(plain.is_err(), "a plain-text call is not answered");
+    // /metrics over TLS, with the token; plain HTTP gets no answer.
+    let metrics = running.metrics.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(issued.cert.der().to_vec())).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    let mut https = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    https.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    let _ = https.read_to_string(&mut text).await;
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("gpuslice_model_ready"), "{text:.300}");
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(15), metrics_status(metrics, "")).await.unwrap_or_default();
+    assert!(!status.contains("200"), "plain HTTP: {status}");
     running.stop().await.unwrap();
 }
