@@ -23,29 +23,19 @@ def tiny_mlp():
     print("wrote", path)
 
 
-def resnet50(folder):
+def classifier(folder, arch, name, profile_model):
+    """DIR/NAME: torchvision's ARCH traced to TorchScript (weights seeded with 0) with the example
+    resnet50's config, naming PROFILE_MODEL as its stand-in profile (None: measured at
+    registration)."""
     import torchvision
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval()
-    target = os.path.join(folder, "resnet50_file")
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    target = os.path.join(folder, name)
     os.makedirs(target, exist_ok=True)
     torch.jit.trace(model, torch.randn(1, 3, 224, 224)).save(os.path.join(target, "model.pt"))
     config = open(os.path.join(EXAMPLES, "resnet50", "config.toml")).read()
-    config = config.replace('source = "torchvision:resnet50"', 'source = "model.pt"\nprofile_model = "resnet50"')
-    open(os.path.join(target, "config.toml"), "w").write(config)
-    print("wrote", target)
-
-
-def unprofiled(folder):
-    import torchvision
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
-    target = os.path.join(folder, "resnet18_file")
-    os.makedirs(target, exist_ok=True)
-    torch.jit.trace(model, torch.randn(1, 3, 224, 224)).save(os.path.join(target, "model.pt"))
-    config = open(os.path.join(EXAMPLES, "resnet50", "config.toml")).read()
-    config = config.replace('source = "torchvision:resnet50"', 'source = "model.pt"')
-    open(os.path.join(target, "config.toml"), "w").write(config)
+    source = 'source = "model.pt"' + (f'\nprofile_model = "{profile_model}"' if profile_model else "")
+    open(os.path.join(target, "config.toml"), "w").write(config.replace('source = "torchvision:resnet50"', source))
     print("wrote", target)
 
 
@@ -56,6 +46,6 @@ if __name__ == "__main__":
     args = p.parse_args()
     tiny_mlp()
     if args.resnet50:
-        resnet50(args.resnet50)
+        classifier(args.resnet50, "resnet50", "resnet50_file", "resnet50")
     if args.unprofiled:
-        unprofiled(args.unprofiled)
+        classifier(args.unprofiled, "resnet18", "resnet18_file", None)

@@ -576,34 +576,19 @@ fn an_idle_client_cannot_hold_shutdown_past_its_deadline_and_a_second_signal_exi
 #[test]
 fn tls_needs_a_readable_certificate_and_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, "not a certificate").unwrap();
-    let half = gpuslice(&["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap()]);
-    assert!(!half.status.success() && stderr(&half).contains("both a certificate and its key"), "{}", stderr(&half));
-    let missing = dir.path().join("key.pem");
-    let run = gpuslice(&["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key"])
-        .status
-        .success();
-    assert!(!run, "a flag without its value is refused");
-    let bad = gpuslice(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        missing.to_str().unwrap(),
-    ]);
-    assert!(!bad.status.success() && stderr(&bad).contains("key.pem"), "{}", stderr(&bad));
-    std::fs::write(&missing, "not a key").unwrap();
-    let bad = gpuslice(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        missing.to_str().unwrap(),
-    ]);
-    assert!(!bad.status.success() && stderr(&bad).contains("cert.pem"), "names the files: {}", stderr(&bad));
+    let serve = |tls: &[&std::path::Path]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        for (flag, path) in ["--tls-cert", "--tls-key"].into_iter().zip(tls) {
+            args.extend([flag, path.to_str().unwrap()]);
+        }
+        let out = gpuslice(&args);
+        assert!(!out.status.success(), "refused");
+        stderr(&out)
+    };
+    assert!(serve(&[&cert]).contains("both a certificate and its key"));
+    assert!(serve(&[&cert, &key]).contains("key.pem"), "a missing key is named");
+    std::fs::write(&key, "not a key").unwrap();
+    assert!(serve(&[&cert, &key]).contains("cert.pem"), "files that are not PEM are named");
 }
