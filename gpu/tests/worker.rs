@@ -545,3 +545,48 @@ fn a_model_serves_on_its_first_pool_level_while_the_others_start_behind_it() {
     assert!(tickets.is_empty(), "{} requests unanswered", tickets.len());
     assert_eq!(worker_pids(&name).len(), 3, "no worker lost on the way");
 }
+
+/// Models added and retired for many cycles (as a node whose models come and go) leave nothing
+/// behind: their worker processes exit and their shared-memory and stderr files go.
+#[test]
+fn models_added_and_retired_for_many_cycles_leave_no_process_or_file() {
+    use std::time::{Duration, Instant};
+    let ours = format!("gpuslice-{}-", std::process::id());
+    let our_files = || {
+        [std::path::PathBuf::from("/dev/shm"), std::env::temp_dir()]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&ours))
+            .count()
+    };
+    let mut backend = fake_backend(Vec::new(), vec![40.0], 100);
+    let before = our_files();
+    let names: Vec<String> = (0..30).map(|i| format!("churn-{}-{i}", std::process::id())).collect();
+    for name in &names {
+        let workers = backend.starter().start_first(&small(name), 40.0).unwrap();
+        let model = backend.add_model(submitted(name), workers).unwrap();
+        let mut waiting: std::collections::HashSet<u64> =
+            (0..5).map(|_| backend.submit(model, None).unwrap()).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !waiting.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            for a in backend.take_answered().0 {
+                waiting.remove(&a.record.ticket);
+            }
+        }
+        assert!(waiting.is_empty(), "{name}: {} requests unanswered", waiting.len());
+        backend.retire_model(model).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while names.iter().any(|n| !worker_pids(n).is_empty()) || our_files() > before {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {} files, workers of {:?}",
+            our_files() - before,
+            names.iter().filter(|n| !worker_pids(n).is_empty()).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -586,10 +586,10 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .max_encoding_message_size(256 << 20);
     let inference = InterceptedService::new(inference, token.clone());
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let service = ControllerServer::with_interceptor(
-        Service { live, stopping, data_roots: options.data_roots.into() },
-        token.clone(),
-    );
+    // A RegisterModel may carry its profile inline, as large as a profile file may be.
+    let service = ControllerServer::new(Service { live, stopping, data_roots: options.data_roots.into() })
+        .max_decoding_message_size(gpuslice_traces::source::MAX_CONFINED_BYTES as usize + (1 << 20));
+    let service = InterceptedService::new(service, token.clone());
     // Health stays open (load balancers probe it without credentials); reflection, when
     // served, needs the token like the rest.
     let (reflection_v1, reflection_v1alpha) = match options.reflection {

@@ -361,6 +361,14 @@ async fn hostile_names_and_numbers_are_refused_without_echoing_them_whole() {
         let e = code(client.register_model(huge.clone()).await);
         assert!(e.code() == Code::InvalidArgument && e.message().contains("max_batch must be in 1..=64"), "{e:?}");
     }
+    // An inline profile as large as a profile file may be reaches the profile's checks (the
+    // message limit is set by it, not gRPC's 4 MiB default); a larger one is refused by size.
+    let mut inline = register("resnet50", 20.0);
+    inline.profile = Some(Profile::ProfileCsv("x".repeat(6 << 20)));
+    let e = code(client.register_model(inline.clone()).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("profile"), "{:.200}", e.message());
+    inline.profile = Some(Profile::ProfileCsv("x".repeat(18 << 20)));
+    assert_eq!(code(client.register_model(inline).await).code(), Code::OutOfRange, "past the limit");
     let mut forever = register("resnet50", 1e300);
     forever.slo_ms = 1e300;
     let e = code(client.register_model(forever).await);
