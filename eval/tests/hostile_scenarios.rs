@@ -58,3 +58,50 @@ proptest! {
         }
     }
 }
+
+/// A co-location row: the shipped header, fields hostile or plausible.
+fn colocation_rows() -> impl Strategy<Value = String> {
+    let name = prop::sample::select(vec!["densenet121", "vgg16", "", "a\"b", "resnet50"]);
+    let group = prop::sample::select(vec!["densenet121:50:8+vgg16:50:8", "vgg16:100:8", "", "x:y:z", "+"]);
+    let row = (group, name, number(), number(), number(), number(), number(), number()).prop_map(
+        |(g, m, pct, batch, p50, p99, solo50, solo99)| {
+            format!("{g},{m},{pct},{batch},9,{p50},{p99},1,1,{solo50},{solo99}")
+        },
+    );
+    prop::collection::vec(row, 0..12).prop_map(|rows| {
+        format!(
+            "group,model,gpu_pct,batch,batches,p50_ms,p99_ms,mean_ms,imgs_per_s,solo_p50_ms,solo_p99_ms\n{}",
+            rows.join("\n")
+        )
+    })
+}
+
+/// A calibration file: the shipped keys, values hostile or plausible.
+fn calibration() -> impl Strategy<Value = String> {
+    (number(), number(), number(), number(), prop::sample::select(vec!["builtin:h100-cudagraph", "nothere.csv", "/dev/zero", ""]))
+        .prop_map(|(i, c, e, m, profile)| {
+            format!("profile = \"{profile}\"\n[contention]\ninterference = {i}\nmps_launch_contention = {c}\nmps_share_exponent = {e}\n[contention.interference_by_model]\nvgg16 = {m}\n")
+        })
+}
+
+proptest! {
+    #[test]
+    fn hostile_colocation_files_are_refused_or_read_never_panic(text in colocation_rows()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("colocation.csv");
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = gpuslice_eval::calibration::read_colocation(path.to_str().unwrap()) {
+            prop_assert!(format!("{e:#}").contains("colocation.csv"), "{e:#}");
+        }
+    }
+
+    #[test]
+    fn hostile_calibration_files_are_refused_or_loaded_never_panic(text in calibration()) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("calibration.toml"), &text).unwrap();
+        match gpuslice_eval::calibration::Calibration::load("calibration.toml", dir.path()) {
+            Ok(c) => { let _ = c.profile_set(); }
+            Err(e) => prop_assert!(format!("{e:#}").contains("calibration"), "{e:#}"),
+        }
+    }
+}
