@@ -856,7 +856,8 @@ fn run(command: Command) -> Result<()> {
                 .collect();
             let outcomes =
                 tokio::runtime::Runtime::new()?.block_on(gpuslice_serve::scenario_load::run(&target, models))?;
-            println!("{} (load x{load_scale}) sent to {target}", loaded.scenario.name);
+            // The scenario's name already says a load scale other than 1 (`scale_load`).
+            println!("{} sent to {target}", loaded.scenario.name);
             println!("{}", gpuslice_serve::scenario_load::table(&outcomes));
             if let Some(dir) = out {
                 std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -40,6 +40,8 @@ pub struct MpsDaemon {
     owned: AtomicBool,
     /// The outage under way, if any: when it began and why.
     outage: Mutex<Option<(Instant, String)>>,
+    /// Whether the control daemon answered the watch's last question (see `watch`).
+    answering: AtomicBool,
 }
 
 impl MpsDaemon {
@@ -58,6 +60,7 @@ impl MpsDaemon {
             log_dir: base.join("log"),
             owned: AtomicBool::new(false),
             outage: Mutex::new(None),
+            answering: AtomicBool::new(true),
         };
         std::fs::create_dir_all(&daemon.pipe_dir)?;
         std::fs::create_dir_all(&daemon.log_dir)?;
@@ -89,7 +92,7 @@ impl MpsDaemon {
 
     /// The PIDs of the MPS servers the control daemon runs, or None when it does not answer
     /// within `ANSWER_WITHIN` (it died, or hangs).
-    pub fn servers(&self) -> Option<Vec<u32>> {
+    fn servers(&self) -> Option<Vec<u32>> {
         let mut child = Command::new("nvidia-cuda-mps-control")
             .envs(self.env())
             .stdin(Stdio::piped())
@@ -148,6 +151,12 @@ impl MpsDaemon {
         }
     }
 
+    /// Whether the control daemon answered the watch when it last asked (true until a watch
+    /// asks): a replacement waits for it rather than asking the daemon itself.
+    pub fn answering(&self) -> bool {
+        self.answering.load(Ordering::SeqCst)
+    }
+
     /// Whether a worker lost now belongs to an MPS outage (one began within `MPS_RECOVERY_LIMIT`).
     pub fn in_outage(&self) -> bool {
         self.outage().is_some_and(|(since, _)| since.elapsed() < MPS_RECOVERY_LIMIT)
@@ -162,7 +171,9 @@ impl MpsDaemon {
         let thread = std::thread::spawn(move || {
             let mut known: Vec<u32> = Vec::new();
             while !stopping.load(Ordering::SeqCst) {
-                match daemon.servers() {
+                let servers = daemon.servers();
+                daemon.answering.store(servers.is_some(), Ordering::SeqCst);
+                match servers {
                     Some(servers) => {
                         if let Some(gone) = known.iter().find(|pid| !servers.contains(pid)) {
                             daemon.note_outage(&format!("MPS server {gone} exited"));

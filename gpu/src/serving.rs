@@ -201,8 +201,8 @@ struct Shared {
     workers_up: usize,
     /// When a worker last joined its pool (at start, or a replacement).
     joined: Instant,
-    /// When it last lost a worker, and why.
-    last_loss: Option<(Instant, String)>,
+    /// Why it last lost a worker.
+    last_loss: Option<String>,
 }
 
 struct ModelHandle {
@@ -503,7 +503,7 @@ impl Restarter {
             std::thread::sleep(delay);
             if let Some(mps) = starter.mps.as_ref().filter(|m| m.in_outage()) {
                 let deadline = Instant::now() + crate::mps::MPS_RECOVERY_LIMIT;
-                while mps.servers().is_none() && Instant::now() < deadline {
+                while !mps.answering() && Instant::now() < deadline {
                     std::thread::sleep(MPS_OUTAGE_RESTART);
                 }
             }
@@ -774,7 +774,7 @@ impl Dispatcher {
                 a => a,
             };
             s.workers_up = crew.pool.len();
-            s.last_loss = Some((now, e.to_string()));
+            s.last_loss = Some(e.to_string());
         }
         if outage {
             // One worker per model first, the pool's other levels behind it: a dozen workers
@@ -936,7 +936,7 @@ impl GpuBackend {
         if s.failed.is_some() || s.workers_up > 0 {
             return None;
         }
-        let why = s.last_loss.as_ref().map_or("its workers are starting", |(_, why)| why.as_str());
+        let why = s.last_loss.as_deref().unwrap_or("its workers are starting");
         Some(format!("its workers are being replaced ({why})"))
     }
 

@@ -296,6 +296,18 @@ impl Service {
     }
 }
 
+/// Serves /metrics on `listener` (plain TCP or TLS) until the process ends.
+fn serve_metrics<L: axum::serve::Listener>(listener: L, app: axum::Router)
+where
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+}
+
 /// How often the health service follows the node's state.
 const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -530,21 +542,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
                 }),
             );
             match &options.tls {
-                Some(tls) => {
-                    let listener = crate::tls::TlsListener::new(listener, tls.server_config()?)?;
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(listener, app).await {
-                            tracing::error!(error = %e, "metrics endpoint stopped");
-                        }
-                    });
-                }
-                None => {
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(listener, app).await {
-                            tracing::error!(error = %e, "metrics endpoint stopped");
-                        }
-                    });
-                }
+                Some(tls) => serve_metrics(crate::tls::TlsListener::new(listener, tls.server_config()?)?, app),
+                None => serve_metrics(listener, app),
             }
             Some(bound)
         }

@@ -179,6 +179,19 @@ impl LoadTestReport {
     }
 }
 
+/// `CHANNELS` connections to `target` (host:port), for a load's calls to be spread over.
+pub(crate) async fn connect(target: &str) -> Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(CHANNELS);
+    for _ in 0..CHANNELS {
+        let channel = Channel::from_shared(format!("http://{target}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
 /// Sends `rate` calls per second for `duration`, each through `call`.
 async fn open_loop<F, Fut>(
     duration: Duration,
@@ -222,14 +235,7 @@ pub async fn run(options: LoadTestOptions) -> Result<LoadTestReport> {
     };
     let address = options.target.or(server.as_ref().map(|s| s.grpc)).expect("a target");
     anyhow::ensure!(address.ip().is_loopback(), "load tests only target loopback addresses, not {address}");
-    let mut clients = Vec::new();
-    for _ in 0..CHANNELS {
-        let channel = Channel::from_shared(format!("http://{address}"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {address}"))?;
-        clients.push(ControllerClient::new(channel));
-    }
+    let clients: Vec<_> = connect(&address.to_string()).await?.into_iter().map(ControllerClient::new).collect();
     // Registered together, as an orchestrator placing several models would: their workers start
     // in parallel, and each call answers once its model serves.
     let registrations = MODELS.map(|(name, slo_ms)| {

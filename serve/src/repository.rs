@@ -133,11 +133,11 @@ impl Repository {
         // Without a profiled model to start from, it is measured at registration; until then
         // (planning its first share) it stands in as the profile's first model.
         let measure = named.is_none() && config.profile.is_none();
-        let (profile_source, fitted) = match &config.profile {
-            Some(profile) => (Source::load(profile, &folder).map_err(|e| bad(format!("profile: {e}")))?, named.clone()),
-            None => (self.default_profile.clone(), named.clone()),
+        let profile_source = match &config.profile {
+            Some(profile) => Source::load(profile, &folder).map_err(|e| bad(format!("profile: {e}")))?,
+            None => self.default_profile.clone(),
         };
-        let wanted = match fitted {
+        let wanted = match named {
             Some(model) => model,
             None if measure => first_model(&profile_source).map_err(bad)?,
             None => return Err(bad("profile_model is required with a profile: which of its models this is".into())),

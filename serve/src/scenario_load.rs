@@ -13,10 +13,7 @@ use gpuslice_traces::arrivals::ArrivalProcess;
 use hdrhistogram::Histogram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
-/// Connections the calls are spread over.
-const CHANNELS: usize = 4;
 /// A call not answered within this long is given up and counted failed: far past any SLO, it
 /// bounds what the client holds.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
@@ -54,13 +51,13 @@ pub struct ModelOutcome {
     pub p99_ms: f64,
 }
 
-#[derive(Default)]
+/// One model's calls so far.
 struct Tally {
     arrivals: u64,
     answered: u64,
     failed: u64,
     within_slo: u64,
-    latency_us: Option<Histogram<u64>>,
+    latency_us: Histogram<u64>,
 }
 
 /// Zero bytes of one request's inputs: each input at batch 1 (a variable dimension taken as 1).
@@ -101,14 +98,11 @@ fn zero_inputs(metadata: &crate::inference::ModelMetadataResponse) -> Result<(Ve
 
 /// Sends every model's arrivals to `target` (host:port) and reports per model, in `models`' order.
 pub async fn run(target: &str, models: Vec<LoadedModel>) -> Result<Vec<ModelOutcome>> {
-    let mut clients = Vec::new();
-    for _ in 0..CHANNELS {
-        let channel = Channel::from_shared(format!("http://{target}"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {target}"))?;
-        clients.push(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(256 << 20));
-    }
+    let clients: Vec<_> = crate::loadtest::connect(target)
+        .await?
+        .into_iter()
+        .map(|channel| GrpcInferenceServiceClient::new(channel).max_decoding_message_size(256 << 20))
+        .collect();
     let mut requests = Vec::new();
     for m in &models {
         let metadata = clients[0]
@@ -130,8 +124,11 @@ pub async fn run(target: &str, models: Vec<LoadedModel>) -> Result<Vec<ModelOutc
     let mut tallies = Vec::new();
     for (k, (model, request)) in models.into_iter().zip(requests).enumerate() {
         let tally = Arc::new(Mutex::new(Tally {
-            latency_us: Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
-            ..Tally::default()
+            arrivals: 0,
+            answered: 0,
+            failed: 0,
+            within_slo: 0,
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
         }));
         tallies.push((model.name.clone(), model.slo_ms, tally.clone()));
         let clients = clients.clone();
@@ -143,7 +140,7 @@ pub async fn run(target: &str, models: Vec<LoadedModel>) -> Result<Vec<ModelOutc
             while let Some(t) = arrivals.next_arrival() {
                 let due = start + Duration::from_secs_f64(t);
                 tokio::time::sleep_until(due.into()).await;
-                let mut client = clients[(k + n) % CHANNELS].clone();
+                let mut client = clients[(k + n) % clients.len()].clone();
                 n += 1;
                 let (request, tally) = (request.clone(), tally.clone());
                 tally.lock().expect("tally").arrivals += 1;
@@ -156,7 +153,7 @@ pub async fn run(target: &str, models: Vec<LoadedModel>) -> Result<Vec<ModelOutc
                             t.answered += 1;
                             t.within_slo += u64::from(latency <= slo);
                             let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
-                            let _ = t.latency_us.as_mut().expect("histogram").record(us);
+                            let _ = t.latency_us.record(us);
                         }
                         _ => t.failed += 1,
                     }
@@ -174,7 +171,7 @@ pub async fn run(target: &str, models: Vec<LoadedModel>) -> Result<Vec<ModelOutc
         .into_iter()
         .map(|(model, slo_ms, tally)| {
             let t = tally.lock().expect("tally");
-            let h = t.latency_us.as_ref().expect("histogram");
+            let h = &t.latency_us;
             let ms = |q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
             ModelOutcome {
                 model,
