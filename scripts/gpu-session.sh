@@ -16,6 +16,10 @@
 #
 # 2026-12-02 (twelfth session): model-based weighs what was served like one replay (issue 15):
 #   bash scripts/gpu-session.sh served  model-based where it fell below default MPS live
+#
+# 2026-12-02 (thirteenth session): default-MPS co-location at the batches served (issues 15, 18)
+# and worker start (issue 17): random weights drawn on the GPU; cuDNN autotuner on and off:
+#   bash scripts/gpu-session.sh colocate
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -49,6 +53,25 @@ case "${1:-trio}" in
       date +%T | tee -a "$R/steps.txt"
       OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh $step
     done
+    date +%T | tee -a "$R/steps.txt"
+    ;;
+  colocate)
+    for choice in on off; do
+      date +%T | tee -a "$R/steps.txt"
+      GPUSLICE_CUDNN_BENCHMARK=$choice OUT=$R/start timeout 100 bash scripts/gpu-start.sh "cudnn-$choice"
+    done
+    date +%T | tee -a "$R/steps.txt"
+    timeout 150 python3 scripts/lab/cudnn_choice.py "$R/cudnn-choice.csv" \
+      --models mobilenet_v3_large,densenet121,resnet50,resnext50_32x4d --replays 100 > "$R/cudnn-choice.log" 2>&1
+    date +%T | tee -a "$R/steps.txt"
+    groups='mobilenet_v3_large:100:8+densenet121:100:16+vgg16:100:16,mobilenet_v3_large:100:8+densenet121:100:32+vgg16:100:32'
+    groups+=',mobilenet_v3_large:100:16+densenet121:100:32+vgg16:100:32,mobilenet_v3_large:100:8+densenet121:100:32'
+    groups+=',mobilenet_v3_large:100:8+vgg16:100:32,mobilenet_v3_large:100:4+vgg16:100:16'
+    groups+=',densenet121:100:16+resnext50_32x4d:100:16+vgg16:100:16,densenet121:100:32+resnext50_32x4d:100:32+vgg16:100:32'
+    groups+=',densenet121:100:16+vgg16:100:32,resnext50_32x4d:100:32+vgg16:100:32,densenet121:100:32+resnext50_32x4d:100:16'
+    groups+=',densenet121:100:8+resnext50_32x4d:100:32+vgg16:100:32,densenet121:30:16+resnext50_32x4d:30:16+vgg16:40:32'
+    timeout 330 ./out/gpuslice profile --models '' --colocate "$groups" --colocate-seconds 3 \
+      --colocation-out "$R/colocation-served.csv" > "$R/colocate.log" 2>&1
     date +%T | tee -a "$R/steps.txt"
     ;;
 esac

@@ -110,7 +110,10 @@ def load_model(source, torch):
     import torchvision
     name = source.removeprefix("torchvision:")
     torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).cuda().eval()
+    # Random weights drawn on the GPU: drawing them on the CPU and copying took 4-7 s a model
+    # (bench/results/2026-12-02-h200-worker-start).
+    with torch.device("cuda"):
+        return getattr(torchvision.models, name)(weights=None).eval()
 
 
 def fake_answer(np, shared, start, batch, io, input_bytes):
@@ -173,6 +176,8 @@ def main():
     # graphs under MPS slices below 100% computed wrong values on the H200 with either choice:
     # scripts/lab/graph_check.sh; repository models therefore compute in fp32 unless told.)
     torch.backends.cudnn.benchmark = not args.model.endswith((".pt", ".pt2"))
+    if os.environ.get("GPUSLICE_CUDNN_BENCHMARK") in ("on", "off"):
+        torch.backends.cudnn.benchmark = os.environ["GPUSLICE_CUDNN_BENCHMARK"] == "on"
     wire_in, wire_out = (getattr(torch, DATATYPES[t["datatype"]][1]) for t in (t_in, t_out))
     model = load_model(args.model, torch)
     mark = phase("load_model", mark)
