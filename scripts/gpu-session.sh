@@ -17,9 +17,11 @@
 # 2026-12-02 (twelfth session): model-based weighs what was served like one replay (issue 15):
 #   bash scripts/gpu-session.sh served  model-based where it fell below default MPS live
 #
-# 2026-12-02 (thirteenth session): default-MPS co-location at the batches served (issues 15, 18)
-# and worker start (issue 17): random weights drawn on the GPU; cuDNN autotuner on and off:
-#   bash scripts/gpu-session.sh colocate
+# 2026-12-02 (thirteenth session): the `colocate` step (default-MPS co-location at the batches
+# served; worker start with cuDNN's autotuner on and off) ran at 5819b98. Then, with the H200
+# calibration refitted on it, cuDNN's autotuner off and model-based weighing each model's
+# configured batching too (issues 15, 17):
+#   bash scripts/gpu-session.sh refit   fast start, then live capacity on both trios
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -55,23 +57,17 @@ case "${1:-trio}" in
     done
     date +%T | tee -a "$R/steps.txt"
     ;;
-  colocate)
-    for choice in on off; do
+  refit)
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/start timeout 100 bash scripts/gpu-start.sh fast
+    for step in "model-based scenarios/mixed-slo-trio.toml 1.25" "model-based scenarios/gpu-trio.toml 1.2" \
+                "model-based scenarios/mixed-slo-trio.toml 1.4" "default-mps scenarios/gpu-trio.toml 1.1" \
+                "model-based scenarios/gpu-trio.toml 1.1"; do
+      # The device call's 600 s: leave room to pack what came back.
+      [ "$SECONDS" -gt 470 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
       date +%T | tee -a "$R/steps.txt"
-      GPUSLICE_CUDNN_BENCHMARK=$choice OUT=$R/start timeout 100 bash scripts/gpu-start.sh "cudnn-$choice"
+      OUT=$R/capacity timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
     done
-    date +%T | tee -a "$R/steps.txt"
-    timeout 150 python3 scripts/lab/cudnn_choice.py "$R/cudnn-choice.csv" \
-      --models mobilenet_v3_large,densenet121,resnet50,resnext50_32x4d --replays 100 > "$R/cudnn-choice.log" 2>&1
-    date +%T | tee -a "$R/steps.txt"
-    groups='mobilenet_v3_large:100:8+densenet121:100:16+vgg16:100:16,mobilenet_v3_large:100:8+densenet121:100:32+vgg16:100:32'
-    groups+=',mobilenet_v3_large:100:16+densenet121:100:32+vgg16:100:32,mobilenet_v3_large:100:8+densenet121:100:32'
-    groups+=',mobilenet_v3_large:100:8+vgg16:100:32,mobilenet_v3_large:100:4+vgg16:100:16'
-    groups+=',densenet121:100:16+resnext50_32x4d:100:16+vgg16:100:16,densenet121:100:32+resnext50_32x4d:100:32+vgg16:100:32'
-    groups+=',densenet121:100:16+vgg16:100:32,resnext50_32x4d:100:32+vgg16:100:32,densenet121:100:32+resnext50_32x4d:100:16'
-    groups+=',densenet121:100:8+resnext50_32x4d:100:32+vgg16:100:32,densenet121:30:16+resnext50_32x4d:30:16+vgg16:40:32'
-    timeout 330 ./out/gpuslice profile --models '' --colocate "$groups" --colocate-seconds 3 \
-      --colocation-out "$R/colocation-served.csv" > "$R/colocate.log" 2>&1
     date +%T | tee -a "$R/steps.txt"
     ;;
 esac

@@ -31,6 +31,9 @@ pub struct Contention {
     pub interference_by_model: BTreeMap<String, f64>,
     /// Default-MPS launch contention: how much a batch slows per co-running batch (see `SimConfig`).
     pub mps_launch_contention: f64,
+    /// By profile model name, its own launch contention (see `SimConfig`).
+    #[serde(default)]
+    pub mps_launch_contention_by_model: BTreeMap<String, f64>,
     /// How a default-MPS batch's share of the SMs falls with the number running (see `SimConfig`).
     pub mps_share_exponent: f64,
 }
@@ -48,7 +51,13 @@ impl std::fmt::Display for Contention {
             f,
             ", default MPS: share exponent {:.3}, launch contention {:.4}",
             self.mps_share_exponent, self.mps_launch_contention
-        )
+        )?;
+        if !self.mps_launch_contention_by_model.is_empty() {
+            let by_model: Vec<String> =
+                self.mps_launch_contention_by_model.iter().map(|(m, c)| format!("{m} {c:.3}")).collect();
+            write!(f, " ({})", by_model.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +69,7 @@ impl Contention {
             interference: gpuslice_simulator::H100_INTERFERENCE,
             interference_by_model: BTreeMap::new(),
             mps_launch_contention: gpuslice_simulator::H100_MPS_LAUNCH_CONTENTION,
+            mps_launch_contention_by_model: BTreeMap::new(),
             mps_share_exponent: gpuslice_simulator::H100_MPS_SHARE_EXPONENT,
         }
     }
@@ -70,6 +80,7 @@ impl Contention {
             interference: 0.0,
             interference_by_model: BTreeMap::new(),
             mps_launch_contention: 0.0,
+            mps_launch_contention_by_model: BTreeMap::new(),
             mps_share_exponent: gpuslice_simulator::H100_MPS_SHARE_EXPONENT,
         }
     }
@@ -81,6 +92,7 @@ impl Contention {
             interference: self.interference,
             interference_by_model: self.interference_by_model.clone(),
             mps_launch_contention: self.mps_launch_contention,
+            mps_launch_contention_by_model: self.mps_launch_contention_by_model.clone(),
             mps_share_exponent: self.mps_share_exponent,
             seed,
             ..SimConfig::default()
@@ -158,7 +170,7 @@ impl Calibration {
             ("mps_share_exponent", &c.mps_share_exponent),
         ]
         .into_iter()
-        .chain(c.interference_by_model.iter().map(|(model, v)| (model.as_str(), v)));
+        .chain(c.interference_by_model.iter().chain(&c.mps_launch_contention_by_model).map(|(model, v)| (model.as_str(), v)));
         for (what, value) in values {
             if !(value.is_finite() && *value >= 0.0) {
                 bail!("calibration {}: {what} must be >= 0, got {value}", source.name);
@@ -558,6 +570,25 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
         (exponent, minimize_1d(0.0, 8.0, |c| loss(&default_mps, &latency, &at(exponent, c), None))?)
     };
     contention = at(exponent, launch);
+    // Then each model's own launch contention, on the default-MPS groups it ran in: a light
+    // model waits behind heavy kernels far more than heavy models behind each other. Two
+    // rounds, as each model's fit moves the others' co-runners.
+    let mut in_default_mps: Vec<&str> =
+        default_mps.iter().flat_map(|g| g.rows.iter().map(|r| r.model.as_str())).collect();
+    in_default_mps.sort_unstable();
+    in_default_mps.dedup();
+    for _ in 0..2 {
+        for model in &in_default_mps {
+            let groups: Vec<Group> =
+                default_mps.iter().filter(|g| g.rows.iter().any(|r| r.model == *model)).cloned().collect();
+            let c = minimize_1d(0.0, 8.0, |c| {
+                let mut trial = contention.clone();
+                trial.mps_launch_contention_by_model.insert(model.to_string(), c);
+                loss(&groups, &latency, &trial, Some(model))
+            })?;
+            contention.mps_launch_contention_by_model.insert(model.to_string(), c);
+        }
+    }
     tracing::info!(
         joint = o.joint,
         seconds = started.elapsed().as_secs_f64(),
@@ -595,10 +626,11 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
         std::fs::create_dir_all(dir)?;
     }
     let text = format!(
-        "# Written by `gpuslice calibrate --profile {} --colocation {} --fit-group-size {}`.\n{}",
+        "# Written by `gpuslice calibrate --profile {} --colocation {} --fit-group-size {}{}`.\n{}",
         o.profile,
         o.colocation,
         o.fit_group_size,
+        if o.joint { " --joint" } else { "" },
         toml::to_string(&file)?
     );
     std::fs::write(o.out, text).with_context(|| format!("cannot write {}", o.out.display()))?;

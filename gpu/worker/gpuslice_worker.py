@@ -171,13 +171,12 @@ def main():
     mark = phase("python", began)
     import torch
     mark = phase("import_torch", mark)
-    # A user's model file runs with cuDNN's default algorithm choice, as in eager PyTorch; the
-    # torchvision benchmarks (random weights) keep the autotuner they were profiled with. (fp16
+    # cuDNN's default algorithm choice, not its autotuner: on the H200 the autotuner's graphs ran
+    # within -3%..+7% of the default's, but tuning every batch size took 1.2-3.6 s a size and
+    # model, a third of a worker's start (bench/results/2026-12-02-h200-worker-start-fast). (fp16
     # graphs under MPS slices below 100% computed wrong values on the H200 with either choice:
     # scripts/lab/graph_check.sh; repository models therefore compute in fp32 unless told.)
-    torch.backends.cudnn.benchmark = not args.model.endswith((".pt", ".pt2"))
-    if os.environ.get("GPUSLICE_CUDNN_BENCHMARK") in ("on", "off"):
-        torch.backends.cudnn.benchmark = os.environ["GPUSLICE_CUDNN_BENCHMARK"] == "on"
+    torch.backends.cudnn.benchmark = False
     wire_in, wire_out = (getattr(torch, DATATYPES[t["datatype"]][1]) for t in (t_in, t_out))
     model = load_model(args.model, torch)
     mark = phase("load_model", mark)

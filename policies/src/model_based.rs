@@ -285,6 +285,10 @@ enum SharedBatching {
     /// Each model's largest batch that runs within `SHARED_BATCH_SHARE` of the SLO it can
     /// delay, waiting at most `SHARED_TIMEOUT_SHARE` of its own SLO.
     SloSized,
+    /// Each model's own configured max batch and wait (its registration's, the scenario's): what
+    /// an operator gave the baselines, so the hybrid always weighs the default-MPS and temporal
+    /// baselines as they run.
+    Configured,
 }
 
 /// Under `SharedBatching::SloSized`, a batch waits at most this share of its model's SLO to fill,
@@ -428,7 +432,7 @@ impl ModelBased {
         let mut candidates = vec![(ModeChoice::Slices, slices.to_vec())];
         for &mode in &self.shared_modes {
             let uniform = self.shared_batchings().into_iter().map(|(b, w)| SharedBatching::Uniform(b, w));
-            for batching in uniform.chain([SharedBatching::SloSized]) {
+            for batching in uniform.chain([SharedBatching::SloSized, SharedBatching::Configured]) {
                 let allocations = (0..self.models.len())
                     .map(|m| {
                         let (max_batch, batch_timeout_ms) = self.shared_batching(m, mode, batching);
@@ -531,6 +535,10 @@ impl ModelBased {
     fn shared_batching(&self, m: usize, mode: Sharing, batching: SharedBatching) -> (u32, f64) {
         match batching {
             SharedBatching::Uniform(max_batch, wait_ms) => (max_batch, wait_ms),
+            SharedBatching::Configured => {
+                let configured = &self.models[m].configured;
+                (configured.max_batch.min(self.largest_batch()), configured.batch_timeout_ms)
+            }
             SharedBatching::SloSized => {
                 let l = &self.learned[m];
                 let (scale, _) = Self::correction(l);

@@ -75,6 +75,7 @@ def main():
                     continue
                 for row in json.loads(got.stdout.strip().splitlines()[-1]):
                     w.writerow(row)
+                    f.flush()
                     print(row, flush=True)
 
 

@@ -150,6 +150,11 @@ pub struct SimConfig {
     /// slots held by co-running batches' large kernels, and takes `1 + this * (sum of the other
     /// running batches' SM-bound fractions)` times as long.
     pub mps_launch_contention: f64,
+    /// Per model (by `ModelSetup::name`), its own `mps_launch_contention` where it was measured:
+    /// on the H200 a light model (mobilenet_v3_large) waited far longer behind two heavy
+    /// models' kernels than the heavy ones did behind each other
+    /// (bench/results/2026-12-02-h200-colocation-served).
+    pub mps_launch_contention_by_model: BTreeMap<String, f64>,
     /// Default MPS only: how strongly SM shares follow the running batches' SM-bound fractions
     /// (0: an even split, 1: proportional, more: the largest kernels take nearly all).
     pub mps_share_exponent: f64,
@@ -174,7 +179,7 @@ impl SimConfig {
             ("mps_launch_contention", self.mps_launch_contention),
             ("mps_share_exponent", self.mps_share_exponent),
         ];
-        let by_model = self.interference_by_model.iter().map(|(m, k)| (m.as_str(), *k));
+        let by_model = self.interference_by_model.iter().chain(&self.mps_launch_contention_by_model).map(|(m, k)| (m.as_str(), *k));
         for (name, value) in contention.into_iter().chain(by_model) {
             if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
                 return Some(format!("{name} must be in [0, 100], got {value}"));
@@ -197,6 +202,7 @@ impl Default for SimConfig {
             interference: 0.0,
             interference_by_model: BTreeMap::new(),
             mps_launch_contention: 0.0,
+            mps_launch_contention_by_model: BTreeMap::new(),
             mps_share_exponent: H100_MPS_SHARE_EXPONENT,
             background_pct: 0.0,
             reallocation: ReallocationCost::Standby { handover_us: 100.0 },

@@ -210,6 +210,8 @@ struct ModelState {
     service: ServiceSampler,
     /// This model's `SimConfig::interference`.
     interference: f64,
+    /// This model's `SimConfig::mps_launch_contention`.
+    launch_contention: f64,
     allocation: Allocation,
     /// Allocation waiting for the end of a reallocation pause.
     pending: Option<Allocation>,
@@ -326,6 +328,11 @@ impl Simulator {
         }
         Ok(ModelState {
             interference: config.interference_by_model.get(&setup.name).copied().unwrap_or(config.interference),
+            launch_contention: config
+                .mps_launch_contention_by_model
+                .get(&setup.name)
+                .copied()
+                .unwrap_or(config.mps_launch_contention),
             name: setup.name,
             slo_ns: secs_to_ns(setup.slo_ms * 1e-3),
             service: ServiceSampler::new(setup.service),
@@ -800,7 +807,7 @@ impl Simulator {
                 let share = (batch.share * 2.0).round().max(1.0) / 2.0;
                 let on_share = self.models[batch.model].service.median_ns(batch.size, share) / batch.full_gpu_ns;
                 let others_sm_bound = total_sm_bound - (1.0 - batch.launch_fraction);
-                on_share + batch.launch_fraction * self.config.mps_launch_contention * others_sm_bound
+                on_share + batch.launch_fraction * self.models[batch.model].launch_contention * others_sm_bound
             } else {
                 1.0
             };
