@@ -22,6 +22,8 @@
 # calibration refitted on it, cuDNN's autotuner off and model-based weighing each model's
 # configured batching too (issues 15, 17):
 #   bash scripts/gpu-session.sh refit   fast start, then live capacity on both trios
+# and then with model-based correcting its replays by what each mode missed on the GPU:
+#   bash scripts/gpu-session.sh corrected   both policies on the mixed trio, model-based on gpu-trio
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -54,6 +56,16 @@ case "${1:-trio}" in
                 "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/mixed-slo-trio.toml 1.4"; do
       date +%T | tee -a "$R/steps.txt"
       OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh $step
+    done
+    date +%T | tee -a "$R/steps.txt"
+    ;;
+  corrected)
+    for step in "model-based scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.25" \
+                "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+                "default-mps scenarios/mixed-slo-trio.toml 1.4"; do
+      [ "$SECONDS" -gt 470 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
+      date +%T | tee -a "$R/steps.txt"
+      OUT=$R/capacity timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
     done
     date +%T | tee -a "$R/steps.txt"
     ;;
