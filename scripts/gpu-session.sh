@@ -24,6 +24,9 @@
 #   bash scripts/gpu-session.sh refit   fast start, then live capacity on both trios
 # and then with model-based correcting its replays by what each mode missed on the GPU:
 #   bash scripts/gpu-session.sh corrected   both policies on the mixed trio, model-based on gpu-trio
+# and with the correction reworked (the replayed rates as they are, scaled and raised by the
+# served excess; equal weights on both sides):
+#   bash scripts/gpu-session.sh reworked    model-based on the mixed trio at x1.4, then x1.25
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -58,6 +61,13 @@ case "${1:-trio}" in
       OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh $step
     done
     date +%T | tee -a "$R/steps.txt"
+    ;;
+  reworked)
+    for scale in 1.4 1.25; do
+      date +%T | tee -a "$R/steps.txt"
+      OUT=$R/capacity timeout 100 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml $scale
+      mkdir -p "$OUT"; tar czf "$OUT/session-$scale.tgz" -C "$R" .
+    done
     ;;
   corrected)
     for step in "model-based scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.25" \

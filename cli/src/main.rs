@@ -133,6 +133,11 @@ enum Command {
         /// of at their best setting of a grid of max batch (1-64) and batch wait (0.5-8 ms).
         #[arg(long, requires = "capacity")]
         untuned: bool,
+        /// --capacity on the simulator shaped like the GPU backend: slices on the shipped
+        /// standby pool's levels (10, 20, 30, 45, 60, 80, 100%), batches up to 32 (its largest
+        /// CUDA graph): the prediction to set beside `scripts/gpu-capacity.sh`.
+        #[arg(long, requires = "capacity")]
+        like_gpu_backend: bool,
         /// --capacity, then every model's SLO attainment and p50 at x0.25, x0.5, ... up to
         /// model-based's capacity, model-based against the best baseline at each load (each
         /// baseline at its reported batching); with --out, attainment-by-load.csv.
@@ -606,6 +611,7 @@ fn run(command: Command) -> Result<()> {
             threshold,
             precision,
             untuned,
+            like_gpu_backend,
             by_load,
             reference,
             out,
@@ -623,7 +629,7 @@ fn run(command: Command) -> Result<()> {
             };
             let against = |lead: &str| reference_policy.map_or(String::new(), |r| format!("{lead}goodput / {r}'s"));
             if capacity_search {
-                let options = capacity::SearchOptions { threshold, precision, ..Default::default() };
+                let options = capacity::SearchOptions { threshold, precision, like_gpu_backend, ..Default::default() };
                 options.check()?;
                 if let Some(dir) = &out {
                     std::fs::create_dir_all(dir)?;
@@ -639,7 +645,7 @@ fn run(command: Command) -> Result<()> {
                     capacity::write(dir, &results, &tuning, &policies, threshold)?;
                 }
                 if by_load {
-                    let rows = capacity::by_load(&loaded, &results, seeds, !quiet)?;
+                    let rows = capacity::by_load(&loaded, &results, seeds, &options, !quiet)?;
                     println!(
                         "{} — SLO met per model and load, model-based against the best baseline (within {} points, p50 within {}x up to x{})",
                         loaded.scenario.name,

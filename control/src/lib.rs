@@ -297,17 +297,58 @@ pub struct DeviceSample {
     pub sm_clock_mhz: u32,
 }
 
+/// The GPU% levels the GPU backend keeps a standby worker at unless configured otherwise.
+pub const GPU_POOL_LEVELS: [f64; 7] = [10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0];
+/// The largest batch the GPU backend serves (its largest CUDA graph).
+pub const GPU_LARGEST_BATCH: u32 = 32;
+
+/// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest level at
+/// or above it if that fits (a slice rounded down would serve less than the policy planned),
+/// else the highest level that fits (the lowest level if none does: the caller then refuses the
+/// change).
+pub fn pool_level(levels: &[f64], gpu_pct: f64, room: f64) -> f64 {
+    let fitting = levels.iter().copied().filter(|l| *l <= room + 1e-9);
+    let above = fitting.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
+    if above.is_finite() {
+        return above;
+    }
+    let highest = fitting.fold(f64::NAN, f64::max);
+    if highest.is_nan() { levels.iter().copied().fold(f64::INFINITY, f64::min) } else { highest }
+}
+
 /// The simulator as a backend, advancing simulated time one control interval per call.
 pub struct SimBackend {
     sim: Simulator,
     interval_ns: u64,
     until: u64,
+    /// Slices are served at these GPU% levels only, as the GPU backend's standby pool does
+    /// (none: any GPU%).
+    pool_levels: Vec<f64>,
+    /// Batches stop at this size, as the GPU backend's largest CUDA graph does.
+    max_batch: Option<u32>,
 }
 
 impl SimBackend {
     /// Serves `sim`'s models, `control_interval_s` of simulated time per interval.
     pub fn new(sim: Simulator, control_interval_s: f64) -> SimBackend {
-        SimBackend { sim, interval_ns: secs_to_ns(control_interval_s).max(1), until: 0 }
+        let interval_ns = secs_to_ns(control_interval_s).max(1);
+        SimBackend { sim, interval_ns, until: 0, pool_levels: Vec::new(), max_batch: None }
+    }
+
+    /// An allocation as served: its batches cut to `max_batch`, its slice on a pool level that
+    /// fits beside the others' (`Backend::apply`).
+    fn as_served(&self, model: usize, allocation: Allocation) -> Allocation {
+        let max_batch = self.max_batch.map_or(allocation.max_batch, |b| allocation.max_batch.min(b));
+        let allocation = Allocation { max_batch, ..allocation };
+        if self.pool_levels.is_empty() || self.sim.sharing() != Sharing::Spatial {
+            return allocation;
+        }
+        let held_by_others: f64 = (0..self.sim.model_count())
+            .filter(|&m| m != model)
+            .filter_map(|m| self.sim.allocation(m).ok())
+            .map(|a| a.gpu_pct)
+            .sum();
+        Allocation { gpu_pct: pool_level(&self.pool_levels, allocation.gpu_pct, 100.0 - held_by_others), ..allocation }
     }
 }
 
@@ -322,6 +363,7 @@ impl Backend for SimBackend {
     }
 
     fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        let allocation = self.as_served(model, allocation);
         Ok(self.sim.set_allocation(model, allocation)?)
     }
 
@@ -388,6 +430,65 @@ impl BackendBuilder for SimBuilder {
         _switching: bool,
     ) -> Result<Box<dyn Backend>, BackendError> {
         Ok(Box::new(SimBackend::new(Simulator::new(config, setups)?, control_interval_s)))
+    }
+}
+
+/// The simulator shaped like the GPU backend: slices on a standby pool's levels (any GPU%
+/// without levels), batches up to its largest CUDA graph. What the simulator predicts for a live node (`evaluate
+/// --like-gpu-backend`).
+#[derive(Debug, Clone)]
+pub struct PooledSimBuilder {
+    /// The pool's GPU% levels.
+    pub pool_levels: Vec<f64>,
+    /// The largest batch served.
+    pub max_batch: u32,
+}
+
+impl PooledSimBuilder {
+    /// Shaped like a GPU backend with the shipped defaults.
+    pub fn gpu_backend() -> PooledSimBuilder {
+        PooledSimBuilder { pool_levels: GPU_POOL_LEVELS.to_vec(), max_batch: GPU_LARGEST_BATCH }
+    }
+}
+
+impl BackendBuilder for PooledSimBuilder {
+    fn modes(&self) -> &'static [Sharing] {
+        SimBuilder.modes()
+    }
+
+    fn slice_levels(&self) -> &[f64] {
+        &self.pool_levels
+    }
+
+    fn max_batch(&self) -> Option<u32> {
+        Some(self.max_batch)
+    }
+
+    fn progress_unit(&self) -> &'static str {
+        SimBuilder.progress_unit()
+    }
+
+    /// Models start on pool levels, each given the level above its GPU% where the GPU still has
+    /// room, as the GPU backend adds them; batches above `max_batch` are cut to it.
+    fn build(
+        &self,
+        config: SimConfig,
+        mut setups: Vec<ModelSetup>,
+        control_interval_s: f64,
+        _switching: bool,
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        let mut held = 0.0;
+        for setup in &mut setups {
+            let a = &mut setup.allocation;
+            a.max_batch = a.max_batch.min(self.max_batch);
+            if config.sharing == Sharing::Spatial && !self.pool_levels.is_empty() {
+                a.gpu_pct = pool_level(&self.pool_levels, a.gpu_pct, 100.0 - held);
+                held += a.gpu_pct;
+            }
+        }
+        let mut backend = SimBackend::new(Simulator::new(config, setups)?, control_interval_s);
+        (backend.pool_levels, backend.max_batch) = (self.pool_levels.clone(), Some(self.max_batch));
+        Ok(Box::new(backend))
     }
 }
 

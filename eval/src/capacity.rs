@@ -8,6 +8,7 @@ use crate::output::write_csv;
 use crate::plot::{Chart, Series, line_chart};
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice};
+use gpuslice_control::PooledSimBuilder;
 use anyhow::{Result, bail};
 use comfy_table::Table;
 use gpuslice_simulator::{ModelReport, Report};
@@ -64,11 +65,15 @@ pub struct SearchOptions {
     pub min_scale: f64,
     /// ...and the highest.
     pub max_scale: f64,
+    /// Run on the simulator shaped like the GPU backend (`PooledSimBuilder::gpu_backend`:
+    /// slices on the shipped pool levels, batches up to its largest CUDA graph), to predict a
+    /// live node.
+    pub like_gpu_backend: bool,
 }
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        SearchOptions { threshold: 0.99, precision: 0.025, min_scale: 1.0 / 64.0, max_scale: 64.0 }
+        SearchOptions { threshold: 0.99, precision: 0.025, min_scale: 1.0 / 64.0, max_scale: 64.0, like_gpu_backend: false }
     }
 }
 
@@ -200,15 +205,22 @@ pub fn run(
         .collect();
     let what = format!("capacity of {}", loaded.scenario.name);
     let all = in_parallel(jobs, "searches", &what, show_progress, |(policy, batching, seed)| {
-        let found = search(policy, *seed, options, |scale| run_at(loaded, policy, *batching, *seed, scale))?;
+        let found = search(policy, *seed, options, |scale| run_at(loaded, policy, *batching, *seed, scale, options))?;
         Ok(Capacity { batching: *batching, ..found })
     })?;
     Ok(keep_best_settings(all))
 }
 
 /// `loaded` under `policy` at `scale` times its load on seed `seed`, every model at `batching`
-/// where given.
-fn run_at(loaded: &LoadedScenario, policy: &str, batching: Option<Batching>, seed: u64, scale: f64) -> Result<Report> {
+/// where given, on the backend `options` names.
+fn run_at(
+    loaded: &LoadedScenario,
+    policy: &str,
+    batching: Option<Batching>,
+    seed: u64,
+    scale: f64,
+    options: &SearchOptions,
+) -> Result<Report> {
     let mut scaled = loaded.clone();
     scaled.scenario.seed = seed;
     if let Some(b) = batching {
@@ -217,7 +229,12 @@ fn run_at(loaded: &LoadedScenario, policy: &str, batching: Option<Batching>, see
         }
     }
     scaled.scale_load(scale)?;
-    Ok(simulate::run(&scaled, &PolicyChoice::Named(policy.to_string()), false)?.report)
+    let choice = PolicyChoice::Named(policy.to_string());
+    let run = match options.like_gpu_backend {
+        true => simulate::run_on(&scaled, &choice, &PooledSimBuilder::gpu_backend(), false)?,
+        false => simulate::run(&scaled, &choice, false)?,
+    };
+    Ok(run.report)
 }
 
 /// `f` of every job, in the jobs' order, spread over the machine's cores, with a progress bar
@@ -279,6 +296,7 @@ pub fn by_load(
     loaded: &LoadedScenario,
     reported: &[Capacity],
     seeds: u64,
+    options: &SearchOptions,
     show_progress: bool,
 ) -> Result<Vec<LoadRow>> {
     let policies: Vec<(String, Option<Batching>)> = ["model-based"]
@@ -295,7 +313,7 @@ pub fn by_load(
     let what = format!("attainment by load on {}", loaded.scenario.name);
     in_parallel(jobs, "loads", &what, show_progress, |(scale, policy, batching)| {
         let reports = (0..seeds)
-            .map(|k| run_at(loaded, policy, *batching, loaded.scenario.seed + k, *scale))
+            .map(|k| run_at(loaded, policy, *batching, loaded.scenario.seed + k, *scale, options))
             .collect::<Result<Vec<_>>>()?;
         let mean = |m: usize, f: &dyn Fn(&ModelReport) -> f64| {
             reports.iter().map(|r| f(&r.models[m])).sum::<f64>() / seeds as f64

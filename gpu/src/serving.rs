@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Batch sizes each worker captures a CUDA graph for; a batch runs on the smallest graph that
 /// holds it.
-pub const GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, 32];
+pub const GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, gpuslice_control::GPU_LARGEST_BATCH];
 
 /// One model served on the GPU.
 pub struct GpuModelSetup {
@@ -59,18 +59,10 @@ impl WorkerTemplate {
         self.pool_levels.contains(&100.0)
     }
 
-    /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest
-    /// level at or above it if that fits (a slice rounded down would serve less than the policy
-    /// planned), else the highest level that fits (the lowest level if none does: the caller
-    /// then refuses the change).
+    /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it (see
+    /// `gpuslice_control::pool_level`).
     fn level(&self, gpu_pct: f64, room: f64) -> f64 {
-        let fitting = self.pool_levels.iter().copied().filter(|l| *l <= room + 1e-9);
-        let above = fitting.clone().filter(|l| *l >= gpu_pct - 1e-9).fold(f64::INFINITY, f64::min);
-        if above.is_finite() {
-            return above;
-        }
-        let highest = fitting.fold(f64::NAN, f64::max);
-        if highest.is_nan() { self.pool_levels.iter().copied().fold(f64::INFINITY, f64::min) } else { highest }
+        gpuslice_control::pool_level(&self.pool_levels, gpu_pct, room)
     }
 }
 

@@ -110,8 +110,7 @@ def load_model(source, torch):
     import torchvision
     name = source.removeprefix("torchvision:")
     torch.manual_seed(0)
-    # Random weights drawn on the GPU: drawing them on the CPU and copying took 4-7 s a model
-    # (bench/results/2026-12-02-h200-worker-start).
+    # Random weights drawn where they run, not drawn on the CPU and copied over.
     with torch.device("cuda"):
         return getattr(torchvision.models, name)(weights=None).eval()
 

@@ -21,7 +21,7 @@ pub struct GpuServing {
 
 impl Default for GpuServing {
     fn default() -> Self {
-        GpuServing { pool_levels: vec![10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0], fake_ms: None, worker_script: None }
+        GpuServing { pool_levels: gpuslice_control::GPU_POOL_LEVELS.to_vec(), fake_ms: None, worker_script: None }
     }
 }
 

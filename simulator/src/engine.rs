@@ -431,6 +431,16 @@ impl Simulator {
         self.events
     }
 
+    /// How the GPU is shared now.
+    pub fn sharing(&self) -> Sharing {
+        self.config.sharing
+    }
+
+    /// Models added so far (retired ones included: indices stay).
+    pub fn model_count(&self) -> usize {
+        self.models.len()
+    }
+
     /// The allocation a model is heading to (its pending one during a reallocation pause).
     pub fn allocation(&self, model: usize) -> Result<Allocation, SimError> {
         let m = self.models.get(model).ok_or(SimError::UnknownModel(model))?;

@@ -119,31 +119,6 @@ fn default_mps_reproduces_the_measured_h100_trio() {
     assert!(densenet > 2.0 * resnext && resnext > 1.5 * vgg, "{densenet:.2} {resnext:.2} {vgg:.2}");
 }
 
-/// The simulator as a backend whose batches stop at 32 requests, as the GPU backend's CUDA
-/// graphs do.
-struct BatchesUpTo32;
-
-impl gpuslice_control::BackendBuilder for BatchesUpTo32 {
-    fn modes(&self) -> &'static [gpuslice_simulator::Sharing] {
-        gpuslice_control::SimBuilder.modes()
-    }
-    fn max_batch(&self) -> Option<u32> {
-        Some(32)
-    }
-    fn progress_unit(&self) -> &'static str {
-        "s simulated"
-    }
-    fn build(
-        &self,
-        config: gpuslice_simulator::SimConfig,
-        setups: Vec<gpuslice_simulator::ModelSetup>,
-        control_interval_s: f64,
-        switching: bool,
-    ) -> Result<Box<dyn gpuslice_control::Backend>, gpuslice_control::BackendError> {
-        gpuslice_control::SimBuilder.build(config, setups, control_interval_s, switching)
-    }
-}
-
 #[test]
 fn model_based_plans_within_the_backends_largest_batch() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/mixed-slo-trio.toml");
@@ -155,5 +130,30 @@ fn model_based_plans_within_the_backends_largest_batch() {
     };
     // Unbounded, it plans batches above 32 on this scenario; told the backend stops at 32, never.
     assert!(largest(&gpuslice_control::SimBuilder) > 32);
-    assert_eq!(largest(&BatchesUpTo32), 32);
+    let batches_up_to_32 = gpuslice_control::PooledSimBuilder { pool_levels: Vec::new(), max_batch: 32 };
+    assert_eq!(largest(&batches_up_to_32), 32);
+}
+
+#[test]
+fn the_simulator_shaped_like_the_gpu_backend_serves_slices_on_its_pool_levels() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/gpu-trio.toml");
+    let loaded = gpuslice_eval::scenario::LoadedScenario::load(Some(&path)).unwrap();
+    let levels = gpuslice_control::GPU_POOL_LEVELS;
+    // The scenario's own 30/35/35% slices are not levels, and gslice asks for any GPU%: both
+    // always share the GPU by slices.
+    for choice in [
+        gpuslice_eval::simulate::PolicyChoice::Scenario(gpuslice_simulator::Sharing::Spatial),
+        gpuslice_eval::simulate::PolicyChoice::Named("gslice".into()),
+    ] {
+        let on = gpuslice_control::PooledSimBuilder::gpu_backend();
+        let run = gpuslice_eval::simulate::run_on(&loaded, &choice, &on, false).unwrap();
+        assert!(!run.intervals.is_empty());
+        for interval in &run.intervals {
+            let a = interval.allocation;
+            assert!(levels.contains(&a.gpu_pct), "{choice:?}: {} at {}% at {} s", interval.model, a.gpu_pct, interval.start_s);
+            assert!(a.max_batch <= gpuslice_control::GPU_LARGEST_BATCH, "{choice:?}: batch {}", a.max_batch);
+        }
+        let unshaped = gpuslice_eval::simulate::run(&loaded, &choice, false).unwrap();
+        assert!(unshaped.intervals.iter().any(|i| !levels.contains(&i.allocation.gpu_pct)), "{choice:?}");
+    }
 }
