@@ -170,7 +170,12 @@ impl Calibration {
             ("mps_share_exponent", &c.mps_share_exponent),
         ]
         .into_iter()
-        .chain(c.interference_by_model.iter().chain(&c.mps_launch_contention_by_model).map(|(model, v)| (model.as_str(), v)));
+        .chain(
+            c.interference_by_model
+                .iter()
+                .chain(&c.mps_launch_contention_by_model)
+                .map(|(model, v)| (model.as_str(), v)),
+        );
         for (what, value) in values {
             if !(value.is_finite() && *value >= 0.0) {
                 bail!("calibration {}: {what} must be >= 0, got {value}", source.name);

@@ -8,9 +8,9 @@ use crate::output::write_csv;
 use crate::plot::{Chart, Series, line_chart};
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice};
-use gpuslice_control::PooledSimBuilder;
 use anyhow::{Result, bail};
 use comfy_table::Table;
+use gpuslice_control::PooledSimBuilder;
 use gpuslice_simulator::{ModelReport, Report};
 use serde::Serialize;
 use std::path::Path;
@@ -73,7 +73,13 @@ pub struct SearchOptions {
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        SearchOptions { threshold: 0.99, precision: 0.025, min_scale: 1.0 / 64.0, max_scale: 64.0, like_gpu_backend: false }
+        SearchOptions {
+            threshold: 0.99,
+            precision: 0.025,
+            min_scale: 1.0 / 64.0,
+            max_scale: 64.0,
+            like_gpu_backend: false,
+        }
     }
 }
 

@@ -176,6 +176,7 @@ impl LoadedScenario {
         }
         if let Some(c) = scenario.mps_launch_contention {
             contention.mps_launch_contention = c;
+            contention.mps_launch_contention_by_model.clear();
         }
         let loaded =
             LoadedScenario { scenario, base_dir, origin: origin.to_string(), profile, profile_base, contention };
@@ -296,7 +297,11 @@ impl LoadedScenario {
 
     /// The calibration's per-model interference, by the scenario's model names.
     pub fn interference_by_model(&self) -> BTreeMap<String, f64> {
-        let by_profile = &self.contention.interference_by_model;
+        self.by_scenario_names(&self.contention.interference_by_model)
+    }
+
+    /// A calibration's per-model values (by profiled model) by the scenario's model names.
+    fn by_scenario_names(&self, by_profile: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
         self.scenario
             .models
             .iter()
@@ -316,6 +321,7 @@ impl LoadedScenario {
             reallocation: s.reallocation,
             drop_after_ms: s.drop_after_ms,
             interference_by_model: self.interference_by_model(),
+            mps_launch_contention_by_model: self.by_scenario_names(&self.contention.mps_launch_contention_by_model),
             ..self.contention.config(s.sharing, s.seed)
         };
         let mut library = TraceLibrary::new(&self.base_dir);
@@ -394,6 +400,9 @@ arrivals = { kind = "poisson", rate = 100 }
         let by_model = &config.interference_by_model;
         assert_eq!(by_model["front"], loaded.contention.interference_by_model["vgg16"]);
         assert!(by_model["front"] < by_model["densenet121"]);
+        let launch = &config.mps_launch_contention_by_model;
+        assert_eq!(launch["front"], loaded.contention.mps_launch_contention_by_model["vgg16"]);
+        assert!(!launch.contains_key("vgg16"), "{launch:?}");
     }
 
     #[test]
@@ -403,6 +412,10 @@ arrivals = { kind = "poisson", rate = 100 }
         let (config, _, _) = loaded.build().unwrap();
         assert_eq!(config.interference, 0.3);
         assert!(config.interference_by_model.is_empty());
+        let text = TWO_MODELS.replace("sharing = \"spatial\"", "sharing = \"spatial\"\nmps_launch_contention = 0.5");
+        let (config, _, _) = LoadedScenario::from_text(&text, "two", ".".into()).unwrap().build().unwrap();
+        assert_eq!(config.mps_launch_contention, 0.5);
+        assert!(config.mps_launch_contention_by_model.is_empty());
     }
 
     #[test]

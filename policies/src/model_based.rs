@@ -568,7 +568,9 @@ impl ModelBased {
                 by_mode.push((sharing, vec![(Misses::default(), Misses::default()); n]));
                 by_mode.len() - 1
             });
-            for (pooled, (served, predicted)) in by_mode[pos].1.iter_mut().zip(tally.served.iter().zip(&tally.predicted)) {
+            for (pooled, (served, predicted)) in
+                by_mode[pos].1.iter_mut().zip(tally.served.iter().zip(&tally.predicted))
+            {
                 pooled.0.add(*served);
                 pooled.1.add(*predicted);
             }
@@ -1081,7 +1083,7 @@ fn worst_attainment(report: &Report) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{MissCorrection, Misses, ModelBased, TRIAL_LOADS, Tally, TrialScore};
+    use super::{MissCorrection, ModelBased, TRIAL_LOADS, Tally, TrialScore};
     use crate::{DeviceModel, ModelContext, Policy};
     use gpuslice_simulator::{Allocation, Sharing};
     use gpuslice_traces::{LatencyModel, ProfileSet, Source};
@@ -1155,9 +1157,9 @@ mod tests {
         let mut t = Tally::new(1);
         let trial = |t: &mut Tally, served: &[(f64, f64)]| {
             t.age();
-            for k in 0..TRIAL_LOADS.len() {
+            for (k, share) in replayed_within.iter().enumerate() {
                 (t.requests[0][k], t.within[0][k], t.replays[k]) =
-                    (t.requests[0][k] + 5000.0, t.within[0][k] + 5000.0 * replayed_within[k], t.replays[k] + 1.0);
+                    (t.requests[0][k] + 5000.0, t.within[0][k] + 5000.0 * share, t.replays[k] + 1.0);
             }
             t.add_served(served, &[(5000.0, 5000.0)]);
             let mode = [(t.served[0], t.predicted[0])];
@@ -1180,7 +1182,10 @@ mod tests {
             let mut even = tally([1000.0; 4]);
             even.add_served(&[served], &[replayed]);
             let correction = even.miss_corrections(&[(even.served[0], even.predicted[0])])[0];
-            assert!((correction.factor - 1.0).abs() < 1e-9 && correction.excess.abs() < 1e-12, "{served:?} against {replayed:?}: {correction:?}");
+            assert!(
+                (correction.factor - 1.0).abs() < 1e-9 && correction.excess.abs() < 1e-12,
+                "{served:?} against {replayed:?}: {correction:?}"
+            );
             even.add_served(&[(0.0, 0.0)], &[(5000.0, 5000.0)]);
             assert_eq!(even.served[0].requests, 2500.0);
         }

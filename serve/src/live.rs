@@ -240,6 +240,7 @@ pub fn simulated_backend(config: &LiveConfig) -> Result<Simulator, LiveError> {
         reallocation: config.reallocation,
         drop_after_ms: config.drop_after_ms,
         interference_by_model: Default::default(),
+        mps_launch_contention_by_model: Default::default(),
         ..contention.config(Sharing::Spatial, config.seed)
     };
     Simulator::new(sim_config, Vec::new()).map_err(|e| LiveError::InvalidArgument(e.to_string()))
@@ -678,14 +679,21 @@ impl<B: LiveBackend> Live<B> {
         Ok((next, initial))
     }
 
-    /// Gives the policy's GPU model `spec`'s co-location interference, where the calibration
-    /// measured its profiled model (the calibration's default otherwise).
-    fn learn_interference(&mut self, spec: &ModelSpec) {
-        let by_model = &mut self.device.config.interference_by_model;
-        match self.contention.interference_by_model.get(&spec.profile_model) {
-            Some(&k) => by_model.insert(spec.name.clone(), k),
-            None => by_model.remove(&spec.name),
-        };
+    /// Gives the policy's GPU model `spec`'s co-location interference and default-MPS launch
+    /// contention, where the calibration measured its profiled model (the calibration's default
+    /// otherwise).
+    fn learn_contention(&mut self, spec: &ModelSpec) {
+        let config = &mut self.device.config;
+        let pairs = [
+            (&mut config.interference_by_model, &self.contention.interference_by_model),
+            (&mut config.mps_launch_contention_by_model, &self.contention.mps_launch_contention_by_model),
+        ];
+        for (by_name, by_profile) in pairs {
+            match by_profile.get(&spec.profile_model) {
+                Some(&k) => by_name.insert(spec.name.clone(), k),
+                None => by_name.remove(&spec.name),
+            };
+        }
     }
 
     /// Checks a registration and starts the model's start-up job off the controller's task;
@@ -694,7 +702,7 @@ impl<B: LiveBackend> Live<B> {
         // Learned only once the checks pass: a refused duplicate must not change the
         // registered model's figures.
         let planned = self.check_new(&spec).and_then(|()| {
-            self.learn_interference(&spec);
+            self.learn_contention(&spec);
             self.plan_with(&context_of(&spec))
         });
         let gpu_pct = match planned {

@@ -179,7 +179,11 @@ impl SimConfig {
             ("mps_launch_contention", self.mps_launch_contention),
             ("mps_share_exponent", self.mps_share_exponent),
         ];
-        let by_model = self.interference_by_model.iter().chain(&self.mps_launch_contention_by_model).map(|(m, k)| (m.as_str(), *k));
+        let by_model = self
+            .interference_by_model
+            .iter()
+            .chain(&self.mps_launch_contention_by_model)
+            .map(|(m, k)| (m.as_str(), *k));
         for (name, value) in contention.into_iter().chain(by_model) {
             if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
                 return Some(format!("{name} must be in [0, 100], got {value}"));

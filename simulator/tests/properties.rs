@@ -59,6 +59,7 @@ fn run(case: &Case) -> Simulator {
         interference: case.interference,
         interference_by_model: Default::default(),
         mps_launch_contention: case.interference * 6.0,
+        mps_launch_contention_by_model: Default::default(),
         mps_share_exponent: 0.5,
         background_pct: 0.0,
         reallocation: if case.cold {

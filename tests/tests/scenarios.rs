@@ -150,7 +150,13 @@ fn the_simulator_shaped_like_the_gpu_backend_serves_slices_on_its_pool_levels() 
         assert!(!run.intervals.is_empty());
         for interval in &run.intervals {
             let a = interval.allocation;
-            assert!(levels.contains(&a.gpu_pct), "{choice:?}: {} at {}% at {} s", interval.model, a.gpu_pct, interval.start_s);
+            assert!(
+                levels.contains(&a.gpu_pct),
+                "{choice:?}: {} at {}% at {} s",
+                interval.model,
+                a.gpu_pct,
+                interval.start_s
+            );
             assert!(a.max_batch <= gpuslice_control::GPU_LARGEST_BATCH, "{choice:?}: batch {}", a.max_batch);
         }
         let unshaped = gpuslice_eval::simulate::run(&loaded, &choice, false).unwrap();
