@@ -26,11 +26,22 @@
 #   bash scripts/gpu-session.sh corrected   both policies on the mixed trio, model-based on gpu-trio
 # and with the correction reworked (the replayed rates as they are, scaled and raised by the
 # served excess; equal weights on both sides):
-#   bash scripts/gpu-session.sh reworked    model-based on the mixed trio at x1.4, then x1.25
+#   bash scripts/gpu-session.sh reworked    model-based on the mixed trio at x1.4 and x1.25, default
+#                                           MPS at x1.4, model-based on gpu-trio at x1.1
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/device.txt"
+# Each argument "POLICY SCENARIO SCALE..." one gpu-capacity.sh step, in order, while the device
+# call's 600 s leave room to pack what came back.
+capacity_steps() {
+  for step in "$@"; do
+    [ "$SECONDS" -gt 470 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/capacity timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
+  done
+  date +%T | tee -a "$R/steps.txt"
+}
 case "${1:-trio}" in
   trio)
     for test in out/gpu-tests/worker-*; do
@@ -63,34 +74,20 @@ case "${1:-trio}" in
     date +%T | tee -a "$R/steps.txt"
     ;;
   reworked)
-    for scale in 1.4 1.25; do
-      date +%T | tee -a "$R/steps.txt"
-      OUT=$R/capacity timeout 100 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml $scale
-      mkdir -p "$OUT"; tar czf "$OUT/session-$scale.tgz" -C "$R" .
-    done
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.25" \
+      "default-mps scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   corrected)
-    for step in "model-based scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.25" \
-                "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-                "default-mps scenarios/mixed-slo-trio.toml 1.4"; do
-      [ "$SECONDS" -gt 470 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
-      date +%T | tee -a "$R/steps.txt"
-      OUT=$R/capacity timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
-    done
-    date +%T | tee -a "$R/steps.txt"
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.25" \
+      "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+      "default-mps scenarios/mixed-slo-trio.toml 1.4"
     ;;
   refit)
     date +%T | tee -a "$R/steps.txt"
     OUT=$R/start timeout 100 bash scripts/gpu-start.sh fast
-    for step in "model-based scenarios/mixed-slo-trio.toml 1.25" "model-based scenarios/gpu-trio.toml 1.2" \
-                "model-based scenarios/mixed-slo-trio.toml 1.4" "default-mps scenarios/gpu-trio.toml 1.1" \
-                "model-based scenarios/gpu-trio.toml 1.1"; do
-      # The device call's 600 s: leave room to pack what came back.
-      [ "$SECONDS" -gt 470 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
-      date +%T | tee -a "$R/steps.txt"
-      OUT=$R/capacity timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
-    done
-    date +%T | tee -a "$R/steps.txt"
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.25" "model-based scenarios/gpu-trio.toml 1.2" \
+      "model-based scenarios/mixed-slo-trio.toml 1.4" "default-mps scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/gpu-trio.toml 1.1"
     ;;
 esac
 mkdir -p "$OUT"

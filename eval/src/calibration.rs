@@ -499,6 +499,30 @@ fn minimize_nelder_mead<const N: usize>(
     Ok(result.problem().problem.as_ref().context("Nelder-Mead kept no problem")?.clamp(best))
 }
 
+/// Fits, one model at a time, the per-model value `values` picks out of `contention` (in
+/// [0, `most`]) to the p50s of that model in the `groups` it ran in.
+fn fit_per_model(
+    groups: &[Group],
+    latency: &BTreeMap<String, Arc<LatencyModel>>,
+    contention: &mut Contention,
+    most: f64,
+    values: impl Fn(&mut Contention) -> &mut BTreeMap<String, f64>,
+) -> Result<()> {
+    let mut models: Vec<&str> = groups.iter().flat_map(|g| g.rows.iter().map(|r| r.model.as_str())).collect();
+    models.sort_unstable();
+    models.dedup();
+    for model in models {
+        let its: Vec<Group> = groups.iter().filter(|g| g.rows.iter().any(|r| r.model == model)).cloned().collect();
+        let value = minimize_1d(0.0, most, |v| {
+            let mut trial = contention.clone();
+            values(&mut trial).insert(model.to_string(), v);
+            loss(&its, latency, &trial, Some(model))
+        })?;
+        values(contention).insert(model.to_string(), value);
+    }
+    Ok(())
+}
+
 /// What `gpuslice calibrate` fits from.
 pub struct CalibrateOptions<'a> {
     /// The profile (a path, or `builtin:NAME`).
@@ -539,19 +563,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     // In a closed loop every co-runner always runs, so each model's slowdown under controlled
     // sharing depends on its own interference only: one 1-D fit per model measured co-located.
     let mut contention = Contention::none();
-    let mut measured: Vec<&str> = controlled.iter().flat_map(|g| g.rows.iter().map(|r| r.model.as_str())).collect();
-    measured.sort_unstable();
-    measured.dedup();
-    for model in &measured {
-        let groups: Vec<Group> =
-            controlled.iter().filter(|g| g.rows.iter().any(|r| r.model == *model)).cloned().collect();
-        let k = minimize_1d(0.0, 3.0, |k| {
-            let mut trial = contention.clone();
-            trial.interference_by_model.insert(model.to_string(), k);
-            loss(&groups, &latency, &trial, Some(model))
-        })?;
-        contention.interference_by_model.insert(model.to_string(), k);
-    }
+    fit_per_model(&controlled, &latency, &mut contention, 3.0, |c| &mut c.interference_by_model)?;
     let mut ks: Vec<f64> = contention.interference_by_model.values().copied().collect();
     ks.sort_by(f64::total_cmp);
     contention.interference = ks[ks.len() / 2];
@@ -578,21 +590,8 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     // Then each model's own launch contention, on the default-MPS groups it ran in: a light
     // model waits behind heavy kernels far more than heavy models behind each other. Two
     // rounds, as each model's fit moves the others' co-runners.
-    let mut in_default_mps: Vec<&str> =
-        default_mps.iter().flat_map(|g| g.rows.iter().map(|r| r.model.as_str())).collect();
-    in_default_mps.sort_unstable();
-    in_default_mps.dedup();
     for _ in 0..2 {
-        for model in &in_default_mps {
-            let groups: Vec<Group> =
-                default_mps.iter().filter(|g| g.rows.iter().any(|r| r.model == *model)).cloned().collect();
-            let c = minimize_1d(0.0, 8.0, |c| {
-                let mut trial = contention.clone();
-                trial.mps_launch_contention_by_model.insert(model.to_string(), c);
-                loss(&groups, &latency, &trial, Some(model))
-            })?;
-            contention.mps_launch_contention_by_model.insert(model.to_string(), c);
-        }
+        fit_per_model(&default_mps, &latency, &mut contention, 8.0, |c| &mut c.mps_launch_contention_by_model)?;
     }
     tracing::info!(
         joint = o.joint,
