@@ -76,12 +76,16 @@ fn colocation_rows() -> impl Strategy<Value = String> {
     })
 }
 
-/// A calibration file: the shipped keys, values hostile or plausible.
+/// A calibration file: the shipped keys (top level, as `calibrate` writes them), values hostile
+/// or plausible.
 fn calibration() -> impl Strategy<Value = String> {
-    (number(), number(), number(), number(), prop::sample::select(vec!["builtin:h100-cudagraph", "nothere.csv", "/dev/zero", ""]))
-        .prop_map(|(i, c, e, m, profile)| {
-            format!("profile = \"{profile}\"\n[contention]\ninterference = {i}\nmps_launch_contention = {c}\nmps_share_exponent = {e}\n[contention.interference_by_model]\nvgg16 = {m}\n")
-        })
+    let profiles = prop::sample::select(vec!["builtin:h100-cudagraph", "nothere.csv", "/dev/zero", ""]);
+    (number(), number(), number(), number(), number(), profiles).prop_map(|(i, c, e, m, l, profile)| {
+        format!(
+            "profile = \"{profile}\"\ninterference = {i}\nmps_launch_contention = {c}\nmps_share_exponent = {e}\n\
+             [interference_by_model]\nvgg16 = {m}\n[mps_launch_contention_by_model]\nmobilenet_v3_large = {l}\n"
+        )
+    })
 }
 
 proptest! {
@@ -100,7 +104,14 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("calibration.toml"), &text).unwrap();
         match gpuslice_eval::calibration::Calibration::load("calibration.toml", dir.path()) {
-            Ok(c) => { let _ = c.profile_set(); }
+            Ok(c) => {
+                let k = &c.contention;
+                let per_model = k.interference_by_model.values().chain(k.mps_launch_contention_by_model.values());
+                for v in per_model.chain([&k.interference, &k.mps_launch_contention, &k.mps_share_exponent]) {
+                    prop_assert!(v.is_finite() && *v >= 0.0, "loaded {v} from {text}");
+                }
+                let _ = c.profile_set();
+            }
             Err(e) => prop_assert!(format!("{e:#}").contains("calibration"), "{e:#}"),
         }
     }
