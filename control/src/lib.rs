@@ -434,8 +434,8 @@ impl BackendBuilder for SimBuilder {
 }
 
 /// The simulator shaped like the GPU backend: slices on a standby pool's levels (any GPU%
-/// without levels), batches up to its largest CUDA graph. What the simulator predicts for a live node (`evaluate
-/// --like-gpu-backend`).
+/// without levels), batches up to its largest CUDA graph. What the simulator predicts for a
+/// live node (`evaluate --like-gpu-backend`).
 #[derive(Debug, Clone)]
 pub struct PooledSimBuilder {
     /// The pool's GPU% levels.

@@ -250,7 +250,8 @@ impl Tally {
     /// (`replayed`: per model, requests and within SLO). Served evidence is the truth the
     /// replays model: weighed as one more replay, a mode that replays at 100% and served 97.6%
     /// on the H200 kept its place (bench/results/2026-12-02-h200-live-capacity-served-evidence);
-    /// as the ratio of the two miss rates it corrects the replays at every load (`miss_factors`).
+    /// set against the replay's prediction it corrects the replays at every load
+    /// (`miss_corrections`).
     fn add_served(&mut self, served: &[(f64, f64)], replayed: &[(f64, f64)]) {
         for (m, (&(finished, met), &(requests, within))) in served.iter().zip(replayed).enumerate() {
             if finished <= 0.0 || requests <= 0.0 {
