@@ -133,10 +133,10 @@ enum Command {
         /// of at their best setting of a grid of max batch (1-64) and batch wait (0.5-8 ms).
         #[arg(long, requires = "capacity")]
         untuned: bool,
-        /// --capacity on the simulator shaped like the GPU backend: slices on the shipped
-        /// standby pool's levels (10, 20, 30, 45, 60, 80, 100%), batches up to 32 (its largest
-        /// CUDA graph): the prediction to set beside `scripts/gpu-capacity.sh`.
-        #[arg(long, requires = "capacity")]
+        /// Simulate shaped like the GPU backend: slices on the shipped standby pool's levels
+        /// (10, 20, 30, 45, 60, 80, 100%), batches up to 32 (its largest CUDA graph): the
+        /// prediction to set beside `gpu-run` and `scripts/gpu-capacity.sh`.
+        #[arg(long)]
         like_gpu_backend: bool,
         /// --capacity, then every model's SLO attainment and p50 at x0.25, x0.5, ... up to
         /// model-based's capacity, model-based against the best baseline at each load (each
@@ -627,6 +627,7 @@ fn run(command: Command) -> Result<()> {
                 Some(r) => Some(r.as_str()),
                 None => policies.iter().any(|p| p == "model-based").then_some("model-based"),
             };
+            let shaped = simulate::simulator(like_gpu_backend);
             let against = |lead: &str| reference_policy.map_or(String::new(), |r| format!("{lead}goodput / {r}'s"));
             if capacity_search {
                 let options = capacity::SearchOptions { threshold, precision, like_gpu_backend, ..Default::default() };
@@ -664,7 +665,7 @@ fn run(command: Command) -> Result<()> {
                 return Ok(());
             }
             if !load_scales.is_empty() {
-                let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, !quiet)?;
+                let points = evaluate::sweep(&loaded, &policies, seeds, &load_scales, shaped.as_ref(), !quiet)?;
                 println!(
                     "{} — load sweep, {seeds} seed(s), means; each cell: goodput/s, SLO met{} at the same load",
                     loaded.scenario.name,
@@ -678,7 +679,7 @@ fn run(command: Command) -> Result<()> {
                 return Ok(());
             }
             loaded.scale_load(load_scale)?;
-            let results = evaluate::run(&loaded, &policies, seeds, !quiet)?;
+            let results = evaluate::run(&loaded, &policies, seeds, shaped.as_ref(), !quiet)?;
             let over = if seeds > 1 { format!("{seeds} seeds, means ± standard deviation") } else { "1 seed".into() };
             println!("{} — {over}{}", loaded.scenario.name, against("; vs ref = "));
             println!("{}", evaluate::table(&results, &policies, reference_policy));

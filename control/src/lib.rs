@@ -316,6 +316,13 @@ pub fn pool_level(levels: &[f64], gpu_pct: f64, room: f64) -> f64 {
     if highest.is_nan() { levels.iter().copied().fold(f64::INFINITY, f64::min) } else { highest }
 }
 
+/// The pool level a model starts on when a run starts it at `gpu_pct`: the highest level at or
+/// below it (the lowest if none), so that starting slices planned to add up to the GPU still
+/// fit side by side.
+pub fn starting_level(levels: &[f64], gpu_pct: f64) -> f64 {
+    pool_level(levels, gpu_pct, gpu_pct)
+}
+
 /// The simulator as a backend, advancing simulated time one control interval per call.
 pub struct SimBackend {
     sim: Simulator,
@@ -468,8 +475,8 @@ impl BackendBuilder for PooledSimBuilder {
         SimBuilder.progress_unit()
     }
 
-    /// Models start on pool levels, each given the level above its GPU% where the GPU still has
-    /// room, as the GPU backend adds them; batches above `max_batch` are cut to it.
+    /// Models start on pool levels as the GPU backend starts them (`starting_level`, then the
+    /// level that fits beside the models before); batches above `max_batch` are cut to it.
     fn build(
         &self,
         config: SimConfig,
@@ -482,7 +489,7 @@ impl BackendBuilder for PooledSimBuilder {
             let a = &mut setup.allocation;
             a.max_batch = a.max_batch.min(self.max_batch);
             if config.sharing == Sharing::Spatial && !self.pool_levels.is_empty() {
-                a.gpu_pct = pool_level(&self.pool_levels, a.gpu_pct, 100.0 - held);
+                a.gpu_pct = pool_level(&self.pool_levels, starting_level(&self.pool_levels, a.gpu_pct), 100.0 - held);
                 held += a.gpu_pct;
             }
         }

@@ -10,7 +10,6 @@ use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice};
 use anyhow::{Result, bail};
 use comfy_table::Table;
-use gpuslice_control::PooledSimBuilder;
 use gpuslice_simulator::{ModelReport, Report};
 use serde::Serialize;
 use std::path::Path;
@@ -236,11 +235,7 @@ fn run_at(
     }
     scaled.scale_load(scale)?;
     let choice = PolicyChoice::Named(policy.to_string());
-    let run = match options.like_gpu_backend {
-        true => simulate::run_on(&scaled, &choice, &PooledSimBuilder::gpu_backend(), false)?,
-        false => simulate::run(&scaled, &choice, false)?,
-    };
-    Ok(run.report)
+    Ok(simulate::run_on(&scaled, &choice, simulate::simulator(options.like_gpu_backend).as_ref(), false)?.report)
 }
 
 /// `f` of every job, in the jobs' order, spread over the machine's cores, with a progress bar

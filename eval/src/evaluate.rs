@@ -7,6 +7,7 @@ use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice, SimRun};
 use anyhow::Result;
 use comfy_table::Table;
+use gpuslice_control::BackendBuilder;
 use gpuslice_simulator::{ModelInterval, Sharing};
 use serde::Serialize;
 use std::path::Path;
@@ -71,8 +72,14 @@ fn allocated_pct(run: &SimRun, models: usize) -> f64 {
     if time > 0.0 { weighted / time } else { 0.0 }
 }
 
-/// Runs every policy on every seed (`seed`, `seed + 1`, ...).
-pub fn run(loaded: &LoadedScenario, policies: &[String], seeds: u64, show_progress: bool) -> Result<Vec<PolicyResult>> {
+/// Runs every policy on every seed (`seed`, `seed + 1`, ...), on the simulator `on` builds.
+pub fn run(
+    loaded: &LoadedScenario,
+    policies: &[String],
+    seeds: u64,
+    on: &dyn BackendBuilder,
+    show_progress: bool,
+) -> Result<Vec<PolicyResult>> {
     let models = loaded.scenario.models.len();
     let total = policies.len() as f64 * seeds as f64;
     let mut progress = LateProgress::new(Some(total), "runs", &loaded.scenario.name, show_progress);
@@ -82,7 +89,7 @@ pub fn run(loaded: &LoadedScenario, policies: &[String], seeds: u64, show_progre
             let mut seeded = loaded.clone();
             seeded.scenario.seed = loaded.scenario.seed + k;
             progress.set_message(&format!("{} seed {}", policy, seeded.scenario.seed));
-            let run = simulate::run(&seeded, &PolicyChoice::Named(policy.clone()), false)?;
+            let run = simulate::run_on(&seeded, &PolicyChoice::Named(policy.clone()), on, false)?;
             let gpu_allocated_pct = allocated_pct(&run, models);
             results.push(PolicyResult { policy: policy.clone(), seed: seeded.scenario.seed, run, gpu_allocated_pct });
             progress.set(results.len() as f64);
@@ -106,6 +113,7 @@ pub fn sweep(
     policies: &[String],
     seeds: u64,
     scales: &[f64],
+    on: &dyn BackendBuilder,
     show_progress: bool,
 ) -> Result<Vec<LoadPoint>> {
     scales
@@ -113,7 +121,7 @@ pub fn sweep(
         .map(|&scale| {
             let mut scaled = loaded.clone();
             scaled.scale_load(scale)?;
-            Ok(LoadPoint { scale, results: run(&scaled, policies, seeds, show_progress)? })
+            Ok(LoadPoint { scale, results: run(&scaled, policies, seeds, on, show_progress)? })
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 
 use crate::scenario::LoadedScenario;
 use anyhow::Result;
-use gpuslice_control::{BackendBuilder, Change, DeviceSample, SimBuilder, StageSummary, control_step};
+use gpuslice_control::{BackendBuilder, Change, DeviceSample, PooledSimBuilder, SimBuilder, StageSummary, control_step};
 use gpuslice_policies::{DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{ModelInterval, Report, Sharing};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -117,6 +117,15 @@ fn policy_for(
 /// or dropped), on the simulator.
 pub fn run(loaded: &LoadedScenario, choice: &PolicyChoice, show_progress: bool) -> Result<SimRun> {
     run_on(loaded, choice, &SimBuilder, show_progress)
+}
+
+/// The simulator as the backend of a run: as it is, or shaped like the GPU backend with the
+/// shipped defaults (`PooledSimBuilder::gpu_backend`), what `--like-gpu-backend` asks for.
+pub fn simulator(like_gpu_backend: bool) -> Box<dyn BackendBuilder + Sync> {
+    match like_gpu_backend {
+        true => Box::new(PooledSimBuilder::gpu_backend()),
+        false => Box::new(SimBuilder),
+    }
 }
 
 /// Runs `loaded` under `choice` on the backend `on` builds: the same control loop either way.

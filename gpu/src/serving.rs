@@ -293,7 +293,7 @@ impl WorkerStarter {
 
     /// The GPU% a model starting at `gpu_pct` gets: its pool level, or as asked without a pool.
     fn starting_pct(&self, gpu_pct: f64) -> f64 {
-        if self.template.pool_levels.is_empty() { gpu_pct } else { self.template.level(gpu_pct, gpu_pct) }
+        if self.template.pool_levels.is_empty() { gpu_pct } else { gpuslice_control::starting_level(&self.template.pool_levels, gpu_pct) }
     }
 
     /// One worker per pool level, or one at `gpu_pct` without a pool; started in parallel, all

@@ -163,3 +163,20 @@ fn the_simulator_shaped_like_the_gpu_backend_serves_slices_on_its_pool_levels() 
         assert!(unshaped.intervals.iter().any(|i| !levels.contains(&i.allocation.gpu_pct)), "{choice:?}");
     }
 }
+
+#[test]
+fn the_shaped_simulator_starts_slices_where_the_gpu_backend_does() {
+    // gslice starts gpu-trio at its knee shares, 33% each: the GPU backend starts each on the
+    // level below (30%), as they must fit side by side. Rounding the first two up to 45% left
+    // the third 10% and a backlog the live GPU never had (bench/results/
+    // 2026-12-02-h200-live-capacity-all-policies).
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/gpu-trio.toml");
+    let loaded = gpuslice_eval::scenario::LoadedScenario::load(Some(&path)).unwrap();
+    let choice = gpuslice_eval::simulate::PolicyChoice::Named("gslice".into());
+    let on = gpuslice_control::PooledSimBuilder::gpu_backend();
+    let run = gpuslice_eval::simulate::run_on(&loaded, &choice, &on, false).unwrap();
+    let first: Vec<f64> = run.intervals.iter().take(3).map(|i| i.allocation.gpu_pct).collect();
+    assert_eq!(first, [30.0, 30.0, 30.0]);
+    assert_eq!(gpuslice_control::starting_level(&gpuslice_control::GPU_POOL_LEVELS, 33.0), 30.0);
+    assert_eq!(gpuslice_control::starting_level(&gpuslice_control::GPU_POOL_LEVELS, 5.0), 10.0, "the lowest");
+}
