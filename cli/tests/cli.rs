@@ -180,6 +180,12 @@ fn gpu_run_serves_a_scenario_on_workers_and_loses_nothing() {
     for s in &stages {
         let field = |k: &str| s[k].parse::<f64>().unwrap();
         assert!((field("infer_mean_ms") - 3.0).abs() < 0.05, "{s:?}");
+        assert!((field("infer_batch_mean_ms") - 3.0).abs() < 0.05, "{s:?}");
+        // Every batch ran on one of the worker's graphs (1..=32), padded up from its requests.
+        let summary = csv_rows(&out.join("summary.csv"));
+        let mean_batch: f64 = summary.iter().find(|m| m["model"] == s["model"]).unwrap()["mean_batch"].parse().unwrap();
+        let graph = field("graph_batch_mean");
+        assert!(graph >= mean_batch - 1e-9 && graph <= 32.0, "graph {graph}, requests per batch {mean_batch}: {s:?}");
         assert!(field("total_p50_ms") >= field("queue_p50_ms") + 3.0 - 0.05, "{s:?}");
     }
 }

@@ -151,9 +151,10 @@ pub trait LiveBackend: Send + 'static {
     fn slice_levels(&self) -> Vec<f64> {
         Vec::new()
     }
-    /// The largest batch the backend serves, if it has one (see `BackendBuilder::max_batch`).
-    fn max_batch(&self) -> Option<u32> {
-        None
+    /// The batch sizes the backend serves, if it serves fixed ones (see
+    /// `BackendBuilder::served_batches`).
+    fn served_batches(&self) -> &[u32] {
+        &[]
     }
 }
 
@@ -270,10 +271,15 @@ pub struct StageSummary {
     pub queue_p99_ms: f64,
     /// Host-to-device copy of the batch, mean.
     pub h2d_mean_ms: f64,
-    /// Inference on the GPU, mean...
+    /// Inference on the GPU, mean over requests (a large batch counts once per request)...
     pub infer_mean_ms: f64,
     /// ...and 99th percentile.
     pub infer_p99_ms: f64,
+    /// Inference on the GPU, mean over batches: with `graph_batch_mean`, what to set beside a
+    /// profile's latency at that batch size.
+    pub infer_batch_mean_ms: f64,
+    /// The batch size run (the CUDA graph's: requests padded up to it), mean over batches.
+    pub graph_batch_mean: f64,
     /// Device-to-host copy of the results, mean.
     pub d2h_mean_ms: f64,
     /// Arrival to result: median...
@@ -299,6 +305,9 @@ pub struct DeviceSample {
 
 /// The GPU% levels the GPU backend keeps a standby worker at unless configured otherwise.
 pub const GPU_POOL_LEVELS: [f64; 7] = [10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0];
+/// The batch sizes the GPU backend's workers capture a CUDA graph for: a batch runs on the
+/// smallest graph that holds it, padded.
+pub const GPU_GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, GPU_LARGEST_BATCH];
 /// The largest batch the GPU backend serves (its largest CUDA graph).
 pub const GPU_LARGEST_BATCH: u32 = 32;
 
@@ -395,10 +404,11 @@ pub trait BackendBuilder {
         &[]
     }
 
-    /// The largest batch the backend serves, if it has one (the GPU backend: its largest CUDA
-    /// graph); a larger `max_batch` is served as this.
-    fn max_batch(&self) -> Option<u32> {
-        None
+    /// The batch sizes the backend serves, ascending, if it serves fixed ones (the GPU backend:
+    /// its CUDA graphs): a batch runs padded to the smallest that holds it, and a larger
+    /// `max_batch` is served as the largest. Empty: any batch as formed.
+    fn served_batches(&self) -> &[u32] {
+        &[]
     }
 
     /// What the run's progress counts in (seconds simulated, seconds on the GPU).
@@ -441,20 +451,25 @@ impl BackendBuilder for SimBuilder {
 }
 
 /// The simulator shaped like the GPU backend: slices on a standby pool's levels (any GPU%
-/// without levels), batches up to its largest CUDA graph. What the simulator predicts for a
-/// live node (`evaluate --like-gpu-backend`).
+/// without levels), batches padded to its CUDA graphs' sizes and cut at the largest. What the
+/// simulator predicts for a live node (`evaluate --like-gpu-backend`).
 #[derive(Debug, Clone)]
 pub struct PooledSimBuilder {
     /// The pool's GPU% levels.
     pub pool_levels: Vec<f64>,
-    /// The largest batch served.
-    pub max_batch: u32,
+    /// The batch sizes served, ascending (one CUDA graph each): a batch runs padded to the
+    /// smallest that holds it, and none is larger than the last.
+    pub batches: Vec<u32>,
 }
 
 impl PooledSimBuilder {
     /// Shaped like a GPU backend with the shipped defaults.
     pub fn gpu_backend() -> PooledSimBuilder {
-        PooledSimBuilder { pool_levels: GPU_POOL_LEVELS.to_vec(), max_batch: GPU_LARGEST_BATCH }
+        PooledSimBuilder { pool_levels: GPU_POOL_LEVELS.to_vec(), batches: GPU_GRAPH_BATCHES.to_vec() }
+    }
+
+    fn largest_batch(&self) -> u32 {
+        self.batches.last().copied().unwrap_or(u32::MAX)
     }
 }
 
@@ -467,8 +482,8 @@ impl BackendBuilder for PooledSimBuilder {
         &self.pool_levels
     }
 
-    fn max_batch(&self) -> Option<u32> {
-        Some(self.max_batch)
+    fn served_batches(&self) -> &[u32] {
+        &self.batches
     }
 
     fn progress_unit(&self) -> &'static str {
@@ -476,7 +491,7 @@ impl BackendBuilder for PooledSimBuilder {
     }
 
     /// Models start on pool levels as the GPU backend starts them (`starting_level`, then the
-    /// level that fits beside the models before); batches above `max_batch` are cut to it.
+    /// level that fits beside the models before); batches above the largest served are cut to it.
     fn build(
         &self,
         config: SimConfig,
@@ -484,17 +499,18 @@ impl BackendBuilder for PooledSimBuilder {
         control_interval_s: f64,
         _switching: bool,
     ) -> Result<Box<dyn Backend>, BackendError> {
+        let config = SimConfig { served_batches: self.batches.clone(), ..config };
         let mut held = 0.0;
         for setup in &mut setups {
             let a = &mut setup.allocation;
-            a.max_batch = a.max_batch.min(self.max_batch);
+            a.max_batch = a.max_batch.min(self.largest_batch());
             if config.sharing == Sharing::Spatial && !self.pool_levels.is_empty() {
                 a.gpu_pct = pool_level(&self.pool_levels, starting_level(&self.pool_levels, a.gpu_pct), 100.0 - held);
                 held += a.gpu_pct;
             }
         }
         let mut backend = SimBackend::new(Simulator::new(config, setups)?, control_interval_s);
-        (backend.pool_levels, backend.max_batch) = (self.pool_levels.clone(), Some(self.max_batch));
+        (backend.pool_levels, backend.max_batch) = (self.pool_levels.clone(), self.batches.last().copied());
         Ok(Box::new(backend))
     }
 }

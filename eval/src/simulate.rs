@@ -3,7 +3,9 @@
 
 use crate::scenario::LoadedScenario;
 use anyhow::Result;
-use gpuslice_control::{BackendBuilder, Change, DeviceSample, PooledSimBuilder, SimBuilder, StageSummary, control_step};
+use gpuslice_control::{
+    BackendBuilder, Change, DeviceSample, PooledSimBuilder, SimBuilder, StageSummary, control_step,
+};
 use gpuslice_policies::{DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{ModelInterval, Report, Sharing};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -140,9 +142,7 @@ pub fn run_on(
     let mut policy = policy_for(choice, loaded, &contexts, &device)?;
     policy.offer_modes(on.modes());
     policy.plan_on_levels(on.slice_levels());
-    if let Some(max_batch) = on.max_batch() {
-        policy.serve_batches_up_to(max_batch);
-    }
+    policy.serve_batches(on.served_batches());
     for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
         setup.allocation = allocation;
     }

@@ -23,8 +23,8 @@ impl BackendBuilder for GpuBuilder {
         &self.template.pool_levels
     }
 
-    fn max_batch(&self) -> Option<u32> {
-        GRAPH_BATCHES.last().copied()
+    fn served_batches(&self) -> &[u32] {
+        &GRAPH_BATCHES
     }
 
     fn progress_unit(&self) -> &'static str {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Batch sizes each worker captures a CUDA graph for; a batch runs on the smallest graph that
 /// holds it.
-pub const GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, gpuslice_control::GPU_LARGEST_BATCH];
+pub const GRAPH_BATCHES: [u32; 9] = gpuslice_control::GPU_GRAPH_BATCHES;
 
 /// One model served on the GPU.
 pub struct GpuModelSetup {
@@ -107,16 +107,30 @@ struct StageRecorder {
     infer: Histogram<u64>,
     d2h: Histogram<u64>,
     total: Histogram<u64>,
+    /// Batches, the sum of their graph sizes and of their inference times (ms).
+    batches: u64,
+    graph_sum: u64,
+    infer_sum_ms: f64,
 }
 
 impl StageRecorder {
     fn new() -> StageRecorder {
         let new = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
-        StageRecorder { queue: new(), h2d: new(), infer: new(), d2h: new(), total: new() }
+        StageRecorder {
+            queue: new(),
+            h2d: new(),
+            infer: new(),
+            d2h: new(),
+            total: new(),
+            batches: 0,
+            graph_sum: 0,
+            infer_sum_ms: 0.0,
+        }
     }
 
-    /// One batch of requests (their arrival times) that started at `started` and ended at `done`.
-    fn record(&mut self, arrivals: &[Instant], started: Instant, done: Instant, times: &StageTimes) {
+    /// One batch of requests (their arrival times), run on the graph of `graph`, that started at
+    /// `started` and ended at `done`.
+    fn record(&mut self, arrivals: &[Instant], graph: u32, started: Instant, done: Instant, times: &StageTimes) {
         let us = |d: Duration| d.as_micros() as u64 + 1;
         let ms_us = |ms: f64| (ms * 1000.0) as u64 + 1;
         let n = arrivals.len() as u64;
@@ -127,6 +141,9 @@ impl StageRecorder {
         let _ = self.h2d.record_n(ms_us(times.h2d_ms), n);
         let _ = self.infer.record_n(ms_us(times.infer_ms), n);
         let _ = self.d2h.record_n(ms_us(times.d2h_ms), n);
+        self.batches += 1;
+        self.graph_sum += u64::from(graph);
+        self.infer_sum_ms += times.infer_ms;
     }
 
     fn summary(&self, model: &str) -> StageSummary {
@@ -139,6 +156,8 @@ impl StageRecorder {
             h2d_mean_ms: self.h2d.mean() / 1000.0,
             infer_mean_ms: self.infer.mean() / 1000.0,
             infer_p99_ms: q(&self.infer, 0.99),
+            infer_batch_mean_ms: self.infer_sum_ms / self.batches.max(1) as f64,
+            graph_batch_mean: self.graph_sum as f64 / self.batches.max(1) as f64,
             d2h_mean_ms: self.d2h.mean() / 1000.0,
             total_p50_ms: q(&self.total, 0.5),
             total_p99_ms: q(&self.total, 0.99),
@@ -293,7 +312,11 @@ impl WorkerStarter {
 
     /// The GPU% a model starting at `gpu_pct` gets: its pool level, or as asked without a pool.
     fn starting_pct(&self, gpu_pct: f64) -> f64 {
-        if self.template.pool_levels.is_empty() { gpu_pct } else { gpuslice_control::starting_level(&self.template.pool_levels, gpu_pct) }
+        if self.template.pool_levels.is_empty() {
+            gpu_pct
+        } else {
+            gpuslice_control::starting_level(&self.template.pool_levels, gpu_pct)
+        }
     }
 
     /// One worker per pool level, or one at `gpu_pct` without a pool; started in parallel, all
@@ -809,7 +832,7 @@ impl Dispatcher {
         let (began, service) = pace.completed(batch.worker, batch.graph, c);
         s.in_flight -= 1;
         let arrivals: Vec<Instant> = batch.requests.iter().map(|r| r.arrival).collect();
-        s.stages.record(&arrivals, began, c.done, &c.times);
+        s.stages.record(&arrivals, batch.graph, began, c.done, &c.times);
         s.total.batches += 1;
         s.interval.batches += 1;
         let busy = service.as_nanos() as f64 * gpu_pct;

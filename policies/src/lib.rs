@@ -67,10 +67,11 @@ pub trait Policy: Send {
     /// does every policy when there are no levels.
     fn plan_on_levels(&mut self, _levels: &[f64]) {}
 
-    /// The backend serves batches of at most `max_batch` requests (the GPU backend: its
-    /// largest CUDA graph) and serves a larger `max_batch` as this one. A policy that sizes
-    /// batches plans within it; the others ignore it.
-    fn serve_batches_up_to(&mut self, _max_batch: u32) {}
+    /// The backend serves batches at these sizes only (ascending; the GPU backend: its CUDA
+    /// graphs): a batch runs padded to the smallest that holds it, and a larger `max_batch` is
+    /// served as the largest. A policy that sizes batches plans with them; the others ignore
+    /// it, and so does every policy when there are none.
+    fn serve_batches(&mut self, _sizes: &[u32]) {}
 
     /// The sharing modes the backend can switch between while it serves (the simulator: all
     /// three). A policy that switches modes chooses among these; the others ignore it.

@@ -92,7 +92,7 @@ pub struct ModelBased {
     models: Vec<ModelContext>,
     learned: Vec<Learned>,
     slices: SliceGrid,
-    /// How many of `BATCH_SIZES` the backend serves (see `serve_batches_up_to`).
+    /// How many of `BATCH_SIZES` the backend serves (see `serve_batches`).
     batch_sizes: usize,
     /// The shared (work-conserving) modes the backend offers.
     shared_modes: Vec<Sharing>,
@@ -980,8 +980,11 @@ impl Policy for ModelBased {
         knees.into_iter().map(|a| Allocation { max_batch, batch_timeout_ms, ..a }).collect()
     }
 
-    fn serve_batches_up_to(&mut self, max_batch: u32) {
-        self.batch_sizes = BATCH_SIZES.iter().filter(|&&b| b <= max_batch).count().max(1);
+    fn serve_batches(&mut self, sizes: &[u32]) {
+        let Some(&largest) = sizes.last() else { return };
+        self.batch_sizes = BATCH_SIZES.iter().filter(|&&b| b <= largest).count().max(1);
+        // Its replays run batches padded as the backend does.
+        self.device.config.served_batches = sizes.to_vec();
     }
 
     fn plan_on_levels(&mut self, levels: &[f64]) {

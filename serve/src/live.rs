@@ -560,9 +560,7 @@ impl<B: LiveBackend> Live<B> {
         let mut policy = gpuslice_policies::build(name, contexts, &self.device, None)
             .map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
         policy.plan_on_levels(&self.backend.slice_levels());
-        if let Some(max_batch) = self.backend.max_batch() {
-            policy.serve_batches_up_to(max_batch);
-        }
+        policy.serve_batches(self.backend.served_batches());
         Ok(policy)
     }
 

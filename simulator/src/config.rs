@@ -169,6 +169,10 @@ pub struct SimConfig {
     pub seed: u64,
     /// Keep one record per completed request (for tests and per-request CSV output).
     pub record_requests: bool,
+    /// The batch sizes the backend runs, ascending (a GPU worker's CUDA graphs): a batch of n
+    /// requests takes the time of the smallest size that holds it, padded; one above the largest
+    /// runs as formed. Empty: every batch as formed.
+    pub served_batches: Vec<u32>,
 }
 
 impl SimConfig {
@@ -195,7 +199,18 @@ impl SimConfig {
         if let Some(ms) = self.drop_after_ms.filter(|ms| !(ms.is_finite() && *ms > 0.0 && *ms <= MAX_LATENCY_MS)) {
             return Some(format!("drop_after_ms must be in (0, {MAX_LATENCY_MS}], got {ms}"));
         }
+        if self.served_batches.first() == Some(&0) || !self.served_batches.is_sorted() {
+            return Some(format!(
+                "served_batches must be ascending sizes of at least 1, got {:?}",
+                self.served_batches
+            ));
+        }
         self.reallocation.problem()
+    }
+
+    /// The batch size a batch of `requests` runs as (see `served_batches`).
+    pub fn served_size(&self, requests: u32) -> u32 {
+        self.served_batches.iter().copied().find(|&b| b >= requests).unwrap_or(requests)
     }
 }
 
@@ -213,6 +228,7 @@ impl Default for SimConfig {
             drop_after_ms: None,
             seed: 0,
             record_requests: false,
+            served_batches: Vec::new(),
         }
     }
 }
@@ -229,4 +245,20 @@ pub struct ModelSetup {
     pub allocation: Allocation,
     /// Its requests' arrivals.
     pub arrivals: Box<dyn ArrivalProcess>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_runs_as_the_smallest_served_size_that_holds_it() {
+        let config = SimConfig { served_batches: vec![1, 2, 4, 8], ..SimConfig::default() };
+        assert_eq!([1, 3, 4, 5, 8, 9].map(|n| config.served_size(n)), [1, 4, 4, 8, 8, 9]);
+        assert_eq!(SimConfig::default().served_size(5), 5, "none: as formed");
+        let unsorted = SimConfig { served_batches: vec![4, 2], ..SimConfig::default() };
+        assert!(unsorted.problem().unwrap().contains("served_batches"));
+        let zero = SimConfig { served_batches: vec![0, 2], ..SimConfig::default() };
+        assert!(zero.problem().is_some());
+    }
 }

@@ -92,6 +92,7 @@ struct Batch {
     generation: u64,
     requests: Vec<Queued>,
     started: Nanos,
+    /// The size it runs as (its requests, padded to a served size).
     size: u32,
     gpu_pct: f64,
     /// Started under default MPS (it contends for SMs) rather than on a slice or alone. Batches
@@ -761,16 +762,17 @@ impl Simulator {
             Sharing::Spatial => state.allocation.gpu_pct,
             Sharing::Temporal | Sharing::DefaultMps => 100.0,
         };
-        let solo_ns = state.service.sample_ns(size as u32, gpu_pct, &mut self.rng).max(1.0);
+        let served = self.config.served_size(size as u32);
+        let solo_ns = state.service.sample_ns(served, gpu_pct, &mut self.rng).max(1.0);
         let default_mps = self.config.sharing == Sharing::DefaultMps;
         let (knee_pct, launch_fraction) =
-            if default_mps { state.service.knee_and_launch_fraction(size as u32) } else { (100.0, 0.0) };
+            if default_mps { state.service.knee_and_launch_fraction(served) } else { (100.0, 0.0) };
         self.running.push(Batch {
             model,
             generation: state.generation,
             requests,
             started: now,
-            size: size as u32,
+            size: served,
             gpu_pct,
             contends: default_mps,
             solo_ns,
@@ -778,7 +780,7 @@ impl Simulator {
             speed: 1.0,
             share: gpu_pct,
             knee_pct,
-            full_gpu_ns: if default_mps { state.service.median_ns(size as u32, 100.0) } else { solo_ns },
+            full_gpu_ns: if default_mps { state.service.median_ns(served, 100.0) } else { solo_ns },
             launch_fraction,
             updated: now,
             finish_at: now,
@@ -888,7 +890,7 @@ impl Simulator {
                     start_ns: batch.started,
                     end_ns: now,
                     solo_ns: batch.solo_ns.floor() as Nanos,
-                    batch_size: batch.size,
+                    batch_size: batch.requests.len() as u32,
                 });
             }
         }

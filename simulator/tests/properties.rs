@@ -23,6 +23,8 @@ struct Case {
     sharing: Sharing,
     interference: f64,
     cold: bool,
+    /// Batches run padded to CUDA-graph-like sizes, as the GPU backend's do.
+    padded: bool,
     drop_after_ms: Option<f64>,
     seed: u64,
     /// Per model: (arrival rate, cv, gpu%, max batch, timeout ms)
@@ -36,15 +38,17 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![Just(Sharing::Temporal), Just(Sharing::DefaultMps), Just(Sharing::Spatial)],
         0.0..0.5f64,
         any::<bool>(),
+        any::<bool>(),
         prop::option::of(5.0..200.0f64),
         any::<u64>(),
         prop::collection::vec((10.0..3000.0f64, 0.3..4.0f64, 5.0..25.0f64, 1u32..64, 0.0..10.0f64), 1..=4),
         prop::collection::vec((0usize..20, 0usize..4, 5.0..25.0f64, 1u32..64), 0..6),
     )
-        .prop_map(|(sharing, interference, cold, drop_after_ms, seed, models, reallocations)| Case {
+        .prop_map(|(sharing, interference, cold, padded, drop_after_ms, seed, models, reallocations)| Case {
             sharing,
             interference,
             cold,
+            padded,
             drop_after_ms,
             seed,
             models,
@@ -70,6 +74,7 @@ fn run(case: &Case) -> Simulator {
         drop_after_ms: case.drop_after_ms,
         seed: case.seed,
         record_requests: true,
+        served_batches: if case.padded { vec![1, 2, 4, 8, 16, 24, 32] } else { Vec::new() },
     };
     let setups = case
         .models
@@ -142,6 +147,7 @@ fn a_different_seed_gives_a_different_run() {
         sharing: Sharing::Spatial,
         interference: 0.1,
         cold: false,
+        padded: false,
         drop_after_ms: None,
         seed: 1,
         models: vec![(500.0, 1.0, 40.0, 8, 2.0), (800.0, 2.0, 40.0, 16, 2.0)],

@@ -130,7 +130,7 @@ fn model_based_plans_within_the_backends_largest_batch() {
     };
     // Unbounded, it plans batches above 32 on this scenario; told the backend stops at 32, never.
     assert!(largest(&gpuslice_control::SimBuilder) > 32);
-    let batches_up_to_32 = gpuslice_control::PooledSimBuilder { pool_levels: Vec::new(), max_batch: 32 };
+    let batches_up_to_32 = gpuslice_control::PooledSimBuilder { pool_levels: Vec::new(), batches: (1..=32).collect() };
     assert_eq!(largest(&batches_up_to_32), 32);
 }
 
@@ -179,4 +179,22 @@ fn the_shaped_simulator_starts_slices_where_the_gpu_backend_does() {
     assert_eq!(first, [30.0, 30.0, 30.0]);
     assert_eq!(gpuslice_control::starting_level(&gpuslice_control::GPU_POOL_LEVELS, 33.0), 30.0);
     assert_eq!(gpuslice_control::starting_level(&gpuslice_control::GPU_POOL_LEVELS, 5.0), 10.0, "the lowest");
+}
+
+#[test]
+fn the_shaped_simulator_runs_batches_padded_to_the_gpu_backends_graphs() {
+    // The GPU backend runs a batch of 5 on its graph of 6, 17 on 24: the simulator shaped like
+    // it takes the time of the padded size (bench/results/2026-12-02-sim-vs-live-h200-all-policies).
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/gpu-trio.toml");
+    let loaded = gpuslice_eval::scenario::LoadedScenario::load(Some(&path)).unwrap();
+    let choice = gpuslice_eval::simulate::PolicyChoice::Scenario(gpuslice_simulator::Sharing::Spatial);
+    let mean_ms = |on: &gpuslice_control::PooledSimBuilder| {
+        let run = gpuslice_eval::simulate::run_on(&loaded, &choice, on, false).unwrap();
+        (run.report.total.mean_ms, run.report.total.completed)
+    };
+    let graphs = gpuslice_control::PooledSimBuilder::gpu_backend();
+    let any = gpuslice_control::PooledSimBuilder { batches: (1..=32).collect(), ..graphs.clone() };
+    let ((padded_mean_ms, padded_done), (formed_mean_ms, formed_done)) = (mean_ms(&graphs), mean_ms(&any));
+    assert_eq!(padded_done, formed_done);
+    assert!(padded_mean_ms > formed_mean_ms, "padded {padded_mean_ms} ms, as formed {formed_mean_ms} ms");
 }
