@@ -297,6 +297,10 @@ impl WorkerStarter {
     }
 
     fn one(&self, model: &ModelSource, gpu_pct: f64) -> Result<Worker, WorkerError> {
+        self.spawn(model, gpu_pct, false)
+    }
+
+    fn spawn(&self, model: &ModelSource, gpu_pct: f64, quick_start: bool) -> Result<Worker, WorkerError> {
         Worker::spawn(&WorkerSpec {
             model: model.program.clone(),
             io: model.io.clone(),
@@ -307,6 +311,7 @@ impl WorkerStarter {
             fake_ms: self.template.fake_ms,
             input_ipc: None,
             green_sms: Vec::new(),
+            quick_start,
         })
     }
 
@@ -332,14 +337,16 @@ impl WorkerStarter {
         .map(|ready| ModelWorkers { ready, to_start: Vec::new() })
     }
 
-    /// The worker at the level a model starting at `gpu_pct` serves at, alone: the model serves
-    /// as soon as it is ready, and the pool's other levels start behind it (`to_start`, started
-    /// by `GpuBackend::add_model`), a live node's model not waiting for workers it does not
-    /// use yet.
+    /// A quick-start worker (`WorkerSpec::quick_start`) at the level a model starting at
+    /// `gpu_pct` serves at, alone: the model serves as soon as it is ready, a live node's model
+    /// not waiting for workers it does not use yet. Every level's full worker starts behind it
+    /// (`to_start`, started by `GpuBackend::add_model`); the one at its level then takes over
+    /// and the quick one is retired.
     pub fn start_first(&self, model: &ModelSource, gpu_pct: f64) -> Result<ModelWorkers, WorkerError> {
         let first = self.starting_pct(gpu_pct);
-        let worker = self.one(model, first)?;
-        let to_start = self.template.pool_levels.iter().copied().filter(|&pct| pct != first).collect();
+        let worker = self.spawn(model, first, true)?;
+        let to_start =
+            if self.template.pool_levels.is_empty() { vec![first] } else { self.template.pool_levels.clone() };
         Ok(ModelWorkers { ready: vec![(worker, first)], to_start })
     }
 }
@@ -547,6 +554,36 @@ struct Crew {
     outage_restarts: (Option<Instant>, u32),
 }
 
+impl Crew {
+    /// The pool's worker at `pct`, a full one before a quick-start one.
+    fn at_level(&self, pct: f64) -> Option<usize> {
+        let at = |quick: bool| self.pool.iter().position(|(w, p)| *p == pct && w.quick_start == quick);
+        at(false).or_else(|| at(true))
+    }
+
+    /// A quick-start worker that can go: a full one serves its level, and it holds no batch.
+    fn retirable(&self) -> Option<usize> {
+        (0..self.pool.len()).find(|&i| {
+            let (worker, pct) = &self.pool[i];
+            worker.quick_start
+                && i != self.active
+                && self.pool.iter().any(|(w, p)| p == pct && !w.quick_start)
+                && !self.running.iter().any(|r| r.worker == i)
+        })
+    }
+
+    /// Takes worker `w`, which holds no batch, out of the pool, renumbering the workers after
+    /// it; the caller picks another active worker if it was the active one.
+    fn remove(&mut self, w: usize) -> (Worker, f64) {
+        for r in &mut self.running {
+            r.worker -= usize::from(r.worker > w);
+        }
+        self.active -= usize::from(self.active > w);
+        self.pace = Pace::default();
+        self.pool.remove(w)
+    }
+}
+
 /// Which worker a dispatcher lost (`Dispatcher::worker_lost`).
 enum Lost {
     /// The pool's worker at this index.
@@ -597,7 +634,7 @@ impl Dispatcher {
                         switching = Some((worker, pct));
                     }
                     Handover::Level(pct) => {
-                        crew.active = crew.pool.iter().position(|(_, p)| *p == pct).unwrap_or(crew.active);
+                        crew.active = crew.at_level(pct).unwrap_or(crew.active);
                     }
                     Handover::Replacement(worker, pct) => {
                         tracing::info!(model = %self.name, gpu_pct = pct, "pool worker ready");
@@ -605,7 +642,9 @@ impl Dispatcher {
                         crew.pool.push((*worker, pct));
                         let mut s = lock.lock().expect("model state");
                         (s.workers_up, s.joined) = (crew.pool.len(), Instant::now());
-                        if crew.pool.len() == 1 || pct == s.allocation.gpu_pct {
+                        let replaces_quick =
+                            crew.pool.get(crew.active).is_some_and(|(w, p)| w.quick_start && *p == pct);
+                        if crew.pool.len() == 1 || pct == s.allocation.gpu_pct || replaces_quick {
                             crew.active = crew.pool.len() - 1;
                         }
                     }
@@ -650,6 +689,14 @@ impl Dispatcher {
                 if !self.worker_lost(&mut s, &mut crew, Lost::Pool(w), e) {
                     return;
                 }
+                continue;
+            }
+            if let Some(quick) = crew.retirable() {
+                let (worker, pct) = crew.remove(quick);
+                s.workers_up = crew.pool.len();
+                drop(s);
+                tracing::info!(model = %self.name, gpu_pct = pct, "quick-start worker retired: a full one serves its level");
+                std::thread::spawn(move || drop(worker));
                 continue;
             }
             if crew.running.is_empty()
@@ -769,8 +816,7 @@ impl Dispatcher {
         s.worker_failures += 1;
         if let Some(w) = w {
             let (held, others): (Vec<Running>, Vec<Running>) = crew.running.drain(..).partition(|r| r.worker == w);
-            crew.running =
-                others.into_iter().map(|r| Running { worker: r.worker - usize::from(r.worker > w), ..r }).collect();
+            crew.running = others.into();
             s.in_flight -= held.len();
             let (retry, lost): (Vec<Queued>, Vec<Queued>) =
                 held.into_iter().flat_map(|r| r.requests).partition(|r| !r.retried);
@@ -779,15 +825,13 @@ impl Dispatcher {
                 r.retried = true;
                 s.queue.push_front(r);
             }
-            let (dead, _) = crew.pool.remove(w);
+            let was_active = crew.active == w;
+            let (dead, _) = crew.remove(w);
             // A hung worker does not exit when asked; dropping it waits, then kills it.
             std::thread::spawn(move || drop(dead));
-            crew.pace = Pace::default();
-            crew.active = match crew.active {
-                a if a == w => nearest_level(&crew.pool, pct),
-                a if a > w => a - 1,
-                a => a,
-            };
+            if was_active {
+                crew.active = nearest_level(&crew.pool, pct);
+            }
             s.workers_up = crew.pool.len();
             s.last_loss = Some(e.to_string());
         }

@@ -59,6 +59,12 @@ pub struct WorkerSpec {
     /// Serve on green contexts of these SM counts, one process for all (empty: none; the
     /// worker's share is then its MPS percentage).
     pub green_sms: Vec<u32>,
+    /// Start quickly, serving somewhat slower: cuDNN's legacy algorithm choice instead of its
+    /// execution plans. On the H200 mobilenet_v3_large's first run of a batch size took
+    /// 0.1-0.5 s instead of 1.3-4.3 s, and its graphs ran 2-10% slower
+    /// (bench/results/2026-12-02-h200-capture-cost): for a worker that serves only until a
+    /// full one takes its place.
+    pub quick_start: bool,
 }
 
 /// A model worker failed; every variant names the model.
@@ -216,6 +222,8 @@ pub struct Worker {
     pub engine: String,
     /// SMs of its slice (its green context, or the MPS share).
     pub sms: u32,
+    /// Started with `WorkerSpec::quick_start`.
+    pub quick_start: bool,
     /// The SM counts of its green contexts (`run_on`'s `context` indexes these).
     pub green_sms: Vec<u32>,
     child: Child,
@@ -289,6 +297,9 @@ impl Worker {
             let counts: Vec<String> = spec.green_sms.iter().map(|n| n.to_string()).collect();
             command.args(["--green-sms", &counts.join(",")]);
         }
+        if spec.quick_start {
+            command.arg("--quick-start");
+        }
         let mut child = command.spawn().map_err(|cause| WorkerError::Spawn { model: spec.model.clone(), cause })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
@@ -301,6 +312,7 @@ impl Worker {
             batches: spec.batches.clone(),
             engine: String::new(),
             sms: 0,
+            quick_start: spec.quick_start,
             green_sms: Vec::new(),
             child,
             stdin,

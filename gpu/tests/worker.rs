@@ -36,6 +36,7 @@ fn fake(model: &str) -> WorkerSpec {
         fake_ms: Some(2.0),
         input_ipc: None,
         green_sms: Vec::new(),
+        quick_start: false,
     }
 }
 
@@ -514,23 +515,48 @@ fn files_left_by_a_gone_process_are_removed_and_a_running_ones_kept() {
 }
 
 #[test]
-fn a_model_serves_on_its_first_pool_level_while_the_others_start_behind_it() {
+fn a_model_serves_on_a_quick_first_worker_while_the_pool_starts_behind_it() {
     use gpuslice_control::LiveBackend;
     use gpuslice_simulator::Allocation;
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
     let name = format!("first-level-{}", std::process::id());
+    let quick = |name: &str| {
+        worker_pids(name)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|arg| arg == "--quick-start"))
+            })
+            .count()
+    };
     let mut backend = fake_backend(Vec::new(), vec![20.0, 40.0, 60.0], 100);
     let workers = backend.starter().start_first(&small(&name), 40.0).unwrap();
-    assert_eq!(worker_pids(&name).len(), 1, "one worker started before the model serves");
+    assert_eq!((worker_pids(&name).len(), quick(&name)), (1, 1), "one quick-start worker before the model serves");
     let model = backend.add_model(submitted(&name), workers).unwrap();
-    let mut tickets: HashSet<u64> = (0..30).map(|_| backend.submit(model, None).unwrap()).collect();
-    // The other two levels come up behind it; a move to one of them is served too.
+    // Requests keep coming while every level's full worker comes up behind it and the one at
+    // its level takes over from the quick one, which is then retired.
+    let mut tickets: HashSet<u64> = HashSet::new();
+    let mut answered = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while worker_pids(&name).len() < 3 {
-        assert!(Instant::now() < deadline, "the other pool levels did not start within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
+    while worker_pids(&name).len() != 3 || quick(&name) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "pool not settled within 30 s: {} workers, {} quick",
+            worker_pids(&name).len(),
+            quick(&name)
+        );
+        tickets.extend((0..3).map(|_| backend.submit(model, None).unwrap()));
+        std::thread::sleep(Duration::from_millis(10));
+        let (done, dropped) = backend.take_answered();
+        assert!(dropped.is_empty(), "dropped {dropped:?}");
+        for a in done {
+            assert!(tickets.remove(&a.record.ticket), "ticket {} answered once", a.record.ticket);
+            answered += 1;
+        }
     }
+    assert!(answered > 0, "nothing served before the pool was up");
+    // A move to another level is served too.
     backend.set_allocation(model, Allocation { gpu_pct: 60.0, max_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
     tickets.extend((0..30).map(|_| backend.submit(model, None).unwrap()));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -543,7 +569,7 @@ fn a_model_serves_on_its_first_pool_level_while_the_others_start_behind_it() {
         }
     }
     assert!(tickets.is_empty(), "{} requests unanswered", tickets.len());
-    assert_eq!(worker_pids(&name).len(), 3, "no worker lost on the way");
+    assert_eq!((worker_pids(&name).len(), quick(&name)), (3, 0), "no worker lost on the way");
 }
 
 /// Models added and retired for many cycles (as a node whose models come and go) leave nothing

@@ -25,6 +25,9 @@ Stage times come from CUDA events, whose completion the worker polls (event.quer
 stream callback. With --fake-ms the worker needs no GPU: it sleeps that long per batch and writes, for each row,
 every output element = the sum of that row's input elements (as float32, cast to the output's
 datatype): a checkable answer per request, for tests.
+With --quick-start the worker chooses cuDNN's algorithms the legacy way: it is ready several times
+sooner for a model with many convolution shapes and runs somewhat slower, until a full worker
+takes its place.
 With --green-sms 40,80 the worker makes one green context per SM count up front (creating one
 takes 80-160 ms, so never on the critical path) and captures every batch's graph on a stream of
 each: one process and one copy of the model serve at several SM partitions, and a batch names the
@@ -144,6 +147,9 @@ def main():
     p.add_argument("--green-sms", default=None, help="SM counts of green contexts to serve on (e.g. 40,80)")
     p.add_argument("--io", required=True, help="the model's input and output tensors, JSON")
     p.add_argument("--fp32", action="store_true", help="compute in the model's own precision, not fp16")
+    p.add_argument("--quick-start", action="store_true",
+                   help="cuDNN's legacy algorithm choice: each batch size's first run in 0.1-0.5 s instead of 1.3-4.3 s "
+                        "(mobilenet_v3_large, H200), graphs 2-10%% slower; for a worker a full one replaces")
     args = p.parse_args()
     io = json.loads(args.io)
     t_in, t_out = io["inputs"][0], io["outputs"][0]
@@ -168,6 +174,10 @@ def main():
         return
 
     mark = phase("python", began)
+    if args.quick_start:
+        # Read by PyTorch at its first convolution: cuDNN's v7 algorithm query in place of the
+        # v8 API's per-shape execution plans (bench/results/2026-12-02-h200-capture-cost).
+        os.environ["TORCH_CUDNN_V8_API_DISABLED"] = "1"
     import torch
     mark = phase("import_torch", mark)
     # cuDNN's default algorithm choice, not its autotuner: on the H200 the autotuner's graphs ran

@@ -73,6 +73,7 @@ pub fn worker_spec(p: &Placement, batches: Vec<u32>, daemon: Option<&MpsDaemon>,
         fake_ms,
         input_ipc: None,
         green_sms: Vec::new(),
+        quick_start: false,
     }
 }
 

@@ -274,6 +274,7 @@ pub fn run(o: &E2eOptions) -> Result<()> {
         fake_ms: None,
         input_ipc: Some(gpu.ipc_handle_hex()?),
         green_sms: Vec::new(),
+        quick_start: false,
     };
     let mut worker = Worker::spawn(&spec).context("worker reading the batch buffer through CUDA IPC")?;
     let (mut end_to_end_rows, mut line_rate_rows) = (Vec::new(), Vec::new());

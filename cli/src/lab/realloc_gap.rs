@@ -32,6 +32,7 @@ fn spec(model: &str, batch: u32, env: Vec<(String, String)>, green_sms: Vec<u32>
         fake_ms: None,
         input_ipc: None,
         green_sms,
+        quick_start: false,
     }
 }
 
