@@ -138,6 +138,15 @@ enum Command {
         /// prediction to set beside `gpu-run` and `scripts/gpu-capacity.sh`.
         #[arg(long)]
         like_gpu_backend: bool,
+        /// --capacity on a node of N times the scenario's GPUs: N copies of every model (the
+        /// scenario's traffic N times over, each copy with its own arrivals), placed on the GPUs
+        /// by --placement, each GPU under its own instance of the policy.
+        #[arg(long, default_value_t = 1, requires = "capacity")]
+        gpus: usize,
+        /// --capacity on several GPUs: how models are placed: ffd (first-fit decreasing by knee
+        /// GPU%), interference (iGniter-style greedy), balanced (ours).
+        #[arg(long, default_value = "balanced", requires = "capacity")]
+        placement: gpuslice_eval::cluster::Placement,
         /// --capacity, then every model's SLO attainment and p50 at x0.25, x0.5, ... up to
         /// model-based's capacity, model-based against the best baseline at each load (each
         /// baseline at its reported batching); with --out, attainment-by-load.csv.
@@ -612,6 +621,8 @@ fn run(command: Command) -> Result<()> {
             precision,
             untuned,
             like_gpu_backend,
+            gpus,
+            placement,
             by_load,
             reference,
             out,
@@ -630,7 +641,18 @@ fn run(command: Command) -> Result<()> {
             let shaped = simulate::simulator(like_gpu_backend);
             let against = |lead: &str| reference_policy.map_or(String::new(), |r| format!("{lead}goodput / {r}'s"));
             if capacity_search {
-                let options = capacity::SearchOptions { threshold, precision, like_gpu_backend, ..Default::default() };
+                let options =
+                    capacity::SearchOptions { threshold, precision, like_gpu_backend, placement, ..Default::default() };
+                if gpus > 1 {
+                    loaded = loaded.replicated(gpus)?;
+                }
+                if loaded.scenario.gpus > 1 {
+                    let at_x1 = gpuslice_eval::cluster::describe(&loaded, placement)?;
+                    println!(
+                        "{}: {placement} placement at load x1 (it is placed again at each load): {at_x1}",
+                        loaded.scenario.name
+                    );
+                }
                 options.check()?;
                 if let Some(dir) = &out {
                     std::fs::create_dir_all(dir)?;

@@ -10,7 +10,7 @@ use crate::scenario::LoadedScenario;
 use crate::simulate::{self, LateProgress, PolicyChoice};
 use anyhow::{Result, bail};
 use comfy_table::Table;
-use gpuslice_simulator::{ModelReport, Report};
+use gpuslice_simulator::ModelReport;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Mutex;
@@ -65,9 +65,11 @@ pub struct SearchOptions {
     /// ...and the highest.
     pub max_scale: f64,
     /// Run on the simulator shaped like the GPU backend (`PooledSimBuilder::gpu_backend`:
-    /// slices on the shipped pool levels, batches up to its largest CUDA graph), to predict a
+    /// slices on the shipped pool levels, batches padded to its CUDA graphs), to predict a
     /// live node.
     pub like_gpu_backend: bool,
+    /// How a node of several GPUs places its models (`cluster::Placement`).
+    pub placement: crate::cluster::Placement,
 }
 
 impl Default for SearchOptions {
@@ -78,6 +80,7 @@ impl Default for SearchOptions {
             min_scale: 1.0 / 64.0,
             max_scale: 64.0,
             like_gpu_backend: false,
+            placement: crate::cluster::Placement::default(),
         }
     }
 }
@@ -107,9 +110,9 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn new(scale: f64, report: Report, threshold: f64) -> Probe {
-        let served = report.models.iter().all(|m| m.summary.slo_attainment >= threshold);
-        Probe { scale, served, models: report.models }
+    fn new(scale: f64, models: Vec<ModelReport>, threshold: f64) -> Probe {
+        let served = models.iter().all(|m| m.summary.slo_attainment >= threshold);
+        Probe { scale, served, models }
     }
 
     /// The lowest SLO attainment of any model.
@@ -142,12 +145,13 @@ impl Capacity {
     }
 }
 
-/// The search for one policy on one seed; `run_at(scale)` runs the scenario at that load.
+/// The search for one policy on one seed; `run_at(scale)` runs the scenario at that load and
+/// gives each model's report.
 pub fn search(
     policy: &str,
     seed: u64,
     options: &SearchOptions,
-    mut run_at: impl FnMut(f64) -> Result<Report>,
+    mut run_at: impl FnMut(f64) -> Result<Vec<ModelReport>>,
 ) -> Result<Capacity> {
     let mut probes: Vec<Probe> = Vec::new();
     let mut probe = |scale: f64, probes: &mut Vec<Probe>| -> Result<bool> {
@@ -217,7 +221,8 @@ pub fn run(
 }
 
 /// `loaded` under `policy` at `scale` times its load on seed `seed`, every model at `batching`
-/// where given, on the backend `options` names.
+/// where given, on the backend `options` names (on each of its GPUs, placed by
+/// `options.placement`): each model's report.
 fn run_at(
     loaded: &LoadedScenario,
     policy: &str,
@@ -225,7 +230,7 @@ fn run_at(
     seed: u64,
     scale: f64,
     options: &SearchOptions,
-) -> Result<Report> {
+) -> Result<Vec<ModelReport>> {
     let mut scaled = loaded.clone();
     scaled.scenario.seed = seed;
     if let Some(b) = batching {
@@ -235,7 +240,11 @@ fn run_at(
     }
     scaled.scale_load(scale)?;
     let choice = PolicyChoice::Named(policy.to_string());
-    Ok(simulate::run_on(&scaled, &choice, simulate::simulator(options.like_gpu_backend).as_ref(), false)?.report)
+    let on = simulate::simulator(options.like_gpu_backend);
+    if scaled.scenario.gpus > 1 {
+        return Ok(crate::cluster::run(&scaled, options.placement, &choice, on.as_ref())?.models);
+    }
+    Ok(simulate::run_on(&scaled, &choice, on.as_ref(), false)?.report.models)
 }
 
 /// `f` of every job, in the jobs' order, spread over the machine's cores, with a progress bar
@@ -316,14 +325,13 @@ pub fn by_load(
         let reports = (0..seeds)
             .map(|k| run_at(loaded, policy, *batching, loaded.scenario.seed + k, *scale, options))
             .collect::<Result<Vec<_>>>()?;
-        let mean = |m: usize, f: &dyn Fn(&ModelReport) -> f64| {
-            reports.iter().map(|r| f(&r.models[m])).sum::<f64>() / seeds as f64
-        };
-        Ok((0..reports[0].models.len())
+        let mean =
+            |m: usize, f: &dyn Fn(&ModelReport) -> f64| reports.iter().map(|r| f(&r[m])).sum::<f64>() / seeds as f64;
+        Ok((0..reports[0].len())
             .map(|m| LoadRow {
                 load_scale: *scale,
                 policy: policy.to_string(),
-                model: reports[0].models[m].model.clone(),
+                model: reports[0][m].model.clone(),
                 slo_attainment: mean(m, &|r| r.summary.slo_attainment),
                 p50_ms: mean(m, &|r| r.summary.p50_ms),
                 p99_ms: mean(m, &|r| r.summary.p99_ms),
@@ -553,7 +561,7 @@ mod tests {
     use super::*;
     use gpuslice_simulator::{Allocation, Summary};
 
-    fn report(attainment: f64) -> Report {
+    fn report(attainment: f64) -> Vec<ModelReport> {
         let summary = Summary {
             arrivals: 100,
             completed: 100,
@@ -580,17 +588,11 @@ mod tests {
             worker_failures: 0,
             summary: summary.clone(),
         };
-        Report {
-            sharing: gpuslice_simulator::Sharing::Spatial,
-            elapsed_s: 1.0,
-            events: 0,
-            models: vec![model],
-            total: summary,
-        }
+        vec![model]
     }
 
     /// A step at `edge`: served below, missed above.
-    fn step(edge: f64) -> impl FnMut(f64) -> Result<Report> {
+    fn step(edge: f64) -> impl FnMut(f64) -> Result<Vec<ModelReport>> {
         move |scale| Ok(report(if scale <= edge { 1.0 } else { 0.5 }))
     }
 

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod calibration;
 pub mod capacity;
+pub mod cluster;
 pub mod evaluate;
 pub mod oracle;
 pub mod output;

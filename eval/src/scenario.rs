@@ -21,6 +21,9 @@ fn default_interval() -> f64 {
 fn default_true() -> bool {
     true
 }
+fn one_gpu() -> usize {
+    1
+}
 fn default_reallocation() -> ReallocationCost {
     ReallocationCost::Standby { handover_us: 100.0 }
 }
@@ -62,6 +65,10 @@ pub struct Scenario {
     pub reallocation: ReallocationCost,
     /// Control intervals per window of the `oracle` policy's plan (default 5).
     pub oracle_window_intervals: Option<usize>,
+    /// GPUs of the node: each model is placed on one (`cluster::Placement`) and co-runs only
+    /// with the models on its GPU, each GPU shared by its own policy instance.
+    #[serde(default = "one_gpu")]
+    pub gpus: usize,
     /// The models served.
     pub models: Vec<ModelEntry>,
 }
@@ -91,6 +98,8 @@ pub struct ModelEntry {
 
 /// The most models in a scenario.
 pub const MAX_MODELS: usize = 256;
+/// The most GPUs a scenario's node has.
+pub const MAX_GPUS: usize = 64;
 /// The longest `duration_s`: 30 days.
 pub const MAX_DURATION_S: f64 = 30.0 * 86_400.0;
 /// The shortest `control_interval_s`.
@@ -184,6 +193,37 @@ impl LoadedScenario {
         Ok(loaded)
     }
 
+    /// The scenario scaled to a node of `copies` times its GPUs: `copies` of every model (the
+    /// first keeps its name, the others are `NAME.2`, `NAME.3`, ...), each with its own
+    /// arrivals (drawn with its own seed; a replayed trace replays the same times).
+    pub fn replicated(&self, copies: usize) -> Result<LoadedScenario> {
+        let s = &self.scenario;
+        if copies == 0 || s.gpus * copies > MAX_GPUS || s.models.len() * copies > MAX_MODELS {
+            bail!(
+                "scenario {}: {copies} copies of {} models on {} GPU(s) would exceed {MAX_MODELS} models or {MAX_GPUS} GPUs",
+                self.origin,
+                s.models.len(),
+                s.gpus
+            );
+        }
+        let mut out = self.clone();
+        out.scenario.gpus = s.gpus * copies;
+        out.scenario.models = (1..=copies)
+            .flat_map(|k| {
+                s.models.iter().map(move |m| ModelEntry {
+                    name: if k == 1 { m.name.clone() } else { format!("{}.{k}", m.name) },
+                    profile_model: Some(m.profile_model.clone().unwrap_or_else(|| m.name.clone())),
+                    ..m.clone()
+                })
+            })
+            .collect();
+        if copies > 1 {
+            out.scenario.name = format!("{} x{copies} on {} GPUs", s.name, out.scenario.gpus);
+        }
+        out.validate()?;
+        Ok(out)
+    }
+
     /// Multiplies every model's load by `factor` (see `ArrivalSpec::scaled`); the scenario's
     /// name says so, so tables and plots tell the runs apart.
     pub fn scale_load(&mut self, factor: f64) -> Result<()> {
@@ -207,6 +247,9 @@ impl LoadedScenario {
         }
         if s.models.len() > MAX_MODELS {
             bail!("scenario {origin}: {} models, more than {MAX_MODELS}", s.models.len());
+        }
+        if !(1..=MAX_GPUS).contains(&s.gpus) {
+            bail!("scenario {origin}: gpus must be in 1..={MAX_GPUS}, got {}", s.gpus);
         }
         if !(s.control_interval_s.is_finite() && (MIN_CONTROL_INTERVAL_S..=3600.0).contains(&s.control_interval_s)) {
             bail!(
@@ -469,6 +512,8 @@ arrivals = { kind = "poisson", rate = 100 }
             (hostile("control_interval_s = 1e-9", base_model, poisson), "control_interval_s"),
             (hostile("drop_after_ms = -1", base_model, poisson), "drop_after_ms"),
             (hostile("oracle_window_intervals = 0", base_model, poisson), "oracle_window_intervals"),
+            (hostile("gpus = 0", base_model, poisson), "gpus"),
+            (hostile("gpus = 100000", base_model, poisson), "gpus"),
             (hostile("reallocation = { kind = \"cold-restart\", restart_s = 1e9 }", base_model, poisson), "restart_s"),
             (hostile("", "max_batch = 8\nbatch_timeout_ms = 4294967296", poisson), "batch_timeout_ms"),
             (hostile("", "max_batch = 100000\nbatch_timeout_ms = 2", poisson), "max_batch"),
@@ -479,5 +524,21 @@ arrivals = { kind = "poisson", rate = 100 }
             let message = format!("{:#}", err.expect_err(&text));
             assert!(message.contains(field) && message.contains("hostile.toml"), "{field}: {message}");
         }
+    }
+
+    #[test]
+    fn a_replicated_scenario_has_every_model_once_per_copy_on_as_many_times_the_gpus() {
+        let loaded = LoadedScenario::from_text(TWO_MODELS, "two", ".".into()).unwrap();
+        let node = loaded.replicated(3).unwrap();
+        assert_eq!(node.scenario.gpus, 3);
+        let names: Vec<&str> = node.scenario.models.iter().map(|m| m.name.as_str()).collect();
+        let first = &loaded.scenario.models[0].name;
+        assert_eq!(names.len(), 6);
+        assert_eq!((names[0], names[2].to_string()), (first.as_str(), format!("{first}.2")));
+        // Each copy is profiled as its original.
+        assert!(node.scenario.models.iter().all(|m| m.profile_model.is_some()));
+        node.build().unwrap();
+        let too_many = loaded.replicated(MAX_GPUS + 1).err().unwrap().to_string();
+        assert!(too_many.contains("would exceed"), "{too_many}");
     }
 }

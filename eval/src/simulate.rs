@@ -7,7 +7,7 @@ use gpuslice_control::{
     BackendBuilder, Change, DeviceSample, PooledSimBuilder, SimBuilder, StageSummary, control_step,
 };
 use gpuslice_policies::{DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
-use gpuslice_simulator::{ModelInterval, Report, Sharing};
+use gpuslice_simulator::{ModelInterval, ModelSetup, Report, Sharing, SimConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -137,7 +137,27 @@ pub fn run_on(
     on: &dyn BackendBuilder,
     show_progress: bool,
 ) -> Result<SimRun> {
-    let (mut config, mut setups, contexts) = loaded.build()?;
+    if loaded.scenario.gpus > 1 {
+        anyhow::bail!(
+            "scenario {} is a node of {} GPUs: `evaluate --capacity` runs it (its models placed on the GPUs); this runs one GPU",
+            loaded.origin,
+            loaded.scenario.gpus
+        );
+    }
+    let (config, setups, contexts) = loaded.build()?;
+    run_built(loaded, (config, setups, contexts), choice, on, show_progress)
+}
+
+/// Runs models already built from `loaded` (`LoadedScenario::build`, or a part of it: one GPU's
+/// models of a node) under `choice` on the backend `on` builds.
+pub fn run_built(
+    loaded: &LoadedScenario,
+    built: (SimConfig, Vec<ModelSetup>, Vec<ModelContext>),
+    choice: &PolicyChoice,
+    on: &dyn BackendBuilder,
+    show_progress: bool,
+) -> Result<SimRun> {
+    let (mut config, mut setups, contexts) = built;
     let device = DeviceModel { config: config.clone(), service_jitter: loaded.scenario.service_jitter };
     let mut policy = policy_for(choice, loaded, &contexts, &device)?;
     policy.offer_modes(on.modes());

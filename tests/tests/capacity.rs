@@ -53,7 +53,7 @@ fn the_search_finds_the_m_d_1_capacity() {
         };
         let mut sim = Simulator::new(SimConfig::default(), vec![setup])?;
         sim.finish();
-        Ok(sim.report())
+        Ok(sim.report().models)
     })
     .unwrap();
     // 400 s of arrivals: ~300k requests, the 99th percentile within a few tenths of a percent.

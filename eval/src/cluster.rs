@@ -1,0 +1,262 @@
+//! A node of several GPUs in simulation (a scenario's `gpus`): each model is placed on one GPU,
+//! co-runs only with the models placed there, and each GPU is shared by its own instance of the
+//! policy on its own simulator. The GPUs run in parallel; a model's arrivals are the same
+//! whichever GPU it lands on, so placements are compared on the same requests.
+//!
+//! Placements, each from the models' expected demand (its mean arrival rate at its configured
+//! batch on the whole GPU, from its latency model) and its calibrated interference:
+//! - `ffd`: first-fit decreasing by knee GPU% (gpu-let, GSLICE): models in decreasing knee order,
+//!   each on the first GPU whose knees still add up to at most 100%, else the least filled.
+//! - `interference`: interference-aware greedy (iGniter): models in decreasing demand, each where
+//!   it adds the least predicted busy time, its own and its co-runners' slowdown included.
+//! - `balanced` (ours): models in decreasing demand, each where the GPU's predicted busy time,
+//!   interference included, ends lowest; ties go to the GPU with fewer models of a tighter SLO.
+
+use crate::scenario::LoadedScenario;
+use crate::simulate::{self, PolicyChoice, SimRun};
+use anyhow::{Context, Result, bail};
+use gpuslice_control::BackendBuilder;
+use gpuslice_simulator::ModelReport;
+
+/// How models are placed on a node's GPUs (see the module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// First-fit decreasing by knee GPU%.
+    FirstFitDecreasing,
+    /// Interference-aware greedy: the least added busy time.
+    InterferenceGreedy,
+    /// Ours: the lowest resulting busy time.
+    #[default]
+    Balanced,
+}
+
+/// Every placement, by its name on the command line.
+pub const PLACEMENTS: [(&str, Placement); 3] = [
+    ("ffd", Placement::FirstFitDecreasing),
+    ("interference", Placement::InterferenceGreedy),
+    ("balanced", Placement::Balanced),
+];
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Placement, String> {
+        PLACEMENTS.iter().find(|(name, _)| *name == s).map(|(_, p)| *p).ok_or_else(|| {
+            let names: Vec<&str> = PLACEMENTS.iter().map(|(n, _)| *n).collect();
+            format!("unknown placement {s:?}: one of {}", names.join(", "))
+        })
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = PLACEMENTS.iter().find(|(_, p)| p == self).map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+/// What a placement knows of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    /// GPU% busy serving its mean arrival rate at its configured batch on the whole GPU.
+    pub busy_pct: f64,
+    /// Its knee GPU% at its configured batch (where more GPU stops paying).
+    pub knee_pct: f64,
+    /// Its calibrated interference (see `SimConfig::interference`).
+    pub interference: f64,
+    /// Its SLO, ms.
+    pub slo_ms: f64,
+}
+
+/// Arrivals counted per model to estimate its mean rate, at most (a bound on the time taken).
+const MAX_COUNTED_ARRIVALS: u64 = 20_000_000;
+
+/// Each model's demand in `loaded` (its arrivals drawn once to count them).
+pub fn demands(loaded: &LoadedScenario) -> Result<Vec<Demand>> {
+    let (config, setups, contexts) = loaded.build()?;
+    setups
+        .into_iter()
+        .zip(contexts)
+        .map(|(mut setup, context)| {
+            let (mut count, mut last) = (0u64, 0.0f64);
+            while count < MAX_COUNTED_ARRIVALS
+                && let Some(t) = setup.arrivals.next_arrival()
+            {
+                (count, last) = (count + 1, t);
+            }
+            let span = loaded.scenario.duration_s.unwrap_or(last).min(last.max(f64::MIN_POSITIVE));
+            let rate = if count == 0 { 0.0 } else { count as f64 / span.max(1e-3) };
+            let batch = context.configured.max_batch.max(1);
+            let per_request_ms = context.latency.p50_ms(batch, 100.0) / batch as f64;
+            Ok(Demand {
+                busy_pct: rate * per_request_ms * 1e-3 * 100.0,
+                knee_pct: context.latency.knee_pct(batch),
+                interference: config.interference_by_model.get(&setup.name).copied().unwrap_or(config.interference),
+                slo_ms: context.slo_ms,
+            })
+        })
+        .collect()
+}
+
+/// Predicted busy GPU% of models `on` one GPU: each slowed by its interference with the
+/// others' busy share.
+fn busy_with_interference(demands: &[Demand], on: &[usize]) -> f64 {
+    let total: f64 = on.iter().map(|&i| demands[i].busy_pct).sum();
+    on.iter()
+        .map(|&i| {
+            let d = &demands[i];
+            d.busy_pct * (1.0 + d.interference * (total - d.busy_pct) / 100.0)
+        })
+        .sum()
+}
+
+/// The GPU of each model (by index) on `gpus` GPUs.
+pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize> {
+    let gpus = gpus.max(1);
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    let key = |i: &usize| match placement {
+        Placement::FirstFitDecreasing => demands[*i].knee_pct,
+        Placement::InterferenceGreedy | Placement::Balanced => demands[*i].busy_pct,
+    };
+    order.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
+    let mut on: Vec<Vec<usize>> = vec![Vec::new(); gpus];
+    let mut gpu_of = vec![0; demands.len()];
+    for m in order {
+        let g = match placement {
+            Placement::FirstFitDecreasing => {
+                let knees = |g: usize| on[g].iter().map(|&i| demands[i].knee_pct).sum::<f64>();
+                (0..gpus)
+                    .find(|&g| knees(g) + demands[m].knee_pct <= 100.0 + 1e-9)
+                    .unwrap_or_else(|| (0..gpus).min_by(|&a, &b| knees(a).total_cmp(&knees(b))).expect("a GPU"))
+            }
+            Placement::InterferenceGreedy | Placement::Balanced => {
+                let after = |g: usize| {
+                    let mut with: Vec<usize> = on[g].clone();
+                    with.push(m);
+                    busy_with_interference(demands, &with)
+                };
+                let cost = |g: usize| match placement {
+                    Placement::InterferenceGreedy => after(g) - busy_with_interference(demands, &on[g]),
+                    _ => after(g),
+                };
+                // Ties (empty GPUs, or equal loads): the GPU with fewer models of a tighter SLO.
+                let tighter = |g: usize| on[g].iter().filter(|&&i| demands[i].slo_ms <= demands[m].slo_ms).count();
+                (0..gpus)
+                    .min_by(|&a, &b| cost(a).total_cmp(&cost(b)).then(tighter(a).cmp(&tighter(b))).then(a.cmp(&b)))
+                    .expect("a GPU")
+            }
+        };
+        on[g].push(m);
+        gpu_of[m] = g;
+    }
+    gpu_of
+}
+
+/// Which models `placement` puts on each GPU of `loaded`'s node, in words ("GPU 0: a, b; ...").
+pub fn describe(loaded: &LoadedScenario, placement: Placement) -> Result<String> {
+    let gpu_of = place(&demands(loaded)?, loaded.scenario.gpus, placement);
+    let names = |g: usize| -> Vec<&str> {
+        loaded.scenario.models.iter().zip(&gpu_of).filter(|(_, on)| **on == g).map(|(m, _)| m.name.as_str()).collect()
+    };
+    Ok((0..loaded.scenario.gpus).map(|g| format!("GPU {g}: {}", names(g).join(", "))).collect::<Vec<_>>().join("; "))
+}
+
+/// A run of a node of several GPUs.
+pub struct NodeRun {
+    /// The GPU of each model.
+    pub gpu_of: Vec<usize>,
+    /// Each GPU's run (of its models, in the scenario's order; empty GPUs have none).
+    pub runs: Vec<Option<SimRun>>,
+    /// Each model's report, in the scenario's order.
+    pub models: Vec<ModelReport>,
+}
+
+/// Runs `loaded`'s node: its models placed by `placement` on its GPUs, each GPU under its own
+/// instance of `choice` on the backend `on` builds.
+pub fn run(
+    loaded: &LoadedScenario,
+    placement: Placement,
+    choice: &PolicyChoice,
+    on: &(dyn BackendBuilder + Sync),
+) -> Result<NodeRun> {
+    let gpus = loaded.scenario.gpus;
+    if matches!(choice, PolicyChoice::Named(p) if p == "oracle") && gpus > 1 {
+        bail!("scenario {}: the oracle plans one GPU; it cannot run a node of {gpus} GPUs", loaded.origin);
+    }
+    let gpu_of = place(&demands(loaded)?, gpus, placement);
+    let (config, setups, contexts) = loaded.build()?;
+    let mut parts: Vec<(Vec<usize>, Vec<_>, Vec<_>)> = (0..gpus).map(|_| Default::default()).collect();
+    for (i, (setup, context)) in setups.into_iter().zip(contexts).enumerate() {
+        let part = &mut parts[gpu_of[i]];
+        part.0.push(i);
+        part.1.push(setup);
+        part.2.push(context);
+    }
+    let runs: Vec<Result<Option<SimRun>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(g, (models, setups, contexts))| {
+                let config = config.clone();
+                scope.spawn(move || {
+                    if models.is_empty() {
+                        return Ok(None);
+                    }
+                    let run = simulate::run_built(loaded, (config, setups, contexts), choice, on, false)
+                        .with_context(|| format!("GPU {g}"))?;
+                    Ok(Some(run))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("GPU run")).collect()
+    });
+    let runs: Vec<Option<SimRun>> = runs.into_iter().collect::<Result<_>>()?;
+    let mut models: Vec<Option<ModelReport>> = vec![None; gpu_of.len()];
+    for (g, run) in runs.iter().enumerate() {
+        let Some(run) = run else { continue };
+        let placed = (0..gpu_of.len()).filter(|&i| gpu_of[i] == g);
+        for (i, report) in placed.zip(&run.report.models) {
+            models[i] = Some(report.clone());
+        }
+    }
+    let models = models.into_iter().collect::<Option<Vec<_>>>().context("a model's GPU run reported no model")?;
+    Ok(NodeRun { gpu_of, runs, models })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demand(busy_pct: f64, knee_pct: f64, slo_ms: f64) -> Demand {
+        Demand { busy_pct, knee_pct, interference: 0.4, slo_ms }
+    }
+
+    #[test]
+    fn first_fit_packs_by_knee_where_balanced_spreads_the_load() {
+        // Two heavy models with small knees and two light ones with large knees.
+        let d = [demand(60.0, 30.0, 20.0), demand(60.0, 30.0, 20.0), demand(5.0, 60.0, 10.0), demand(5.0, 60.0, 10.0)];
+        let ffd = place(&d, 2, Placement::FirstFitDecreasing);
+        // Knees 60, 60, 30, 30: each light model fills a GPU, then one heavy beside each.
+        assert_eq!(ffd, [0, 1, 0, 1]);
+        let balanced = place(&d, 2, Placement::Balanced);
+        assert_ne!(balanced[0], balanced[1], "the two heavy models apart: {balanced:?}");
+        let greedy = place(&d, 2, Placement::InterferenceGreedy);
+        assert_ne!(greedy[0], greedy[1], "{greedy:?}");
+        // Every model placed on one of the GPUs, and one GPU is all of them.
+        assert_eq!(place(&d, 1, Placement::Balanced), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn first_fit_overflows_onto_the_least_filled_gpu() {
+        let d = [demand(1.0, 70.0, 10.0), demand(1.0, 70.0, 10.0), demand(1.0, 70.0, 10.0)];
+        assert_eq!(place(&d, 2, Placement::FirstFitDecreasing), [0, 1, 0]);
+    }
+
+    #[test]
+    fn placements_parse_and_print_by_name() {
+        for (name, p) in PLACEMENTS {
+            assert_eq!(name.parse::<Placement>().unwrap(), p);
+            assert_eq!(p.to_string(), name);
+        }
+        assert!("nearest".parse::<Placement>().unwrap_err().contains("ffd, interference, balanced"));
+    }
+}
