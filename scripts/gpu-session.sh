@@ -28,6 +28,12 @@
 # served excess; equal weights on both sides):
 #   bash scripts/gpu-session.sh reworked    model-based on the mixed trio at x1.4 and x1.25, default
 #                                           MPS at x1.4, model-based on gpu-trio at x1.1
+#
+# 2026-12-02 (fourteenth session): `reworked` and every baseline ran at 2658d79
+# (bench/results/2026-12-02-h200-live-capacity-all-policies). Then model-based's replays pad
+# batches to the CUDA graphs, and a live node starts each model on a quick-start worker:
+#   bash scripts/gpu-session.sh padded    worker start (first level), then model-based on both
+#                                         trios where it held and missed
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -72,6 +78,12 @@ case "${1:-trio}" in
       OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh $step
     done
     date +%T | tee -a "$R/steps.txt"
+    ;;
+  padded)
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/start timeout 120 bash scripts/gpu-start.sh quick
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.15" \
+      "model-based scenarios/mixed-slo-trio.toml 1.55" "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   reworked)
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.25" \

@@ -13,11 +13,12 @@ server=$!
 until grep -q "^serving" "$OUT/serve-$label.out"; do sleep 0.5; kill -0 $server || { tail "$OUT/serve-$label.log"; exit 1; }; done
 began=$(date +%s.%N)
 ./out/gpuslice --log info load-test --target 127.0.0.1:50051 --seconds 2 --infer-rps 300 --quiet > "$OUT/load-$label.txt" 2>&1
-# The other pool levels come up behind the first: wait for every level of every model.
+# Every level's full worker comes up behind the first (quick-start) one, the first level's too:
+# wait for all four of every model.
 for _ in $(seq 120); do
-  [ "$(grep -c 'pool worker ready' "$OUT/serve-$label.log")" -ge 9 ] && break
+  [ "$(grep -c 'pool worker ready' "$OUT/serve-$label.log")" -ge 12 ] && break
   sleep 0.5
 done
 echo "whole pool after $(python3 -c "print(round($(date +%s.%N) - $began, 1))") s" | tee -a "$OUT/load-$label.txt"
-grep -E 'model starting|worker ready|model registered|pool worker ready' "$OUT/serve-$label.log" > "$OUT/start-$label.log"
+grep -E 'model starting|worker ready|model registered|pool worker ready|quick-start worker retired' "$OUT/serve-$label.log" > "$OUT/start-$label.log"
 kill -TERM $server; wait $server
