@@ -9,8 +9,11 @@
 //!   each on the first GPU whose knees still add up to at most 100%, else the least filled.
 //! - `interference`: interference-aware greedy (iGniter): models in decreasing demand, each where
 //!   it adds the least predicted busy time, its own and its co-runners' slowdown included.
-//! - `balanced` (ours): models in decreasing demand, each where the GPU's predicted busy time,
-//!   interference included, ends lowest; ties go to the GPU with fewer models of a tighter SLO.
+//! - `balanced` (ours): models in decreasing demand, each where the GPU's predicted busy time
+//!   at its peaks ends lowest: the 99th percentile over control intervals of the summed busy
+//!   time of its models, interference included. Models whose bursts come together (the same
+//!   trace replayed) are kept apart where the mean alone would not tell them apart; ties go to
+//!   the GPU with fewer models of a tighter SLO.
 
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, PolicyChoice, SimRun};
@@ -65,10 +68,16 @@ pub struct Demand {
     pub interference: f64,
     /// Its SLO, ms.
     pub slo_ms: f64,
+    /// GPU% busy in each control interval of the run (its arrivals in it, as `busy_pct`).
+    pub busy_by_interval: Vec<f64>,
 }
 
 /// Arrivals counted per model to estimate its mean rate, at most (a bound on the time taken).
 const MAX_COUNTED_ARRIVALS: u64 = 20_000_000;
+/// Control intervals a model's busy time is kept for, at most (later arrivals count in the mean).
+const MAX_INTERVALS: usize = 100_000;
+/// The percentile of a GPU's busy time over intervals that `balanced` places by.
+const PEAK_QUANTILE: f64 = 0.99;
 
 /// Each model's demand in `loaded` (its arrivals drawn once to count them).
 pub fn demands(loaded: &LoadedScenario) -> Result<Vec<Demand>> {
@@ -77,18 +86,28 @@ pub fn demands(loaded: &LoadedScenario) -> Result<Vec<Demand>> {
         .into_iter()
         .zip(contexts)
         .map(|(mut setup, context)| {
-            let (mut count, mut last) = (0u64, 0.0f64);
+            let interval_s = loaded.scenario.control_interval_s;
+            let (mut count, mut last, mut by_interval) = (0u64, 0.0f64, Vec::<f64>::new());
             while count < MAX_COUNTED_ARRIVALS
                 && let Some(t) = setup.arrivals.next_arrival()
             {
                 (count, last) = (count + 1, t);
+                let k = (t / interval_s) as usize;
+                if k < MAX_INTERVALS {
+                    if by_interval.len() <= k {
+                        by_interval.resize(k + 1, 0.0);
+                    }
+                    by_interval[k] += 1.0;
+                }
             }
             let span = loaded.scenario.duration_s.unwrap_or(last).min(last.max(f64::MIN_POSITIVE));
             let rate = if count == 0 { 0.0 } else { count as f64 / span.max(1e-3) };
             let batch = context.configured.max_batch.max(1);
             let per_request_ms = context.latency.p50_ms(batch, 100.0) / batch as f64;
+            let busy_of = |arrivals: f64| arrivals * per_request_ms * 1e-3 * 100.0;
             Ok(Demand {
-                busy_pct: rate * per_request_ms * 1e-3 * 100.0,
+                busy_by_interval: by_interval.iter().map(|&n| busy_of(n / interval_s)).collect(),
+                busy_pct: busy_of(rate),
                 knee_pct: context.latency.knee_pct(batch),
                 interference: config.interference_by_model.get(&setup.name).copied().unwrap_or(config.interference),
                 slo_ms: context.slo_ms,
@@ -107,6 +126,26 @@ fn busy_with_interference(demands: &[Demand], on: &[usize]) -> f64 {
             d.busy_pct * (1.0 + d.interference * (total - d.busy_pct) / 100.0)
         })
         .sum()
+}
+
+/// The `PEAK_QUANTILE` over intervals of the busy GPU% of models `on` one GPU, each slowed by
+/// its interference with the others' mean busy share.
+fn peak_busy(demands: &[Demand], on: &[usize]) -> f64 {
+    let total: f64 = on.iter().map(|&i| demands[i].busy_pct).sum();
+    let intervals = on.iter().map(|&i| demands[i].busy_by_interval.len()).max().unwrap_or(0);
+    let mut summed = vec![0.0; intervals];
+    for &i in on {
+        let d = &demands[i];
+        let slowed = 1.0 + d.interference * (total - d.busy_pct) / 100.0;
+        for (sum, busy) in summed.iter_mut().zip(&d.busy_by_interval) {
+            *sum += busy * slowed;
+        }
+    }
+    if summed.is_empty() {
+        return busy_with_interference(demands, on);
+    }
+    summed.sort_by(f64::total_cmp);
+    summed[((summed.len() - 1) as f64 * PEAK_QUANTILE).round() as usize]
 }
 
 /// The GPU of each model (by index) on `gpus` GPUs.
@@ -136,7 +175,11 @@ pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize
                 };
                 let cost = |g: usize| match placement {
                     Placement::InterferenceGreedy => after(g) - busy_with_interference(demands, &on[g]),
-                    _ => after(g),
+                    _ => {
+                        let mut with: Vec<usize> = on[g].clone();
+                        with.push(m);
+                        peak_busy(demands, &with)
+                    }
                 };
                 // Ties (empty GPUs, or equal loads): the GPU with fewer models of a tighter SLO.
                 let tighter = |g: usize| on[g].iter().filter(|&&i| demands[i].slo_ms <= demands[m].slo_ms).count();
@@ -227,7 +270,26 @@ mod tests {
     use super::*;
 
     fn demand(busy_pct: f64, knee_pct: f64, slo_ms: f64) -> Demand {
-        Demand { busy_pct, knee_pct, interference: 0.4, slo_ms }
+        Demand { busy_pct, knee_pct, interference: 0.4, slo_ms, busy_by_interval: vec![busy_pct; 10] }
+    }
+
+    #[test]
+    fn balanced_keeps_models_whose_bursts_coincide_apart() {
+        // a and b burst in the same intervals (mean 18.5, peak 95); c is steady at 40. By the
+        // mean, a and b would share a GPU beside c's; by the peaks, each goes its own way.
+        let series = |by_interval: Vec<f64>| {
+            let mean = by_interval.iter().sum::<f64>() / by_interval.len() as f64;
+            Demand { busy_pct: mean, knee_pct: 30.0, interference: 0.0, slo_ms: 10.0, busy_by_interval: by_interval }
+        };
+        let burst = || series([vec![95.0; 1], vec![10.0; 9]].concat());
+        let d = [burst(), burst(), series(vec![40.0; 10])];
+        let by_mean: Vec<usize> = {
+            let flat: Vec<Demand> = d.iter().map(|x| Demand { busy_by_interval: Vec::new(), ..x.clone() }).collect();
+            place(&flat, 2, Placement::Balanced)
+        };
+        assert_eq!(by_mean[0], by_mean[1], "without intervals, the mean puts them together: {by_mean:?}");
+        let placed = place(&d, 2, Placement::Balanced);
+        assert_ne!(placed[0], placed[1], "{placed:?}");
     }
 
     #[test]
