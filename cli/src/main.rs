@@ -427,6 +427,11 @@ enum Command {
         /// instead of one after the other (golden-section searches).
         #[arg(long)]
         joint: bool,
+        /// Temporal sharing's wait (ms) when the GPU turns to another model's batch, as measured
+        /// live (the driver's time slice between the workers' processes; 0.25 on the H200:
+        /// bench/results/2026-12-02-sim-vs-live-h200-all-policies); written as given.
+        #[arg(long, default_value_t = 0.0)]
+        temporal_switch_ms: f64,
     },
     /// Check the simulator against measurements it was not fitted on: (a) GPU% levels left out
     /// of the latency fit, (b) co-located groups, each run in the simulator closed loop as on the
@@ -932,13 +937,18 @@ fn run(command: Command) -> Result<()> {
                 repository: repository.as_ref(),
             })
         }
-        Command::Calibrate { profile, colocation, fit_group_size, out, joint } => {
+        Command::Calibrate { profile, colocation, fit_group_size, out, joint, temporal_switch_ms } => {
+            anyhow::ensure!(
+                temporal_switch_ms.is_finite() && (0.0..=1000.0).contains(&temporal_switch_ms),
+                "--temporal-switch-ms must be in [0, 1000], got {temporal_switch_ms}"
+            );
             calibration::calibrate(&calibration::CalibrateOptions {
                 profile: &profile,
                 colocation: &colocation,
                 fit_group_size,
                 out: &out,
                 joint,
+                temporal_switch_ms,
             })?;
             Ok(())
         }

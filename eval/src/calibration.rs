@@ -36,6 +36,10 @@ pub struct Contention {
     pub mps_launch_contention_by_model: BTreeMap<String, f64>,
     /// How a default-MPS batch's share of the SMs falls with the number running (see `SimConfig`).
     pub mps_share_exponent: f64,
+    /// Temporal sharing's wait when the GPU turns to another model's batch, ms (see
+    /// `SimConfig::temporal_switch_ms`): measured live, not fitted from co-location groups.
+    #[serde(default)]
+    pub temporal_switch_ms: f64,
 }
 
 impl std::fmt::Display for Contention {
@@ -57,6 +61,9 @@ impl std::fmt::Display for Contention {
                 self.mps_launch_contention_by_model.iter().map(|(m, c)| format!("{m} {c:.3}")).collect();
             write!(f, " ({})", by_model.join(", "))?;
         }
+        if self.temporal_switch_ms > 0.0 {
+            write!(f, ", temporal switch {} ms", self.temporal_switch_ms)?;
+        }
         Ok(())
     }
 }
@@ -71,6 +78,7 @@ impl Contention {
             mps_launch_contention: gpuslice_simulator::H100_MPS_LAUNCH_CONTENTION,
             mps_launch_contention_by_model: BTreeMap::new(),
             mps_share_exponent: gpuslice_simulator::H100_MPS_SHARE_EXPONENT,
+            temporal_switch_ms: 0.0,
         }
     }
 
@@ -82,6 +90,7 @@ impl Contention {
             mps_launch_contention: 0.0,
             mps_launch_contention_by_model: BTreeMap::new(),
             mps_share_exponent: gpuslice_simulator::H100_MPS_SHARE_EXPONENT,
+            temporal_switch_ms: 0.0,
         }
     }
 
@@ -94,6 +103,7 @@ impl Contention {
             mps_launch_contention: self.mps_launch_contention,
             mps_launch_contention_by_model: self.mps_launch_contention_by_model.clone(),
             mps_share_exponent: self.mps_share_exponent,
+            temporal_switch_ms: self.temporal_switch_ms,
             seed,
             ..SimConfig::default()
         }
@@ -536,6 +546,8 @@ pub struct CalibrateOptions<'a> {
     /// Fit the default-MPS share exponent and launch contention together (Nelder-Mead from the
     /// shipped H100 values) instead of one after the other.
     pub joint: bool,
+    /// `Contention::temporal_switch_ms`, as measured live (kept in the file as given).
+    pub temporal_switch_ms: f64,
 }
 
 /// Fits the latency models, then each model's `interference` on the controlled groups and the
@@ -586,7 +598,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
         let exponent = minimize_1d(0.25, 4.0, |e| loss(&default_mps, &latency, &at(e, 0.0), None))?;
         (exponent, minimize_1d(0.0, 8.0, |c| loss(&default_mps, &latency, &at(exponent, c), None))?)
     };
-    contention = at(exponent, launch);
+    contention = Contention { temporal_switch_ms: o.temporal_switch_ms, ..at(exponent, launch) };
     // Then each model's own launch contention, on the default-MPS groups it ran in: a light
     // model waits behind heavy kernels far more than heavy models behind each other. Two
     // rounds, as each model's fit moves the others' co-runners.
@@ -634,7 +646,12 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
         o.profile,
         o.colocation,
         o.fit_group_size,
-        if o.joint { " --joint" } else { "" },
+        if o.joint { " --joint".to_string() } else { String::new() }
+            + &if o.temporal_switch_ms > 0.0 {
+                format!(" --temporal-switch-ms {}", o.temporal_switch_ms)
+            } else {
+                String::new()
+            },
         toml::to_string(&file)?
     );
     std::fs::write(o.out, text).with_context(|| format!("cannot write {}", o.out.display()))?;

@@ -173,6 +173,10 @@ pub struct SimConfig {
     /// requests takes the time of the smallest size that holds it, padded; one above the largest
     /// runs as formed. Empty: every batch as formed.
     pub served_batches: Vec<u32>,
+    /// Temporal sharing only: a batch of another model than the one the GPU ran last first
+    /// waits this long (ms): the driver's time slice and context switch between the workers'
+    /// processes, which a single queue does not have.
+    pub temporal_switch_ms: f64,
 }
 
 impl SimConfig {
@@ -198,6 +202,9 @@ impl SimConfig {
         }
         if let Some(ms) = self.drop_after_ms.filter(|ms| !(ms.is_finite() && *ms > 0.0 && *ms <= MAX_LATENCY_MS)) {
             return Some(format!("drop_after_ms must be in (0, {MAX_LATENCY_MS}], got {ms}"));
+        }
+        if !(self.temporal_switch_ms.is_finite() && (0.0..=1000.0).contains(&self.temporal_switch_ms)) {
+            return Some(format!("temporal_switch_ms must be in [0, 1000], got {}", self.temporal_switch_ms));
         }
         if self.served_batches.first() == Some(&0) || !self.served_batches.is_sorted() {
             return Some(format!(
@@ -229,6 +236,7 @@ impl Default for SimConfig {
             seed: 0,
             record_requests: false,
             served_batches: Vec::new(),
+            temporal_switch_ms: 0.0,
         }
     }
 }

@@ -274,6 +274,8 @@ pub struct Simulator {
     next_ticket: Ticket,
     /// The whole-run figures of released models (see `ModelState::released`).
     retired_total: Counters,
+    /// Temporal sharing: the model whose batch the GPU ran last.
+    last_temporal_model: Option<usize>,
 }
 
 impl Simulator {
@@ -298,6 +300,7 @@ impl Simulator {
             scratch_order: Vec::new(),
             events: 0,
             last_arrival: 0,
+            last_temporal_model: None,
             interval_start: 0,
             requests: Vec::new(),
             dropped_tickets: Vec::new(),
@@ -763,7 +766,13 @@ impl Simulator {
             Sharing::Temporal | Sharing::DefaultMps => 100.0,
         };
         let served = self.config.served_size(size as u32);
-        let solo_ns = state.service.sample_ns(served, gpu_pct, &mut self.rng).max(1.0);
+        let mut solo_ns = state.service.sample_ns(served, gpu_pct, &mut self.rng).max(1.0);
+        if self.config.sharing == Sharing::Temporal {
+            if self.last_temporal_model.is_some_and(|last| last != model) {
+                solo_ns += self.config.temporal_switch_ms * 1e6;
+            }
+            self.last_temporal_model = Some(model);
+        }
         let default_mps = self.config.sharing == Sharing::DefaultMps;
         let (knee_pct, launch_fraction) =
             if default_mps { state.service.knee_and_launch_fraction(served) } else { (100.0, 0.0) };

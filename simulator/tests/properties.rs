@@ -75,6 +75,8 @@ fn run(case: &Case) -> Simulator {
         seed: case.seed,
         record_requests: true,
         served_batches: if case.padded { vec![1, 2, 4, 8, 16, 24, 32] } else { Vec::new() },
+        // 0-0.5 ms, exercised under temporal sharing.
+        temporal_switch_ms: case.interference,
     };
     let setups = case
         .models
@@ -207,4 +209,33 @@ fn values_at_their_limits_run_and_beyond_them_are_refused() {
     let config = SimConfig { drop_after_ms: Some(-1.0), ..SimConfig::default() };
     let err = Simulator::new(config, vec![setup(1.0)]).err().unwrap().to_string();
     assert!(err.contains("drop_after_ms"), "{err}");
+}
+
+#[test]
+fn under_temporal_sharing_turning_to_another_model_costs_the_switch() {
+    // Two models, one request each at t = 0 and t = 0.1 ms, 1 ms a batch: the second model's
+    // batch starts when the first ends and, with a 0.25 ms switch, ends 0.25 ms later.
+    let end_of_second = |switch_ms: f64| {
+        let model = |name: &str, at: f64| ModelSetup {
+            name: name.into(),
+            slo_ms: 10.0,
+            service: ServiceModel::Constant { ms: 1.0 },
+            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+            arrivals: Box::new(gpuslice_traces::arrivals::Replay::new(vec![at].into(), 1.0, 1.0, None, 0)),
+        };
+        let config = SimConfig {
+            sharing: Sharing::Temporal,
+            temporal_switch_ms: switch_ms,
+            record_requests: true,
+            ..SimConfig::default()
+        };
+        let mut sim = Simulator::new(config, vec![model("a", 0.0), model("b", 1e-4)]).unwrap();
+        sim.finish();
+        let records = sim.take_finished().0;
+        records.iter().find(|r| r.model == 1).unwrap().end_ns as f64 * 1e-6
+    };
+    assert!((end_of_second(0.0) - 2.0).abs() < 1e-6, "{}", end_of_second(0.0));
+    assert!((end_of_second(0.25) - 2.25).abs() < 1e-6, "{}", end_of_second(0.25));
+    let bad = SimConfig { temporal_switch_ms: f64::NAN, ..SimConfig::default() };
+    assert!(bad.problem().unwrap().contains("temporal_switch_ms"));
 }
