@@ -637,6 +637,13 @@ impl Dispatcher {
                         crew.active = crew.at_level(pct).unwrap_or(crew.active);
                     }
                     Handover::Replacement(worker, pct) => {
+                        if crew.pool.iter().any(|(w, p)| *p == pct && !w.quick_start) {
+                            // A full worker serves this level already (a lost quick-start
+                            // worker's restart and its planned replacement both came): surplus.
+                            tracing::info!(model = %self.name, gpu_pct = pct, "surplus pool worker stopped");
+                            std::thread::spawn(move || drop(worker));
+                            continue;
+                        }
                         tracing::info!(model = %self.name, gpu_pct = pct, "pool worker ready");
                         self.wake_on_completion(&worker);
                         crew.pool.push((*worker, pct));
