@@ -938,9 +938,10 @@ fn run(command: Command) -> Result<()> {
             })
         }
         Command::Calibrate { profile, colocation, fit_group_size, out, joint, temporal_switch_ms } => {
+            let most = gpuslice_simulator::MAX_TEMPORAL_SWITCH_MS;
             anyhow::ensure!(
-                temporal_switch_ms.is_finite() && (0.0..=1000.0).contains(&temporal_switch_ms),
-                "--temporal-switch-ms must be in [0, 1000], got {temporal_switch_ms}"
+                temporal_switch_ms.is_finite() && (0.0..=most).contains(&temporal_switch_ms),
+                "--temporal-switch-ms must be in [0, {most}], got {temporal_switch_ms}"
             );
             calibration::calibrate(&calibration::CalibrateOptions {
                 profile: &profile,

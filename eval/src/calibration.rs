@@ -178,6 +178,7 @@ impl Calibration {
             ("interference", &c.interference),
             ("mps_launch_contention", &c.mps_launch_contention),
             ("mps_share_exponent", &c.mps_share_exponent),
+            ("temporal_switch_ms", &c.temporal_switch_ms),
         ]
         .into_iter()
         .chain(
@@ -641,17 +642,19 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    let mut flags = String::new();
+    if o.joint {
+        flags += " --joint";
+    }
+    if o.temporal_switch_ms > 0.0 {
+        flags += &format!(" --temporal-switch-ms {}", o.temporal_switch_ms);
+    }
     let text = format!(
         "# Written by `gpuslice calibrate --profile {} --colocation {} --fit-group-size {}{}`.\n{}",
         o.profile,
         o.colocation,
         o.fit_group_size,
-        if o.joint { " --joint".to_string() } else { String::new() }
-            + &if o.temporal_switch_ms > 0.0 {
-                format!(" --temporal-switch-ms {}", o.temporal_switch_ms)
-            } else {
-                String::new()
-            },
+        flags,
         toml::to_string(&file)?
     );
     std::fs::write(o.out, text).with_context(|| format!("cannot write {}", o.out.display()))?;

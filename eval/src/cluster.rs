@@ -168,18 +168,12 @@ pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize
                     .unwrap_or_else(|| (0..gpus).min_by(|&a, &b| knees(a).total_cmp(&knees(b))).expect("a GPU"))
             }
             Placement::InterferenceGreedy | Placement::Balanced => {
-                let after = |g: usize| {
-                    let mut with: Vec<usize> = on[g].clone();
-                    with.push(m);
-                    busy_with_interference(demands, &with)
-                };
+                let with_m = |g: usize| on[g].iter().copied().chain([m]).collect::<Vec<usize>>();
                 let cost = |g: usize| match placement {
-                    Placement::InterferenceGreedy => after(g) - busy_with_interference(demands, &on[g]),
-                    _ => {
-                        let mut with: Vec<usize> = on[g].clone();
-                        with.push(m);
-                        peak_busy(demands, &with)
+                    Placement::InterferenceGreedy => {
+                        busy_with_interference(demands, &with_m(g)) - busy_with_interference(demands, &on[g])
                     }
+                    _ => peak_busy(demands, &with_m(g)),
                 };
                 // Ties (empty GPUs, or equal loads): the GPU with fewer models of a tighter SLO.
                 let tighter = |g: usize| on[g].iter().filter(|&&i| demands[i].slo_ms <= demands[m].slo_ms).count();

@@ -80,9 +80,10 @@ fn colocation_rows() -> impl Strategy<Value = String> {
 /// or plausible.
 fn calibration() -> impl Strategy<Value = String> {
     let profiles = prop::sample::select(vec!["builtin:h100-cudagraph", "nothere.csv", "/dev/zero", ""]);
-    (number(), number(), number(), number(), number(), profiles).prop_map(|(i, c, e, m, l, profile)| {
+    (number(), number(), number(), number(), number(), number(), profiles).prop_map(|(i, c, e, t, m, l, profile)| {
         format!(
             "profile = \"{profile}\"\ninterference = {i}\nmps_launch_contention = {c}\nmps_share_exponent = {e}\n\
+             temporal_switch_ms = {t}\n\
              [interference_by_model]\nvgg16 = {m}\n[mps_launch_contention_by_model]\nmobilenet_v3_large = {l}\n"
         )
     })
@@ -107,7 +108,8 @@ proptest! {
             Ok(c) => {
                 let k = &c.contention;
                 let per_model = k.interference_by_model.values().chain(k.mps_launch_contention_by_model.values());
-                for v in per_model.chain([&k.interference, &k.mps_launch_contention, &k.mps_share_exponent]) {
+                let shared = [&k.interference, &k.mps_launch_contention, &k.mps_share_exponent, &k.temporal_switch_ms];
+                for v in per_model.chain(shared) {
                     prop_assert!(v.is_finite() && *v >= 0.0, "loaded {v} from {text}");
                 }
                 let _ = c.profile_set();

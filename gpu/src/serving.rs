@@ -561,13 +561,18 @@ impl Crew {
         at(false).or_else(|| at(true))
     }
 
+    /// Whether a full (not quick-start) worker serves level `pct`.
+    fn has_full_at(&self, pct: f64) -> bool {
+        self.pool.iter().any(|(w, p)| *p == pct && !w.quick_start)
+    }
+
     /// A quick-start worker that can go: a full one serves its level, and it holds no batch.
     fn retirable(&self) -> Option<usize> {
         (0..self.pool.len()).find(|&i| {
             let (worker, pct) = &self.pool[i];
             worker.quick_start
                 && i != self.active
-                && self.pool.iter().any(|(w, p)| p == pct && !w.quick_start)
+                && self.has_full_at(*pct)
                 && !self.running.iter().any(|r| r.worker == i)
         })
     }
@@ -637,7 +642,7 @@ impl Dispatcher {
                         crew.active = crew.at_level(pct).unwrap_or(crew.active);
                     }
                     Handover::Replacement(worker, pct) => {
-                        if crew.pool.iter().any(|(w, p)| *p == pct && !w.quick_start) {
+                        if crew.has_full_at(pct) {
                             // A full worker serves this level already (a lost quick-start
                             // worker's restart and its planned replacement both came): surplus.
                             tracing::info!(model = %self.name, gpu_pct = pct, "surplus pool worker stopped");

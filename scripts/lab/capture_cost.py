@@ -12,6 +12,8 @@ Usage: capture_cost.py OUT.jsonl [--model mobilenet_v3_large] [--batches 1,2,4,6
 """
 import argparse, json, subprocess, sys, time
 
+from cudnn_choice import replay_ms  # this folder's: the same replay timing
+
 
 def measure(model_name, variant, batches):
     import torch, torchvision
@@ -41,14 +43,7 @@ def measure(model_name, variant, batches):
                 model(x)
             stream.synchronize()
             capture = round(time.monotonic() - t, 4)
-            for _ in range(20):
-                graph.replay()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
-            for _ in range(100):
-                start.record(); graph.replay(); end.record(); end.synchronize()
-                times.append(start.elapsed_time(end))
-            times.sort()
+            times = replay_ms(torch, graph, 100)
             rows.append({"variant": variant, "model": model_name, "batch": b, "eager_s": steps, "capture_s": capture,
                          "p50_ms": round(times[50], 4)})
     return rows

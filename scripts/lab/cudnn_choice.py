@@ -12,6 +12,21 @@ Usage: cudnn_choice.py OUT.csv [--models a,b] [--batches 1,8,16,32] [--replays 2
 import argparse, csv, json, subprocess, sys, time
 
 
+def replay_ms(torch, graph, replays):
+    """The graph's replay times (ms between two CUDA events), sorted, after 20 warm-up replays."""
+    for _ in range(20):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(replays):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)
+
+
 def measure(model_name, benchmark, batches, replays):
     import torch, torchvision
     torch.backends.cudnn.benchmark = benchmark
@@ -34,17 +49,7 @@ def measure(model_name, benchmark, batches, replays):
                 model(x)
             stream.synchronize()
             capture_s = time.monotonic() - began
-            for _ in range(20):
-                graph.replay()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
-            for _ in range(replays):
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            times.sort()
+            times = replay_ms(torch, graph, replays)
             rows.append({"model": model_name, "benchmark": benchmark, "batch": b, "capture_s": round(capture_s, 3),
                          "p50_ms": round(times[len(times) // 2], 4), "p99_ms": round(times[int(len(times) * 0.99)], 4)})
     return rows

@@ -45,6 +45,8 @@ pub const MAX_BATCH: u32 = 1024;
 pub const MAX_BATCH_TIMEOUT_MS: f64 = 60_000.0;
 /// The longest latency SLO, and `SimConfig::drop_after_ms`: an hour, in ms.
 pub const MAX_LATENCY_MS: f64 = 3_600_000.0;
+/// The longest `SimConfig::temporal_switch_ms`: a second.
+pub const MAX_TEMPORAL_SWITCH_MS: f64 = 1000.0;
 /// The longest reallocation pause (`ReallocationCost`): an hour, in seconds.
 pub const MAX_PAUSE_S: f64 = 3_600.0;
 
@@ -203,8 +205,11 @@ impl SimConfig {
         if let Some(ms) = self.drop_after_ms.filter(|ms| !(ms.is_finite() && *ms > 0.0 && *ms <= MAX_LATENCY_MS)) {
             return Some(format!("drop_after_ms must be in (0, {MAX_LATENCY_MS}], got {ms}"));
         }
-        if !(self.temporal_switch_ms.is_finite() && (0.0..=1000.0).contains(&self.temporal_switch_ms)) {
-            return Some(format!("temporal_switch_ms must be in [0, 1000], got {}", self.temporal_switch_ms));
+        if !(self.temporal_switch_ms.is_finite() && (0.0..=MAX_TEMPORAL_SWITCH_MS).contains(&self.temporal_switch_ms)) {
+            return Some(format!(
+                "temporal_switch_ms must be in [0, {MAX_TEMPORAL_SWITCH_MS}], got {}",
+                self.temporal_switch_ms
+            ));
         }
         if self.served_batches.first() == Some(&0) || !self.served_batches.is_sorted() {
             return Some(format!(
