@@ -34,6 +34,10 @@
 # batches to the CUDA graphs, and a live node starts each model on a quick-start worker:
 #   bash scripts/gpu-session.sh padded    worker start (first level), then model-based on both
 #                                         trios where it held and missed
+#
+# 2026-12-02 (fifteenth session): the same start and the held points, and ResNet-50 from a file
+# under the gpu-trio-like load with request bytes against the zero-input path (issue 16):
+#   bash scripts/gpu-session.sh file
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -84,6 +88,13 @@ case "${1:-trio}" in
     OUT=$R/start timeout 120 bash scripts/gpu-start.sh quick
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.15" \
       "model-based scenarios/mixed-slo-trio.toml 1.55" "model-based scenarios/gpu-trio.toml 1.1"
+    ;;
+  file)
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/start timeout 110 bash scripts/gpu-start.sh quick
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   reworked)
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.25" \

@@ -339,6 +339,11 @@ enum Command {
         /// back. Empty: start a worker per change.
         #[arg(long, value_delimiter = ',', default_value = "10,20,30,45,60,80,100")]
         pool_levels: Vec<f64>,
+        /// Run each model's program from this model repository (the folder named like the
+        /// model; see `serve --model-repository`) instead of the torchvision benchmark of its
+        /// name: every scenario model must be in it. The requests still carry no input (zeros).
+        #[arg(long)]
+        model_repository: Option<PathBuf>,
     },
     /// Send a scenario's arrivals, open loop, to any server of the standard inference protocol
     /// (Triton, or `gpuslice serve`) and print per model the requests answered and within SLO,
@@ -813,16 +818,29 @@ fn run(command: Command) -> Result<()> {
                 out: out.as_deref(),
             })
         }
-        Command::GpuRun { config, policy, out, load_scale, fake_ms, calibration, pool_levels } => {
+        Command::GpuRun { config, policy, out, load_scale, fake_ms, calibration, pool_levels, model_repository } => {
             let calibration = live_calibration(&calibration, fake_ms.is_some())?;
             let mut loaded = scenario::LoadedScenario::load_calibrated(Some(&config), calibration.as_deref())?;
             loaded.scale_load(load_scale)?;
+            let mut sources = std::collections::HashMap::new();
+            if let Some(dir) = model_repository {
+                let repository = gpuslice_serve::repository::Repository::open(
+                    &dir,
+                    &gpuslice_eval::calibration::Calibration::first_h100(),
+                )?;
+                for model in &loaded.scenario.models {
+                    let spec = repository.spec(&model.name).map_err(|e| {
+                        anyhow::anyhow!("scenario model {:?} in repository {}: {e}", model.name, dir.display())
+                    })?;
+                    sources.insert(model.name.clone(), spec.source);
+                }
+            }
             let template = gpuslice_gpu::serving::WorkerTemplate {
                 script: gpuslice_gpu::worker::default_script(),
                 fake_ms,
                 pool_levels,
             };
-            let on = gpuslice_gpu::builder::GpuBuilder { template };
+            let on = gpuslice_gpu::builder::GpuBuilder { template, sources };
             let run = simulate::run_on(&loaded, &PolicyChoice::Named(policy), &on, true)?;
             println!(
                 "{} — policy {} on the GPU, {:.1} s, {} reallocations",

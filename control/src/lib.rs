@@ -130,6 +130,10 @@ pub trait LiveBackend: Send + 'static {
     fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError>;
     /// Whole-run figures so far.
     fn report(&mut self) -> Report;
+    /// Per model, where its requests' time went, where the backend measures the stages.
+    fn stage_times(&mut self) -> Vec<StageSummary> {
+        Vec::new()
+    }
     /// Switches how the GPU is shared (a backend that offers no modes refuses).
     fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
         Err(BackendError::Unsupported(format!("this backend serves slices only, not {sharing}")))
@@ -282,6 +286,11 @@ pub struct StageSummary {
     pub graph_batch_mean: f64,
     /// Device-to-host copy of the results, mean.
     pub d2h_mean_ms: f64,
+    /// The host's copy of a batch's request inputs into the worker's shared memory, mean over
+    /// batches (zeros written where a request carried none)...
+    pub copy_in_batch_mean_ms: f64,
+    /// ...and of its output rows out of it, into each request's answer.
+    pub copy_out_batch_mean_ms: f64,
     /// Arrival to result: median...
     pub total_p50_ms: f64,
     /// ...and 99th percentile.

@@ -122,6 +122,8 @@ pub fn stage_table(stages: &[gpuslice_control::StageSummary]) -> Table {
         "graph batch (mean)",
         "inference ms per batch",
         "D2H ms (mean)",
+        "host copy in ms per batch",
+        "host copy out ms per batch",
         "total p50 ms",
         "total p99 ms",
     ]);
@@ -137,6 +139,8 @@ pub fn stage_table(stages: &[gpuslice_control::StageSummary]) -> Table {
             format!("{:.1}", s.graph_batch_mean),
             format!("{:.3}", s.infer_batch_mean_ms),
             format!("{:.3}", s.d2h_mean_ms),
+            format!("{:.3}", s.copy_in_batch_mean_ms),
+            format!("{:.3}", s.copy_out_batch_mean_ms),
             format!("{:.2}", s.total_p50_ms),
             format!("{:.2}", s.total_p99_ms),
         ]);

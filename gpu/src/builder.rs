@@ -5,12 +5,16 @@ use crate::serving::{GRAPH_BATCHES, GpuBackend, GpuModelSetup, WorkerStarter, Wo
 use gpuslice_control::ModelSource;
 use gpuslice_control::{Backend, BackendBuilder, BackendError};
 use gpuslice_simulator::{ModelSetup, Sharing, SimConfig};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Builds the GPU backend: each model's workers from `template`.
 pub struct GpuBuilder {
     /// How workers start, and the standby pool's GPU% levels.
     pub template: WorkerTemplate,
+    /// What a model runs, by its name, where it is not the torchvision benchmark of that name
+    /// (a model repository's files).
+    pub sources: HashMap<String, ModelSource>,
 }
 
 impl BackendBuilder for GpuBuilder {
@@ -50,7 +54,7 @@ impl BackendBuilder for GpuBuilder {
         let gpu_setups = setups
             .into_iter()
             .map(|s| GpuModelSetup {
-                source: ModelSource::torchvision(&s.name),
+                source: self.sources.get(&s.name).cloned().unwrap_or_else(|| ModelSource::torchvision(&s.name)),
                 name: s.name,
                 slo_ms: s.slo_ms,
                 allocation: s.allocation,

@@ -73,6 +73,10 @@ impl LiveBackend for GpuBackend {
         self.apply(model, allocation)
     }
 
+    fn stage_times(&mut self) -> Vec<gpuslice_control::StageSummary> {
+        Backend::stage_times(self)
+    }
+
     fn report(&mut self) -> Report {
         Backend::report(self)
     }

@@ -111,6 +111,10 @@ struct StageRecorder {
     batches: u64,
     graph_sum: u64,
     infer_sum_ms: f64,
+    /// The host's copies per batch, summed: the requests' inputs into the worker's shared
+    /// memory, and their output rows out of it (ms).
+    copy_in_sum_ms: f64,
+    copy_out_sum_ms: f64,
 }
 
 impl StageRecorder {
@@ -125,12 +129,22 @@ impl StageRecorder {
             batches: 0,
             graph_sum: 0,
             infer_sum_ms: 0.0,
+            copy_in_sum_ms: 0.0,
+            copy_out_sum_ms: 0.0,
         }
     }
 
     /// One batch of requests (their arrival times), run on the graph of `graph`, that started at
-    /// `started` and ended at `done`.
-    fn record(&mut self, arrivals: &[Instant], graph: u32, started: Instant, done: Instant, times: &StageTimes) {
+    /// `started` and ended at `done`; the host copied its inputs in `copies.0` and its outputs in
+    /// `copies.1`.
+    fn record(
+        &mut self,
+        arrivals: &[Instant],
+        graph: u32,
+        (started, done): (Instant, Instant),
+        times: &StageTimes,
+        copies: (Duration, Duration),
+    ) {
         let us = |d: Duration| d.as_micros() as u64 + 1;
         let ms_us = |ms: f64| (ms * 1000.0) as u64 + 1;
         let n = arrivals.len() as u64;
@@ -144,10 +158,13 @@ impl StageRecorder {
         self.batches += 1;
         self.graph_sum += u64::from(graph);
         self.infer_sum_ms += times.infer_ms;
+        self.copy_in_sum_ms += copies.0.as_secs_f64() * 1e3;
+        self.copy_out_sum_ms += copies.1.as_secs_f64() * 1e3;
     }
 
     fn summary(&self, model: &str) -> StageSummary {
         let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let per_batch = |sum: f64| sum / self.batches.max(1) as f64;
         StageSummary {
             model: model.to_string(),
             requests: self.total.len(),
@@ -156,8 +173,10 @@ impl StageRecorder {
             h2d_mean_ms: self.h2d.mean() / 1000.0,
             infer_mean_ms: self.infer.mean() / 1000.0,
             infer_p99_ms: q(&self.infer, 0.99),
-            infer_batch_mean_ms: self.infer_sum_ms / self.batches.max(1) as f64,
-            graph_batch_mean: self.graph_sum as f64 / self.batches.max(1) as f64,
+            infer_batch_mean_ms: per_batch(self.infer_sum_ms),
+            graph_batch_mean: per_batch(self.graph_sum as f64),
+            copy_in_batch_mean_ms: per_batch(self.copy_in_sum_ms),
+            copy_out_batch_mean_ms: per_batch(self.copy_out_sum_ms),
             d2h_mean_ms: self.d2h.mean() / 1000.0,
             total_p50_ms: q(&self.total, 0.5),
             total_p99_ms: q(&self.total, 0.99),
@@ -447,6 +466,8 @@ struct Running {
     worker: usize,
     graph: u32,
     submitted: Instant,
+    /// How long the host took to write its inputs into the worker's shared memory.
+    copy_in: Duration,
 }
 
 /// When a worker that runs a batch gets the next one: one hand-off before the running batch is
@@ -767,15 +788,18 @@ impl Dispatcher {
             // Each request's input goes into its row of the worker's shared memory, as it came
             // (the one copy on the host); rows without one, and the graph's padding, are zeros.
             let row = crew.pool[active].0.row_bytes().0;
+            let mut copy_in = Duration::ZERO;
             let handed = crew.pool[active].0.submit(graph, 0, |slot| {
+                let began = Instant::now();
                 for (i, rows) in slot[..graph as usize * row].chunks_exact_mut(row).enumerate() {
                     match requests.get(i).and_then(|r| r.input.as_deref()) {
                         Some(input) => rows.copy_from_slice(input),
                         None => rows.fill(0),
                     }
                 }
+                copy_in = began.elapsed();
             });
-            crew.running.push_back(Running { requests, worker: active, graph, submitted });
+            crew.running.push_back(Running { requests, worker: active, graph, submitted, copy_in });
             if let Err(e) = handed
                 && !self.worker_lost(&mut lock.lock().expect("model state"), &mut crew, Lost::Pool(active), e)
             {
@@ -888,7 +912,7 @@ impl Dispatcher {
         let (began, service) = pace.completed(batch.worker, batch.graph, c);
         s.in_flight -= 1;
         let arrivals: Vec<Instant> = batch.requests.iter().map(|r| r.arrival).collect();
-        s.stages.record(&arrivals, batch.graph, began, c.done, &c.times);
+        let copying_out = Instant::now();
         s.total.batches += 1;
         s.interval.batches += 1;
         let busy = service.as_nanos() as f64 * gpu_pct;
@@ -896,6 +920,7 @@ impl Dispatcher {
         s.interval.sm_pct_ns += busy;
         s.samples.push(BatchSample { size: batch.graph, gpu_pct, exec_ms: service.as_secs_f64() * 1e3 });
         let size = batch.requests.len() as u32;
+        let (graph, copy_in) = (batch.graph, batch.copy_in);
         for r in batch.requests {
             // Row i is request i's, whether or not it waits for an answer.
             let output = output_rows.next();
@@ -917,6 +942,7 @@ impl Dispatcher {
                 s.finished.push(Answered { record, computed: Computed { output, h2d_ms, d2h_ms } });
             }
         }
+        s.stages.record(&arrivals, graph, (began, c.done), &c.times, (copy_in, copying_out.elapsed()));
     }
 
     /// Nothing accepted is lost silently: the batches in flight and the queue are dropped and

@@ -9,7 +9,7 @@ use crate::proto::*;
 use crate::repository::Repository;
 use anyhow::Context;
 use futures_util::future::try_join_all;
-use gpuslice_control::ModelSource;
+use gpuslice_control::{ModelSource, StageSummary};
 use gpuslice_eval::calibration::Calibration;
 use gpuslice_simulator::{ModelReport, Summary};
 use gpuslice_traces::{LatencyModel, Source};
@@ -379,6 +379,28 @@ async fn prometheus(live: LiveHandle) -> Result<String, Status> {
         text += &format!("# TYPE {name} counter\n");
         for m in &models {
             text += &format!("{name}{{model=\"{}\"}} {}\n", m.model, value(m));
+        }
+    }
+    // Where the requests' time went, per model and stage (a backend that measures stages).
+    let stages = live.ask(Command::Stages).await?;
+    type Stage = (&'static str, fn(&StageSummary) -> f64);
+    let stage_series: [Stage; 9] = [
+        ("queue_p50", |s| s.queue_p50_ms),
+        ("queue_p99", |s| s.queue_p99_ms),
+        ("copy_in_per_batch", |s| s.copy_in_batch_mean_ms),
+        ("h2d_mean", |s| s.h2d_mean_ms),
+        ("inference_per_batch", |s| s.infer_batch_mean_ms),
+        ("d2h_mean", |s| s.d2h_mean_ms),
+        ("copy_out_per_batch", |s| s.copy_out_batch_mean_ms),
+        ("total_p50", |s| s.total_p50_ms),
+        ("total_p99", |s| s.total_p99_ms),
+    ];
+    if !stages.is_empty() {
+        text += "# TYPE gpuslice_stage_ms gauge\n";
+    }
+    for s in &stages {
+        for (stage, value) in stage_series {
+            text += &format!("gpuslice_stage_ms{{model=\"{}\",stage=\"{stage}\"}} {}\n", s.model, value(s));
         }
     }
     // 0 while a model recovers (its workers are being replaced) or after it failed.

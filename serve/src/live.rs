@@ -5,8 +5,8 @@
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
 use gpuslice_control::{
-    BackendError, Change, Computed, LiveBackend, LiveModel, ModelSource, Steered, StepOutcome, apply_shrinking_first,
-    control_step,
+    BackendError, Change, Computed, LiveBackend, LiveModel, ModelSource, StageSummary, Steered, StepOutcome,
+    apply_shrinking_first, control_step,
 };
 use gpuslice_eval::calibration::Contention;
 use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
@@ -203,6 +203,8 @@ pub enum Command {
     Override(String, Option<Allocation>, Reply<Allocation>),
     /// Whole-run metrics of the named model, or of all and the total.
     Metrics(Option<String>, Reply<(Vec<ModelReport>, Summary)>),
+    /// Per registered model, where its requests' time went (a backend that measures stages).
+    Stages(Reply<Vec<StageSummary>>),
     /// One request to the named model, with its input row (None: zeros, for load tests);
     /// answered when it completes.
     Infer(String, Option<Arc<[u8]>>, Reply<InferDone>),
@@ -601,6 +603,11 @@ impl<B: LiveBackend> Live<B> {
             }
             Command::Metrics(name, reply) => {
                 let _ = reply.send(self.metrics(name.as_deref()));
+            }
+            Command::Stages(reply) => {
+                let stages = self.backend.stage_times();
+                let registered = |s: &StageSummary| self.entries.iter().any(|e| e.context.name == s.model);
+                let _ = reply.send(Ok(stages.into_iter().filter(registered).collect()));
             }
             Command::Describe(name, reply) => {
                 let view = self.entry(&name).map(|e| self.view(e));

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool, carry ["out"]): issue 16's "ResNet-50 from a file serves the
+# gpu-trio-like load with request bytes really used". The trio of scenarios/gpu-trio.toml with
+# resnext50_32x4d replaced by resnet50_file (torchvision's ResNet-50 traced to TorchScript,
+# seeded weights, fp32) at resnext50's rate, densenet121 and vgg16 from torchvision (fp16, as
+# profiled), all three from one model repository, model-based on pool levels 10-100%:
+#  1. the zero-input path: `gpu-run --model-repository` (arrivals generated in process, no
+#     request bytes: the workers read zeros);
+#  2. the byte path: `serve --backend gpu --model-repository` and `kserve-run` sending the same
+#     arrivals through the inference protocol, each request a full input row (FP32 3x224x224,
+#     588 KiB) that is decoded, copied into the worker's shared memory and to the GPU; the
+#     server's per-stage times from /metrics (`gpuslice_stage_ms`).
+# At each load scale given (default 1.0). Writes $OUT/file-trio.txt and the two runs' outputs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
+log="$OUT/file-trio.txt"
+scales=("${@:-1.0}")
+repo=/tmp/file-trio
+rm -rf $repo && mkdir -p $repo
+python3 scripts/export-example-models.py --resnet50 $repo > /dev/null || exit 1
+for m in densenet121:25 vgg16:20; do
+  mkdir -p "$repo/${m%%:*}"
+  cat > "$repo/${m%%:*}/config.toml" <<TOML
+slo_ms = ${m##*:}
+max_batch = 8
+source = "torchvision:${m%%:*}"
+fp16 = true
+[[inputs]]
+name = "input"
+datatype = "FP32"
+dims = [3, 224, 224]
+[[outputs]]
+name = "output"
+datatype = "FP32"
+dims = [1000]
+TOML
+done
+sed -e 's/^name = "gpu-trio.*/name = "gpu-trio with ResNet-50 from a file"/' \
+    -e 's/^name = "resnext50_32x4d"/name = "resnet50_file"\nprofile_model = "resnet50"/' \
+    -e '/name = "resnet50_file"/,/arrivals/ s/^slo_ms = 20/slo_ms = 25/' \
+    -e '/name = "resnet50_file"/,/arrivals/ s/^max_batch = 8/max_batch = 32/' \
+    scenarios/gpu-trio.toml > /tmp/file-trio.toml
+printf 'listen = "127.0.0.1:50051"\nmetrics_listen = "127.0.0.1:9100"\nbackend = "gpu"\n[controller]\npolicy = "model-based"\ncontrol_interval_s = 0.25\ndrop_after_ms = 500\n[gpu]\npool_levels = [10, 20, 30, 45, 60, 80, 100]\n' > /tmp/file-trio-node.toml
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
+for scale in "${scales[@]}"; do
+  echo "== zero-input path: gpu-run x$scale" | tee -a "$log"
+  ./out/gpuslice --log warn gpu-run -c /tmp/file-trio.toml --model-repository $repo --load-scale "$scale" \
+    --out "$OUT/gpu-run-$scale" 2>&1 | tee -a "$log"
+  echo "== byte path: serve + kserve-run x$scale" | tee -a "$log"
+  ./out/gpuslice --log warn serve --config /tmp/file-trio-node.toml --model-repository $repo \
+    > /tmp/file-trio-serve.out 2> "$OUT/serve-$scale.log" &
+  server=$!
+  until grep -q "^serving" /tmp/file-trio-serve.out; do sleep 0.5; kill -0 $server || { tail "$OUT/serve-$scale.log"; exit 1; }; done
+  ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50051 -c /tmp/file-trio.toml --load-scale "$scale" \
+    --out "$OUT/kserve-run-$scale" 2>&1 | tee -a "$log"
+  curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(stage_ms|latency_p99_ms|completed_total|dropped_total|reallocations_total)' | tee -a "$log"
+  kill -TERM $server; wait $server
+done
