@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gpuslice_serve::node::DEVICE_CALIBRATION;
 mod lab;
+mod netml_send;
 
 use gpuslice_eval::simulate::PolicyChoice;
 use gpuslice_eval::{bench, calibration, capacity, evaluate, output, scenario, simulate};
@@ -32,6 +33,15 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// How `netml-send` checks replies.
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckArg {
+    /// Every output value is the sum of the request's inputs (GPU-less workers).
+    Sum,
+    /// Nothing checked (real models); the top class is counted.
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -363,6 +373,46 @@ enum Command {
         /// Write summary.csv (one row per model) into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Send images as NetML packets to a node's `--netml-listen` address (this machine only),
+    /// open loop at a rate from several threads; check every reply and print per model the
+    /// requests answered, failed, lost and their latency (first packet sent to reply received).
+    NetmlSend {
+        /// The node's NetML address (loopback), host:port.
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// Models to send to, in turn: NAME or NAME:BYTES (its FP32 input's size; default a
+        /// 3x224x224 image, 602112 bytes).
+        #[arg(long, value_delimiter = ',', required = true, value_parser = netml_send::parse_target)]
+        model: Vec<gpuslice_netml::client::Target>,
+        /// Requests per second, over all models and threads (Poisson arrivals).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// How long to send, seconds (at most 3600).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Sender threads, each with its own socket (1-64).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// 0: each reply carries the whole output; K: the K best classes (class, score).
+        #[arg(long, default_value_t = 0)]
+        top_k: u16,
+        /// `sum`: every output value (or top-k score) must equal the sum of the request's
+        /// inputs (the GPU-less worker's function, `serve --fake-ms`); `none`: real models.
+        #[arg(long, value_enum, default_value_t = CheckArg::Sum)]
+        check: CheckArg,
+        /// Fault injection: the share of packets not sent (their images are then lost).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Fault injection: the share of packets sent twice.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate: f64,
+        /// Fault injection: send each image's packets in a shuffled order.
+        #[arg(long)]
+        reorder: bool,
+        /// Seed of the arrivals, inputs and faults.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// On the GPU machine: measure batch latency over a grid of GPU% (MPS) and batch sizes for
     /// the given models through the GPU backend's worker, into a calibration CSV.
@@ -737,6 +787,9 @@ fn run(command: Command) -> Result<()> {
                     running.grpc,
                     running.metrics.map_or(String::new(), |m| format!(", metrics on http://{m}/metrics"))
                 );
+                if let Some(netml) = running.netml {
+                    println!("NetML on udp://{netml}");
+                }
                 signals.next().await;
                 tracing::info!(
                     deadline_s = shutdown_deadline_s,
@@ -892,6 +945,25 @@ fn run(command: Command) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::NetmlSend { target, model, rate, seconds, threads, top_k, check, loss, duplicate, reorder, seed } => {
+            let check = match check {
+                CheckArg::Sum => gpuslice_netml::client::Check::Sum,
+                CheckArg::None => gpuslice_netml::client::Check::None,
+            };
+            netml_send::run(&gpuslice_netml::client::SendOptions {
+                target,
+                models: model,
+                rate,
+                seconds,
+                threads,
+                top_k,
+                check,
+                loss,
+                duplicate,
+                reorder,
+                seed,
+            })
         }
         Command::KserveRun { target, config, load_scale, out } => {
             output::check_out_dir(out.as_deref())?;

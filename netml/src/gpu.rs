@@ -6,7 +6,7 @@
 //!
 //! Completion is learned by polling a CUDA event (`cuEventQuery`), not by stream callbacks.
 
-use super::packet::{HEADER, PAYLOAD, PacketHeader};
+use super::packet::{Envelope, HEADER, PAYLOAD, PacketHeader};
 use super::pool::{PacketPool, SLOT_BYTES};
 use super::reassembly::CompleteImage;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, sys};
@@ -296,10 +296,10 @@ impl GpuTransfer {
     }
 }
 
-/// Writes `image`'s packets into free pool slots, as if they had been received, and returns the
-/// reassembled image (for benchmarks and tests of the transfer alone).
-pub fn stage_image(pool: &mut PacketPool, image_id: u64, image: &[u8]) -> Option<CompleteImage> {
-    let datagrams = super::packet::packetize(image_id, image);
+/// Writes `image`'s packets into free pool slots, as if they had been received from nowhere, and
+/// returns the reassembled image (for benchmarks and tests of the transfer alone).
+pub fn stage_image(pool: &mut PacketPool, envelope: &Envelope, image: &[u8]) -> Option<CompleteImage> {
+    let datagrams = super::packet::packetize(envelope, image);
     let slots: Vec<_> = std::iter::from_fn(|| pool.take()).take(datagrams.len()).collect();
     if slots.len() < datagrams.len() {
         slots.into_iter().for_each(|s| pool.give(s));
@@ -309,5 +309,6 @@ pub fn stage_image(pool: &mut PacketPool, image_id: u64, image: &[u8]) -> Option
         buffer[..datagram.len()].copy_from_slice(datagram);
     }
     let total_len = PacketHeader::parse(&datagrams[0]).ok()?.0.total_len;
-    Some(CompleteImage { image_id, total_len, slots, first_seen_ns: 0 })
+    let source = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    Some(CompleteImage { envelope: *envelope, source, total_len, slots, first_seen_ns: 0, last_seen_ns: 0 })
 }

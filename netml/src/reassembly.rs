@@ -1,9 +1,11 @@
-//! Per-image reassembly of packets that arrive lost, reordered or duplicated. Packets stay where
+//! Per-message reassembly of packets that arrive lost, reordered or duplicated. Packets stay where
 //! they were received (a slot of the packet pool); reassembly only tracks which slot holds which
-//! part, so a complete image is a list of slots in order, ready for a gather.
+//! part, so a complete image is a list of slots in order, ready for a gather. A message is known
+//! by its sender's address and its id (two senders may pick the same ids).
 
-use super::packet::PacketHeader;
+use super::packet::{Envelope, PacketHeader};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 
 /// Completed image ids remembered, so late duplicates of them are recognised.
 const REMEMBERED_COMPLETE: usize = 4096;
@@ -11,17 +13,24 @@ const REMEMBERED_COMPLETE: usize = 4096;
 /// Index of a packet's buffer in the pool.
 pub type Slot = u32;
 
-/// An image whose every packet has arrived.
+/// A message's key: where it came from, and its id.
+type Key = (SocketAddr, u64);
+
+/// An image (a message) whose every packet has arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompleteImage {
-    /// The image (request).
-    pub image_id: u64,
+    /// What it is: kind, id, model, top-k.
+    pub envelope: Envelope,
+    /// Who sent it (where its reply goes).
+    pub source: SocketAddr,
     /// Its length in bytes.
     pub total_len: u32,
     /// The slot of packet i at index i.
     pub slots: Vec<Slot>,
-    /// When its first packet arrived (the receiver's clock).
+    /// When its first packet arrived (the receiver's clock)...
     pub first_seen_ns: u64,
+    /// ...and its last.
+    pub last_seen_ns: u64,
 }
 
 /// What became of one packet. Slots in `Discard` go back to the pool.
@@ -31,7 +40,7 @@ pub enum Outcome {
     Pending,
     /// Kept, and it completed this image.
     Complete(CompleteImage),
-    /// Not kept: a duplicate, or its header disagrees with the image's first packet.
+    /// Not kept: a duplicate, or its header disagrees with the message's first packet.
     Discard(Slot),
 }
 
@@ -42,7 +51,8 @@ pub struct ReassemblyStats {
     pub completed: u64,
     /// Packets dropped as duplicates.
     pub duplicates: u64,
-    /// Packets whose total length disagreed with their image's first packet.
+    /// Packets whose total length, model, kind or top-k disagreed with their message's first
+    /// packet.
     pub conflicts: u64,
     /// Images dropped incomplete (timed out, or evicted when too many were open).
     pub expired_images: u64,
@@ -51,6 +61,7 @@ pub struct ReassemblyStats {
 }
 
 struct Partial {
+    envelope: Envelope,
     total_len: u32,
     first_seen_ns: u64,
     slots: Vec<Option<Slot>>,
@@ -59,9 +70,9 @@ struct Partial {
 
 /// Collects packets into images, keeping each packet in its pool slot.
 pub struct Reassembler {
-    open: HashMap<u64, Partial>,
-    recently_complete: HashSet<u64>,
-    complete_order: VecDeque<u64>,
+    open: HashMap<Key, Partial>,
+    recently_complete: HashSet<Key>,
+    complete_order: VecDeque<Key>,
     timeout_ns: u64,
     max_open: usize,
     /// What it has seen.
@@ -87,26 +98,35 @@ impl Reassembler {
         self.open.len()
     }
 
-    /// Takes one parsed packet held in `slot`, received at `now_ns`. Slots of images dropped to
-    /// make room are appended to `released`.
-    pub fn on_packet(&mut self, header: PacketHeader, slot: Slot, now_ns: u64, released: &mut Vec<Slot>) -> Outcome {
-        if self.recently_complete.contains(&header.image_id) {
+    /// Takes one parsed packet from `source` held in `slot`, received at `now_ns`. Slots of
+    /// images dropped to make room are appended to `released`.
+    pub fn on_packet(
+        &mut self,
+        header: PacketHeader,
+        source: SocketAddr,
+        slot: Slot,
+        now_ns: u64,
+        released: &mut Vec<Slot>,
+    ) -> Outcome {
+        let key = (source, header.envelope.image_id);
+        if self.recently_complete.contains(&key) {
             self.stats.duplicates += 1;
             return Outcome::Discard(slot);
         }
-        if !self.open.contains_key(&header.image_id) && self.open.len() >= self.max_open {
+        if !self.open.contains_key(&key) && self.open.len() >= self.max_open {
             let oldest = self.open.iter().min_by_key(|(_, p)| p.first_seen_ns).map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.drop_image(id, released);
+            if let Some(key) = oldest {
+                self.drop_image(key, released);
             }
         }
-        let partial = self.open.entry(header.image_id).or_insert_with(|| Partial {
+        let partial = self.open.entry(key).or_insert_with(|| Partial {
+            envelope: header.envelope,
             total_len: header.total_len,
             first_seen_ns: now_ns,
             slots: vec![None; PacketHeader::packet_count(header.total_len) as usize],
             received: 0,
         });
-        if partial.total_len != header.total_len {
+        if partial.total_len != header.total_len || partial.envelope != header.envelope {
             self.stats.conflicts += 1;
             return Outcome::Discard(slot);
         }
@@ -120,38 +140,40 @@ impl Reassembler {
         if partial.received as usize != partial.slots.len() {
             return Outcome::Pending;
         }
-        let done = self.open.remove(&header.image_id).expect("present");
+        let done = self.open.remove(&key).expect("present");
         self.stats.completed += 1;
         if self.complete_order.len() == REMEMBERED_COMPLETE {
             let forgotten = self.complete_order.pop_front().expect("full");
             self.recently_complete.remove(&forgotten);
         }
-        self.complete_order.push_back(header.image_id);
-        self.recently_complete.insert(header.image_id);
+        self.complete_order.push_back(key);
+        self.recently_complete.insert(key);
         Outcome::Complete(CompleteImage {
-            image_id: header.image_id,
+            envelope: done.envelope,
+            source,
             total_len: done.total_len,
             slots: done.slots.into_iter().map(|s| s.expect("all received")).collect(),
             first_seen_ns: done.first_seen_ns,
+            last_seen_ns: now_ns,
         })
     }
 
     /// Drops images older than the timeout; their slots are appended to `released`.
     pub fn expire(&mut self, now_ns: u64, released: &mut Vec<Slot>) {
         let timeout = self.timeout_ns;
-        let expired: Vec<u64> = self
+        let expired: Vec<Key> = self
             .open
             .iter()
             .filter(|(_, p)| now_ns.saturating_sub(p.first_seen_ns) > timeout)
             .map(|(id, _)| *id)
             .collect();
-        for id in expired {
-            self.drop_image(id, released);
+        for key in expired {
+            self.drop_image(key, released);
         }
     }
 
-    fn drop_image(&mut self, id: u64, released: &mut Vec<Slot>) {
-        if let Some(partial) = self.open.remove(&id) {
+    fn drop_image(&mut self, key: Key, released: &mut Vec<Slot>) {
+        if let Some(partial) = self.open.remove(&key) {
             self.stats.expired_images += 1;
             self.stats.expired_packets += u64::from(partial.received);
             released.extend(partial.slots.into_iter().flatten());
@@ -162,15 +184,21 @@ impl Reassembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::packetize;
+    use crate::packet::{Kind, ModelName, packetize};
     use proptest::prelude::*;
+
+    const FROM: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
+    fn request(image_id: u64) -> Envelope {
+        Envelope { kind: Kind::Request, image_id, top_k: 0, model: ModelName::new("m").unwrap() }
+    }
 
     /// Feeds `order` (indices into the packets, repeats allowed) and returns the outcomes.
     fn feed(packets: &[Vec<u8>], order: &[usize], r: &mut Reassembler) -> (Vec<CompleteImage>, usize) {
         let (mut complete, mut discarded, mut released) = (Vec::new(), 0, Vec::new());
         for (t, &i) in order.iter().enumerate() {
             let (header, _) = PacketHeader::parse(&packets[i]).unwrap();
-            match r.on_packet(header, i as Slot, t as u64, &mut released) {
+            match r.on_packet(header, FROM, i as Slot, t as u64, &mut released) {
                 Outcome::Complete(c) => complete.push(c),
                 Outcome::Discard(_) => discarded += 1,
                 Outcome::Pending => {}
@@ -188,7 +216,7 @@ mod tests {
             dup in 0.0..0.5f64,
         ) {
             let image: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
-            let packets = packetize(42, &image);
+            let packets = packetize(&request(42), &image);
             let n = packets.len();
             // Deterministic pseudo-random loss, duplication and order from the seed.
             let mut x = seed | 1;
@@ -217,12 +245,12 @@ mod tests {
 
     #[test]
     fn incomplete_images_expire_and_release_their_slots() {
-        let packets = packetize(1, &[0u8; 5000]);
+        let packets = packetize(&request(1), &[0u8; 5000]);
         let mut r = Reassembler::new(1000, 16);
         let mut released = Vec::new();
         for i in [0usize, 2, 4] {
             let (h, _) = PacketHeader::parse(&packets[i]).unwrap();
-            assert_eq!(r.on_packet(h, i as Slot, 10, &mut released), Outcome::Pending);
+            assert_eq!(r.on_packet(h, FROM, i as Slot, 10, &mut released), Outcome::Pending);
         }
         r.expire(500, &mut released);
         assert_eq!(r.open_images(), 1, "not yet");
@@ -238,12 +266,19 @@ mod tests {
         let mut r = Reassembler::new(u64::MAX, 2);
         let mut released = Vec::new();
         for id in 0..3u64 {
-            let (h, _) = PacketHeader::parse(&packetize(id, &[0u8; 4000])[0]).unwrap();
-            r.on_packet(h, id as Slot, id, &mut released);
+            let (h, _) = PacketHeader::parse(&packetize(&request(id), &[0u8; 4000])[0]).unwrap();
+            r.on_packet(h, FROM, id as Slot, id, &mut released);
         }
         assert_eq!((r.open_images(), released.clone()), (2, vec![0]));
-        let (other, _) = PacketHeader::parse(&packetize(2, &[0u8; 9000])[1]).unwrap();
-        assert_eq!(r.on_packet(other, 9, 5, &mut released), Outcome::Discard(9));
-        assert_eq!(r.stats.conflicts, 1);
+        let (other, _) = PacketHeader::parse(&packetize(&request(2), &[0u8; 9000])[1]).unwrap();
+        assert_eq!(r.on_packet(other, FROM, 9, 5, &mut released), Outcome::Discard(9));
+        let mut renamed = request(2);
+        renamed.model = ModelName::new("other").unwrap();
+        let (other_model, _) = PacketHeader::parse(&packetize(&renamed, &[0u8; 4000])[1]).unwrap();
+        assert_eq!(r.on_packet(other_model, FROM, 10, 6, &mut released), Outcome::Discard(10));
+        assert_eq!(r.stats.conflicts, 2);
+        // The same id from another sender is another message.
+        let elsewhere = SocketAddr::new(FROM.ip(), 10);
+        assert_eq!(r.on_packet(other_model, elsewhere, 11, 7, &mut released), Outcome::Pending);
     }
 }

@@ -1,13 +1,16 @@
 //! Receiving packets with `recvmmsg` straight into pool slots, reassembling them, and the
-//! CPU-Copy transfer mode; plus a loopback traffic generator.
+//! CPU-Copy transfer mode; sending messages as packets (replies, and the loopback traffic
+//! generators).
 
-use super::packet::{PacketHeader, packetize};
+use super::packet::{Envelope, HEADER, PacketError, PacketHeader, packetize};
 use super::pool::PacketPool;
 use super::reassembly::{CompleteImage, Outcome, Reassembler, ReassemblyStats, Slot};
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg};
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
 /// Datagrams taken per `recvmmsg` call.
 pub const RECV_BATCH: usize = 64;
@@ -17,8 +20,11 @@ pub const RECV_BATCH: usize = 64;
 pub struct ReceiveStats {
     /// Datagrams received.
     pub datagrams: u64,
-    /// Datagrams whose header did not parse (dropped).
+    /// Datagrams whose header did not parse (dropped), a version other than this build's among
+    /// them...
     pub malformed: u64,
+    /// ...counted here too.
+    pub wrong_version: u64,
     /// Polls that found no free slot: images not released fast enough.
     pub pool_exhausted: u64,
 }
@@ -65,6 +71,13 @@ impl Receiver {
         self.reassembler.stats
     }
 
+    /// Waits until a datagram is waiting or `timeout` has passed.
+    pub fn wait(&self, timeout: Duration) -> std::io::Result<()> {
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        poll(&mut [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)], timeout)?;
+        Ok(())
+    }
+
     /// Receives what is waiting (one batch), appends completed images to `complete`, and drops
     /// images past their timeout. Returns the datagrams received.
     pub fn poll(&mut self, now_ns: u64, complete: &mut Vec<CompleteImage>) -> std::io::Result<usize> {
@@ -78,11 +91,11 @@ impl Receiver {
             self.stats.pool_exhausted += 1;
             return Ok(0);
         }
-        let received: Result<Vec<usize>, nix::errno::Errno> = {
+        let received: Result<Vec<(usize, Option<SocketAddr>)>, nix::errno::Errno> = {
             let mut iovs: Vec<[IoSliceMut; 1]> =
                 self.pool.buffers_mut(&slots).into_iter().map(|b| [IoSliceMut::new(b)]).collect();
             match recvmmsg(self.socket.as_raw_fd(), &mut self.headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
-                Ok(messages) => Ok(messages.map(|m| m.bytes).collect()),
+                Ok(messages) => Ok(messages.map(|m| (m.bytes, m.address.and_then(socket_addr))).collect()),
                 Err(nix::errno::Errno::EAGAIN) => Ok(Vec::new()),
                 Err(e) => Err(e),
             }
@@ -95,15 +108,18 @@ impl Receiver {
             }
         };
         for (i, &slot) in slots.iter().enumerate() {
-            let Some(&len) = lengths.get(i) else {
+            let Some(&(len, source)) = lengths.get(i) else {
                 self.pool.give(slot);
                 continue;
             };
             self.stats.datagrams += 1;
-            let outcome = match PacketHeader::parse(&self.pool.slot(slot)[..len]) {
-                Ok((header, _)) => self.reassembler.on_packet(header, slot, now_ns, &mut released),
-                Err(_) => {
+            let outcome = match (PacketHeader::parse(&self.pool.slot(slot)[..len]), source) {
+                (Ok((header, _)), Some(source)) => {
+                    self.reassembler.on_packet(header, source, slot, now_ns, &mut released)
+                }
+                (parsed, _) => {
                     self.stats.malformed += 1;
+                    self.stats.wrong_version += u64::from(matches!(parsed, Err(PacketError::Version(_))));
                     Outcome::Discard(slot)
                 }
             };
@@ -125,10 +141,35 @@ impl Receiver {
         out.reserve(image.total_len as usize);
         for &slot in &image.slots {
             let datagram = self.pool.slot(slot);
-            let header = PacketHeader::parse_header_only(datagram);
-            let len = ((image.total_len - header.offset) as usize).min(super::packet::PAYLOAD);
-            out.extend_from_slice(&datagram[super::packet::HEADER..super::packet::HEADER + len]);
+            let offset = out.len() as u32;
+            out.extend_from_slice(&datagram[HEADER..HEADER + PacketHeader::payload_len(offset, image.total_len)]);
         }
+    }
+
+    /// Sends a message from this socket to `to` (requests from a client, whose replies come
+    /// back to this socket). Returns the datagrams sent.
+    pub fn send_to(&self, to: SocketAddr, envelope: &Envelope, payload: &[u8]) -> std::io::Result<usize> {
+        send_message(&self.socket, to, envelope, payload)
+    }
+
+    /// Sends ready-made datagrams from this socket to `to`, in order (a client that patches
+    /// prepared packets). Returns the datagrams sent.
+    pub fn send_datagrams_to(
+        &self,
+        to: SocketAddr,
+        datagrams: impl Iterator<Item = Vec<u8>>,
+    ) -> std::io::Result<usize> {
+        let mut sent = 0;
+        for datagram in datagrams {
+            sent += send_datagrams(&self.socket, to, std::iter::once(&datagram))?;
+        }
+        Ok(sent)
+    }
+
+    /// This socket, for sending from another thread (a server's replies come from the address
+    /// its requests went to).
+    pub fn try_clone_socket(&self) -> std::io::Result<UdpSocket> {
+        self.socket.try_clone()
     }
 
     /// Returns a gathered image's slots to the pool.
@@ -137,6 +178,47 @@ impl Receiver {
             self.pool.give(slot);
         }
     }
+}
+
+/// The address of a received datagram's sender (IPv4 or IPv6).
+fn socket_addr(address: SockaddrStorage) -> Option<SocketAddr> {
+    match address.family()? {
+        nix::sys::socket::AddressFamily::Inet => address.as_sockaddr_in().map(|a| SocketAddr::from(*a)),
+        nix::sys::socket::AddressFamily::Inet6 => address.as_sockaddr_in6().map(|a| SocketAddr::from(*a)),
+        _ => None,
+    }
+}
+
+/// Sends a message (`envelope`, `payload`) from `socket` to `to` as packets. Returns the
+/// datagrams sent.
+pub fn send_message(socket: &UdpSocket, to: SocketAddr, envelope: &Envelope, payload: &[u8]) -> std::io::Result<usize> {
+    send_datagrams(socket, to, packetize(envelope, payload).iter())
+}
+
+/// Sends `datagrams` to `to`, in order; a full send buffer is waited out (up to 100 ms a
+/// datagram) rather than dropped.
+fn send_datagrams<'a>(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    datagrams: impl Iterator<Item = &'a Vec<u8>>,
+) -> std::io::Result<usize> {
+    let mut sent = 0;
+    for datagram in datagrams {
+        loop {
+            match socket.send_to(datagram, to) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let writable = poll(&mut [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)], 100u8)?;
+                    if writable == 0 {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        sent += 1;
+    }
+    Ok(sent)
 }
 
 /// Sends images over UDP as packets: the loopback traffic generator.
@@ -153,14 +235,14 @@ impl Sender {
     }
 
     /// Sends `image`'s packets whose index `keep` accepts (to simulate loss), in order.
-    pub fn send(&self, image_id: u64, image: &[u8], mut keep: impl FnMut(usize) -> bool) -> std::io::Result<usize> {
-        let mut sent = 0;
-        for (i, datagram) in packetize(image_id, image).iter().enumerate() {
-            if keep(i) {
-                self.socket.send_to(datagram, self.destination)?;
-                sent += 1;
-            }
-        }
-        Ok(sent)
+    pub fn send(
+        &self,
+        envelope: &Envelope,
+        image: &[u8],
+        mut keep: impl FnMut(usize) -> bool,
+    ) -> std::io::Result<usize> {
+        let datagrams = packetize(envelope, image);
+        let kept = datagrams.iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, d)| d);
+        send_datagrams(&self.socket, self.destination, kept)
     }
 }

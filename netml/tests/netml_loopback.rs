@@ -1,8 +1,13 @@
 //! Images sent as UDP packets over loopback, received with recvmmsg into the packet pool,
 //! reassembled and gathered on the CPU (CPU-Copy), with packets lost on some images.
 
+use gpuslice_netml::packet::{Envelope, ModelName};
 use gpuslice_netml::reassembly::CompleteImage;
 use gpuslice_netml::udp::{Receiver, Sender};
+
+fn request(id: u64) -> Envelope {
+    Envelope::request(id, ModelName::new("resnet50").unwrap())
+}
 
 const IMAGE_BYTES: usize = 224 * 224 * 3 * 4;
 
@@ -19,7 +24,7 @@ fn images_arrive_whole_or_expire_counted() {
         // Images 3 and 7 lose one packet each.
         let lost = [3usize, 7].contains(&id);
         let sent = sender
-            .send(id as u64, image, |i| {
+            .send(&request(id as u64), image, |i| {
                 // Drain the socket as we go so the kernel's receive buffer never overflows.
                 if i % 32 == 0 {
                     receiver.poll(now(), &mut complete).unwrap();
@@ -32,8 +37,9 @@ fn images_arrive_whole_or_expire_counted() {
         // The consumer gathers each complete image and gives its slots back.
         for image in complete.drain(..) {
             receiver.gather_cpu(&image, &mut gathered);
-            assert_eq!(gathered, images[image.image_id as usize], "image {} intact", image.image_id);
-            ids.push(image.image_id);
+            let id = image.envelope.image_id;
+            assert_eq!(gathered, images[id as usize], "image {id} intact");
+            ids.push(id);
             receiver.release(image);
         }
     }
@@ -52,14 +58,17 @@ fn images_arrive_whole_or_expire_counted() {
 fn malformed_datagrams_are_counted_and_dropped() {
     let mut receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), 256, 1_000_000).unwrap();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for garbage in [&b"hello"[..], &[0u8; 40][..], &[0xff; 1044][..]] {
+    // The version-1 header of the first NetML release: refused, and counted as such.
+    let mut version_1 = [0u8; 1044];
+    version_1[..3].copy_from_slice(&[0x4d, 0x4e, 1]);
+    for garbage in [&b"hello"[..], &[0u8; 40][..], &[0xff; 1044][..], &version_1[..]] {
         socket.send_to(garbage, receiver.local_addr().unwrap()).unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(20));
     let mut complete = Vec::new();
     while receiver.poll(0, &mut complete).unwrap() > 0 {}
     assert!(complete.is_empty());
-    assert_eq!((receiver.stats.datagrams, receiver.stats.malformed), (3, 3));
+    assert_eq!((receiver.stats.datagrams, receiver.stats.malformed, receiver.stats.wrong_version), (4, 4, 1));
     assert_eq!(receiver.pool.free_slots(), 256);
 }
 
@@ -71,7 +80,7 @@ fn gpu_transfer_modes_deliver_intact_or_say_why_not() {
     use gpuslice_netml::pool::PacketPool;
     let mut pool = PacketPool::new(2 * 588).unwrap();
     let bytes: Vec<u8> = (0..IMAGE_BYTES).map(|i| (i % 251) as u8).collect();
-    let image = stage_image(&mut pool, 1, &bytes).unwrap();
+    let image = stage_image(&mut pool, &request(1), &bytes).unwrap();
     match GpuTransfer::new(&pool, IMAGE_BYTES, 588) {
         Err(GpuError::NoDriver) => {
             eprintln!("skipped: no CUDA driver on this machine; scripts run the GPU checks on the GPU machine")

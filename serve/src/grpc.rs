@@ -4,6 +4,7 @@
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::kserve::InferenceService;
 use crate::live::{self, Command, LiveConfig, LiveError, LiveHandle, ModelSpec};
+use crate::netml::{NetmlCounters, NetmlIngress};
 use crate::proto::controller_server::{Controller, ControllerServer};
 use crate::proto::*;
 use crate::repository::Repository;
@@ -346,8 +347,8 @@ async fn follow_health(live: LiveHandle, mut reporter: tonic_health::server::Hea
     }
 }
 
-/// Prometheus text exposition of the per-model metrics.
-async fn prometheus(live: LiveHandle) -> Result<String, Status> {
+/// Prometheus text exposition of the per-model metrics (and the NetML ingress's, where it runs).
+async fn prometheus(live: LiveHandle, netml: Option<&NetmlCounters>) -> Result<String, Status> {
     let (models, total) = live.ask(|reply| Command::Metrics(None, reply)).await?;
     type Series = (&'static str, &'static str, fn(&Summary) -> f64);
     let series: [Series; 8] = [
@@ -409,6 +410,9 @@ async fn prometheus(live: LiveHandle) -> Result<String, Status> {
     for v in &views {
         text += &format!("gpuslice_model_ready{{model=\"{}\"}} {}\n", v.name, u8::from(v.unavailable().is_none()));
     }
+    if let Some(netml) = netml {
+        text += &netml.prometheus();
+    }
     Ok(text)
 }
 
@@ -427,6 +431,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// The Prometheus metrics address, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// The NetML ingress's UDP address, if any (`crate::netml`).
+    pub netml_listen: Option<SocketAddr>,
     /// The controller's settings.
     pub controller: LiveConfig,
     /// What serves the requests.
@@ -457,6 +463,7 @@ impl ServeOptions {
         ServeOptions {
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
             metrics_listen: None,
+            netml_listen: None,
             controller: LiveConfig::default(),
             backend,
             models: Vec::new(),
@@ -500,6 +507,8 @@ pub struct Running {
     pub grpc: SocketAddr,
     /// The metrics address bound, if any.
     pub metrics: Option<SocketAddr>,
+    /// The NetML ingress's UDP address bound, if any.
+    pub netml: Option<SocketAddr>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -538,6 +547,9 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             tracing::warn!(listen = %options.listen, "listening beyond loopback without TLS: requests, answers and the token cross the network in the clear (--tls-cert, --tls-key)");
         }
     }
+    // NetML requests are taken once the models named at start are registered (below); its
+    // counters exist from here for /metrics.
+    let netml_counters = options.netml_listen.map(|_| Arc::new(NetmlCounters::default()));
     let metrics = match options.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -546,10 +558,11 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             let bound = listener.local_addr()?;
             let handle = live.clone();
             let token = token.clone();
+            let netml = netml_counters.clone();
             let app = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move |headers: axum::http::HeaderMap| {
-                    let (handle, token) = (handle.clone(), token.clone());
+                    let (handle, token, netml) = (handle.clone(), token.clone(), netml.clone());
                     async move {
                         let header = headers.get("authorization").and_then(|v| v.to_str().ok());
                         if !token.admits(header) {
@@ -558,7 +571,9 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
                                 "authorization: Bearer <token> needed\n".to_string(),
                             );
                         }
-                        let text = prometheus(handle).await.unwrap_or_else(|s| format!("# error: {}\n", s.message()));
+                        let text = prometheus(handle, netml.as_deref())
+                            .await
+                            .unwrap_or_else(|s| format!("# error: {}\n", s.message()));
                         (axum::http::StatusCode::OK, text)
                     }
                 }),
@@ -602,6 +617,13 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     }
     health_reporter.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
     tokio::spawn(follow_health(live.clone(), health_reporter));
+    let netml = match (options.netml_listen, netml_counters) {
+        (Some(addr), Some(counters)) => {
+            Some(NetmlIngress::start(addr, live.clone(), tokio::runtime::Handle::current(), counters)?)
+        }
+        _ => None,
+    };
+    let netml_addr = netml.as_ref().map(|n| n.local_addr);
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(live.clone(), repository))
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
@@ -643,6 +665,10 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
                 let _ = stopping_tx.send(true);
             })
             .await?;
+        // No new NetML requests either (the thread stops within its idle wait).
+        if let Some(netml) = netml {
+            tokio::task::spawn_blocking(move || netml.stop()).await?;
+        }
         // No new calls reach the controller now; it stops once the requests it accepted are
         // answered (calls still in flight wait for theirs).
         let _ = stop_controller.send(());
@@ -653,5 +679,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         Some(metrics) => tracing::info!(%grpc, %metrics, "serving gpuslice.v1 and the inference protocol; /metrics"),
         None => tracing::info!(%grpc, "serving gpuslice.v1 and the inference protocol"),
     }
-    Ok(Running { grpc, metrics, shutdown, done })
+    if let Some(netml) = netml_addr {
+        tracing::info!(%netml, "NetML ingress listening (UDP)");
+    }
+    Ok(Running { grpc, metrics, netml: netml_addr, shutdown, done })
 }

@@ -1,13 +1,15 @@
 //! The live node: the gRPC control plane (`gpuslice.v1`, with health and reflection) and
 //! Prometheus metrics (`grpc`), the live control loop over the simulated or GPU backend (`live`,
-//! `live_gpu`), the node's TOML configuration (`node`), the loopback load test (`loadtest`) and
-//! a scenario's arrivals sent to any inference-protocol server (`scenario_load`).
+//! `live_gpu`), the NetML ingress (`netml`), the node's TOML configuration (`node`), the loopback
+//! load test (`loadtest`) and a scenario's arrivals sent to any inference-protocol server
+//! (`scenario_load`).
 
 pub mod grpc;
 pub mod kserve;
 pub mod live;
 pub mod live_gpu;
 pub mod loadtest;
+pub mod netml;
 pub mod node;
 pub mod repository;
 pub mod scenario_load;

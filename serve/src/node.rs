@@ -19,6 +19,9 @@ pub struct NodeConfig {
     pub listen: Option<SocketAddr>,
     /// Prometheus text metrics address (default: none).
     pub metrics_listen: Option<SocketAddr>,
+    /// NetML ingress UDP address: requests as packets, replies back the same way (default:
+    /// none).
+    pub netml_listen: Option<SocketAddr>,
     /// What serves the requests: "sim" (default) or "gpu".
     pub backend: Option<BackendKind>,
     /// The controller's settings.
@@ -163,6 +166,7 @@ impl NodeConfig {
                 .or(self.listen)
                 .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             metrics_listen: overrides.metrics_listen.or(self.metrics_listen),
+            netml_listen: overrides.netml_listen.or(self.netml_listen),
             controller,
             repository: overrides.model_repository.or(self.model_repository),
             models: self
@@ -227,6 +231,11 @@ pub struct ServeOverrides {
     /// Address of the Prometheus text metrics endpoint (/metrics) [default: the config's, or none].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// UDP address of the NetML ingress: images for any registered model arrive as packets (the
+    /// wire format of `gpuslice netml-send`), are served like gRPC requests, and each is answered
+    /// by UDP to its sender [default: the config's, or none].
+    #[arg(long)]
+    pub netml_listen: Option<SocketAddr>,
     /// Policy to run: static, gslice or model-based [default: the config's, or model-based].
     #[arg(long)]
     pub policy: Option<String>,

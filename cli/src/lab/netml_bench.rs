@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result, ensure};
 use gpuslice_netml::gpu::{GpuTransfer, TransferMode, stage_image};
+use gpuslice_netml::packet::{Envelope, ModelName};
 use gpuslice_netml::pool::PacketPool;
 use serde::Serialize;
 use std::path::Path;
@@ -33,7 +34,14 @@ pub fn run(batches: &[usize], repeats: usize, out: Option<&Path>) -> Result<()> 
     let images: Vec<_> = originals
         .iter()
         .enumerate()
-        .map(|(k, bytes)| stage_image(&mut pool, k as u64, bytes).context("pool too small"))
+        .map(|(k, bytes)| {
+            stage_image(
+                &mut pool,
+                &Envelope::request(k as u64, ModelName::new("netml-bench").expect("a short name")),
+                bytes,
+            )
+            .context("pool too small")
+        })
         .collect::<Result<_>>()?;
     let mut gpu =
         GpuTransfer::new(&pool, largest * IMAGE_BYTES, largest * packets_per_image).context("GPU transfer")?;

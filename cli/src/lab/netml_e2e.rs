@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use gpuslice_gpu::mps::MpsDaemon;
 use gpuslice_gpu::worker::{Worker, WorkerSpec, default_script};
 use gpuslice_netml::gpu::{GpuTransfer, TransferMode};
-use gpuslice_netml::packet::PacketHeader;
+use gpuslice_netml::packet::{Envelope, ModelName, PacketHeader};
 use gpuslice_netml::reassembly::CompleteImage;
 use gpuslice_netml::udp::{Receiver, Sender};
 use hdrhistogram::Histogram;
@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 
 /// A 224x224x3 fp32 image, as the worker reads it: 588 packets.
 const IMAGE_BYTES: usize = 224 * 224 * 3 * 4;
+/// The request for image `id` (the lab's receiver reads no model from it).
+fn request(id: u64) -> Envelope {
+    Envelope::request(id, ModelName::new("netml-e2e").expect("a short name"))
+}
+
 /// Incomplete images are dropped this long after their first packet.
 const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -92,7 +97,7 @@ impl Traffic {
                     continue;
                 }
                 sent2[id as usize % sent2.len()].store(clock.elapsed().as_nanos() as u64, Ordering::Release);
-                sender.send(id, &image, |_| true)?;
+                sender.send(&request(id), &image, |_| true)?;
                 id += 1;
             }
             Ok(id)
@@ -168,7 +173,8 @@ fn end_to_end(
         if measuring {
             started.get_or_insert_with(Instant::now);
             for image in &batch {
-                latency_us.record((done_ns.saturating_sub(traffic.sent_at_ns(image.image_id)) / 1000).max(1))?;
+                latency_us
+                    .record((done_ns.saturating_sub(traffic.sent_at_ns(image.envelope.image_id)) / 1000).max(1))?;
             }
             infer_us.record((times.infer_ms * 1000.0) as u64 + 1)?;
             images += batch.len() as u64;
@@ -224,7 +230,7 @@ fn line_rate(
     for id in first_id..first_id + o.line_rate_repeats as u64 {
         let (sender, image) = (sender.clone(), image.clone());
         // Back to back from another thread while this one receives.
-        let sending = std::thread::spawn(move || sender.send(id, &image, |_| true));
+        let sending = std::thread::spawn(move || sender.send(&request(id), &image, |_| true));
         let lost = receive(receiver, clock, 1, Instant::now() + LOSS_TIMEOUT * 2, &mut complete)?;
         sending.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
         let Some(arrived) = complete.pop() else {

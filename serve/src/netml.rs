@@ -1,0 +1,304 @@
+//! NetML as an ingress of `serve` (`--netml-listen`): requests arrive as UDP packets (the wire
+//! format of `gpuslice_netml::packet`), land in the packet pool, are reassembled, and every
+//! complete image becomes a request to its model through the same controller as a gRPC call
+//! (dispatcher, batching, policy, metrics); its answer goes back by UDP to the address it came
+//! from, as a reply message with the same id: the output row, its top-k classes, or an error.
+//!
+//! The transfer into the model's batch is CPU-Copy: the payloads are gathered from the pool into
+//! the request's input row (then copied into the worker's shared memory with the batch). The GPU
+//! gather into a worker's own input buffer is not wired into `serve` yet (see the lab's
+//! `netml-e2e` for it).
+
+use crate::live::{Command, InferDone, LiveError, LiveHandle};
+use gpuslice_control::tensors::DataType;
+use gpuslice_netml::packet::{Envelope, Kind};
+use gpuslice_netml::reassembly::CompleteImage;
+use gpuslice_netml::udp::{Receiver, send_message};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Packet buffers in the pool (2 KiB each: 128 MiB): about 110 images of 588 packets being
+/// reassembled at once. A complete image's packets go back at once (they are gathered then).
+const POOL_SLOTS: usize = 1 << 16;
+/// An image not complete this long after its first packet is dropped (counted as expired).
+const IMAGE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long the receive thread sleeps in `poll` when nothing arrives (also how soon it stops).
+const IDLE_WAIT: Duration = Duration::from_millis(2);
+/// Most classes a reply's top-k may name.
+pub const MAX_TOP_K: u16 = 1000;
+
+/// What the ingress has seen, for /metrics. Counters only grow.
+#[derive(Default)]
+pub struct NetmlCounters {
+    /// Datagrams received.
+    pub datagrams: AtomicU64,
+    /// Datagrams that were not a well-formed packet of this wire version...
+    pub malformed: AtomicU64,
+    /// ...of which another version's.
+    pub wrong_version: AtomicU64,
+    /// Duplicate packets dropped.
+    pub duplicates: AtomicU64,
+    /// Packets whose header disagreed with their image's first packet.
+    pub conflicts: AtomicU64,
+    /// Images dropped incomplete: a packet lost, or later than the image timeout.
+    pub expired_images: AtomicU64,
+    /// Receive calls that found the packet pool full.
+    pub pool_exhausted: AtomicU64,
+    /// Complete images that were not requests (a reply or error sent to the node).
+    pub not_requests: AtomicU64,
+    /// Complete requests handed to the controller.
+    pub requests: AtomicU64,
+    /// Requests answered with their output.
+    pub answered: AtomicU64,
+    /// Requests answered with an error (unknown model, wrong size, dropped...).
+    pub refused: AtomicU64,
+    /// Replies that could not be sent.
+    pub reply_failed: AtomicU64,
+    /// Sums over requests, ns: first to last packet, the CPU gather, and sending the reply.
+    pub arrival_ns: AtomicU64,
+    /// See `arrival_ns`.
+    pub gather_ns: AtomicU64,
+    /// See `arrival_ns`.
+    pub reply_ns: AtomicU64,
+}
+
+impl NetmlCounters {
+    /// The counters as Prometheus text.
+    pub fn prometheus(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let events = [
+            ("datagrams", &self.datagrams),
+            ("malformed", &self.malformed),
+            ("wrong_version", &self.wrong_version),
+            ("duplicate", &self.duplicates),
+            ("conflict", &self.conflicts),
+            ("expired_image", &self.expired_images),
+            ("pool_exhausted", &self.pool_exhausted),
+            ("not_request", &self.not_requests),
+            ("request", &self.requests),
+            ("answered", &self.answered),
+            ("refused", &self.refused),
+            ("reply_failed", &self.reply_failed),
+        ];
+        let mut text = String::from("# TYPE gpuslice_netml_total counter\n");
+        for (event, counter) in events {
+            text += &format!("gpuslice_netml_total{{event=\"{event}\"}} {}\n", get(counter));
+        }
+        let requests = get(&self.requests).max(1) as f64;
+        text += "# TYPE gpuslice_netml_stage_ms gauge\n";
+        for (stage, sum) in [("arrival", &self.arrival_ns), ("gather", &self.gather_ns), ("reply", &self.reply_ns)] {
+            text += &format!("gpuslice_netml_stage_ms{{stage=\"{stage}\"}} {}\n", get(sum) as f64 / requests / 1e6);
+        }
+        text
+    }
+}
+
+/// The running ingress.
+pub struct NetmlIngress {
+    /// The UDP address bound.
+    pub local_addr: SocketAddr,
+    /// What it has seen.
+    pub counters: Arc<NetmlCounters>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetmlIngress {
+    /// Binds `listen` and starts receiving: each complete request goes to `live` on `runtime`;
+    /// what it sees is counted in `counters`.
+    pub fn start(
+        listen: SocketAddr,
+        live: LiveHandle,
+        runtime: tokio::runtime::Handle,
+        counters: Arc<NetmlCounters>,
+    ) -> anyhow::Result<NetmlIngress> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stopping, shared) = (stop.clone(), counters.clone());
+        // The receiver is bound on its thread (its recvmmsg headers stay there); the thread
+        // answers with the address bound, or why it could not bind.
+        let (bound_tx, bound) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("netml-receive".into()).spawn(move || {
+            let setup = Receiver::bind(listen, POOL_SLOTS, IMAGE_TIMEOUT.as_nanos() as u64)
+                .and_then(|r| Ok((r.local_addr()?, r.try_clone_socket()?, r)));
+            match setup {
+                Ok((addr, replies, receiver)) => {
+                    if !receiver.pool.hugepages() {
+                        tracing::info!("NetML packet pool on ordinary pages (no 2 MiB hugepages reserved)");
+                    }
+                    let _ = bound_tx.send(Ok(addr));
+                    Receiving { receiver, live, runtime, replies: Arc::new(replies), counters: shared }.run(&stopping);
+                }
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e));
+                }
+            }
+        })?;
+        let local_addr = bound
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the NetML receive thread ended before binding {listen}"))?
+            .map_err(|e| anyhow::anyhow!("cannot listen for NetML on {listen}: {e}"))?;
+        Ok(NetmlIngress { local_addr, counters, stop, thread: Some(thread) })
+    }
+
+    /// Stops taking packets (requests already handed over are still answered).
+    pub fn stop(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for NetmlIngress {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// The receive thread's state.
+struct Receiving {
+    receiver: Receiver,
+    live: LiveHandle,
+    runtime: tokio::runtime::Handle,
+    replies: Arc<UdpSocket>,
+    counters: Arc<NetmlCounters>,
+}
+
+impl Receiving {
+    fn run(mut self, stop: &AtomicBool) {
+        let clock = Instant::now();
+        let mut complete = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match self.receiver.poll(clock.elapsed().as_nanos() as u64, &mut complete) {
+                Ok(0) if complete.is_empty() => {
+                    let _ = self.receiver.wait(IDLE_WAIT);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "NetML receive failed");
+                    std::thread::sleep(IDLE_WAIT);
+                }
+            }
+            for image in complete.drain(..) {
+                self.hand_over(image);
+            }
+            self.publish();
+        }
+    }
+
+    /// Gathers a complete request into its input row, frees its packets, and hands it to the
+    /// controller; a task answers the sender when it completes.
+    fn hand_over(&mut self, image: CompleteImage) {
+        let c = &self.counters;
+        if image.envelope.kind != Kind::Request {
+            c.not_requests.fetch_add(1, Ordering::Relaxed);
+            self.receiver.release(image);
+            return;
+        }
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.arrival_ns.fetch_add(image.last_seen_ns.saturating_sub(image.first_seen_ns), Ordering::Relaxed);
+        let gathering = Instant::now();
+        let mut input = Vec::new();
+        self.receiver.gather_cpu(&image, &mut input);
+        let input: Arc<[u8]> = input.into();
+        c.gather_ns.fetch_add(gathering.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let (envelope, to) = (image.envelope, image.source);
+        self.receiver.release(image);
+        let (live, replies, counters) = (self.live.clone(), self.replies.clone(), self.counters.clone());
+        self.runtime.spawn(async move {
+            let reply = answer(&live, &envelope, input).await;
+            let sending = Instant::now();
+            let (kind, payload) = match reply {
+                Ok(payload) => (Kind::Reply, payload),
+                Err(why) => (Kind::Error, why.into_bytes()),
+            };
+            let counted = if kind == Kind::Reply { &counters.answered } else { &counters.refused };
+            counted.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = send_message(&replies, to, &Envelope { kind, ..envelope }, &payload) {
+                counters.reply_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%to, error = %e, "NetML reply not sent");
+            }
+            counters.reply_ns.fetch_add(sending.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        });
+    }
+
+    /// Copies the receiver's own counters into the shared ones.
+    fn publish(&self) {
+        let (r, s, c) = (self.receiver.stats, self.receiver.reassembly(), &self.counters);
+        for (shared, value) in [
+            (&c.datagrams, r.datagrams),
+            (&c.malformed, r.malformed),
+            (&c.wrong_version, r.wrong_version),
+            (&c.pool_exhausted, r.pool_exhausted),
+            (&c.duplicates, s.duplicates),
+            (&c.conflicts, s.conflicts),
+            (&c.expired_images, s.expired_images),
+        ] {
+            shared.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The reply's payload for a request, or why there is none.
+async fn answer(live: &LiveHandle, envelope: &Envelope, input: Arc<[u8]>) -> Result<Vec<u8>, String> {
+    let model = envelope.model.as_str().to_string();
+    let k = envelope.top_k;
+    if k > MAX_TOP_K {
+        return Err(format!("top-k {k} is above the {MAX_TOP_K} a reply may name"));
+    }
+    let output_type = match k {
+        0 => None,
+        _ => {
+            let name = model.clone();
+            let view = live.ask(|reply| Command::Describe(name, reply)).await.map_err(|e| e.to_string())?;
+            Some(view.source.io.output().datatype)
+        }
+    };
+    let done: InferDone = live
+        .ask(|reply| Command::Infer(model.clone(), Some(input), reply))
+        .await
+        .map_err(|e: LiveError| e.to_string())?;
+    let output = done
+        .computed
+        .map(|c| c.output)
+        .ok_or("this node's backend computes no outputs (the simulator); serve with --backend gpu")?;
+    match output_type {
+        None => Ok(output),
+        Some(DataType::Fp32) => Ok(top_k(&output, k as usize)),
+        Some(other) => Err(format!("top-k needs an FP32 output; model {model}'s is {}", other.name())),
+    }
+}
+
+/// The `k` largest of FP32 `scores` as (class u32, score f32) pairs, little-endian, best first
+/// (ties: the lower class first).
+pub fn top_k(scores: &[u8], k: usize) -> Vec<u8> {
+    let mut ranked: Vec<(u32, f32)> = scores
+        .chunks_exact(4)
+        .enumerate()
+        .map(|(i, b)| (i as u32, f32::from_le_bytes(b.try_into().expect("4 bytes"))))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(k).flat_map(|(class, score)| [class.to_le_bytes(), score.to_le_bytes()]).flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_names_the_best_classes_first() {
+        let scores: Vec<u8> = [0.5f32, 3.0, -1.0, 3.0, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let pairs: Vec<(u32, f32)> = top_k(&scores, 3)
+            .chunks_exact(8)
+            .map(|p| (u32::from_le_bytes(p[..4].try_into().unwrap()), f32::from_le_bytes(p[4..].try_into().unwrap())))
+            .collect();
+        assert_eq!(pairs, vec![(1, 3.0), (3, 3.0), (4, 2.0)]);
+        assert_eq!(top_k(&scores, 10).len(), 5 * 8, "k above the classes: every class");
+    }
+}
