@@ -38,6 +38,9 @@
 # 2026-12-02 (fifteenth session): the same start and the held points, and ResNet-50 from a file
 # under the gpu-trio-like load with request bytes against the zero-input path (issue 16):
 #   bash scripts/gpu-session.sh file
+# then, with HTTP/2 windows that let image requests flow, the byte path again, and the NetML
+# ingress against the inference protocol (issue 21):
+#   bash scripts/gpu-session.sh netml
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -95,6 +98,13 @@ case "${1:-trio}" in
     date +%T | tee -a "$R/steps.txt"
     OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
+    ;;
+  netml)
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/netml timeout 200 bash scripts/gpu-netml-serve.sh 1000 2000
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
+    capacity_steps "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   reworked)
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.25" \

@@ -49,9 +49,14 @@ impl Receiver {
     pub fn bind(address: SocketAddr, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
         let socket = UdpSocket::bind(address)?;
         socket.set_nonblocking(true)?;
-        // A deep socket buffer rides out the time the receiving thread spends on the GPU; the
-        // kernel caps it at net.core.rmem_max, so asking is best effort.
-        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &RECEIVE_BUFFER_BYTES);
+        // A deep socket buffer rides out the moments the receiving thread is not scheduled (a
+        // full one drops whole images). The kernel caps SO_RCVBUF at net.core.rmem_max; a
+        // privileged process may go past it (SO_RCVBUFFORCE). Best effort: `receive_buffer`
+        // says what was granted.
+        use nix::sys::socket::{setsockopt, sockopt};
+        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER_BYTES).is_err() {
+            let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER_BYTES);
+        }
         Ok(Receiver {
             socket,
             pool: PacketPool::new(slots)?,
@@ -59,6 +64,11 @@ impl Receiver {
             headers: MultiHeaders::preallocate(RECV_BATCH, None),
             stats: ReceiveStats::default(),
         })
+    }
+
+    /// The socket's receive buffer, bytes (as the kernel reports it).
+    pub fn receive_buffer(&self) -> usize {
+        nix::sys::socket::getsockopt(&self.socket, nix::sys::socket::sockopt::RcvBuf).unwrap_or(0)
     }
 
     /// The address it listens on.

@@ -53,9 +53,9 @@ fn batched(rows: i64, dims: &[i64]) -> Vec<i64> {
 }
 
 /// The input's elements as little-endian bytes, from `raw` or from the typed contents.
-fn input_bytes(input: &InferInputTensor, raw: Option<&Vec<u8>>, datatype: DataType) -> Result<Vec<u8>, Status> {
+fn input_bytes(input: &InferInputTensor, raw: Option<Vec<u8>>, datatype: DataType) -> Result<Vec<u8>, Status> {
     if let Some(raw) = raw {
-        return Ok(raw.clone());
+        return Ok(raw);
     }
     let Some(c) = &input.contents else {
         return Err(Status::invalid_argument(format!(
@@ -120,7 +120,8 @@ fn rows(request: &mut ModelInferRequest, spec: &TensorSpec) -> Result<Vec<Arc<[u
             input.shape
         )));
     }
-    let raw = request.raw_input_contents.first();
+    // Taken, not copied: the request's bytes are copied once, into each row's buffer.
+    let raw = (!request.raw_input_contents.is_empty()).then(|| std::mem::take(&mut request.raw_input_contents[0]));
     let bytes = input_bytes(input, raw, spec.datatype)?;
     let row = spec.bytes();
     if bytes.len() != rows as usize * row {

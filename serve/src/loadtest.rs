@@ -184,6 +184,8 @@ pub(crate) async fn connect(target: &str) -> Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(CHANNELS);
     for _ in 0..CHANNELS {
         let channel = Channel::from_shared(format!("http://{target}"))?
+            .initial_stream_window_size(crate::grpc::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::grpc::CONNECTION_WINDOW_BYTES)
             .connect()
             .await
             .with_context(|| format!("cannot connect to {target}"))?;

@@ -26,6 +26,8 @@ const POOL_SLOTS: usize = 1 << 16;
 const IMAGE_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long the receive thread sleeps in `poll` when nothing arrives (also how soon it stops).
 const IDLE_WAIT: Duration = Duration::from_millis(2);
+/// A socket receive buffer below this (bytes) holds under 10 ms of 1 GB/s of images: warned of.
+const SMALL_RECEIVE_BUFFER: usize = 10 << 20;
 /// Most classes a reply's top-k may name.
 pub const MAX_TOP_K: u16 = 1000;
 
@@ -126,6 +128,10 @@ impl NetmlIngress {
                 Ok((addr, replies, receiver)) => {
                     if !receiver.pool.hugepages() {
                         tracing::info!("NetML packet pool on ordinary pages (no 2 MiB hugepages reserved)");
+                    }
+                    let buffer = receiver.receive_buffer();
+                    if buffer < SMALL_RECEIVE_BUFFER {
+                        tracing::warn!(bytes = buffer, "NetML socket receive buffer is small: images are lost whenever the receive thread falls behind (raise net.core.rmem_max, or run as root)");
                     }
                     let _ = bound_tx.send(Ok(addr));
                     Receiving { receiver, live, runtime, replies: Arc::new(replies), counters: shared }.run(&stopping);

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool, carry ["out"]): issue 21, NetML as the serving ingress.
+# `serve --backend gpu --netml-listen` with resnet50 (torchvision, fp16) alone, model-based on
+# pool levels 10-100%; at each rate given (default 1000 2000 images/s), 15 s of
+#  - `netml-send` (4 sender threads, top-5 replies): images as UDP packets, reassembled, gathered
+#    on the CPU into the request (CPU-Copy), served, answered by UDP;
+#  - `kserve-run` at the same rate: the same images through the inference protocol (gRPC);
+# with the node's /metrics (NetML counters and stage times, the model's stage times) after each.
+# Writes $OUT/netml-serve.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
+log="$OUT/netml-serve.txt"
+rates=("${@:-1000 2000}")
+read -r -a rates <<< "${rates[*]}"
+repo=/tmp/netml-repo
+rm -rf $repo && mkdir -p $repo/resnet50
+sed 's/^slo_ms = 25/slo_ms = 25\nfp16 = true/' examples/models/resnet50/config.toml > $repo/resnet50/config.toml
+printf 'listen = "127.0.0.1:50051"\nmetrics_listen = "127.0.0.1:9100"\nnetml_listen = "127.0.0.1:9500"\nbackend = "gpu"\n[controller]\npolicy = "model-based"\ncontrol_interval_s = 0.25\ndrop_after_ms = 500\n[gpu]\npool_levels = [10, 20, 30, 45, 60, 80, 100]\n' > /tmp/netml-node.toml
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
+sysctl net.core.rmem_max 2>/dev/null | tee -a "$log"
+./out/gpuslice --log info serve --config /tmp/netml-node.toml --model-repository $repo > /tmp/netml-serve.out 2> "$OUT/netml-serve.log" &
+server=$!
+until grep -q "^NetML on" /tmp/netml-serve.out; do sleep 0.5; kill -0 $server || { tail "$OUT/netml-serve.log"; exit 1; }; done
+cat /tmp/netml-serve.out | tee -a "$log"
+metrics() { curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(netml|stage_ms\{model="resnet50"|completed_total\{model="resnet50"|dropped_total\{model="resnet50")' | tee -a "$log"; }
+for rate in "${rates[@]}"; do
+  echo "== NetML: netml-send at $rate images/s" | tee -a "$log"
+  ./out/gpuslice --log warn netml-send --target 127.0.0.1:9500 --model resnet50 --rate "$rate" --seconds 15 \
+    --threads 4 --top-k 5 --check none 2>&1 | tee -a "$log"
+  metrics
+  printf 'name = "resnet50 at %s/s"\nseed = 1\nduration_s = 15\ncontrol_interval_s = 0.25\nsharing = "spatial"\n[[models]]\nname = "resnet50"\nslo_ms = 25\ngpu_pct = 30\nmax_batch = 32\nbatch_timeout_ms = 2\narrivals = { kind = "poisson", rate = %s }\n' "$rate" "$rate" > /tmp/netml-grpc.toml
+  echo "== gRPC: kserve-run at $rate images/s" | tee -a "$log"
+  ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50051 -c /tmp/netml-grpc.toml 2>&1 | tee -a "$log"
+  metrics
+done
+kill -TERM $server; wait $server
+grep -E "WARN|ERROR" "$OUT/netml-serve.log" | head -20 | tee -a "$log"
