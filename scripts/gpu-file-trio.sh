@@ -10,7 +10,8 @@
 #     arrivals through the inference protocol, each request a full input row (FP32 3x224x224,
 #     588 KiB) that is decoded, copied into the worker's shared memory and to the GPU; the
 #     server's per-stage times from /metrics (`gpuslice_stage_ms`).
-# At each load scale given (default 1.0). Writes $OUT/file-trio.txt and the two runs' outputs.
+# At each load scale given (default 1.0); BYTE_ONLY=1 runs the byte path alone. Writes
+# $OUT/file-trio.txt and the runs' outputs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
@@ -44,9 +45,11 @@ sed -e 's/^name = "gpu-trio.*/name = "gpu-trio with ResNet-50 from a file"/' \
 printf 'listen = "127.0.0.1:50051"\nmetrics_listen = "127.0.0.1:9100"\nbackend = "gpu"\n[controller]\npolicy = "model-based"\ncontrol_interval_s = 0.25\ndrop_after_ms = 500\n[gpu]\npool_levels = [10, 20, 30, 45, 60, 80, 100]\n' > /tmp/file-trio-node.toml
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
 for scale in "${scales[@]}"; do
-  echo "== zero-input path: gpu-run x$scale" | tee -a "$log"
-  ./out/gpuslice --log warn gpu-run -c /tmp/file-trio.toml --model-repository $repo --load-scale "$scale" \
-    --out "$OUT/gpu-run-$scale" 2>&1 | tee -a "$log"
+  if [ -z "${BYTE_ONLY:-}" ]; then
+    echo "== zero-input path: gpu-run x$scale" | tee -a "$log"
+    ./out/gpuslice --log warn gpu-run -c /tmp/file-trio.toml --model-repository $repo --load-scale "$scale" \
+      --out "$OUT/gpu-run-$scale" 2>&1 | tee -a "$log"
+  fi
   echo "== byte path: serve + kserve-run x$scale" | tee -a "$log"
   ./out/gpuslice --log warn serve --config /tmp/file-trio-node.toml --model-repository $repo \
     > /tmp/file-trio-serve.out 2> "$OUT/serve-$scale.log" &

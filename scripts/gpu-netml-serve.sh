@@ -2,7 +2,7 @@
 # On the GPU machine (device tool, carry ["out"]): issue 21, NetML as the serving ingress.
 # `serve --backend gpu --netml-listen` with resnet50 (torchvision, fp16) alone, model-based on
 # pool levels 10-100%; at each rate given (default 1000 2000 images/s), 15 s of
-#  - `netml-send` (4 sender threads, top-5 replies): images as UDP packets, reassembled, gathered
+#  - `netml-send` (8 sender threads, top-5 replies): images as UDP packets, reassembled, gathered
 #    on the CPU into the request (CPU-Copy), served, answered by UDP;
 #  - `kserve-run` at the same rate: the same images through the inference protocol (gRPC);
 # with the node's /metrics (NetML counters and stage times, the model's stage times) after each.
@@ -27,7 +27,7 @@ metrics() { curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(netml|stage_ms\
 for rate in "${rates[@]}"; do
   echo "== NetML: netml-send at $rate images/s" | tee -a "$log"
   ./out/gpuslice --log warn netml-send --target 127.0.0.1:9500 --model resnet50 --rate "$rate" --seconds 15 \
-    --threads 4 --top-k 5 --check none 2>&1 | tee -a "$log"
+    --threads 8 --top-k 5 --check none 2>&1 | tee -a "$log"
   metrics
   printf 'name = "resnet50 at %s/s"\nseed = 1\nduration_s = 15\ncontrol_interval_s = 0.25\nsharing = "spatial"\n[[models]]\nname = "resnet50"\nslo_ms = 25\ngpu_pct = 30\nmax_batch = 32\nbatch_timeout_ms = 2\narrivals = { kind = "poisson", rate = %s }\n' "$rate" "$rate" > /tmp/netml-grpc.toml
   echo "== gRPC: kserve-run at $rate images/s" | tee -a "$log"

@@ -41,6 +41,9 @@
 # then, with HTTP/2 windows that let image requests flow, the byte path again, and the NetML
 # ingress against the inference protocol (issue 21):
 #   bash scripts/gpu-session.sh netml
+# then with four NetML receive threads on one port, and 16 connections and 1 MiB HTTP/2 frames
+# for the byte path:
+#   bash scripts/gpu-session.sh receivers
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -105,6 +108,13 @@ case "${1:-trio}" in
     date +%T | tee -a "$R/steps.txt"
     OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1"
+    ;;
+  receivers)
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/netml timeout 200 bash scripts/gpu-netml-serve.sh 1000 2000 3000
+    date +%T | tee -a "$R/steps.txt"
+    BYTE_ONLY=1 OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 1.0
+    date +%T | tee -a "$R/steps.txt"
     ;;
   reworked)
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.25" \

@@ -47,7 +47,22 @@ impl Receiver {
     /// Binds `address` (non-blocking) with a pool of `slots` buffers; incomplete images are
     /// dropped `timeout_ns` after their first packet.
     pub fn bind(address: SocketAddr, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
-        let socket = UdpSocket::bind(address)?;
+        Receiver::on(UdpSocket::bind(address)?, slots, timeout_ns)
+    }
+
+    /// As `bind`, with SO_REUSEPORT: several receivers (threads) bound to one address share its
+    /// datagrams, the kernel sending each sender's (by its address and port) to one of them,
+    /// so every packet of a message reaches the same receiver.
+    pub fn bind_shared(address: SocketAddr, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, bind, setsockopt, socket, sockopt};
+        let family = if address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(address))?;
+        Receiver::on(UdpSocket::from(fd), slots, timeout_ns)
+    }
+
+    fn on(socket: UdpSocket, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
         socket.set_nonblocking(true)?;
         // A deep socket buffer rides out the moments the receiving thread is not scheduled (a
         // full one drops whole images). The kernel caps SO_RCVBUF at net.core.rmem_max; a

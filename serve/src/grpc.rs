@@ -528,6 +528,9 @@ impl Running {
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 /// See `STREAM_WINDOW_BYTES`.
 pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+/// Largest HTTP/2 frame a client may send (the protocol's default is 16 KiB: 37 frames for one
+/// image request).
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Binds and starts the gRPC server (and the metrics endpoint).
 pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
@@ -665,6 +668,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
             .add_service(health)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)

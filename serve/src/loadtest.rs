@@ -17,8 +17,9 @@ use tonic::transport::Channel;
 
 /// Models the load test registers, with SLOs generous enough for the offered load.
 const MODELS: [(&str, f64); 3] = [("mobilenet_v3_large", 50.0), ("resnet50", 50.0), ("vgg16", 80.0)];
-/// Connections the calls are spread over.
-const CHANNELS: usize = 4;
+/// Connections the calls are spread over: one HTTP/2 connection is one task on each side, and
+/// image requests at gpu-trio rates (2 GB/s) outrun a few of them.
+const CHANNELS: usize = 16;
 
 /// What `gpuslice load-test` sends.
 pub struct LoadTestOptions {

@@ -1,5 +1,6 @@
 //! NetML as an ingress of `serve` (`--netml-listen`): requests arrive as UDP packets (the wire
-//! format of `gpuslice_netml::packet`), land in the packet pool, are reassembled, and every
+//! format of `gpuslice_netml::packet`), land in a receive thread's packet pool (several threads
+//! share the port; each sender's packets reach one of them), are reassembled, and every
 //! complete image becomes a request to its model through the same controller as a gRPC call
 //! (dispatcher, batching, policy, metrics); its answer goes back by UDP to the address it came
 //! from, as a reply message with the same id: the output row, its top-k classes, or an error.
@@ -12,16 +13,20 @@
 use crate::live::{Command, InferDone, LiveError, LiveHandle};
 use gpuslice_control::tensors::DataType;
 use gpuslice_netml::packet::{Envelope, Kind};
-use gpuslice_netml::reassembly::CompleteImage;
-use gpuslice_netml::udp::{Receiver, send_message};
+use gpuslice_netml::reassembly::{CompleteImage, ReassemblyStats};
+use gpuslice_netml::udp::{ReceiveStats, Receiver, send_message};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Packet buffers in the pool (2 KiB each: 128 MiB): about 110 images of 588 packets being
-/// reassembled at once. A complete image's packets go back at once (they are gathered then).
-const POOL_SLOTS: usize = 1 << 16;
+/// Receive threads, each with its socket on the one port (SO_REUSEPORT), its pool and its
+/// reassembly: one thread takes about 0.65 M packets (1,100 images of 224x224x3 FP32) a
+/// second on the H200 machine's loopback, and loses images beyond.
+const RECEIVE_THREADS: usize = 4;
+/// Packet buffers in each thread's pool (2 KiB each: 32 MiB): about 28 images of 588 packets
+/// being reassembled at once. A complete image's packets go back at once (they are gathered).
+const POOL_SLOTS: usize = 1 << 14;
 /// An image not complete this long after its first packet is dropped (counted as expired).
 const IMAGE_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long the receive thread sleeps in `poll` when nothing arrives (also how soon it stops).
@@ -104,12 +109,12 @@ pub struct NetmlIngress {
     /// What it has seen.
     pub counters: Arc<NetmlCounters>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl NetmlIngress {
-    /// Binds `listen` and starts receiving: each complete request goes to `live` on `runtime`;
-    /// what it sees is counted in `counters`.
+    /// Binds `listen` with `RECEIVE_THREADS` receivers and starts receiving: each complete
+    /// request goes to `live` on `runtime`; what they see is counted in `counters`.
     pub fn start(
         listen: SocketAddr,
         live: LiveHandle,
@@ -117,45 +122,63 @@ impl NetmlIngress {
         counters: Arc<NetmlCounters>,
     ) -> anyhow::Result<NetmlIngress> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (stopping, shared) = (stop.clone(), counters.clone());
+        let mut ingress = NetmlIngress { local_addr: listen, counters, stop, threads: Vec::new() };
+        for k in 0..RECEIVE_THREADS {
+            // The first binds `listen` (port 0: any), the others the port it got.
+            let address = ingress.local_addr;
+            let bound = ingress.spawn_receiver(k, address, live.clone(), runtime.clone())?;
+            if k == 0 {
+                ingress.local_addr = bound;
+            }
+        }
+        Ok(ingress)
+    }
+
+    /// Starts receive thread `k` on `address`; returns the address it bound.
+    fn spawn_receiver(
+        &mut self,
+        k: usize,
+        address: SocketAddr,
+        live: LiveHandle,
+        runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<SocketAddr> {
+        let (stopping, counters) = (self.stop.clone(), self.counters.clone());
         // The receiver is bound on its thread (its recvmmsg headers stay there); the thread
         // answers with the address bound, or why it could not bind.
         let (bound_tx, bound) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("netml-receive".into()).spawn(move || {
-            let setup = Receiver::bind(listen, POOL_SLOTS, IMAGE_TIMEOUT.as_nanos() as u64)
+        let thread = std::thread::Builder::new().name(format!("netml-receive-{k}")).spawn(move || {
+            let setup = Receiver::bind_shared(address, POOL_SLOTS, IMAGE_TIMEOUT.as_nanos() as u64)
                 .and_then(|r| Ok((r.local_addr()?, r.try_clone_socket()?, r)));
             match setup {
                 Ok((addr, replies, receiver)) => {
-                    if !receiver.pool.hugepages() {
-                        tracing::info!("NetML packet pool on ordinary pages (no 2 MiB hugepages reserved)");
-                    }
-                    let buffer = receiver.receive_buffer();
-                    if buffer < SMALL_RECEIVE_BUFFER {
-                        tracing::warn!(bytes = buffer, "NetML socket receive buffer is small: images are lost whenever the receive thread falls behind (raise net.core.rmem_max, or run as root)");
+                    if k == 0 {
+                        warn_of_small_buffers(&receiver);
                     }
                     let _ = bound_tx.send(Ok(addr));
-                    Receiving { receiver, live, runtime, replies: Arc::new(replies), counters: shared }.run(&stopping);
+                    let replies = Arc::new(replies);
+                    let published = (ReceiveStats::default(), ReassemblyStats::default());
+                    Receiving { receiver, live, runtime, replies, counters, published }.run(&stopping);
                 }
                 Err(e) => {
                     let _ = bound_tx.send(Err(e));
                 }
             }
         })?;
-        let local_addr = bound
+        self.threads.push(thread);
+        bound
             .recv()
-            .map_err(|_| anyhow::anyhow!("the NetML receive thread ended before binding {listen}"))?
-            .map_err(|e| anyhow::anyhow!("cannot listen for NetML on {listen}: {e}"))?;
-        Ok(NetmlIngress { local_addr, counters, stop, thread: Some(thread) })
+            .map_err(|_| anyhow::anyhow!("NetML receive thread {k} ended before binding {address}"))?
+            .map_err(|e| anyhow::anyhow!("cannot listen for NetML on {address}: {e}"))
     }
 
     /// Stops taking packets (requests already handed over are still answered).
     pub fn stop(mut self) {
-        self.stop_thread();
+        self.stop_threads();
     }
 
-    fn stop_thread(&mut self) {
+    fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -163,7 +186,22 @@ impl NetmlIngress {
 
 impl Drop for NetmlIngress {
     fn drop(&mut self) {
-        self.stop_thread();
+        self.stop_threads();
+    }
+}
+
+/// Says where the receive path will lose images: a pool off hugepages is slower to register,
+/// a small socket buffer drops packets whenever a receive thread is not scheduled.
+fn warn_of_small_buffers(receiver: &Receiver) {
+    if !receiver.pool.hugepages() {
+        tracing::info!("NetML packet pools on ordinary pages (no 2 MiB hugepages reserved)");
+    }
+    let buffer = receiver.receive_buffer();
+    if buffer < SMALL_RECEIVE_BUFFER {
+        tracing::warn!(
+            bytes = buffer,
+            "NetML socket receive buffer is small: images are lost whenever a receive thread falls behind (raise net.core.rmem_max, or run as root)"
+        );
     }
 }
 
@@ -174,6 +212,8 @@ struct Receiving {
     runtime: tokio::runtime::Handle,
     replies: Arc<UdpSocket>,
     counters: Arc<NetmlCounters>,
+    /// The receiver's counters as last added to the shared ones.
+    published: (ReceiveStats, ReassemblyStats),
 }
 
 impl Receiving {
@@ -234,20 +274,22 @@ impl Receiving {
         });
     }
 
-    /// Copies the receiver's own counters into the shared ones.
-    fn publish(&self) {
+    /// Adds what the receiver counted since the last call to the shared counters.
+    fn publish(&mut self) {
         let (r, s, c) = (self.receiver.stats, self.receiver.reassembly(), &self.counters);
-        for (shared, value) in [
-            (&c.datagrams, r.datagrams),
-            (&c.malformed, r.malformed),
-            (&c.wrong_version, r.wrong_version),
-            (&c.pool_exhausted, r.pool_exhausted),
-            (&c.duplicates, s.duplicates),
-            (&c.conflicts, s.conflicts),
-            (&c.expired_images, s.expired_images),
+        let (pr, ps) = self.published;
+        for (shared, now, before) in [
+            (&c.datagrams, r.datagrams, pr.datagrams),
+            (&c.malformed, r.malformed, pr.malformed),
+            (&c.wrong_version, r.wrong_version, pr.wrong_version),
+            (&c.pool_exhausted, r.pool_exhausted, pr.pool_exhausted),
+            (&c.duplicates, s.duplicates, ps.duplicates),
+            (&c.conflicts, s.conflicts, ps.conflicts),
+            (&c.expired_images, s.expired_images, ps.expired_images),
         ] {
-            shared.store(value, Ordering::Relaxed);
+            shared.fetch_add(now - before, Ordering::Relaxed);
         }
+        self.published = (r, s);
     }
 }
 
