@@ -6,6 +6,8 @@
 #    on the CPU into the request (CPU-Copy), served, answered by UDP;
 #  - `kserve-run` at the same rate: the same images through the inference protocol (gRPC);
 # with the node's /metrics (NetML counters and stage times, the model's stage times) after each.
+# POLICY (default model-based) and MAX_BATCH (default 32, the model's config) change the node's
+# policy and the model's largest batch: POLICY=static MAX_BATCH=8 serves at batch 8.
 # Writes $OUT/netml-serve.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +17,11 @@ rates=("${@:-1000 2000}")
 read -r -a rates <<< "${rates[*]}"
 repo=/tmp/netml-repo
 rm -rf $repo && mkdir -p $repo/resnet50
-sed 's/^slo_ms = 25/slo_ms = 25\nfp16 = true/' examples/models/resnet50/config.toml > $repo/resnet50/config.toml
-printf 'listen = "127.0.0.1:50051"\nmetrics_listen = "127.0.0.1:9100"\nnetml_listen = "127.0.0.1:9500"\nbackend = "gpu"\n[controller]\npolicy = "model-based"\ncontrol_interval_s = 0.25\ndrop_after_ms = 500\n[gpu]\npool_levels = [10, 20, 30, 45, 60, 80, 100]\n' > /tmp/netml-node.toml
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
+sed -e 's/^slo_ms = 25/slo_ms = 25\nfp16 = true/' -e "s/^max_batch = 32/max_batch = ${MAX_BATCH:-32}/" \
+  examples/models/resnet50/config.toml > $repo/resnet50/config.toml
+printf 'listen = "127.0.0.1:50051"\nmetrics_listen = "127.0.0.1:9100"\nnetml_listen = "127.0.0.1:9500"\nbackend = "gpu"\n[controller]\npolicy = "%s"\ncontrol_interval_s = 0.25\ndrop_after_ms = 500\n[gpu]\npool_levels = [10, 20, 30, 45, 60, 80, 100]\n' "${POLICY:-model-based}" > /tmp/netml-node.toml
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
+echo "policy ${POLICY:-model-based}, max batch ${MAX_BATCH:-32}" | tee -a "$log"
 sysctl net.core.rmem_max 2>/dev/null | tee -a "$log"
 ./out/gpuslice --log info serve --config /tmp/netml-node.toml --model-repository $repo > /tmp/netml-serve.out 2> "$OUT/netml-serve.log" &
 server=$!
