@@ -20,22 +20,11 @@ scales=("${@:-1.0}")
 repo=/tmp/file-trio
 rm -rf $repo && mkdir -p $repo
 python3 scripts/export-example-models.py --resnet50 $repo > /dev/null || exit 1
+# densenet121 and vgg16: the example resnet50's config, renamed, with the scenario's SLO, fp16.
 for m in densenet121:25 vgg16:20; do
   mkdir -p "$repo/${m%%:*}"
-  cat > "$repo/${m%%:*}/config.toml" <<TOML
-slo_ms = ${m##*:}
-max_batch = 8
-source = "torchvision:${m%%:*}"
-fp16 = true
-[[inputs]]
-name = "input"
-datatype = "FP32"
-dims = [3, 224, 224]
-[[outputs]]
-name = "output"
-datatype = "FP32"
-dims = [1000]
-TOML
+  sed -e "s/torchvision:resnet50/torchvision:${m%%:*}/" -e "s/^slo_ms = 25/slo_ms = ${m##*:}\nfp16 = true/" \
+    -e 's/^max_batch = 32/max_batch = 8/' examples/models/resnet50/config.toml > "$repo/${m%%:*}/config.toml"
 done
 sed -e 's/^name = "gpu-trio.*/name = "gpu-trio with ResNet-50 from a file"/' \
     -e 's/^name = "resnext50_32x4d"/name = "resnet50_file"\nprofile_model = "resnet50"/' \
