@@ -11,7 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
         let descriptors = protox::compile([proto], ["proto"])?;
         std::fs::write(out.join(descriptor), descriptors.encode_to_vec())?;
-        tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+        // Tensor bytes as `Bytes`: decoded as a slice of the received buffer, cloned by count.
+        tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(true)
+            .bytes(".inference.ModelInferRequest.raw_input_contents")
+            .bytes(".inference.ModelInferResponse.raw_output_contents")
+            .compile_fds(descriptors)?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::live::{Command, LiveError, LiveHandle, ModelView};
 use crate::repository::Repository;
 use futures_util::future::try_join_all;
 use gpuslice_control::tensors::{DataType, TensorSpec};
+use prost::bytes::Bytes;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -53,7 +54,7 @@ fn batched(rows: i64, dims: &[i64]) -> Vec<i64> {
 }
 
 /// The input's elements as little-endian bytes, from `raw` or from the typed contents.
-fn input_bytes(input: &InferInputTensor, raw: Option<Vec<u8>>, datatype: DataType) -> Result<Vec<u8>, Status> {
+fn input_bytes(input: &InferInputTensor, raw: Option<Bytes>, datatype: DataType) -> Result<Bytes, Status> {
     if let Some(raw) = raw {
         return Ok(raw);
     }
@@ -81,7 +82,7 @@ fn input_bytes(input: &InferInputTensor, raw: Option<Vec<u8>>, datatype: DataTyp
             )));
         }
     }
-    Ok(out)
+    Ok(out.into())
 }
 
 /// Checks the request's one input against the model's and splits it into one row per request.
@@ -120,7 +121,8 @@ fn rows(request: &mut ModelInferRequest, spec: &TensorSpec) -> Result<Vec<Arc<[u
             input.shape
         )));
     }
-    // Taken, not copied: the request's bytes are copied once, into each row's buffer.
+    // Taken, not copied (they are a slice of the received message): the request's bytes are
+    // copied once, into each row's buffer.
     let raw = (!request.raw_input_contents.is_empty()).then(|| std::mem::take(&mut request.raw_input_contents[0]));
     let bytes = input_bytes(input, raw, spec.datatype)?;
     let row = spec.bytes();
@@ -234,7 +236,7 @@ impl GrpcInferenceService for InferenceService {
                 parameters: Default::default(),
                 contents: None,
             }],
-            raw_output_contents: vec![data],
+            raw_output_contents: vec![data.into()],
         }))
     }
 

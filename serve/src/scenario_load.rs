@@ -61,7 +61,9 @@ struct Tally {
 }
 
 /// Zero bytes of one request's inputs: each input at batch 1 (a variable dimension taken as 1).
-fn zero_inputs(metadata: &crate::inference::ModelMetadataResponse) -> Result<(Vec<InferInputTensor>, Vec<Vec<u8>>)> {
+fn zero_inputs(
+    metadata: &crate::inference::ModelMetadataResponse,
+) -> Result<(Vec<InferInputTensor>, Vec<prost::bytes::Bytes>)> {
     let mut tensors = Vec::new();
     let mut raw = Vec::new();
     for input in &metadata.inputs {
@@ -85,7 +87,7 @@ fn zero_inputs(metadata: &crate::inference::ModelMetadataResponse) -> Result<(Ve
             input.name,
             input.shape
         );
-        raw.push(vec![0u8; elements as usize * element as usize]);
+        raw.push(vec![0u8; elements as usize * element as usize].into());
         tensors.push(InferInputTensor {
             name: input.name.clone(),
             datatype: input.datatype.clone(),
