@@ -122,7 +122,7 @@ case "${1:-trio}" in
     date +%T | tee -a "$R/steps.txt"
     POLICY=static MAX_BATCH=8 OUT=$R/netml timeout 150 bash scripts/gpu-netml-serve.sh 1000 2000
     date +%T | tee -a "$R/steps.txt"
-    BYTE_ONLY=1 OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 0.5 0.8
+    BYTE_ONLY=1 OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 0.5 0.8 1.0
     capacity_steps "model-based scenarios/gpu-trio.toml 1.0"
     ;;
   reworked)
