@@ -383,14 +383,24 @@ enum Command {
         target: std::net::SocketAddr,
         /// Models to send to, in turn: NAME or NAME:BYTES (its FP32 input's size; default a
         /// 3x224x224 image, 602112 bytes).
-        #[arg(long, value_delimiter = ',', required = true, value_parser = netml_send::parse_target)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "config", conflicts_with = "config", value_parser = netml_send::parse_target)]
         model: Vec<gpuslice_netml::client::Target>,
         /// Requests per second, over all models and threads (Poisson arrivals).
-        #[arg(long, default_value_t = 100.0)]
+        #[arg(long, default_value_t = 100.0, conflicts_with = "config")]
         rate: f64,
         /// How long to send, seconds (at most 3600).
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, conflicts_with = "config")]
         seconds: f64,
+        /// Send a scenario's arrivals instead (TOML): its models, by name, at their arrival
+        /// times; every model's input is `--input-bytes`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// With `--config`: multiply every model's load by this factor.
+        #[arg(long, default_value_t = 1.0, requires = "config", allow_negative_numbers = true)]
+        load_scale: f64,
+        /// With `--config`: each request's input, bytes (FP32 elements).
+        #[arg(long, default_value_t = netml_send::IMAGE_BYTES, requires = "config")]
+        input_bytes: usize,
         /// Sender threads, each with its own socket (1-64).
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -946,16 +956,48 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::NetmlSend { target, model, rate, seconds, threads, top_k, check, loss, duplicate, reorder, seed } => {
+        Command::NetmlSend {
+            target,
+            model,
+            rate,
+            seconds,
+            config,
+            load_scale,
+            input_bytes,
+            threads,
+            top_k,
+            check,
+            loss,
+            duplicate,
+            reorder,
+            seed,
+        } => {
+            use gpuslice_netml::client::{Check, Schedule, SendOptions, Target};
             let check = match check {
-                CheckArg::Sum => gpuslice_netml::client::Check::Sum,
-                CheckArg::None => gpuslice_netml::client::Check::None,
+                CheckArg::Sum => Check::Sum,
+                CheckArg::None => Check::None,
             };
-            netml_send::run(&gpuslice_netml::client::SendOptions {
+            let (models, schedule) = match config {
+                None => (model, Schedule::Rate { rate, seconds }),
+                Some(config) => {
+                    let mut loaded = scenario::LoadedScenario::load(Some(&config))?;
+                    loaded.scale_load(load_scale)?;
+                    let (_, setups, _) = loaded.build()?;
+                    let models = setups
+                        .iter()
+                        .map(|s| Target { model: s.name.clone(), input_bytes, slo_ms: Some(s.slo_ms) })
+                        .collect();
+                    let times = setups
+                        .into_iter()
+                        .map(|mut s| std::iter::from_fn(|| s.arrivals.next_arrival()).collect())
+                        .collect();
+                    (models, Schedule::Arrivals(times))
+                }
+            };
+            netml_send::run(&SendOptions {
                 target,
-                models: model,
-                rate,
-                seconds,
+                models,
+                schedule,
                 threads,
                 top_k,
                 check,

@@ -2,7 +2,7 @@
 //! report as a table.
 
 use anyhow::Result;
-use gpuslice_netml::client::{Check, SendOptions, SendReport, Target};
+use gpuslice_netml::client::{Check, Schedule, SendOptions, SendReport, Target};
 
 /// Default input: a 3x224x224 FP32 image.
 pub const IMAGE_BYTES: usize = 3 * 224 * 224 * 4;
@@ -16,16 +16,20 @@ pub fn parse_target(spec: &str) -> Result<Target, String> {
         ),
         None => (spec, IMAGE_BYTES),
     };
-    Ok(Target { model: model.to_string(), input_bytes: bytes })
+    Ok(Target { model: model.to_string(), input_bytes: bytes, slo_ms: None })
 }
 
 /// Runs the sender and prints its table; fails when a reply failed its check.
 pub fn run(options: &SendOptions) -> Result<()> {
-    let total: f64 = options.rate * options.seconds;
+    let what = match &options.schedule {
+        Schedule::Rate { rate, seconds } => format!("~{:.0} requests over {seconds} s", rate * seconds),
+        Schedule::Arrivals(times) => {
+            format!("{} requests at the scenario's arrivals", times.iter().map(Vec::len).sum::<usize>())
+        }
+    };
     eprintln!(
-        "sending ~{total:.0} requests to {} over {} s from {} threads{}",
+        "sending {what} to {} from {} threads{}",
         options.target,
-        options.seconds,
         options.threads,
         if options.check == Check::Sum { " (each reply checked against the sum of its inputs)" } else { "" }
     );
@@ -51,6 +55,7 @@ fn table(report: &SendReport) -> comfy_table::Table {
         "p50 ms",
         "p99 ms",
         "max ms",
+        "SLO met",
         "top class",
     ]);
     for m in &report.models {
@@ -65,6 +70,7 @@ fn table(report: &SendReport) -> comfy_table::Table {
             format!("{:.2}", m.p50_ms),
             format!("{:.2}", m.p99_ms),
             format!("{:.2}", m.max_ms),
+            m.slo_ms.map_or("-".into(), |_| format!("{:.1}%", 100.0 * m.within_slo as f64 / m.sent.max(1) as f64)),
             m.top_class.map_or("-".into(), |c| c.to_string()),
         ]);
     }

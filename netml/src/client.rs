@@ -1,7 +1,8 @@
 //! The NetML load generator (`gpuslice netml-send`): sends images for one or more models to a
-//! node's NetML ingress as packets, open loop (Poisson arrivals at a rate), from several sender
-//! threads, each with its own socket for the replies; checks every reply and measures latency
-//! from the first packet sent to the reply reassembled. Loopback only, bounded in time and count.
+//! node's NetML ingress as packets, open loop (Poisson arrivals at a rate, or each model's
+//! arrival times, e.g. a scenario's), from several sender threads, each with its own socket for
+//! the replies; checks every reply and measures latency from the first packet sent to the reply
+//! reassembled. Loopback only, bounded in time and count.
 //!
 //! Every request's image is FP32 values in [0, 1). `Check::Sum` checks each reply against the
 //! GPU-less worker's documented function (every output element, or top-k score, is the sum of
@@ -45,6 +46,23 @@ pub struct Target {
     pub model: String,
     /// Bytes of one request's input.
     pub input_bytes: usize,
+    /// Its latency SLO, ms, where known: replies within it are counted.
+    pub slo_ms: Option<f64>,
+}
+
+/// When requests go.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Poisson arrivals at `rate` requests per second over all models (sent to in turn), for
+    /// `seconds`.
+    Rate {
+        /// Requests per second.
+        rate: f64,
+        /// How long.
+        seconds: f64,
+    },
+    /// Each model's arrival times, seconds from the start, in the models' order.
+    Arrivals(Vec<Vec<f64>>),
 }
 
 /// What to send.
@@ -52,12 +70,10 @@ pub struct Target {
 pub struct SendOptions {
     /// The node's NetML address (loopback).
     pub target: SocketAddr,
-    /// The models, sent to in turn.
+    /// The models.
     pub models: Vec<Target>,
-    /// Requests per second over all models and threads.
-    pub rate: f64,
-    /// How long to send.
-    pub seconds: f64,
+    /// When each request goes; the requests are dealt to the threads in turn.
+    pub schedule: Schedule,
     /// Sender threads.
     pub threads: usize,
     /// 0: whole outputs back; k: the k best classes.
@@ -100,6 +116,10 @@ pub struct ModelResult {
     pub errors: u64,
     /// Requests without a reply in time.
     pub lost: u64,
+    /// The model's SLO, ms, where known...
+    pub slo_ms: Option<f64>,
+    /// ...and the replies that passed the check within it.
+    pub within_slo: u64,
     /// Latency of the answered, ms: median, 99th percentile, largest.
     pub p50_ms: f64,
     /// See `p50_ms`.
@@ -130,14 +150,28 @@ impl SendOptions {
                 self.target
             ));
         }
-        if !(self.seconds > 0.0 && self.seconds <= MAX_SECONDS) {
-            return bad(format!("--seconds must be in (0, {MAX_SECONDS}], got {}", self.seconds));
-        }
-        if !(self.rate > 0.0 && self.rate * self.seconds <= MAX_REQUESTS) {
-            return bad(format!(
-                "--rate must be above 0 and send at most {MAX_REQUESTS} requests in all, got {} for {} s",
-                self.rate, self.seconds
-            ));
+        match &self.schedule {
+            Schedule::Rate { rate, seconds } => {
+                if !(*seconds > 0.0 && *seconds <= MAX_SECONDS) {
+                    return bad(format!("--seconds must be in (0, {MAX_SECONDS}], got {seconds}"));
+                }
+                if !(*rate > 0.0 && rate * seconds <= MAX_REQUESTS) {
+                    return bad(format!(
+                        "--rate must be above 0 and send at most {MAX_REQUESTS} requests in all, got {rate} for {seconds} s"
+                    ));
+                }
+            }
+            Schedule::Arrivals(times) => {
+                if times.len() != self.models.len() {
+                    return bad(format!("{} arrival lists for {} models", times.len(), self.models.len()));
+                }
+                if times.iter().map(Vec::len).sum::<usize>() as f64 > MAX_REQUESTS {
+                    return bad(format!("more than {MAX_REQUESTS} requests in all"));
+                }
+                if let Some(t) = times.iter().flatten().find(|t| !(0.0..=MAX_SECONDS).contains(*t)) {
+                    return bad(format!("arrival at {t} s: arrivals must lie in [0, {MAX_SECONDS}] s"));
+                }
+            }
         }
         if self.threads == 0 || self.threads > MAX_THREADS {
             return bad(format!("--threads must be in 1..={MAX_THREADS}, got {}", self.threads));
@@ -208,17 +242,49 @@ struct Tally {
     first_errors: Vec<String>,
 }
 
-/// Sends for `options.seconds`, waits for the replies, and reports.
+/// Every request of the run as (seconds from the start, model), in time order.
+fn plan(options: &SendOptions) -> Vec<(f64, usize)> {
+    let mut plan: Vec<(f64, usize)> = match &options.schedule {
+        Schedule::Rate { rate, seconds } => {
+            let mut rng = Rng::new(options.seed);
+            let mut t = 0.0;
+            std::iter::from_fn(|| {
+                t += -rng.next().max(1e-12).ln() / rate;
+                (t < *seconds).then_some(t)
+            })
+            .enumerate()
+            .map(|(k, t)| (t, k % options.models.len()))
+            .collect()
+        }
+        Schedule::Arrivals(times) => {
+            times.iter().enumerate().flat_map(|(m, ts)| ts.iter().map(move |&t| (t, m))).collect()
+        }
+    };
+    plan.sort_by(|a, b| a.0.total_cmp(&b.0));
+    plan
+}
+
+/// Sends every request of the schedule, waits for the replies, and reports.
 pub fn run(options: &SendOptions) -> Result<SendReport, SendError> {
     options.check()?;
+    let plan = plan(options);
     let started = Instant::now();
     let tallies: Vec<Result<Tally, SendError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            (0..options.threads).map(|t| scope.spawn(move || send_thread(options, t, started))).collect();
+        let plan = &plan;
+        let handles: Vec<_> = (0..options.threads)
+            .map(|t| {
+                let mine = plan.iter().skip(t).step_by(options.threads).copied();
+                scope.spawn(move || send_thread(options, t, started, mine))
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().expect("a sender thread panicked")).collect()
     });
     let mut report = SendReport {
-        models: options.models.iter().map(|t| ModelResult { model: t.model.clone(), ..Default::default() }).collect(),
+        models: options
+            .models
+            .iter()
+            .map(|t| ModelResult { model: t.model.clone(), slo_ms: t.slo_ms, ..Default::default() })
+            .collect(),
         elapsed_s: started.elapsed().as_secs_f64(),
         first_errors: Vec::new(),
     };
@@ -233,6 +299,7 @@ pub fn run(options: &SendOptions) -> Result<SendReport, SendError> {
             total.wrong += r.wrong;
             total.errors += r.errors;
             total.lost += r.lost;
+            total.within_slo += r.within_slo;
             latency[m].add(&tally.latency_us[m]).expect("same bounds");
             for (class, n) in &tally.top_classes[m] {
                 *classes[m].entry(*class).or_default() += n;
@@ -256,8 +323,14 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds")
 }
 
-/// One sender thread: its share of the rate, its own socket for the replies.
-fn send_thread(o: &SendOptions, thread: usize, started: Instant) -> Result<Tally, SendError> {
+/// One sender thread: its requests (`plan`: seconds from `started`, model), its own socket for
+/// the replies.
+fn send_thread(
+    o: &SendOptions,
+    thread: usize,
+    started: Instant,
+    plan: impl Iterator<Item = (f64, usize)>,
+) -> Result<Tally, SendError> {
     let mut rng = Rng::new(o.seed ^ (thread as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut receiver = Receiver::bind(SocketAddr::new(o.target.ip(), 0), 8192, REPLY_TIMEOUT.as_nanos() as u64)?;
     let images: Vec<Vec<Prepared>> = o
@@ -285,13 +358,12 @@ fn send_thread(o: &SendOptions, thread: usize, started: Instant) -> Result<Tally
         top_classes: vec![HashMap::new(); n],
         first_errors: Vec::new(),
     };
-    let rate = o.rate / o.threads as f64;
-    let end = started + Duration::from_secs_f64(o.seconds);
     let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let mut next = started + Duration::from_secs_f64(-rng.next().max(1e-12).ln() / rate);
     let (mut count, mut complete) = (0u64, Vec::new());
+    let mut sent_to = vec![0usize; n];
     let mut order: Vec<usize> = Vec::new();
-    while next < end {
+    for (at, model) in plan {
+        let next = started + Duration::from_secs_f64(at);
         // Replies, until the next request is due.
         loop {
             receiver.poll(started.elapsed().as_nanos() as u64, &mut complete)?;
@@ -304,9 +376,9 @@ fn send_thread(o: &SendOptions, thread: usize, started: Instant) -> Result<Tally
             }
             receiver.wait((next - now).min(Duration::from_millis(1)))?;
         }
-        let model = (count as usize) % n;
         let id = (thread as u64) << 48 | count;
-        let prepared = &images[model][(count as usize / n) % IMAGES_PER_MODEL];
+        let prepared = &images[model][sent_to[model] % IMAGES_PER_MODEL];
+        sent_to[model] += 1;
         order.clear();
         for i in 0..prepared.datagrams.len() {
             if rng.next() >= o.loss {
@@ -330,7 +402,6 @@ fn send_thread(o: &SendOptions, thread: usize, started: Instant) -> Result<Tally
         });
         receiver.send_datagrams_to(o.target, datagrams)?;
         count += 1;
-        next += Duration::from_secs_f64(-rng.next().max(1e-12).ln() / rate);
     }
     // The last replies.
     let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -406,9 +477,55 @@ fn take_reply(
                 );
             } else {
                 tally.models[m].answered += 1;
-                let us = latency.saturating_duration_since(request.sent).as_micros() as u64;
+                let took = latency.saturating_duration_since(request.sent);
+                if o.models[m].slo_ms.is_some_and(|slo| took.as_secs_f64() * 1e3 <= slo) {
+                    tally.models[m].within_slo += 1;
+                }
+                let us = took.as_micros() as u64;
                 let _ = tally.latency_us[m].record(us.max(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(schedule: Schedule) -> SendOptions {
+        SendOptions {
+            target: "127.0.0.1:9".parse().unwrap(),
+            models: ["a", "b"].map(|m| Target { model: m.into(), input_bytes: 16, slo_ms: None }).to_vec(),
+            schedule,
+            threads: 2,
+            top_k: 0,
+            check: Check::Sum,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: false,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn a_rate_plans_poisson_arrivals_dealt_to_the_models_in_turn() {
+        let plan = plan(&options(Schedule::Rate { rate: 1000.0, seconds: 10.0 }));
+        assert!((9_700..10_300).contains(&plan.len()), "{}", plan.len());
+        assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 != w[1].1));
+        assert!(plan.last().unwrap().0 < 10.0);
+    }
+
+    #[test]
+    fn arrivals_are_merged_in_time_order_and_bad_ones_refused() {
+        let plan = plan(&options(Schedule::Arrivals(vec![vec![0.5, 0.1], vec![0.3]])));
+        assert_eq!(plan, vec![(0.1, 0), (0.3, 1), (0.5, 0)]);
+        for bad in [vec![vec![0.1]], vec![vec![-1.0], vec![]], vec![vec![f64::NAN], vec![]]] {
+            assert!(matches!(options(Schedule::Arrivals(bad)).check(), Err(SendError::Invalid(_))));
+        }
+        let far = options(Schedule::Rate { rate: 1e9, seconds: 10.0 }).check();
+        assert!(matches!(far, Err(SendError::Invalid(m)) if m.contains("10000000")), "bounded in count");
+        let elsewhere =
+            SendOptions { target: "10.0.0.1:9".parse().unwrap(), ..options(Schedule::Arrivals(vec![vec![], vec![]])) };
+        assert!(matches!(elsewhere.check(), Err(SendError::Invalid(m)) if m.contains("loopback")));
     }
 }

@@ -3,7 +3,7 @@
 //! `netml_listen`, with packets lost, duplicated and reordered, while the model is reallocated;
 //! every image is answered with its own sum or counted lost, and malformed datagrams are counted.
 
-use gpuslice_netml::client::{Check, SendOptions, Target};
+use gpuslice_netml::client::{Check, Schedule, SendOptions, Target};
 use gpuslice_serve::grpc::{self, ServeOptions};
 use gpuslice_serve::live::LiveConfig;
 use gpuslice_serve::proto::controller_client::ControllerClient;
@@ -35,7 +35,7 @@ async fn metric(address: std::net::SocketAddr, series: &str) -> f64 {
 }
 
 fn image(model: &str) -> Target {
-    Target { model: model.into(), input_bytes: 3 * 224 * 224 * 4 }
+    Target { model: model.into(), input_bytes: 3 * 224 * 224 * 4, slo_ms: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,8 +60,7 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
     let base = SendOptions {
         target: netml,
         models: vec![image("resnet50"), image("vgg16")],
-        rate: 300.0,
-        seconds: 2.0,
+        schedule: Schedule::Rate { rate: 300.0, seconds: 2.0 },
         threads: 2,
         top_k: 0,
         check: Check::Sum,
@@ -125,7 +124,11 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
     assert!(metric(metrics, "gpuslice_netml_total{event=\"duplicate\"}").await > 0.0);
 
     // Unknown models are refused by an error reply, not silence.
-    let unknown = SendOptions { models: vec![image("nope")], rate: 50.0, seconds: 0.5, ..base.clone() };
+    let unknown = SendOptions {
+        models: vec![image("nope")],
+        schedule: Schedule::Rate { rate: 50.0, seconds: 0.5 },
+        ..base.clone()
+    };
     let report = send(unknown).await.unwrap().unwrap();
     assert_eq!(report.models[0].errors, report.models[0].sent);
     assert!(report.first_errors[0].contains("no model named \"nope\""), "{:?}", report.first_errors);
