@@ -44,8 +44,8 @@
 # then with four NetML receive threads on one port, and 16 connections and 1 MiB HTTP/2 frames
 # for the byte path:
 #   bash scripts/gpu-session.sh receivers
-# then NetML at batch 8 (static policy), the byte paths (gRPC and NetML) at x1.0 and x0.8,
-# model-based at x1.0:
+# then NetML at batch 8 (static policy), the byte paths (gRPC and NetML) at x1.0, a model
+# measured at registration beside two others, model-based on gpu-trio at x1.0:
 #   bash scripts/gpu-session.sh batch8
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
@@ -123,7 +123,9 @@ case "${1:-trio}" in
     date +%T | tee -a "$R/steps.txt"
     POLICY=static MAX_BATCH=8 OUT=$R/netml timeout 150 bash scripts/gpu-netml-serve.sh 1000 2000
     date +%T | tee -a "$R/steps.txt"
-    BYTE_ONLY=1 OUT=$R/file timeout 260 bash scripts/gpu-file-trio.sh 1.0 0.8
+    BYTE_ONLY=1 OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/beside timeout 120 bash scripts/gpu-unprofiled-beside.sh
     capacity_steps "model-based scenarios/gpu-trio.toml 1.0"
     ;;
   reworked)
