@@ -114,10 +114,7 @@ impl Reassembler {
             return Outcome::Discard(slot);
         }
         if !self.open.contains_key(&key) && self.open.len() >= self.max_open {
-            let oldest = self.open.iter().min_by_key(|(_, p)| p.first_seen_ns).map(|(id, _)| *id);
-            if let Some(key) = oldest {
-                self.drop_image(key, released);
-            }
+            self.evict_oldest(released);
         }
         let partial = self.open.entry(key).or_insert_with(|| Partial {
             envelope: header.envelope,
@@ -170,6 +167,13 @@ impl Reassembler {
         for key in expired {
             self.drop_image(key, released);
         }
+    }
+
+    /// Drops the image whose first packet came first (counted as expired); its slots are
+    /// appended to `released`. False when no image is open.
+    pub fn evict_oldest(&mut self, released: &mut Vec<Slot>) -> bool {
+        let oldest = self.open.iter().min_by_key(|(_, p)| p.first_seen_ns).map(|(key, _)| *key);
+        oldest.inspect(|key| self.drop_image(*key, released)).is_some()
     }
 
     fn drop_image(&mut self, key: Key, released: &mut Vec<Slot>) {

@@ -25,7 +25,7 @@ pub struct ReceiveStats {
     pub malformed: u64,
     /// ...counted here too.
     pub wrong_version: u64,
-    /// Polls that found no free slot: images not released fast enough.
+    /// Polls that found no free slot (every slot held by complete images not yet released).
     pub pool_exhausted: u64,
 }
 
@@ -108,6 +108,10 @@ impl Receiver {
     pub fn poll(&mut self, now_ns: u64, complete: &mut Vec<CompleteImage>) -> std::io::Result<usize> {
         let mut released = Vec::new();
         self.reassembler.expire(now_ns, &mut released);
+        // Images that lost a packet hold their slots until they expire; under load they would
+        // fill the pool and stop the receive (and then every image is lost). The oldest open
+        // image goes first instead: it is the likeliest to be broken.
+        while self.pool.free_slots() + released.len() < RECV_BATCH && self.reassembler.evict_oldest(&mut released) {}
         for slot in released.drain(..) {
             self.pool.give(slot);
         }

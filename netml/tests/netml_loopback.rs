@@ -94,3 +94,32 @@ fn gpu_transfer_modes_deliver_intact_or_say_why_not() {
         }
     }
 }
+
+/// Images that lost a packet would hold the pool until they expire, and the receive would stop:
+/// the oldest are evicted instead (counted as expired), and whole images keep arriving.
+#[test]
+fn broken_images_are_evicted_before_they_fill_the_pool() {
+    // Room for 96 packets; images of 10 packets; a 10 s timeout that never comes.
+    let mut receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), 96, 10_000_000_000).unwrap();
+    let sender = Sender::new(receiver.local_addr().unwrap()).unwrap();
+    let image = vec![5u8; 10 * 1024];
+    let mut complete = Vec::new();
+    let drain = |receiver: &mut Receiver, complete: &mut Vec<CompleteImage>| {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        while receiver.poll(0, complete).unwrap() > 0 {}
+    };
+    // 20 broken images (packet 9 lost): 180 packets, more than the pool holds.
+    for id in 0..20u64 {
+        sender.send(&request(id), &image, |i| i != 9).unwrap();
+        drain(&mut receiver, &mut complete);
+    }
+    assert!(complete.is_empty());
+    for id in 100..105u64 {
+        sender.send(&request(id), &image, |_| true).unwrap();
+        drain(&mut receiver, &mut complete);
+    }
+    let ids: Vec<u64> = complete.iter().map(|c| c.envelope.image_id).collect();
+    assert_eq!(ids, vec![100, 101, 102, 103, 104], "whole images still arrive");
+    assert!(receiver.reassembly().expired_images >= 11, "{:?}", receiver.reassembly());
+    assert_eq!(receiver.stats.pool_exhausted, 0);
+}
