@@ -635,6 +635,9 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         _ => None,
     };
     let netml_addr = netml.as_ref().map(|n| n.local_addr);
+    if let Some(addr) = netml_addr.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(netml = %addr, "NetML listens beyond loopback: it has no authentication or encryption, anyone who reaches this address can send requests to every model");
+    }
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(live.clone(), repository))
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);

@@ -36,6 +36,8 @@ const IMAGE_TIMEOUT: Duration = Duration::from_millis(200);
 const IDLE_WAIT: Duration = Duration::from_millis(2);
 /// A socket receive buffer below this (bytes) holds under 10 ms of 1 GB/s of images: warned of.
 const SMALL_RECEIVE_BUFFER: usize = 10 << 20;
+/// Bytes of input that NetML requests handed over and not yet answered may hold.
+const MAX_IN_FLIGHT_BYTES: u64 = 2 << 30;
 /// Most classes a reply's top-k may name.
 pub const MAX_TOP_K: u16 = 1000;
 
@@ -72,6 +74,8 @@ pub struct NetmlCounters {
     pub gather_ns: AtomicU64,
     /// See `arrival_ns`.
     pub reply_ns: AtomicU64,
+    /// Input bytes of requests handed over and not yet answered (a gauge, not in /metrics).
+    in_flight_bytes: AtomicU64,
 }
 
 impl NetmlCounters {
@@ -260,8 +264,19 @@ impl Receiving {
         let (envelope, to) = (image.envelope, image.source);
         self.receiver.release(image);
         let (live, replies, counters) = (self.live.clone(), self.replies.clone(), self.counters.clone());
+        // Inputs waiting for the controller are bounded here (the controller bounds what it
+        // queues): past the bound a request is refused at once rather than held.
+        let bytes = input.len() as u64;
+        let admitted = c.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes <= MAX_IN_FLIGHT_BYTES;
         self.runtime.spawn(async move {
-            let reply = answer(&live, &envelope, input).await;
+            let reply = match admitted {
+                true => answer(&live, &envelope, input).await,
+                false => Err(format!(
+                    "resource exhausted: NetML requests holding more than {} MiB of input are waiting",
+                    MAX_IN_FLIGHT_BYTES >> 20
+                )),
+            };
+            counters.in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let sending = Instant::now();
             let (kind, payload) = match reply {
                 Ok(payload) => (Kind::Reply, payload),
