@@ -60,7 +60,8 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
     let base = SendOptions {
         target: netml,
         models: vec![image("resnet50"), image("vgg16")],
-        schedule: Schedule::Rate { rate: 300.0, seconds: 2.0 },
+        // A rate the debug build's receive path keeps up with on 2 cores (CI).
+        schedule: Schedule::Rate { rate: 120.0, seconds: 2.5 },
         threads: 2,
         top_k: 0,
         check: Check::Sum,
@@ -102,7 +103,7 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
         eprintln!("note: the socket receive buffer is small here; clean traffic may lose an image");
     }
     for m in &report.models {
-        assert!(m.sent > 200, "{m:?}");
+        assert!(m.sent > 100, "{m:?}");
         assert_eq!((m.answered + m.lost, m.wrong, m.errors), (m.sent, 0, 0), "{m:?} {:?}", report.first_errors);
         assert!(m.lost == 0 || !deep, "{m:?}");
     }
@@ -145,6 +146,6 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
     assert_eq!(metric(metrics, "gpuslice_netml_total{event=\"malformed\"}").await - malformed_before, 3.0);
     assert!(metric(metrics, "gpuslice_netml_total{event=\"wrong_version\"}").await >= 1.0);
     // NetML requests count in the model's own metrics like gRPC ones.
-    assert!(metric(metrics, "gpuslice_completed_total{model=\"resnet50\"}").await > 200.0);
+    assert!(metric(metrics, "gpuslice_completed_total{model=\"resnet50\"}").await > 100.0);
     running.stop().await.unwrap();
 }
