@@ -34,6 +34,14 @@ sed -e 's/^name = "gpu-trio.*/name = "gpu-trio with ResNet-50 from a file"/' \
     -e '/name = "resnet50_file"/,/arrivals/ s/^max_batch = 8/max_batch = 32/' \
     scenarios/gpu-trio.toml > /tmp/file-trio.toml
 printf 'listen = "127.0.0.1:50051"\nmetrics_listen = "127.0.0.1:9100"\nnetml_listen = "127.0.0.1:9500"\nbackend = "gpu"\n[controller]\npolicy = "model-based"\ncontrol_interval_s = 0.25\ndrop_after_ms = 500\n[gpu]\npool_levels = [10, 20, 30, 45, 60, 80, 100]\n' > /tmp/file-trio-node.toml
+# serve LOG: starts the node on the repository (logging to LOG), sets $server once it serves
+# gRPC and NetML.
+serve() {
+  ./out/gpuslice --log warn serve --config /tmp/file-trio-node.toml --model-repository $repo \
+    > /tmp/file-trio-serve.out 2> "$1" &
+  server=$!
+  until grep -q "^NetML on" /tmp/file-trio-serve.out; do sleep 0.5; kill -0 $server || { tail "$1"; return 1; }; done
+}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
 for scale in "${scales[@]}"; do
   if [ -z "${BYTE_ONLY:-}" ]; then
@@ -42,19 +50,13 @@ for scale in "${scales[@]}"; do
       --out "$OUT/gpu-run-$scale" 2>&1 | tee -a "$log"
   fi
   echo "== byte path: serve + kserve-run x$scale" | tee -a "$log"
-  ./out/gpuslice --log warn serve --config /tmp/file-trio-node.toml --model-repository $repo \
-    > /tmp/file-trio-serve.out 2> "$OUT/serve-$scale.log" &
-  server=$!
-  until grep -q "^serving" /tmp/file-trio-serve.out; do sleep 0.5; kill -0 $server || { tail "$OUT/serve-$scale.log"; exit 1; }; done
+  serve "$OUT/serve-$scale.log" || exit 1
   ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50051 -c /tmp/file-trio.toml --load-scale "$scale" \
     --out "$OUT/kserve-run-$scale" 2>&1 | tee -a "$log"
   curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(stage_ms|latency_p99_ms|completed_total|dropped_total|reallocations_total)' | tee -a "$log"
   kill -TERM $server; wait $server
   echo "== NetML path: serve + netml-send x$scale" | tee -a "$log"
-  ./out/gpuslice --log warn serve --config /tmp/file-trio-node.toml --model-repository $repo \
-    > /tmp/file-trio-serve.out 2> "$OUT/serve-netml-$scale.log" &
-  server=$!
-  until grep -q "^NetML on" /tmp/file-trio-serve.out; do sleep 0.5; kill -0 $server || { tail "$OUT/serve-netml-$scale.log"; exit 1; }; done
+  serve "$OUT/serve-netml-$scale.log" || exit 1
   ./out/gpuslice --log warn netml-send --target 127.0.0.1:9500 -c /tmp/file-trio.toml --load-scale "$scale" \
     --threads 8 --top-k 5 --check none 2>&1 | tee -a "$log"
   curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(stage_ms|netml|completed_total|dropped_total)' | tee -a "$log"

@@ -130,6 +130,18 @@ pub struct ModelResult {
     pub top_class: Option<u32>,
 }
 
+impl ModelResult {
+    /// Adds another thread's counts (not its latencies: those are merged as histograms).
+    fn add(&mut self, other: &ModelResult) {
+        self.sent += other.sent;
+        self.answered += other.answered;
+        self.wrong += other.wrong;
+        self.errors += other.errors;
+        self.lost += other.lost;
+        self.within_slo += other.within_slo;
+    }
+}
+
 /// A run's figures.
 #[derive(Debug, Clone)]
 pub struct SendReport {
@@ -293,13 +305,7 @@ pub fn run(options: &SendOptions) -> Result<SendReport, SendError> {
     for tally in tallies {
         let tally = tally?;
         for (m, r) in tally.models.iter().enumerate() {
-            let total = &mut report.models[m];
-            total.sent += r.sent;
-            total.answered += r.answered;
-            total.wrong += r.wrong;
-            total.errors += r.errors;
-            total.lost += r.lost;
-            total.within_slo += r.within_slo;
+            report.models[m].add(r);
             latency[m].add(&tally.latency_us[m]).expect("same bounds");
             for (class, n) in &tally.top_classes[m] {
                 *classes[m].entry(*class).or_default() += n;
