@@ -7,6 +7,7 @@
 
 pub mod tensors;
 
+use bytes::Bytes;
 use gpuslice_policies::{Decision, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, Report, RequestRecord, ServiceModel, Sharing, SimConfig, SimError,
@@ -118,7 +119,7 @@ pub trait LiveBackend: Send + 'static {
     /// Takes no more requests; serves those it accepted.
     fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
     /// Queues one request for `model` with its input row (None: zeros).
-    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError>;
+    fn submit(&mut self, model: usize, input: Option<Bytes>) -> Result<Ticket, BackendError>;
     /// Serves up to `now` (since the backend started); returns the submitted requests served
     /// (with their output rows, where the backend computes them) and dropped since the last call.
     fn advance(&mut self, now: Duration) -> Served;
@@ -208,7 +209,7 @@ impl LiveBackend for Simulator {
         Ok(Simulator::retire_model(self, model)?)
     }
     /// The input is not read: the simulator serves by the profile.
-    fn submit(&mut self, model: usize, _input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
+    fn submit(&mut self, model: usize, _input: Option<Bytes>) -> Result<Ticket, BackendError> {
         Ok(Simulator::submit(self, model)?)
     }
     /// The simulator computes no outputs: only when each request would complete.

@@ -6,7 +6,6 @@
 use crate::serving::{GRAPH_BATCHES, GpuBackend, GpuModelSetup, ModelWorkers};
 use gpuslice_control::{Backend, BackendError, LiveBackend, LiveModel, ModelSource, Served};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, Ticket};
-use std::sync::Arc;
 use std::time::Duration;
 
 impl LiveBackend for GpuBackend {
@@ -51,7 +50,7 @@ impl LiveBackend for GpuBackend {
         Ok(GpuBackend::retire_model(self, model)?)
     }
 
-    fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, BackendError> {
+    fn submit(&mut self, model: usize, input: Option<bytes::Bytes>) -> Result<Ticket, BackendError> {
         Ok(GpuBackend::submit(self, model, input)?)
     }
 

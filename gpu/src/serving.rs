@@ -8,6 +8,7 @@
 use crate::mps::MpsDaemon;
 use crate::telemetry::Telemetry;
 use crate::worker::{Completion, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
+use bytes::Bytes;
 use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_control::{Computed, ModelSource};
 use gpuslice_simulator::{
@@ -189,7 +190,7 @@ impl StageRecorder {
 struct Queued {
     arrival: Instant,
     ticket: Ticket,
-    input: Option<Arc<[u8]>>,
+    input: Option<Bytes>,
     /// It was in a batch whose worker died: a second loss drops it.
     retried: bool,
 }
@@ -1160,7 +1161,7 @@ impl GpuBackend {
     /// Queues one request for a model (an open one: added without arrivals, not retired), with
     /// its input row (None: zeros); its result comes out of `take_answered` (or `take_finished`)
     /// under the returned ticket.
-    pub fn submit(&mut self, model: usize, input: Option<Arc<[u8]>>) -> Result<Ticket, SimError> {
+    pub fn submit(&mut self, model: usize, input: Option<Bytes>) -> Result<Ticket, SimError> {
         let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
         if let Some(input) = &input
             && input.len() != handle.row_in

@@ -229,7 +229,7 @@ fn submitted_requests_are_answered_and_a_dead_worker_is_replaced_losing_none() {
     // Request k sends [k, k, k, k]: its answer is 4k in both outputs, whatever batch it rode in.
     let mut tickets: std::collections::HashMap<u64, f32> = (0..20)
         .map(|k| {
-            let input: std::sync::Arc<[u8]> = fp32(&[k as f32; 4]).into();
+            let input = bytes::Bytes::from(fp32(&[k as f32; 4]));
             (backend.submit(kept, Some(input)).unwrap(), 4.0 * k as f32)
         })
         .collect();

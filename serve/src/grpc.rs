@@ -261,7 +261,7 @@ impl Controller for Service {
     async fn infer(&self, request: Request<InferRequest>) -> Result<Response<InferResponse>, Status> {
         let request = request.into_inner();
         let model = required(&request.model, "model")?.to_string();
-        let input = (!request.payload.is_empty()).then(|| Arc::<[u8]>::from(request.payload));
+        let input = (!request.payload.is_empty()).then(|| bytes::Bytes::from(request.payload));
         let done = self.live.ask(|reply| Command::Infer(model, input, reply)).await?;
         Ok(Response::new(InferResponse {
             request_id: done.ticket,

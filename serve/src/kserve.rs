@@ -11,10 +11,9 @@ use crate::inference::repository_index_response::ModelIndex;
 use crate::inference::*;
 use crate::live::{Command, LiveError, LiveHandle, ModelView};
 use crate::repository::Repository;
+use bytes::Bytes;
 use futures_util::future::try_join_all;
 use gpuslice_control::tensors::{DataType, TensorSpec};
-use prost::bytes::Bytes;
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Most rows one ModelInfer may carry.
@@ -86,7 +85,7 @@ fn input_bytes(input: &InferInputTensor, raw: Option<Bytes>, datatype: DataType)
 }
 
 /// Checks the request's one input against the model's and splits it into one row per request.
-fn rows(request: &mut ModelInferRequest, spec: &TensorSpec) -> Result<Vec<Arc<[u8]>>, Status> {
+fn rows(request: &mut ModelInferRequest, spec: &TensorSpec) -> Result<Vec<Bytes>, Status> {
     if request.inputs.len() != 1 {
         return Err(Status::invalid_argument(format!(
             "model {} takes 1 input ({:?}), {} given",
@@ -121,8 +120,8 @@ fn rows(request: &mut ModelInferRequest, spec: &TensorSpec) -> Result<Vec<Arc<[u
             input.shape
         )));
     }
-    // Taken, not copied (they are a slice of the received message): the request's bytes are
-    // copied once, into each row's buffer.
+    // Taken, not copied: each row is a slice of the received message, copied once on the
+    // host, into the worker's shared memory.
     let raw = (!request.raw_input_contents.is_empty()).then(|| std::mem::take(&mut request.raw_input_contents[0]));
     let bytes = input_bytes(input, raw, spec.datatype)?;
     let row = spec.bytes();
@@ -136,7 +135,7 @@ fn rows(request: &mut ModelInferRequest, spec: &TensorSpec) -> Result<Vec<Arc<[u
         )));
     }
     request.raw_input_contents.clear();
-    Ok(bytes.chunks_exact(row).map(Arc::from).collect())
+    Ok((0..rows as usize).map(|i| bytes.slice(i * row..(i + 1) * row)).collect())
 }
 
 #[tonic::async_trait]

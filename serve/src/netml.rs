@@ -11,6 +11,7 @@
 //! `netml-e2e` for it).
 
 use crate::live::{Command, InferDone, LiveError, LiveHandle};
+use bytes::Bytes;
 use gpuslice_control::tensors::DataType;
 use gpuslice_netml::packet::{Envelope, Kind};
 use gpuslice_netml::reassembly::{CompleteImage, ReassemblyStats};
@@ -259,7 +260,7 @@ impl Receiving {
         let gathering = Instant::now();
         let mut input = Vec::new();
         self.receiver.gather_cpu(&image, &mut input);
-        let input: Arc<[u8]> = input.into();
+        let input = Bytes::from(input);
         c.gather_ns.fetch_add(gathering.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let (envelope, to) = (image.envelope, image.source);
         self.receiver.release(image);
@@ -312,7 +313,7 @@ impl Receiving {
 }
 
 /// The reply's payload for a request, or why there is none.
-async fn answer(live: &LiveHandle, envelope: &Envelope, input: Arc<[u8]>) -> Result<Vec<u8>, String> {
+async fn answer(live: &LiveHandle, envelope: &Envelope, input: Bytes) -> Result<Vec<u8>, String> {
     let model = envelope.model.as_str().to_string();
     let k = envelope.top_k;
     if k > MAX_TOP_K {
