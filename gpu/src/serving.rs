@@ -913,7 +913,6 @@ impl Dispatcher {
         let (began, service) = pace.completed(batch.worker, batch.graph, c);
         s.in_flight -= 1;
         let arrivals: Vec<Instant> = batch.requests.iter().map(|r| r.arrival).collect();
-        let copying_out = Instant::now();
         s.total.batches += 1;
         s.interval.batches += 1;
         let busy = service.as_nanos() as f64 * gpu_pct;
@@ -922,6 +921,7 @@ impl Dispatcher {
         s.samples.push(BatchSample { size: batch.graph, gpu_pct, exec_ms: service.as_secs_f64() * 1e3 });
         let size = batch.requests.len() as u32;
         let (graph, copy_in) = (batch.graph, batch.copy_in);
+        let copying_out = Instant::now();
         for r in batch.requests {
             // Row i is request i's, whether or not it waits for an answer.
             let output = output_rows.next();

@@ -9,7 +9,7 @@
 //! that request's input elements); each thread cycles through `IMAGES_PER_MODEL` images of
 //! different sums, so a reply that went to the wrong caller fails the check.
 
-use super::packet::{Envelope, Kind, ModelName, packetize};
+use super::packet::{Envelope, Kind, ModelName, PacketHeader, packetize};
 use super::reassembly::CompleteImage;
 use super::udp::Receiver;
 use hdrhistogram::Histogram;
@@ -339,7 +339,7 @@ fn send_thread(
 ) -> Result<Tally, SendError> {
     let mut rng = Rng::new(o.seed ^ (thread as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut receiver = Receiver::bind(SocketAddr::new(o.target.ip(), 0), 8192, REPLY_TIMEOUT.as_nanos() as u64)?;
-    let images: Vec<Vec<Prepared>> = o
+    let mut images: Vec<Vec<Prepared>> = o
         .models
         .iter()
         .map(|t| {
@@ -368,14 +368,19 @@ fn send_thread(
     let (mut count, mut complete) = (0u64, Vec::new());
     let mut sent_to = vec![0usize; n];
     let mut order: Vec<usize> = Vec::new();
+    // Checks and frees the replies that have arrived.
+    let mut take_replies = |receiver: &mut Receiver, pending: &mut HashMap<u64, Pending>, tally: &mut Tally| {
+        receiver.poll(started.elapsed().as_nanos() as u64, &mut complete)?;
+        for reply in complete.drain(..) {
+            take_reply(receiver, reply, pending, tally, o);
+        }
+        Ok::<(), SendError>(())
+    };
     for (at, model) in plan {
         let next = started + Duration::from_secs_f64(at);
         // Replies, until the next request is due.
         loop {
-            receiver.poll(started.elapsed().as_nanos() as u64, &mut complete)?;
-            for reply in complete.drain(..) {
-                take_reply(&mut receiver, reply, &mut pending, &mut tally, o);
-            }
+            take_replies(&mut receiver, &mut pending, &mut tally)?;
             let now = Instant::now();
             if now >= next {
                 break;
@@ -383,8 +388,11 @@ fn send_thread(
             receiver.wait((next - now).min(Duration::from_millis(1)))?;
         }
         let id = (thread as u64) << 48 | count;
-        let prepared = &images[model][sent_to[model] % IMAGES_PER_MODEL];
+        let prepared = &mut images[model][sent_to[model] % IMAGES_PER_MODEL];
         sent_to[model] += 1;
+        for datagram in &mut prepared.datagrams {
+            PacketHeader::set_image_id(datagram, id);
+        }
         order.clear();
         for i in 0..prepared.datagrams.len() {
             if rng.next() >= o.loss {
@@ -401,21 +409,13 @@ fn send_thread(
         }
         pending.insert(id, Pending { model, sent: Instant::now(), sum: prepared.sum });
         tally.models[model].sent += 1;
-        let datagrams = order.iter().map(|&i| {
-            let mut d = prepared.datagrams[i].clone();
-            d[4..12].copy_from_slice(&id.to_le_bytes());
-            d
-        });
-        receiver.send_datagrams_to(o.target, datagrams)?;
+        receiver.send_datagrams_to(o.target, order.iter().map(|&i| &prepared.datagrams[i]))?;
         count += 1;
     }
     // The last replies.
     let deadline = Instant::now() + REPLY_TIMEOUT;
     while !pending.is_empty() && Instant::now() < deadline {
-        receiver.poll(started.elapsed().as_nanos() as u64, &mut complete)?;
-        for reply in complete.drain(..) {
-            take_reply(&mut receiver, reply, &mut pending, &mut tally, o);
-        }
+        take_replies(&mut receiver, &mut pending, &mut tally)?;
         receiver.wait(Duration::from_millis(1))?;
     }
     for p in pending.values() {

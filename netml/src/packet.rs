@@ -213,13 +213,18 @@ impl PacketHeader {
         Ok((header, payload))
     }
 
+    /// Sets the message id of a datagram already written (a sender reusing prepared packets).
+    pub fn set_image_id(datagram: &mut [u8], image_id: u64) {
+        datagram[4..12].copy_from_slice(&image_id.to_le_bytes());
+    }
+
     /// Writes the header into the first `HEADER` bytes of `out`.
     pub fn write(&self, out: &mut [u8]) {
         let e = &self.envelope;
         out[0..2].copy_from_slice(&MAGIC.to_le_bytes());
         out[2] = VERSION;
         out[3] = e.kind.code();
-        out[4..12].copy_from_slice(&e.image_id.to_le_bytes());
+        Self::set_image_id(out, e.image_id);
         out[12..16].copy_from_slice(&self.offset.to_le_bytes());
         out[16..20].copy_from_slice(&self.total_len.to_le_bytes());
         out[20..22].copy_from_slice(&e.top_k.to_le_bytes());

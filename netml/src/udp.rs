@@ -175,24 +175,14 @@ impl Receiver {
         }
     }
 
-    /// Sends a message from this socket to `to` (requests from a client, whose replies come
-    /// back to this socket). Returns the datagrams sent.
-    pub fn send_to(&self, to: SocketAddr, envelope: &Envelope, payload: &[u8]) -> std::io::Result<usize> {
-        send_message(&self.socket, to, envelope, payload)
-    }
-
     /// Sends ready-made datagrams from this socket to `to`, in order (a client that patches
-    /// prepared packets). Returns the datagrams sent.
-    pub fn send_datagrams_to(
+    /// prepared packets; its replies come back to this socket). Returns the datagrams sent.
+    pub fn send_datagrams_to<D: AsRef<[u8]>>(
         &self,
         to: SocketAddr,
-        datagrams: impl Iterator<Item = Vec<u8>>,
+        datagrams: impl Iterator<Item = D>,
     ) -> std::io::Result<usize> {
-        let mut sent = 0;
-        for datagram in datagrams {
-            sent += send_datagrams(&self.socket, to, std::iter::once(&datagram))?;
-        }
-        Ok(sent)
+        send_datagrams(&self.socket, to, datagrams)
     }
 
     /// This socket, for sending from another thread (a server's replies come from the address
@@ -226,15 +216,15 @@ pub fn send_message(socket: &UdpSocket, to: SocketAddr, envelope: &Envelope, pay
 
 /// Sends `datagrams` to `to`, in order; a full send buffer is waited out (up to 100 ms a
 /// datagram) rather than dropped.
-fn send_datagrams<'a>(
+fn send_datagrams<D: AsRef<[u8]>>(
     socket: &UdpSocket,
     to: SocketAddr,
-    datagrams: impl Iterator<Item = &'a Vec<u8>>,
+    datagrams: impl Iterator<Item = D>,
 ) -> std::io::Result<usize> {
     let mut sent = 0;
     for datagram in datagrams {
         loop {
-            match socket.send_to(datagram, to) {
+            match socket.send_to(datagram.as_ref(), to) {
                 Ok(_) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let writable = poll(&mut [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)], 100u8)?;

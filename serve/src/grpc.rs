@@ -628,12 +628,11 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     }
     health_reporter.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
     tokio::spawn(follow_health(live.clone(), health_reporter));
-    let netml = match (options.netml_listen, netml_counters) {
-        (Some(addr), Some(counters)) => {
-            Some(NetmlIngress::start(addr, live.clone(), tokio::runtime::Handle::current(), counters)?)
-        }
-        _ => None,
-    };
+    let netml = options
+        .netml_listen
+        .zip(netml_counters)
+        .map(|(addr, counters)| NetmlIngress::start(addr, live.clone(), tokio::runtime::Handle::current(), counters))
+        .transpose()?;
     let netml_addr = netml.as_ref().map(|n| n.local_addr);
     if let Some(addr) = netml_addr.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(netml = %addr, "NetML listens beyond loopback: it has no authentication or encryption, anyone who reaches this address can send requests to every model");
