@@ -12,7 +12,9 @@
 #     server's per-stage times from /metrics (`gpuslice_stage_ms`);
 #  3. the NetML path: the same server with `--netml-listen`, `netml-send --config` sending the
 #     same arrivals as UDP packets (8 threads, top-5 replies), the node's NetML counters after.
-# At each load scale given (default 1.0); BYTE_ONLY=1 runs the byte path alone. Writes
+# At each load scale given (default 1.0); PATHS (default "zero bytes netml") picks the paths, in
+# that order; the NetML path's node moves images with NETML_TRANSFER (default: the node's default,
+# the worker's GPU gather). Writes
 # $OUT/file-trio.txt and the runs' outputs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,29 +36,33 @@ sed -e 's/^name = "gpu-trio.*/name = "gpu-trio with ResNet-50 from a file"/' \
     -e '/name = "resnet50_file"/,/arrivals/ s/^max_batch = 8/max_batch = 32/' \
     scenarios/gpu-trio.toml > /tmp/file-trio.toml
 printf 'listen = "127.0.0.1:50051"\nmetrics_listen = "127.0.0.1:9100"\nnetml_listen = "127.0.0.1:9500"\nbackend = "gpu"\n[controller]\npolicy = "model-based"\ncontrol_interval_s = 0.25\ndrop_after_ms = 500\n[gpu]\npool_levels = [10, 20, 30, 45, 60, 80, 100]\n' > /tmp/file-trio-node.toml
-# serve LOG: starts the node on the repository (logging to LOG), sets $server once it serves
+# serve LOG [FLAG...]: starts the node on the repository (logging to LOG), sets $server once it serves
 # gRPC and NetML.
 serve() {
-  ./out/gpuslice --log warn serve --config /tmp/file-trio-node.toml --model-repository $repo \
+  ./out/gpuslice --log warn serve --config /tmp/file-trio-node.toml --model-repository $repo "${@:2}" \
     > /tmp/file-trio-serve.out 2> "$1" &
   server=$!
   until grep -q "^NetML on" /tmp/file-trio-serve.out; do sleep 0.5; kill -0 $server || { tail "$1"; return 1; }; done
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
 for scale in "${scales[@]}"; do
-  if [ -z "${BYTE_ONLY:-}" ]; then
+  paths=" ${PATHS:-zero bytes netml} "
+  if [[ $paths == *" zero "* ]]; then
     echo "== zero-input path: gpu-run x$scale" | tee -a "$log"
     ./out/gpuslice --log warn gpu-run -c /tmp/file-trio.toml --model-repository $repo --load-scale "$scale" \
       --out "$OUT/gpu-run-$scale" 2>&1 | tee -a "$log"
   fi
-  echo "== byte path: serve + kserve-run x$scale" | tee -a "$log"
-  serve "$OUT/serve-$scale.log" || exit 1
-  ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50051 -c /tmp/file-trio.toml --load-scale "$scale" \
-    --out "$OUT/kserve-run-$scale" 2>&1 | tee -a "$log"
-  curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(stage_ms|latency_p99_ms|completed_total|dropped_total|reallocations_total)' | tee -a "$log"
-  kill -TERM $server; wait $server
-  echo "== NetML path: serve + netml-send x$scale" | tee -a "$log"
-  serve "$OUT/serve-netml-$scale.log" || exit 1
+  if [[ $paths == *" bytes "* ]]; then
+    echo "== byte path: serve + kserve-run x$scale" | tee -a "$log"
+    serve "$OUT/serve-$scale.log" || exit 1
+    ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50051 -c /tmp/file-trio.toml --load-scale "$scale" \
+      --out "$OUT/kserve-run-$scale" 2>&1 | tee -a "$log"
+    curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(stage_ms|latency_p99_ms|completed_total|dropped_total|reallocations_total)' | tee -a "$log"
+    kill -TERM $server; wait $server
+  fi
+  [[ $paths == *" netml "* ]] || continue
+  echo "== NetML path (${NETML_TRANSFER:-gpu-gather}): serve + netml-send x$scale" | tee -a "$log"
+  serve "$OUT/serve-netml-$scale.log" ${NETML_TRANSFER:+--netml-transfer $NETML_TRANSFER} || exit 1
   ./out/gpuslice --log warn netml-send --target 127.0.0.1:9500 -c /tmp/file-trio.toml --load-scale "$scale" \
     --threads 8 --top-k 5 --check none 2>&1 | tee -a "$log"
   curl -s 127.0.0.1:9100/metrics | grep -E '^gpuslice_(stage_ms|netml|completed_total|dropped_total)' | tee -a "$log"

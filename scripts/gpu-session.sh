@@ -47,6 +47,19 @@
 # then NetML at batch 8 (static policy), the byte paths (gRPC and NetML) at x1.0, a model
 # measured at registration beside two others, model-based on gpu-trio at x1.0:
 #   bash scripts/gpu-session.sh batch8
+#
+# 2026-12-03 (sixteenth session): the batch-8 NetML run the budget cut, the byte paths with the
+# packet-pool eviction and request bytes shared end to end, model-based on gpu-trio repeated:
+#   bash scripts/gpu-session.sh repeat
+# then the worker's GPU gather from the NetML packet pool inside `serve` (issue 21), against
+# CPU-Copy and gRPC at the policy's batch and at batch 8:
+#   bash scripts/gpu-session.sh gather
+# and the NetML path at gpu-trio's load with the gather, and model-based on gpu-trio with its
+# first trial kept off slices (issue 15):
+#   bash scripts/gpu-session.sh gather-trio
+# and again with slices that degrade a model left at once for the shared mode the last trial
+# held the load in:
+#   bash scripts/gpu-session.sh fallback
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -116,17 +129,54 @@ case "${1:-trio}" in
     date +%T | tee -a "$R/steps.txt"
     OUT=$R/netml timeout 200 bash scripts/gpu-netml-serve.sh 1000 2000 3000
     date +%T | tee -a "$R/steps.txt"
-    BYTE_ONLY=1 OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 1.0
+    PATHS="bytes netml" OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 1.0
     date +%T | tee -a "$R/steps.txt"
     ;;
   batch8)
     date +%T | tee -a "$R/steps.txt"
     POLICY=static MAX_BATCH=8 OUT=$R/netml timeout 150 bash scripts/gpu-netml-serve.sh 1000 2000
     date +%T | tee -a "$R/steps.txt"
-    BYTE_ONLY=1 OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
+    PATHS="bytes netml" OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
     date +%T | tee -a "$R/steps.txt"
     OUT=$R/beside timeout 120 bash scripts/gpu-unprofiled-beside.sh
     capacity_steps "model-based scenarios/gpu-trio.toml 1.0"
+    ;;
+  gather)
+    date +%T | tee -a "$R/steps.txt"
+    for test in out/gpu-tests/worker-*; do
+      GPUSLICE_GPU_TESTS=1 timeout 120 "$test" --test-threads 1 rows_gathered 2>&1 | tail -5 | tee -a "$R/tests.txt"
+    done
+    date +%T | tee -a "$R/steps.txt"
+    OUT=$R/netml timeout 260 bash scripts/gpu-netml-serve.sh 1000 2000 3000
+    date +%T | tee -a "$R/steps.txt"
+    mkdir -p $R/batch8
+    MAX_BATCH=8 OUT=$R/batch8 timeout $((570 - SECONDS)) bash scripts/gpu-netml-serve.sh 1000 2000
+    date +%T | tee -a "$R/steps.txt"
+    ;;
+  gather-trio)
+    date +%T | tee -a "$R/steps.txt"
+    for test in out/gpu-tests/worker-*; do
+      GPUSLICE_GPU_TESTS=1 timeout 60 "$test" --test-threads 1 --nocapture rows_gathered 2>&1 | tail -30 | tee -a "$R/tests.txt"
+    done
+    PATHS=netml OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 1.0
+    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.2"
+    ;;
+  fallback)
+    date +%T | tee -a "$R/steps.txt"
+    for test in out/gpu-tests/worker-*; do
+      GPUSLICE_GPU_TESTS=1 timeout 60 "$test" --test-threads 1 --nocapture rows_gathered 2>&1 | tail -30 | tee -a "$R/tests.txt"
+    done
+    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.2"
+    ;;
+  repeat)
+    date +%T | tee -a "$R/steps.txt"
+    POLICY=static MAX_BATCH=8 OUT=$R/netml timeout 120 bash scripts/gpu-netml-serve.sh 1000 2000
+    date +%T | tee -a "$R/steps.txt"
+    PATHS="bytes netml" OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
+    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/gpu-trio.toml 1.0"
     ;;
   reworked)
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.25" \

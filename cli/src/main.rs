@@ -902,6 +902,7 @@ fn run(command: Command) -> Result<()> {
                 script: gpuslice_gpu::worker::default_script(),
                 fake_ms,
                 pool_levels,
+                packet_pool: None,
             };
             let on = gpuslice_gpu::builder::GpuBuilder { template, sources };
             let run = simulate::run_on(&loaded, &PolicyChoice::Named(policy), &on, true)?;

@@ -5,15 +5,16 @@
 //! (`LiveBackend`). `control_step` is the step of the control loop both kinds of run take each
 //! interval: the policy decides on what was observed, and its changes are applied.
 
+pub mod input;
 pub mod tensors;
 
-use bytes::Bytes;
 use gpuslice_policies::{Decision, Policy};
 use gpuslice_simulator::{
     Allocation, ModelInterval, ModelSetup, Report, RequestRecord, ServiceModel, Sharing, SimConfig, SimError,
     Simulator, Ticket, secs_to_ns,
 };
 use gpuslice_traces::{ArrivalProcess, LatencyModel};
+use input::RequestInput;
 use std::sync::Arc;
 use std::time::Duration;
 use tensors::ModelIo;
@@ -119,7 +120,7 @@ pub trait LiveBackend: Send + 'static {
     /// Takes no more requests; serves those it accepted.
     fn retire_model(&mut self, model: usize) -> Result<(), BackendError>;
     /// Queues one request for `model` with its input row (None: zeros).
-    fn submit(&mut self, model: usize, input: Option<Bytes>) -> Result<Ticket, BackendError>;
+    fn submit(&mut self, model: usize, input: Option<RequestInput>) -> Result<Ticket, BackendError>;
     /// Serves up to `now` (since the backend started); returns the submitted requests served
     /// (with their output rows, where the backend computes them) and dropped since the last call.
     fn advance(&mut self, now: Duration) -> Served;
@@ -209,7 +210,7 @@ impl LiveBackend for Simulator {
         Ok(Simulator::retire_model(self, model)?)
     }
     /// The input is not read: the simulator serves by the profile.
-    fn submit(&mut self, model: usize, _input: Option<Bytes>) -> Result<Ticket, BackendError> {
+    fn submit(&mut self, model: usize, _input: Option<RequestInput>) -> Result<Ticket, BackendError> {
         Ok(Simulator::submit(self, model)?)
     }
     /// The simulator computes no outputs: only when each request would complete.

@@ -4,6 +4,7 @@
 //! completions.
 
 use crate::serving::{GRAPH_BATCHES, GpuBackend, GpuModelSetup, ModelWorkers};
+use gpuslice_control::input::RequestInput;
 use gpuslice_control::{Backend, BackendError, LiveBackend, LiveModel, ModelSource, Served};
 use gpuslice_simulator::{Allocation, ModelInterval, Report, Ticket};
 use std::time::Duration;
@@ -50,7 +51,7 @@ impl LiveBackend for GpuBackend {
         Ok(GpuBackend::retire_model(self, model)?)
     }
 
-    fn submit(&mut self, model: usize, input: Option<bytes::Bytes>) -> Result<Ticket, BackendError> {
+    fn submit(&mut self, model: usize, input: Option<RequestInput>) -> Result<Ticket, BackendError> {
         Ok(GpuBackend::submit(self, model, input)?)
     }
 

@@ -8,7 +8,7 @@
 use crate::mps::MpsDaemon;
 use crate::telemetry::Telemetry;
 use crate::worker::{Completion, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
-use bytes::Bytes;
+use gpuslice_control::input::{PacketLayout, RequestInput};
 use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_control::{Computed, ModelSource};
 use gpuslice_simulator::{
@@ -52,6 +52,9 @@ pub struct WorkerTemplate {
     /// room for it, else just below (at once);
     /// without, a worker at the new GPU% is started when asked (seconds).
     pub pool_levels: Vec<f64>,
+    /// The node's NetML packet pool, which every worker maps to gather requests that came as
+    /// packets (None: such requests are copied on the CPU like any other).
+    pub packet_pool: Option<PacketLayout>,
 }
 
 impl WorkerTemplate {
@@ -190,7 +193,7 @@ impl StageRecorder {
 struct Queued {
     arrival: Instant,
     ticket: Ticket,
-    input: Option<Bytes>,
+    input: Option<RequestInput>,
     /// It was in a batch whose worker died: a second loss drops it.
     retried: bool,
 }
@@ -330,6 +333,7 @@ impl WorkerStarter {
             env: self.mps.as_ref().map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
             fake_ms: self.template.fake_ms,
             input_ipc: None,
+            packet_pool: self.template.packet_pool.clone(),
             green_sms: Vec::new(),
             quick_start,
         })
@@ -781,24 +785,45 @@ impl Dispatcher {
                 }
             }
             let n = s.queue.len().min(max);
-            let requests: Vec<Queued> = s.queue.drain(..n).collect();
+            let mut requests: Vec<Queued> = s.queue.drain(..n).collect();
             s.in_flight += 1;
             drop(s);
             let graph = graph_for(n);
             let submitted = Instant::now();
-            // Each request's input goes into its row of the worker's shared memory, as it came
-            // (the one copy on the host); rows without one, and the graph's padding, are zeros.
-            let row = crew.pool[active].0.row_bytes().0;
+            let worker = &mut crew.pool[active].0;
+            let row = worker.row_bytes().0;
+            // Requests that came as packets in the pool this worker maps go last: their packets'
+            // slots are written where their rows are, and the worker gathers the payloads (on the
+            // GPU) from where they landed. Every other request's input goes into its row of the
+            // worker's shared memory, as it came (the one copy on the host, or a CPU gather);
+            // rows without one, and the graph's padding, are zeros.
+            let gathered_by_worker = |q: &Queued| match (&q.input, worker.packet_pool()) {
+                (Some(RequestInput::Packets(p)), Some(pool)) => p.store().layout() == pool && pool.gathers(row),
+                _ => false,
+            };
+            requests.sort_by_key(|q| gathered_by_worker(q));
+            let first_gathered = requests.iter().position(gathered_by_worker).unwrap_or(requests.len());
             let mut copy_in = Duration::ZERO;
-            let handed = crew.pool[active].0.submit(graph, 0, |slot| {
+            let handed = worker.submit(graph, 0, |slot| {
                 let began = Instant::now();
-                for (i, rows) in slot[..graph as usize * row].chunks_exact_mut(row).enumerate() {
-                    match requests.get(i).and_then(|r| r.input.as_deref()) {
-                        Some(input) => rows.copy_from_slice(input),
+                let (copied, gathered) = slot[..graph as usize * row].split_at_mut(first_gathered * row);
+                for (i, rows) in copied.chunks_exact_mut(row).enumerate() {
+                    match &requests[i].input {
+                        Some(input) => input.copy_to(rows),
                         None => rows.fill(0),
                     }
                 }
+                let packets = requests[first_gathered..].iter().filter_map(|q| match &q.input {
+                    Some(RequestInput::Packets(p)) => Some(p.slots()),
+                    _ => None,
+                });
+                let slots = packets.flatten().flat_map(|s| s.to_le_bytes());
+                let padding = gathered.len() - (n - first_gathered) * row;
+                let (descriptors, padding_rows) = gathered.split_at_mut(gathered.len() - padding);
+                descriptors.iter_mut().zip(slots).for_each(|(byte, s)| *byte = s);
+                padding_rows.fill(0);
                 copy_in = began.elapsed();
+                first_gathered as u32..n as u32
             });
             crew.running.push_back(Running { requests, worker: active, graph, submitted, copy_in });
             if let Err(e) = handed
@@ -1161,7 +1186,7 @@ impl GpuBackend {
     /// Queues one request for a model (an open one: added without arrivals, not retired), with
     /// its input row (None: zeros); its result comes out of `take_answered` (or `take_finished`)
     /// under the returned ticket.
-    pub fn submit(&mut self, model: usize, input: Option<Bytes>) -> Result<Ticket, SimError> {
+    pub fn submit(&mut self, model: usize, input: Option<RequestInput>) -> Result<Ticket, SimError> {
         let handle = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
         if let Some(input) = &input
             && input.len() != handle.row_in
@@ -1480,7 +1505,12 @@ mod tests {
 
     #[test]
     fn pool_levels_round_up_where_there_is_room_else_to_what_fits() {
-        let t = WorkerTemplate { script: "w.py".into(), fake_ms: None, pool_levels: vec![20.0, 30.0, 45.0, 60.0] };
+        let t = WorkerTemplate {
+            script: "w.py".into(),
+            fake_ms: None,
+            pool_levels: vec![20.0, 30.0, 45.0, 60.0],
+            packet_pool: None,
+        };
         assert_eq!(t.level(33.0, 100.0), 45.0, "the level above, room permitting");
         assert_eq!(t.level(33.0, 40.0), 30.0, "45 does not fit: the level below");
         assert_eq!(t.level(50.0, 25.0), 20.0, "neither 60 nor 45 fit: the highest level that does");

@@ -7,6 +7,7 @@
 //! stream. A thread reads its completions as they come, stamps them, and wakes whoever waits
 //! (`on_output`).
 
+use gpuslice_control::input::PacketLayout;
 use gpuslice_control::tensors::ModelIo;
 use memmap2::MmapMut;
 use serde::Deserialize;
@@ -56,6 +57,9 @@ pub struct WorkerSpec {
     /// Take batch inputs from this CUDA IPC buffer (hex handle; fp32 images back to back, as the
     /// NetML transfer leaves them) instead of the shared-memory file.
     pub input_ipc: Option<String>,
+    /// The node's NetML packet pool, which the worker maps: a batch's rows whose request came
+    /// as packets may then hold their packets' slots (see `submit`), gathered by the worker.
+    pub packet_pool: Option<PacketLayout>,
     /// Serve on green contexts of these SM counts, one process for all (empty: none; the
     /// worker's share is then its MPS percentage).
     pub green_sms: Vec<u32>,
@@ -174,6 +178,9 @@ struct Ready {
     green_sms: Vec<u32>,
     #[serde(default)]
     pinned: bool,
+    /// Where it gathers packets from the packet pool ("gpu", or "cpu" without one), if it maps one.
+    #[serde(default)]
+    packet_gather: Option<String>,
     /// Where its start-up went, seconds by phase (imports, model load, warm-up and capture per
     /// batch size).
     #[serde(default)]
@@ -226,6 +233,9 @@ pub struct Worker {
     pub quick_start: bool,
     /// The SM counts of its green contexts (`run_on`'s `context` indexes these).
     pub green_sms: Vec<u32>,
+    /// The packet pool it gathers request rows from (`WorkerSpec::packet_pool`), once it said it
+    /// maps it.
+    packet_pool: Option<PacketLayout>,
     child: Child,
     stdin: ChildStdin,
     /// Lines from the worker's stdout with the time each was read; disconnected when it ends.
@@ -293,6 +303,10 @@ impl Worker {
         if let Some(handle) = &spec.input_ipc {
             command.args(["--input-ipc", handle]);
         }
+        if let Some(pool) = &spec.packet_pool {
+            let layout = format!("{},{},{}", pool.slot_bytes, pool.header_bytes, pool.payload_bytes);
+            command.arg("--packet-pool").arg(&pool.path).args(["--packet-layout", &layout]);
+        }
         if !spec.green_sms.is_empty() {
             let counts: Vec<String> = spec.green_sms.iter().map(|n| n.to_string()).collect();
             command.args(["--green-sms", &counts.join(",")]);
@@ -314,6 +328,7 @@ impl Worker {
             sms: 0,
             quick_start: spec.quick_start,
             green_sms: Vec::new(),
+            packet_pool: None,
             child,
             stdin,
             lines,
@@ -347,6 +362,14 @@ impl Worker {
             return Err(worker.protocol(&line));
         }
         worker.green_sms = ready.green_sms;
+        match (&spec.packet_pool, ready.packet_gather.as_deref()) {
+            (Some(pool), Some(place @ ("gpu" | "cpu"))) => {
+                tracing::info!(model = %worker.model, pool = %pool.path.display(), gathers_on = place, "worker maps the packet pool");
+                worker.packet_pool = Some(pool.clone());
+            }
+            (None, None) => {}
+            _ => return Err(worker.protocol(&line)),
+        }
         if !ready.start_s.is_empty() {
             tracing::info!(model = %worker.model, start_s = ?ready.start_s, "worker ready");
         }
@@ -391,6 +414,11 @@ impl Worker {
         &mut self.shm[..self.input_bytes]
     }
 
+    /// The packet pool it gathers rows from, if any (see `submit`).
+    pub fn packet_pool(&self) -> Option<&PacketLayout> {
+        self.packet_pool.as_ref()
+    }
+
     /// Bytes of one request's input row and of its output row.
     pub fn row_bytes(&self) -> (usize, usize) {
         (self.row_in, self.row_out)
@@ -423,14 +451,22 @@ impl Worker {
         if let Some(busy) = self.pending.front() {
             return Err(self.protocol(&format!("run while batch {} is in flight", busy.seq)));
         }
-        self.submit(batch, context, |_| ())?;
+        self.submit(batch, context, |_| 0..0)?;
         Ok(self.complete()?.times)
     }
 
     /// Hands a batch of `batch` items to the worker without waiting for it: `fill` writes its
-    /// inputs into a free slot first. Returns the slot. The worker runs its batches in order;
-    /// `complete` or `try_complete` give their completions.
-    pub fn submit(&mut self, batch: u32, context: usize, fill: impl FnOnce(&mut [u8])) -> Result<usize, WorkerError> {
+    /// inputs into a free slot first, and returns the rows (a range, empty for none) whose
+    /// requests' packets the worker gathers from its packet pool: the area of those rows holds,
+    /// from the first of them on, each one's packet slots (u32, little-endian, in payload order,
+    /// `PacketLayout::packets` each) back to back. Returns the slot. The worker runs its batches in
+    /// order; `complete` or `try_complete` give their completions.
+    pub fn submit(
+        &mut self,
+        batch: u32,
+        context: usize,
+        fill: impl FnOnce(&mut [u8]) -> std::ops::Range<u32>,
+    ) -> Result<usize, WorkerError> {
         if !self.batches.contains(&batch) {
             return Err(WorkerError::Batch { model: self.model.clone(), batch, have: self.batches.clone() });
         }
@@ -442,9 +478,19 @@ impl Worker {
             .ok_or_else(|| WorkerError::Full { model: self.model.clone() })?;
         let submitted = Instant::now();
         let start = slot * self.slot_bytes;
-        fill(&mut self.shm[start..start + self.input_bytes]);
+        let gathered = fill(&mut self.shm[start..start + self.input_bytes]);
+        if !gathered.is_empty() && (self.packet_pool.is_none() || gathered.end > batch) {
+            return Err(
+                self.protocol(&format!("rows {gathered:?} of a batch of {batch} to gather without a packet pool"))
+            );
+        }
         self.seq += 1;
-        let command = format!("{{\"run\": {}, \"batch\": {batch}, \"ctx\": {context}, \"slot\": {slot}}}\n", self.seq);
+        let gather = match gathered.is_empty() {
+            true => String::new(),
+            false => format!(", \"gather\": [{}, {}]", gathered.start, gathered.end),
+        };
+        let command =
+            format!("{{\"run\": {}, \"batch\": {batch}, \"ctx\": {context}, \"slot\": {slot}{gather}}}\n", self.seq);
         if self.stdin.write_all(command.as_bytes()).and_then(|_| self.stdin.flush()).is_err() {
             return Err(self.read_line().err().unwrap_or_else(|| self.protocol("stdin closed")));
         }
@@ -519,6 +565,13 @@ fn read_lines(
 /// Names of the files a worker pair shares: `gpuslice-PID-N` in /dev/shm and
 /// `gpuslice-PID-N.stderr` in the temporary folder, PID the gpuslice process's.
 const FILE_PREFIX: &str = "gpuslice-";
+
+/// A path for a shared-memory file of this process named `tag` (e.g. the NetML packet pools):
+/// in the folder and with the name pattern of the workers' files, so that what a killed process
+/// left is removed like theirs (`remove_stale_files`).
+pub fn shared_file_path(tag: &str) -> PathBuf {
+    shm_dir().join(format!("{FILE_PREFIX}{}-{tag}", std::process::id()))
+}
 
 /// Where the shared-memory files go: /dev/shm where there is one.
 fn shm_dir() -> PathBuf {

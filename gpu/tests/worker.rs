@@ -35,6 +35,7 @@ fn fake(model: &str) -> WorkerSpec {
         env: Vec::new(),
         fake_ms: Some(2.0),
         input_ipc: None,
+        packet_pool: None,
         green_sms: Vec::new(),
         quick_start: false,
     }
@@ -57,14 +58,92 @@ fn batches_go_through_shared_memory_and_come_back_timed() {
 
 /// Two batches in flight at once, each in its own shared-memory slot, completed in order; a third
 /// waits for a slot, and `run` is refused while batches are in flight.
+/// Rows whose request came as packets are gathered by the worker from the packet pool it maps
+/// and answer exactly as the same rows copied in. GPU-less here (the fake worker gathers on the
+/// CPU); with GPUSLICE_GPU_TESTS=1 (scripts/gpu-session.sh) a ResNet-18 worker gathers on the GPU.
+#[test]
+fn rows_gathered_from_the_packet_pool_answer_like_rows_copied_in() {
+    use gpuslice_control::input::PacketLayout;
+    use gpuslice_netml::packet::{Envelope, HEADER, ModelName, PAYLOAD};
+    use gpuslice_netml::pool::{SLOT_BYTES, SharedPools};
+    let on_gpu = std::env::var_os("GPUSLICE_GPU_TESTS").is_some();
+    let spec = match on_gpu {
+        false => fake("resnet50"),
+        true => {
+            let spec = |name: &str, dims: Vec<i64>| TensorSpec { name: name.into(), datatype: DataType::Fp32, dims };
+            let io =
+                ModelIo { inputs: vec![spec("input", vec![3, 224, 224])], outputs: vec![spec("output", vec![1000])] };
+            WorkerSpec { model: "torchvision:resnet18".into(), io, half: false, fake_ms: None, ..fake("resnet18") }
+        }
+    };
+    // In shared memory, as serve puts it: the CUDA driver page-locks a tmpfs mapping, not one of
+    // a file on disk.
+    let path = gpuslice_gpu::worker::shared_file_path("test-packet-pools");
+    let pools = SharedPools::create(&path, 2, 4096).unwrap();
+    let mut pool = pools.pool(1).unwrap();
+    let layout = PacketLayout { path, slot_bytes: SLOT_BYTES, header_bytes: HEADER, payload_bytes: PAYLOAD };
+    let mut worker = Worker::spawn(&WorkerSpec { packet_pool: Some(layout.clone()), ..spec }).unwrap();
+    assert_eq!(worker.packet_pool(), Some(&layout));
+    let row = worker.row_bytes().0;
+    let image = |k: usize| -> Vec<u8> {
+        fp32(&(0..row / 4).map(|i| ((i * 7 + k * 13) % 17) as f32 / 17.0).collect::<Vec<_>>())
+    };
+    let model = ModelName::new("m").unwrap();
+    // Images 0 and 1 copied into rows 0 and 1, and again as packets (in receiver 1's range of
+    // the file: slots numbered across it) gathered into rows 2 and 3.
+    let slots: Vec<Vec<u32>> = (0..2)
+        .map(|k| {
+            let staged = gpuslice_netml::gpu::stage_image(&mut pool, &Envelope::request(k, model), &image(k as usize));
+            staged.unwrap().slots.iter().map(|&s| pools.global(1, s)).collect()
+        })
+        .collect();
+    assert_eq!(slots[0].len(), layout.packets(row));
+    for _ in 0..2 {
+        worker
+            .submit(4, 0, |input| {
+                input[..row].copy_from_slice(&image(0));
+                input[row..2 * row].copy_from_slice(&image(1));
+                let words: Vec<u8> = slots.iter().flatten().flat_map(|s| s.to_le_bytes()).collect();
+                input[2 * row..2 * row + words.len()].copy_from_slice(&words);
+                2..4
+            })
+            .unwrap();
+        worker.complete().unwrap();
+        let out = read_fp32(&worker.output()[..4 * worker.row_bytes().1]);
+        let rows: Vec<&[f32]> = out.chunks(out.len() / 4).collect();
+        // Within float noise on the GPU (TF32 convolutions; a row's place in the batch may change
+        // a kernel's reduction order), exactly on the CPU. A wrong gather is off by the scale.
+        let off = |a: &[f32], b: &[f32]| {
+            let scale = a.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            a.iter().zip(b).map(|(x, y)| (x - y).abs() / scale).fold(0.0f32, f32::max)
+        };
+        let (off_0, off_1) = (off(rows[0], rows[2]), off(rows[1], rows[3]));
+        let between = off(rows[0], rows[1]);
+        assert!(off_0 <= 1e-2 && off_1 <= 1e-2, "gathered rows answer as copied: off by {off_0}, {off_1}");
+        assert!(between > 10.0 * off_0.max(off_1), "the two images answer apart: {between}");
+    }
+    let refused = worker.submit(4, 0, |_| 3..5).unwrap_err();
+    assert!(matches!(refused, WorkerError::Protocol { .. }), "rows past the batch: {refused}");
+}
+
 #[test]
 fn a_worker_holds_two_batches_in_their_own_slots() {
     let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
-    let first = worker.submit(4, 0, |input| input[..16].copy_from_slice(&fp32(&[1.0; 4]))).unwrap();
-    let second = worker.submit(8, 0, |input| input[..16].copy_from_slice(&fp32(&[2.0; 4]))).unwrap();
+    let first = worker
+        .submit(4, 0, |input| {
+            input[..16].copy_from_slice(&fp32(&[1.0; 4]));
+            0..0
+        })
+        .unwrap();
+    let second = worker
+        .submit(8, 0, |input| {
+            input[..16].copy_from_slice(&fp32(&[2.0; 4]));
+            0..0
+        })
+        .unwrap();
     assert_ne!(first, second);
     assert_eq!(worker.in_flight(), 2);
-    let err = worker.submit(1, 0, |_| ()).unwrap_err();
+    let err = worker.submit(1, 0, |_| 0..0).unwrap_err();
     assert!(matches!(err, WorkerError::Full { .. }), "{err}");
     assert!(worker.run(1).is_err(), "run needs an idle worker");
     let a = worker.complete().unwrap();
@@ -230,10 +309,10 @@ fn submitted_requests_are_answered_and_a_dead_worker_is_replaced_losing_none() {
     let mut tickets: std::collections::HashMap<u64, f32> = (0..20)
         .map(|k| {
             let input = bytes::Bytes::from(fp32(&[k as f32; 4]));
-            (backend.submit(kept, Some(input)).unwrap(), 4.0 * k as f32)
+            (backend.submit(kept, Some(input.into())).unwrap(), 4.0 * k as f32)
         })
         .collect();
-    let wrong = backend.submit(kept, Some(fp32(&[1.0; 3]).into())).unwrap_err().to_string();
+    let wrong = backend.submit(kept, Some(bytes::Bytes::from(fp32(&[1.0; 3])).into())).unwrap_err().to_string();
     assert!(wrong.contains("16 bytes, 12 given"), "{wrong}");
     let (mut answered, deadline) = (0, Instant::now() + Duration::from_secs(10));
     while !tickets.is_empty() && Instant::now() < deadline {
@@ -286,8 +365,12 @@ fn a_reserved_share_is_left_free_by_reallocations() {
     use gpuslice_gpu::serving::{GpuBackend, GpuModelSetup, WorkerStarter, WorkerTemplate};
     use gpuslice_simulator::{Allocation, Sharing};
     use std::time::Duration;
-    let template =
-        WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels: vec![20.0, 30.0, 45.0, 60.0] };
+    let template = WorkerTemplate {
+        script: default_script(),
+        fake_ms: Some(2.0),
+        pool_levels: vec![20.0, 30.0, 45.0, 60.0],
+        packet_pool: None,
+    };
     let setup = GpuModelSetup {
         name: "a".into(),
         source: small("a"),
@@ -474,7 +557,7 @@ fn fake_backend(
     interval_ms: u64,
 ) -> gpuslice_gpu::serving::GpuBackend {
     use gpuslice_gpu::serving::{GpuBackend, WorkerStarter, WorkerTemplate};
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels };
+    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels, packet_pool: None };
     let interval = std::time::Duration::from_millis(interval_ms);
     GpuBackend::start(setups, interval, None, WorkerStarter::new(template, None), gpuslice_simulator::Sharing::Spatial)
         .unwrap()

@@ -22,7 +22,14 @@ With --input-ipc HANDLE the inputs come instead from a GPU buffer of another pro
 transfer's batch buffer, fp32 images back to back), opened once through CUDA IPC: each batch is
 cast to fp16 on the GPU, never crossing the host (h2d_ms then times that device-side copy).
 Stage times come from CUDA events, whose completion the worker polls (event.query()), never a
-stream callback. With --fake-ms the worker needs no GPU: it sleeps that long per batch and writes, for each row,
+stream callback. With --packet-pool FILE (--packet-layout SLOT,HEADER,PAYLOAD bytes) the worker maps the node's NetML
+packet pool: a run command's "gather": [LO, HI] says that rows LO..HI of the batch came as packets,
+and that the slot's input area holds, from row LO on, each such row's packet slots (u32, payload
+order, ceil(row bytes / PAYLOAD) each) back to back. The worker copies the other rows from the slot
+and gathers those rows' payloads from the pool on the GPU (one index_select over the page-locked
+pool, read through unified addressing: the GPU gather); without a GPU (--fake-ms) it gathers them
+on the CPU. The "ready" line says which ("packet_gather": "gpu" or "cpu").
+With --fake-ms the worker needs no GPU: it sleeps that long per batch and writes, for each row,
 every output element = the sum of that row's input elements (as float32, cast to the output's
 datatype): a checkable answer per request, for tests.
 With --quick-start the worker chooses cuDNN's algorithms the legacy way: it is ready several times
@@ -118,6 +125,37 @@ def load_model(source, torch):
         return getattr(torchvision.models, name)(weights=None).eval()
 
 
+def map_packet_pool(path, layout):
+    """The packet pool's file mapped (shared) and its layout (slot, header, payload bytes)."""
+    slot_bytes, header, payload = (int(x) for x in layout.split(","))
+    with open(path, "r+b") as f:
+        pool = mmap.mmap(f.fileno(), 0)
+    if len(pool) % slot_bytes or not 0 < header < header + payload <= slot_bytes:
+        sys.exit(f"packet pool {path}: layout {layout} does not fit its {len(pool)} bytes")
+    return pool, (slot_bytes, header, payload)
+
+
+def packet_slots(words, count, slots):
+    """A gathered batch's packet slots (`count` words of `words`), checked against the pool: a
+    slot past its end would read out of bounds (on the GPU: a fault that ends the process)."""
+    got = words[:count]
+    if count and (int(got.max()) >= slots or int(got.min()) < 0):
+        sys.exit(f"packet slot out of the pool's {slots}: a bad gather command")
+    return got
+
+
+def gather_on_cpu(np, shared, start, rows, pool, layout, row_in):
+    """Without a GPU: rows LO..HI of the slot at `start` from their packets in `pool`."""
+    (lo, hi), (slot_bytes, header, payload) = rows, layout
+    per_row = -(-row_in // payload)
+    count = (hi - lo) * per_row
+    words = np.frombuffer(shared, dtype="<u4", count=count, offset=start + lo * row_in).astype(np.int64)
+    slots = packet_slots(words, count, len(pool) // slot_bytes)
+    packets = np.frombuffer(pool, dtype=np.uint8).reshape(-1, slot_bytes)[slots, header:header + payload]
+    rows_in = packets.reshape(hi - lo, per_row * payload)[:, :row_in]
+    shared[start + lo * row_in:start + hi * row_in] = rows_in.tobytes()
+
+
 def fake_answer(np, shared, start, batch, io, input_bytes):
     """Each row's outputs: the sum of its inputs (float32), in the output's datatype."""
     t_in, t_out = io["inputs"][0], io["outputs"][0]
@@ -144,6 +182,8 @@ def main():
     p.add_argument("--slots", type=int, default=1, help="batches the shared file holds at once")
     p.add_argument("--fake-ms", type=float, default=None)
     p.add_argument("--input-ipc", default=None, help="CUDA IPC handle (hex) of an fp32 input buffer")
+    p.add_argument("--packet-pool", default=None, help="the node's NetML packet pool file (rows to gather come from it)")
+    p.add_argument("--packet-layout", default="2048,88,1024", help="the packet pool's slot, header and payload bytes")
     p.add_argument("--green-sms", default=None, help="SM counts of green contexts to serve on (e.g. 40,80)")
     p.add_argument("--io", required=True, help="the model's input and output tensors, JSON")
     p.add_argument("--fp32", action="store_true", help="compute in the model's own precision, not fp16")
@@ -163,13 +203,19 @@ def main():
     shared = mmap.mmap(fd, args.slots * slot_bytes)
     commands = Commands()
 
+    pool, layout = map_packet_pool(args.packet_pool, args.packet_layout) if args.packet_pool else (None, None)
+    gathers = {"packet_gather": "cpu"} if pool is not None else {}
+
     if args.fake_ms is not None:
         import numpy  # before "ready": an import on the first batch would stall it
         reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
-               "engine": "fake", "sms": 0, "green_sms": green_sms})
+               "engine": "fake", "sms": 0, "green_sms": green_sms, **gathers})
         while (msg := commands.next()) is not None and not msg.get("quit"):
             time.sleep(args.fake_ms / 1000)
-            fake_answer(numpy, shared, msg.get("slot", 0) * slot_bytes, msg["batch"], io, input_bytes)
+            start = msg.get("slot", 0) * slot_bytes
+            if "gather" in msg:
+                gather_on_cpu(numpy, shared, start, msg["gather"], pool, layout, row_bytes(t_in))
+            fake_answer(numpy, shared, start, msg["batch"], io, input_bytes)
             reply({"done": msg["run"], "h2d_ms": 0.0, "infer_ms": args.fake_ms, "d2h_ms": 0.0})
         return
 
@@ -210,6 +256,48 @@ def main():
     # converts would go through a temporary host tensor.
     staging_in = static_in if compute_in == wire_in else torch.zeros(largest, *t_in["dims"], device="cuda", dtype=wire_in)
     source_in = host_in
+    pool_registered = False
+    if pool is not None:
+        # The pool, page-locked, read by the GPU where the packets landed, as 8-byte words (the
+        # header and payload are whole words): the gather's reads are full words, not bytes.
+        slot_bytes_pool, header, payload = layout
+        if header % 8 or payload % 8 or slot_bytes_pool % 8:
+            sys.exit(f"packet layout {args.packet_layout}: the GPU gather needs multiples of 8 bytes")
+        pool_words = torch.frombuffer(pool, dtype=torch.int64)
+        status = torch.cuda.cudart().cudaHostRegister(pool_words.data_ptr(), len(pool), 0)
+        pool_registered = int(status) == 0
+        if not pool_registered:
+            print(f"cudaHostRegister of the packet pool {args.packet_pool} failed ({status}): packets are gathered "
+                  "on the CPU", file=sys.stderr)
+
+    if pool_registered:
+        class PoolOnDevice:
+            __cuda_array_interface__ = {"shape": (len(pool) // 8,), "typestr": "<i8",
+                                        "data": (pool_words.data_ptr(), False), "version": 3}
+
+        pool_payloads = torch.as_tensor(PoolOnDevice(), device="cuda").view(-1, slot_bytes_pool // 8)[
+            :, header // 8:(header + payload) // 8]
+        per_row = -(-row_bytes(t_in) // payload)
+        gather_index = torch.empty(largest * per_row, dtype=torch.int32, device="cuda")
+        host_words = [torch.frombuffer(shared, dtype=torch.int32, count=input_bytes // 4, offset=k * slot_bytes)
+                      for k in range(args.slots)]
+        staging_rows = staging_in.view(largest, -1).view(torch.uint8)
+        gathers = {"packet_gather": "gpu"}
+
+    elif pool is not None:
+        import numpy
+
+    def gather_rows(slot, b, lo, hi):
+        """Rows lo..hi of the batch from their packets (the GPU gather), the others from the slot."""
+        for a, z in ((0, lo), (hi, b)):
+            if a < z:
+                staging_in[a:z].copy_(source_in[slot][a:z], non_blocking=True)
+        count, first = (hi - lo) * per_row, lo * row_bytes(t_in) // 4
+        gather_index[:count].copy_(packet_slots(host_words[slot][first:], count, pool_payloads.shape[0]),
+                                   non_blocking=True)
+        packets = pool_payloads.index_select(0, gather_index[:count]).view(torch.uint8)
+        staging_rows[lo:hi].copy_(packets.view(hi - lo, -1)[:, :row_bytes(t_in)])
+
     if args.input_ipc is not None:
         source_in = [open_ipc_input(args.input_ipc, largest, t_in["dims"])] * args.slots
     # One stream per partition: the device's own, or one per green context (its SMs only).
@@ -251,7 +339,7 @@ def main():
     events = [[[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(args.slots)] for _ in streams]
     reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
            "engine": f"torch-graph-{torch.__version__}", "sms": torch.cuda.get_device_properties(0).multi_processor_count,
-           "green_sms": green_sms, "pinned": pinned, "start_s": start_s})
+           "green_sms": green_sms, "pinned": pinned, "start_s": start_s, **gathers})
     running = collections.deque()  # (seq, partition, events), in launch order
 
     def answer_oldest():
@@ -279,7 +367,12 @@ def main():
         e = events[k][slot]
         with current(contexts[k]), torch.cuda.stream(streams[k]):
             e[0].record()
-            staging_in[:b].copy_(source_in[slot][:b], non_blocking=True)
+            if "gather" in msg and pool_registered:
+                gather_rows(slot, b, *msg["gather"])
+            else:
+                if "gather" in msg:
+                    gather_on_cpu(numpy, shared, slot * slot_bytes, msg["gather"], pool, layout, row_bytes(t_in))
+                staging_in[:b].copy_(source_in[slot][:b], non_blocking=True)
             if staging_in is not static_in:
                 static_in[:b].copy_(staging_in[:b])
             e[1].record()

@@ -47,22 +47,27 @@ impl Receiver {
     /// Binds `address` (non-blocking) with a pool of `slots` buffers; incomplete images are
     /// dropped `timeout_ns` after their first packet.
     pub fn bind(address: SocketAddr, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
-        Receiver::on(UdpSocket::bind(address)?, slots, timeout_ns)
+        Receiver::on(UdpSocket::bind(address)?, PacketPool::new(slots)?, timeout_ns)
     }
 
     /// As `bind`, with SO_REUSEPORT: several receivers (threads) bound to one address share its
     /// datagrams, the kernel sending each sender's (by its address and port) to one of them,
     /// so every packet of a message reaches the same receiver.
     pub fn bind_shared(address: SocketAddr, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
+        Receiver::bind_shared_into(address, PacketPool::new(slots)?, timeout_ns)
+    }
+
+    /// As `bind_shared`, receiving into `pool` (one of `SharedPools`, say).
+    pub fn bind_shared_into(address: SocketAddr, pool: PacketPool, timeout_ns: u64) -> std::io::Result<Receiver> {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, bind, setsockopt, socket, sockopt};
         let family = if address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
         setsockopt(&fd, sockopt::ReusePort, &true)?;
         bind(fd.as_raw_fd(), &SockaddrStorage::from(address))?;
-        Receiver::on(UdpSocket::from(fd), slots, timeout_ns)
+        Receiver::on(UdpSocket::from(fd), pool, timeout_ns)
     }
 
-    fn on(socket: UdpSocket, slots: usize, timeout_ns: u64) -> std::io::Result<Receiver> {
+    fn on(socket: UdpSocket, pool: PacketPool, timeout_ns: u64) -> std::io::Result<Receiver> {
         socket.set_nonblocking(true)?;
         // A deep socket buffer rides out the moments the receiving thread is not scheduled (a
         // full one drops whole images). The kernel caps SO_RCVBUF at net.core.rmem_max; a
@@ -74,8 +79,8 @@ impl Receiver {
         }
         Ok(Receiver {
             socket,
-            pool: PacketPool::new(slots)?,
-            reassembler: Reassembler::new(timeout_ns, (slots / 64).max(16)),
+            reassembler: Reassembler::new(timeout_ns, (pool.capacity() / 64).max(16)),
+            pool,
             headers: MultiHeaders::preallocate(RECV_BATCH, None),
             stats: ReceiveStats::default(),
         })
@@ -106,6 +111,7 @@ impl Receiver {
     /// Receives what is waiting (one batch), appends completed images to `complete`, and drops
     /// images past their timeout. Returns the datagrams received.
     pub fn poll(&mut self, now_ns: u64, complete: &mut Vec<CompleteImage>) -> std::io::Result<usize> {
+        self.pool.reclaim();
         let mut released = Vec::new();
         self.reassembler.expire(now_ns, &mut released);
         // Images that lost a packet hold their slots until they expire; under load they would

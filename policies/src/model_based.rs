@@ -113,6 +113,9 @@ pub struct ModelBased {
     served: Vec<(f64, f64)>,
     /// The mode in force and why (the last trial's verdict).
     choice: ModeChoice,
+    /// The best shared candidate of the last trial, if it held every SLO at the load that came:
+    /// where slices that degrade a model go at once (see `decide`).
+    fallback: Option<ModeChoice>,
     why: String,
 }
 
@@ -466,6 +469,7 @@ impl ModelBased {
             tallies: Vec::new(),
             served: vec![(0.0, 0.0); n],
             choice: ModeChoice::Slices,
+            fallback: None,
             why: "slices until the first trial".to_string(),
         }
     }
@@ -576,18 +580,33 @@ impl ModelBased {
                 pooled.1.add(*predicted);
             }
         }
+        // The first trial, on one interval's arrivals, may move between shared modes but not to
+        // slices: on so short a window every candidate holds every trial load (no queue has time
+        // to build) and the lowest latency wins, which on the H200 sent gpu-trio at x1.1 into
+        // slices that could not hold it for five seconds
+        // (bench/results/2026-12-03-h200-first-trial); a shared mode is work-conserving, a
+        // wrong one costs latency, not a backlog.
+        let slices_eligible = self.decisions >= TRIAL_EVERY;
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
+        let mut best_shared: Option<(ModeChoice, TrialScore)> = None;
         for (&choice, tally) in choices.iter().zip(&self.tallies) {
             let mode = &by_mode.iter().find(|(s, _)| *s == choice.sharing()).expect("pooled above").1;
             let score = tally.score(&tally.miss_corrections(mode));
             if choice == self.choice {
                 incumbent = Some(score);
             }
+            if choice != ModeChoice::Slices && best_shared.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
+                best_shared = Some((choice, score));
+            }
+            if choice == ModeChoice::Slices && !slices_eligible {
+                continue;
+            }
             if best.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
                 best = Some((choice, score));
             }
         }
+        self.fallback = best_shared.filter(|(_, score)| score.headroom >= TRIAL_LOADS[0]).map(|(choice, _)| choice);
         if let Some((choice, score)) = best
             && incumbent.is_none_or(|i| score.clearly_better_than(&i))
         {
@@ -777,7 +796,8 @@ impl ModelBased {
 
     /// Slices for the next interval, each with its batching and why: every model's need at its
     /// forecast rate, in priority order; leftover GPU to recent peaks, then to the least headroom.
-    fn plan_slices(&self, observations: &[ModelInterval], loads: &[Load]) -> Vec<(Allocation, String)> {
+    /// ...and whether some model degrades (the slices cannot hold every SLO).
+    fn plan_slices(&self, observations: &[ModelInterval], loads: &[Load]) -> (Vec<(Allocation, String)>, bool) {
         let n = self.models.len();
         // What the arrivals alone need: a backlog is drained from leftover GPU only, since under
         // overload a drain requirement would make a model degrade and its backlog never clear.
@@ -797,6 +817,7 @@ impl ModelBased {
         });
         let floor = slices.lowest();
         let mut gpu = vec![floor; n];
+        let mut any_degraded = false;
         let mut remaining = 100usize.saturating_sub(n * floor);
         let mut degraded = Vec::new();
         for &m in &order {
@@ -809,6 +830,7 @@ impl ModelBased {
             }
         }
         if !degraded.is_empty() {
+            any_degraded = true;
             let demands: Vec<f64> = degraded.iter().map(|&m| (needed[m].unwrap_or(100) - floor) as f64).collect();
             for (&m, share) in degraded.iter().zip(max_min(&demands, remaining as f64)) {
                 gpu[m] = slices.at_or_below(floor + share.floor() as usize);
@@ -846,7 +868,7 @@ impl ModelBased {
             room[m] = headroom(self, m, gpu[m]);
         }
 
-        (0..n)
+        let plan = (0..n)
             .map(|m| {
                 let load = loads[m];
                 let rate = load.rate * 1e3;
@@ -889,7 +911,8 @@ impl ModelBased {
                     }
                 }
             })
-            .collect()
+            .collect();
+        (plan, any_degraded)
     }
 
     /// Learns from one interval: service-time fit, tail excess, and rate forecast.
@@ -1014,11 +1037,27 @@ impl Policy for ModelBased {
         let mut planned = None;
         if self.decisions.is_multiple_of(TRIAL_EVERY) {
             let plan = self.plan_slices(observations, &loads);
-            let slices: Vec<Allocation> = plan.iter().map(|(a, _)| *a).collect();
+            let slices: Vec<Allocation> = plan.0.iter().map(|(a, _)| *a).collect();
             self.trial(&slices);
             planned = Some(plan);
         }
         self.decisions += 1;
+        if self.choice == ModeChoice::Slices {
+            let (plan, degraded) = planned.take().unwrap_or_else(|| self.plan_slices(observations, &loads));
+            // Slices that degrade a model predict its SLO missed; where the last trial found a
+            // shared mode that held the load that came, serve in it now rather than at the next
+            // trial. On the H200, gpu-trio at x1.1 spent a second in such slices between two
+            // trials, and that second alone cost vgg16 1.2% of its requests
+            // (bench/results/2026-12-03-h200-gather-and-trials). Under overload no shared mode
+            // holds, and the slices stay.
+            match self.fallback.filter(|_| degraded) {
+                Some(shared) => {
+                    self.choice = shared;
+                    self.why = "the slices degrade a model; the last trial held the load shared".to_string();
+                }
+                None => planned = Some((plan, degraded)),
+            }
+        }
 
         if let ModeChoice::Shared { mode, batching } = self.choice {
             // Shared: the trial's batching for every model; the slices stay as they are, ready
@@ -1039,7 +1078,7 @@ impl Policy for ModelBased {
                 })
                 .collect();
         }
-        let mut chosen = planned.unwrap_or_else(|| self.plan_slices(observations, &loads));
+        let (mut chosen, _) = planned.expect("planned above while slices serve");
         let switching = previous != ModeChoice::Slices;
 
         // Hysteresis: keep an allocation that still meets the SLO when the new slice is close.

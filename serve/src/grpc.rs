@@ -4,7 +4,7 @@
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::kserve::InferenceService;
 use crate::live::{self, Command, LiveConfig, LiveError, LiveHandle, ModelSpec};
-use crate::netml::{NetmlCounters, NetmlIngress};
+use crate::netml::{NetmlCounters, NetmlIngress, NetmlTransfer, PacketPools};
 use crate::proto::controller_server::{Controller, ControllerServer};
 use crate::proto::*;
 use crate::repository::Repository;
@@ -261,7 +261,7 @@ impl Controller for Service {
     async fn infer(&self, request: Request<InferRequest>) -> Result<Response<InferResponse>, Status> {
         let request = request.into_inner();
         let model = required(&request.model, "model")?.to_string();
-        let input = (!request.payload.is_empty()).then(|| bytes::Bytes::from(request.payload));
+        let input = (!request.payload.is_empty()).then(|| bytes::Bytes::from(request.payload).into());
         let done = self.live.ask(|reply| Command::Infer(model, input, reply)).await?;
         Ok(Response::new(InferResponse {
             request_id: done.ticket,
@@ -433,6 +433,8 @@ pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// The NetML ingress's UDP address, if any (`crate::netml`).
     pub netml_listen: Option<SocketAddr>,
+    /// How NetML requests reach their batch.
+    pub netml_transfer: NetmlTransfer,
     /// The controller's settings.
     pub controller: LiveConfig,
     /// What serves the requests.
@@ -464,6 +466,7 @@ impl ServeOptions {
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
             metrics_listen: None,
             netml_listen: None,
+            netml_transfer: NetmlTransfer::default(),
             controller: LiveConfig::default(),
             backend,
             models: Vec::new(),
@@ -535,11 +538,19 @@ const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// Binds and starts the gRPC server (and the metrics endpoint).
 pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let config = options.controller;
+    // NetML's packet pools are a file the GPU backend's workers map: it exists before them.
+    let packet_pools = options.netml_listen.map(|_| PacketPools::create().map(Arc::new)).transpose()?;
+    let lent_to_workers = packet_pools
+        .as_ref()
+        .filter(|_| options.netml_transfer == NetmlTransfer::GpuGather)
+        .map(|pools| gpuslice_control::input::PacketStore::layout(pools.as_ref()).clone());
     let started = match options.backend {
         ServeBackend::Simulated => live::simulated_backend(&config).and_then(|sim| live::start(config, sim)),
         ServeBackend::Gpu(serving) => {
             let drop_after_ms = config.drop_after_ms;
-            let gpu = tokio::task::spawn_blocking(move || crate::live_gpu::start(&serving, drop_after_ms)).await??;
+            let gpu =
+                tokio::task::spawn_blocking(move || crate::live_gpu::start(&serving, drop_after_ms, lent_to_workers))
+                    .await??;
             live::start(config, gpu)
         }
     };
@@ -630,8 +641,11 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     tokio::spawn(follow_health(live.clone(), health_reporter));
     let netml = options
         .netml_listen
-        .zip(netml_counters)
-        .map(|(addr, counters)| NetmlIngress::start(addr, live.clone(), tokio::runtime::Handle::current(), counters))
+        .zip(netml_counters.zip(packet_pools))
+        .map(|(addr, (counters, pools))| {
+            let transfer = (pools, options.netml_transfer);
+            NetmlIngress::start(addr, live.clone(), tokio::runtime::Handle::current(), counters, transfer)
+        })
         .transpose()?;
     let netml_addr = netml.as_ref().map(|n| n.local_addr);
     if let Some(addr) = netml_addr.filter(|a| !a.ip().is_loopback()) {

@@ -210,7 +210,7 @@ impl GrpcInferenceService for InferenceService {
         let n = rows.len();
         let answers = try_join_all(rows.into_iter().map(|row| {
             let name = view.name.clone();
-            self.live.ask(move |reply| Command::Infer(name, Some(row), reply))
+            self.live.ask(move |reply| Command::Infer(name, Some(row.into()), reply))
         }))
         .await?;
         let mut data = Vec::with_capacity(n * output.bytes());

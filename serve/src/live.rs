@@ -4,7 +4,7 @@
 //! it runs the policy and applies its decisions, which it also broadcasts. A model's start-up
 //! (worker processes on a GPU: seconds) runs off this task, so serving never waits for it.
 
-use bytes::Bytes;
+use gpuslice_control::input::RequestInput;
 use gpuslice_control::{
     BackendError, Change, Computed, LiveBackend, LiveModel, ModelSource, StageSummary, Steered, StepOutcome,
     apply_shrinking_first, control_step,
@@ -208,7 +208,7 @@ pub enum Command {
     Stages(Reply<Vec<StageSummary>>),
     /// One request to the named model, with its input row (None: zeros, for load tests);
     /// answered when it completes.
-    Infer(String, Option<Bytes>, Reply<InferDone>),
+    Infer(String, Option<RequestInput>, Reply<InferDone>),
     /// What the named model is (for the inference protocol's metadata and checks).
     Describe(String, Reply<ModelView>),
     /// Why the whole node cannot serve now (an MPS outage), if so, and the models.

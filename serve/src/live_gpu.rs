@@ -1,6 +1,7 @@
 //! `serve --backend gpu`: the `[gpu]` settings and the GPU backend started with them, for the
 //! live controller (the backend's live side is `gpuslice_gpu::live`).
 
+use gpuslice_control::input::PacketLayout;
 use gpuslice_gpu::serving::{GpuBackend, WorkerStarter, WorkerTemplate};
 use gpuslice_simulator::Sharing;
 use serde::Deserialize;
@@ -27,11 +28,18 @@ impl Default for GpuServing {
 
 /// Starts the GPU backend with no models (they come through RegisterModel): MPS first, so a
 /// machine without it is refused here, with the reason.
-pub fn start(serving: &GpuServing, drop_after_ms: Option<f64>) -> anyhow::Result<GpuBackend> {
+/// With `packet_pool`, every worker maps the NetML packet pool and gathers the requests that came
+/// as packets itself.
+pub fn start(
+    serving: &GpuServing,
+    drop_after_ms: Option<f64>,
+    packet_pool: Option<PacketLayout>,
+) -> anyhow::Result<GpuBackend> {
     let template = WorkerTemplate {
         script: serving.worker_script.clone().unwrap_or_else(gpuslice_gpu::worker::default_script),
         fake_ms: serving.fake_ms,
         pool_levels: serving.pool_levels.clone(),
+        packet_pool,
     };
     anyhow::ensure!(
         template.script.exists(),

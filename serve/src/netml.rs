@@ -5,15 +5,20 @@
 //! (dispatcher, batching, policy, metrics); its answer goes back by UDP to the address it came
 //! from, as a reply message with the same id: the output row, its top-k classes, or an error.
 //!
-//! The transfer into the model's batch is CPU-Copy: the payloads are gathered from the pool into
-//! the request's input row (then copied into the worker's shared memory with the batch). The GPU
-//! gather into a worker's own input buffer is not wired into `serve` yet (see the lab's
-//! `netml-e2e` for it).
+//! How an image reaches its model's batch (`NetmlTransfer`): by default its packets stay in the
+//! pool, which every worker of the GPU backend maps (the receive threads' pools are ranges of
+//! one shared file, `SharedPools`), and the worker that serves the batch gathers the payloads
+//! onto the GPU from where they landed: the host copies nothing but the packets' slot numbers.
+//! The packets go back to the pool when the request is answered. With CPU-Copy, or while a
+//! receive thread's pool runs low (requests waiting in a queue hold their packets), the receive
+//! thread gathers the payloads into the request's input row instead, as for a gRPC request.
 
 use crate::live::{Command, InferDone, LiveError, LiveHandle};
 use bytes::Bytes;
+use gpuslice_control::input::{PacketLayout, PacketRow, PacketStore, RequestInput};
 use gpuslice_control::tensors::DataType;
-use gpuslice_netml::packet::{Envelope, Kind};
+use gpuslice_netml::packet::{Envelope, HEADER, Kind, PAYLOAD};
+use gpuslice_netml::pool::{SLOT_BYTES, SharedPools};
 use gpuslice_netml::reassembly::{CompleteImage, ReassemblyStats};
 use gpuslice_netml::udp::{ReceiveStats, Receiver, send_message};
 use std::net::{SocketAddr, UdpSocket};
@@ -41,6 +46,53 @@ const SMALL_RECEIVE_BUFFER: usize = 10 << 20;
 const MAX_IN_FLIGHT_BYTES: u64 = 2 << 30;
 /// Most classes a reply's top-k may name.
 pub const MAX_TOP_K: u16 = 1000;
+/// Below this share of its pool free, a receive thread copies images out (CPU-Copy) instead of
+/// lending their packets to a worker: queued requests would otherwise hold the pool and stop the
+/// receive.
+const LOW_POOL_SHARE: f64 = 0.25;
+
+/// How a complete image reaches the batch of its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetmlTransfer {
+    /// The worker gathers the payloads from the packet pool onto the GPU (on the CPU where it
+    /// has no GPU).
+    #[default]
+    GpuGather,
+    /// The receive thread gathers the payloads into the request's input row.
+    CpuCopy,
+}
+
+/// The receive threads' packet pools (one file the workers map) as the backend sees them.
+pub struct PacketPools {
+    pools: SharedPools,
+    layout: PacketLayout,
+}
+
+impl PacketPools {
+    /// Creates the pools' file, in shared memory, for `RECEIVE_THREADS` receivers.
+    pub fn create() -> anyhow::Result<PacketPools> {
+        let path = gpuslice_gpu::worker::shared_file_path("netml-pools");
+        let pools = SharedPools::create(&path, RECEIVE_THREADS, POOL_SLOTS)
+            .map_err(|e| anyhow::anyhow!("cannot create the NetML packet pools {}: {e}", path.display()))?;
+        let layout = PacketLayout { path, slot_bytes: SLOT_BYTES, header_bytes: HEADER, payload_bytes: PAYLOAD };
+        Ok(PacketPools { pools, layout })
+    }
+}
+
+impl PacketStore for PacketPools {
+    fn layout(&self) -> &PacketLayout {
+        &self.layout
+    }
+
+    fn gather(&self, slots: &[u32], out: &mut [u8]) {
+        self.pools.gather(slots, out);
+    }
+
+    fn release(&self, slots: &[u32]) {
+        self.pools.release(slots);
+    }
+}
 
 /// What the ingress has seen, for /metrics. Counters only grow.
 #[derive(Default)]
@@ -63,13 +115,18 @@ pub struct NetmlCounters {
     pub not_requests: AtomicU64,
     /// Complete requests handed to the controller.
     pub requests: AtomicU64,
+    /// Requests whose packets were lent to the worker that served them (the GPU gather)...
+    pub lent: AtomicU64,
+    /// ...and those copied out by the receive thread (CPU-Copy).
+    pub copied: AtomicU64,
     /// Requests answered with their output.
     pub answered: AtomicU64,
     /// Requests answered with an error (unknown model, wrong size, dropped...).
     pub refused: AtomicU64,
     /// Replies that could not be sent.
     pub reply_failed: AtomicU64,
-    /// Sums over requests, ns: first to last packet, the CPU gather, and sending the reply.
+    /// Sums over requests, ns: first to last packet, the hand-over (a CPU gather, or lending the
+    /// packets), and sending the reply.
     pub arrival_ns: AtomicU64,
     /// See `arrival_ns`.
     pub gather_ns: AtomicU64,
@@ -93,6 +150,8 @@ impl NetmlCounters {
             ("pool_exhausted", &self.pool_exhausted),
             ("not_request", &self.not_requests),
             ("request", &self.requests),
+            ("lent_to_worker", &self.lent),
+            ("copied_on_cpu", &self.copied),
             ("answered", &self.answered),
             ("refused", &self.refused),
             ("reply_failed", &self.reply_failed),
@@ -121,20 +180,23 @@ pub struct NetmlIngress {
 }
 
 impl NetmlIngress {
-    /// Binds `listen` with `RECEIVE_THREADS` receivers and starts receiving: each complete
-    /// request goes to `live` on `runtime`; what they see is counted in `counters`.
+    /// Binds `listen` with `RECEIVE_THREADS` receivers, each receiving into its pool of
+    /// `pools`, and starts receiving: each complete request goes to `live` on `runtime`, moved
+    /// into its batch as `transfer` says; what they see is counted in `counters`.
     pub fn start(
         listen: SocketAddr,
         live: LiveHandle,
         runtime: tokio::runtime::Handle,
         counters: Arc<NetmlCounters>,
+        (pools, transfer): (Arc<PacketPools>, NetmlTransfer),
     ) -> anyhow::Result<NetmlIngress> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut ingress = NetmlIngress { local_addr: listen, counters, stop, threads: Vec::new() };
         for k in 0..RECEIVE_THREADS {
             // The first binds `listen` (port 0: any), the others the port it got.
             let address = ingress.local_addr;
-            let bound = ingress.spawn_receiver(k, address, live.clone(), runtime.clone())?;
+            let lending = Lending { pools: pools.clone(), receiver: k, lend: transfer == NetmlTransfer::GpuGather };
+            let bound = ingress.spawn_receiver(address, lending, live.clone(), runtime.clone())?;
             if k == 0 {
                 ingress.local_addr = bound;
             }
@@ -142,20 +204,26 @@ impl NetmlIngress {
         Ok(ingress)
     }
 
-    /// Starts receive thread `k` on `address`; returns the address it bound.
+    /// Starts a receive thread on `address` with its pool (`lending`); returns the address it
+    /// bound.
     fn spawn_receiver(
         &mut self,
-        k: usize,
         address: SocketAddr,
+        lending: Lending,
         live: LiveHandle,
         runtime: tokio::runtime::Handle,
     ) -> anyhow::Result<SocketAddr> {
+        let k = lending.receiver;
         let (stopping, counters) = (self.stop.clone(), self.counters.clone());
         // The receiver is bound on its thread (its recvmmsg headers stay there); the thread
         // answers with the address bound, or why it could not bind.
         let (bound_tx, bound) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name(format!("netml-receive-{k}")).spawn(move || {
-            let setup = Receiver::bind_shared(address, POOL_SLOTS, IMAGE_TIMEOUT.as_nanos() as u64)
+            let setup = lending
+                .pools
+                .pools
+                .pool(k)
+                .and_then(|pool| Receiver::bind_shared_into(address, pool, IMAGE_TIMEOUT.as_nanos() as u64))
                 .and_then(|r| Ok((r.local_addr()?, r.try_clone_socket()?, r)));
             match setup {
                 Ok((addr, replies, receiver)) => {
@@ -165,7 +233,7 @@ impl NetmlIngress {
                     let _ = bound_tx.send(Ok(addr));
                     let replies = Arc::new(replies);
                     let published = (ReceiveStats::default(), ReassemblyStats::default());
-                    Receiving { receiver, live, runtime, replies, counters, published }.run(&stopping);
+                    Receiving { receiver, lending, live, runtime, replies, counters, published }.run(&stopping);
                 }
                 Err(e) => {
                     let _ = bound_tx.send(Err(e));
@@ -213,9 +281,18 @@ fn warn_of_small_buffers(receiver: &Receiver) {
     }
 }
 
+/// A receive thread's pool among the shared ones, and whether it lends complete images' packets
+/// to the workers.
+struct Lending {
+    pools: Arc<PacketPools>,
+    receiver: usize,
+    lend: bool,
+}
+
 /// The receive thread's state.
 struct Receiving {
     receiver: Receiver,
+    lending: Lending,
     live: LiveHandle,
     runtime: tokio::runtime::Handle,
     replies: Arc<UdpSocket>,
@@ -246,8 +323,8 @@ impl Receiving {
         }
     }
 
-    /// Gathers a complete request into its input row, frees its packets, and hands it to the
-    /// controller; a task answers the sender when it completes.
+    /// Hands a complete request to the controller, its packets lent to the worker or gathered
+    /// into its input row (`NetmlTransfer`); a task answers the sender when it completes.
     fn hand_over(&mut self, image: CompleteImage) {
         let c = &self.counters;
         if image.envelope.kind != Kind::Request {
@@ -257,13 +334,23 @@ impl Receiving {
         }
         c.requests.fetch_add(1, Ordering::Relaxed);
         c.arrival_ns.fetch_add(image.last_seen_ns.saturating_sub(image.first_seen_ns), Ordering::Relaxed);
-        let gathering = Instant::now();
-        let mut input = Vec::new();
-        self.receiver.gather_cpu(&image, &mut input);
-        let input = Bytes::from(input);
-        c.gather_ns.fetch_add(gathering.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let (envelope, to) = (image.envelope, image.source);
-        self.receiver.release(image);
+        let pool = &self.receiver.pool;
+        let pool_low = (pool.free_slots() as f64) < LOW_POOL_SHARE * pool.capacity() as f64;
+        let gathering = Instant::now();
+        let input = if self.lending.lend && !pool_low {
+            c.lent.fetch_add(1, Ordering::Relaxed);
+            let Lending { pools, receiver, .. } = &self.lending;
+            let slots = image.slots.iter().map(|&s| pools.pools.global(*receiver, s)).collect();
+            RequestInput::Packets(PacketRow::new(pools.clone(), slots, image.total_len as usize))
+        } else {
+            c.copied.fetch_add(1, Ordering::Relaxed);
+            let mut input = Vec::new();
+            self.receiver.gather_cpu(&image, &mut input);
+            self.receiver.release(image);
+            RequestInput::Bytes(Bytes::from(input))
+        };
+        c.gather_ns.fetch_add(gathering.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let (live, replies, counters) = (self.live.clone(), self.replies.clone(), self.counters.clone());
         // Inputs waiting for the controller are bounded here (the controller bounds what it
         // queues): past the bound a request is refused at once rather than held.
@@ -313,7 +400,7 @@ impl Receiving {
 }
 
 /// The reply's payload for a request, or why there is none.
-async fn answer(live: &LiveHandle, envelope: &Envelope, input: Bytes) -> Result<Vec<u8>, String> {
+async fn answer(live: &LiveHandle, envelope: &Envelope, input: RequestInput) -> Result<Vec<u8>, String> {
     let model = envelope.model.as_str().to_string();
     let k = envelope.top_k;
     if k > MAX_TOP_K {

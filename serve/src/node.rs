@@ -4,6 +4,7 @@
 use crate::grpc::{ServeBackend, ServeOptions};
 use crate::live::LiveConfig;
 use crate::live_gpu::GpuServing;
+use crate::netml::NetmlTransfer;
 use crate::proto::{RegisterModelRequest, register_model_request::Profile};
 use anyhow::{Context, Result};
 use gpuslice_eval::calibration::Calibration;
@@ -22,6 +23,10 @@ pub struct NodeConfig {
     /// NetML ingress UDP address: requests as packets, replies back the same way (default:
     /// none).
     pub netml_listen: Option<SocketAddr>,
+    /// How NetML requests reach their batch: "gpu-gather" (default: the worker gathers the
+    /// packets onto the GPU from the pool they landed in) or "cpu-copy" (the receive thread
+    /// copies them into the request).
+    pub netml_transfer: Option<NetmlTransfer>,
     /// What serves the requests: "sim" (default) or "gpu".
     pub backend: Option<BackendKind>,
     /// The controller's settings.
@@ -167,6 +172,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             metrics_listen: overrides.metrics_listen.or(self.metrics_listen),
             netml_listen: overrides.netml_listen.or(self.netml_listen),
+            netml_transfer: overrides.netml_transfer.or(self.netml_transfer).unwrap_or_default(),
             controller,
             repository: overrides.model_repository.or(self.model_repository),
             models: self
@@ -236,6 +242,11 @@ pub struct ServeOverrides {
     /// by UDP to its sender [default: the config's, or none].
     #[arg(long)]
     pub netml_listen: Option<SocketAddr>,
+    /// How NetML requests reach their batch: the worker gathers their packets onto the GPU from
+    /// the pool they landed in, or the receive thread copies them out [default: the config's, or
+    /// gpu-gather].
+    #[arg(long, value_enum)]
+    pub netml_transfer: Option<NetmlTransfer>,
     /// Policy to run: static, gslice or model-based [default: the config's, or model-based].
     #[arg(long)]
     pub policy: Option<String>,

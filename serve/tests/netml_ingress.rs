@@ -107,6 +107,12 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
         assert_eq!((m.answered + m.lost, m.wrong, m.errors), (m.sent, 0, 0), "{m:?} {:?}", report.first_errors);
         assert!(m.lost == 0 || !deep, "{m:?}");
     }
+    // Every image's packets were lent to the worker that served it (the GPU-less worker gathers
+    // them on the CPU from the shared pool) and came back: a pool that leaked its slots would run
+    // low within a few hundred images here, and its receive threads copy images out from then on.
+    let answered: u64 = report.models.iter().map(|m| m.answered).sum();
+    assert_eq!(metric(metrics, "gpuslice_netml_total{event=\"lent_to_worker\"}").await, answered as f64);
+    assert_eq!(metric(metrics, "gpuslice_netml_total{event=\"copied_on_cpu\"}").await, 0.0);
 
     // Lost, duplicated and reordered packets, top-5 replies: each image is answered with its
     // own sum or lost (the node counts it expired); none answered wrong.

@@ -72,6 +72,7 @@ pub fn worker_spec(p: &Placement, batches: Vec<u32>, daemon: Option<&MpsDaemon>,
         env: daemon.map(|d| d.client_env(p.gpu_pct)).unwrap_or_default(),
         fake_ms,
         input_ipc: None,
+        packet_pool: None,
         green_sms: Vec::new(),
         quick_start: false,
     }
@@ -137,7 +138,7 @@ pub fn run_together(
                     std::thread::sleep(start_line.saturating_duration_since(Instant::now()));
                     let mut next = || -> Result<StageTimes> {
                         while worker.in_flight() < in_flight {
-                            worker.submit(batch, 0, |_| ())?;
+                            worker.submit(batch, 0, |_| 0..0)?;
                         }
                         Ok(worker.complete()?.times)
                     };

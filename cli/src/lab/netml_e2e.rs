@@ -279,6 +279,7 @@ pub fn run(o: &E2eOptions) -> Result<()> {
         env: mps.as_ref().zip(o.gpu_pct).map(|(m, pct)| m.client_env(pct)).unwrap_or_default(),
         fake_ms: None,
         input_ipc: Some(gpu.ipc_handle_hex()?),
+        packet_pool: None,
         green_sms: Vec::new(),
         quick_start: false,
     };

@@ -31,6 +31,7 @@ fn spec(model: &str, batch: u32, env: Vec<(String, String)>, green_sms: Vec<u32>
         env,
         fake_ms: None,
         input_ipc: None,
+        packet_pool: None,
         green_sms,
         quick_start: false,
     }
