@@ -60,6 +60,9 @@
 # and again with slices that degrade a model left at once for the shared mode the last trial
 # held the load in:
 #   bash scripts/gpu-session.sh fallback
+# (the trials then flipped to slices and back each second) and with slices a candidate only where
+# they hold every model at its recent peak rate:
+#   bash scripts/gpu-session.sh peak
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -169,6 +172,9 @@ case "${1:-trio}" in
     done
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.2"
+    ;;
+  peak)
+    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   repeat)
     date +%T | tee -a "$R/steps.txt"

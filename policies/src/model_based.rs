@@ -493,8 +493,8 @@ impl ModelBased {
 
     /// Replays the recent arrivals under the planned slices and under every shared mode and
     /// batching the backend offers, and keeps the candidate that holds the SLOs best (see
-    /// `TrialScore`), the one in force among equals.
-    fn trial(&mut self, slices: &[Allocation]) {
+    /// `TrialScore`), the one in force among equals; the slices only where `slices_eligible`.
+    fn trial(&mut self, slices: &[Allocation], slices_eligible: bool) {
         if self.shared_modes.is_empty() {
             return;
         }
@@ -580,13 +580,6 @@ impl ModelBased {
                 pooled.1.add(*predicted);
             }
         }
-        // The first trial, on one interval's arrivals, may move between shared modes but not to
-        // slices: on so short a window every candidate holds every trial load (no queue has time
-        // to build) and the lowest latency wins, which on the H200 sent gpu-trio at x1.1 into
-        // slices that could not hold it for five seconds
-        // (bench/results/2026-12-03-h200-first-trial); a shared mode is work-conserving, a
-        // wrong one costs latency, not a backlog.
-        let slices_eligible = self.decisions >= TRIAL_EVERY;
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
         let mut best_shared: Option<(ModeChoice, TrialScore)> = None;
@@ -1038,7 +1031,17 @@ impl Policy for ModelBased {
         if self.decisions.is_multiple_of(TRIAL_EVERY) {
             let plan = self.plan_slices(observations, &loads);
             let slices: Vec<Allocation> = plan.0.iter().map(|(a, _)| *a).collect();
-            self.trial(&slices);
+            // Slices are a candidate only where they would hold every model at its recent peak
+            // rate too: a shared mode absorbs a peak, a slice plan sized between peaks degrades a
+            // model at the next one. On the H200, gpu-trio at x1.1 moved into slices at a trial
+            // and lost vgg16 1.2% of its requests in the second before the next
+            // (bench/results/2026-12-03-h200-gather-and-trials). Not at the first trial either:
+            // on one interval's arrivals every candidate holds every trial load (no queue has
+            // time to build in the replay) and the lowest latency wins.
+            let at_peak: Vec<Load> =
+                loads.iter().map(|l| Load { rate: l.peak_rate, capacity_rate: l.peak_rate, ..*l }).collect();
+            let slices_eligible = self.decisions >= TRIAL_EVERY && !self.plan_slices(observations, &at_peak).1;
+            self.trial(&slices, slices_eligible);
             planned = Some(plan);
         }
         self.decisions += 1;
@@ -1046,10 +1049,7 @@ impl Policy for ModelBased {
             let (plan, degraded) = planned.take().unwrap_or_else(|| self.plan_slices(observations, &loads));
             // Slices that degrade a model predict its SLO missed; where the last trial found a
             // shared mode that held the load that came, serve in it now rather than at the next
-            // trial. On the H200, gpu-trio at x1.1 spent a second in such slices between two
-            // trials, and that second alone cost vgg16 1.2% of its requests
-            // (bench/results/2026-12-03-h200-gather-and-trials). Under overload no shared mode
-            // holds, and the slices stay.
+            // trial. Under overload no shared mode holds, and the slices stay.
             match self.fallback.filter(|_| degraded) {
                 Some(shared) => {
                     self.choice = shared;
