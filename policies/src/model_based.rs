@@ -121,9 +121,12 @@ pub struct ModelBased {
 
 /// Mode trials run every this many control intervals (and at the first).
 pub const TRIAL_EVERY: usize = 4;
-/// ...on the arrivals of the last this many intervals (longer windows, up to 100 intervals,
-/// held no more load on the shipped scenarios and cost more),
-pub const TRIAL_MAX_AGE: usize = 8;
+/// ...on the arrivals of the last this many intervals: a window must hold the bursts of a
+/// model that is idle between them. At 8 (0.8 s of azure-llm's 0.1 s intervals) a window without
+/// vgg16's bursts sent seed 4 into default MPS with no batch wait just before one (x0.734 where
+/// temporal holds x0.875; at 32 x0.859), and step-4x rose from x1.008 to x1.023; every other
+/// shipped scenario equal,
+pub const TRIAL_MAX_AGE: usize = 32;
 /// ...at most this many of them, all models together (the most recent), so that a trial stays
 /// tens of milliseconds. 10,000 cut step-4x's window (5,700 requests/s) to 1.6 s: replayed from
 /// empty queues, so short a window rated a smaller batch above the one in force, and serving it
