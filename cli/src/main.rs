@@ -154,7 +154,8 @@ enum Command {
         #[arg(long, default_value_t = 1, requires = "capacity")]
         gpus: usize,
         /// --capacity on several GPUs: how models are placed: ffd (first-fit decreasing by knee
-        /// GPU%), interference (iGniter-style greedy), balanced (ours).
+        /// GPU%), interference (iGniter-style greedy), balanced (ours), replicas (every model on
+        /// every GPU, its requests split evenly over its replicas).
         #[arg(long, default_value = "balanced", requires = "capacity")]
         placement: gpuslice_eval::cluster::Placement,
         /// --capacity, then every model's SLO attainment and p50 at x0.25, x0.5, ... up to

@@ -14,12 +14,19 @@
 //!   time of its models, interference included. Models whose bursts come together (the same
 //!   trace replayed) are kept apart where the mean alone would not tell them apart; ties go to
 //!   the GPU with fewer models of a tighter SLO.
+//! - `replicas`: every model on every GPU, its requests split evenly over its replicas (a
+//!   router dealing them round-robin), for a node of N copies of a scenario (`--gpus N`): the
+//!   copies' arrivals merged and dealt, so a burst of one copy spreads over the node instead of
+//!   landing on one GPU. Round-robin rather than join-shortest-queue: the GPUs are simulated
+//!   apart, in parallel, so a split cannot look at the queues.
 
 use crate::scenario::LoadedScenario;
 use crate::simulate::{self, PolicyChoice, SimRun};
 use anyhow::{Context, Result, bail};
 use gpuslice_control::BackendBuilder;
-use gpuslice_simulator::ModelReport;
+use gpuslice_simulator::{ModelReport, ModelSetup};
+use gpuslice_traces::ArrivalProcess;
+use gpuslice_traces::arrivals::Dealt;
 
 /// How models are placed on a node's GPUs (see the module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,13 +38,16 @@ pub enum Placement {
     /// Ours: the lowest resulting busy time.
     #[default]
     Balanced,
+    /// Every model replicated on every GPU, its requests dealt evenly over the replicas.
+    Replicas,
 }
 
 /// Every placement, by its name on the command line.
-pub const PLACEMENTS: [(&str, Placement); 3] = [
+pub const PLACEMENTS: [(&str, Placement); 4] = [
     ("ffd", Placement::FirstFitDecreasing),
     ("interference", Placement::InterferenceGreedy),
     ("balanced", Placement::Balanced),
+    ("replicas", Placement::Replicas),
 ];
 
 impl std::str::FromStr for Placement {
@@ -148,13 +158,14 @@ fn peak_busy(demands: &[Demand], on: &[usize]) -> f64 {
     summed[((summed.len() - 1) as f64 * PEAK_QUANTILE).round() as usize]
 }
 
-/// The GPU of each model (by index) on `gpus` GPUs.
+/// The GPU of each model (by index) on `gpus` GPUs, for the placements that place by demand
+/// (`Placement::Replicas` places by copy, see `replica_ranks`; here it places like `Balanced`).
 pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize> {
     let gpus = gpus.max(1);
     let mut order: Vec<usize> = (0..demands.len()).collect();
     let key = |i: &usize| match placement {
         Placement::FirstFitDecreasing => demands[*i].knee_pct,
-        Placement::InterferenceGreedy | Placement::Balanced => demands[*i].busy_pct,
+        Placement::InterferenceGreedy | Placement::Balanced | Placement::Replicas => demands[*i].busy_pct,
     };
     order.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
     let mut on: Vec<Vec<usize>> = vec![Vec::new(); gpus];
@@ -167,7 +178,7 @@ pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize
                     .find(|&g| knees(g) + demands[m].knee_pct <= 100.0 + 1e-9)
                     .unwrap_or_else(|| (0..gpus).min_by(|&a, &b| knees(a).total_cmp(&knees(b))).expect("a GPU"))
             }
-            Placement::InterferenceGreedy | Placement::Balanced => {
+            Placement::InterferenceGreedy | Placement::Balanced | Placement::Replicas => {
                 let with_m = |g: usize| on[g].iter().copied().chain([m]).collect::<Vec<usize>>();
                 let cost = |g: usize| match placement {
                     Placement::InterferenceGreedy => {
@@ -188,9 +199,69 @@ pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize
     gpu_of
 }
 
+/// Per model, its group (the model and its copies `NAME`, `NAME.2`, ... from
+/// `LoadedScenario::replicated`) and its rank in the group: under `Placement::Replicas` the GPU
+/// it is served on. Every group must have one model per GPU.
+pub fn replica_ranks(loaded: &LoadedScenario) -> Result<Vec<(usize, usize)>> {
+    let names: Vec<&str> = loaded.scenario.models.iter().map(|m| m.name.as_str()).collect();
+    let base_of = |name: &str| -> usize {
+        let base = name.rsplit_once('.').filter(|(_, k)| k.parse::<usize>().is_ok()).map(|(base, _)| base);
+        let original = base.and_then(|b| names.iter().position(|n| *n == b));
+        original.unwrap_or_else(|| names.iter().position(|n| *n == name).expect("a model's own name"))
+    };
+    let mut members: Vec<usize> = vec![0; names.len()];
+    let mut ranks = Vec::with_capacity(names.len());
+    for name in &names {
+        let group = base_of(name);
+        ranks.push((group, members[group]));
+        members[group] += 1;
+    }
+    let gpus = loaded.scenario.gpus;
+    if let Some(g) = (0..names.len()).find(|&g| members[g] != 0 && members[g] != gpus) {
+        bail!(
+            "scenario {}: the replicas placement puts one copy of each model on every GPU, but {} has {} cop{} on {gpus} GPUs (`evaluate --gpus N` makes one per GPU)",
+            loaded.origin,
+            names[g],
+            members[g],
+            if members[g] == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(ranks)
+}
+
+/// The GPU of each model of `loaded`'s node under `placement`.
+fn gpus_of(loaded: &LoadedScenario, placement: Placement) -> Result<Vec<usize>> {
+    Ok(match placement {
+        Placement::Replicas => replica_ranks(loaded)?.into_iter().map(|(_, rank)| rank).collect(),
+        _ => place(&demands(loaded)?, loaded.scenario.gpus, placement),
+    })
+}
+
+/// Gives each replica (see `replica_ranks`) its share of its group's requests: the arrivals of
+/// all the group's copies merged, dealt round-robin over the group, each replica's sources
+/// drawn afresh (from one more build of the scenario per rank) so that replicas do not share
+/// a stream.
+fn deal_replicas(loaded: &LoadedScenario, setups: &mut [ModelSetup], ranks: &[(usize, usize)]) -> Result<()> {
+    let gpus = loaded.scenario.gpus;
+    for rank in 0..gpus {
+        let (_, fresh, _) = loaded.build()?;
+        let mut fresh: Vec<Option<Box<dyn ArrivalProcess>>> = fresh.into_iter().map(|s| Some(s.arrivals)).collect();
+        for (i, &(group, _)) in ranks.iter().enumerate().filter(|(_, (_, r))| *r == rank) {
+            let sources = (0..ranks.len())
+                .filter(|&j| ranks[j].0 == group)
+                .map(|j| fresh[j].take().context("a copy dealt twice"))
+                .collect::<Result<Vec<_>>>()?;
+            let dealt =
+                Dealt::new(sources, rank, gpus).map_err(|e| anyhow::anyhow!("scenario {}: {e}", loaded.origin))?;
+            setups[i].arrivals = Box::new(dealt);
+        }
+    }
+    Ok(())
+}
+
 /// Which models `placement` puts on each GPU of `loaded`'s node, in words ("GPU 0: a, b; ...").
 pub fn describe(loaded: &LoadedScenario, placement: Placement) -> Result<String> {
-    let gpu_of = place(&demands(loaded)?, loaded.scenario.gpus, placement);
+    let gpu_of = gpus_of(loaded, placement)?;
     let names = |g: usize| -> Vec<&str> {
         loaded.scenario.models.iter().zip(&gpu_of).filter(|(_, on)| **on == g).map(|(m, _)| m.name.as_str()).collect()
     };
@@ -219,8 +290,11 @@ pub fn run(
     if matches!(choice, PolicyChoice::Named(p) if p == "oracle") && gpus > 1 {
         bail!("scenario {}: the oracle plans one GPU; it cannot run a node of {gpus} GPUs", loaded.origin);
     }
-    let gpu_of = place(&demands(loaded)?, gpus, placement);
-    let (config, setups, contexts) = loaded.build()?;
+    let gpu_of = gpus_of(loaded, placement)?;
+    let (config, mut setups, contexts) = loaded.build()?;
+    if placement == Placement::Replicas {
+        deal_replicas(loaded, &mut setups, &replica_ranks(loaded)?)?;
+    }
     let mut parts: Vec<(Vec<usize>, Vec<_>, Vec<_>)> = (0..gpus).map(|_| Default::default()).collect();
     for (i, (setup, context)) in setups.into_iter().zip(contexts).enumerate() {
         let part = &mut parts[gpu_of[i]];
@@ -262,6 +336,59 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TWO_POISSON: &str = r#"
+name = "two"
+sharing = "spatial"
+duration_s = 5
+calibration = "builtin:h100-calibration"
+[[models]]
+name = "vgg16"
+slo_ms = 30
+gpu_pct = 50
+max_batch = 8
+batch_timeout_ms = 2
+arrivals = { kind = "poisson", rate = 200 }
+[[models]]
+name = "densenet121"
+slo_ms = 30
+gpu_pct = 50
+max_batch = 8
+batch_timeout_ms = 2
+arrivals = { kind = "poisson", rate = 100 }
+"#;
+
+    #[test]
+    fn replicas_serve_every_request_of_the_copies_once_one_copy_a_gpu() {
+        let loaded = LoadedScenario::from_text(TWO_POISSON, "two.toml", ".".into()).unwrap().replicated(2).unwrap();
+        // vgg16, densenet121, vgg16.2, densenet121.2: each model's copies form a group.
+        assert_eq!(replica_ranks(&loaded).unwrap(), vec![(0, 0), (1, 0), (0, 1), (1, 1)]);
+        let choice = PolicyChoice::Named("static".to_string());
+        let on = simulate::simulator(false);
+        let arrivals = |placement| -> Vec<u64> {
+            let node = run(&loaded, placement, &choice, on.as_ref()).unwrap();
+            node.models.iter().map(|m| m.summary.arrivals).collect()
+        };
+        let (pinned, replicas) = (arrivals(Placement::Balanced), arrivals(Placement::Replicas));
+        // The same requests, dealt: each group's total is its copies' total, split evenly.
+        for group in [(0, 2), (1, 3)] {
+            assert_eq!(
+                pinned[group.0] + pinned[group.1],
+                replicas[group.0] + replicas[group.1],
+                "{pinned:?} {replicas:?}"
+            );
+            assert!(replicas[group.0].abs_diff(replicas[group.1]) <= 1, "{replicas:?}");
+        }
+        assert!(pinned[0] != pinned[2], "copies draw their own arrivals: {pinned:?}");
+    }
+
+    #[test]
+    fn replicas_need_one_copy_of_each_model_per_gpu() {
+        let mut loaded = LoadedScenario::from_text(TWO_POISSON, "two.toml", ".".into()).unwrap();
+        loaded.scenario.gpus = 2;
+        let message = replica_ranks(&loaded).unwrap_err().to_string();
+        assert!(message.contains("vgg16 has 1 copy on 2 GPUs") && message.contains("two.toml"), "{message}");
+    }
 
     fn demand(busy_pct: f64, knee_pct: f64, slo_ms: f64) -> Demand {
         Demand { busy_pct, knee_pct, interference: 0.4, slo_ms, busy_by_interval: vec![busy_pct; 10] }

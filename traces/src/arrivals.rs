@@ -222,6 +222,51 @@ impl ArrivalProcess for Replay {
     }
 }
 
+/// One replica's share of several streams merged: the merged arrivals in time order are dealt
+/// round-robin to `of` replicas and this one takes those at `share`, `share + of`, ... (what a
+/// router that splits a model's requests evenly over identical replicas sends each).
+pub struct Dealt {
+    sources: Vec<Box<dyn ArrivalProcess>>,
+    /// Each source's next arrival, not yet merged (None: the source has ended).
+    heads: Vec<Option<f64>>,
+    share: usize,
+    of: usize,
+    /// Merged arrivals handed out so far, to any replica.
+    dealt: usize,
+}
+
+impl Dealt {
+    /// The replica `share` (0-based) of `of`, over the merged `sources`.
+    pub fn new(mut sources: Vec<Box<dyn ArrivalProcess>>, share: usize, of: usize) -> Result<Dealt, ArrivalError> {
+        if of == 0 || share >= of {
+            return Err(ArrivalError(format!("replica {share} of {of}: there is no such replica")));
+        }
+        let heads = sources.iter_mut().map(|s| s.next_arrival()).collect();
+        Ok(Dealt { sources, heads, share, of, dealt: 0 })
+    }
+
+    /// The earliest arrival of all sources, merged (ties to the first source).
+    fn next_merged(&mut self) -> Option<f64> {
+        let (i, t) =
+            self.heads.iter().enumerate().filter_map(|(i, h)| h.map(|t| (i, t))).min_by(|a, b| a.1.total_cmp(&b.1))?;
+        self.heads[i] = self.sources[i].next_arrival();
+        Some(t)
+    }
+}
+
+impl ArrivalProcess for Dealt {
+    fn next_arrival(&mut self) -> Option<f64> {
+        loop {
+            let t = self.next_merged()?;
+            let mine = self.dealt % self.of == self.share;
+            self.dealt += 1;
+            if mine {
+                return Some(t);
+            }
+        }
+    }
+}
+
 /// `x` rounded down or up at random so that the mean is `x`.
 fn round_at_random(x: f64, rng: &mut SmallRng) -> usize {
     let up = rand::RngExt::random::<f64>(rng) < x - x.floor();
@@ -362,5 +407,21 @@ mod tests {
         let half = collect(Replay::new(many, 1.0, 0.5, None, 7), 20_000);
         assert!((4_700..5_300).contains(&half.len()), "{}", half.len());
         assert!(half.windows(2).all(|w| w[0] <= w[1]));
+    }
+    #[test]
+    fn dealt_replicas_split_the_merged_stream_evenly_and_lose_nothing() {
+        let stream = |times: &[f64]| -> Box<dyn ArrivalProcess> {
+            Box::new(Replay::new(times.to_vec().into(), 1.0, 1.0, None, 1))
+        };
+        let a = [0.1, 0.4, 0.5, 0.9];
+        let b = [0.2, 0.3, 0.8];
+        let drain = |mut d: Dealt| std::iter::from_fn(move || d.next_arrival()).collect::<Vec<f64>>();
+        let first = drain(Dealt::new(vec![stream(&a), stream(&b)], 0, 2).unwrap());
+        let second = drain(Dealt::new(vec![stream(&a), stream(&b)], 1, 2).unwrap());
+        // Merged: 0.1 0.2 0.3 0.4 0.5 0.8 0.9, dealt alternately.
+        assert_eq!(first, vec![0.1, 0.3, 0.5, 0.9]);
+        assert_eq!(second, vec![0.2, 0.4, 0.8]);
+        assert!(Dealt::new(vec![stream(&a)], 2, 2).is_err());
+        assert!(Dealt::new(vec![stream(&a)], 0, 0).is_err());
     }
 }
