@@ -336,32 +336,13 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TWO_POISSON: &str = r#"
-name = "two"
-sharing = "spatial"
-duration_s = 5
-calibration = "builtin:h100-calibration"
-[[models]]
-name = "vgg16"
-slo_ms = 30
-gpu_pct = 50
-max_batch = 8
-batch_timeout_ms = 2
-arrivals = { kind = "poisson", rate = 200 }
-[[models]]
-name = "densenet121"
-slo_ms = 30
-gpu_pct = 50
-max_batch = 8
-batch_timeout_ms = 2
-arrivals = { kind = "poisson", rate = 100 }
-"#;
+    use crate::scenario::TWO_MODELS;
 
     #[test]
     fn replicas_serve_every_request_of_the_copies_once_one_copy_a_gpu() {
-        let loaded = LoadedScenario::from_text(TWO_POISSON, "two.toml", ".".into()).unwrap().replicated(2).unwrap();
-        // vgg16, densenet121, vgg16.2, densenet121.2: each model's copies form a group.
+        let mut loaded = LoadedScenario::from_text(TWO_MODELS, "two.toml", ".".into()).unwrap().replicated(2).unwrap();
+        loaded.scenario.duration_s = Some(5.0);
+        // front, densenet121, front.2, densenet121.2: each model's copies form a group.
         assert_eq!(replica_ranks(&loaded).unwrap(), vec![(0, 0), (1, 0), (0, 1), (1, 1)]);
         let choice = PolicyChoice::Named("static".to_string());
         let on = simulate::simulator(false);
@@ -384,10 +365,10 @@ arrivals = { kind = "poisson", rate = 100 }
 
     #[test]
     fn replicas_need_one_copy_of_each_model_per_gpu() {
-        let mut loaded = LoadedScenario::from_text(TWO_POISSON, "two.toml", ".".into()).unwrap();
+        let mut loaded = LoadedScenario::from_text(TWO_MODELS, "two.toml", ".".into()).unwrap();
         loaded.scenario.gpus = 2;
         let message = replica_ranks(&loaded).unwrap_err().to_string();
-        assert!(message.contains("vgg16 has 1 copy on 2 GPUs") && message.contains("two.toml"), "{message}");
+        assert!(message.contains("front has 1 copy on 2 GPUs") && message.contains("two.toml"), "{message}");
     }
 
     fn demand(busy_pct: f64, knee_pct: f64, slo_ms: f64) -> Demand {

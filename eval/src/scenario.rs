@@ -395,11 +395,9 @@ impl LoadedScenario {
     }
 }
 
+/// Two models on Poisson arrivals, for tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TWO_MODELS: &str = r#"
+pub(crate) const TWO_MODELS: &str = r#"
 name = "two"
 sharing = "spatial"
 calibration = "builtin:h100-calibration"
@@ -419,6 +417,10 @@ max_batch = 8
 batch_timeout_ms = 2
 arrivals = { kind = "poisson", rate = 100 }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn a_calibration_named_at_load_replaces_the_scenarios() {
