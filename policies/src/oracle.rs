@@ -278,6 +278,7 @@ fn best_shared(
                 sharing: mode,
                 scale: 1.0,
                 seed: inputs.device.config.seed ^ (w as u64) << 8,
+                judged_from_s: 0.0,
             };
             let served = inputs.device.replay(&run)?.total.within_slo;
             if best.as_ref().is_none_or(|(b, _, _)| served > *b) {

@@ -38,6 +38,9 @@ pub struct ReplayRun<'a> {
     pub scale: f64,
     /// Seed of the replay's random draws.
     pub seed: u64,
+    /// Requests that arrive before this (seconds into the replay) load the GPU but are not
+    /// counted in the report's arrivals and within-SLO counts (0: all are).
+    pub judged_from_s: f64,
 }
 
 impl DeviceModel {
@@ -80,7 +83,18 @@ impl DeviceModel {
             .collect();
         let config = SimConfig { sharing: run.sharing, seed: run.seed, record_requests: false, ..self.config.clone() };
         let mut sim = Simulator::new(config, setups)?;
+        if run.judged_from_s <= 0.0 {
+            sim.finish();
+            return Ok(sim.report());
+        }
+        sim.run_until(gpuslice_simulator::secs_to_ns(run.judged_from_s));
+        let before = sim.report();
         sim.finish();
-        Ok(sim.report())
+        let mut report = sim.report();
+        for (model, early) in report.models.iter_mut().zip(&before.models) {
+            model.summary.arrivals -= early.summary.arrivals;
+            model.summary.within_slo = model.summary.within_slo.saturating_sub(early.summary.within_slo);
+        }
+        Ok(report)
     }
 }
