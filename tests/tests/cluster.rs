@@ -13,12 +13,12 @@ fn shipped(name: &str) -> LoadedScenario {
 }
 
 #[test]
-fn every_placement_runs_each_model_on_one_gpu_with_the_same_arrivals_and_loses_nothing() {
+fn every_placement_runs_each_model_on_its_gpu_with_the_same_requests_and_loses_nothing() {
     let node = shipped("gpu-trio.toml").replicated(4).unwrap();
     assert_eq!((node.scenario.gpus, node.scenario.models.len()), (4, 12));
     let choice = PolicyChoice::Named("model-based".into());
     let on = simulate::simulator(false);
-    let mut arrivals_by_placement = Vec::new();
+    let (mut arrivals_by_placement, mut replicas) = (Vec::new(), None);
     for (name, placement) in PLACEMENTS {
         let run = cluster::run(&node, placement, &choice, on.as_ref()).unwrap();
         assert_eq!(run.models.len(), 12, "{name}");
@@ -36,9 +36,25 @@ fn every_placement_runs_each_model_on_one_gpu_with_the_same_arrivals_and_loses_n
                 gpu_run.as_ref().map_or(Vec::new(), |r| r.report.models.iter().map(|m| m.model.as_str()).collect());
             assert_eq!(placed, ran, "{name}: GPU {g}");
         }
-        arrivals_by_placement.push(run.models.iter().map(|m| m.summary.arrivals).collect::<Vec<_>>());
+        let arrivals: Vec<u64> = run.models.iter().map(|m| m.summary.arrivals).collect();
+        if placement == cluster::Placement::Replicas {
+            replicas = Some(arrivals);
+        } else {
+            arrivals_by_placement.push(arrivals);
+        }
     }
+    // Pinned placements run every copy on its own arrivals...
     assert!(arrivals_by_placement.windows(2).all(|w| w[0] == w[1]), "{arrivals_by_placement:?}");
+    // ...replicas deal each model's copies' requests evenly over its replicas, all of them once.
+    let (pinned, replicas) = (&arrivals_by_placement[0], replicas.expect("the replicas placement ran"));
+    for model in 0..3 {
+        let copies: Vec<usize> = (0..4).map(|k| model + 3 * k).collect();
+        let total = |a: &[u64]| copies.iter().map(|&i| a[i]).sum::<u64>();
+        assert_eq!(total(pinned), total(&replicas), "model {model}: {pinned:?} {replicas:?}");
+        let (least, most) =
+            copies.iter().fold((u64::MAX, 0), |(lo, hi), &i| (lo.min(replicas[i]), hi.max(replicas[i])));
+        assert!(most - least <= 1, "model {model}: {replicas:?}");
+    }
 }
 
 #[test]
