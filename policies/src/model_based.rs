@@ -600,6 +600,15 @@ impl ModelBased {
         for (&choice, tally) in choices.iter().zip(&self.tallies) {
             let mode = &by_mode.iter().find(|(s, _)| *s == choice.sharing()).expect("pooled above").1;
             let score = tally.score(&tally.miss_corrections(mode));
+            // Every candidate's standing, for whoever tunes the trials (`--log gpuslice_policies=debug`).
+            tracing::debug!(
+                decision = self.decisions,
+                candidate = ?choice,
+                headroom = score.headroom,
+                latency = score.latency,
+                in_force = choice == self.choice,
+                "mode trial"
+            );
             if choice == self.choice {
                 incumbent = Some(score);
             }
