@@ -6,7 +6,7 @@
 //!
 //! Completion is learned by polling a CUDA event (`cuEventQuery`), not by stream callbacks.
 
-use super::packet::{Envelope, HEADER, PAYLOAD, PacketHeader};
+use super::packet::{Envelope, HEADER, PacketHeader};
 use super::pool::{PacketPool, SLOT_BYTES};
 use super::reassembly::CompleteImage;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, sys};
@@ -219,10 +219,10 @@ impl GpuTransfer {
         let pieces = images.iter().scan(0usize, |base, image| {
             let start = *base;
             *base += image.total_len as usize;
-            Some(image.slots.iter().enumerate().map(move |(i, &slot)| {
-                let offset = i * PAYLOAD;
-                (slot, start + offset, (image.total_len as usize - offset).min(PAYLOAD))
-            }))
+            Some(
+                PacketHeader::payload_pieces(&image.slots, image.total_len)
+                    .map(move |(slot, offset, len)| (slot, start + offset, len)),
+            )
         });
         match mode {
             TransferMode::PerPacket => {

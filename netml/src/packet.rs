@@ -166,6 +166,15 @@ impl PacketHeader {
         (total_len - offset).min(PAYLOAD as u32) as usize
     }
 
+    /// Where the payload of each packet of a message of `total_len` bytes goes, its packets'
+    /// `slots` in payload order: (slot, offset in the message, payload bytes).
+    pub fn payload_pieces(slots: &[u32], total_len: u32) -> impl Iterator<Item = (u32, usize, usize)> + '_ {
+        slots.iter().enumerate().map(move |(i, &slot)| {
+            let offset = i * PAYLOAD;
+            (slot, offset, PacketHeader::payload_len(offset as u32, total_len))
+        })
+    }
+
     /// Reads and checks a datagram; returns the header and the payload.
     pub fn parse(datagram: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> {
         if datagram.len() < 4 {

@@ -4,7 +4,7 @@
 //! pools of several receive threads in one file that model workers map too, so that a worker
 //! gathers a request's payloads onto the GPU from where they landed (serve's NetML ingress).
 
-use super::packet::{HEADER, MAX_PACKET, PAYLOAD, PacketHeader};
+use super::packet::{HEADER, MAX_PACKET, PacketHeader};
 use super::reassembly::Slot;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use std::path::{Path, PathBuf};
@@ -167,12 +167,9 @@ impl SharedPools {
     /// CPU-Copy: the payloads of `slots` (numbered across the file, in payload order) into
     /// `out`, a message of `out.len()` bytes.
     pub fn gather(&self, slots: &[u32], out: &mut [u8]) {
-        let total = out.len() as u32;
-        for (i, &slot) in slots.iter().enumerate() {
-            let offset = (i * PAYLOAD) as u32;
-            let len = PacketHeader::payload_len(offset, total);
+        for (slot, offset, len) in PacketHeader::payload_pieces(slots, out.len() as u32) {
             let start = slot as usize * SLOT_BYTES + HEADER;
-            out[offset as usize..offset as usize + len].copy_from_slice(&self.view[start..start + len]);
+            out[offset..offset + len].copy_from_slice(&self.view[start..start + len]);
         }
     }
 

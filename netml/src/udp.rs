@@ -174,10 +174,8 @@ impl Receiver {
     pub fn gather_cpu(&self, image: &CompleteImage, out: &mut Vec<u8>) {
         out.clear();
         out.reserve(image.total_len as usize);
-        for &slot in &image.slots {
-            let datagram = self.pool.slot(slot);
-            let offset = out.len() as u32;
-            out.extend_from_slice(&datagram[HEADER..HEADER + PacketHeader::payload_len(offset, image.total_len)]);
+        for (slot, _, len) in PacketHeader::payload_pieces(&image.slots, image.total_len) {
+            out.extend_from_slice(&self.pool.slot(slot)[HEADER..HEADER + len]);
         }
     }
 
