@@ -833,7 +833,6 @@ impl ModelBased {
         });
         let floor = slices.lowest();
         let mut gpu = vec![floor; n];
-        let mut any_degraded = false;
         let mut remaining = 100usize.saturating_sub(n * floor);
         let mut degraded = Vec::new();
         for &m in &order {
@@ -846,7 +845,6 @@ impl ModelBased {
             }
         }
         if !degraded.is_empty() {
-            any_degraded = true;
             let demands: Vec<f64> = degraded.iter().map(|&m| (needed[m].unwrap_or(100) - floor) as f64).collect();
             for (&m, share) in degraded.iter().zip(max_min(&demands, remaining as f64)) {
                 gpu[m] = slices.at_or_below(floor + share.floor() as usize);
@@ -928,7 +926,7 @@ impl ModelBased {
                 }
             })
             .collect();
-        (plan, any_degraded)
+        (plan, !degraded.is_empty())
     }
 
     /// Learns from one interval: service-time fit, tail excess, and rate forecast.

@@ -83,17 +83,15 @@ impl DeviceModel {
             .collect();
         let config = SimConfig { sharing: run.sharing, seed: run.seed, record_requests: false, ..self.config.clone() };
         let mut sim = Simulator::new(config, setups)?;
-        if run.judged_from_s <= 0.0 {
-            sim.finish();
-            return Ok(sim.report());
-        }
-        sim.run_until(gpuslice_simulator::secs_to_ns(run.judged_from_s));
-        let before = sim.report();
+        let unjudged = (run.judged_from_s > 0.0).then(|| {
+            sim.run_until(gpuslice_simulator::secs_to_ns(run.judged_from_s));
+            sim.report()
+        });
         sim.finish();
         let mut report = sim.report();
-        for (model, early) in report.models.iter_mut().zip(&before.models) {
+        for (model, early) in report.models.iter_mut().zip(unjudged.iter().flat_map(|r| &r.models)) {
             model.summary.arrivals -= early.summary.arrivals;
-            model.summary.within_slo = model.summary.within_slo.saturating_sub(early.summary.within_slo);
+            model.summary.within_slo -= early.summary.within_slo;
         }
         Ok(report)
     }
