@@ -239,13 +239,14 @@ fn gpus_of(loaded: &LoadedScenario, placement: Placement) -> Result<Vec<usize>> 
 
 /// Gives each replica (see `replica_ranks`) its share of its group's requests: the arrivals of
 /// all the group's copies merged, dealt round-robin over the group, each replica's sources
-/// drawn afresh (from one more build of the scenario per rank) so that replicas do not share
-/// a stream.
+/// drawn afresh (once more per rank, the traces read once) so that replicas do not share a
+/// stream.
 fn deal_replicas(loaded: &LoadedScenario, setups: &mut [ModelSetup], ranks: &[(usize, usize)]) -> Result<()> {
     let gpus = loaded.scenario.gpus;
+    let mut library = loaded.trace_library();
     for rank in 0..gpus {
-        let (_, fresh, _) = loaded.build()?;
-        let mut fresh: Vec<Option<Box<dyn ArrivalProcess>>> = fresh.into_iter().map(|s| Some(s.arrivals)).collect();
+        let mut fresh: Vec<Option<Box<dyn ArrivalProcess>>> =
+            loaded.arrivals(&mut library)?.into_iter().map(Some).collect();
         for (i, &(group, _)) in ranks.iter().enumerate().filter(|(_, (_, r))| *r == rank) {
             let sources = (0..ranks.len())
                 .filter(|&j| ranks[j].0 == group)

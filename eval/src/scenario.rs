@@ -5,7 +5,7 @@ use crate::calibration::{Calibration, Contention};
 use anyhow::{Context, Result, bail};
 use gpuslice_policies::ModelContext;
 use gpuslice_simulator::{Allocation, MAX_LATENCY_MS, ModelSetup, ReallocationCost, ServiceModel, Sharing, SimConfig};
-use gpuslice_traces::{ArrivalSpec, LatencyModel, ProfileSet, Source, TraceLibrary};
+use gpuslice_traces::{ArrivalProcess, ArrivalSpec, LatencyModel, ProfileSet, Source, TraceLibrary};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -355,6 +355,24 @@ impl LoadedScenario {
             .collect()
     }
 
+    /// Where the scenario's traces are read from (and kept, once read).
+    pub fn trace_library(&self) -> TraceLibrary {
+        TraceLibrary::new(&self.base_dir)
+    }
+
+    /// Every model's arrivals, drawn as `build` draws them, from traces in `library`: a
+    /// replicated node draws them once more per replica without reading its traces again.
+    pub fn arrivals(&self, library: &mut TraceLibrary) -> Result<Vec<Box<dyn ArrivalProcess>>> {
+        let s = &self.scenario;
+        (s.models.iter().enumerate())
+            .map(|(i, m)| {
+                let what = format!("scenario {}: models[{i}] ({}).arrivals", self.origin, m.name);
+                let seed = s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1);
+                Ok(library.build(&m.arrivals, seed, s.duration_s, &what)?)
+            })
+            .collect()
+    }
+
     /// The simulator's inputs (with the scenario's sharing and allocations) and what a policy
     /// knows of each model.
     pub fn build(&self) -> Result<(SimConfig, Vec<ModelSetup>, Vec<ModelContext>)> {
@@ -367,12 +385,9 @@ impl LoadedScenario {
             mps_launch_contention_by_model: self.by_scenario_names(&self.contention.mps_launch_contention_by_model),
             ..self.contention.config(s.sharing, s.seed)
         };
-        let mut library = TraceLibrary::new(&self.base_dir);
+        let arrivals = self.arrivals(&mut self.trace_library())?;
         let (mut setups, mut contexts) = (Vec::with_capacity(s.models.len()), Vec::with_capacity(s.models.len()));
-        for (i, m) in s.models.iter().enumerate() {
-            let what = format!("scenario {}: models[{i}] ({}).arrivals", self.origin, m.name);
-            let seed = s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1);
-            let arrivals = library.build(&m.arrivals, seed, s.duration_s, &what)?;
+        for (m, arrivals) in s.models.iter().zip(arrivals) {
             let model_latency = Arc::new(latency[m.profile_model.as_deref().unwrap_or(&m.name)].clone());
             let allocation =
                 Allocation { gpu_pct: m.gpu_pct, max_batch: m.max_batch, batch_timeout_ms: m.batch_timeout_ms };
