@@ -77,6 +77,13 @@ capacity_steps() {
   done
   date +%T | tee -a "$R/steps.txt"
 }
+# The worker's gather test on the GPU (GPUSLICE_GPU_TESTS=1: a ResNet-18 worker gathers rows from
+# the packet pool), each test binary given $1 seconds.
+gather_test() {
+  for test in out/gpu-tests/worker-*; do
+    GPUSLICE_GPU_TESTS=1 timeout "$1" "$test" --test-threads 1 --nocapture rows_gathered 2>&1 | tail -30 | tee -a "$R/tests.txt"
+  done
+}
 case "${1:-trio}" in
   trio)
     for test in out/gpu-tests/worker-*; do
@@ -146,9 +153,7 @@ case "${1:-trio}" in
     ;;
   gather)
     date +%T | tee -a "$R/steps.txt"
-    for test in out/gpu-tests/worker-*; do
-      GPUSLICE_GPU_TESTS=1 timeout 120 "$test" --test-threads 1 rows_gathered 2>&1 | tail -5 | tee -a "$R/tests.txt"
-    done
+    gather_test 120
     date +%T | tee -a "$R/steps.txt"
     OUT=$R/netml timeout 260 bash scripts/gpu-netml-serve.sh 1000 2000 3000
     date +%T | tee -a "$R/steps.txt"
@@ -158,18 +163,14 @@ case "${1:-trio}" in
     ;;
   gather-trio)
     date +%T | tee -a "$R/steps.txt"
-    for test in out/gpu-tests/worker-*; do
-      GPUSLICE_GPU_TESTS=1 timeout 60 "$test" --test-threads 1 --nocapture rows_gathered 2>&1 | tail -30 | tee -a "$R/tests.txt"
-    done
+    gather_test 60
     PATHS=netml OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 1.0
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.2"
     ;;
   fallback)
     date +%T | tee -a "$R/steps.txt"
-    for test in out/gpu-tests/worker-*; do
-      GPUSLICE_GPU_TESTS=1 timeout 60 "$test" --test-threads 1 --nocapture rows_gathered 2>&1 | tail -30 | tee -a "$R/tests.txt"
-    done
+    gather_test 60
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.2"
     ;;

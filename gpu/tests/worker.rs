@@ -56,8 +56,6 @@ fn batches_go_through_shared_memory_and_come_back_timed() {
     }
 }
 
-/// Two batches in flight at once, each in its own shared-memory slot, completed in order; a third
-/// waits for a slot, and `run` is refused while batches are in flight.
 /// Rows whose request came as packets are gathered by the worker from the packet pool it maps
 /// and answer exactly as the same rows copied in. GPU-less here (the fake worker gathers on the
 /// CPU); with GPUSLICE_GPU_TESTS=1 (scripts/gpu-session.sh) a ResNet-18 worker gathers on the GPU.
@@ -126,6 +124,8 @@ fn rows_gathered_from_the_packet_pool_answer_like_rows_copied_in() {
     assert!(matches!(refused, WorkerError::Protocol { .. }), "rows past the batch: {refused}");
 }
 
+/// Two batches in flight at once, each in its own shared-memory slot, completed in order; a third
+/// waits for a slot, and `run` is refused while batches are in flight.
 #[test]
 fn a_worker_holds_two_batches_in_their_own_slots() {
     let mut worker = Worker::spawn(&fake("resnet50")).unwrap();
