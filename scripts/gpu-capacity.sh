@@ -19,8 +19,11 @@ mkdir -p "$OUT"
 for scale in "${SCALES[@]}"; do
   dir="$OUT/$POLICY-x$scale"
   echo "== $POLICY at load x$scale" | tee -a "$OUT/capacity-log.txt"
-  ./out/gpuslice --log warn gpu-run --config "$SCENARIO" --policy "$POLICY" --load-scale "$scale" --out "$dir" "$@" \
-    2>&1 | grep -E '^(│|gpu|GPU)' | tee -a "$OUT/capacity-log.txt"
+  mkdir -p "$dir"
+  # The whole log stays beside the run ($LOG: a tracing filter, e.g. warn,gpuslice_policies=debug
+  # for model-based's mode trials); the table goes to the capacity log.
+  ./out/gpuslice --log "${LOG:-warn}" gpu-run --config "$SCENARIO" --policy "$POLICY" --load-scale "$scale" --out "$dir" "$@" \
+    2>&1 | tee "$dir/run.log" | grep -E '^(│|gpu|GPU)' | tee -a "$OUT/capacity-log.txt"
   # summary.csv columns: model, ..., arrivals (8), completed, dropped, ..., slo_attainment (12),
   # goodput_rps (13), ..., p99_ms (18); slo_ms is column 6.
   tail -n +2 "$dir/summary.csv" 2>/dev/null \

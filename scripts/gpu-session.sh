@@ -63,6 +63,10 @@
 # (the trials then flipped to slices and back each second) and with slices a candidate only where
 # they hold every model at its recent peak rate:
 #   bash scripts/gpu-session.sh peak
+#
+# 2026-12-03 (eighteenth session): the session-17 trials (peak gate, 32-interval windows of up to
+# 40,000 arrivals, the oldest quarter unjudged) live, with their mode-trial log:
+#   bash scripts/gpu-session.sh trials
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -176,6 +180,12 @@ case "${1:-trio}" in
     ;;
   peak)
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1"
+    ;;
+  trials)
+    export LOG=warn,gpuslice_policies=debug
+    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/gpu-trio.toml 1.15"
     ;;
   repeat)
     date +%T | tee -a "$R/steps.txt"
