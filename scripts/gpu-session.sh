@@ -67,6 +67,10 @@
 # 2026-12-03 (eighteenth session): the session-17 trials (peak gate, 32-interval windows of up to
 # 40,000 arrivals, the oldest quarter unjudged) live, with their mode-trial log:
 #   bash scripts/gpu-session.sh trials
+# (gpu-trio x1.1 held twice, the mixed trio x1.4 lost: a move into slices, its first interval's
+# tail learned, the slices re-planned to degrade a model, and back). Then with the first interval
+# after a move not learned from, and slices left only at a trial:
+#   bash scripts/gpu-session.sh settled
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -186,6 +190,11 @@ case "${1:-trio}" in
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/gpu-trio.toml 1.15"
+    ;;
+  settled)
+    export LOG=warn,gpuslice_policies=debug
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.15"
     ;;
   repeat)
     date +%T | tee -a "$R/steps.txt"

@@ -74,6 +74,8 @@ struct Learned {
     /// Largest queue length seen in each of the last `PEAK_WINDOW` intervals (a ring).
     recent_bursts: Vec<usize>,
     intervals_seen: usize,
+    /// The way of sharing and the allocation the last interval ran under (see `observe`).
+    last_served: Option<(Sharing, Allocation)>,
 }
 
 /// One feasible (batch, GPU%) choice and its prediction.
@@ -113,9 +115,6 @@ pub struct ModelBased {
     served: Vec<(f64, f64)>,
     /// The mode in force and why (the last trial's verdict).
     choice: ModeChoice,
-    /// The best shared candidate of the last trial, if it held every SLO at the load that came:
-    /// where slices that degrade a model go at once (see `decide`).
-    fallback: Option<ModeChoice>,
     why: String,
 }
 
@@ -464,6 +463,7 @@ impl ModelBased {
                     recent_rates: vec![0.0; PEAK_WINDOW],
                     recent_bursts: vec![0; PEAK_WINDOW],
                     intervals_seen: 0,
+                    last_served: None,
                 }
             })
             .collect();
@@ -481,7 +481,6 @@ impl ModelBased {
             tallies: Vec::new(),
             served: vec![(0.0, 0.0); n],
             choice: ModeChoice::Slices,
-            fallback: None,
             why: "slices until the first trial".to_string(),
         }
     }
@@ -596,7 +595,6 @@ impl ModelBased {
         }
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
-        let mut best_shared: Option<(ModeChoice, TrialScore)> = None;
         for (&choice, tally) in choices.iter().zip(&self.tallies) {
             let mode = &by_mode.iter().find(|(s, _)| *s == choice.sharing()).expect("pooled above").1;
             let score = tally.score(&tally.miss_corrections(mode));
@@ -612,9 +610,6 @@ impl ModelBased {
             if choice == self.choice {
                 incumbent = Some(score);
             }
-            if choice != ModeChoice::Slices && best_shared.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
-                best_shared = Some((choice, score));
-            }
             if choice == ModeChoice::Slices && !slices_eligible {
                 continue;
             }
@@ -622,7 +617,6 @@ impl ModelBased {
                 best = Some((choice, score));
             }
         }
-        self.fallback = best_shared.filter(|(_, score)| score.headroom >= TRIAL_LOADS[0]).map(|(choice, _)| choice);
         if let Some((choice, score)) = best
             && incumbent.is_none_or(|i| score.clearly_better_than(&i))
         {
@@ -964,7 +958,12 @@ impl ModelBased {
         // How far the end-to-end tail ran over what the model predicts for the allocation in
         // force, learned only from steady intervals: a backlog or drops mean the load outran the
         // slice, which the rate forecast answers, not the latency model.
+        // Nor from the first interval after the model's allocation or the way of sharing changed:
+        // its requests queued under the old one (on the H200 a switch into slices showed p99s
+        // twice the slices' own, and the excess learned from it took a slice from another model).
+        let settled = l.last_served.replace((mode, obs.allocation)) == Some((mode, obs.allocation));
         let steady = mode == Sharing::Spatial
+            && settled
             && obs.summary.dropped == 0
             && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
         let previous = self.learned[m].tail_excess;
@@ -978,9 +977,10 @@ impl ModelBased {
                 None => previous,
             };
             self.learned[m].tail_excess = 0.5 * previous + 0.5 * excess;
-        } else {
+        } else if settled {
             self.learned[m].tail_excess = 1.0 + (previous - 1.0) * FORGETTING;
         }
+        // (An unsettled interval neither teaches the excess nor forgets it.)
         load
     }
 }
@@ -1066,18 +1066,11 @@ impl Policy for ModelBased {
             planned = Some(plan);
         }
         self.decisions += 1;
-        if self.choice == ModeChoice::Slices {
-            let (plan, degraded) = planned.take().unwrap_or_else(|| self.plan_slices(observations, &loads));
-            // Slices that degrade a model predict its SLO missed; where the last trial found a
-            // shared mode that held the load that came, serve in it now rather than at the next
-            // trial. Under overload no shared mode holds, and the slices stay.
-            match self.fallback.filter(|_| degraded) {
-                Some(shared) => {
-                    self.choice = shared;
-                    self.why = "the slices degrade a model; the last trial held the load shared".to_string();
-                }
-                None => planned = Some((plan, degraded)),
-            }
+        // Slices that degrade a model stay until the next trial: leaving them at once for the
+        // shared mode the last trial rated best flipped the H200 between modes every second
+        // (gpu-trio x1.1 and the mixed trio x1.4, bench/results/2026-12-03-h200-trials-live).
+        if self.choice == ModeChoice::Slices && planned.is_none() {
+            planned = Some(self.plan_slices(observations, &loads));
         }
 
         if let ModeChoice::Shared { mode, batching } = self.choice {
