@@ -2,7 +2,7 @@
 # On the GPU machine (device tool, carry ["out"]): the highest load a policy serves live on the
 # GPU with every model within its SLO. Runs `gpuslice gpu-run` on SCENARIO at each load scale
 # (every model's rate times the scale) and appends one line per model and run to
-# $OUT/capacity.csv; each run's CSV and plots go to $OUT/POLICY-xSCALE/.
+# $OUT/capacity.csv; each run's CSV and plots go to $OUT/POLICY-xSCALE/ (-runN when repeated).
 #
 #   bash scripts/gpu-capacity.sh POLICY SCENARIO SCALE... [-- extra gpu-run flags]
 #   bash scripts/gpu-capacity.sh temporal scenarios/gpu-trio.toml 0.6 0.7 0.8
@@ -18,6 +18,8 @@ mkdir -p "$OUT"
 [ -f "$OUT/capacity.csv" ] || echo "policy,load_scale,model,arrivals,completed,dropped,slo_attainment,goodput_rps,p99_ms,slo_ms" > "$OUT/capacity.csv"
 for scale in "${SCALES[@]}"; do
   dir="$OUT/$POLICY-x$scale"
+  # A repeated point gets its own folder.
+  run=2; while [ -e "$dir" ]; do dir="$OUT/$POLICY-x$scale-run$run"; run=$((run + 1)); done
   echo "== $POLICY at load x$scale" | tee -a "$OUT/capacity-log.txt"
   mkdir -p "$dir"
   # The whole log stays beside the run ($LOG: a tracing filter, e.g. warn,gpuslice_policies=debug

@@ -71,6 +71,10 @@
 # tail learned, the slices re-planned to degrade a model, and back). Then with the first interval
 # after a move not learned from, and slices left only at a trial:
 #   bash scripts/gpu-session.sh settled
+# (the mixed trio x1.4 held once at 99.18% and lost once at 91.3%, gpu-trio x1.1 97.6%: between
+# trials the slices were re-planned every quarter second and shrank one model after another).
+# Then with the slices between trials kept while every settled model holds its SLO:
+#   bash scripts/gpu-session.sh hold
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -195,6 +199,11 @@ case "${1:-trio}" in
     export LOG=warn,gpuslice_policies=debug
     capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.15"
+    ;;
+  hold)
+    export LOG=warn,gpuslice_policies=debug
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   repeat)
     date +%T | tee -a "$R/steps.txt"

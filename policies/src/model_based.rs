@@ -76,6 +76,8 @@ struct Learned {
     intervals_seen: usize,
     /// The way of sharing and the allocation the last interval ran under (see `observe`).
     last_served: Option<(Sharing, Allocation)>,
+    /// Whether the last interval ran under the same as the one before (see `observe`).
+    settled: bool,
 }
 
 /// One feasible (batch, GPU%) choice and its prediction.
@@ -464,6 +466,7 @@ impl ModelBased {
                     recent_bursts: vec![0; PEAK_WINDOW],
                     intervals_seen: 0,
                     last_served: None,
+                    settled: false,
                 }
             })
             .collect();
@@ -923,6 +926,17 @@ impl ModelBased {
         (plan, !degraded.is_empty())
     }
 
+    /// Whether every model that served the last interval on the allocation it had before kept
+    /// its SLO in it without a backlog building (a model just moved is given its interval).
+    fn slices_hold(&self, observations: &[ModelInterval]) -> bool {
+        observations.iter().zip(&self.learned).zip(&self.models).all(|((obs, learned), model)| {
+            !learned.settled
+                || (obs.summary.p99_ms <= model.slo_ms
+                    && obs.summary.dropped == 0
+                    && obs.queue_len <= 2 * obs.allocation.max_batch as usize)
+        })
+    }
+
     /// Learns from one interval: service-time fit, tail excess, and rate forecast.
     fn observe(&mut self, m: usize, obs: &ModelInterval) -> Load {
         let interval_ms = ((obs.end_s - obs.start_s) * 1e3).max(1e-3);
@@ -962,6 +976,7 @@ impl ModelBased {
         // its requests queued under the old one (on the H200 a switch into slices showed p99s
         // twice the slices' own, and the excess learned from it took a slice from another model).
         let settled = l.last_served.replace((mode, obs.allocation)) == Some((mode, obs.allocation));
+        l.settled = settled;
         let steady = mode == Sharing::Spatial
             && settled
             && obs.summary.dropped == 0
@@ -1070,6 +1085,12 @@ impl Policy for ModelBased {
         // shared mode the last trial rated best flipped the H200 between modes every second
         // (gpu-trio x1.1 and the mixed trio x1.4, bench/results/2026-12-03-h200-trials-live).
         if self.choice == ModeChoice::Slices && planned.is_none() {
+            // Between trials the slices the last trial weighed stay while they hold: re-planned
+            // from each interval's rate and fits, the H200 moved GPU% from model to model every
+            // quarter second and lost the one it shrank (the mixed trio at x1.4).
+            if self.slices_hold(observations) {
+                return Vec::new();
+            }
             planned = Some(self.plan_slices(observations, &loads));
         }
 
