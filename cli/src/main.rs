@@ -355,6 +355,10 @@ enum Command {
         /// name: every scenario model must be in it. The requests still carry no input (zeros).
         #[arg(long)]
         model_repository: Option<PathBuf>,
+        /// The GPU to run on, by its CUDA / NVML index (its own MPS daemon, workers and
+        /// telemetry); default: the GPUs the process sees, telemetry of GPU 0.
+        #[arg(long)]
+        gpu_device: Option<u32>,
     },
     /// Send a scenario's arrivals, open loop, to any server of the standard inference protocol
     /// (Triton, or `gpuslice serve`) and print per model the requests answered and within SLO,
@@ -632,14 +636,14 @@ fn error_chain(error: &anyhow::Error) -> String {
 }
 
 /// The calibration a live run plans with, from `--calibration` (see `GpuRun`): `None` keeps the
-/// scenario's.
-fn live_calibration(flag: &str, gpu_less: bool) -> Result<Option<String>> {
+/// scenario's. `serving_gpu`: the GPU the run serves on (None: GPU-less workers, which have no
+/// device to match).
+fn live_calibration(flag: &str, serving_gpu: Option<u32>) -> Result<Option<String>> {
     match flag {
         "scenario" => Ok(None),
-        // GPU-less workers have no device to match.
-        DEVICE_CALIBRATION if gpu_less => Ok(None),
         DEVICE_CALIBRATION => {
-            let found = gpuslice_gpu::telemetry::calibration_of_this_gpu("the scenario's")
+            let Some(gpu) = serving_gpu else { return Ok(None) };
+            let found = gpuslice_gpu::telemetry::calibration_of_this_gpu(gpu, "the scenario's")
                 .context("--calibration device: cannot read the GPU's name (name a calibration instead)")?;
             Ok(found.map(str::to_string))
         }
@@ -882,8 +886,18 @@ fn run(command: Command) -> Result<()> {
                 out: out.as_deref(),
             })
         }
-        Command::GpuRun { config, policy, out, load_scale, fake_ms, calibration, pool_levels, model_repository } => {
-            let calibration = live_calibration(&calibration, fake_ms.is_some())?;
+        Command::GpuRun {
+            config,
+            policy,
+            out,
+            load_scale,
+            fake_ms,
+            calibration,
+            pool_levels,
+            model_repository,
+            gpu_device,
+        } => {
+            let calibration = live_calibration(&calibration, fake_ms.is_none().then(|| gpu_device.unwrap_or(0)))?;
             let mut loaded = scenario::LoadedScenario::load_calibrated(Some(&config), calibration.as_deref())?;
             loaded.scale_load(load_scale)?;
             let mut sources = std::collections::HashMap::new();
@@ -904,6 +918,7 @@ fn run(command: Command) -> Result<()> {
                 fake_ms,
                 pool_levels,
                 packet_pool: None,
+                device: gpu_device,
             };
             let on = gpuslice_gpu::builder::GpuBuilder { template, sources };
             let run = simulate::run_on(&loaded, &PolicyChoice::Named(policy), &on, true)?;

@@ -36,6 +36,9 @@ pub enum MpsError {
 pub struct MpsDaemon {
     pipe_dir: PathBuf,
     log_dir: PathBuf,
+    /// The GPU it serves (CUDA_VISIBLE_DEVICES of the daemon; its clients see it as device 0),
+    /// or every GPU the process sees.
+    device: Option<u32>,
     /// Whether this process started the daemon (and so stops it).
     owned: AtomicBool,
     /// The outage under way, if any: when it began and why.
@@ -45,8 +48,9 @@ pub struct MpsDaemon {
 }
 
 impl MpsDaemon {
-    /// Starts the daemon under `base` (pipe/ and log/), or uses one already running there.
-    pub fn start(base: &Path) -> Result<MpsDaemon, MpsError> {
+    /// Starts the daemon under `base` (pipe/ and log/) for GPU `device` (None: the GPUs this
+    /// process sees), or uses one already running there.
+    pub fn start(base: &Path, device: Option<u32>) -> Result<MpsDaemon, MpsError> {
         let found = Command::new("sh")
             .args(["-c", "command -v nvidia-cuda-mps-control"])
             .stdout(Stdio::null())
@@ -58,6 +62,7 @@ impl MpsDaemon {
         let daemon = MpsDaemon {
             pipe_dir: base.join("pipe"),
             log_dir: base.join("log"),
+            device,
             owned: AtomicBool::new(false),
             outage: Mutex::new(None),
             answering: AtomicBool::new(true),
@@ -74,7 +79,14 @@ impl MpsDaemon {
     /// Runs `nvidia-cuda-mps-control -d` here and waits for its control pipe.
     fn launch(&self) -> Result<(), MpsError> {
         let control = self.pipe_dir.join("control");
-        let status = Command::new("nvidia-cuda-mps-control").arg("-d").envs(self.env()).status()?;
+        let mut command = Command::new("nvidia-cuda-mps-control");
+        command.arg("-d").envs(self.env());
+        // The daemon alone is given the device: its servers remap it, and a client that names
+        // it again fails (NVIDIA's MPS guide, CUDA_VISIBLE_DEVICES).
+        if let Some(device) = self.device {
+            command.env("CUDA_VISIBLE_DEVICES", device.to_string());
+        }
+        let status = command.status()?;
         if !status.success() {
             return Err(MpsError::Start(format!("nvidia-cuda-mps-control -d exited with {status}")));
         }
@@ -195,9 +207,11 @@ impl MpsDaemon {
         MpsWatch { stop, thread: Some(thread) }
     }
 
-    /// Starts a daemon of this process's own, under the temporary folder.
-    pub fn start_private() -> Result<MpsDaemon, MpsError> {
-        MpsDaemon::start(&std::env::temp_dir().join(format!("gpuslice-mps-{}", std::process::id())))
+    /// Starts a daemon of this process's own for GPU `device` (None: the GPUs this process
+    /// sees), under the temporary folder: one per GPU, each with its own pipe directory.
+    pub fn start_private(device: Option<u32>) -> Result<MpsDaemon, MpsError> {
+        let gpu = device.map(|d| format!("-gpu{d}")).unwrap_or_default();
+        MpsDaemon::start(&std::env::temp_dir().join(format!("gpuslice-mps-{}{gpu}", std::process::id())), device)
     }
 
     /// The variables every client of this daemon needs.

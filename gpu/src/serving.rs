@@ -55,6 +55,9 @@ pub struct WorkerTemplate {
     /// The node's NetML packet pool, which every worker maps to gather requests that came as
     /// packets (None: such requests are copied on the CPU like any other).
     pub packet_pool: Option<PacketLayout>,
+    /// The GPU the workers run on, by its CUDA / NVML index (None: the GPUs this process sees):
+    /// under MPS the backend's daemon is started for it, else the workers see only it.
+    pub device: Option<u32>,
 }
 
 impl WorkerTemplate {
@@ -309,7 +312,7 @@ impl WorkerStarter {
         let mps = match template.fake_ms {
             Some(_) => None,
             None if mode == Sharing::Temporal => None,
-            None => Some(MpsDaemon::start_private()?),
+            None => Some(MpsDaemon::start_private(template.device)?),
         };
         Ok(WorkerStarter::new(template, mps))
     }
@@ -330,13 +333,23 @@ impl WorkerStarter {
             half: model.half,
             batches: GRAPH_BATCHES.to_vec(),
             script: self.template.script.clone(),
-            env: self.mps.as_ref().map(|m| m.client_env(gpu_pct)).unwrap_or_default(),
+            env: self.worker_env(gpu_pct),
             fake_ms: self.template.fake_ms,
             input_ipc: None,
             packet_pool: self.template.packet_pool.clone(),
             green_sms: Vec::new(),
             quick_start,
         })
+    }
+
+    /// A worker's environment: an MPS client's at `gpu_pct` (its daemon runs on the device), or
+    /// the device alone.
+    fn worker_env(&self, gpu_pct: f64) -> Vec<(String, String)> {
+        match (&self.mps, self.template.device) {
+            (Some(mps), _) => mps.client_env(gpu_pct),
+            (None, Some(device)) => vec![("CUDA_VISIBLE_DEVICES".into(), device.to_string())],
+            (None, None) => Vec::new(),
+        }
     }
 
     /// The GPU% a model starting at `gpu_pct` gets: its pool level, or as asked without a pool.
@@ -1031,7 +1044,7 @@ impl GpuBackend {
             telemetry: if starter.template.fake_ms.is_some() {
                 None
             } else {
-                Telemetry::open().map_err(|e| tracing::warn!("{e}")).ok()
+                Telemetry::open(starter.template.device.unwrap_or(0)).map_err(|e| tracing::warn!("{e}")).ok()
             },
             _mps_watch: starter.mps.as_ref().map(|m| m.watch()),
             starter,
@@ -1503,6 +1516,32 @@ mod tests {
         assert_eq!(pace.hand_off.map(|h| (h.as_secs_f64() * 1e6).round()), Some(600.0));
     }
 
+    /// A GPU-less worker of a backend given GPU 1 sees that GPU alone (without MPS the device
+    /// is the worker's own CUDA_VISIBLE_DEVICES; under MPS it is the daemon's).
+    #[test]
+    fn a_worker_for_a_device_sees_that_device_alone() {
+        use gpuslice_control::ModelSource;
+        use gpuslice_control::tensors::{DataType, ModelIo, TensorSpec};
+        let spec = |name: &str, n: i64| TensorSpec { name: name.into(), datatype: DataType::Fp32, dims: vec![n] };
+        let source = ModelSource {
+            program: "m".into(),
+            io: ModelIo { inputs: vec![spec("x", 4)], outputs: vec![spec("y", 2)] },
+            half: true,
+        };
+        let template = WorkerTemplate {
+            script: crate::worker::default_script(),
+            fake_ms: Some(1.0),
+            pool_levels: Vec::new(),
+            packet_pool: None,
+            device: Some(1),
+        };
+        let worker = super::WorkerStarter::new(template, None).one(&source, 50.0).expect("a GPU-less worker starts");
+        let environ = std::fs::read(format!("/proc/{}/environ", worker.pid())).expect("the worker's environment");
+        let visible: Vec<&[u8]> =
+            environ.split(|b| *b == 0).filter(|kv| kv.starts_with(b"CUDA_VISIBLE_DEVICES=")).collect();
+        assert_eq!(visible, [&b"CUDA_VISIBLE_DEVICES=1"[..]]);
+    }
+
     #[test]
     fn pool_levels_round_up_where_there_is_room_else_to_what_fits() {
         let t = WorkerTemplate {
@@ -1510,6 +1549,7 @@ mod tests {
             fake_ms: None,
             pool_levels: vec![20.0, 30.0, 45.0, 60.0],
             packet_pool: None,
+            device: None,
         };
         assert_eq!(t.level(33.0, 100.0), 45.0, "the level above, room permitting");
         assert_eq!(t.level(33.0, 40.0), 30.0, "45 does not fit: the level below");

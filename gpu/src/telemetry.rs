@@ -1,23 +1,35 @@
-//! NVML telemetry of the GPU: utilization, memory, SM clock.
+//! NVML telemetry of one GPU: utilization, memory, SM clock.
 
 use gpuslice_control::DeviceSample;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::Clock;
 
-/// NVML could not be loaded or read.
+/// NVML could not be loaded or read, or has no such GPU.
 #[derive(Debug, thiserror::Error)]
-#[error("NVML: {0}")]
-pub struct TelemetryError(#[from] nvml_wrapper::error::NvmlError);
+pub enum TelemetryError {
+    /// NVML failed.
+    #[error("NVML: {0}")]
+    Nvml(#[from] nvml_wrapper::error::NvmlError),
+    /// The GPU asked for is not among those NVML sees.
+    #[error("GPU {asked} was asked for; NVML sees {count} GPU(s), indices 0 to {}", count.saturating_sub(1))]
+    NoSuchDevice {
+        /// The index asked for.
+        asked: u32,
+        /// How many GPUs NVML sees.
+        count: u32,
+    },
+}
 
-/// NVML, opened once, read once per control interval.
+/// NVML, opened once for one GPU, read once per control interval.
 pub struct Telemetry {
     nvml: Nvml,
+    device: u32,
 }
 
 /// The embedded calibration (`builtin:NAME`) of the GPU NVML reports, logged with the GPU's
 /// name; `None`, with a warning that `fallback` is used instead, where none is embedded.
-pub fn calibration_of_this_gpu(fallback: &str) -> Result<Option<&'static str>, TelemetryError> {
-    let device = Telemetry::open()?.device_name()?;
+pub fn calibration_of_this_gpu(gpu: u32, fallback: &str) -> Result<Option<&'static str>, TelemetryError> {
+    let device = Telemetry::open(gpu)?.device_name()?;
     let found = gpuslice_traces::source::device_calibration(&device);
     match found {
         Some(spec) => tracing::info!(%device, calibration = spec, "calibration of this GPU"),
@@ -27,19 +39,25 @@ pub fn calibration_of_this_gpu(fallback: &str) -> Result<Option<&'static str>, T
 }
 
 impl Telemetry {
-    /// Loads NVML; fails (without panicking) where there is no NVIDIA driver.
-    pub fn open() -> Result<Telemetry, TelemetryError> {
-        Ok(Telemetry { nvml: Nvml::init()? })
+    /// Loads NVML for GPU `device` (its NVML index); fails (without panicking) where there is
+    /// no NVIDIA driver or no such GPU.
+    pub fn open(device: u32) -> Result<Telemetry, TelemetryError> {
+        let nvml = Nvml::init()?;
+        let count = nvml.device_count()?;
+        if device >= count {
+            return Err(TelemetryError::NoSuchDevice { asked: device, count });
+        }
+        Ok(Telemetry { nvml, device })
     }
 
-    /// GPU 0's product name (e.g. `NVIDIA H200`).
+    /// The GPU's product name (e.g. `NVIDIA H200`).
     pub fn device_name(&self) -> Result<String, TelemetryError> {
-        Ok(self.nvml.device_by_index(0)?.name()?)
+        Ok(self.nvml.device_by_index(self.device)?.name()?)
     }
 
-    /// One reading of GPU 0.
+    /// One reading of the GPU.
     pub fn sample(&self, time_s: f64) -> Result<DeviceSample, TelemetryError> {
-        let device = self.nvml.device_by_index(0)?;
+        let device = self.nvml.device_by_index(self.device)?;
         let utilization = device.utilization_rates()?;
         let memory = device.memory_info()?;
         Ok(DeviceSample {

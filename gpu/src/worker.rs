@@ -289,7 +289,13 @@ impl Worker {
             .arg(&spec.script)
             .args(["--model", &spec.model, "--batches", &batches.join(","), "--slots", &SLOTS.to_string(), "--shm"])
             .arg(&shm_path)
-            .args(["--io", &serde_json::to_string(&spec.io).expect("tensor specs serialize")])
+            .args(["--io", &serde_json::to_string(&spec.io).expect("tensor specs serialize")]);
+        // An MPS client sees the devices its daemon was given, renumbered from 0: naming one
+        // again (inherited from this process) would fail its start (NVIDIA's MPS guide).
+        if spec.env.iter().any(|(k, _)| k == "CUDA_MPS_PIPE_DIRECTORY") {
+            command.env_remove("CUDA_VISIBLE_DEVICES");
+        }
+        command
             .envs(spec.env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

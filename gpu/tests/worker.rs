@@ -191,7 +191,7 @@ fn a_worker_that_cannot_start_says_which_model() {
 #[test]
 fn mps_is_started_or_reported_missing() {
     let dir = std::env::temp_dir().join(format!("gpuslice-mps-test-{}", std::process::id()));
-    match MpsDaemon::start(&dir) {
+    match MpsDaemon::start(&dir, None) {
         Err(MpsError::NotInstalled) => eprintln!("skipped: MPS is not installed on this machine"),
         Err(e) => panic!("MPS failed to start: {e}"),
         Ok(daemon) => {
@@ -370,6 +370,7 @@ fn a_reserved_share_is_left_free_by_reallocations() {
         fake_ms: Some(2.0),
         pool_levels: vec![20.0, 30.0, 45.0, 60.0],
         packet_pool: None,
+        device: None,
     };
     let setup = GpuModelSetup {
         name: "a".into(),
@@ -557,7 +558,8 @@ fn fake_backend(
     interval_ms: u64,
 ) -> gpuslice_gpu::serving::GpuBackend {
     use gpuslice_gpu::serving::{GpuBackend, WorkerStarter, WorkerTemplate};
-    let template = WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels, packet_pool: None };
+    let template =
+        WorkerTemplate { script: default_script(), fake_ms: Some(2.0), pool_levels, packet_pool: None, device: None };
     let interval = std::time::Duration::from_millis(interval_ms);
     GpuBackend::start(setups, interval, None, WorkerStarter::new(template, None), gpuslice_simulator::Sharing::Spatial)
         .unwrap()

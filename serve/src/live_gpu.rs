@@ -18,11 +18,20 @@ pub struct GpuServing {
     pub fake_ms: Option<f64>,
     /// The worker script [default: `gpu/worker/gpuslice_worker.py`, or `$GPUSLICE_WORKER`].
     pub worker_script: Option<std::path::PathBuf>,
+    /// The GPU this node serves on, by its CUDA / NVML index: its MPS daemon, workers and
+    /// telemetry (default: the GPUs the process sees, telemetry of GPU 0). One node a GPU is how
+    /// a machine with several is served today.
+    pub device: Option<u32>,
 }
 
 impl Default for GpuServing {
     fn default() -> Self {
-        GpuServing { pool_levels: gpuslice_control::GPU_POOL_LEVELS.to_vec(), fake_ms: None, worker_script: None }
+        GpuServing {
+            pool_levels: gpuslice_control::GPU_POOL_LEVELS.to_vec(),
+            fake_ms: None,
+            worker_script: None,
+            device: None,
+        }
     }
 }
 
@@ -40,6 +49,7 @@ pub fn start(
         fake_ms: serving.fake_ms,
         pool_levels: serving.pool_levels.clone(),
         packet_pool,
+        device: serving.device,
     };
     anyhow::ensure!(
         template.script.exists(),

@@ -151,8 +151,8 @@ impl NodeConfig {
         gpu.fake_ms = overrides.fake_ms.or(gpu.fake_ms);
         let kind = overrides.backend.or(self.backend).unwrap_or_default();
         let spec = overrides.calibration.or(self.calibration).unwrap_or_else(|| DEVICE_CALIBRATION.into());
-        let on_a_gpu = kind == BackendKind::Gpu && gpu.fake_ms.is_none();
-        let calibration = load_calibration(&spec, on_a_gpu)?;
+        let serving_gpu = (kind == BackendKind::Gpu && gpu.fake_ms.is_none()).then(|| gpu.device.unwrap_or(0));
+        let calibration = load_calibration(&spec, serving_gpu)?;
         controller.contention = calibration.contention.clone();
         let backend = match kind {
             BackendKind::Sim => ServeBackend::Simulated,
@@ -204,17 +204,18 @@ fn beside(base: &Path, spec: String) -> String {
 pub const DEVICE_CALIBRATION: &str = "device";
 
 /// The calibration `spec` names (`device`: the embedded one of the GPU NVML reports, when
-/// serving on one; otherwise, or where none is embedded, the first H100 calibration).
-fn load_calibration(spec: &str, on_a_gpu: bool) -> Result<Calibration> {
+/// serving on one, `serving_gpu`; otherwise, or where none is embedded, the first H100
+/// calibration).
+fn load_calibration(spec: &str, serving_gpu: Option<u32>) -> Result<Calibration> {
     if spec != DEVICE_CALIBRATION {
         let calibration = Calibration::load(spec, Path::new("."))?;
         tracing::info!(calibration = %calibration.origin, "calibration");
         return Ok(calibration);
     }
-    if !on_a_gpu {
+    let Some(gpu) = serving_gpu else {
         return Ok(Calibration::first_h100());
-    }
-    let found = gpuslice_gpu::telemetry::calibration_of_this_gpu("the first H100's")
+    };
+    let found = gpuslice_gpu::telemetry::calibration_of_this_gpu(gpu, "the first H100's")
         .context("calibration \"device\": cannot read the GPU's name (name a calibration instead)")?;
     match found {
         Some(spec) => Calibration::load(spec, Path::new(".")),

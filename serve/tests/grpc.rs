@@ -273,6 +273,7 @@ async fn the_gpu_backend_serves_over_grpc() {
         pool_levels: vec![20.0, 40.0, 60.0],
         fake_ms: Some(2.0),
         worker_script: None,
+        device: None,
     };
     let running = grpc::start(ServeOptions {
         controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },

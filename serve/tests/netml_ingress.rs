@@ -44,6 +44,7 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
         pool_levels: vec![20.0, 40.0, 60.0],
         fake_ms: Some(1.0),
         worker_script: None,
+        device: None,
     };
     let running = grpc::start(ServeOptions {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),

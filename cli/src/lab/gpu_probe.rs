@@ -55,7 +55,7 @@ pub fn run(
     let placements: Vec<Placement> =
         models.split(',').map(|item| Placement::parse(item, batch)).collect::<Result<_>>()?;
     let mps = !matches!(sharing, ProbeSharing::Temporal);
-    let daemon = if mps { Some(MpsDaemon::start_private()?) } else { None };
+    let daemon = if mps { Some(MpsDaemon::start_private(None)?) } else { None };
     let specs: Vec<_> = placements
         .iter()
         .map(|p| {

@@ -269,7 +269,7 @@ pub fn run(o: &E2eOptions) -> Result<()> {
     let capacity = o.batch as usize * IMAGE_BYTES.max(o.line_rate_bytes);
     let max_packets = o.batch as usize * packets_per_image.max(o.line_rate_bytes.div_ceil(1024));
     let mut gpu = GpuTransfer::new(&receiver.pool, capacity, max_packets).context("GPU transfer")?;
-    let mps = o.gpu_pct.map(|_| MpsDaemon::start_private()).transpose()?;
+    let mps = o.gpu_pct.map(|_| MpsDaemon::start_private(None)).transpose()?;
     let spec = WorkerSpec {
         io: gpuslice_control::tensors::ModelIo::image_classifier(),
         half: true,

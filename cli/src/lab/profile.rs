@@ -73,7 +73,7 @@ pub fn run(o: ProfileOptions) -> Result<()> {
         .collect::<Result<_>>()?;
     let mps = match o.fake_ms {
         Some(_) => None,
-        None => Some(MpsDaemon::start_private()?),
+        None => Some(MpsDaemon::start_private(None)?),
     };
     if !o.models.is_empty() {
         profile_grid(&o, mps.as_ref())?;

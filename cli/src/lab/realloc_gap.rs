@@ -151,8 +151,8 @@ pub fn run(o: ReallocGapOptions) -> Result<()> {
         "--green-sms needs at least two SM counts to move between (or none, to skip green contexts)"
     );
     let (model, batch) = (o.model, o.batch);
-    let mps = MpsDaemon::start_private()?;
-    let telemetry = Telemetry::open().map_err(|e| tracing::warn!("{e}")).ok();
+    let mps = MpsDaemon::start_private(None)?;
+    let telemetry = Telemetry::open(0).map_err(|e| tracing::warn!("{e}")).ok();
     // Cold: decision to first batch served on a worker started then.
     let mut cold = Vec::new();
     for &pct in o.pcts {
