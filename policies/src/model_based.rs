@@ -117,6 +117,10 @@ pub struct ModelBased {
     served: Vec<(f64, f64)>,
     /// The mode in force and why (the last trial's verdict).
     choice: ModeChoice,
+    /// The best shared candidate of the last trial, if it held every SLO at the load that came:
+    /// where slices go when they miss an SLO on the GPU and re-planned would degrade a model
+    /// (see `decide`).
+    fallback: Option<ModeChoice>,
     why: String,
 }
 
@@ -486,6 +490,7 @@ impl ModelBased {
             tallies: Vec::new(),
             served: vec![(0.0, 0.0); n],
             choice: ModeChoice::Slices,
+            fallback: None,
             why: "slices until the first trial".to_string(),
         }
     }
@@ -600,6 +605,7 @@ impl ModelBased {
         }
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
+        let mut best_shared: Option<(ModeChoice, TrialScore)> = None;
         for (&choice, tally) in choices.iter().zip(&self.tallies) {
             let mode = &by_mode.iter().find(|(s, _)| *s == choice.sharing()).expect("pooled above").1;
             let score = tally.score(&tally.miss_corrections(mode));
@@ -615,6 +621,9 @@ impl ModelBased {
             if choice == self.choice {
                 incumbent = Some(score);
             }
+            if choice != ModeChoice::Slices && best_shared.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
+                best_shared = Some((choice, score));
+            }
             if choice == ModeChoice::Slices && !slices_eligible {
                 continue;
             }
@@ -622,6 +631,7 @@ impl ModelBased {
                 best = Some((choice, score));
             }
         }
+        self.fallback = best_shared.filter(|(_, score)| score.headroom >= TRIAL_LOADS[0]).map(|(choice, _)| choice);
         if let Some((choice, score)) = best
             && incumbent.is_none_or(|i| score.clearly_better_than(&i))
         {
@@ -1083,17 +1093,28 @@ impl Policy for ModelBased {
             planned = Some(plan);
         }
         self.decisions += 1;
-        // Slices that degrade a model stay until the next trial: leaving them at once for the
-        // shared mode the last trial rated best flipped the H200 between modes every second
-        // (gpu-trio x1.1 and the mixed trio x1.4, bench/results/2026-12-03-h200-trials-live).
         if self.choice == ModeChoice::Slices && planned.is_none() {
             // Between trials the slices the last trial weighed stay while they hold: re-planned
             // from each interval's rate and fits, the H200 moved GPU% from model to model every
-            // quarter second and lost the one it shrank (the mixed trio at x1.4).
+            // quarter second and lost the one it shrank (the mixed trio at x1.4,
+            // bench/results/2026-12-03-h200-trials-live).
             if self.slices_hold(observations) {
                 return Vec::new();
             }
-            planned = Some(self.plan_slices(observations, &loads));
+            // A settled model missed. Where the slices re-planned would degrade a model, they
+            // cannot hold this load on this GPU: the shared mode the last trial held it in serves
+            // until the next trial (re-planned, gpu-trio at x1.1 shrank vgg16 to 20% and lost it
+            // for half a second). Only on a miss seen on the GPU: judged on predictions every
+            // interval, from one that began with the queue of the switch, the same rule flipped
+            // modes every second.
+            let (plan, degraded) = self.plan_slices(observations, &loads);
+            match self.fallback.filter(|_| degraded) {
+                Some(shared) => {
+                    self.choice = shared;
+                    self.why = "the slices missed an SLO and cannot hold the load without degrading a model; the last trial held it shared".to_string();
+                }
+                None => planned = Some((plan, degraded)),
+            }
         }
 
         if let ModeChoice::Shared { mode, batching } = self.choice {
