@@ -27,6 +27,11 @@
 //! came, and serves in the candidate that keeps every model within its SLO at the highest load
 //! (model-predictive mode choice), scoring each candidate on its record over the trials so far
 //! (`Tally`). It starts shared, at the largest batching (see `start_mode`).
+//!
+//! Between trials, slices in force stay while every model that has served a whole interval on
+//! its allocation keeps its SLO (the first interval after a move carries the old one's queue and
+//! teaches nothing); a miss re-plans them, and where the re-plan would degrade a model the
+//! policy serves in the shared mode the last trial held the load in until the next trial.
 
 use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 use crate::shares::max_min;
