@@ -1320,6 +1320,67 @@ mod tests {
         assert_eq!(start(vec![context("resnet50", 20.0), context("densenet121", 25.0)]), Sharing::Temporal);
     }
 
+    /// Two resnet50s at 20,000 requests/s each: no slice plan holds both, so a re-plan degrades
+    /// one. Between trials, slices in force whose settled models kept their SLOs stay as they
+    /// are; a settled miss sends the GPU to the last trial's shared mode.
+    #[test]
+    fn slices_that_miss_and_cannot_be_re_planned_go_to_the_last_trials_shared_mode() {
+        use super::{ModeChoice, SharedBatching};
+        use gpuslice_simulator::{ModelInterval, Summary};
+        let set =
+            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
+        let latency = Arc::new(LatencyModel::fit_all(&set).unwrap().remove("resnet50").unwrap());
+        let allocation = Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 1.0 };
+        let context = |name: &str| ModelContext {
+            name: name.into(),
+            slo_ms: 20.0,
+            priority: 0,
+            latency: latency.clone(),
+            configured: allocation,
+        };
+        let interval = |p99_ms: f64| ModelInterval {
+            model: "resnet50".into(),
+            start_s: 0.0,
+            end_s: 0.25,
+            allocation,
+            queue_len: 0,
+            summary: Summary {
+                arrivals: 5000,
+                completed: 5000,
+                dropped: 0,
+                within_slo: 5000,
+                slo_attainment: 1.0,
+                goodput_rps: 20000.0,
+                throughput_rps: 20000.0,
+                arrival_rps: 20000.0,
+                p50_ms: p99_ms / 2.0,
+                p95_ms: p99_ms,
+                p99_ms,
+                mean_ms: p99_ms / 2.0,
+                mean_batch: 8.0,
+                mean_queue: 0.0,
+                max_queue: 0,
+                gpu_util: 0.5,
+            },
+            batches: Vec::new(),
+            arrivals_s: Vec::new(),
+        };
+        let shared = ModeChoice::Shared { mode: Sharing::Temporal, batching: SharedBatching::Uniform(8, 1.0) };
+        let mut policy = ModelBased::new(vec![context("a"), context("b")], DeviceModel::default());
+        policy.offer_modes(&[Sharing::Temporal]);
+        (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices, Some(shared), 1);
+        // Not a trial decision (every `TRIAL_EVERY`): the first interval settles the models, the
+        // second holds the SLOs; the slices stay although a re-plan would degrade one.
+        assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
+        assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
+        assert_eq!(policy.choice, ModeChoice::Slices);
+        // A miss: the shared mode, every model told.
+        let decisions = policy.decide(&[interval(30.0), interval(10.0)]);
+        assert_eq!(policy.choice, shared);
+        assert_eq!(decisions.len(), 2, "{decisions:?}");
+        assert!(decisions.iter().all(|d| d.reason.contains("the slices missed an SLO")), "{decisions:?}");
+    }
+
     #[test]
     fn a_trial_leaves_the_mode_in_force_only_for_a_clear_gain() {
         let incumbent = TrialScore { headroom: 1.2, latency: 1.0 };
