@@ -947,10 +947,7 @@ impl ModelBased {
     /// its SLO in it without a backlog building (a model just moved is given its interval).
     fn slices_hold(&self, observations: &[ModelInterval]) -> bool {
         observations.iter().zip(&self.learned).zip(&self.models).all(|((obs, learned), model)| {
-            !learned.settled
-                || (obs.summary.p99_ms <= model.slo_ms
-                    && obs.summary.dropped == 0
-                    && obs.queue_len <= 2 * obs.allocation.max_batch as usize)
+            !learned.settled || (obs.summary.p99_ms <= model.slo_ms && without_backlog(obs))
         })
     }
 
@@ -994,10 +991,7 @@ impl ModelBased {
         // twice the slices' own, and the excess learned from it took a slice from another model).
         let settled = l.last_served.replace((mode, obs.allocation)) == Some((mode, obs.allocation));
         l.settled = settled;
-        let steady = mode == Sharing::Spatial
-            && settled
-            && obs.summary.dropped == 0
-            && obs.queue_len <= 2 * obs.allocation.max_batch as usize;
+        let steady = mode == Sharing::Spatial && settled && without_backlog(obs);
         let previous = self.learned[m].tail_excess;
         if steady && obs.summary.completed > 0 {
             let a = obs.allocation;
@@ -1175,6 +1169,12 @@ impl Policy for ModelBased {
             .map(|(model, (allocation, reason))| Decision { model, allocation, reason })
             .collect()
     }
+}
+
+/// Whether a model's interval ended with no drops and at most two batches queued: its load did
+/// not outrun its allocation.
+fn without_backlog(obs: &ModelInterval) -> bool {
+    obs.summary.dropped == 0 && obs.queue_len <= 2 * obs.allocation.max_batch as usize
 }
 
 /// The worst model's share of its requests within its SLO in a replay (1 for a model without
