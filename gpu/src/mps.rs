@@ -18,6 +18,11 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// (see `MpsDaemon::outage`); past it, MPS is taken as not coming back and losses count again.
 pub const MPS_RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
+/// The variable naming the GPUs a CUDA process sees (by index or UUID).
+pub const VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+/// The variable naming an MPS daemon's pipe directory: a process with it is that daemon's client.
+pub const PIPE_DIRECTORY: &str = "CUDA_MPS_PIPE_DIRECTORY";
+
 /// Why MPS could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MpsError {
@@ -84,7 +89,7 @@ impl MpsDaemon {
         // The daemon alone is given the device: its servers remap it, and a client that names
         // it again fails (NVIDIA's MPS guide, CUDA_VISIBLE_DEVICES).
         if let Some(device) = self.device {
-            command.env("CUDA_VISIBLE_DEVICES", device.to_string());
+            command.env(VISIBLE_DEVICES, device.to_string());
         }
         let status = command.status()?;
         if !status.success() {
@@ -217,7 +222,7 @@ impl MpsDaemon {
     /// The variables every client of this daemon needs.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("CUDA_MPS_PIPE_DIRECTORY".into(), self.pipe_dir.display().to_string()),
+            (PIPE_DIRECTORY.into(), self.pipe_dir.display().to_string()),
             ("CUDA_MPS_LOG_DIRECTORY".into(), self.log_dir.display().to_string()),
         ]
     }

@@ -347,7 +347,7 @@ impl WorkerStarter {
     fn worker_env(&self, gpu_pct: f64) -> Vec<(String, String)> {
         match (&self.mps, self.template.device) {
             (Some(mps), _) => mps.client_env(gpu_pct),
-            (None, Some(device)) => vec![("CUDA_VISIBLE_DEVICES".into(), device.to_string())],
+            (None, Some(device)) => vec![(crate::mps::VISIBLE_DEVICES.into(), device.to_string())],
             (None, None) => Vec::new(),
         }
     }

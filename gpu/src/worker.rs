@@ -292,8 +292,8 @@ impl Worker {
             .args(["--io", &serde_json::to_string(&spec.io).expect("tensor specs serialize")]);
         // An MPS client sees the devices its daemon was given, renumbered from 0: naming one
         // again (inherited from this process) would fail its start (NVIDIA's MPS guide).
-        if spec.env.iter().any(|(k, _)| k == "CUDA_MPS_PIPE_DIRECTORY") {
-            command.env_remove("CUDA_VISIBLE_DEVICES");
+        if spec.env.iter().any(|(k, _)| k == crate::mps::PIPE_DIRECTORY) {
+            command.env_remove(crate::mps::VISIBLE_DEVICES);
         }
         command
             .envs(spec.env.iter().cloned())
