@@ -78,7 +78,8 @@
 # (all four held; two more at --gpu-device 0 then missed: gpu-trio x1.1 vgg16 96.6%, a settled
 # miss re-planned into vgg16 at 20%; the mixed trio 98.99%). Then with slices that miss on the
 # GPU and cannot be re-planned without degrading a model left for the last trial's shared mode:
-#   bash scripts/gpu-session.sh fallback-on-miss
+#   bash scripts/gpu-session.sh fallback-on-miss   (each point twice, default MPS beside it, then
+#                                                   gpu-trio x1.15)
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -212,7 +213,9 @@ case "${1:-trio}" in
   fallback-on-miss)
     export LOG=warn,gpuslice_policies=debug
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/gpu-trio.toml 1.1"
+      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+      "default-mps scenarios/gpu-trio.toml 1.1" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
+      "model-based scenarios/gpu-trio.toml 1.15"
     ;;
   repeat)
     date +%T | tee -a "$R/steps.txt"
