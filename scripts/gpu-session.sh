@@ -80,6 +80,10 @@
 # GPU and cannot be re-planned without degrading a model left for the last trial's shared mode:
 #   bash scripts/gpu-session.sh fallback-on-miss   (each point twice, default MPS beside it, then
 #                                                   gpu-trio x1.15)
+# (gpu-trio x1.1 held twice, the mixed trio x1.4 once of two: 98.96%). Then with slices batched as
+# requests come where the planned slices hold every trial load, and leftover GPU raising the load
+# every slice holds (then even): the held points again, and light load against default MPS:
+#   bash scripts/gpu-session.sh as-they-come
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -216,6 +220,13 @@ case "${1:-trio}" in
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "default-mps scenarios/gpu-trio.toml 1.1" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/gpu-trio.toml 1.15"
+    ;;
+  as-they-come)
+    export LOG=warn,gpuslice_policies=debug
+    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+      "model-based scenarios/mixed-slo-trio.toml 0.5" "default-mps scenarios/mixed-slo-trio.toml 0.5" \
+      "model-based scenarios/gpu-trio.toml 0.5" "default-mps scenarios/gpu-trio.toml 0.5"
     ;;
   repeat)
     date +%T | tee -a "$R/steps.txt"
