@@ -1422,7 +1422,7 @@ mod tests {
     /// are; a settled miss sends the GPU to the last trial's shared mode.
     #[test]
     fn slices_that_miss_and_cannot_be_re_planned_go_to_the_last_trials_shared_mode() {
-        use super::{ModeChoice, SharedBatching};
+        use super::{ModeChoice, SharedBatching, SliceBatching};
         use gpuslice_simulator::{ModelInterval, Summary};
         let set =
             ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
