@@ -13,18 +13,16 @@
 //! predicted p99 (see `predict`) under the SLO with a margin; when those add up to more than the
 //! GPU, models are served in priority order and the rest degrade. Leftover GPU first lifts each
 //! model towards what its recent peak rate and largest burst need, then goes, a point at a time,
-//! to the model that holds the smallest multiple of its load, and once every slice holds twice
-//! its load, to the smallest slice. On its final slice each model takes the feasible batch with
-//! the most spare capacity. Small moves are skipped while the current allocation holds.
+//! to the model with the least headroom. On its final slice each model takes the feasible batch
+//! with the most spare capacity. Small moves are skipped while the current allocation holds.
 //! Where the backend serves a few GPU% levels only (a standby pool), slices are planned on
 //! those levels (`plan_on_levels`): a need rounds up to a level, leftover goes a level at a time.
 //!
 //! It is a hybrid: slices are not work-conserving, and at ordinary load a shared GPU serves
 //! bursts better; which holds more load depends on the models, their SLOs and the traffic. So
 //! every `TRIAL_EVERY` intervals the policy replays the recent arrivals through the simulator
-//! (the calibrated model of the GPU, `DeviceModel`) under its planned slices (batched as planned,
-//! and, where those hold every trial load, as requests come) and under each shared mode the
-//! backend offers (temporal, default MPS) at a few batchings (uniform ones as a
+//! (the calibrated model of the GPU, `DeviceModel`) under its planned slices and under each
+//! shared mode the backend offers (temporal, default MPS) at a few batchings (uniform ones as a
 //! Triton batcher is configured, and SLO-sized per model), each at 1x to 1.5x the load that
 //! came, and serves in the candidate that keeps every model within its SLO at the highest load
 //! (model-predictive mode choice), scoring each candidate on its record over the trials so far
@@ -60,11 +58,6 @@ const FORGETTING: f64 = 0.7;
 const Z99: f64 = 2.326;
 /// A backlog is planned to drain within this many seconds (or one interval, if longer).
 const DRAIN_S: f64 = 1.0;
-/// Once every slice holds this multiple of its model's load, the GPU left over goes to the
-/// smallest slice (evenly): slices tuned to the present mix catch a model whose load jumps on a
-/// slice sized by its old load (step-4x at x0.5: resnet50's x4 step on 15% lost 62% of an
-/// interval's requests, where GSLICE's even shares held it).
-const EVEN_BEYOND_HEADROOM: f64 = 2.0;
 /// Intervals over which the peak arrival rate is remembered: leftover GPU first goes to models
 /// whose recent peak needs more than their current slice, so a bursty model is not caught small.
 const PEAK_WINDOW: usize = 20;
@@ -374,11 +367,10 @@ impl TrialScore {
     }
 }
 
-/// The mode a trial chose: slices with a way of batching on them, or a shared mode with one
-/// batching for every model.
+/// The mode a trial chose: slices, or a shared mode with one batching for every model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ModeChoice {
-    Slices(SliceBatching),
+    Slices,
     Shared { mode: Sharing, batching: SharedBatching },
 }
 
@@ -386,27 +378,10 @@ impl ModeChoice {
     /// How the backend shares the GPU under this choice.
     fn sharing(self) -> Sharing {
         match self {
-            ModeChoice::Slices(_) => Sharing::Spatial,
+            ModeChoice::Slices => Sharing::Spatial,
             ModeChoice::Shared { mode, .. } => mode,
         }
     }
-
-    fn is_slices(self) -> bool {
-        matches!(self, ModeChoice::Slices(_))
-    }
-}
-
-/// How models batch on their slices.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum SliceBatching {
-    /// The plan's: on its slice each model waits for the batch with the most spare capacity
-    /// that its SLO allows (`best_at`), the most load a slice holds.
-    Planned,
-    /// Each model's largest batch that runs on its slice within `SHARED_BATCH_SHARE` of its SLO,
-    /// waiting at most `SHARED_TIMEOUT_SHARE` of it: a batch takes what is queued, small at
-    /// light load. The planned batching waits for full batches: at bench-events x0.5 its p50s
-    /// were 3.4-3.7 ms where GSLICE's slices, batching what came, served 2.6.
-    SloSized,
 }
 
 /// How models batch on a shared GPU.
@@ -423,8 +398,7 @@ enum SharedBatching {
     Configured,
 }
 
-/// Under `SharedBatching::SloSized` and `SliceBatching::SloSized`, a batch waits at most this
-/// share of its model's SLO to fill,
+/// Under `SharedBatching::SloSized`, a batch waits at most this share of its model's SLO to fill,
 pub const SHARED_TIMEOUT_SHARE: f64 = 0.05;
 /// ...and runs on the whole GPU within this share of the SLOs it can delay: under temporal
 /// sharing every model's (all wait behind it), under default MPS its own.
@@ -522,7 +496,7 @@ impl ModelBased {
             decisions: 0,
             tallies: Vec::new(),
             served: vec![(0.0, 0.0); n],
-            choice: ModeChoice::Slices(SliceBatching::Planned),
+            choice: ModeChoice::Slices,
             fallback: None,
             why: "slices until the first trial".to_string(),
         }
@@ -566,12 +540,7 @@ impl ModelBased {
         let times: Vec<Arc<[f64]>> =
             self.recent_arrivals.iter().map(|r| r.iter().filter(|t| **t >= cut).map(|t| t - cut).collect()).collect();
         let judged_from_s = (end - cut) * TRIAL_WARMUP_SHARE;
-        let slo_sized =
-            slices.iter().enumerate().map(|(m, a)| self.with_slice_batching(m, *a, SliceBatching::SloSized)).collect();
-        let mut candidates = vec![
-            (ModeChoice::Slices(SliceBatching::Planned), slices.to_vec()),
-            (ModeChoice::Slices(SliceBatching::SloSized), slo_sized),
-        ];
+        let mut candidates = vec![(ModeChoice::Slices, slices.to_vec())];
         for &mode in &self.shared_modes {
             let uniform = self.shared_batchings().into_iter().map(|(b, w)| SharedBatching::Uniform(b, w));
             for batching in uniform.chain([SharedBatching::SloSized, SharedBatching::Configured]) {
@@ -644,7 +613,6 @@ impl ModelBased {
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
         let mut best_shared: Option<(ModeChoice, TrialScore)> = None;
-        let mut planned_slices_hold_all = false;
         for (&choice, tally) in choices.iter().zip(&self.tallies) {
             let mode = &by_mode.iter().find(|(s, _)| *s == choice.sharing()).expect("pooled above").1;
             let score = tally.score(&tally.miss_corrections(mode));
@@ -660,20 +628,10 @@ impl ModelBased {
             if choice == self.choice {
                 incumbent = Some(score);
             }
-            if !choice.is_slices() && best_shared.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
+            if choice != ModeChoice::Slices && best_shared.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
                 best_shared = Some((choice, score));
             }
-            if choice.is_slices() && !slices_eligible {
-                continue;
-            }
-            // Slices batched as requests come are weighed only where the planned slices hold
-            // every trial load: their batches run small, so near capacity they hold less, and
-            // a record built on lighter traffic rates them above it (step-4x at x1.047, chosen
-            // 1.5 s after the step: mobilenet lost 57% of an interval's requests).
-            if choice == ModeChoice::Slices(SliceBatching::Planned) {
-                planned_slices_hold_all = score.headroom >= TRIAL_LOADS[TRIAL_LOADS.len() - 1];
-            }
-            if choice == ModeChoice::Slices(SliceBatching::SloSized) && !planned_slices_hold_all {
+            if choice == ModeChoice::Slices && !slices_eligible {
                 continue;
             }
             if best.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
@@ -731,36 +689,16 @@ impl ModelBased {
                 (configured.max_batch.min(self.largest_batch()), configured.batch_timeout_ms)
             }
             SharedBatching::SloSized => {
+                let l = &self.learned[m];
+                let (scale, _) = Self::correction(l);
                 let slo = self.models[m].slo_ms;
                 let delays = match mode {
                     Sharing::Temporal => self.models.iter().map(|c| c.slo_ms).fold(slo, f64::min),
                     _ => slo,
                 };
-                self.slo_sized(m, 100, delays)
-            }
-        }
-    }
-
-    /// Model `m`'s largest batch whose tail runs on `gpu`% within `SHARED_BATCH_SHARE` of
-    /// `delays_ms` (the smallest SLO its batches hold up), and a wait of `SHARED_TIMEOUT_SHARE` of
-    /// its own SLO.
-    fn slo_sized(&self, m: usize, gpu: usize, delays_ms: f64) -> (u32, f64) {
-        let l = &self.learned[m];
-        let (scale, _) = Self::correction(l);
-        let g = gpu.clamp(1, 100) - 1;
-        let fits = |b: usize| l.p50[b][g] * scale * l.tail[b][g] <= SHARED_BATCH_SHARE * delays_ms;
-        let b = (0..self.batch_sizes).rev().find(|&b| fits(b)).unwrap_or(0);
-        (BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * self.models[m].slo_ms)
-    }
-
-    /// Model `m`'s slice `allocation` as planned, batched as `batching` says.
-    fn with_slice_batching(&self, m: usize, allocation: Allocation, batching: SliceBatching) -> Allocation {
-        match batching {
-            SliceBatching::Planned => allocation,
-            SliceBatching::SloSized => {
-                let gpu = allocation.gpu_pct.round() as usize;
-                let (max_batch, batch_timeout_ms) = self.slo_sized(m, gpu, self.models[m].slo_ms);
-                Allocation { max_batch, batch_timeout_ms, ..allocation }
+                let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * delays;
+                let b = (0..self.batch_sizes).rev().find(|&b| fits(b)).unwrap_or(0);
+                (BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * slo)
             }
         }
     }
@@ -833,34 +771,6 @@ impl ModelBased {
                 .min_by(|a, b| a.utilization.total_cmp(&b.utilization))
         };
         best(load).or_else(|| best(load.steady()))
-    }
-
-    /// The multiple of its load model `m` holds on `gpu`%: at the batch that serves the most
-    /// within its SLO there, how far the load may rise before the slice is `MAX_UTILIZATION`
-    /// busy (or cannot drain its backlog in time); infinite where no batch meets the SLO at the
-    /// load itself (a degraded model takes no leftover). A full batch forms faster as the load
-    /// rises, so the utilization bound is the one that binds. The planner once gave leftover to
-    /// the least headroom under the SLO's p99 instead: a larger slice lets a larger batch wait
-    /// longer, which keeps the p99 near the SLO at any size, and bench-events at x0.5 gave vgg16
-    /// half the GPU and resnet50 14%, slices that held x1.15 of the load where GSLICE's even
-    /// shares held x1.8.
-    fn load_headroom(&self, m: usize, gpu: usize, load: Load) -> f64 {
-        let l = &self.learned[m];
-        let (scale, _) = Self::correction(l);
-        (0..self.batch_sizes)
-            .filter(|&b| self.plan(m, b, gpu, load).is_some())
-            .map(|b| {
-                let per_request_ms = l.p50[b][gpu - 1] * scale / BATCH_SIZES[b] as f64;
-                let busiest =
-                    (MAX_UTILIZATION / (load.rate * per_request_ms)).min(1.0 / (load.capacity_rate * per_request_ms));
-                // Just under the bound, where the plan must still hold (it may not: the tail
-                // grows with the formation wait's floor).
-                let s = busiest * 0.999;
-                let scaled = Load { rate: load.rate * s, capacity_rate: load.capacity_rate * s, ..load };
-                if s > 1.0 && self.plan(m, b, gpu, scaled).is_some() { s } else { 1.0 }
-            })
-            .reduce(f64::max)
-            .unwrap_or(f64::INFINITY)
     }
 
     /// The smallest GPU% at which some batch size meets the SLO (binary search per batch size:
@@ -969,18 +879,18 @@ impl ModelBased {
             }
         }
 
-        // The rest, a slice step at a time, to the model with the least headroom: the GPU left
-        // over raises the load every slice holds alike, the capacity criterion.
-        let headroom = |this: &Self, m: usize, g: usize| this.load_headroom(m, g, loads[m]);
+        // The rest, a slice step at a time, to the model with the least headroom.
+        let headroom = |this: &Self, m: usize, g: usize| {
+            this.best_at(m, g, loads[m])
+                .map_or(f64::INFINITY, |p| (1.0 - p.predicted_p99_ms / this.models[m].slo_ms).min(1.0 - p.utilization))
+        };
         let mut room: Vec<f64> =
             (0..n).map(|m| if degraded.contains(&m) { f64::INFINITY } else { headroom(self, m, gpu[m]) }).collect();
         let step =
             |gpu: &[usize], m: usize, remaining: usize| slices.above(gpu[m]).filter(|&g| g - gpu[m] <= remaining);
-        while let Some(m) =
-            (0..n).filter(|&m| room[m].is_finite() && step(&gpu, m, remaining).is_some()).min_by(|&a, &b| {
-                let capped = |m: usize| room[m].min(EVEN_BEYOND_HEADROOM);
-                capped(a).total_cmp(&capped(b)).then(gpu[a].cmp(&gpu[b]))
-            })
+        while let Some(m) = (0..n)
+            .filter(|&m| room[m].is_finite() && step(&gpu, m, remaining).is_some())
+            .min_by(|a, b| room[*a].total_cmp(&room[*b]))
         {
             let next = step(&gpu, m, remaining).expect("filtered");
             remaining -= next - gpu[m];
@@ -1086,10 +996,7 @@ impl ModelBased {
         // twice the slices' own, and the excess learned from it took a slice from another model).
         let settled = l.last_served.replace((mode, obs.allocation)) == Some((mode, obs.allocation));
         l.settled = settled;
-        // Nor under slices batched as they fill (`SliceBatching::SloSized`): the prediction is of
-        // full batches.
-        let planned_slices = self.choice == ModeChoice::Slices(SliceBatching::Planned);
-        let steady = planned_slices && settled && without_backlog(obs);
+        let steady = mode == Sharing::Spatial && settled && without_backlog(obs);
         let previous = self.learned[m].tail_excess;
         if steady && obs.summary.completed > 0 {
             let a = obs.allocation;
@@ -1191,7 +1098,7 @@ impl Policy for ModelBased {
             planned = Some(plan);
         }
         self.decisions += 1;
-        if self.choice.is_slices() && planned.is_none() {
+        if self.choice == ModeChoice::Slices && planned.is_none() {
             // Between trials the slices the last trial weighed stay while they hold: re-planned
             // from each interval's rate and fits, the H200 moved GPU% from model to model every
             // quarter second and lost the one it shrank (the mixed trio at x1.4,
@@ -1249,11 +1156,7 @@ impl Policy for ModelBased {
                 .collect();
         }
         let (mut chosen, _) = planned.expect("planned above while slices serve");
-        let ModeChoice::Slices(batching) = self.choice else { unreachable!("shared returned above") };
-        for (m, (allocation, _)) in chosen.iter_mut().enumerate() {
-            *allocation = self.with_slice_batching(m, *allocation, batching);
-        }
-        let switching = previous != self.choice;
+        let switching = previous != ModeChoice::Slices;
 
         // Hysteresis: keep an allocation that still meets the SLO when the new slice is close.
         let kept: Vec<bool> = (0..n)
@@ -1442,7 +1345,7 @@ mod tests {
     /// are; a settled miss sends the GPU to the last trial's shared mode.
     #[test]
     fn slices_that_miss_and_cannot_be_re_planned_go_to_the_last_trials_shared_mode() {
-        use super::{ModeChoice, SharedBatching, SliceBatching};
+        use super::{ModeChoice, SharedBatching};
         use gpuslice_simulator::{ModelInterval, Summary};
         let set =
             ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
@@ -1487,13 +1390,12 @@ mod tests {
         let shared = ModeChoice::Shared { mode: Sharing::Temporal, batching: SharedBatching::Uniform(8, 1.0) };
         let mut policy = ModelBased::new(vec![context("a"), context("b")], DeviceModel::default());
         policy.offer_modes(&[Sharing::Temporal]);
-        (policy.choice, policy.fallback, policy.decisions) =
-            (ModeChoice::Slices(SliceBatching::Planned), Some(shared), 1);
+        (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices, Some(shared), 1);
         // Not a trial decision (every `TRIAL_EVERY`): the first interval settles the models, the
         // second holds the SLOs; the slices stay although a re-plan would degrade one.
         assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
         assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
-        assert_eq!(policy.choice, ModeChoice::Slices(SliceBatching::Planned));
+        assert_eq!(policy.choice, ModeChoice::Slices);
         // A miss: the shared mode, every model told.
         let decisions = policy.decide(&[interval(30.0), interval(10.0)]);
         assert_eq!(policy.choice, shared);

@@ -152,26 +152,6 @@ fn model_based_keeps_the_models_that_serve_most_requests_per_gpu_pct() {
     assert!(total <= 100.0, "{total}");
 }
 
-// "busy" (SLO 20 ms) at 1,000/s needs 63% at batch 8, which runs 56.25/g ms a request: it holds
-// x(g/62.5) of its load before its slice is 0.9 busy. "quiet" (SLO 60 ms) at 100/s needs 9% at
-// batch 2 (formation 10 ms), and at 11% holds x1.58 at batch 4 (formation 30 ms, 250/g ms a
-// batch). The GPU left over goes where it raises the load both hold alike: busy ends at 89%
-// (x1.42), quiet at 11%. Given to the least headroom under the SLO's p99 instead it went 80/20
-// (busy x1.28 while quiet held several times its load): on a larger slice a larger batch waits
-// longer, which keeps a loose SLO's p99 near its budget at any size.
-#[test]
-fn model_based_gives_leftover_gpu_where_it_raises_the_load_every_model_holds() {
-    let latency = toy_latency();
-    let models = [context("busy", latency.clone(), 20.0, 0), context("quiet", latency, 60.0, 0)];
-    let mut policy = build("model-based", &models, &DeviceModel::default(), None).unwrap();
-    let start = policy.initial();
-    let decisions = policy.decide(&[interval(start[0], 1000, 0, 0.0), interval(start[1], 100, 0, 0.0)]);
-    let of = |m: usize| decisions.iter().find(|d| d.model == m).expect("a decision for each model").allocation;
-    let (busy, quiet) = (of(0), of(1));
-    assert_eq!(busy.gpu_pct + quiet.gpu_pct, 100.0, "{decisions:?}");
-    assert!(busy.gpu_pct >= 85.0 && quiet.gpu_pct >= 11.0, "{decisions:?}");
-}
-
 // The same two models on a backend that serves 20, 30, 45, 60 and 70% only: the high-priority
 // model's 63% rounds up to 70%, the other degrades to the level that the remaining 30% holds;
 // alone, a model's slice grows a level at a time up to the top level (not to 100%).
