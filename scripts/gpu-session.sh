@@ -87,6 +87,10 @@
 # (gpu-trio x1.1 held twice; the mixed trio x1.4 lost vgg16, 87.8% and 97.3%: a mobilenet burst
 # re-planned vgg16 to 20% with no shared mode to fall back on). Then with such a re-plan not made:
 #   bash scripts/gpu-session.sh keep-peers
+# (the mixed trio x1.4 88.1%, 98.5%, 99.1%; gpu-trio x1.1 99.0%: the load-headroom leftover put
+# mobilenet on 20% or 45% slices whose predicted p99 sat at the budget). Then with the leftover
+# rule and the slice batching of before, the settled-miss rule kept:
+#   bash scripts/gpu-session.sh reverted
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -223,6 +227,11 @@ case "${1:-trio}" in
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "default-mps scenarios/gpu-trio.toml 1.1" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/gpu-trio.toml 1.15"
+    ;;
+  reverted)
+    export LOG=warn,gpuslice_policies=debug
+    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+      "model-based scenarios/mixed-slo-trio.toml 1.4"
     ;;
   keep-peers)
     export LOG=warn,gpuslice_policies=debug

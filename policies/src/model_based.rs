@@ -1131,7 +1131,7 @@ impl Policy for ModelBased {
                     }
                 }
             }
-            if self.choice.is_slices() {
+            if self.choice == ModeChoice::Slices {
                 planned = Some((plan, degraded));
             }
         }
@@ -1410,10 +1410,10 @@ mod tests {
             let models = priorities.map(|priority| ModelContext { priority, ..context("m") }).to_vec();
             let mut policy = ModelBased::new(models, DeviceModel::default());
             policy.offer_modes(&[Sharing::Temporal]);
-            (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices(SliceBatching::Planned), None, 1);
+            (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices, None, 1);
             assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
             let decisions = policy.decide(&[interval(30.0), interval(10.0)]);
-            assert_eq!(policy.choice, ModeChoice::Slices(SliceBatching::Planned));
+            assert_eq!(policy.choice, ModeChoice::Slices);
             decisions
         };
         let peers = slices_without_fallback([0, 0], 6_000);
