@@ -105,6 +105,10 @@ capacity_steps() {
   done
   date +%T | tee -a "$R/steps.txt"
 }
+# capacity_steps with every mode trial of model-based in each run's log (run.log).
+traced_steps() {
+  LOG=warn,gpuslice_policies=debug capacity_steps "$@"
+}
 # The worker's gather test on the GPU (GPUSLICE_GPU_TESTS=1: a ResNet-18 worker gathers rows from
 # the packet pool), each test binary given $1 seconds.
 gather_test() {
@@ -206,41 +210,34 @@ case "${1:-trio}" in
     capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   trials)
-    export LOG=warn,gpuslice_policies=debug
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" \
+    traced_steps "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/gpu-trio.toml 1.15"
     ;;
   settled)
-    export LOG=warn,gpuslice_policies=debug
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.15"
     ;;
   hold)
-    export LOG=warn,gpuslice_policies=debug
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
       "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
     ;;
   fallback-on-miss)
-    export LOG=warn,gpuslice_policies=debug
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+    traced_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "default-mps scenarios/gpu-trio.toml 1.1" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/gpu-trio.toml 1.15"
     ;;
   reverted)
-    export LOG=warn,gpuslice_policies=debug
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/mixed-slo-trio.toml 1.4"
     ;;
   keep-peers)
-    export LOG=warn,gpuslice_policies=debug
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4"
     ;;
   as-they-come)
-    export LOG=warn,gpuslice_policies=debug
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+    traced_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/mixed-slo-trio.toml 0.5" "default-mps scenarios/mixed-slo-trio.toml 0.5" \
       "model-based scenarios/gpu-trio.toml 0.5" "default-mps scenarios/gpu-trio.toml 0.5"
