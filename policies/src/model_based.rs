@@ -686,9 +686,8 @@ impl ModelBased {
         let count = |arrivals: &VecDeque<f64>, from: f64, to: f64| {
             (arrivals.partition_point(|t| *t < to) - arrivals.partition_point(|t| *t < from)) as f64
         };
-        let starts: Vec<f64> =
-            self.recent_starts.iter().copied().filter(|s| *s > cut && end - *s >= LOAD_SHIFT_LASTED_S).collect();
-        (starts.iter().rev().copied())
+        (self.recent_starts.iter().rev().copied())
+            .filter(|&s| s > cut && end - s >= LOAD_SHIFT_LASTED_S)
             .find(|&s| {
                 self.recent_arrivals.iter().any(|arrivals| {
                     let earlier = count(arrivals, cut, s);
@@ -1269,14 +1268,19 @@ mod tests {
     use crate::{DeviceModel, ModelContext, Policy};
     use gpuslice_simulator::{Allocation, Sharing};
     use gpuslice_traces::{LatencyModel, ProfileSet, Source};
+    use std::collections::BTreeMap;
     use std::sync::Arc;
+
+    /// Every model of the shipped H100 profile, fitted.
+    fn h100_fits() -> BTreeMap<String, LatencyModel> {
+        let set =
+            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
+        LatencyModel::fit_all(&set).unwrap()
+    }
 
     #[test]
     fn the_burst_slice_bisection_finds_what_a_scan_finds_on_every_profiled_model() {
-        let set =
-            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
-        let models: Vec<ModelContext> = LatencyModel::fit_all(&set)
-            .unwrap()
+        let models: Vec<ModelContext> = h100_fits()
             .into_iter()
             .flat_map(|(name, latency)| {
                 let latency = Arc::new(latency);
@@ -1375,9 +1379,7 @@ mod tests {
 
     #[test]
     fn it_starts_under_default_mps_only_where_a_slo_is_shorter_than_another_models_batch() {
-        let set =
-            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
-        let mut fitted = LatencyModel::fit_all(&set).unwrap();
+        let mut fitted = h100_fits();
         let mut context = |name: &str, slo_ms: f64| ModelContext {
             name: name.into(),
             slo_ms,
@@ -1403,9 +1405,7 @@ mod tests {
     fn slices_that_miss_and_cannot_be_re_planned_go_to_the_last_trials_shared_mode() {
         use super::{ModeChoice, SharedBatching};
         use gpuslice_simulator::{ModelInterval, Summary};
-        let set =
-            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
-        let latency = Arc::new(LatencyModel::fit_all(&set).unwrap().remove("resnet50").unwrap());
+        let latency = Arc::new(h100_fits().remove("resnet50").unwrap());
         let allocation = Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 1.0 };
         let context = |name: &str| ModelContext {
             name: name.into(),
@@ -1486,9 +1486,7 @@ mod tests {
     /// model with a handful of requests before it, is not.
     #[test]
     fn a_load_shift_is_a_rise_that_lasts() {
-        let set =
-            ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
-        let latency = Arc::new(LatencyModel::fit_all(&set).unwrap().remove("resnet50").unwrap());
+        let latency = Arc::new(h100_fits().remove("resnet50").unwrap());
         let context = ModelContext {
             name: "resnet50".into(),
             slo_ms: 20.0,
