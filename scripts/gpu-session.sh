@@ -91,6 +91,12 @@
 # mobilenet on 20% or 45% slices whose predicted p99 sat at the budget). Then with the leftover
 # rule and the slice batching of before, the settled-miss rule kept:
 #   bash scripts/gpu-session.sh reverted
+# (the mixed trio x1.4 99.26%, 98.81%, 99.20%).
+#
+# 2026-12-03 (twentieth session): the settled-miss rule that degrades a peer only on a second
+# miss in a row and the trials that forget at a load shift (fcae258, 254486c), live, with default
+# MPS at the same points in the same call:
+#   bash scripts/gpu-session.sh peers-live
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -230,6 +236,12 @@ case "${1:-trio}" in
     ;;
   reverted)
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+      "model-based scenarios/mixed-slo-trio.toml 1.4"
+    ;;
+  peers-live)
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
+      "model-based scenarios/mixed-slo-trio.toml 1.35" "default-mps scenarios/mixed-slo-trio.toml 1.35" \
+      "model-based scenarios/gpu-trio.toml 1.1" "default-mps scenarios/gpu-trio.toml 1.05" \
       "model-based scenarios/mixed-slo-trio.toml 1.4"
     ;;
   keep-peers)
