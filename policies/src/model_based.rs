@@ -384,18 +384,34 @@ impl TrialScore {
     }
 }
 
-/// The mode a trial chose: slices, or a shared mode with one batching for every model.
+/// The mode a trial chose: slices planned for a goal, or a shared mode with one batching for
+/// every model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ModeChoice {
-    Slices,
+    Slices(SliceGoal),
     Shared { mode: Sharing, batching: SharedBatching },
+}
+
+/// What slices are planned for, once every model has the slice its SLO needs at its load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SliceGoal {
+    /// Room for more load: leftover GPU to the model with the least headroom, each model's
+    /// batch the one that leaves its slice least busy, waiting for it to fill.
+    Headroom,
+    /// Latency at the load that came: leftover GPU evens the slices out (to the smallest
+    /// first), batches taken as requests come (no wait). At bench-events x0.5 the headroom
+    /// slices (vgg16 on 55%, mobilenet on 11%, waits of 7-15 ms for batches to fill) would serve
+    /// a p50 of 1-7 ms, temporal serves 3.4-3.7 and GSLICE's even slices 2.6-3.5. Leftover by
+    /// each model's slowdown against the whole GPU (its single request's, or with the queueing
+    /// at its load) still gave vgg16 43-52%, and the slices held only x1.2-1.46 of the load.
+    Latency,
 }
 
 impl ModeChoice {
     /// How the backend shares the GPU under this choice.
     fn sharing(self) -> Sharing {
         match self {
-            ModeChoice::Slices => Sharing::Spatial,
+            ModeChoice::Slices(_) => Sharing::Spatial,
             ModeChoice::Shared { mode, .. } => mode,
         }
     }
@@ -513,7 +529,7 @@ impl ModelBased {
             decisions: 0,
             tallies: Vec::new(),
             served: vec![(0.0, 0.0); n],
-            choice: ModeChoice::Slices,
+            choice: ModeChoice::Slices(SliceGoal::Headroom),
             fallback: None,
             peer_degrading_misses: 0,
             forgotten_shift_s: f64::NEG_INFINITY,
@@ -538,10 +554,11 @@ impl ModelBased {
         }
     }
 
-    /// Replays the recent arrivals under the planned slices and under every shared mode and
-    /// batching the backend offers, and keeps the candidate that holds the SLOs best (see
-    /// `TrialScore`), the one in force among equals; the slices only where `slices_eligible`.
-    fn trial(&mut self, slices: &[Allocation], slices_eligible: bool) {
+    /// Replays the recent arrivals under the planned slices (one plan per `SliceGoal`) and
+    /// under every shared mode and batching the backend offers, and keeps the candidate that
+    /// holds the SLOs best (see `TrialScore`), the one in force among equals; the slices only
+    /// where `slices_eligible`.
+    fn trial(&mut self, slices: Vec<(SliceGoal, Vec<Allocation>)>, slices_eligible: bool) {
         if self.shared_modes.is_empty() {
             return;
         }
@@ -559,7 +576,9 @@ impl ModelBased {
         let times: Vec<Arc<[f64]>> =
             self.recent_arrivals.iter().map(|r| r.iter().filter(|t| **t >= cut).map(|t| t - cut).collect()).collect();
         let judged_from_s = (end - cut) * TRIAL_WARMUP_SHARE;
-        let mut candidates = vec![(ModeChoice::Slices, slices.to_vec())];
+        tracing::debug!(decision = self.decisions, ?slices, "slices candidate");
+        let mut candidates: Vec<(ModeChoice, Vec<Allocation>)> =
+            slices.into_iter().map(|(goal, plan)| (ModeChoice::Slices(goal), plan)).collect();
         for &mode in &self.shared_modes {
             let uniform = self.shared_batchings().into_iter().map(|(b, w)| SharedBatching::Uniform(b, w));
             for batching in uniform.chain([SharedBatching::SloSized, SharedBatching::Configured]) {
@@ -656,10 +675,11 @@ impl ModelBased {
             if choice == self.choice {
                 incumbent = Some(score);
             }
-            if choice != ModeChoice::Slices && best_shared.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
+            let slices = matches!(choice, ModeChoice::Slices(_));
+            if !slices && best_shared.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
                 best_shared = Some((choice, score));
             }
-            if choice == ModeChoice::Slices && !slices_eligible {
+            if slices && !slices_eligible {
                 continue;
             }
             if best.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
@@ -788,10 +808,7 @@ impl ModelBased {
         max_utilization: f64,
         tail_excess: f64,
     ) -> Option<(f64, f64, f64)> {
-        let l = &self.learned[m];
-        let (scale, spread) = Self::correction(l);
-        let service = l.p50[batch_index][gpu - 1] * scale;
-        let tail = l.tail[batch_index][gpu - 1].max((Z99 * spread).exp()) * tail_excess;
+        let (service, tail) = self.service(m, batch_index, gpu, tail_excess);
         let batch = BATCH_SIZES[batch_index] as f64;
         let utilization = load.rate * service / batch;
         if utilization >= max_utilization || load.capacity_rate * service / batch >= 1.0 {
@@ -800,6 +817,34 @@ impl ModelBased {
         let formation = if load.rate > 0.0 { (batch - 1.0) / load.rate } else { 0.0 };
         let busy_wait = if utilization > 0.01 { service } else { 0.0 };
         Some((formation.max(busy_wait) + service * tail, formation, utilization))
+    }
+
+    /// Model `m`'s median service time (ms) of a batch at (batch index, GPU%) on this GPU, and
+    /// its p99 over that median, with a given tail excess (see `predict_with_excess`).
+    fn service(&self, m: usize, batch_index: usize, gpu: usize, tail_excess: f64) -> (f64, f64) {
+        let l = &self.learned[m];
+        let (scale, spread) = Self::correction(l);
+        let service = l.p50[batch_index][gpu - 1] * scale;
+        (service, l.tail[batch_index][gpu - 1].max((Z99 * spread).exp()) * tail_excess)
+    }
+
+    /// The plan at `gpu`% for `SliceGoal::Latency`: a batch goes as soon as the slice is free,
+    /// with what has queued, up to the largest batch that meets the SLO with the margin after
+    /// waiting for one running (and keeps the slice under `MAX_UTILIZATION` when full).
+    fn work_conserving_at(&self, m: usize, gpu: usize, load: Load) -> Option<Plan> {
+        let budget = self.models[m].slo_ms * (1.0 - MARGIN);
+        (0..self.batch_sizes).rev().find_map(|batch_index| {
+            let (_, _, utilization) = self.predict(m, batch_index, gpu, load, MAX_UTILIZATION)?;
+            let (service, tail) = self.service(m, batch_index, gpu, self.learned[m].tail_excess);
+            let predicted_p99_ms = service + service * tail;
+            (predicted_p99_ms <= budget).then_some(Plan {
+                batch_index,
+                gpu,
+                predicted_p99_ms,
+                timeout_ms: 0.0,
+                utilization,
+            })
+        })
     }
 
     /// The plan at (batch index, GPU%) if it meets the SLO with the margin.
@@ -875,9 +920,14 @@ impl ModelBased {
     }
 
     /// Slices for the next interval, each with its batching and why: every model's need at its
-    /// forecast rate, in priority order; leftover GPU to recent peaks, then to the least headroom.
+    /// forecast rate, in priority order; leftover GPU to recent peaks, then as `goal` says.
     /// ...and the models that degrade (the slices cannot hold their SLOs).
-    fn plan_slices(&self, observations: &[ModelInterval], loads: &[Load]) -> (Vec<(Allocation, String)>, Vec<usize>) {
+    fn plan_slices(
+        &self,
+        observations: &[ModelInterval],
+        loads: &[Load],
+        goal: SliceGoal,
+    ) -> (Vec<(Allocation, String)>, Vec<usize>) {
         let n = self.models.len();
         // What the arrivals alone need: a backlog is drained from leftover GPU only, since under
         // overload a drain requirement would make a model degrade and its backlog never clear.
@@ -927,10 +977,13 @@ impl ModelBased {
             }
         }
 
-        // The rest, a slice step at a time, to the model with the least headroom.
-        let headroom = |this: &Self, m: usize, g: usize| {
-            this.best_at(m, g, loads[m])
-                .map_or(f64::INFINITY, |p| (1.0 - p.predicted_p99_ms / this.models[m].slo_ms).min(1.0 - p.utilization))
+        // The rest, a slice step at a time, to the model with the least headroom, or (for
+        // latency) the one with the smallest slice.
+        let headroom = |this: &Self, m: usize, g: usize| match goal {
+            SliceGoal::Headroom => this
+                .best_at(m, g, loads[m])
+                .map_or(f64::INFINITY, |p| (1.0 - p.predicted_p99_ms / this.models[m].slo_ms).min(1.0 - p.utilization)),
+            SliceGoal::Latency => g as f64,
         };
         let mut room: Vec<f64> =
             (0..n).map(|m| if degraded.contains(&m) { f64::INFINITY } else { headroom(self, m, gpu[m]) }).collect();
@@ -950,7 +1003,13 @@ impl ModelBased {
             .map(|m| {
                 let load = loads[m];
                 let rate = load.rate * 1e3;
-                match self.best_at(m, gpu[m], load) {
+                let planned = match goal {
+                    SliceGoal::Headroom => self.best_at(m, gpu[m], load),
+                    SliceGoal::Latency => {
+                        self.work_conserving_at(m, gpu[m], load).or_else(|| self.best_at(m, gpu[m], load))
+                    }
+                };
+                match planned {
                     Some(plan) => (
                         Allocation {
                             gpu_pct: plan.gpu as f64,
@@ -958,13 +1017,14 @@ impl ModelBased {
                             batch_timeout_ms: plan.timeout_ms,
                         },
                         format!(
-                            "rate {rate:.0}/s, queue {}: needs {}% for SLO {:.0} ms with {:.0}% margin, holds {}% at batch {} (predicted p99 {:.1} ms)",
+                            "rate {rate:.0}/s, queue {}: needs {}% for SLO {:.0} ms with {:.0}% margin, holds {}% at batch {} waiting at most {:.1} ms (predicted p99 {:.1} ms)",
                             observations[m].queue_len,
                             needed[m].unwrap_or(100),
                             self.models[m].slo_ms,
                             MARGIN * 100.0,
                             plan.gpu,
                             BATCH_SIZES[plan.batch_index],
+                            plan.timeout_ms,
                             plan.predicted_p99_ms
                         ),
                     ),
@@ -1129,8 +1189,10 @@ impl Policy for ModelBased {
         // mode serves between two trials (the trial changes nothing the plan reads).
         let mut planned = None;
         if self.decisions.is_multiple_of(TRIAL_EVERY) {
-            let plan = self.plan_slices(observations, &loads);
-            let slices: Vec<Allocation> = plan.0.iter().map(|(a, _)| *a).collect();
+            let plans = [SliceGoal::Headroom, SliceGoal::Latency]
+                .map(|goal| (goal, self.plan_slices(observations, &loads, goal)));
+            let slices =
+                plans.iter().map(|(goal, (plan, _))| (*goal, plan.iter().map(|(a, _)| *a).collect())).collect();
             // Slices are a candidate only where they would hold every model at its recent peak
             // rate too: a shared mode absorbs a peak, a slice plan sized between peaks degrades a
             // model at the next one. On the H200, gpu-trio at x1.1 moved into slices at a trial
@@ -1140,13 +1202,14 @@ impl Policy for ModelBased {
             // time to build in the replay) and the lowest latency wins.
             let at_peak: Vec<Load> =
                 loads.iter().map(|l| Load { rate: l.peak_rate, capacity_rate: l.peak_rate, ..*l }).collect();
-            let slices_eligible =
-                self.decisions >= TRIAL_EVERY && self.plan_slices(observations, &at_peak).1.is_empty();
-            self.trial(&slices, slices_eligible);
-            planned = Some(plan);
+            let slices_eligible = self.decisions >= TRIAL_EVERY
+                && self.plan_slices(observations, &at_peak, SliceGoal::Headroom).1.is_empty();
+            self.trial(slices, slices_eligible);
+            planned =
+                plans.into_iter().find(|(goal, _)| self.choice == ModeChoice::Slices(*goal)).map(|(_, plan)| plan);
         }
         self.decisions += 1;
-        if self.choice == ModeChoice::Slices && planned.is_none() {
+        if let (ModeChoice::Slices(goal), None) = (self.choice, &planned) {
             // Between trials the slices the last trial weighed stay while they hold: re-planned
             // from each interval's rate and fits, the H200 moved GPU% from model to model every
             // quarter second and lost the one it shrank (the mixed trio at x1.4,
@@ -1162,7 +1225,7 @@ impl Policy for ModelBased {
             // for half a second). Only on a miss seen on the GPU: judged on predictions every
             // interval, from one that began with the queue of the switch, the same rule flipped
             // modes every second.
-            let (plan, degraded) = self.plan_slices(observations, &loads);
+            let (plan, degraded) = self.plan_slices(observations, &loads, goal);
             if !degraded.is_empty() {
                 if let Some(shared) = self.fallback {
                     self.choice = shared;
@@ -1186,7 +1249,7 @@ impl Policy for ModelBased {
                     }
                 }
             }
-            if self.choice == ModeChoice::Slices {
+            if matches!(self.choice, ModeChoice::Slices(_)) {
                 planned = Some((plan, degraded));
             }
         }
@@ -1211,7 +1274,7 @@ impl Policy for ModelBased {
                 .collect();
         }
         let (mut chosen, _) = planned.expect("planned above while slices serve");
-        let switching = previous != ModeChoice::Slices;
+        let switching = previous != self.choice;
 
         // Hysteresis: keep an allocation that still meets the SLO when the new slice is close.
         let kept: Vec<bool> = (0..n)
@@ -1264,7 +1327,7 @@ fn worst_attainment(report: &Report) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{MissCorrection, ModelBased, TRIAL_LOADS, Tally, TrialScore};
+    use super::{MissCorrection, ModelBased, SliceGoal, TRIAL_LOADS, Tally, TrialScore};
     use crate::{DeviceModel, ModelContext, Policy};
     use gpuslice_simulator::{Allocation, Sharing};
     use gpuslice_traces::{LatencyModel, ProfileSet, Source};
@@ -1276,6 +1339,72 @@ mod tests {
         let set =
             ProfileSet::parse(&Source::load("builtin:h100-cudagraph", std::path::Path::new(".")).unwrap()).unwrap();
         LatencyModel::fit_all(&set).unwrap()
+    }
+
+    /// A quarter second of a model at `rate` requests a second, every request within SLO.
+    fn quarter_second(rate: u64, p99_ms: f64, allocation: Allocation) -> gpuslice_simulator::ModelInterval {
+        gpuslice_simulator::ModelInterval {
+            model: "resnet50".into(),
+            start_s: 0.0,
+            end_s: 0.25,
+            allocation,
+            queue_len: 0,
+            summary: gpuslice_simulator::Summary {
+                arrivals: rate / 4,
+                completed: rate / 4,
+                dropped: 0,
+                within_slo: rate / 4,
+                slo_attainment: 1.0,
+                goodput_rps: rate as f64,
+                throughput_rps: rate as f64,
+                arrival_rps: rate as f64,
+                p50_ms: p99_ms / 2.0,
+                p95_ms: p99_ms,
+                p99_ms,
+                mean_ms: p99_ms / 2.0,
+                mean_batch: 8.0,
+                mean_queue: 0.0,
+                max_queue: 0,
+                gpu_util: 0.5,
+            },
+            batches: Vec::new(),
+            arrivals_s: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn latency_slices_even_out_the_gpu_and_take_batches_as_requests_come() {
+        use super::Load;
+        let mut fits = h100_fits();
+        let names = ["resnet50", "mobilenet_v3_large", "vgg16", "efficientnet_b0"];
+        let allocation = Allocation { gpu_pct: 25.0, max_batch: 8, batch_timeout_ms: 1.0 };
+        let models = names.map(|name| ModelContext {
+            name: name.into(),
+            slo_ms: 20.0,
+            priority: 0,
+            latency: Arc::new(fits.remove(name).unwrap()),
+            configured: allocation,
+        });
+        let policy = ModelBased::new(models.to_vec(), DeviceModel::default());
+        // 500 requests a second each: a light load, every model's need far below a quarter.
+        let load = Load { rate: 0.5, capacity_rate: 0.5, peak_rate: 0.5, peak_burst: 0 };
+        let observations = names.map(|_| quarter_second(500, 5.0, allocation));
+        let planned = |goal| policy.plan_slices(&observations, &[load; 4], goal);
+
+        let (latency, degraded) = planned(SliceGoal::Latency);
+        assert!(degraded.is_empty());
+        let gpu: Vec<f64> = latency.iter().map(|(a, _)| a.gpu_pct).collect();
+        let spread =
+            gpu.iter().copied().fold(f64::NEG_INFINITY, f64::max) - gpu.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(spread <= 1.0 && gpu.iter().sum::<f64>() <= 100.0, "{latency:?}");
+        assert!(
+            latency.iter().all(|(a, why)| a.batch_timeout_ms == 0.0 && why.contains("waiting at most 0.0 ms")),
+            "{latency:?}"
+        );
+        // The headroom slices wait for batches to fill and give the leftover unevenly.
+        let (headroom, _) = planned(SliceGoal::Headroom);
+        assert!(headroom.iter().all(|(a, _)| a.batch_timeout_ms > 0.0), "{headroom:?}");
+        assert!(headroom.iter().any(|(a, _)| (a.gpu_pct - 25.0).abs() > 1.0), "{headroom:?}");
     }
 
     #[test]
@@ -1404,7 +1533,6 @@ mod tests {
     #[test]
     fn slices_that_miss_and_cannot_be_re_planned_go_to_the_last_trials_shared_mode() {
         use super::{ModeChoice, SharedBatching};
-        use gpuslice_simulator::{ModelInterval, Summary};
         let latency = Arc::new(h100_fits().remove("resnet50").unwrap());
         let allocation = Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 1.0 };
         let context = |name: &str| ModelContext {
@@ -1414,44 +1542,17 @@ mod tests {
             latency: latency.clone(),
             configured: allocation,
         };
-        // A quarter second at `rate` requests a second.
-        let interval_at = |p99_ms: f64, rate: u64| ModelInterval {
-            model: "resnet50".into(),
-            start_s: 0.0,
-            end_s: 0.25,
-            allocation,
-            queue_len: 0,
-            summary: Summary {
-                arrivals: rate / 4,
-                completed: rate / 4,
-                dropped: 0,
-                within_slo: rate / 4,
-                slo_attainment: 1.0,
-                goodput_rps: rate as f64,
-                throughput_rps: rate as f64,
-                arrival_rps: rate as f64,
-                p50_ms: p99_ms / 2.0,
-                p95_ms: p99_ms,
-                p99_ms,
-                mean_ms: p99_ms / 2.0,
-                mean_batch: 8.0,
-                mean_queue: 0.0,
-                max_queue: 0,
-                gpu_util: 0.5,
-            },
-            batches: Vec::new(),
-            arrivals_s: Vec::new(),
-        };
+        let interval_at = |p99_ms: f64, rate: u64| quarter_second(rate, p99_ms, allocation);
         let interval = |p99_ms: f64| interval_at(p99_ms, 20_000);
         let shared = ModeChoice::Shared { mode: Sharing::Temporal, batching: SharedBatching::Uniform(8, 1.0) };
         let mut policy = ModelBased::new(vec![context("a"), context("b")], DeviceModel::default());
         policy.offer_modes(&[Sharing::Temporal]);
-        (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices, Some(shared), 1);
+        (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices(SliceGoal::Headroom), Some(shared), 1);
         // Not a trial decision (every `TRIAL_EVERY`): the first interval settles the models, the
         // second holds the SLOs; the slices stay although a re-plan would degrade one.
         assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
         assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
-        assert_eq!(policy.choice, ModeChoice::Slices);
+        assert_eq!(policy.choice, ModeChoice::Slices(SliceGoal::Headroom));
         // A miss: the shared mode, every model told.
         let decisions = policy.decide(&[interval(30.0), interval(10.0)]);
         assert_eq!(policy.choice, shared);
@@ -1466,10 +1567,10 @@ mod tests {
             let models = priorities.map(|priority| ModelContext { priority, ..context("m") }).to_vec();
             let mut policy = ModelBased::new(models, DeviceModel::default());
             policy.offer_modes(&[Sharing::Temporal]);
-            (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices, None, 1);
+            (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices(SliceGoal::Headroom), None, 1);
             assert!(policy.decide(&[interval(10.0), interval(10.0)]).is_empty());
             let decisions = policy.decide(&[interval(30.0), interval(10.0)]);
-            assert_eq!(policy.choice, ModeChoice::Slices);
+            assert_eq!(policy.choice, ModeChoice::Slices(SliceGoal::Headroom));
             (policy, decisions)
         };
         let (mut policy, peers) = slices_without_fallback([0, 0], 6_000);

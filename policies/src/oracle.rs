@@ -128,8 +128,8 @@ type Table = Vec<Vec<WindowRow>>;
 
 impl OraclePlan {
     /// For each window: every model is simulated alone on the window's arrivals at every GPU% of
-    /// a 5% grid and every batch size, and a knapsack over GPU% picks the split with the most
-    /// requests served within their SLOs. Each model is planned as if the rest of the GPU were
+    /// a 5% grid and every batch size (waiting for it to fill or not), and a knapsack over GPU%
+    /// picks the split with the most requests served within their SLOs. Each model is planned as if the rest of the GPU were
     /// busy all the time (worst-case interference), so the plan holds when the models run together.
     pub fn compute(inputs: PlanInputs) -> Result<OraclePlan, gpuslice_simulator::SimError> {
         let window_s = inputs.control_interval_s * inputs.intervals_per_window as f64;
@@ -188,9 +188,15 @@ fn model_table(
                 *slot = (times.len() as u64, Allocation { gpu_pct, ..previous });
                 continue;
             }
-            for &max_batch in &PLAN_BATCHES {
+            // Each batch waiting to fill (up to half the SLO) and taken as requests come: the two
+            // ways model-based batches a slice (`SliceGoal`).
+            let batchings = PLAN_BATCHES.iter().flat_map(|&max_batch| {
                 let formation = if rate_per_ms > 0.0 { (max_batch as f64 - 1.0) / rate_per_ms } else { 0.0 };
-                let allocation = Allocation { gpu_pct, max_batch, batch_timeout_ms: formation.min(model.slo_ms / 2.0) };
+                let waits = if max_batch > 1 { vec![formation.min(model.slo_ms / 2.0), 0.0] } else { vec![0.0] };
+                waits.into_iter().map(move |batch_timeout_ms| (max_batch, batch_timeout_ms))
+            });
+            for (max_batch, batch_timeout_ms) in batchings {
+                let allocation = Allocation { gpu_pct, max_batch, batch_timeout_ms };
                 let config = SimConfig {
                     sharing: Sharing::Spatial,
                     background_pct: 100.0 - gpu_pct,
