@@ -97,6 +97,11 @@
 # miss in a row and the trials that forget at a load shift (fcae258, 254486c), live, with default
 # MPS at the same points in the same call:
 #   bash scripts/gpu-session.sh peers-live
+# (every model-based run held: the mixed trio x1.4 twice and x1.35, gpu-trio x1.1; default MPS
+# missed the mixed trio at x1.35 and x1.4, held gpu-trio x1.05). Then with a second slice plan in
+# the trials, for latency (even slices, batches taken as requests come): the held points, and
+# light load against default MPS:
+#   bash scripts/gpu-session.sh latency-slices
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -236,6 +241,12 @@ case "${1:-trio}" in
     ;;
   reverted)
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
+      "model-based scenarios/mixed-slo-trio.toml 1.4"
+    ;;
+  latency-slices)
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/mixed-slo-trio.toml 0.5" "default-mps scenarios/mixed-slo-trio.toml 0.5" \
+      "model-based scenarios/gpu-trio.toml 0.5" "default-mps scenarios/gpu-trio.toml 0.5" \
       "model-based scenarios/mixed-slo-trio.toml 1.4"
     ;;
   peers-live)
