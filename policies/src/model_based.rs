@@ -21,8 +21,9 @@
 //! It is a hybrid: slices are not work-conserving, and at ordinary load a shared GPU serves
 //! bursts better; which holds more load depends on the models, their SLOs and the traffic. So
 //! every `TRIAL_EVERY` intervals the policy replays the recent arrivals through the simulator
-//! (the calibrated model of the GPU, `DeviceModel`) under its planned slices and under each
-//! shared mode the backend offers (temporal, default MPS) at a few batchings (uniform ones as a
+//! (the calibrated model of the GPU, `DeviceModel`) under two slice plans (`SliceGoal`: the one
+//! above, for headroom, and one for latency at the load that came, with the leftover evening the
+//! slices out and batches taken as requests come) and under each shared mode the backend offers (temporal, default MPS) at a few batchings (uniform ones as a
 //! Triton batcher is configured, and SLO-sized per model), each at 1x to 1.5x the load that
 //! came, and serves in the candidate that keeps every model within its SLO at the highest load
 //! (model-predictive mode choice), scoring each candidate on its record over the trials so far
@@ -33,8 +34,8 @@
 //! its allocation keeps its SLO (the first interval after a move carries the old one's queue and
 //! teaches nothing); a miss re-plans them, and where the re-plan would degrade a model the
 //! policy serves in the shared mode the last trial held the load in until the next trial, or,
-//! where no shared mode held it, keeps the slices unless the model degraded ranks below the one
-//! that missed.
+//! where no shared mode held it, keeps the slices through one such miss unless the model
+//! degraded ranks below the one that missed (a second miss in a row re-plans).
 
 use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 use crate::shares::max_min;
