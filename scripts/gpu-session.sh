@@ -102,6 +102,9 @@
 # the trials, for latency (even slices, batches taken as requests come): the held points, and
 # light load against default MPS:
 #   bash scripts/gpu-session.sh latency-slices
+# (the held points held; at x0.5 model-based's p50 below default MPS's on five of six models).
+# Then default MPS where it stopped and model-based above where it held, at the same build:
+#   bash scripts/gpu-session.sh edges
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -242,6 +245,12 @@ case "${1:-trio}" in
   reverted)
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/mixed-slo-trio.toml 1.4"
+    ;;
+  edges)
+    traced_steps "default-mps scenarios/mixed-slo-trio.toml 1.3" "model-based scenarios/mixed-slo-trio.toml 1.5" \
+      "default-mps scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.15" \
+      "model-based scenarios/mixed-slo-trio.toml 0.25" "default-mps scenarios/mixed-slo-trio.toml 0.25" \
+      "model-based scenarios/mixed-slo-trio.toml 1.45"
     ;;
   latency-slices)
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
