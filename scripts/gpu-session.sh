@@ -105,6 +105,9 @@
 # (the held points held; at x0.5 model-based's p50 below default MPS's on five of six models).
 # Then default MPS where it stopped and model-based above where it held, at the same build:
 #   bash scripts/gpu-session.sh edges
+# (default MPS missed the mixed trio at x1.3 and gpu-trio at x1.1; model-based missed x1.45 and
+# x1.15). Then where default MPS holds the mixed trio:
+#   bash scripts/gpu-session.sh default-edge
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
@@ -245,6 +248,9 @@ case "${1:-trio}" in
   reverted)
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
       "model-based scenarios/mixed-slo-trio.toml 1.4"
+    ;;
+  default-edge)
+    capacity_steps "default-mps scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.2"
     ;;
   edges)
     traced_steps "default-mps scenarios/mixed-slo-trio.toml 1.3" "model-based scenarios/mixed-slo-trio.toml 1.5" \
