@@ -577,6 +577,7 @@ impl ModelBased {
         let times: Vec<Arc<[f64]>> =
             self.recent_arrivals.iter().map(|r| r.iter().filter(|t| **t >= cut).map(|t| t - cut).collect()).collect();
         let judged_from_s = (end - cut) * TRIAL_WARMUP_SHARE;
+        // The slice plans weighed, beside each candidate's standing below (same filter).
         tracing::debug!(decision = self.decisions, ?slices, "slices candidate");
         let mut candidates: Vec<(ModeChoice, Vec<Allocation>)> =
             slices.into_iter().map(|(goal, plan)| (ModeChoice::Slices(goal), plan)).collect();
@@ -975,26 +976,26 @@ impl ModelBased {
             }
         }
 
-        // The rest, a slice step at a time, to the model with the least headroom, or (for
-        // latency) the one with the smallest slice.
-        let headroom = |this: &Self, m: usize, g: usize| match goal {
+        // The rest, a slice step at a time, to the model that ranks lowest: the least headroom,
+        // or (for latency) the smallest slice.
+        let rank = |this: &Self, m: usize, g: usize| match goal {
             SliceGoal::Headroom => this
                 .best_at(m, g, loads[m])
                 .map_or(f64::INFINITY, |p| (1.0 - p.predicted_p99_ms / this.models[m].slo_ms).min(1.0 - p.utilization)),
             SliceGoal::Latency => g as f64,
         };
-        let mut room: Vec<f64> =
-            (0..n).map(|m| if degraded.contains(&m) { f64::INFINITY } else { headroom(self, m, gpu[m]) }).collect();
+        let mut ranks: Vec<f64> =
+            (0..n).map(|m| if degraded.contains(&m) { f64::INFINITY } else { rank(self, m, gpu[m]) }).collect();
         let step =
             |gpu: &[usize], m: usize, remaining: usize| slices.above(gpu[m]).filter(|&g| g - gpu[m] <= remaining);
         while let Some(m) = (0..n)
-            .filter(|&m| room[m].is_finite() && step(&gpu, m, remaining).is_some())
-            .min_by(|a, b| room[*a].total_cmp(&room[*b]))
+            .filter(|&m| ranks[m].is_finite() && step(&gpu, m, remaining).is_some())
+            .min_by(|a, b| ranks[*a].total_cmp(&ranks[*b]))
         {
             let next = step(&gpu, m, remaining).expect("filtered");
             remaining -= next - gpu[m];
             gpu[m] = next;
-            room[m] = headroom(self, m, gpu[m]);
+            ranks[m] = rank(self, m, gpu[m]);
         }
 
         let plan = (0..n)
