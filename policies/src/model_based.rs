@@ -797,12 +797,10 @@ impl ModelBased {
         load: Load,
         max_utilization: f64,
     ) -> Option<(f64, f64, f64)> {
-        self.predict_with_excess(m, batch_index, gpu, load, max_utilization, self.learned[m].tail_excess, f64::INFINITY)
+        self.predict_with_excess(m, batch_index, gpu, load, max_utilization, self.learned[m].tail_excess)
     }
 
-    /// `predict` with a given tail excess (1: the model's own prediction, uncorrected), for a
-    /// batch that waits at most `max_wait_ms` to fill (0: it goes as soon as the slice is free).
-    #[allow(clippy::too_many_arguments)]
+    /// `predict` with a given tail excess (1: the model's own prediction, uncorrected).
     fn predict_with_excess(
         &self,
         m: usize,
@@ -811,7 +809,6 @@ impl ModelBased {
         load: Load,
         max_utilization: f64,
         tail_excess: f64,
-        max_wait_ms: f64,
     ) -> Option<(f64, f64, f64)> {
         let (service, tail) = self.service(m, batch_index, gpu, tail_excess);
         let batch = BATCH_SIZES[batch_index] as f64;
@@ -819,7 +816,7 @@ impl ModelBased {
         if utilization >= max_utilization || load.capacity_rate * service / batch >= 1.0 {
             return None;
         }
-        let formation = if load.rate > 0.0 { (batch - 1.0) / load.rate } else { 0.0 }.min(max_wait_ms);
+        let formation = if load.rate > 0.0 { (batch - 1.0) / load.rate } else { 0.0 };
         let busy_wait = if utilization > 0.01 { service } else { 0.0 };
         Some((formation.max(busy_wait) + service * tail, formation, utilization))
     }
@@ -838,11 +835,17 @@ impl ModelBased {
     /// waiting for one running (and keeps the slice under `MAX_UTILIZATION` when full).
     fn work_conserving_at(&self, m: usize, gpu: usize, load: Load) -> Option<Plan> {
         let budget = self.models[m].slo_ms * (1.0 - MARGIN);
-        let tail_excess = self.learned[m].tail_excess;
         (0..self.batch_sizes).rev().find_map(|batch_index| {
-            let (predicted_p99_ms, timeout_ms, utilization) =
-                self.predict_with_excess(m, batch_index, gpu, load, MAX_UTILIZATION, tail_excess, 0.0)?;
-            (predicted_p99_ms <= budget).then_some(Plan { batch_index, gpu, predicted_p99_ms, timeout_ms, utilization })
+            let (_, _, utilization) = self.predict(m, batch_index, gpu, load, MAX_UTILIZATION)?;
+            let (service, tail) = self.service(m, batch_index, gpu, self.learned[m].tail_excess);
+            let predicted_p99_ms = service + service * tail;
+            (predicted_p99_ms <= budget).then_some(Plan {
+                batch_index,
+                gpu,
+                predicted_p99_ms,
+                timeout_ms: 0.0,
+                utilization,
+            })
         })
     }
 
@@ -1103,18 +1106,14 @@ impl ModelBased {
         // twice the slices' own, and the excess learned from it took a slice from another model).
         let settled = l.last_served.replace((mode, obs.allocation)) == Some((mode, obs.allocation));
         l.settled = settled;
-        // Nor where batches go without waiting (`SliceGoal::Latency`): the prediction is made for
-        // batches that wait to fill, and at light load such slices run p99s far below it (an
-        // excess learned there would make every plan after them too small).
-        let waits = obs.allocation.batch_timeout_ms > 0.0;
-        let steady = mode == Sharing::Spatial && settled && waits && without_backlog(obs);
+        let steady = mode == Sharing::Spatial && settled && without_backlog(obs);
         let previous = self.learned[m].tail_excess;
         if steady && obs.summary.completed > 0 {
             let a = obs.allocation;
             let b = BATCH_SIZES.iter().position(|&b| b >= a.max_batch).unwrap_or(BATCH_SIZES.len() - 1);
             let gpu = (a.gpu_pct.round() as usize).clamp(1, 100);
             // Against the model's own prediction, without the correction being learned.
-            let excess = match self.predict_with_excess(m, b, gpu, load, MAX_UTILIZATION, 1.0, f64::INFINITY) {
+            let excess = match self.predict_with_excess(m, b, gpu, load, MAX_UTILIZATION, 1.0) {
                 Some((predicted, _, _)) => (obs.summary.p99_ms / predicted).clamp(0.5, 3.0),
                 None => previous,
             };
@@ -1408,30 +1407,6 @@ mod tests {
         let (headroom, _) = planned(SliceGoal::Headroom);
         assert!(headroom.iter().all(|(a, _)| a.batch_timeout_ms > 0.0), "{headroom:?}");
         assert!(headroom.iter().any(|(a, _)| (a.gpu_pct - 25.0).abs() > 1.0), "{headroom:?}");
-    }
-
-    #[test]
-    fn slices_that_take_batches_as_requests_come_teach_no_tail_excess() {
-        let latency = Arc::new(h100_fits().remove("resnet50").unwrap());
-        let learned_excess = |batch_timeout_ms: f64| {
-            let allocation = Allocation { gpu_pct: 50.0, max_batch: 32, batch_timeout_ms };
-            let context = ModelContext {
-                name: "resnet50".into(),
-                slo_ms: 20.0,
-                priority: 0,
-                latency: latency.clone(),
-                configured: allocation,
-            };
-            let mut policy = ModelBased::new(vec![context], DeviceModel::default());
-            // Two quarter seconds on the same slice (the second settled), p99s far below what
-            // a batch of 32 waiting to fill at 500 requests a second is predicted to take.
-            for _ in 0..2 {
-                policy.observe(0, &quarter_second(500, 2.0, allocation));
-            }
-            policy.learned[0].tail_excess
-        };
-        assert_eq!(learned_excess(0.0), 1.0);
-        assert!(learned_excess(20.0) < 1.0);
     }
 
     #[test]
