@@ -6,8 +6,10 @@
 #
 #   bash scripts/gpu-capacity.sh POLICY SCENARIO SCALE... [-- extra gpu-run flags]
 #   bash scripts/gpu-capacity.sh temporal scenarios/gpu-trio.toml 0.6 0.7 0.8
+# UNTIL_MISS=1: the scales in ascending order, stopping after the first that a model misses.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/held.sh
 OUT=${OUT:-gpu-results}
 POLICY=$1 SCENARIO=$2
 shift 2
@@ -31,4 +33,5 @@ for scale in "${SCALES[@]}"; do
   tail -n +2 "$dir/summary.csv" 2>/dev/null \
     | awk -F, -v p="$POLICY" -v s="$scale" '{print p "," s "," $1 "," $8 "," $9 "," $10 "," $12 "," $13 "," $18 "," $6}' \
     >> "$OUT/capacity.csv"
+  if [ "${UNTIL_MISS:-0}" = 1 ] && ! held "$OUT/capacity.csv" "$POLICY" "$scale"; then break; fi
 done

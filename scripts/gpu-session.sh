@@ -108,7 +108,17 @@
 # (default MPS missed the mixed trio at x1.3 and gpu-trio at x1.1; model-based missed x1.45 and
 # x1.15). Then where default MPS holds the mixed trio:
 #   bash scripts/gpu-session.sh default-edge
+#
+# 2026-12-03 (twenty-first session, issue 18's one table): these carry [".trt"] alone
+# (scripts/triton-pack.sh; gpuslice comes from .trt/gpuslice.xz). A real Triton's dynamic batcher
+# on a grid of max batch / queue delay under an MPS daemon of its own, each setting from a load it
+# held before up to its first miss:
+#   bash scripts/gpu-session.sh triton-grid
+# then every gpuslice baseline the same way from where it held at 2658d79:
+#   bash scripts/gpu-session.sh baselines-temporal     temporal and triton-like
+#   bash scripts/gpu-session.sh baselines-gslice       gslice
 cd "$(dirname "$0")/.."
+[ -x out/gpuslice ] || { [ -f .trt/gpuslice.xz ] && mkdir -p out && xz -dc .trt/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/device.txt"
@@ -120,6 +130,22 @@ capacity_steps() {
     date +%T | tee -a "$R/steps.txt"
     OUT=$R/capacity timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
   done
+  date +%T | tee -a "$R/steps.txt"
+}
+# Each argument "SCENARIO MAX_BATCH DELAY_US SCALE..." one triton-peer.sh setting, up to its first
+# miss, under one MPS daemon (every Triton Python backend process a client at 100%: default MPS,
+# where Triton held the most load before).
+triton_steps() {
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-triton CUDA_MPS_LOG_DIRECTORY=/tmp/mps-triton-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d
+  for step in "$@"; do
+    [ "$SECONDS" -gt 450 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
+    date +%T | tee -a "$R/steps.txt"
+    UNTIL_MISS=1 OUT=$R/triton timeout $((560 - SECONDS)) bash scripts/triton-peer.sh $step
+    # A step cut by its timeout leaves its server behind, holding the ports.
+    pkill -f bin/tritonserver && sleep 2
+  done
+  echo quit | nvidia-cuda-mps-control
   date +%T | tee -a "$R/steps.txt"
 }
 # capacity_steps with every mode trial of model-based in each run's log (run.log).
@@ -134,6 +160,18 @@ gather_test() {
   done
 }
 case "${1:-trio}" in
+  triton-grid)
+    triton_steps "scenarios/gpu-trio.toml 32 4000 0.8 0.9 1.0 1.1" "scenarios/gpu-trio.toml 16 500 0.8 0.9 1.0 1.1" \
+      "scenarios/mixed-slo-trio.toml 8 100 0.5 0.6 0.7 0.8" "scenarios/mixed-slo-trio.toml 4 50 0.5 0.6 0.7 0.8" \
+      "scenarios/mixed-slo-trio.toml 16 200 0.5 0.6 0.7 0.8"
+    ;;
+  baselines-temporal)
+    UNTIL_MISS=1 capacity_steps "temporal scenarios/gpu-trio.toml 0.8 0.9 1.0" "temporal scenarios/mixed-slo-trio.toml 0.5 0.6 0.7" \
+      "triton-like scenarios/gpu-trio.toml 1.0 1.1 1.2" "triton-like scenarios/mixed-slo-trio.toml 1.1 1.2 1.3"
+    ;;
+  baselines-gslice)
+    UNTIL_MISS=1 capacity_steps "gslice scenarios/gpu-trio.toml 0.8 0.9 1.0 1.1" "gslice scenarios/mixed-slo-trio.toml 0.9 1.0 1.1 1.2"
+    ;;
   trio)
     for test in out/gpu-tests/worker-*; do
       echo "== $test" | tee -a "$R/tests.txt"

@@ -9,9 +9,11 @@
 #
 #   bash scripts/triton-peer.sh SCENARIO MAX_BATCH DELAY_US SCALE...
 # Appends to $OUT/capacity.csv (policy "triton MAX_BATCH/DELAY_US") and leaves each run's
-# summary under $OUT/triton-MAX_BATCH-DELAY_US-xSCALE/.
+# summary under $OUT/triton-MAX_BATCH-DELAY_US-xSCALE/. UNTIL_MISS=1: stop after the first scale
+# that a model misses (give them ascending).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/held.sh
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
 SCENARIO=$1 MAX_BATCH=$2 DELAY_US=$3; shift 3
 T=/tmp/trt
@@ -57,6 +59,7 @@ for scale in "$@"; do
   # summary.csv: model, slo_ms, arrivals, answered, failed, within_slo, slo_attainment, p50_ms, p99_ms
   tail -n +2 "$dir/summary.csv" 2>/dev/null | awk -F, -v p="triton $MAX_BATCH/$DELAY_US" -v s="$scale" \
     '{print p "," s "," $1 "," $3 "," $4 "," $5 "," $7 ",," $9 "," $2}' >> "$OUT/capacity.csv"
+  if [ "${UNTIL_MISS:-0}" = 1 ] && ! held "$OUT/capacity.csv" "triton $MAX_BATCH/$DELAY_US" "$scale"; then break; fi
 done
 kill -TERM $triton; wait $triton
 cp /tmp/triton.log "$OUT/triton-$MAX_BATCH-$DELAY_US.log"
