@@ -109,8 +109,9 @@
 # x1.15). Then where default MPS holds the mixed trio:
 #   bash scripts/gpu-session.sh default-edge
 #
-# 2026-12-03 (twenty-first session, issue 18's one table): these carry [".trt"] alone
-# (scripts/triton-pack.sh; gpuslice comes from .trt/gpuslice.xz). A real Triton's dynamic batcher
+# 2026-12-03 (twenty-first session, issue 18's one table): these carry [".trt-bin"] alone, after
+# a call that carried [".trt"] and ran `bash scripts/triton-peer.sh unpack` (scripts/triton-pack.sh
+# says why; gpuslice comes from .trt-bin/gpuslice.xz). A real Triton's dynamic batcher
 # on a grid of max batch / queue delay under an MPS daemon of its own, each setting from a load it
 # held before up to its first miss:
 #   bash scripts/gpu-session.sh triton-grid
@@ -118,7 +119,7 @@
 #   bash scripts/gpu-session.sh baselines-temporal     temporal and triton-like
 #   bash scripts/gpu-session.sh baselines-gslice       gslice
 cd "$(dirname "$0")/.."
-[ -x out/gpuslice ] || { [ -f .trt/gpuslice.xz ] && mkdir -p out && xz -dc .trt/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
+[ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/device.txt"
