@@ -109,9 +109,9 @@
 # x1.15). Then where default MPS holds the mixed trio:
 #   bash scripts/gpu-session.sh default-edge
 #
-# 2026-12-03 (twenty-first session, issue 18's one table): these carry [".trt-bin"] alone, after
-# a call that carried [".trt"] and ran `bash scripts/triton-peer.sh unpack` (scripts/triton-pack.sh
-# says why; gpuslice comes from .trt-bin/gpuslice.xz). A real Triton's dynamic batcher
+# 2026-12-03 (twenty-first session, issue 18's one table): these carry the Triton package's last
+# part and [".trt-bin"], after a call that carried its first (scripts/triton-pack.sh says why;
+# gpuslice comes from .trt-bin/gpuslice.xz). A real Triton's dynamic batcher
 # on a grid of max batch / queue delay under an MPS daemon of its own, each setting from a load it
 # held before up to its first miss:
 #   bash scripts/gpu-session.sh triton-grid

@@ -2,13 +2,12 @@
 # On the GPU machine: a real Triton Inference Server beside gpuslice (issue 18). Triton comes from
 # the nvidia-pytriton wheel (PyPI), whose tritonserver binary and Python backend are all that is
 # used here: the wheel is too large to carry whole, so the build machine unpacks what runs
-# (scripts/triton-pack.sh: .trt/trt.tar.xz, unpacked here by `triton-peer.sh unpack` in a call
-# of its own, then gpuslice itself as .trt-bin/gpuslice.xz). Each model
+# (scripts/triton-pack.sh: .trt/trt.tar.xz.part-*, carried over two calls, and gpuslice itself as
+# .trt-bin/gpuslice.xz). Each model
 # is served by the Python backend as torch CUDA graphs (scripts/triton/model.py), one instance on
 # the GPU, Triton's dynamic batcher in front; `gpuslice kserve-run` sends the scenario's arrivals
 # and measures each model's SLO attainment as `gpu-run` does.
 #
-#   bash scripts/triton-peer.sh unpack          (Triton from .trt into .trt-run)
 #   bash scripts/triton-peer.sh SCENARIO MAX_BATCH DELAY_US SCALE...
 # Appends to $OUT/capacity.csv (policy "triton MAX_BATCH/DELAY_US") and leaves each run's
 # summary under $OUT/triton-MAX_BATCH-DELAY_US-xSCALE/. UNTIL_MISS=1: stop after the first scale
@@ -17,14 +16,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/held.sh
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
-SCENARIO=$1 MAX_BATCH=${2:-} DELAY_US=${3:-}; shift $(($# < 3 ? $# : 3))
+SCENARIO=$1 MAX_BATCH=$2 DELAY_US=$3; shift 3
 # Unpacked into an ignored folder of the repository, which stays on a warm machine between calls.
 T=$PWD/.trt-run/trt
 if [ ! -x $T/pytriton/tritonserver/bin/tritonserver ]; then
-  mkdir -p .trt-run && tar xJf .trt/trt.tar.xz -C .trt-run || exit 1
+  mkdir -p .trt-run && cat .trt/trt.tar.xz.part-* | tar xJf - -C .trt-run || exit 1
   cp $T/pytriton/tritonserver/python_backend_stubs/3.12/triton_python_backend_stub $T/pytriton/tritonserver/backends/python/
 fi
-[ "$SCENARIO" = unpack ] && exit 0
 [ -x out/gpuslice ] || { mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
 export LD_LIBRARY_PATH=$T/nvidia_pytriton.libs:${LD_LIBRARY_PATH:-}
 # A model repository for the scenario's models: the same batching for every model, as a user
