@@ -33,5 +33,5 @@ for scale in "${SCALES[@]}"; do
   tail -n +2 "$dir/summary.csv" 2>/dev/null \
     | awk -F, -v p="$POLICY" -v s="$scale" '{print p "," s "," $1 "," $8 "," $9 "," $10 "," $12 "," $13 "," $18 "," $6}' \
     >> "$OUT/capacity.csv"
-  if [ "${UNTIL_MISS:-0}" = 1 ] && ! held "$OUT/capacity.csv" "$POLICY" "$scale"; then break; fi
+  if [ "${UNTIL_MISS:-0}" = 1 ] && ! held "$dir/summary.csv" 12; then break; fi
 done

@@ -117,7 +117,11 @@
 #   bash scripts/gpu-session.sh triton-grid
 # then every gpuslice baseline the same way from where it held at 2658d79:
 #   bash scripts/gpu-session.sh baselines-temporal     temporal and triton-like
-#   bash scripts/gpu-session.sh baselines-gslice       gslice
+#   bash scripts/gpu-session.sh baselines-gslice       gslice, and triton-like on the mixed
+#                                                      trio above x1.1 (the first call stopped there)
+# (gslice missed the mixed trio at x0.9, which it held at 2658d79), then gslice below that and
+# Triton on gpu-trio at a larger batch and wait (32 / 4 ms held x1.0):
+#   bash scripts/gpu-session.sh gslice-low
 cd "$(dirname "$0")/.."
 [ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
 OUT=${OUT:-gpu-results}
@@ -170,8 +174,13 @@ case "${1:-trio}" in
     UNTIL_MISS=1 capacity_steps "temporal scenarios/gpu-trio.toml 0.8 0.9 1.0" "temporal scenarios/mixed-slo-trio.toml 0.5 0.6 0.7" \
       "triton-like scenarios/gpu-trio.toml 1.0 1.1 1.2" "triton-like scenarios/mixed-slo-trio.toml 1.1 1.2 1.3"
     ;;
+  gslice-low)
+    UNTIL_MISS=1 capacity_steps "gslice scenarios/mixed-slo-trio.toml 0.5 0.7 0.8"
+    triton_steps "scenarios/gpu-trio.toml 64 8000 1.0 1.1"
+    ;;
   baselines-gslice)
-    UNTIL_MISS=1 capacity_steps "gslice scenarios/gpu-trio.toml 0.8 0.9 1.0 1.1" "gslice scenarios/mixed-slo-trio.toml 0.9 1.0 1.1 1.2"
+    UNTIL_MISS=1 capacity_steps "gslice scenarios/gpu-trio.toml 0.8 0.9 1.0 1.1" "gslice scenarios/mixed-slo-trio.toml 0.9 1.0 1.1 1.2" \
+      "triton-like scenarios/mixed-slo-trio.toml 1.2 1.3"
     ;;
   trio)
     for test in out/gpu-tests/worker-*; do

@@ -61,7 +61,7 @@ for scale in "$@"; do
   # summary.csv: model, slo_ms, arrivals, answered, failed, within_slo, slo_attainment, p50_ms, p99_ms
   tail -n +2 "$dir/summary.csv" 2>/dev/null | awk -F, -v p="triton $MAX_BATCH/$DELAY_US" -v s="$scale" \
     '{print p "," s "," $1 "," $3 "," $4 "," $5 "," $7 ",," $9 "," $2}' >> "$OUT/capacity.csv"
-  if [ "${UNTIL_MISS:-0}" = 1 ] && ! held "$OUT/capacity.csv" "triton $MAX_BATCH/$DELAY_US" "$scale"; then break; fi
+  if [ "${UNTIL_MISS:-0}" = 1 ] && ! held "$dir/summary.csv" 7; then break; fi
 done
 kill -TERM $triton; wait $triton
 cp /tmp/triton.log "$OUT/triton-$MAX_BATCH-$DELAY_US.log"
