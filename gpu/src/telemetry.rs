@@ -38,6 +38,11 @@ pub fn calibration_of_this_gpu(gpu: u32, fallback: &str) -> Result<Option<&'stat
     Ok(found)
 }
 
+/// How many GPUs NVML sees; fails (without panicking) where there is no NVIDIA driver.
+pub fn device_count() -> Result<u32, TelemetryError> {
+    Ok(Nvml::init()?.device_count()?)
+}
+
 impl Telemetry {
     /// Loads NVML for GPU `device` (its NVML index); fails (without panicking) where there is
     /// no NVIDIA driver or no such GPU.

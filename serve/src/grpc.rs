@@ -4,6 +4,7 @@
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::kserve::InferenceService;
 use crate::live::{self, Command, LiveConfig, LiveError, LiveHandle, ModelSpec};
+use crate::live_gpu::GpuServing;
 use crate::netml::{NetmlCounters, NetmlIngress, NetmlTransfer, PacketPools};
 use crate::proto::controller_server::{Controller, ControllerServer};
 use crate::proto::*;
@@ -242,6 +243,7 @@ impl Controller for Service {
                 allocation: Some(to_proto(d.allocation)),
                 reason: d.reason,
                 source: d.source,
+                gpu: d.gpu,
             }),
             Err(lagged) => Err(Status::data_loss(format!("watcher too slow: {lagged}"))),
         });
@@ -276,6 +278,13 @@ impl Controller for Service {
             output: done.computed.map(|c| c.output).unwrap_or_default(),
         }))
     }
+
+    async fn place_model(&self, request: Request<PlaceModelRequest>) -> Result<Response<PlaceModelResponse>, Status> {
+        let request = request.into_inner();
+        let name = required(&request.name, "name")?.to_string();
+        let gpus = self.live.ask(|reply| Command::Place(name, request.gpus, reply)).await?;
+        Ok(Response::new(PlaceModelResponse { gpus }))
+    }
 }
 
 impl Service {
@@ -291,6 +300,8 @@ impl Service {
                 pinned: v.pinned,
                 failure: v.failure.unwrap_or_default(),
                 outage: v.outage.unwrap_or_default(),
+                gpus: v.gpus.iter().map(|(gpu, _)| *gpu).collect(),
+                requests_by_gpu: v.gpus.iter().map(|(_, sent)| *sent).collect(),
             })
             .collect();
         Ok((models, policy))
@@ -439,6 +450,9 @@ pub struct ServeOptions {
     pub controller: LiveConfig,
     /// What serves the requests.
     pub backend: ServeBackend,
+    /// The GPUs served, one controller each (empty: one over the GPUs the process sees; with
+    /// the simulated backend, simulated GPUs of these numbers).
+    pub gpus: Vec<u32>,
     /// Models registered before the server takes calls.
     pub models: Vec<RegisterModelRequest>,
     /// A model repository: every model in it is loaded (registered) before the server takes
@@ -469,6 +483,7 @@ impl ServeOptions {
             netml_transfer: NetmlTransfer::default(),
             controller: LiveConfig::default(),
             backend,
+            gpus: Vec::new(),
             models: Vec::new(),
             repository: None,
             data_roots: Vec::new(),
@@ -544,18 +559,33 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .as_ref()
         .filter(|_| options.netml_transfer == NetmlTransfer::GpuGather)
         .map(|pools| gpuslice_control::input::PacketStore::layout(pools.as_ref()).clone());
-    let started = match options.backend {
-        ServeBackend::Simulated => live::simulated_backend(&config).and_then(|sim| live::start(config, sim)),
-        ServeBackend::Gpu(serving) => {
-            let drop_after_ms = config.drop_after_ms;
-            let gpu =
-                tokio::task::spawn_blocking(move || crate::live_gpu::start(&serving, drop_after_ms, lent_to_workers))
-                    .await??;
-            live::start(config, gpu)
-        }
+    // One controller per GPU; several behind a router (`crate::gpus`).
+    let devices: Vec<Option<u32>> = match options.gpus.is_empty() {
+        true => vec![None],
+        false => options.gpus.iter().map(|&g| Some(g)).collect(),
     };
-    let live::Started { handle: live, stop: stop_controller, task: controller_task } =
-        started.map_err(|e| anyhow::anyhow!("controller: {e}"))?;
+    let mut controllers = Vec::new();
+    for (i, device) in devices.iter().enumerate() {
+        // Each simulated GPU draws its own service times.
+        let config = LiveConfig { seed: config.seed.wrapping_add(i as u64), ..config.clone() };
+        let started = match &options.backend {
+            ServeBackend::Simulated => live::simulated_backend(&config).and_then(|sim| live::start(config, sim)),
+            ServeBackend::Gpu(serving) => {
+                let serving = GpuServing { device: *device, ..serving.clone() };
+                let (drop_after_ms, lent) = (config.drop_after_ms, lent_to_workers.clone());
+                let gpu = tokio::task::spawn_blocking(move || crate::live_gpu::start(&serving, drop_after_ms, lent))
+                    .await?
+                    .with_context(|| device.map(|d| format!("GPU {d}")).unwrap_or_else(|| "the GPU".into()))?;
+                live::start(config, gpu)
+            }
+        };
+        let started = started.map_err(|e| anyhow::anyhow!("controller: {e}"))?;
+        controllers.push((device.unwrap_or(0), started));
+    }
+    let live::Started { handle: live, stop: stop_controller, task: controller_task } = match controllers.len() {
+        1 => controllers.pop().expect("one controller").1,
+        _ => crate::gpus::start(controllers),
+    };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", options.listen))?;

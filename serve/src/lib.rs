@@ -4,6 +4,7 @@
 //! load test (`loadtest`) and a scenario's arrivals sent to any inference-protocol server
 //! (`scenario_load`).
 
+pub mod gpus;
 pub mod grpc;
 pub mod kserve;
 pub mod live;

@@ -107,6 +107,7 @@ pub enum LiveError {
 }
 
 /// A model as registered.
+#[derive(Clone)]
 pub struct ModelSpec {
     /// The model's name.
     pub name: String,
@@ -146,6 +147,9 @@ pub struct ModelView {
     pub failure: Option<String>,
     /// Why it cannot serve right now, while it recovers (see `LiveBackend::outage`).
     pub outage: Option<String>,
+    /// On a node of several GPUs (`crate::gpus`): the GPUs serving it, and the requests sent to
+    /// each since it was placed there; empty on a node of one.
+    pub gpus: Vec<(u32, u64)>,
 }
 
 impl ModelView {
@@ -168,6 +172,8 @@ pub struct DecisionEvent {
     pub reason: String,
     /// Who decided: the policy's name, or `override`.
     pub source: String,
+    /// On a node of several GPUs, the GPU whose controller decided.
+    pub gpu: Option<u32>,
 }
 
 /// A completed request's timings and output.
@@ -213,6 +219,9 @@ pub enum Command {
     Describe(String, Reply<ModelView>),
     /// Why the whole node cannot serve now (an MPS outage), if so, and the models.
     Health(Reply<(Option<String>, Vec<ModelView>)>),
+    /// Put the named model on these of the node's GPUs (a node of several, `crate::gpus`);
+    /// answers the GPUs it is on.
+    Place(String, Vec<u32>, Reply<Vec<u32>>),
 }
 
 /// The handle gRPC handlers use.
@@ -228,9 +237,8 @@ impl LiveHandle {
     /// Sends a command and waits for its reply.
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LiveError> {
         let (tx, rx) = oneshot::channel();
-        let gone = || LiveError::Unavailable("the controller has stopped".into());
-        self.commands.send(make(tx)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        self.commands.send(make(tx)).await.map_err(|_| controller_gone())?;
+        rx.await.map_err(|_| controller_gone())?
     }
 }
 
@@ -437,7 +445,20 @@ fn context_of(spec: &ModelSpec) -> ModelContext {
     }
 }
 
-fn not_found(name: &str) -> LiveError {
+pub(crate) fn already_registered(name: &str) -> LiveError {
+    LiveError::AlreadyExists(format!("model {name:?} is already registered"))
+}
+
+/// The answer to a command the controller will not handle: it has stopped.
+pub(crate) fn controller_gone() -> LiveError {
+    LiveError::Unavailable("the controller has stopped".into())
+}
+
+pub(crate) fn still_starting(name: &str) -> LiveError {
+    LiveError::Unavailable(format!("model {name:?} is still starting"))
+}
+
+pub(crate) fn not_found(name: &str) -> LiveError {
     LiveError::NotFound(format!("no model named {}", gpuslice_control::quoted_name(name)))
 }
 
@@ -550,7 +571,14 @@ impl<B: LiveBackend> Live<B> {
             match change {
                 Change::Allocation { model, allocation, reason } => {
                     tracing::debug!(model = %name(model), gpu_pct = allocation.gpu_pct, max_batch = allocation.max_batch, %reason, "reallocation");
-                    let event = DecisionEvent { time_s, model: name(model), allocation, reason, source: source.into() };
+                    let event = DecisionEvent {
+                        time_s,
+                        model: name(model),
+                        allocation,
+                        reason,
+                        source: source.into(),
+                        gpu: None,
+                    };
                     let _ = self.decisions.send(event);
                 }
                 Change::Sharing { from, to } => tracing::info!(%from, %to, "sharing switched"),
@@ -617,6 +645,13 @@ impl<B: LiveBackend> Live<B> {
             Command::Health(reply) => {
                 let _ = reply.send(Ok((self.backend.node_outage(), self.views())));
             }
+            Command::Place(_, _, reply) => {
+                let _ = reply.send(Err(LiveError::FailedPrecondition(
+                    "this node serves one GPU: placing a model needs a node of several (`gpus` in node.toml, \
+                     serve --gpus)"
+                        .into(),
+                )));
+            }
             Command::Infer(name, input, reply) => match self.entry(&name) {
                 Ok(e) if input.as_ref().is_some_and(|i| i.len() != self.entries[e].source.io.input().bytes()) => {
                     let (expected, given) = (self.entries[e].source.io.input().bytes(), input.map_or(0, |i| i.len()));
@@ -641,7 +676,7 @@ impl<B: LiveBackend> Live<B> {
                     }
                 }
                 Err(_) if self.starting.contains(&name) => {
-                    let _ = reply.send(Err(LiveError::Unavailable(format!("model {name:?} is still starting"))));
+                    let _ = reply.send(Err(still_starting(&name)));
                 }
                 Err(err) => {
                     let _ = reply.send(Err(err));
@@ -662,7 +697,7 @@ impl<B: LiveBackend> Live<B> {
             )));
         }
         if self.entries.iter().any(|e| e.context.name == spec.name) || self.starting.contains(&spec.name) {
-            return Err(LiveError::AlreadyExists(format!("model {:?} is already registered", spec.name)));
+            return Err(already_registered(&spec.name));
         }
         // A model measured at registration is checked once measured (`finish_register`).
         let best = spec.latency.p99_ms(1, 100.0);
@@ -807,6 +842,7 @@ impl<B: LiveBackend> Live<B> {
                 allocation.gpu_pct, allocation.max_batch
             ),
             source: "register".into(),
+            gpu: None,
         });
         tracing::info!(model = %spec.name, gpu_pct = allocation.gpu_pct, "model registered");
         Ok(allocation)
@@ -854,6 +890,7 @@ impl<B: LiveBackend> Live<B> {
             allocation,
             reason: "pinned by OverrideAllocation".into(),
             source: "override".into(),
+            gpu: None,
         });
         Ok(allocation)
     }
@@ -874,6 +911,7 @@ impl<B: LiveBackend> Live<B> {
             source: e.source.clone(),
             failure: self.backend.failure(e.index),
             outage: self.backend.outage(e.index),
+            gpus: Vec::new(),
         }
     }
 

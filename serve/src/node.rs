@@ -1,6 +1,7 @@
 //! Node configuration for `gpuslice serve` (TOML): where to listen, how the controller runs, and
 //! models to register at start.
 
+use crate::gpus::GpuSet;
 use crate::grpc::{ServeBackend, ServeOptions};
 use crate::live::LiveConfig;
 use crate::live_gpu::GpuServing;
@@ -59,6 +60,11 @@ pub struct NodeConfig {
     /// The GPU's calibration (see `ServeOverrides::calibration`; a path is relative to the
     /// config file).
     pub calibration: Option<String>,
+    /// The GPUs the node serves: `[0, 1]` (CUDA / NVML indices) or `"all"` (every GPU NVML
+    /// sees), one controller each (`crate::gpus`); default: one controller over the GPUs the
+    /// process sees.
+    #[serde(default)]
+    pub gpus: GpuSet,
 }
 
 /// What serves a node's requests (the one place `serve` chooses between the simulator and the
@@ -151,7 +157,16 @@ impl NodeConfig {
         gpu.fake_ms = overrides.fake_ms.or(gpu.fake_ms);
         let kind = overrides.backend.or(self.backend).unwrap_or_default();
         let spec = overrides.calibration.or(self.calibration).unwrap_or_else(|| DEVICE_CALIBRATION.into());
-        let serving_gpu = (kind == BackendKind::Gpu && gpu.fake_ms.is_none()).then(|| gpu.device.unwrap_or(0));
+        let on_gpus = kind == BackendKind::Gpu && gpu.fake_ms.is_none();
+        let gpus = overrides.gpus.unwrap_or(self.gpus).resolve(|| {
+            anyhow::ensure!(
+                on_gpus,
+                "gpus = \"all\" counts the GPUs NVML sees: name them for a simulated or GPU-less node"
+            );
+            Ok(gpuslice_gpu::telemetry::device_count()?)
+        })?;
+        // The node's GPUs are of one kind: the first names the calibration.
+        let serving_gpu = on_gpus.then(|| gpus.first().copied().unwrap_or(0));
         let calibration = load_calibration(&spec, serving_gpu)?;
         controller.contention = calibration.contention.clone();
         let backend = match kind {
@@ -166,6 +181,7 @@ impl NodeConfig {
             calibration,
             data_roots,
             backend,
+            gpus,
             listen: overrides
                 .listen
                 .or(self.listen)
@@ -255,6 +271,11 @@ pub struct ServeOverrides {
     /// GPU backend's serving anywhere).
     #[arg(long)]
     pub fake_ms: Option<f64>,
+    /// The GPUs to serve, one controller each: `all` (every GPU NVML sees) or indices like
+    /// `0,1`; models are placed on them and PlaceModel moves or replicates them [default: the
+    /// config's, or one controller over the GPUs the process sees].
+    #[arg(long)]
+    pub gpus: Option<GpuSet>,
     /// Model repository folder: one folder per model with its config.toml (tensors, SLO,
     /// source) and program file; every model in it is loaded at start, and the inference
     /// protocol's RepositoryModelLoad / Unload manage them [default: the config's, or none].
@@ -322,6 +343,24 @@ mod tests {
         std::fs::write(&path, toml).unwrap();
         let overrides = Flags::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?.overrides;
         NodeConfig::load(Some(&path))?.into_options(overrides)
+    }
+
+    #[test]
+    fn a_node_takes_its_gpus_from_the_config_or_the_flag_and_refuses_bad_ones() {
+        assert_eq!(options("", &[]).unwrap().gpus, Vec::<u32>::new());
+        assert_eq!(options("gpus = [1, 0]\n", &[]).unwrap().gpus, [1, 0]);
+        assert_eq!(options("gpus = [1, 0]\n", &["--gpus", "2,3"]).unwrap().gpus, [2, 3]);
+        for (toml, flags, says) in [
+            ("gpus = [0, 0]\n", &[][..], "GPU 0 is named twice"),
+            ("gpus = []\n", &[], "between 1 and 16"),
+            ("gpus = \"some\"\n", &[], "\"some\" is not a GPU index"),
+            ("", &["--gpus", "0,x"], "\"x\" is not a GPU index"),
+            ("gpus = \"all\"\n", &[], "name them for a simulated or GPU-less node"),
+        ] {
+            let Err(e) = options(toml, flags) else { panic!("{toml} {flags:?} must be refused") };
+            let e = format!("{e:#}");
+            assert!(e.contains(says), "{toml} {flags:?}: {e}");
+        }
     }
 
     #[test]

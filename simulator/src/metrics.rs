@@ -167,6 +167,51 @@ pub struct Summary {
     pub gpu_util: f64,
 }
 
+impl Summary {
+    /// The figures of `parts` served side by side over the same span (a model's replicas on a
+    /// node's GPUs, or the GPUs' totals): counts, rates, queues and GPU-time add up; the mean
+    /// latency and batch are weighted by completed requests; percentiles are the worst part's
+    /// (an upper bound: the parts' latency histograms are not at hand).
+    pub fn combined(parts: &[Summary]) -> Summary {
+        let sum = |f: fn(&Summary) -> f64| parts.iter().map(f).sum::<f64>();
+        let worst = |f: fn(&Summary) -> f64| parts.iter().map(f).fold(0.0, f64::max);
+        let completed: u64 = parts.iter().map(|p| p.completed).sum();
+        let by_completed = |f: fn(&Summary) -> f64| match completed {
+            0 => 0.0,
+            n => parts.iter().map(|p| f(p) * p.completed as f64).sum::<f64>() / n as f64,
+        };
+        let (dropped, within_slo) =
+            (parts.iter().map(|p| p.dropped).sum::<u64>(), parts.iter().map(|p| p.within_slo).sum());
+        let finished = completed + dropped;
+        Summary {
+            arrivals: parts.iter().map(|p| p.arrivals).sum(),
+            completed,
+            dropped,
+            within_slo,
+            slo_attainment: if finished == 0 { 1.0 } else { within_slo as f64 / finished as f64 },
+            goodput_rps: sum(|p| p.goodput_rps),
+            throughput_rps: sum(|p| p.throughput_rps),
+            arrival_rps: sum(|p| p.arrival_rps),
+            p50_ms: worst(|p| p.p50_ms),
+            p95_ms: worst(|p| p.p95_ms),
+            p99_ms: worst(|p| p.p99_ms),
+            mean_ms: by_completed(|p| p.mean_ms),
+            // Batches add up: requests over batches is the completed-weighted harmonic mean.
+            mean_batch: match parts
+                .iter()
+                .map(|p| if p.mean_batch > 0.0 { p.completed as f64 / p.mean_batch } else { 0.0 })
+                .sum::<f64>()
+            {
+                batches if batches > 0.0 => completed as f64 / batches,
+                _ => 0.0,
+            },
+            mean_queue: sum(|p| p.mean_queue),
+            max_queue: parts.iter().map(|p| p.max_queue).sum(),
+            gpu_util: sum(|p| p.gpu_util),
+        }
+    }
+}
+
 /// The most recent `capacity` items of one control interval, oldest first when taken: per-interval
 /// observations (batch samples, arrival times) stay bounded however long the interval and high
 /// the load.
@@ -207,7 +252,37 @@ impl<T> IntervalRing<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::IntervalRing;
+    use super::{IntervalRing, Summary};
+
+    #[test]
+    fn summaries_side_by_side_add_up_and_keep_the_worst_tail() {
+        let part = |completed: u64, within_slo: u64, p99_ms: f64, mean_ms: f64, mean_batch: f64| Summary {
+            arrivals: completed,
+            completed,
+            dropped: 0,
+            within_slo,
+            slo_attainment: within_slo as f64 / completed as f64,
+            goodput_rps: within_slo as f64,
+            throughput_rps: completed as f64,
+            arrival_rps: completed as f64,
+            p50_ms: p99_ms / 2.0,
+            p95_ms: p99_ms * 0.9,
+            p99_ms,
+            mean_ms,
+            mean_batch,
+            mean_queue: 1.0,
+            max_queue: 3,
+            gpu_util: 0.25,
+        };
+        // 300 requests in batches of 3 (100 batches) and 100 in batches of 1 (100 batches).
+        let both = Summary::combined(&[part(300, 297, 10.0, 4.0, 3.0), part(100, 100, 6.0, 8.0, 1.0)]);
+        assert_eq!((both.arrivals, both.completed, both.within_slo), (400, 400, 397));
+        assert!((both.slo_attainment - 397.0 / 400.0).abs() < 1e-12);
+        assert_eq!((both.p99_ms, both.p50_ms), (10.0, 5.0));
+        assert!((both.mean_ms - 5.0).abs() < 1e-12 && (both.mean_batch - 2.0).abs() < 1e-12, "{both:?}");
+        assert_eq!((both.goodput_rps, both.max_queue, both.gpu_util), (397.0, 6, 0.5));
+        assert_eq!(Summary::combined(&[]).slo_attainment, 1.0);
+    }
 
     #[test]
     fn an_interval_ring_keeps_the_most_recent_items_oldest_first() {
