@@ -113,8 +113,7 @@ pub fn demands(loaded: &LoadedScenario) -> Result<Vec<Demand>> {
             let span = loaded.scenario.duration_s.unwrap_or(last).min(last.max(f64::MIN_POSITIVE));
             let rate = if count == 0 { 0.0 } else { count as f64 / span.max(1e-3) };
             let batch = context.configured.max_batch.max(1);
-            let per_request_ms = context.latency.p50_ms(batch, 100.0) / batch as f64;
-            let busy_of = |arrivals: f64| arrivals * per_request_ms * 1e-3 * 100.0;
+            let busy_of = |rate: f64| busy_pct(&context.latency, batch, rate);
             Ok(Demand {
                 busy_by_interval: by_interval.iter().map(|&n| busy_of(n / interval_s)).collect(),
                 busy_pct: busy_of(rate),
@@ -126,9 +125,16 @@ pub fn demands(loaded: &LoadedScenario) -> Result<Vec<Demand>> {
         .collect()
 }
 
+/// GPU% a model keeps busy serving `rate` requests a second in batches of `max_batch` on the
+/// whole GPU (its latency model's median).
+pub fn busy_pct(latency: &gpuslice_traces::LatencyModel, max_batch: u32, rate: f64) -> f64 {
+    let batch = max_batch.max(1);
+    rate * latency.p50_ms(batch, 100.0) / batch as f64 * 1e-3 * 100.0
+}
+
 /// Predicted busy GPU% of models `on` one GPU: each slowed by its interference with the
 /// others' busy share.
-fn busy_with_interference(demands: &[Demand], on: &[usize]) -> f64 {
+pub fn busy_with_interference(demands: &[Demand], on: &[usize]) -> f64 {
     let total: f64 = on.iter().map(|&i| demands[i].busy_pct).sum();
     on.iter()
         .map(|&i| {

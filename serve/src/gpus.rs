@@ -10,19 +10,35 @@
 //! - Moving (a new set of GPUs): the model starts on the GPUs it is not on yet, its workers ready
 //!   before any request goes there; requests then go to the new set, and each replica left
 //!   answers what it accepted before it is retired. No request is lost or refused on the way.
+//! - Load shifts: every `rebalance_every_s` the router reads each model's arrival rate since the
+//!   last look and predicts each GPU's busy share (`gpuslice_eval::cluster::busy_with_interference`,
+//!   the simulator's placement model). Where one GPU passes `HOT_PCT`, the model whose move to the
+//!   least busy GPU lowers the busier of the two the most is moved there, as PlaceModel does, if
+//!   that gains at least `MIN_GAIN_PCT`; one move at a time, replicas left where they are.
 
+use crate::live::LiveConfig;
 use crate::live::{
     Command, DecisionEvent, LiveError, LiveHandle, ModelSpec, ModelView, Started, already_registered, controller_gone,
     not_found, still_starting,
 };
+use gpuslice_eval::calibration::Contention;
+use gpuslice_eval::cluster::{self, Demand};
 use gpuslice_simulator::{Allocation, ModelReport, Summary};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most GPUs one node serves.
 pub const MAX_GPUS: usize = 16;
+
+/// A GPU predicted busier than this (GPU% of its time, interference included) sheds a model.
+pub const HOT_PCT: f64 = 85.0;
+
+/// A move is made only if the busier of the two GPUs ends at least this much less busy (GPU%):
+/// a move costs a worker start on the target, and a smaller gain is within the rates' noise.
+pub const MIN_GAIN_PCT: f64 = 10.0;
 
 /// The GPUs a node serves (`gpus` in node.toml, `serve --gpus`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -99,8 +115,9 @@ impl GpuSet {
 }
 
 /// Starts the router over one started controller per GPU (`device`, `Started`): the node's
-/// controller, as `live::start` gives one GPU's.
-pub fn start(controllers: Vec<(u32, Started)>) -> Started {
+/// controller, as `live::start` gives one GPU's. `config` gives how often it looks at the GPUs'
+/// load (`rebalance_every_s`) and the co-location model it predicts their busy share with.
+pub fn start(controllers: Vec<(u32, Started)>, config: &LiveConfig) -> Started {
     let (commands, rx) = mpsc::channel(65_536);
     let (decisions, _) = broadcast::channel(4096);
     let mut gpus = Vec::new();
@@ -111,7 +128,12 @@ pub fn start(controllers: Vec<(u32, Started)>) -> Started {
         stops.push((started.stop, started.task));
     }
     let (done, done_rx) = mpsc::unbounded_channel();
-    let router = Router { gpus, models: BTreeMap::new(), busy: HashSet::new(), done, turn: 0 };
+    let rebalance = (config.rebalance_every_s > 0.0 && config.rebalance_every_s.is_finite()).then(|| Rebalance {
+        every: Duration::from_secs_f64(config.rebalance_every_s),
+        contention: config.contention(),
+        seen: HashMap::new(),
+    });
+    let router = Router { gpus, models: BTreeMap::new(), busy: HashSet::new(), done, turn: 0, rebalance };
     let (stop, stop_rx) = oneshot::channel();
     let task = tokio::spawn(router.run(rx, done_rx, stop_rx, stops));
     Started { handle: LiveHandle { commands, decisions }, stop, task }
@@ -175,6 +197,16 @@ enum Done {
     },
     /// A model left GPUs (`freed`); its name is free for other changes again.
     Retired { name: String, freed: Vec<usize> },
+    /// Each GPU's models and the requests that arrived for each so far, read at `at`.
+    Load { at: Instant, arrivals: Vec<Vec<(String, u64)>> },
+}
+
+/// What the router keeps to find a GPU that is too busy.
+struct Rebalance {
+    every: Duration,
+    contention: Contention,
+    /// Per (model, GPU index): its arrivals when last read, and when.
+    seen: HashMap<(String, usize), (u64, Instant)>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, LiveError>>;
@@ -187,6 +219,8 @@ struct Router {
     done: mpsc::UnboundedSender<Done>,
     /// Ties between replicas are taken in turn.
     turn: usize,
+    /// Moving models off busy GPUs, unless turned off.
+    rebalance: Option<Rebalance>,
 }
 
 impl Router {
@@ -198,6 +232,8 @@ impl Router {
         controllers: Vec<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     ) {
         let mut stopping = false;
+        let every = self.rebalance.as_ref().map_or(Duration::from_secs(3600), |r| r.every);
+        let mut look = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 _ = &mut stop_rx, if !stopping => {
@@ -209,6 +245,7 @@ impl Router {
                     None => break,
                 },
                 Some(done) = done_rx.recv() => self.finish(done),
+                _ = look.tick(), if self.rebalance.is_some() && !stopping => self.read_load(),
             }
         }
         // Every command taken has reached its GPU's controller: each stops once it has answered
@@ -477,7 +514,101 @@ impl Router {
                 }
                 self.busy.remove(&name);
             }
+            Done::Load { at, arrivals } => self.rebalance(at, arrivals),
         }
+    }
+
+    /// Reads every GPU's arrivals per model off the router's task (`Done::Load`).
+    fn read_load(&self) {
+        let (handles, done) = (self.handles(), self.done.clone());
+        tokio::spawn(async move {
+            let Ok(reports) = ask_all(&handles, |tx| Command::Metrics(None, tx)).await else { return };
+            let arrivals = reports
+                .into_iter()
+                .map(|(models, _)| models.into_iter().map(|m| (m.model, m.summary.arrivals)).collect())
+                .collect();
+            let _ = done.send(Done::Load { at: Instant::now(), arrivals });
+        });
+    }
+
+    /// Moves one model off a GPU that is too busy, if one is and a move helps enough (see the
+    /// module).
+    fn rebalance(&mut self, at: Instant, arrivals: Vec<Vec<(String, u64)>>) {
+        let Some(rebalance) = self.rebalance.as_mut() else { return };
+        // Each placed model's rate on each GPU since the last look; none the first time.
+        let mut rates: Vec<(String, usize, f64)> = Vec::new();
+        for (g, models) in arrivals.into_iter().enumerate() {
+            for (name, count) in models {
+                let previous = rebalance.seen.insert((name.clone(), g), (count, at));
+                if let Some((before, then)) = previous.filter(|(before, _)| *before <= count) {
+                    let seconds = at.duration_since(then).as_secs_f64().max(1e-3);
+                    rates.push((name, g, (count - before) as f64 / seconds));
+                }
+            }
+        }
+        if !self.busy.is_empty() {
+            return; // One change at a time: the rates of a model being moved are not settled.
+        }
+        let demand = |name: &str, rate: f64| -> Option<Demand> {
+            let spec = &self.models.get(name)?.spec;
+            let contention = &self.rebalance.as_ref()?.contention;
+            Some(Demand {
+                busy_pct: cluster::busy_pct(&spec.latency, spec.max_batch, rate),
+                knee_pct: 0.0,
+                interference: contention
+                    .interference_by_model
+                    .get(&spec.profile_model)
+                    .copied()
+                    .unwrap_or(contention.interference),
+                slo_ms: spec.slo_ms,
+                busy_by_interval: Vec::new(),
+            })
+        };
+        let movable = |name: &str| self.models.get(name).is_some_and(|p| p.replicas.len() == 1);
+        let mut on: Vec<Vec<(String, Demand)>> = (0..self.gpus.len()).map(|_| Vec::new()).collect();
+        for (name, g, rate) in rates {
+            if let Some(d) = demand(&name, rate) {
+                on[g].push((name, d));
+            }
+        }
+        let busy = |models: &[(String, Demand)]| {
+            let demands: Vec<Demand> = models.iter().map(|(_, d)| d.clone()).collect();
+            cluster::busy_with_interference(&demands, &(0..demands.len()).collect::<Vec<_>>())
+        };
+        let load: Vec<f64> = on.iter().map(|m| busy(m)).collect();
+        let by_load = |a: &usize, b: &usize| load[*a].total_cmp(&load[*b]);
+        let (Some(hot), Some(cool)) = ((0..load.len()).max_by(by_load), (0..load.len()).min_by(by_load)) else {
+            return;
+        };
+        if load[hot] <= HOT_PCT || hot == cool {
+            return;
+        }
+        // The move that leaves the busier of the two GPUs least busy.
+        let after = |m: usize| {
+            let mut from = on[hot].clone();
+            let moved = from.remove(m);
+            let to: Vec<(String, Demand)> = on[cool].iter().cloned().chain([moved]).collect();
+            busy(&from).max(busy(&to))
+        };
+        let best = (0..on[hot].len())
+            .filter(|&m| movable(&on[hot][m].0))
+            .map(|m| (m, after(m)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((m, worst_after)) = best.filter(|(_, worst)| *worst <= load[hot] - MIN_GAIN_PCT) else { return };
+        let name = on[hot][m].0.clone();
+        let (from, to) = (self.gpus[hot].device, self.gpus[cool].device);
+        tracing::info!(
+            model = %name, from, to,
+            from_busy_pct = load[hot], to_busy_pct = load[cool], busier_after_pct = worst_after,
+            "a GPU is too busy: moving a model off it"
+        );
+        let (reply, answer) = oneshot::channel();
+        self.place(name.clone(), vec![to], reply);
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = answer.await {
+                tracing::warn!(model = %name, from, to, error = %e, "the move off a busy GPU failed; it stays");
+            }
+        });
     }
 
     fn handles(&self) -> Vec<LiveHandle> {

@@ -584,7 +584,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     }
     let live::Started { handle: live, stop: stop_controller, task: controller_task } = match controllers.len() {
         1 => controllers.pop().expect("one controller").1,
-        _ => crate::gpus::start(controllers),
+        _ => crate::gpus::start(controllers, &config),
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

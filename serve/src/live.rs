@@ -52,6 +52,9 @@ pub struct LiveConfig {
     pub max_queued_requests: usize,
     /// Bytes of input those requests may hold, MiB (see `max_queued_requests`).
     pub max_queued_input_mib: f64,
+    /// On a node of several GPUs, seconds between two looks at each GPU's load to move a model
+    /// off one that is too busy (`crate::gpus`); 0: models move only by PlaceModel.
+    pub rebalance_every_s: f64,
 }
 
 impl Default for LiveConfig {
@@ -66,6 +69,7 @@ impl Default for LiveConfig {
             seed: 1,
             max_queued_requests: 262_144,
             max_queued_input_mib: 2048.0,
+            rebalance_every_s: 5.0,
         }
     }
 }

@@ -148,3 +148,53 @@ async fn a_model_replicated_then_moved_under_load_loses_no_request() {
     assert_eq!((total.completed, total.dropped), (200 + sent as u64, 0));
     running.stop().await.unwrap();
 }
+
+/// Two busy models on one GPU and an idle one on the other: the router moves a busy one over
+/// while requests keep coming, and every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_gpu_sheds_a_model_to_the_idle_one() {
+    let running = grpc::start(ServeOptions {
+        controller: LiveConfig { control_interval_s: 0.1, rebalance_every_s: 0.4, ..LiveConfig::default() },
+        gpus: vec![0, 1],
+        ..ServeOptions::loopback(ServeBackend::Simulated)
+    })
+    .await
+    .unwrap();
+    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    // DenseNet-121 one request a batch: about 2.2 ms of the whole GPU each on the H100 profile,
+    // so 230 requests a second keep half of it busy.
+    let densenet = |name: &str| RegisterModelRequest {
+        max_batch: 1,
+        profile_model: "densenet121".into(),
+        ..register(name, 100.0)
+    };
+    client.register_model(densenet("a")).await.unwrap();
+    client.register_model(register("resnet50", 20.0)).await.unwrap();
+    client.register_model(densenet("b")).await.unwrap();
+    let gpus_of = |on: &[(String, Vec<u32>, Vec<u64>)], name: &str| on.iter().find(|m| m.0 == name).unwrap().1.clone();
+    let on = placement(&mut client).await;
+    assert_eq!((gpus_of(&on, "a"), gpus_of(&on, "b"), gpus_of(&on, "resnet50")), (vec![0], vec![0], vec![1]));
+
+    let mut calls = Vec::new();
+    let mut moved = None;
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(6) && moved.is_none() {
+        for _ in 0..10 {
+            calls.push(infer(&client, "a"));
+            calls.push(infer(&client, "b"));
+            tokio::time::sleep(Duration::from_micros(4300)).await;
+        }
+        let on = placement(&mut client).await;
+        if gpus_of(&on, "a") != gpus_of(&on, "b") {
+            moved = Some(on);
+        }
+    }
+    let on = moved.expect("one of the busy models moved to the idle GPU within 6 s");
+    assert!(gpus_of(&on, "a") == vec![1] || gpus_of(&on, "b") == vec![1], "{on:?}");
+    assert_eq!(gpus_of(&on, "resnet50"), vec![1], "the idle model stays");
+    for call in calls {
+        let done = call.await.unwrap();
+        assert!(done.is_ok(), "a request around the move: {done:?}");
+    }
+    running.stop().await.unwrap();
+}
