@@ -18,9 +18,10 @@ pub struct GpuServing {
     pub fake_ms: Option<f64>,
     /// The worker script [default: `gpu/worker/gpuslice_worker.py`, or `$GPUSLICE_WORKER`].
     pub worker_script: Option<std::path::PathBuf>,
-    /// The GPU this node serves on, by its CUDA / NVML index: its MPS daemon, workers and
-    /// telemetry (default: the GPUs the process sees, telemetry of GPU 0). One node a GPU is how
-    /// a machine with several is served today.
+    /// The GPU this backend serves, by its CUDA / NVML index: its MPS daemon, workers and
+    /// telemetry (None: the GPUs the process sees, telemetry of GPU 0). Set from the node's
+    /// `gpus` (one backend each), not read from `[gpu]`.
+    #[serde(skip)]
     pub device: Option<u32>,
 }
 

@@ -356,6 +356,8 @@ mod tests {
             ("gpus = \"some\"\n", &[], "\"some\" is not a GPU index"),
             ("", &["--gpus", "0,x"], "\"x\" is not a GPU index"),
             ("gpus = \"all\"\n", &[], "name them for a simulated or GPU-less node"),
+            // One GPU of several is `gpus = [N]` now.
+            ("[gpu]\ndevice = 1\n", &[], "unknown field `device`"),
         ] {
             let Err(e) = options(toml, flags) else { panic!("{toml} {flags:?} must be refused") };
             let e = format!("{e:#}");
