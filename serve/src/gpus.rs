@@ -537,15 +537,19 @@ impl Router {
         let Some(rebalance) = self.rebalance.as_mut() else { return };
         // Each placed model's rate on each GPU since the last look; none the first time.
         let mut rates: Vec<(String, usize, f64)> = Vec::new();
+        // Only the models read now are kept: what was unregistered or moved is forgotten.
+        let mut seen = HashMap::new();
         for (g, models) in arrivals.into_iter().enumerate() {
             for (name, count) in models {
-                let previous = rebalance.seen.insert((name.clone(), g), (count, at));
+                let previous = rebalance.seen.get(&(name.clone(), g)).copied();
                 if let Some((before, then)) = previous.filter(|(before, _)| *before <= count) {
                     let seconds = at.duration_since(then).as_secs_f64().max(1e-3);
-                    rates.push((name, g, (count - before) as f64 / seconds));
+                    rates.push((name.clone(), g, (count - before) as f64 / seconds));
                 }
+                seen.insert((name, g), (count, at));
             }
         }
+        rebalance.seen = seen;
         if !self.busy.is_empty() {
             return; // One change at a time: the rates of a model being moved are not settled.
         }
