@@ -69,6 +69,11 @@ impl std::fmt::Display for Contention {
 }
 
 impl Contention {
+    /// The interference of the profiled model `model`: its own where fitted, else the default.
+    pub fn interference_of(&self, model: &str) -> f64 {
+        self.interference_by_model.get(model).copied().unwrap_or(self.interference)
+    }
+
     /// The parameters fitted to the first H100 trio (bench/results/2026-11-23-h100-colocation.csv),
     /// used by scenarios that name no calibration.
     pub fn first_h100_trio() -> Contention {

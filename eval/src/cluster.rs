@@ -118,7 +118,7 @@ pub fn demands(loaded: &LoadedScenario) -> Result<Vec<Demand>> {
                 busy_by_interval: by_interval.iter().map(|&n| busy_of(n / interval_s)).collect(),
                 busy_pct: busy_of(rate),
                 knee_pct: context.latency.knee_pct(batch),
-                interference: config.interference_by_model.get(&setup.name).copied().unwrap_or(config.interference),
+                interference: config.interference_of(&setup.name),
                 slo_ms: context.slo_ms,
             })
         })

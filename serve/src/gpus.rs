@@ -559,11 +559,7 @@ impl Router {
             Some(Demand {
                 busy_pct: cluster::busy_pct(&spec.latency, spec.max_batch, rate),
                 knee_pct: 0.0,
-                interference: contention
-                    .interference_by_model
-                    .get(&spec.profile_model)
-                    .copied()
-                    .unwrap_or(contention.interference),
+                interference: contention.interference_of(&spec.profile_model),
                 slo_ms: spec.slo_ms,
                 busy_by_interval: Vec::new(),
             })

@@ -2,37 +2,25 @@
 //! them under load with every request answered. On simulated GPUs, and on the GPU backend with
 //! GPU-less workers for two devices (each GPU its own backend, workers and controller).
 
+mod common;
+
+use common::register;
 use gpuslice_serve::grpc::{self, Running, ServeBackend, ServeOptions};
 use gpuslice_serve::live::LiveConfig;
 use gpuslice_serve::live_gpu::GpuServing;
 use gpuslice_serve::proto::controller_client::ControllerClient;
-use gpuslice_serve::proto::register_model_request::Profile;
 use gpuslice_serve::proto::*;
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
 async fn node(backend: ServeBackend, gpus: Vec<u32>) -> (Running, ControllerClient<Channel>) {
-    let running = grpc::start(ServeOptions {
+    common::serve(ServeOptions {
         controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
         gpus,
         ..ServeOptions::loopback(backend)
     })
     .await
-    .unwrap();
-    let client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
-    (running, client)
-}
-
-fn register(name: &str, slo_ms: f64) -> RegisterModelRequest {
-    RegisterModelRequest {
-        name: name.into(),
-        slo_ms,
-        priority: 0,
-        max_batch: 16,
-        profile: Some(Profile::ProfilePath("builtin:h100-cudagraph".into())),
-        profile_model: String::new(),
-    }
 }
 
 /// GPU-less workers (1 ms a batch) at two pool levels.

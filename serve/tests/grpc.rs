@@ -1,5 +1,8 @@
 //! The gRPC control plane end to end, with the tonic client, on 127.0.0.1:0.
 
+mod common;
+
+use common::register;
 use gpuslice_serve::grpc::{self, Running, ServeOptions};
 use gpuslice_serve::live::LiveConfig;
 use gpuslice_serve::proto::controller_client::ControllerClient;
@@ -9,26 +12,12 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 async fn server(control_interval_s: f64) -> (Running, ControllerClient<Channel>) {
-    let running = grpc::start(ServeOptions {
+    common::serve(ServeOptions {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
         ..ServeOptions::loopback(grpc::ServeBackend::Simulated)
     })
     .await
-    .unwrap();
-    let client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
-    (running, client)
-}
-
-fn register(name: &str, slo_ms: f64) -> RegisterModelRequest {
-    RegisterModelRequest {
-        name: name.into(),
-        slo_ms,
-        priority: 0,
-        max_batch: 16,
-        profile: Some(Profile::ProfilePath("builtin:h100-cudagraph".into())),
-        profile_model: String::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

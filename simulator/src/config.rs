@@ -182,6 +182,11 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// The interference of the model named `name`: its own where measured, else the default.
+    pub fn interference_of(&self, name: &str) -> f64 {
+        self.interference_by_model.get(name).copied().unwrap_or(self.interference)
+    }
+
     /// Why this run cannot be simulated, if it cannot (a value out of its documented range).
     pub fn problem(&self) -> Option<String> {
         let contention = [

@@ -331,7 +331,7 @@ impl Simulator {
             _ => {}
         }
         Ok(ModelState {
-            interference: config.interference_by_model.get(&setup.name).copied().unwrap_or(config.interference),
+            interference: config.interference_of(&setup.name),
             launch_contention: config
                 .mps_launch_contention_by_model
                 .get(&setup.name)
