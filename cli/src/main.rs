@@ -502,6 +502,11 @@ enum Command {
         /// bench/results/2026-12-02-sim-vs-live-h200-all-policies); written as given.
         #[arg(long, default_value_t = 0.0)]
         temporal_switch_ms: f64,
+        /// Each request's time outside the GPU's kernels (ms), as measured live: its batch's
+        /// host-to-device and host copies and the hand-off to the worker (0.4 on the H200 under
+        /// MPS: bench/results/2026-12-03-h200-session21-peer-table); written as given.
+        #[arg(long, default_value_t = 0.0)]
+        hand_off_ms: f64,
     },
     /// Check the simulator against measurements it was not fitted on: (a) GPU% levels left out
     /// of the latency fit, (b) co-located groups, each run in the simulator closed loop as on the
@@ -1086,12 +1091,14 @@ fn run(command: Command) -> Result<()> {
                 repository: repository.as_ref(),
             })
         }
-        Command::Calibrate { profile, colocation, fit_group_size, out, joint, temporal_switch_ms } => {
+        Command::Calibrate { profile, colocation, fit_group_size, out, joint, temporal_switch_ms, hand_off_ms } => {
             let most = gpuslice_simulator::MAX_TEMPORAL_SWITCH_MS;
-            anyhow::ensure!(
-                temporal_switch_ms.is_finite() && (0.0..=most).contains(&temporal_switch_ms),
-                "--temporal-switch-ms must be in [0, {most}], got {temporal_switch_ms}"
-            );
+            for (flag, ms) in [("--temporal-switch-ms", temporal_switch_ms), ("--hand-off-ms", hand_off_ms)] {
+                anyhow::ensure!(
+                    ms.is_finite() && (0.0..=most).contains(&ms),
+                    "{flag} must be in [0, {most}], got {ms}"
+                );
+            }
             calibration::calibrate(&calibration::CalibrateOptions {
                 profile: &profile,
                 colocation: &colocation,
@@ -1099,6 +1106,7 @@ fn run(command: Command) -> Result<()> {
                 out: &out,
                 joint,
                 temporal_switch_ms,
+                hand_off_ms,
             })?;
             Ok(())
         }

@@ -40,6 +40,10 @@ pub struct Contention {
     /// `SimConfig::temporal_switch_ms`): measured live, not fitted from co-location groups.
     #[serde(default)]
     pub temporal_switch_ms: f64,
+    /// Each request's time outside the GPU's kernels (host copies, hand-off to the worker), ms
+    /// (see `SimConfig::hand_off_ms`): measured live, not fitted from co-location groups.
+    #[serde(default)]
+    pub hand_off_ms: f64,
 }
 
 impl std::fmt::Display for Contention {
@@ -64,6 +68,9 @@ impl std::fmt::Display for Contention {
         if self.temporal_switch_ms > 0.0 {
             write!(f, ", temporal switch {} ms", self.temporal_switch_ms)?;
         }
+        if self.hand_off_ms > 0.0 {
+            write!(f, ", hand-off {} ms a request", self.hand_off_ms)?;
+        }
         Ok(())
     }
 }
@@ -84,6 +91,7 @@ impl Contention {
             mps_launch_contention_by_model: BTreeMap::new(),
             mps_share_exponent: gpuslice_simulator::H100_MPS_SHARE_EXPONENT,
             temporal_switch_ms: 0.0,
+            hand_off_ms: 0.0,
         }
     }
 
@@ -96,6 +104,7 @@ impl Contention {
             mps_launch_contention_by_model: BTreeMap::new(),
             mps_share_exponent: gpuslice_simulator::H100_MPS_SHARE_EXPONENT,
             temporal_switch_ms: 0.0,
+            hand_off_ms: 0.0,
         }
     }
 
@@ -109,6 +118,7 @@ impl Contention {
             mps_launch_contention_by_model: self.mps_launch_contention_by_model.clone(),
             mps_share_exponent: self.mps_share_exponent,
             temporal_switch_ms: self.temporal_switch_ms,
+            hand_off_ms: self.hand_off_ms,
             seed,
             ..SimConfig::default()
         }
@@ -184,6 +194,7 @@ impl Calibration {
             ("mps_launch_contention", &c.mps_launch_contention),
             ("mps_share_exponent", &c.mps_share_exponent),
             ("temporal_switch_ms", &c.temporal_switch_ms),
+            ("hand_off_ms", &c.hand_off_ms),
         ]
         .into_iter()
         .chain(
@@ -554,6 +565,8 @@ pub struct CalibrateOptions<'a> {
     pub joint: bool,
     /// `Contention::temporal_switch_ms`, as measured live (kept in the file as given).
     pub temporal_switch_ms: f64,
+    /// `Contention::hand_off_ms`, as measured live (kept in the file as given).
+    pub hand_off_ms: f64,
 }
 
 /// Fits the latency models, then each model's `interference` on the controlled groups and the
@@ -604,7 +617,8 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
         let exponent = minimize_1d(0.25, 4.0, |e| loss(&default_mps, &latency, &at(e, 0.0), None))?;
         (exponent, minimize_1d(0.0, 8.0, |c| loss(&default_mps, &latency, &at(exponent, c), None))?)
     };
-    contention = Contention { temporal_switch_ms: o.temporal_switch_ms, ..at(exponent, launch) };
+    contention =
+        Contention { temporal_switch_ms: o.temporal_switch_ms, hand_off_ms: o.hand_off_ms, ..at(exponent, launch) };
     // Then each model's own launch contention, on the default-MPS groups it ran in: a light
     // model waits behind heavy kernels far more than heavy models behind each other. Two
     // rounds, as each model's fit moves the others' co-runners.
@@ -653,6 +667,9 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<CalibrationFile> {
     }
     if o.temporal_switch_ms > 0.0 {
         flags += &format!(" --temporal-switch-ms {}", o.temporal_switch_ms);
+    }
+    if o.hand_off_ms > 0.0 {
+        flags += &format!(" --hand-off-ms {}", o.hand_off_ms);
     }
     let text = format!(
         "# Written by `gpuslice calibrate --profile {} --colocation {} --fit-group-size {}{}`.\n{}",

@@ -80,10 +80,11 @@ fn colocation_rows() -> impl Strategy<Value = String> {
 /// or plausible.
 fn calibration() -> impl Strategy<Value = String> {
     let profiles = prop::sample::select(vec!["builtin:h100-cudagraph", "nothere.csv", "/dev/zero", ""]);
-    (number(), number(), number(), number(), number(), number(), profiles).prop_map(|(i, c, e, t, m, l, profile)| {
+    let values = (number(), number(), number(), number(), number(), number(), number());
+    (values, profiles).prop_map(|((i, c, e, t, h, m, l), profile)| {
         format!(
             "profile = \"{profile}\"\ninterference = {i}\nmps_launch_contention = {c}\nmps_share_exponent = {e}\n\
-             temporal_switch_ms = {t}\n\
+             temporal_switch_ms = {t}\nhand_off_ms = {h}\n\
              [interference_by_model]\nvgg16 = {m}\n[mps_launch_contention_by_model]\nmobilenet_v3_large = {l}\n"
         )
     })
@@ -108,7 +109,13 @@ proptest! {
             Ok(c) => {
                 let k = &c.contention;
                 let per_model = k.interference_by_model.values().chain(k.mps_launch_contention_by_model.values());
-                let shared = [&k.interference, &k.mps_launch_contention, &k.mps_share_exponent, &k.temporal_switch_ms];
+                let shared = [
+                    &k.interference,
+                    &k.mps_launch_contention,
+                    &k.mps_share_exponent,
+                    &k.temporal_switch_ms,
+                    &k.hand_off_ms,
+                ];
                 for v in per_model.chain(shared) {
                     prop_assert!(v.is_finite() && *v >= 0.0, "loaded {v} from {text}");
                 }

@@ -45,7 +45,7 @@ pub const MAX_BATCH: u32 = 1024;
 pub const MAX_BATCH_TIMEOUT_MS: f64 = 60_000.0;
 /// The longest latency SLO, and `SimConfig::drop_after_ms`: an hour, in ms.
 pub const MAX_LATENCY_MS: f64 = 3_600_000.0;
-/// The longest `SimConfig::temporal_switch_ms`: a second.
+/// The longest `SimConfig::temporal_switch_ms` and `SimConfig::hand_off_ms`: a second.
 pub const MAX_TEMPORAL_SWITCH_MS: f64 = 1000.0;
 /// The longest reallocation pause (`ReallocationCost`): an hour, in seconds.
 pub const MAX_PAUSE_S: f64 = 3_600.0;
@@ -179,6 +179,11 @@ pub struct SimConfig {
     /// waits this long (ms): the driver's time slice and context switch between the workers'
     /// processes, which a single queue does not have.
     pub temporal_switch_ms: f64,
+    /// Time each request spends outside the GPU's kernels on its way, ms, added to its latency:
+    /// on the GPU backend its batch's host-to-device copy, host copies and the hand-off between
+    /// the server and the worker process (the calibration's grid times the kernels alone). The
+    /// GPU is not held for it: the backend overlaps it with other batches.
+    pub hand_off_ms: f64,
 }
 
 impl SimConfig {
@@ -216,6 +221,9 @@ impl SimConfig {
                 self.temporal_switch_ms
             ));
         }
+        if !(self.hand_off_ms.is_finite() && (0.0..=MAX_TEMPORAL_SWITCH_MS).contains(&self.hand_off_ms)) {
+            return Some(format!("hand_off_ms must be in [0, {MAX_TEMPORAL_SWITCH_MS}], got {}", self.hand_off_ms));
+        }
         if self.served_batches.first() == Some(&0) || !self.served_batches.is_sorted() {
             return Some(format!(
                 "served_batches must be ascending sizes of at least 1, got {:?}",
@@ -247,6 +255,7 @@ impl Default for SimConfig {
             record_requests: false,
             served_batches: Vec::new(),
             temporal_switch_ms: 0.0,
+            hand_off_ms: 0.0,
         }
     }
 }

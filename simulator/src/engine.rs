@@ -886,8 +886,9 @@ impl Simulator {
         if batch.generation == state.generation {
             state.worker_busy = false;
         }
+        let hand_off = (self.config.hand_off_ms * 1e6) as Nanos;
         for &Queued { arrival, ticket } in &batch.requests {
-            let latency = now - arrival;
+            let latency = now - arrival + hand_off;
             let within = latency <= state.slo_ns;
             state.total.record_latency(latency, within);
             state.interval.record_latency(latency, within);

@@ -77,6 +77,7 @@ fn run(case: &Case) -> Simulator {
         served_batches: if case.padded { vec![1, 2, 4, 8, 16, 24, 32] } else { Vec::new() },
         // 0-0.5 ms, exercised under temporal sharing.
         temporal_switch_ms: case.interference,
+        hand_off_ms: case.interference,
     };
     let setups = case
         .models
@@ -238,4 +239,32 @@ fn under_temporal_sharing_turning_to_another_model_costs_the_switch() {
     assert!((end_of_second(0.25) - 2.25).abs() < 1e-6, "{}", end_of_second(0.25));
     let bad = SimConfig { temporal_switch_ms: f64::NAN, ..SimConfig::default() };
     assert!(bad.problem().unwrap().contains("temporal_switch_ms"));
+}
+
+#[test]
+fn a_hand_off_adds_to_each_latency_without_holding_the_gpu() {
+    // One model, requests at t = 0 and t = 0.1 ms, 1 ms a batch of one: the GPU runs them back to
+    // back whatever the hand-off; each request's latency gains it.
+    let run = |hand_off_ms: f64| {
+        let setup = ModelSetup {
+            name: "a".into(),
+            slo_ms: 2.0,
+            service: ServiceModel::Constant { ms: 1.0 },
+            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+            arrivals: Box::new(gpuslice_traces::arrivals::Replay::new(vec![0.0, 1e-4].into(), 1.0, 1.0, None, 0)),
+        };
+        let config = SimConfig { hand_off_ms, record_requests: true, ..SimConfig::default() };
+        let mut sim = Simulator::new(config, vec![setup]).unwrap();
+        sim.finish();
+        let ends: Vec<u64> = sim.take_finished().0.iter().map(|r| r.end_ns).collect();
+        (ends, sim.report().total)
+    };
+    let (ends, plain) = run(0.0);
+    let (ends_with, handed) = run(0.5);
+    assert_eq!(ends, ends_with, "the GPU is not held for the hand-off");
+    assert!((handed.mean_ms - plain.mean_ms - 0.5).abs() < 0.01, "{} {}", handed.mean_ms, plain.mean_ms);
+    // The second request: 1.9 ms plain, 2.4 ms handed off, past its 2 ms SLO.
+    assert_eq!((plain.within_slo, handed.within_slo), (2, 1));
+    let bad = SimConfig { hand_off_ms: -1.0, ..SimConfig::default() };
+    assert!(bad.problem().unwrap().contains("hand_off_ms"));
 }
