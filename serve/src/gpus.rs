@@ -16,10 +16,9 @@
 //!   least busy GPU lowers the busier of the two the most is moved there, as PlaceModel does, if
 //!   that gains at least `MIN_GAIN_PCT`; one move at a time, replicas left where they are.
 
-use crate::live::LiveConfig;
 use crate::live::{
-    Command, DecisionEvent, LiveError, LiveHandle, ModelSpec, ModelView, Started, already_registered, controller_gone,
-    not_found, still_starting,
+    Command, DecisionEvent, LiveConfig, LiveError, LiveHandle, ModelSpec, ModelView, Started, already_registered,
+    controller_gone, not_found, still_starting,
 };
 use gpuslice_eval::calibration::Contention;
 use gpuslice_eval::cluster::{self, Demand};
