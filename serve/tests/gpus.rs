@@ -6,6 +6,8 @@ mod common;
 
 use common::register;
 use gpuslice_serve::grpc::{self, Running, ServeBackend, ServeOptions};
+use gpuslice_serve::inference::ModelReadyRequest;
+use gpuslice_serve::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use gpuslice_serve::live::LiveConfig;
 use gpuslice_serve::live_gpu::GpuServing;
 use gpuslice_serve::proto::controller_client::ControllerClient;
@@ -79,6 +81,13 @@ async fn models_spread_over_the_gpus_and_bad_placements_are_refused() {
     let metrics = client.get_metrics(GetMetricsRequest { name: String::new() }).await.unwrap().into_inner();
     let completed: Vec<u64> = metrics.models.iter().map(|m| m.completed).collect();
     assert_eq!(completed, vec![20, 20]);
+    // The inference protocol reaches each model on its GPU too.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc)).unwrap().connect().await;
+    let mut kserve = GrpcInferenceServiceClient::new(channel.unwrap());
+    for (name, ready) in [("resnet50", true), ("vgg16", true), ("nope", false)] {
+        let answer = kserve.model_ready(ModelReadyRequest { name: name.into(), version: String::new() }).await;
+        assert_eq!(answer.unwrap().into_inner().ready, ready, "{name}");
+    }
     assert_eq!(metrics.total.unwrap().completed, 40);
     client.unregister_model(UnregisterModelRequest { name: "vgg16".into() }).await.unwrap();
     assert_eq!(placement(&mut client).await.len(), 1);
