@@ -455,6 +455,8 @@ pub struct ServeOptions {
     pub gpus: Vec<u32>,
     /// Models registered before the server takes calls.
     pub models: Vec<RegisterModelRequest>,
+    /// On a node of several GPUs, the GPUs some of them are then put on (PlaceModel's), by name.
+    pub placements: Vec<(String, Vec<u32>)>,
     /// A model repository: every model in it is loaded (registered) before the server takes
     /// calls, and RepositoryModelLoad / Unload manage them after.
     pub repository: Option<std::path::PathBuf>,
@@ -484,6 +486,7 @@ impl ServeOptions {
             controller: LiveConfig::default(),
             backend,
             gpus: Vec::new(),
+            placements: Vec::new(),
             models: Vec::new(),
             repository: None,
             data_roots: Vec::new(),
@@ -653,6 +656,16 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .await
             .map_err(|s| anyhow::anyhow!("model {name}: {}", s.message()))?;
         live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e}"))?;
+    }
+    // A node of one GPU has nowhere else to put a model: its own GPU is the only placement.
+    let only_gpu = (devices.len() == 1).then(|| devices[0].unwrap_or(0));
+    for (name, gpus) in options.placements {
+        if let Some(gpu) = only_gpu {
+            anyhow::ensure!(gpus.iter().all(|g| *g == gpu), "model {name}: gpus: this node serves GPU {gpu} alone");
+            continue;
+        }
+        let placed = live.ask(|reply| Command::Place(name.clone(), gpus, reply)).await;
+        placed.map_err(|e| anyhow::anyhow!("model {name}: gpus: {e}"))?;
     }
     let repository =
         options.repository.as_deref().map(|root| Repository::open(root, &options.calibration)).transpose()?;

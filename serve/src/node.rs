@@ -112,6 +112,9 @@ pub struct NodeModel {
     pub profile: String,
     /// The profile's model name, where it differs from `name`.
     pub profile_model: Option<String>,
+    /// On a node of several GPUs, the GPUs it runs on (several: replicas; see PlaceModel);
+    /// default: the GPU serving the fewest models.
+    pub gpus: Option<Vec<u32>>,
 }
 
 impl NodeConfig {
@@ -191,6 +194,7 @@ impl NodeConfig {
             netml_transfer: overrides.netml_transfer.or(self.netml_transfer).unwrap_or_default(),
             controller,
             repository: overrides.model_repository.or(self.model_repository),
+            placements: self.models.iter().filter_map(|m| Some((m.name.clone(), m.gpus.clone()?))).collect(),
             models: self
                 .models
                 .into_iter()
@@ -350,6 +354,10 @@ mod tests {
         assert_eq!(options("", &[]).unwrap().gpus, Vec::<u32>::new());
         assert_eq!(options("gpus = [1, 0]\n", &[]).unwrap().gpus, [1, 0]);
         assert_eq!(options("gpus = [1, 0]\n", &["--gpus", "2,3"]).unwrap().gpus, [2, 3]);
+        let model = "[[models]]\nname = \"a\"\nslo_ms = 10\nmax_batch = 4\nprofile = \"builtin:h100-cudagraph\"\n";
+        let placed = options(&format!("gpus = [0, 1]\n{model}gpus = [1]\n"), &[]).unwrap();
+        assert_eq!(placed.placements, [("a".to_string(), vec![1])]);
+        assert!(options(&format!("gpus = [0, 1]\n{model}"), &[]).unwrap().placements.is_empty());
         for (toml, flags, says) in [
             ("gpus = [0, 0]\n", &[][..], "GPU 0 is named twice"),
             ("gpus = []\n", &[], "between 1 and 16"),

@@ -195,3 +195,28 @@ async fn a_busy_gpu_sheds_a_model_to_the_idle_one() {
     }
     running.stop().await.unwrap();
 }
+
+/// A model the node config places on both GPUs starts as two replicas; a placement on a GPU the
+/// node does not have stops the start, naming the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_config_places_its_models() {
+    let options = |gpus: Vec<u32>| ServeOptions {
+        gpus: vec![0, 1],
+        models: vec![register("resnet50", 20.0)],
+        placements: vec![("resnet50".into(), gpus)],
+        ..ServeOptions::loopback(ServeBackend::Simulated)
+    };
+    let (running, mut client) = common::serve(options(vec![1, 0])).await;
+    assert_eq!(placement(&mut client).await, vec![("resnet50".into(), vec![0, 1], vec![0, 0])]);
+    running.stop().await.unwrap();
+    let refused = grpc::start(options(vec![2])).await.err().expect("no GPU 2");
+    assert!(
+        format!("{refused:#}").contains("model resnet50: gpus: invalid argument: gpus: this node has no GPU 2"),
+        "{refused:#}"
+    );
+    // On a node of one GPU, that GPU is the one placement there is.
+    let one = |gpus: Vec<u32>| ServeOptions { gpus: vec![0], ..options(gpus) };
+    grpc::start(one(vec![0])).await.unwrap().stop().await.unwrap();
+    let refused = grpc::start(one(vec![0, 1])).await.err().expect("one GPU");
+    assert!(format!("{refused:#}").contains("this node serves GPU 0 alone"), "{refused:#}");
+}

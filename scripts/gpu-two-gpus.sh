@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# On an nvidia-h200-x2 (device tool, carry ["out"]): issue 22's live run, not run yet (the kind
+# was not lent). gpu-trio served by `gpuslice serve` on one GPU, then on two with every model a
+# replica on both (`gpus = [0, 1]` per model: each request goes to the replica with the fewest in
+# flight), each driven through the inference protocol by `gpuslice kserve-run` at the given loads,
+# in ascending order up to the first miss. Loads are per node: x2.2 on two GPUs is twice the
+# one-GPU x1.1. Summaries under $OUT/gpusN-xLOAD/, one line per model and run in
+# $OUT/capacity.csv.
+#
+#   bash scripts/gpu-two-gpus.sh "1.0 1.1 1.2" "2.0 2.2 2.4"
+# FAKE_MS=2 runs it on GPU-less workers (2 ms a batch), to try the script anywhere.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. scripts/held.sh
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
+[ -f "$OUT/capacity.csv" ] || echo "gpus,load_scale,model,slo_ms,arrivals,answered,failed,within_slo,slo_attainment,p50_ms,p99_ms" > "$OUT/capacity.csv"
+# NODE_GPUS ("0" or "0, 1") LOADS: one node, its loads up to the first miss.
+node() {
+  local gpus=$1 loads=$2 n conf log server
+  n=$(echo "$gpus" | tr -cd ',' | wc -c); n=$((n + 1))
+  conf=$(mktemp --suffix .toml) log=$OUT/serve-gpus$n.log
+  printf 'backend = "gpu"\nlisten = "127.0.0.1:50071"\ngpus = [%s]\n' "$gpus" > "$conf"
+  # The scenario's models and SLOs, batches up to the backend's largest CUDA graph.
+  for model in densenet121:25 resnext50_32x4d:20 vgg16:20; do
+    printf '[[models]]\nname = "%s"\nslo_ms = %s\nmax_batch = 32\nprofile = "builtin:h200-grid"\ngpus = [%s]\n' \
+      "${model%%:*}" "${model##*:}" "$gpus" >> "$conf"
+  done
+  ./out/gpuslice --log info serve --config "$conf" ${FAKE_MS:+--fake-ms $FAKE_MS} > "$log" 2>&1 &
+  server=$!
+  until grep -q "serving gpuslice.v1" "$log"; do
+    sleep 1
+    kill -0 $server 2>/dev/null || { echo "serve on GPUs [$gpus] did not start:"; tail -20 "$log"; return 1; }
+  done
+  for x in $loads; do
+    dir=$OUT/gpus$n-x$x
+    ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50071 --config scenarios/gpu-trio.toml --load-scale "$x" --out "$dir"
+    tail -n +2 "$dir/summary.csv" | sed "s/^/$n,$x,/" >> "$OUT/capacity.csv"
+    held "$dir/summary.csv" 7 || break
+  done
+  kill -TERM $server; wait $server
+}
+node "0" "${1:-1.0 1.1 1.2}"
+node "0, 1" "${2:-2.0 2.2 2.4}"
