@@ -17,8 +17,8 @@
 //!   that gains at least `MIN_GAIN_PCT`; one move at a time, replicas left where they are.
 
 use crate::live::{
-    Command, DecisionEvent, LiveConfig, LiveError, LiveHandle, ModelSpec, ModelView, Started, already_registered,
-    controller_gone, not_found, still_starting,
+    COMMAND_QUEUE, Command, DECISION_BACKLOG, DecisionEvent, LiveConfig, LiveError, LiveHandle, ModelSpec, ModelView,
+    Started, already_registered, controller_gone, not_found, still_starting,
 };
 use gpuslice_eval::calibration::Contention;
 use gpuslice_eval::cluster::{self, Demand};
@@ -117,8 +117,8 @@ impl GpuSet {
 /// controller, as `live::start` gives one GPU's. `config` gives how often it looks at the GPUs'
 /// load (`rebalance_every_s`) and the co-location model it predicts their busy share with.
 pub fn start(controllers: Vec<(u32, Started)>, config: &LiveConfig) -> Started {
-    let (commands, rx) = mpsc::channel(65_536);
-    let (decisions, _) = broadcast::channel(4096);
+    let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (decisions, _) = broadcast::channel(DECISION_BACKLOG);
     let mut gpus = Vec::new();
     let mut stops = Vec::new();
     for (device, started) in controllers {
@@ -328,8 +328,7 @@ impl Router {
             }
             Command::Override(name, pin, reply) => match self.models.get(&name) {
                 Some(placed) => {
-                    let handles: Vec<LiveHandle> =
-                        placed.replicas.iter().map(|r| self.gpus[r.gpu].handle.clone()).collect();
+                    let handles = self.handles_on(placed.replicas.iter().map(|r| r.gpu));
                     tokio::spawn(async move {
                         let pinned = ask_all(&handles, |tx| Command::Override(name.clone(), pin, tx)).await;
                         let _ = reply.send(pinned.map(|a| a[0]));
@@ -346,7 +345,7 @@ impl Router {
                 }
                 // A GPU the model is not on has nothing to say of it.
                 let handles: Vec<LiveHandle> = match &filter {
-                    Some(name) => self.models[name].replicas.iter().map(|r| self.gpus[r.gpu].handle.clone()).collect(),
+                    Some(name) => self.handles_on(self.models[name].replicas.iter().map(|r| r.gpu)),
                     None => self.handles(),
                 };
                 tokio::spawn(async move {
@@ -405,7 +404,7 @@ impl Router {
         }
         self.busy.insert(name.clone());
         let (spec, done) = (placed.spec.clone(), self.done.clone());
-        let handles: Vec<LiveHandle> = added.iter().map(|&g| self.gpus[g].handle.clone()).collect();
+        let handles = self.handles_on(added.iter().copied());
         tokio::spawn(async move {
             let started =
                 futures_util::future::join_all(handles.iter().map(|h| h.ask(|tx| Command::Register(spec.clone(), tx))))
@@ -462,7 +461,7 @@ impl Router {
         // No request goes to it from now on; each replica answers those it accepted.
         self.busy.insert(name.clone());
         let freed: Vec<usize> = placed.replicas.iter().map(|r| r.gpu).collect();
-        let handles: Vec<LiveHandle> = freed.iter().map(|&g| self.gpus[g].handle.clone()).collect();
+        let handles = self.handles_on(freed.iter().copied());
         let done = self.done.clone();
         tokio::spawn(async move {
             let result = ask_all(&handles, |tx| Command::Unregister(name.clone(), tx)).await;
@@ -498,7 +497,7 @@ impl Router {
                 placed.replicas.extend(added.iter().map(|&g| Replica::on(g)));
                 let on = placed.replicas.iter().map(|r| self.gpus[r.gpu].device).collect::<Vec<_>>();
                 tracing::info!(model = %name, gpus = ?on, "model placed");
-                let handles: Vec<LiveHandle> = removed.iter().map(|&g| self.gpus[g].handle.clone()).collect();
+                let handles = self.handles_on(removed.iter().copied());
                 let done = self.done.clone();
                 tokio::spawn(async move {
                     // Each replica left answers what it accepted, then stops.
@@ -610,8 +609,14 @@ impl Router {
         });
     }
 
+    /// Every GPU's controller.
     fn handles(&self) -> Vec<LiveHandle> {
-        self.gpus.iter().map(|g| g.handle.clone()).collect()
+        self.handles_on(0..self.gpus.len())
+    }
+
+    /// The controllers of these GPUs (indices into `gpus`).
+    fn handles_on(&self, gpus: impl IntoIterator<Item = usize>) -> Vec<LiveHandle> {
+        gpus.into_iter().map(|g| self.gpus[g].handle.clone()).collect()
     }
 
     fn devices(&self) -> Vec<u32> {

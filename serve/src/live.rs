@@ -200,6 +200,11 @@ pub struct InferDone {
 
 type Reply<T> = oneshot::Sender<Result<T, LiveError>>;
 
+/// Commands a controller (or a node's router) holds queued before senders wait.
+pub(crate) const COMMAND_QUEUE: usize = 65_536;
+/// Decisions kept for a watcher that falls behind before it is told it lost some.
+pub(crate) const DECISION_BACKLOG: usize = 4096;
+
 /// A request to the controller task, with where to send its answer.
 pub enum Command {
     /// Register a model; answers its first allocation.
@@ -359,8 +364,8 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
     let device = DeviceModel { config: contention.config(Sharing::Spatial, config.seed), service_jitter: true };
     let policy = gpuslice_policies::build(&config.policy, &[], &device, None)
         .map_err(|e| LiveError::InvalidArgument(e.to_string()))?;
-    let (commands, mut rx) = mpsc::channel(65_536);
-    let (decisions, _) = broadcast::channel(4096);
+    let (commands, mut rx) = mpsc::channel(COMMAND_QUEUE);
+    let (decisions, _) = broadcast::channel(DECISION_BACKLOG);
     let (prepared, mut prepared_rx) = mpsc::unbounded_channel();
     let interval = Duration::from_secs_f64(config.control_interval_s);
     let mut live = Live {

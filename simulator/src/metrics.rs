@@ -107,7 +107,7 @@ impl Counters {
             completed: self.completed,
             dropped: self.dropped,
             within_slo: self.within_slo,
-            slo_attainment: if finished == 0 { 1.0 } else { self.within_slo as f64 / finished as f64 },
+            slo_attainment: slo_attainment(self.within_slo, finished),
             goodput_rps: self.within_slo as f64 / secs,
             throughput_rps: self.completed as f64 / secs,
             arrival_rps: self.arrivals as f64 / secs,
@@ -127,6 +127,11 @@ impl Default for Counters {
     fn default() -> Self {
         Counters::new()
     }
+}
+
+/// Requests within their SLO over those finished (completed or dropped); 1 when none finished.
+fn slo_attainment(within_slo: u64, finished: u64) -> f64 {
+    if finished == 0 { 1.0 } else { within_slo as f64 / finished as f64 }
 }
 
 /// Figures of one model (or all) over a span of time.
@@ -188,7 +193,7 @@ impl Summary {
             completed,
             dropped,
             within_slo,
-            slo_attainment: if finished == 0 { 1.0 } else { within_slo as f64 / finished as f64 },
+            slo_attainment: slo_attainment(within_slo, finished),
             goodput_rps: sum(|p| p.goodput_rps),
             throughput_rps: sum(|p| p.throughput_rps),
             arrival_rps: sum(|p| p.arrival_rps),
