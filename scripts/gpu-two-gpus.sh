@@ -13,6 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/held.sh
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
+SCENARIO=scenarios/gpu-trio.toml
 [ -f "$OUT/capacity.csv" ] || echo "gpus,load_scale,model,slo_ms,arrivals,answered,failed,within_slo,slo_attainment,p50_ms,p99_ms" > "$OUT/capacity.csv"
 # NODE_GPUS ("0" or "0, 1") LOADS: one node, its loads up to the first miss.
 node() {
@@ -20,11 +21,13 @@ node() {
   n=$(echo "$gpus" | tr -cd ',' | wc -c); n=$((n + 1))
   conf=$(mktemp --suffix .toml) log=$OUT/serve-gpus$n.log
   printf 'backend = "gpu"\nlisten = "127.0.0.1:50071"\ngpus = [%s]\n' "$gpus" > "$conf"
-  # The scenario's models and SLOs, batches up to the backend's largest CUDA graph.
-  for model in densenet121:25 resnext50_32x4d:20 vgg16:20; do
-    printf '[[models]]\nname = "%s"\nslo_ms = %s\nmax_batch = 32\nprofile = "builtin:h200-grid"\ngpus = [%s]\n' \
-      "${model%%:*}" "${model##*:}" "$gpus" >> "$conf"
-  done
+  # The scenario's models and SLOs (read from it), batches up to the backend's largest CUDA graph.
+  python3 - "$SCENARIO" "$gpus" >> "$conf" <<'PY'
+import sys, tomllib
+for m in tomllib.load(open(sys.argv[1], "rb"))["models"]:
+    print(f'[[models]]\nname = "{m["name"]}"\nslo_ms = {m["slo_ms"]}\nmax_batch = 32\n'
+          f'profile = "builtin:h200-grid"\ngpus = [{sys.argv[2]}]')
+PY
   ./out/gpuslice --log info serve --config "$conf" ${FAKE_MS:+--fake-ms $FAKE_MS} > "$log" 2>&1 &
   server=$!
   until grep -q "serving gpuslice.v1" "$log"; do
@@ -33,7 +36,7 @@ node() {
   done
   for x in $loads; do
     dir=$OUT/gpus$n-x$x
-    ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50071 --config scenarios/gpu-trio.toml --load-scale "$x" --out "$dir"
+    ./out/gpuslice --log warn kserve-run --target 127.0.0.1:50071 --config "$SCENARIO" --load-scale "$x" --out "$dir"
     tail -n +2 "$dir/summary.csv" | sed "s/^/$n,$x,/" >> "$OUT/capacity.csv"
     held "$dir/summary.csv" 7 || break
   done
