@@ -122,6 +122,14 @@
 # (gslice missed the mixed trio at x0.9, which it held at 2658d79), then gslice below that and
 # Triton on gpu-trio at a larger batch and wait (32 / 4 ms held x1.0):
 #   bash scripts/gpu-session.sh gslice-low
+#
+# 2026-12-03 (twenty-second session): the workers capture CUDA graphs up to batch 64, as
+# Triton's best setting on gpu-trio batches. Triton 64 / 8 ms above x1.2 (where it held), then
+# default MPS at Triton's setting (`gpu-run --max-batch 64 --batch-wait-ms 8`):
+#   bash scripts/gpu-session.sh graphs-64
+# then model-based on gpu-trio up to its first miss, and at the mixed trio's held x1.4:
+#   bash scripts/gpu-session.sh model-based-64
+# (The cases before the twenty-first session are in this file's history.)
 cd "$(dirname "$0")/.."
 [ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
 OUT=${OUT:-gpu-results}
@@ -133,7 +141,7 @@ capacity_steps() {
   for step in "$@"; do
     [ "$SECONDS" -gt 470 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
     date +%T | tee -a "$R/steps.txt"
-    OUT=$R/capacity timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
+    OUT=$R/${STEPS_DIR:-capacity} timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
   done
   date +%T | tee -a "$R/steps.txt"
 }
@@ -157,14 +165,15 @@ triton_steps() {
 traced_steps() {
   LOG=warn,gpuslice_policies=debug capacity_steps "$@"
 }
-# The worker's gather test on the GPU (GPUSLICE_GPU_TESTS=1: a ResNet-18 worker gathers rows from
-# the packet pool), each test binary given $1 seconds.
-gather_test() {
-  for test in out/gpu-tests/worker-*; do
-    GPUSLICE_GPU_TESTS=1 timeout "$1" "$test" --test-threads 1 --nocapture rows_gathered 2>&1 | tail -30 | tee -a "$R/tests.txt"
-  done
-}
-case "${1:-trio}" in
+case "${1:-graphs-64}" in
+  graphs-64)
+    triton_steps "scenarios/gpu-trio.toml 64 8000 1.25 1.3 1.4"
+    UNTIL_MISS=1 STEPS_DIR=capacity-64-8ms capacity_steps "default-mps scenarios/gpu-trio.toml 1.1 1.2 1.3 -- --max-batch 64 --batch-wait-ms 8"
+    ;;
+  model-based-64)
+    UNTIL_MISS=1 traced_steps "model-based scenarios/gpu-trio.toml 1.1 1.15 1.2 1.25 1.3"
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4"
+    ;;
   triton-grid)
     triton_steps "scenarios/gpu-trio.toml 32 4000 0.8 0.9 1.0 1.1" "scenarios/gpu-trio.toml 16 500 0.8 0.9 1.0 1.1" \
       "scenarios/mixed-slo-trio.toml 8 100 0.5 0.6 0.7 0.8" "scenarios/mixed-slo-trio.toml 4 50 0.5 0.6 0.7 0.8" \
@@ -181,176 +190,6 @@ case "${1:-trio}" in
   baselines-gslice)
     UNTIL_MISS=1 capacity_steps "gslice scenarios/gpu-trio.toml 0.8 0.9 1.0 1.1" "gslice scenarios/mixed-slo-trio.toml 0.9 1.0 1.1 1.2" \
       "triton-like scenarios/mixed-slo-trio.toml 1.2 1.3"
-    ;;
-  trio)
-    for test in out/gpu-tests/worker-*; do
-      echo "== $test" | tee -a "$R/tests.txt"
-      timeout 180 "$test" --test-threads 1 2>&1 | tail -30 | tee -a "$R/tests.txt"
-    done
-    OUT=$R/capacity timeout 230 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.15 1.2 1.3
-    OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh default-mps scenarios/gpu-trio.toml 1.15 1.2
-    ;;
-  trio-low)
-    OUT=$R/capacity timeout 250 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.0 1.1 1.15
-    OUT=$R/capacity timeout 170 bash scripts/gpu-capacity.sh default-mps scenarios/gpu-trio.toml 1.0 1.1
-    ;;
-  mixed)
-    OUT=$R/capacity timeout 280 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml 1.4 1.7 2.0
-    OUT=$R/capacity timeout 280 bash scripts/gpu-capacity.sh default-mps scenarios/mixed-slo-trio.toml 1.4 1.7 2.0
-    ;;
-  h200)
-    OUT=$R/capacity timeout 250 bash scripts/gpu-capacity.sh model-based scenarios/mixed-slo-trio.toml 1.25 1.4
-    OUT=$R/capacity timeout 120 bash scripts/gpu-capacity.sh default-mps scenarios/mixed-slo-trio.toml 1.25
-    OUT=$R/capacity timeout 170 bash scripts/gpu-capacity.sh model-based scenarios/gpu-trio.toml 1.15 1.2
-    ;;
-  served)
-    python3 -c 'import sys, numpy; print(sys.version, "numpy", numpy.__version__)' 2>&1 | tee "$R/python.txt"
-    for step in "model-based scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
-                "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/mixed-slo-trio.toml 1.4"; do
-      date +%T | tee -a "$R/steps.txt"
-      OUT=$R/capacity timeout 150 bash scripts/gpu-capacity.sh $step
-    done
-    date +%T | tee -a "$R/steps.txt"
-    ;;
-  padded)
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/start timeout 120 bash scripts/gpu-start.sh quick
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.15" \
-      "model-based scenarios/mixed-slo-trio.toml 1.55" "model-based scenarios/gpu-trio.toml 1.1"
-    ;;
-  file)
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/start timeout 110 bash scripts/gpu-start.sh quick
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
-    ;;
-  netml)
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/netml timeout 200 bash scripts/gpu-netml-serve.sh 1000 2000
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1"
-    ;;
-  receivers)
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/netml timeout 200 bash scripts/gpu-netml-serve.sh 1000 2000 3000
-    date +%T | tee -a "$R/steps.txt"
-    PATHS="bytes netml" OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 1.0
-    date +%T | tee -a "$R/steps.txt"
-    ;;
-  batch8)
-    date +%T | tee -a "$R/steps.txt"
-    POLICY=static MAX_BATCH=8 OUT=$R/netml timeout 150 bash scripts/gpu-netml-serve.sh 1000 2000
-    date +%T | tee -a "$R/steps.txt"
-    PATHS="bytes netml" OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/beside timeout 120 bash scripts/gpu-unprofiled-beside.sh
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.0"
-    ;;
-  gather)
-    date +%T | tee -a "$R/steps.txt"
-    gather_test 120
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/netml timeout 260 bash scripts/gpu-netml-serve.sh 1000 2000 3000
-    date +%T | tee -a "$R/steps.txt"
-    mkdir -p $R/batch8
-    MAX_BATCH=8 OUT=$R/batch8 timeout $((570 - SECONDS)) bash scripts/gpu-netml-serve.sh 1000 2000
-    date +%T | tee -a "$R/steps.txt"
-    ;;
-  gather-trio)
-    date +%T | tee -a "$R/steps.txt"
-    gather_test 60
-    PATHS=netml OUT=$R/file timeout 150 bash scripts/gpu-file-trio.sh 1.0
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.2"
-    ;;
-  fallback)
-    date +%T | tee -a "$R/steps.txt"
-    gather_test 60
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.2"
-    ;;
-  peak)
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1"
-    ;;
-  trials)
-    traced_steps "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/gpu-trio.toml 1.15"
-    ;;
-  settled)
-    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.15"
-    ;;
-  hold)
-    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
-    ;;
-  fallback-on-miss)
-    traced_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "default-mps scenarios/gpu-trio.toml 1.1" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/gpu-trio.toml 1.15"
-    ;;
-  reverted)
-    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/mixed-slo-trio.toml 1.4"
-    ;;
-  default-edge)
-    capacity_steps "default-mps scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.2"
-    ;;
-  edges)
-    traced_steps "default-mps scenarios/mixed-slo-trio.toml 1.3" "model-based scenarios/mixed-slo-trio.toml 1.5" \
-      "default-mps scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.15" \
-      "model-based scenarios/mixed-slo-trio.toml 0.25" "default-mps scenarios/mixed-slo-trio.toml 0.25" \
-      "model-based scenarios/mixed-slo-trio.toml 1.45"
-    ;;
-  latency-slices)
-    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/mixed-slo-trio.toml 0.5" "default-mps scenarios/mixed-slo-trio.toml 0.5" \
-      "model-based scenarios/gpu-trio.toml 0.5" "default-mps scenarios/gpu-trio.toml 0.5" \
-      "model-based scenarios/mixed-slo-trio.toml 1.4"
-    ;;
-  peers-live)
-    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "default-mps scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/mixed-slo-trio.toml 1.35" "default-mps scenarios/mixed-slo-trio.toml 1.35" \
-      "model-based scenarios/gpu-trio.toml 1.1" "default-mps scenarios/gpu-trio.toml 1.05" \
-      "model-based scenarios/mixed-slo-trio.toml 1.4"
-    ;;
-  keep-peers)
-    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4"
-    ;;
-  as-they-come)
-    traced_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "model-based scenarios/mixed-slo-trio.toml 0.5" "default-mps scenarios/mixed-slo-trio.toml 0.5" \
-      "model-based scenarios/gpu-trio.toml 0.5" "default-mps scenarios/gpu-trio.toml 0.5"
-    ;;
-  repeat)
-    date +%T | tee -a "$R/steps.txt"
-    POLICY=static MAX_BATCH=8 OUT=$R/netml timeout 120 bash scripts/gpu-netml-serve.sh 1000 2000
-    date +%T | tee -a "$R/steps.txt"
-    PATHS="bytes netml" OUT=$R/file timeout 200 bash scripts/gpu-file-trio.sh 1.0
-    capacity_steps "model-based scenarios/gpu-trio.toml 1.1" "model-based scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/gpu-trio.toml 1.0"
-    ;;
-  reworked)
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/mixed-slo-trio.toml 1.25" \
-      "default-mps scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1"
-    ;;
-  corrected)
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.25" "default-mps scenarios/mixed-slo-trio.toml 1.25" \
-      "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/mixed-slo-trio.toml 1.4" \
-      "default-mps scenarios/mixed-slo-trio.toml 1.4"
-    ;;
-  refit)
-    date +%T | tee -a "$R/steps.txt"
-    OUT=$R/start timeout 100 bash scripts/gpu-start.sh fast
-    capacity_steps "model-based scenarios/mixed-slo-trio.toml 1.25" "model-based scenarios/gpu-trio.toml 1.2" \
-      "model-based scenarios/mixed-slo-trio.toml 1.4" "default-mps scenarios/gpu-trio.toml 1.1" \
-      "model-based scenarios/gpu-trio.toml 1.1"
     ;;
 esac
 mkdir -p "$OUT"

@@ -144,7 +144,7 @@ enum Command {
         #[arg(long, requires = "capacity")]
         untuned: bool,
         /// Simulate shaped like the GPU backend: slices on the shipped standby pool's levels
-        /// (10, 20, 30, 45, 60, 80, 100%), batches up to 32 (its largest CUDA graph): the
+        /// (10, 20, 30, 45, 60, 80, 100%), batches up to 64 (its largest CUDA graph): the
         /// prediction to set beside `gpu-run` and `scripts/gpu-capacity.sh`.
         #[arg(long)]
         like_gpu_backend: bool,
@@ -359,6 +359,14 @@ enum Command {
         /// telemetry); default: the GPUs the process sees, telemetry of GPU 0.
         #[arg(long)]
         gpu_device: Option<u32>,
+        /// Serve every model with this max batch instead of the scenario's (with
+        /// --batch-wait-ms: a baseline at the batching a user tuned it to, as `evaluate
+        /// --capacity` reports it).
+        #[arg(long, requires = "batch_wait_ms")]
+        max_batch: Option<u32>,
+        /// Serve every model with this batch wait (ms) instead of the scenario's (with --max-batch).
+        #[arg(long, requires = "max_batch")]
+        batch_wait_ms: Option<f64>,
     },
     /// Send a scenario's arrivals, open loop, to any server of the standard inference protocol
     /// (Triton, or `gpuslice serve`) and print per model the requests answered and within SLO,
@@ -901,9 +909,14 @@ fn run(command: Command) -> Result<()> {
             pool_levels,
             model_repository,
             gpu_device,
+            max_batch,
+            batch_wait_ms,
         } => {
             let calibration = live_calibration(&calibration, fake_ms.is_none().then(|| gpu_device.unwrap_or(0)))?;
             let mut loaded = scenario::LoadedScenario::load_calibrated(Some(&config), calibration.as_deref())?;
+            if let (Some(max_batch), Some(batch_timeout_ms)) = (max_batch, batch_wait_ms) {
+                loaded.set_batching(capacity::Batching { max_batch, batch_timeout_ms })?;
+            }
             loaded.scale_load(load_scale)?;
             let mut sources = std::collections::HashMap::new();
             if let Some(dir) = model_repository {

@@ -318,9 +318,10 @@ pub struct DeviceSample {
 pub const GPU_POOL_LEVELS: [f64; 7] = [10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0];
 /// The batch sizes the GPU backend's workers capture a CUDA graph for: a batch runs on the
 /// smallest graph that holds it, padded.
-pub const GPU_GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, GPU_LARGEST_BATCH];
-/// The largest batch the GPU backend serves (its largest CUDA graph).
-pub const GPU_LARGEST_BATCH: u32 = 32;
+pub const GPU_GRAPH_BATCHES: [u32; 11] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, GPU_LARGEST_BATCH];
+/// The largest batch the GPU backend serves (its largest CUDA graph): 64, as Triton's best
+/// dynamic batching on the H200's gpu-trio (bench/results/2026-12-03-h200-session21-peer-table).
+pub const GPU_LARGEST_BATCH: u32 = 64;
 
 /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest level at
 /// or above it if that fits (a slice rounded down would serve less than the policy planned),

@@ -234,9 +234,7 @@ fn run_at(
     let mut scaled = loaded.clone();
     scaled.scenario.seed = seed;
     if let Some(b) = batching {
-        for m in &mut scaled.scenario.models {
-            (m.max_batch, m.batch_timeout_ms) = (b.max_batch, b.batch_timeout_ms);
-        }
+        scaled.set_batching(b)?;
     }
     scaled.scale_load(scale)?;
     let choice = PolicyChoice::Named(policy.to_string());

@@ -224,6 +224,15 @@ impl LoadedScenario {
         Ok(out)
     }
 
+    /// Serves every model with `batching` (one max batch and batch wait for all, as a user
+    /// configures a dynamic batcher), checked like the scenario's own.
+    pub fn set_batching(&mut self, batching: crate::capacity::Batching) -> Result<()> {
+        for m in &mut self.scenario.models {
+            (m.max_batch, m.batch_timeout_ms) = (batching.max_batch, batching.batch_timeout_ms);
+        }
+        self.validate()
+    }
+
     /// Multiplies every model's load by `factor` (see `ArrivalSpec::scaled`); the scenario's
     /// name says so, so tables and plots tell the runs apart.
     pub fn scale_load(&mut self, factor: f64) -> Result<()> {
