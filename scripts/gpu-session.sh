@@ -127,7 +127,10 @@
 # Triton's best setting on gpu-trio batches. Triton 64 / 8 ms above x1.2 (where it held), then
 # default MPS at Triton's setting (`gpu-run --max-batch 64 --batch-wait-ms 8`):
 #   bash scripts/gpu-session.sh graphs-64
-# then model-based on gpu-trio up to its first miss, and at the mixed trio's held x1.4:
+# (Triton missed x1.25, densenet121 97.4%; default MPS held x1.1, missed x1.2 at 93.7%.) Then
+# model-based on gpu-trio up to its first miss, Triton 64 / 8 ms copying each batch's input to
+# the GPU as gpuslice's workers do (INPUT_COPY=1; the peer's model skipped it), and model-based at
+# the mixed trio's held x1.4:
 #   bash scripts/gpu-session.sh model-based-64
 # (The cases before the twenty-first session are in this file's history.)
 cd "$(dirname "$0")/.."
@@ -172,6 +175,7 @@ case "${1:-graphs-64}" in
     ;;
   model-based-64)
     UNTIL_MISS=1 traced_steps "model-based scenarios/gpu-trio.toml 1.1 1.15 1.2 1.25 1.3"
+    INPUT_COPY=1 triton_steps "scenarios/gpu-trio.toml 64 8000 1.1 1.2"
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4"
     ;;
   triton-grid)

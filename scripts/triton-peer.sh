@@ -11,12 +11,15 @@
 #   bash scripts/triton-peer.sh SCENARIO MAX_BATCH DELAY_US SCALE...
 # Appends to $OUT/capacity.csv (policy "triton MAX_BATCH/DELAY_US") and leaves each run's
 # summary under $OUT/triton-MAX_BATCH-DELAY_US-xSCALE/. UNTIL_MISS=1: stop after the first scale
-# that a model misses (give them ascending).
+# that a model misses (give them ascending). INPUT_COPY=1: each batch copies its rows of an FP32
+# image from the host to the GPU first, as gpuslice's workers do (policy "triton ... copy",
+# folders triton-MAX_BATCH-DELAY_US-copy-xSCALE).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/held.sh
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
 SCENARIO=$1 MAX_BATCH=$2 DELAY_US=$3; shift 3
+COPY=${INPUT_COPY:-0}; TAG=$MAX_BATCH-$DELAY_US; [ "$COPY" = 1 ] && TAG=$TAG-copy
 # Unpacked into an ignored folder of the repository, which stays on a warm machine between calls.
 T=$PWD/.trt-run/trt
 if [ ! -x $T/pytriton/tritonserver/bin/tritonserver ]; then
@@ -40,6 +43,7 @@ output [ { name: "class" data_type: TYPE_INT32 dims: [ 1 ] } ]
 instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]
 dynamic_batching { preferred_batch_size: [ $preferred ] max_queue_delay_microseconds: $DELAY_US }
 parameters: { key: "arch" value: { string_value: "$model" } }
+parameters: { key: "input_copy" value: { string_value: "$COPY" } }
 PBTXT
 done
 $T/pytriton/tritonserver/bin/tritonserver --model-repository=$repo \
@@ -56,12 +60,12 @@ done
 echo "Triton ready in $(( $(date +%s) - started )) s ($MAX_BATCH / $DELAY_US us)" | tee -a "$OUT/triton-log.txt"
 [ -f "$OUT/capacity.csv" ] || echo "policy,load_scale,model,arrivals,completed,dropped,slo_attainment,goodput_rps,p99_ms,slo_ms" > "$OUT/capacity.csv"
 for scale in "$@"; do
-  dir="$OUT/triton-$MAX_BATCH-$DELAY_US-x$scale"
+  dir="$OUT/triton-$TAG-x$scale"
   ./out/gpuslice --log warn kserve-run --target 127.0.0.1:8001 --config "$SCENARIO" --load-scale "$scale" --out "$dir" 2>&1 | tee -a "$OUT/triton-log.txt"
   # summary.csv: model, slo_ms, arrivals, answered, failed, within_slo, slo_attainment, p50_ms, p99_ms
-  tail -n +2 "$dir/summary.csv" 2>/dev/null | awk -F, -v p="triton $MAX_BATCH/$DELAY_US" -v s="$scale" \
+  tail -n +2 "$dir/summary.csv" 2>/dev/null | awk -F, -v p="triton ${TAG//-//}" -v s="$scale" \
     '{print p "," s "," $1 "," $3 "," $4 "," $5 "," $7 ",," $9 "," $2}' >> "$OUT/capacity.csv"
   if [ "${UNTIL_MISS:-0}" = 1 ] && ! held "$dir/summary.csv" 7; then break; fi
 done
 kill -TERM $triton; wait $triton
-cp /tmp/triton.log "$OUT/triton-$MAX_BATCH-$DELAY_US.log"
+cp /tmp/triton.log "$OUT/triton-$TAG.log"

@@ -4,6 +4,9 @@ batch run on a static zero image (gpuslice's `gpu-run` feeds zeros too). Each re
 1-element INT32 `seed` and gets the top class of its row back as `class`.
 
 The architecture comes from the model config's `arch` parameter (scripts/triton-peer.sh writes it).
+With `input_copy` "1", each batch first copies its rows of a page-locked FP32 host image to the GPU
+and casts them to fp16 into the graph's input, as gpuslice's workers do with each batch's rows (and
+as Triton does with a request's input tensor): the same work per batch on both sides.
 """
 import json
 
@@ -21,6 +24,10 @@ class TritonPythonModel:
         torch.backends.cudnn.benchmark = True
         model = getattr(torchvision.models, arch)(weights=None).eval().half().cuda()
         self.image = torch.zeros(self.sizes[-1], 3, 224, 224, dtype=torch.half, device="cuda")
+        self.copied = None
+        if config["parameters"].get("input_copy", {}).get("string_value") == "1":
+            host = torch.zeros(self.sizes[-1], 3, 224, 224, dtype=torch.float32).pin_memory()
+            self.copied = (host, torch.zeros_like(host, device="cuda"))
         self.graphs = {}
         with torch.inference_mode():
             side = torch.cuda.Stream()
@@ -44,6 +51,10 @@ class TritonPythonModel:
             n = min(len(requests) - done, self.sizes[-1])
             size = next(b for b in self.sizes if b >= n)
             graph, top = self.graphs[size]
+            if self.copied is not None:
+                host, staging = self.copied
+                staging[:n].copy_(host[:n], non_blocking=True)
+                self.image[:n].copy_(staging[:n])
             graph.replay()
             classes = top[:n].cpu().numpy().reshape(n, 1)
             for i in range(n):
