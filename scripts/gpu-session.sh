@@ -132,6 +132,11 @@
 # the GPU as gpuslice's workers do (INPUT_COPY=1; the peer's model skipped it), and model-based at
 # the mixed trio's held x1.4:
 #   bash scripts/gpu-session.sh model-based-64
+# (model-based missed gpu-trio at x1.1, densenet121 98.7%, and the mixed trio at x1.4, mobilenet
+# 91.3%: its default-MPS trials chose batches of 64 / 2 ms; Triton copying its input held x1.1 and
+# missed x1.2, 98.2%.) Back to graphs up to 32: model-based at its held points and x1.15, Triton
+# copying its input at x1.15 and at 32 / 8 ms, default MPS at 32 / 8 ms:
+#   bash scripts/gpu-session.sh graphs-32
 # (The cases before the twenty-first session are in this file's history.)
 cd "$(dirname "$0")/.."
 [ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
@@ -177,6 +182,12 @@ case "${1:-graphs-64}" in
     UNTIL_MISS=1 traced_steps "model-based scenarios/gpu-trio.toml 1.1 1.15 1.2 1.25 1.3"
     INPUT_COPY=1 triton_steps "scenarios/gpu-trio.toml 64 8000 1.1 1.2"
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4"
+    ;;
+  graphs-32)
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4" "model-based scenarios/gpu-trio.toml 1.1" \
+      "model-based scenarios/gpu-trio.toml 1.15"
+    INPUT_COPY=1 triton_steps "scenarios/gpu-trio.toml 64 8000 1.15" "scenarios/gpu-trio.toml 32 8000 1.1 1.15 1.2"
+    UNTIL_MISS=1 STEPS_DIR=capacity-32-8ms capacity_steps "default-mps scenarios/gpu-trio.toml 1.1 1.15 1.2 -- --max-batch 32 --batch-wait-ms 8"
     ;;
   triton-grid)
     triton_steps "scenarios/gpu-trio.toml 32 4000 0.8 0.9 1.0 1.1" "scenarios/gpu-trio.toml 16 500 0.8 0.9 1.0 1.1" \

@@ -144,7 +144,7 @@ enum Command {
         #[arg(long, requires = "capacity")]
         untuned: bool,
         /// Simulate shaped like the GPU backend: slices on the shipped standby pool's levels
-        /// (10, 20, 30, 45, 60, 80, 100%), batches up to 64 (its largest CUDA graph): the
+        /// (10, 20, 30, 45, 60, 80, 100%), batches up to 32 (its largest CUDA graph): the
         /// prediction to set beside `gpu-run` and `scripts/gpu-capacity.sh`.
         #[arg(long)]
         like_gpu_backend: bool,

@@ -318,10 +318,12 @@ pub struct DeviceSample {
 pub const GPU_POOL_LEVELS: [f64; 7] = [10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0];
 /// The batch sizes the GPU backend's workers capture a CUDA graph for: a batch runs on the
 /// smallest graph that holds it, padded.
-pub const GPU_GRAPH_BATCHES: [u32; 11] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, GPU_LARGEST_BATCH];
-/// The largest batch the GPU backend serves (its largest CUDA graph): 64, as Triton's best
-/// dynamic batching on the H200's gpu-trio (bench/results/2026-12-03-h200-session21-peer-table).
-pub const GPU_LARGEST_BATCH: u32 = 64;
+pub const GPU_GRAPH_BATCHES: [u32; 9] = [1, 2, 4, 6, 8, 12, 16, 24, GPU_LARGEST_BATCH];
+/// The largest batch the GPU backend serves (its largest CUDA graph). Graphs up to 64 were
+/// measured on the H200 (bench/results/2026-12-03-h200-session22-graphs-64): default MPS at
+/// 64 / 8 ms held gpu-trio no higher, and model-based's default-MPS trials then chose batches of
+/// 64 that cost the mixed trio's 8 ms model its SLO (91.3% at x1.4, held at 32).
+pub const GPU_LARGEST_BATCH: u32 = 32;
 
 /// The pool level serving `gpu_pct` when at most `room` GPU% is free for it: the lowest level at
 /// or above it if that fits (a slice rounded down would serve less than the policy planned),

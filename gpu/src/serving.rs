@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Batch sizes each worker captures a CUDA graph for; a batch runs on the smallest graph that
 /// holds it.
-pub const GRAPH_BATCHES: [u32; 11] = gpuslice_control::GPU_GRAPH_BATCHES;
+pub const GRAPH_BATCHES: [u32; 9] = gpuslice_control::GPU_GRAPH_BATCHES;
 
 /// One model served on the GPU.
 pub struct GpuModelSetup {
