@@ -137,6 +137,12 @@
 # missed x1.2, 98.2%.) Back to graphs up to 32: model-based at its held points and x1.15, Triton
 # copying its input at x1.15 and at 32 / 8 ms, default MPS at 32 / 8 ms:
 #   bash scripts/gpu-session.sh graphs-32
+# (Triton copying its input held x1.2 at 32 / 8 ms, 99.03%, and x1.15 at 64 / 8 ms; model-based
+# held x1.1 and the mixed trio's x1.4, missed x1.15 at 96.2%; default MPS at 32 / 8 ms held x1.1,
+# missed x1.15 at 97.7%: at the same setting Triton's vgg16 p50 was 6.7 ms against 9.6, as it
+# sends a batch once 8 are queued.) Then with batches sent at `min_batch` queued (Triton's
+# smallest preferred size), and model-based trying 32 / 8 ms sent at 8:
+#   bash scripts/gpu-session.sh min-batch
 # (The cases before the twenty-first session are in this file's history.)
 cd "$(dirname "$0")/.."
 [ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
@@ -181,6 +187,12 @@ case "${1:-graphs-64}" in
   model-based-64)
     UNTIL_MISS=1 traced_steps "model-based scenarios/gpu-trio.toml 1.1 1.15 1.2 1.25 1.3"
     INPUT_COPY=1 triton_steps "scenarios/gpu-trio.toml 64 8000 1.1 1.2"
+    traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4"
+    ;;
+  min-batch)
+    traced_steps "model-based scenarios/gpu-trio.toml 1.15" "model-based scenarios/gpu-trio.toml 1.2"
+    UNTIL_MISS=1 STEPS_DIR=capacity-32-8ms-min8 capacity_steps \
+      "default-mps scenarios/gpu-trio.toml 1.15 1.2 1.25 -- --max-batch 32 --batch-wait-ms 8 --min-batch 8"
     traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4"
     ;;
   graphs-32)

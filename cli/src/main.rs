@@ -367,6 +367,10 @@ enum Command {
         /// Serve every model with this batch wait (ms) instead of the scenario's (with --max-batch).
         #[arg(long, requires = "max_batch")]
         batch_wait_ms: Option<f64>,
+        /// With --max-batch: send a batch as soon as this many requests are queued (Triton's
+        /// smallest preferred batch size) instead of waiting for a full one [default: --max-batch].
+        #[arg(long, requires = "max_batch")]
+        min_batch: Option<u32>,
     },
     /// Send a scenario's arrivals, open loop, to any server of the standard inference protocol
     /// (Triton, or `gpuslice serve`) and print per model the requests answered and within SLO,
@@ -911,11 +915,13 @@ fn run(command: Command) -> Result<()> {
             gpu_device,
             max_batch,
             batch_wait_ms,
+            min_batch,
         } => {
             let calibration = live_calibration(&calibration, fake_ms.is_none().then(|| gpu_device.unwrap_or(0)))?;
             let mut loaded = scenario::LoadedScenario::load_calibrated(Some(&config), calibration.as_deref())?;
             if let (Some(max_batch), Some(batch_timeout_ms)) = (max_batch, batch_wait_ms) {
-                loaded.set_batching(capacity::Batching { max_batch, batch_timeout_ms })?;
+                let min_batch = min_batch.unwrap_or(max_batch);
+                loaded.set_batching(capacity::Batching { max_batch, min_batch, batch_timeout_ms })?;
             }
             loaded.scale_load(load_scale)?;
             let mut sources = std::collections::HashMap::new();

@@ -369,7 +369,7 @@ impl SimBackend {
     /// fits beside the others' (`Backend::apply`).
     fn as_served(&self, model: usize, allocation: Allocation) -> Allocation {
         let max_batch = self.max_batch.map_or(allocation.max_batch, |b| allocation.max_batch.min(b));
-        let allocation = Allocation { max_batch, ..allocation };
+        let allocation = Allocation { max_batch, min_batch: allocation.min_batch.min(max_batch), ..allocation };
         if self.pool_levels.is_empty() || self.sim.sharing() != Sharing::Spatial {
             return allocation;
         }
@@ -518,6 +518,7 @@ impl BackendBuilder for PooledSimBuilder {
         for setup in &mut setups {
             let a = &mut setup.allocation;
             a.max_batch = a.max_batch.min(self.largest_batch());
+            a.min_batch = a.min_batch.min(a.max_batch);
             if config.sharing == Sharing::Spatial && !self.pool_levels.is_empty() {
                 a.gpu_pct = pool_level(&self.pool_levels, starting_level(&self.pool_levels, a.gpu_pct), 100.0 - held);
                 held += a.gpu_pct;
@@ -647,7 +648,7 @@ mod tests {
             Vec::new()
         }
         fn decide(&mut self, _: &[ModelInterval]) -> Vec<Decision> {
-            let at = |gpu_pct| Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 1.0 };
+            let at = |gpu_pct| Allocation { gpu_pct, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 };
             self.decisions
                 .iter()
                 .map(|&(model, pct)| Decision { model, allocation: at(pct), reason: "r".into() })
@@ -682,7 +683,7 @@ mod tests {
                 model: format!("m{m}"),
                 start_s: 0.0,
                 end_s: 1.0,
-                allocation: Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 1.0 },
+                allocation: Allocation { gpu_pct, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 },
                 queue_len: 0,
                 summary: Counters::new().summary(1, 1),
                 batches: Vec::new(),

@@ -29,26 +29,14 @@ pub const TUNING_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
 pub const TUNING_WAITS_MS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
 
 /// A uniform batching setting of a tuned baseline.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Batching {
-    /// Every model's largest batch.
-    pub max_batch: u32,
-    /// How long a batch waits to fill, ms.
-    pub batch_timeout_ms: f64,
-}
-
-impl std::fmt::Display for Batching {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "batch {}, wait {} ms", self.max_batch, self.batch_timeout_ms)
-    }
-}
+pub use gpuslice_simulator::Batching;
 
 /// Every setting a tuned baseline is searched at.
 pub fn tuning_grid() -> Vec<Batching> {
     TUNING_BATCHES
         .iter()
         .flat_map(|&max_batch| {
-            TUNING_WAITS_MS.iter().map(move |&batch_timeout_ms| Batching { max_batch, batch_timeout_ms })
+            TUNING_WAITS_MS.iter().map(move |&batch_timeout_ms| Batching::full(max_batch, batch_timeout_ms))
         })
         .collect()
 }
@@ -581,7 +569,7 @@ mod tests {
         let model = ModelReport {
             model: "m".into(),
             slo_ms: 10.0,
-            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, min_batch: 1, batch_timeout_ms: 0.0 },
             reallocations: 0,
             worker_failures: 0,
             summary: summary.clone(),
@@ -629,7 +617,7 @@ mod tests {
             probes: Vec::new(),
         };
         let (small, large) =
-            (Batching { max_batch: 4, batch_timeout_ms: 1.0 }, Batching { max_batch: 32, batch_timeout_ms: 1.0 });
+            (Batching::full(4, 1.0), Batching::full(32, 1.0));
         // The small batch wins one seed, the large batch the mean.
         let all = vec![
             search("temporal", 1, Some(small), 1.0),

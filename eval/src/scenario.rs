@@ -87,6 +87,10 @@ pub struct ModelEntry {
     pub gpu_pct: f64,
     /// Its largest batch.
     pub max_batch: u32,
+    /// Queued requests that send a batch at once (Triton's smallest preferred batch size);
+    /// unset: `max_batch` (a batch waits to be full or timed out).
+    #[serde(default)]
+    pub min_batch: Option<u32>,
     /// How long a batch waits to fill, ms.
     pub batch_timeout_ms: f64,
     /// Higher is more important when the GPU cannot meet every SLO.
@@ -94,6 +98,18 @@ pub struct ModelEntry {
     pub priority: u32,
     /// How its requests arrive.
     pub arrivals: ArrivalSpec,
+}
+
+impl ModelEntry {
+    /// Its slice and batching as configured.
+    fn allocation(&self) -> Allocation {
+        Allocation {
+            gpu_pct: self.gpu_pct,
+            max_batch: self.max_batch,
+            min_batch: self.min_batch.unwrap_or(self.max_batch),
+            batch_timeout_ms: self.batch_timeout_ms,
+        }
+    }
 }
 
 /// The most models in a scenario.
@@ -228,7 +244,8 @@ impl LoadedScenario {
     /// configures a dynamic batcher), checked like the scenario's own.
     pub fn set_batching(&mut self, batching: crate::capacity::Batching) -> Result<()> {
         for m in &mut self.scenario.models {
-            (m.max_batch, m.batch_timeout_ms) = (batching.max_batch, batching.batch_timeout_ms);
+            (m.max_batch, m.min_batch, m.batch_timeout_ms) =
+                (batching.max_batch, Some(batching.min_batch), batching.batch_timeout_ms);
         }
         self.validate()
     }
@@ -285,8 +302,7 @@ impl LoadedScenario {
         }
         let mut expected = 0.0;
         for (i, m) in s.models.iter().enumerate() {
-            let allocation =
-                Allocation { gpu_pct: m.gpu_pct, max_batch: m.max_batch, batch_timeout_ms: m.batch_timeout_ms };
+            let allocation = m.allocation();
             if let Some(problem) = allocation.problem() {
                 bail!("scenario {origin}: models[{i}] ({}): {problem}", m.name);
             }
@@ -398,8 +414,7 @@ impl LoadedScenario {
         let (mut setups, mut contexts) = (Vec::with_capacity(s.models.len()), Vec::with_capacity(s.models.len()));
         for (m, arrivals) in s.models.iter().zip(arrivals) {
             let model_latency = Arc::new(latency[m.profile_model.as_deref().unwrap_or(&m.name)].clone());
-            let allocation =
-                Allocation { gpu_pct: m.gpu_pct, max_batch: m.max_batch, batch_timeout_ms: m.batch_timeout_ms };
+            let allocation = m.allocation();
             setups.push(ModelSetup {
                 name: m.name.clone(),
                 slo_ms: m.slo_ms,

@@ -776,10 +776,12 @@ impl Dispatcher {
             let a = s.allocation;
             let max = (a.max_batch as usize).min(*GRAPH_BATCHES.last().expect("graphs") as usize);
             let full = s.queue.len() >= max;
-            // A batch is formed when full or when its first request has waited the batch timeout,
-            // and goes when its worker is ready for it (none while every worker is being replaced).
+            // A batch is formed when it holds `min_batch` or when its first request has waited the
+            // batch timeout, and goes when its worker is ready for it (none while every worker is
+            // being replaced).
+            let enough = s.queue.len() >= (a.min_batch as usize).min(max);
             let formed_at =
-                if full || s.arrivals_done { now } else { head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) };
+                if enough || s.arrivals_done { now } else { head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) };
             let active = crew.active;
             let held = crew.running.iter().filter(|r| r.worker == active).count();
             let worker_ready_at = match crew.running.iter().rfind(|r| r.worker == active) {

@@ -214,7 +214,7 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
         intervals += 1;
         assert_eq!(observed.len(), 2);
         if intervals == 2 {
-            let bigger = Allocation { gpu_pct: 55.0, max_batch: 16, batch_timeout_ms: 2.0 };
+            let bigger = Allocation { gpu_pct: 55.0, max_batch: 16, min_batch: 16, batch_timeout_ms: 2.0 };
             backend.apply(0, bigger).unwrap();
             let too_big = Allocation { gpu_pct: 70.0, ..bigger };
             assert!(backend.apply(1, too_big).is_err(), "55 + 70 > 100");
@@ -245,11 +245,11 @@ fn a_standby_pool_switches_levels_at_once() {
     let mut backend = fake_backend(vec![loaded("a", 35.0, 200.0, 1.0, 3)], vec![20.0, 30.0, 60.0], 200);
     let first = backend.next_interval().unwrap();
     assert_eq!(first[0].allocation.gpu_pct, 30.0, "35% is served by the 30% worker");
-    backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
+    backend.apply(0, Allocation { gpu_pct: 70.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
     let second = backend.next_interval().unwrap();
     assert_eq!(second[0].allocation.gpu_pct, 60.0, "no level at or above 70%: the one below");
     assert!(second[0].batches.iter().any(|b| b.gpu_pct == 60.0), "batches already run on the 60% worker");
-    backend.apply(0, Allocation { gpu_pct: 25.0, max_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
+    backend.apply(0, Allocation { gpu_pct: 25.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 }).unwrap();
     let third = backend.next_interval().unwrap();
     assert_eq!(third[0].allocation.gpu_pct, 30.0, "25% asked, the GPU has room: the 30% worker");
     while backend.next_interval().is_some() {}
@@ -270,7 +270,7 @@ fn a_pool_with_a_whole_gpu_level_switches_between_slices_and_default_mps() {
     let pct = |i: &[gpuslice_simulator::ModelInterval]| i.iter().map(|m| m.allocation.gpu_pct).collect::<Vec<_>>();
     assert_eq!(pct(&backend.next_interval().unwrap()), vec![45.0, 45.0]);
     backend.set_sharing(Sharing::DefaultMps).unwrap();
-    backend.apply(0, Allocation { gpu_pct: 20.0, max_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
+    backend.apply(0, Allocation { gpu_pct: 20.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
     let shared = backend.next_interval().unwrap();
     assert_eq!(pct(&shared), vec![100.0, 100.0], "every model on its whole-GPU worker");
     assert_eq!(shared[0].allocation.max_batch, 4, "the batching applies under default MPS");
@@ -376,7 +376,7 @@ fn a_reserved_share_is_left_free_by_reallocations() {
         name: "a".into(),
         source: small("a"),
         slo_ms: 50.0,
-        allocation: Allocation { gpu_pct: 60.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        allocation: Allocation { gpu_pct: 60.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 },
         arrivals: None,
     };
     let mut backend = GpuBackend::start(
@@ -387,7 +387,7 @@ fn a_reserved_share_is_left_free_by_reallocations() {
         Sharing::Spatial,
     )
     .unwrap();
-    let asked = Allocation { gpu_pct: 33.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let asked = Allocation { gpu_pct: 33.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 };
     backend.reserve(60.0);
     backend.apply(0, asked).unwrap();
     assert_eq!(backend.allocation(0).unwrap().gpu_pct, 30.0, "45 would eat into the reserved 60%");
@@ -533,7 +533,7 @@ fn loaded(name: &str, gpu_pct: f64, rate: f64, seconds: f64, seed: u64) -> gpusl
         name: name.into(),
         source: small(name),
         slo_ms: 50.0,
-        allocation: gpuslice_simulator::Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 2.0 },
+        allocation: gpuslice_simulator::Allocation { gpu_pct, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 },
         arrivals: Some(Box::new(
             ModulatedRenewal::new(RateSchedule::constant(rate, Some(seconds)).unwrap(), 1.0, seed).unwrap(),
         )),
@@ -547,7 +547,7 @@ fn submitted(name: &str) -> gpuslice_gpu::serving::GpuModelSetup {
         name: name.into(),
         source: small(name),
         slo_ms: 50.0,
-        allocation: gpuslice_simulator::Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1.0 },
+        allocation: gpuslice_simulator::Allocation { gpu_pct: 40.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 },
         arrivals: None,
     }
 }
@@ -642,7 +642,7 @@ fn a_model_serves_on_a_quick_first_worker_while_the_pool_starts_behind_it() {
     }
     assert!(answered > 0, "nothing served before the pool was up");
     // A move to another level is served too.
-    backend.set_allocation(model, Allocation { gpu_pct: 60.0, max_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
+    backend.set_allocation(model, Allocation { gpu_pct: 60.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
     tickets.extend((0..30).map(|_| backend.submit(model, None).unwrap()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tickets.is_empty() && Instant::now() < deadline {

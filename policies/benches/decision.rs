@@ -59,7 +59,7 @@ fn decision(c: &mut Criterion) {
             slo_ms: 30.0,
             priority: (i % 3) as u32,
             latency: Arc::new(latency.clone()),
-            configured: Allocation { gpu_pct: 6.0, max_batch: 8, batch_timeout_ms: 2.0 },
+            configured: Allocation { gpu_pct: 6.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 },
         })
         .collect();
     assert_eq!(models.len(), 16);

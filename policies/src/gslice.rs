@@ -215,7 +215,7 @@ impl Policy for Gslice {
             })
             .map(|(model, ((obs, (max_batch, mut reason)), gpu_pct))| {
                 reason += &format!(", needs add up to {total:.0}%: share {gpu_pct:.0}%");
-                Decision { model, allocation: Allocation { gpu_pct, max_batch, ..obs.allocation }, reason }
+                Decision { model, allocation: Allocation { gpu_pct, max_batch, min_batch: max_batch, ..obs.allocation }, reason }
             })
             .collect()
     }
@@ -247,7 +247,7 @@ mod tests {
             model: "m".into(),
             start_s: 0.0,
             end_s: 1.0,
-            allocation: Allocation { gpu_pct, max_batch: 4, batch_timeout_ms: 1.0 },
+            allocation: Allocation { gpu_pct, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 },
             queue_len: 0,
             summary,
             batches: Vec::new(),
@@ -262,7 +262,7 @@ mod tests {
         .unwrap();
         let latency =
             std::sync::Arc::new(gpuslice_traces::LatencyModel::fit_all(&set).unwrap().remove("resnet50").unwrap());
-        let configured = Allocation { gpu_pct: 5.0, max_batch: 4, batch_timeout_ms: 1.0 };
+        let configured = Allocation { gpu_pct: 5.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 };
         ModelContext { name: "m".into(), slo_ms, priority: 0, latency, configured }
     }
 

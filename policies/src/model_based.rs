@@ -40,7 +40,7 @@
 use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
-use gpuslice_simulator::{Allocation, ModelInterval, Report, Sharing};
+use gpuslice_simulator::{Allocation, Batching, ModelInterval, Report, Sharing};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -355,7 +355,7 @@ impl Tally {
 }
 
 /// The shared batching (max batch, wait ms) the policy starts with.
-const SHARED_START: (u32, f64) = (64, 1.0);
+const SHARED_START: Batching = Batching::full(64, 1.0);
 
 /// A candidate's standing on its record over the trials (`Tally::score`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -421,8 +421,8 @@ impl ModeChoice {
 /// How models batch on a shared GPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SharedBatching {
-    /// Every model the same max batch and wait (ms), as a Triton dynamic batcher is configured.
-    Uniform(u32, f64),
+    /// Every model the same batching, as a Triton dynamic batcher is configured.
+    Uniform(Batching),
     /// Each model's largest batch that runs within `SHARED_BATCH_SHARE` of the SLO it can
     /// delay, waiting at most `SHARED_TIMEOUT_SHARE` of its own SLO.
     SloSized,
@@ -582,12 +582,11 @@ impl ModelBased {
         let mut candidates: Vec<(ModeChoice, Vec<Allocation>)> =
             slices.into_iter().map(|(goal, plan)| (ModeChoice::Slices(goal), plan)).collect();
         for &mode in &self.shared_modes {
-            let uniform = self.shared_batchings().into_iter().map(|(b, w)| SharedBatching::Uniform(b, w));
+            let uniform = self.shared_batchings().into_iter().map(SharedBatching::Uniform);
             for batching in uniform.chain([SharedBatching::SloSized, SharedBatching::Configured]) {
                 let allocations = (0..self.models.len())
                     .map(|m| {
-                        let (max_batch, batch_timeout_ms) = self.shared_batching(m, mode, batching);
-                        Allocation { gpu_pct: 100.0, max_batch, batch_timeout_ms }
+                        self.shared_batching(m, mode, batching).at(100.0)
                     })
                     .collect();
                 candidates.push((ModeChoice::Shared { mode, batching }, allocations));
@@ -728,11 +727,11 @@ impl ModelBased {
 
     /// The uniform batchings the trials try: `SHARED_BATCHINGS` with batches above what the
     /// backend serves brought down to its largest (once each).
-    fn shared_batchings(&self) -> Vec<(u32, f64)> {
-        let mut batchings: Vec<(u32, f64)> = Vec::new();
-        for (b, w) in SHARED_BATCHINGS.map(|(b, w)| (b.min(self.largest_batch()), w)) {
-            if !batchings.contains(&(b, w)) {
-                batchings.push((b, w));
+    fn shared_batchings(&self) -> Vec<Batching> {
+        let mut batchings: Vec<Batching> = Vec::new();
+        for batching in SHARED_BATCHINGS.map(|b| b.capped(self.largest_batch())) {
+            if !batchings.contains(&batching) {
+                batchings.push(batching);
             }
         }
         batchings
@@ -750,14 +749,11 @@ impl ModelBased {
         self.shared_modes.iter().copied().find(|&m| m == preferred).or(self.shared_modes.first().copied())
     }
 
-    /// Model `m`'s max batch and wait (ms) on a GPU shared in `mode` with `batching`.
-    fn shared_batching(&self, m: usize, mode: Sharing, batching: SharedBatching) -> (u32, f64) {
+    /// Model `m`'s batching on a GPU shared in `mode` with `batching`.
+    fn shared_batching(&self, m: usize, mode: Sharing, batching: SharedBatching) -> Batching {
         match batching {
-            SharedBatching::Uniform(max_batch, wait_ms) => (max_batch, wait_ms),
-            SharedBatching::Configured => {
-                let configured = &self.models[m].configured;
-                (configured.max_batch.min(self.largest_batch()), configured.batch_timeout_ms)
-            }
+            SharedBatching::Uniform(batching) => batching,
+            SharedBatching::Configured => self.models[m].configured.batching().capped(self.largest_batch()),
             SharedBatching::SloSized => {
                 let l = &self.learned[m];
                 let (scale, _) = Self::correction(l);
@@ -768,7 +764,7 @@ impl ModelBased {
                 };
                 let fits = |b: usize| l.p50[b][99] * scale * l.tail[b][99] <= SHARED_BATCH_SHARE * delays;
                 let b = (0..self.batch_sizes).rev().find(|&b| fits(b)).unwrap_or(0);
-                (BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * slo)
+                Batching::full(BATCH_SIZES[b], SHARED_TIMEOUT_SHARE * slo)
             }
         }
     }
@@ -1015,7 +1011,7 @@ impl ModelBased {
                     Some(plan) => (
                         Allocation {
                             gpu_pct: plan.gpu as f64,
-                            max_batch: BATCH_SIZES[plan.batch_index],
+                            max_batch: BATCH_SIZES[plan.batch_index], min_batch: BATCH_SIZES[plan.batch_index],
                             batch_timeout_ms: plan.timeout_ms,
                         },
                         format!(
@@ -1039,7 +1035,7 @@ impl ModelBased {
                             .map_or(self.batch_sizes - 1, |(b, _)| b);
                         let formation = if load.rate > 0.0 { (BATCH_SIZES[b] as f64 - 1.0) / load.rate } else { 0.0 };
                         (
-                            Allocation { gpu_pct: gpu[m] as f64, max_batch: BATCH_SIZES[b], batch_timeout_ms: formation },
+                            Allocation { gpu_pct: gpu[m] as f64, max_batch: BATCH_SIZES[b], min_batch: BATCH_SIZES[b], batch_timeout_ms: formation },
                             format!(
                                 "degraded (priority {}): rate {rate:.0}/s needs {} for SLO {:.0} ms, {}% left after higher-priority models",
                                 self.models[m].priority,
@@ -1152,10 +1148,10 @@ impl Policy for ModelBased {
     fn initial(&mut self) -> Vec<Allocation> {
         let knees = crate::gslice::knee_allocations(&self.models);
         let Some(mode) = self.start_mode() else { return knees };
-        let (max_batch, batch_timeout_ms) = (SHARED_START.0.min(self.largest_batch()), SHARED_START.1);
-        self.choice = ModeChoice::Shared { mode, batching: SharedBatching::Uniform(max_batch, batch_timeout_ms) };
+        let batching = SHARED_START.capped(self.largest_batch());
+        self.choice = ModeChoice::Shared { mode, batching: SharedBatching::Uniform(batching) };
         self.why = "start: no traffic seen yet".to_string();
-        knees.into_iter().map(|a| Allocation { max_batch, batch_timeout_ms, ..a }).collect()
+        knees.into_iter().map(|a| batching.at(a.gpu_pct)).collect()
     }
 
     fn serve_batches(&mut self, sizes: &[u32]) {
@@ -1262,13 +1258,13 @@ impl Policy for ModelBased {
             return (0..n)
                 .filter_map(|m| {
                     let current = observations[m].allocation;
-                    let (max_batch, batch_timeout_ms) = self.shared_batching(m, mode, batching);
-                    let allocation = Allocation { max_batch, batch_timeout_ms, ..current };
+                    let batching = self.shared_batching(m, mode, batching);
+                    let allocation = batching.at(current.gpu_pct);
                     (allocation != current || previous != self.choice).then(|| Decision {
                         model: m,
                         allocation,
                         reason: format!(
-                            "{mode}, batch up to {max_batch}, wait at most {batch_timeout_ms:.1} ms ({})",
+                            "{mode}, {batching} ({})",
                             self.why
                         ),
                     })
@@ -1379,7 +1375,7 @@ mod tests {
         use super::Load;
         let mut fits = h100_fits();
         let names = ["resnet50", "mobilenet_v3_large", "vgg16", "efficientnet_b0"];
-        let allocation = Allocation { gpu_pct: 25.0, max_batch: 8, batch_timeout_ms: 1.0 };
+        let allocation = Allocation { gpu_pct: 25.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 };
         let models = names.map(|name| ModelContext {
             name: name.into(),
             slo_ms: 20.0,
@@ -1420,7 +1416,7 @@ mod tests {
                     slo_ms,
                     priority: 0,
                     latency: latency.clone(),
-                    configured: Allocation { gpu_pct: 10.0, max_batch: 8, batch_timeout_ms: 1.0 },
+                    configured: Allocation { gpu_pct: 10.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 },
                 })
             })
             .collect();
@@ -1516,7 +1512,7 @@ mod tests {
             slo_ms,
             priority: 0,
             latency: Arc::new(fitted.remove(name).unwrap()),
-            configured: Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 1.0 },
+            configured: Allocation { gpu_pct: 50.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 },
         };
         let start = |models: Vec<ModelContext>| {
             let mut policy = ModelBased::new(models, DeviceModel::default());
@@ -1536,7 +1532,7 @@ mod tests {
     fn slices_that_miss_and_cannot_be_re_planned_go_to_the_last_trials_shared_mode() {
         use super::{ModeChoice, SharedBatching};
         let latency = Arc::new(h100_fits().remove("resnet50").unwrap());
-        let allocation = Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 1.0 };
+        let allocation = Allocation { gpu_pct: 50.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 };
         let context = |name: &str| ModelContext {
             name: name.into(),
             slo_ms: 20.0,
@@ -1546,7 +1542,7 @@ mod tests {
         };
         let interval_at = |p99_ms: f64, rate: u64| quarter_second(rate, p99_ms, allocation);
         let interval = |p99_ms: f64| interval_at(p99_ms, 20_000);
-        let shared = ModeChoice::Shared { mode: Sharing::Temporal, batching: SharedBatching::Uniform(8, 1.0) };
+        let shared = ModeChoice::Shared { mode: Sharing::Temporal, batching: SharedBatching::Uniform(Batching::full(8, 1.0)) };
         let mut policy = ModelBased::new(vec![context("a"), context("b")], DeviceModel::default());
         policy.offer_modes(&[Sharing::Temporal]);
         (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices(SliceGoal::Headroom), Some(shared), 1);
@@ -1595,7 +1591,7 @@ mod tests {
             slo_ms: 20.0,
             priority: 0,
             latency,
-            configured: Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 1.0 },
+            configured: Allocation { gpu_pct: 50.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 },
         };
         // Arrivals at `rate` a second over [from, to).
         let steady = |rate: f64, from: f64, to: f64| {

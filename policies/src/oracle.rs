@@ -178,7 +178,7 @@ fn model_table(
         let times = inputs.window_arrivals(m, w, window_s);
         let rate_per_ms = times.len() as f64 / (window_s * 1e3);
         let mut row: [(u64, Allocation); GPU_LEVELS] = std::array::from_fn(|level| {
-            (0, Allocation { gpu_pct: ((level + 1) * GPU_STEP) as f64, max_batch: 1, batch_timeout_ms: 0.0 })
+            (0, Allocation { gpu_pct: ((level + 1) * GPU_STEP) as f64, max_batch: 1, min_batch: 1, batch_timeout_ms: 0.0 })
         });
         let mut all_served = false;
         let mut previous = row[0].1;
@@ -196,7 +196,7 @@ fn model_table(
                 waits.into_iter().map(move |batch_timeout_ms| (max_batch, batch_timeout_ms))
             });
             for (max_batch, batch_timeout_ms) in batchings {
-                let allocation = Allocation { gpu_pct, max_batch, batch_timeout_ms };
+                let allocation = Allocation { gpu_pct, max_batch, min_batch: max_batch, batch_timeout_ms };
                 let config = SimConfig {
                     sharing: Sharing::Spatial,
                     background_pct: 100.0 - gpu_pct,
@@ -275,8 +275,8 @@ fn best_shared(
     }
     let mut best: Option<(u64, Sharing, Vec<Allocation>)> = None;
     for mode in [Sharing::Temporal, Sharing::DefaultMps] {
-        for (max_batch, batch_timeout_ms) in SHARED_BATCHINGS {
-            let allocations = vec![Allocation { gpu_pct: 100.0, max_batch, batch_timeout_ms }; inputs.models.len()];
+        for batching in SHARED_BATCHINGS {
+            let allocations = vec![batching.at(100.0); inputs.models.len()];
             let run = ReplayRun {
                 models: inputs.models,
                 times: &times,

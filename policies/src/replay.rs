@@ -2,7 +2,7 @@
 //! the oracle replays the future of the trace, model-based the recent past (its mode trials).
 
 use crate::ModelContext;
-use gpuslice_simulator::{Allocation, ModelSetup, Report, ServiceModel, Sharing, SimConfig, SimError, Simulator};
+use gpuslice_simulator::{Allocation, Batching, ModelSetup, Report, ServiceModel, Sharing, SimConfig, SimError, Simulator};
 use gpuslice_traces::arrivals::Replay;
 use std::sync::Arc;
 
@@ -17,11 +17,21 @@ pub struct DeviceModel {
     pub service_jitter: bool,
 }
 
-/// Uniform batchings (max batch, wait ms) the shared modes are planned and tried with: those the
-/// tuned baselines chose on the shipped scenarios, small batches for tight SLOs, and no wait at
-/// all (a batch takes what is queued when the GPU frees: the lowest latency at light load).
-pub const SHARED_BATCHINGS: [(u32, f64); 7] =
-    [(8, 1.0), (16, 1.0), (32, 1.0), (64, 1.0), (32, 8.0), (64, 2.0), (64, 0.0)];
+/// Uniform batchings the shared modes are planned and tried with: those the tuned baselines chose
+/// on the shipped scenarios, small batches for tight SLOs, no wait at all (a batch takes what is
+/// queued when the GPU frees: the lowest latency at light load), and Triton's dynamic batching
+/// at its best on the H200's gpu-trio (batches up to 32 sent at 8 queued, else after 8 ms:
+/// bench/results/2026-12-03-h200-session22-graphs-64).
+pub const SHARED_BATCHINGS: [Batching; 8] = [
+    Batching::full(8, 1.0),
+    Batching::full(16, 1.0),
+    Batching::full(32, 1.0),
+    Batching::full(64, 1.0),
+    Batching::full(32, 8.0),
+    Batching::full(64, 2.0),
+    Batching::full(64, 0.0),
+    Batching { max_batch: 32, min_batch: 8, batch_timeout_ms: 8.0 },
+];
 
 /// One replay: every model's arrival times (seconds from the replay's start, ascending), each
 /// played `scale` times over (see `Replay::new`), at its allocation, under `sharing`.

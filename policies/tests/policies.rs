@@ -25,7 +25,7 @@ fn context(name: &str, latency: Arc<LatencyModel>, slo_ms: f64, priority: u32) -
         slo_ms,
         priority,
         latency,
-        configured: Allocation { gpu_pct: 50.0, max_batch: 8, batch_timeout_ms: 2.0 },
+        configured: Allocation { gpu_pct: 50.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 },
     }
 }
 
@@ -209,7 +209,7 @@ fn gslice_starts_at_the_knees_and_shares_max_min() {
 #[test]
 fn gslice_sizes_the_batch_from_the_time_batches_run() {
     let mut policy = build("gslice", &[context("toy", toy_latency(), 20.0, 0)], &DeviceModel::default(), None).unwrap();
-    let current = Allocation { gpu_pct: 40.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let current = Allocation { gpu_pct: 40.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 };
     let mut observed = interval(current, 1000, 1000, 100.0);
     observed.batches = vec![BatchSample { size: 8, gpu_pct: 40.0, exec_ms: 4.0 }; 10];
     let decisions = policy.decide(&[observed]);

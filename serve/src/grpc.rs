@@ -37,7 +37,7 @@ impl From<LiveError> for Status {
 }
 
 fn to_proto(a: gpuslice_simulator::Allocation) -> crate::proto::Allocation {
-    crate::proto::Allocation { gpu_pct: a.gpu_pct, max_batch: a.max_batch, batch_timeout_ms: a.batch_timeout_ms }
+    crate::proto::Allocation { gpu_pct: a.gpu_pct, max_batch: a.max_batch, min_batch: a.min_batch, batch_timeout_ms: a.batch_timeout_ms }
 }
 
 fn metrics(model: String, s: &Summary) -> ModelMetrics {
@@ -213,6 +213,8 @@ impl Controller for Service {
             let allocation = gpuslice_simulator::Allocation {
                 gpu_pct: a.gpu_pct,
                 max_batch: a.max_batch,
+                // Unset (0): the batch waits to be full, as before the field existed.
+                min_batch: if a.min_batch == 0 { a.max_batch } else { a.min_batch },
                 batch_timeout_ms: a.batch_timeout_ms,
             };
             if let Some(problem) = allocation.problem() {

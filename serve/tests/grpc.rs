@@ -103,7 +103,7 @@ async fn errors_carry_the_right_codes() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let too_big = OverrideAllocationRequest {
         name: "resnet50".into(),
-        allocation: Some(Allocation { gpu_pct: 150.0, max_batch: 8, batch_timeout_ms: 1.0 }),
+        allocation: Some(Allocation { gpu_pct: 150.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 }),
         release: false,
     };
     assert_eq!(code(client.override_allocation(too_big).await).code(), Code::InvalidArgument);
@@ -115,7 +115,7 @@ async fn pins_policies_and_health() {
     let (running, mut client) = server(0.2).await;
     client.register_model(register("resnet50", 20.0)).await.unwrap();
     client.register_model(register("densenet121", 30.0)).await.unwrap();
-    let pin = Allocation { gpu_pct: 30.0, max_batch: 8, batch_timeout_ms: 2.0 };
+    let pin = Allocation { gpu_pct: 30.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 };
     let request = OverrideAllocationRequest { name: "resnet50".into(), allocation: Some(pin), release: false };
     client.override_allocation(request).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -428,7 +428,7 @@ async fn a_node_takes_a_bounded_number_of_models_and_whole_percent_pins() {
     assert!(e.code() == Code::FailedPrecondition && e.message().contains("64 models"), "{e:?}");
     let pin = |gpu_pct| OverrideAllocationRequest {
         name: "m0".into(),
-        allocation: Some(Allocation { gpu_pct, max_batch: 8, batch_timeout_ms: 1.0 }),
+        allocation: Some(Allocation { gpu_pct, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 }),
         release: false,
     };
     let e = code(client.override_allocation(pin(1e-300)).await);
@@ -550,7 +550,7 @@ async fn a_node_holds_a_bounded_number_of_queued_requests() {
     client
         .override_allocation(OverrideAllocationRequest {
             name: "resnet50".into(),
-            allocation: Some(Allocation { gpu_pct: 50.0, max_batch: 64, batch_timeout_ms: 200.0 }),
+            allocation: Some(Allocation { gpu_pct: 50.0, max_batch: 64, min_batch: 64, batch_timeout_ms: 200.0 }),
             release: false,
         })
         .await

@@ -98,7 +98,7 @@ fn hostile_requests_are_refused_or_served_never_an_internal_error() {
             let (gpu_pct, max_batch, batch_timeout_ms) = c.pin;
             let pin = OverrideAllocationRequest {
                 name: c.name.clone(),
-                allocation: Some(Allocation { gpu_pct, max_batch, batch_timeout_ms }),
+                allocation: Some(Allocation { gpu_pct, max_batch, min_batch: max_batch, batch_timeout_ms }),
                 release: false,
             };
             let pinned = code(tokio::time::timeout(limit, client.override_allocation(pin)).await.expect("override answers").map(drop));

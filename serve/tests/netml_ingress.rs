@@ -78,7 +78,7 @@ async fn every_image_is_answered_with_its_own_output_or_counted_lost() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let before = client.get_allocation(GetAllocationRequest { name: "resnet50".into() }).await.unwrap().into_inner();
     let level = if before.models[0].allocation.unwrap().gpu_pct == 20.0 { 40.0 } else { 20.0 };
-    let pin = Allocation { gpu_pct: level, max_batch: 8, batch_timeout_ms: 2.0 };
+    let pin = Allocation { gpu_pct: level, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 };
     client
         .override_allocation(OverrideAllocationRequest {
             name: "resnet50".into(),

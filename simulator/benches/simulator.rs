@@ -19,7 +19,7 @@ fn simulator(sharing: Sharing, fitted: &std::collections::BTreeMap<String, Laten
             name: name.to_string(),
             slo_ms: 20.0,
             service: ServiceModel::Calibrated { latency: Arc::new(fitted[*name].clone()), jitter: true },
-            allocation: Allocation { gpu_pct: 25.0, max_batch: 8, batch_timeout_ms: 1.0 },
+            allocation: Allocation { gpu_pct: 25.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 },
             arrivals: Box::new(
                 ModulatedRenewal::new(RateSchedule::constant(*rate, Some(SECONDS)).unwrap(), 1.0, i as u64).unwrap(),
             ),

@@ -35,8 +35,51 @@ pub struct Allocation {
     pub gpu_pct: f64,
     /// Largest batch the batcher forms.
     pub max_batch: u32,
+    /// A batch goes as soon as this many requests are queued (and the model's worker is free),
+    /// taking up to `max_batch`; fewer wait for more up to `batch_timeout_ms`. Triton's smallest
+    /// preferred batch size; equal to `max_batch`, a batch waits to be full.
+    pub min_batch: u32,
     /// How long the oldest queued request may wait for a fuller batch.
     pub batch_timeout_ms: f64,
+}
+
+/// How a model's requests are batched, whatever its slice: a dynamic batcher's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batching {
+    /// Largest batch (`Allocation::max_batch`).
+    pub max_batch: u32,
+    /// Queued requests that send a batch at once (`Allocation::min_batch`).
+    pub min_batch: u32,
+    /// How long a batch waits to fill, ms (`Allocation::batch_timeout_ms`).
+    pub batch_timeout_ms: f64,
+}
+
+impl Batching {
+    /// Batches of up to `max_batch` that wait to be full, at most `batch_timeout_ms`.
+    pub const fn full(max_batch: u32, batch_timeout_ms: f64) -> Batching {
+        Batching { max_batch, min_batch: max_batch, batch_timeout_ms }
+    }
+
+    /// This batching with batches cut to `largest`.
+    pub fn capped(self, largest: u32) -> Batching {
+        let max_batch = self.max_batch.min(largest);
+        Batching { max_batch, min_batch: self.min_batch.min(max_batch), ..self }
+    }
+
+    /// An allocation of `gpu_pct` with this batching.
+    pub fn at(self, gpu_pct: f64) -> Allocation {
+        Allocation { gpu_pct, max_batch: self.max_batch, min_batch: self.min_batch, batch_timeout_ms: self.batch_timeout_ms }
+    }
+}
+
+impl std::fmt::Display for Batching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch {}", self.max_batch)?;
+        if self.min_batch < self.max_batch {
+            write!(f, " (sent at {})", self.min_batch)?;
+        }
+        write!(f, ", wait {} ms", self.batch_timeout_ms)
+    }
 }
 
 /// The largest `Allocation::max_batch` (beyond any GPU's memory for these models).
@@ -51,6 +94,11 @@ pub const MAX_TEMPORAL_SWITCH_MS: f64 = 1000.0;
 pub const MAX_PAUSE_S: f64 = 3_600.0;
 
 impl Allocation {
+    /// Its batching.
+    pub fn batching(&self) -> Batching {
+        Batching { max_batch: self.max_batch, min_batch: self.min_batch, batch_timeout_ms: self.batch_timeout_ms }
+    }
+
     /// Why this allocation cannot be applied, if it cannot.
     pub fn problem(&self) -> Option<String> {
         if !(self.gpu_pct > 0.0 && self.gpu_pct <= 100.0) {
@@ -58,6 +106,9 @@ impl Allocation {
         }
         if !(1..=MAX_BATCH).contains(&self.max_batch) {
             return Some(format!("max_batch must be in 1..={MAX_BATCH}, got {}", self.max_batch));
+        }
+        if !(1..=self.max_batch).contains(&self.min_batch) {
+            return Some(format!("min_batch must be in 1..={} (max_batch), got {}", self.max_batch, self.min_batch));
         }
         if !(self.batch_timeout_ms.is_finite() && (0.0..=MAX_BATCH_TIMEOUT_MS).contains(&self.batch_timeout_ms)) {
             return Some(format!(

@@ -504,7 +504,7 @@ impl Simulator {
     }
 
     /// Changes a model's allocation. A new GPU% or batch size takes effect after the configured
-    /// reallocation pause; a new batch timeout at once.
+    /// reallocation pause; a new batch timeout or `min_batch` at once.
     pub fn set_allocation(&mut self, model: usize, allocation: Allocation) -> Result<(), SimError> {
         let state = self.models.get(model).ok_or(SimError::UnknownModel(model))?;
         if let Some(problem) = allocation.problem() {
@@ -517,10 +517,8 @@ impl Simulator {
         let previous = (state.allocation, state.pending);
         let state = &mut self.models[model];
         if target.gpu_pct == allocation.gpu_pct && target.max_batch == allocation.max_batch {
-            match &mut state.pending {
-                Some(pending) => pending.batch_timeout_ms = allocation.batch_timeout_ms,
-                None => state.allocation.batch_timeout_ms = allocation.batch_timeout_ms,
-            }
+            let batching = state.pending.as_mut().unwrap_or(&mut state.allocation);
+            (batching.batch_timeout_ms, batching.min_batch) = (allocation.batch_timeout_ms, allocation.min_batch);
             state.timeout_at = None;
             state.timeout_version += 1;
         } else {
@@ -715,8 +713,8 @@ impl Simulator {
         }
     }
 
-    /// Whether the model can start a batch now: drops expired requests, and when the queue is
-    /// neither full nor timed out, arms the batch timeout.
+    /// Whether the model can start a batch now: drops expired requests, and when the queue holds
+    /// fewer than `min_batch` and has not timed out, arms the batch timeout.
     fn ready(&mut self, model: usize) -> bool {
         let now = self.now;
         let state = &mut self.models[model];
@@ -737,7 +735,8 @@ impl Simulator {
             return false;
         };
         let deadline = head.saturating_add(secs_to_ns(state.allocation.batch_timeout_ms * 1e-3));
-        if state.queue.len() >= state.allocation.max_batch as usize || now >= deadline {
+        let enough = state.allocation.min_batch.min(state.allocation.max_batch) as usize;
+        if state.queue.len() >= enough || now >= deadline {
             return true;
         }
         if state.timeout_at != Some(deadline) {

@@ -10,7 +10,7 @@ mod metrics;
 mod service;
 
 pub use config::{
-    Allocation, H100_INTERFERENCE, H100_MPS_LAUNCH_CONTENTION, H100_MPS_SHARE_EXPONENT, MAX_BATCH,
+    Allocation, Batching, H100_INTERFERENCE, H100_MPS_LAUNCH_CONTENTION, H100_MPS_SHARE_EXPONENT, MAX_BATCH,
     MAX_BATCH_TIMEOUT_MS, MAX_LATENCY_MS, MAX_PAUSE_S, MAX_TEMPORAL_SWITCH_MS, ModelSetup, ReallocationCost,
     ServiceModel, Sharing, SimConfig,
 };

@@ -16,7 +16,7 @@ fn setup(name: &str, gpu_pct: f64) -> ModelSetup {
         name: name.into(),
         slo_ms: 10.0,
         service: ServiceModel::Constant { ms: 2.0 },
-        allocation: Allocation { gpu_pct, max_batch: 4, batch_timeout_ms: 1.0 },
+        allocation: Allocation { gpu_pct, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 },
         arrivals: Box::new(NoArrivals),
     }
 }
@@ -71,7 +71,7 @@ fn a_served_out_model_gives_its_slot_and_memory_back_and_stays_in_the_total() {
     let b = sim.add_model(setup("b", 40.0)).unwrap();
     // A reallocation while b serves: its old worker's batch may still run after the move.
     sim.submit(b).unwrap();
-    sim.set_allocation(b, Allocation { gpu_pct: 30.0, max_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
+    sim.set_allocation(b, Allocation { gpu_pct: 30.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
     sim.submit(b).unwrap();
     sim.retire_model(b).unwrap();
     // Still serving: its slot is not taken.

@@ -87,7 +87,7 @@ fn run(case: &Case) -> Simulator {
             name: MODELS[i].into(),
             slo_ms: 50.0,
             service: ServiceModel::Calibrated { latency: latency_models()[i].clone(), jitter: true },
-            allocation: Allocation { gpu_pct, max_batch, batch_timeout_ms: timeout },
+            allocation: Allocation { gpu_pct, max_batch, min_batch: max_batch, batch_timeout_ms: timeout },
             arrivals: Box::new(
                 ModulatedRenewal::new(RateSchedule::constant(rate, Some(2.0)).unwrap(), cv, case.seed ^ i as u64)
                     .unwrap(),
@@ -166,7 +166,7 @@ fn constant_model(gpu_pct: f64, batch_timeout_ms: f64, rate: f64) -> ModelSetup 
         name: "m".into(),
         slo_ms: 10.0,
         service: ServiceModel::Constant { ms: 1.0 },
-        allocation: Allocation { gpu_pct, max_batch: 4, batch_timeout_ms },
+        allocation: Allocation { gpu_pct, max_batch: 4, min_batch: 4, batch_timeout_ms },
         arrivals: Box::new(ModulatedRenewal::new(RateSchedule::constant(rate, Some(1.0)).unwrap(), 1.0, 0).unwrap()),
     }
 }
@@ -179,7 +179,7 @@ fn spatial_oversubscription_and_bad_allocations_are_refused() {
     let err = Simulator::new(SimConfig::default(), vec![setup(0.0)]).err().unwrap();
     assert_eq!(err.to_string(), "model m: gpu_pct must be in (0, 100], got 0");
     let mut sim = Simulator::new(SimConfig::default(), vec![setup(60.0), setup(40.0)]).unwrap();
-    let bigger = Allocation { gpu_pct: 70.0, max_batch: 4, batch_timeout_ms: 1.0 };
+    let bigger = Allocation { gpu_pct: 70.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 };
     assert!(sim.set_allocation(0, bigger).is_err());
     assert_eq!(sim.allocation(0).unwrap().gpu_pct, 60.0, "a refused change leaves the allocation as it was");
     assert!(sim.set_allocation(5, bigger).is_err());
@@ -195,13 +195,13 @@ fn values_at_their_limits_run_and_beyond_them_are_refused() {
         SimConfig { reallocation: ReallocationCost::ColdRestart { restart_s: MAX_PAUSE_S }, ..SimConfig::default() };
     let mut sim = Simulator::new(config, vec![setup(MAX_BATCH_TIMEOUT_MS)]).unwrap();
     sim.run_until(gpuslice_simulator::secs_to_ns(0.5));
-    let longer = Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: MAX_BATCH_TIMEOUT_MS };
+    let longer = Allocation { gpu_pct: 40.0, max_batch: 4, min_batch: 4, batch_timeout_ms: MAX_BATCH_TIMEOUT_MS };
     sim.set_allocation(0, longer).unwrap();
     sim.run_until(u64::MAX);
     let report = sim.report();
     assert_eq!(report.total.arrivals, report.total.completed + report.total.dropped, "every arrival accounted for");
     // Beyond them: refused, naming the field (over gRPC, OverrideAllocation comes here).
-    let wait = Allocation { gpu_pct: 40.0, max_batch: 4, batch_timeout_ms: 1e300 };
+    let wait = Allocation { gpu_pct: 40.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1e300 };
     let err = sim.set_allocation(0, wait).unwrap_err().to_string();
     assert!(err.contains("batch_timeout_ms"), "{err}");
     let config = SimConfig { reallocation: ReallocationCost::ColdRestart { restart_s: 2e10 }, ..SimConfig::default() };
@@ -221,7 +221,7 @@ fn under_temporal_sharing_turning_to_another_model_costs_the_switch() {
             name: name.into(),
             slo_ms: 10.0,
             service: ServiceModel::Constant { ms: 1.0 },
-            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, min_batch: 1, batch_timeout_ms: 0.0 },
             arrivals: Box::new(gpuslice_traces::arrivals::Replay::new(vec![at].into(), 1.0, 1.0, None, 0)),
         };
         let config = SimConfig {
@@ -250,7 +250,7 @@ fn a_hand_off_adds_to_each_latency_without_holding_the_gpu() {
             name: "a".into(),
             slo_ms: 2.0,
             service: ServiceModel::Constant { ms: 1.0 },
-            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, min_batch: 1, batch_timeout_ms: 0.0 },
             arrivals: Box::new(gpuslice_traces::arrivals::Replay::new(vec![0.0, 1e-4].into(), 1.0, 1.0, None, 0)),
         };
         let config = SimConfig { hand_off_ms, record_requests: true, ..SimConfig::default() };

@@ -16,7 +16,7 @@ fn mean_wait_ms(service: ServiceModel, rho: f64, arrivals: usize) -> f64 {
         name: "queue".into(),
         slo_ms: 1e6,
         service,
-        allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+        allocation: Allocation { gpu_pct: 100.0, max_batch: 1, min_batch: 1, batch_timeout_ms: 0.0 },
         arrivals: Box::new(process),
     };
     let mut sim = Simulator::new(config, vec![model]).unwrap();

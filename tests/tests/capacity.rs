@@ -48,7 +48,7 @@ fn the_search_finds_the_m_d_1_capacity() {
             name: "md1".into(),
             slo_ms: slo_s * 1e3,
             service: ServiceModel::Constant { ms: d_s * 1e3 },
-            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, batch_timeout_ms: 0.0 },
+            allocation: Allocation { gpu_pct: 100.0, max_batch: 1, min_batch: 1, batch_timeout_ms: 0.0 },
             arrivals: Box::new(arrivals),
         };
         let mut sim = Simulator::new(SimConfig::default(), vec![setup])?;
