@@ -345,7 +345,12 @@ pub fn simulate_closed_loop(
                 name: latency.model.clone(),
                 slo_ms: gpuslice_simulator::MAX_LATENCY_MS,
                 service: ServiceModel::Calibrated { latency: latency.clone(), jitter: true },
-                allocation: Allocation { gpu_pct: *gpu_pct, max_batch: *batch, min_batch: *batch, batch_timeout_ms: 0.0 },
+                allocation: Allocation {
+                    gpu_pct: *gpu_pct,
+                    max_batch: *batch,
+                    min_batch: *batch,
+                    batch_timeout_ms: 0.0,
+                },
                 arrivals: Box::new(arrivals),
             })
         })

@@ -616,8 +616,7 @@ mod tests {
             first_missed: None,
             probes: Vec::new(),
         };
-        let (small, large) =
-            (Batching::full(4, 1.0), Batching::full(32, 1.0));
+        let (small, large) = (Batching::full(4, 1.0), Batching::full(32, 1.0));
         // The small batch wins one seed, the large batch the mean.
         let all = vec![
             search("temporal", 1, Some(small), 1.0),

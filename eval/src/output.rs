@@ -94,6 +94,7 @@ struct IntervalRow<'a> {
     end_s: f64,
     gpu_pct: f64,
     max_batch: u32,
+    min_batch: u32,
     batch_timeout_ms: f64,
     queue_len: usize,
 }
@@ -185,6 +186,7 @@ pub fn write_run(dir: &Path, report: &Report, intervals: &[ModelInterval]) -> Re
                     end_s: i.end_s,
                     gpu_pct: i.allocation.gpu_pct,
                     max_batch: i.allocation.max_batch,
+                    min_batch: i.allocation.min_batch,
                     batch_timeout_ms: i.allocation.batch_timeout_ms,
                     queue_len: i.queue_len,
                 },

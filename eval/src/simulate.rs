@@ -32,6 +32,8 @@ pub struct TimedDecision {
     pub gpu_pct: f64,
     /// Its new largest batch.
     pub max_batch: u32,
+    /// Queued requests that send its batch at once.
+    pub min_batch: u32,
     /// Its new batch wait, ms.
     pub batch_timeout_ms: f64,
     /// Why, in the policy's words.
@@ -192,6 +194,7 @@ pub fn run_built(
                     model: names[model].clone(),
                     gpu_pct: allocation.gpu_pct,
                     max_batch: allocation.max_batch,
+                    min_batch: allocation.min_batch,
                     batch_timeout_ms: allocation.batch_timeout_ms,
                     reason,
                 },
@@ -200,6 +203,7 @@ pub fn run_built(
                     model: "(all)".into(),
                     gpu_pct: f64::NAN,
                     max_batch: 0,
+                    min_batch: 0,
                     batch_timeout_ms: f64::NAN,
                     reason: format!("sharing {from} -> {to}"),
                 },
@@ -233,10 +237,9 @@ pub fn run_built(
 /// A change in words, for logs.
 fn describe(change: &Change, names: &[String]) -> String {
     match change {
-        Change::Allocation { model, allocation, reason } => format!(
-            "{}: GPU% {}, batch up to {}, wait {} ms ({reason})",
-            names[*model], allocation.gpu_pct, allocation.max_batch, allocation.batch_timeout_ms
-        ),
+        Change::Allocation { model, allocation, reason } => {
+            format!("{}: GPU% {}, {} ({reason})", names[*model], allocation.gpu_pct, allocation.batching())
+        }
         Change::Sharing { from, to } => format!("sharing {from} -> {to}"),
     }
 }

@@ -642,7 +642,9 @@ fn a_model_serves_on_a_quick_first_worker_while_the_pool_starts_behind_it() {
     }
     assert!(answered > 0, "nothing served before the pool was up");
     // A move to another level is served too.
-    backend.set_allocation(model, Allocation { gpu_pct: 60.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 }).unwrap();
+    backend
+        .set_allocation(model, Allocation { gpu_pct: 60.0, max_batch: 4, min_batch: 4, batch_timeout_ms: 1.0 })
+        .unwrap();
     tickets.extend((0..30).map(|_| backend.submit(model, None).unwrap()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tickets.is_empty() && Instant::now() < deadline {

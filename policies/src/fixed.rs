@@ -31,7 +31,8 @@ impl FixedPolicy {
             .iter()
             .map(|_| Allocation {
                 gpu_pct: 100.0,
-                max_batch: TRITON_MAX_BATCH, min_batch: TRITON_MAX_BATCH,
+                max_batch: TRITON_MAX_BATCH,
+                min_batch: TRITON_MAX_BATCH,
                 batch_timeout_ms: TRITON_MAX_QUEUE_DELAY_MS,
             })
             .collect();

@@ -215,7 +215,11 @@ impl Policy for Gslice {
             })
             .map(|(model, ((obs, (max_batch, mut reason)), gpu_pct))| {
                 reason += &format!(", needs add up to {total:.0}%: share {gpu_pct:.0}%");
-                Decision { model, allocation: Allocation { gpu_pct, max_batch, min_batch: max_batch, ..obs.allocation }, reason }
+                Decision {
+                    model,
+                    allocation: Allocation { gpu_pct, max_batch, min_batch: max_batch, ..obs.allocation },
+                    reason,
+                }
             })
             .collect()
     }

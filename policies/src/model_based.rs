@@ -584,11 +584,8 @@ impl ModelBased {
         for &mode in &self.shared_modes {
             let uniform = self.shared_batchings().into_iter().map(SharedBatching::Uniform);
             for batching in uniform.chain([SharedBatching::SloSized, SharedBatching::Configured]) {
-                let allocations = (0..self.models.len())
-                    .map(|m| {
-                        self.shared_batching(m, mode, batching).at(100.0)
-                    })
-                    .collect();
+                let allocations =
+                    (0..self.models.len()).map(|m| self.shared_batching(m, mode, batching).at(100.0)).collect();
                 candidates.push((ModeChoice::Shared { mode, batching }, allocations));
             }
         }
@@ -1263,10 +1260,7 @@ impl Policy for ModelBased {
                     (allocation != current || previous != self.choice).then(|| Decision {
                         model: m,
                         allocation,
-                        reason: format!(
-                            "{mode}, {batching} ({})",
-                            self.why
-                        ),
+                        reason: format!("{mode}, {batching} ({})", self.why),
                     })
                 })
                 .collect();
@@ -1542,7 +1536,10 @@ mod tests {
         };
         let interval_at = |p99_ms: f64, rate: u64| quarter_second(rate, p99_ms, allocation);
         let interval = |p99_ms: f64| interval_at(p99_ms, 20_000);
-        let shared = ModeChoice::Shared { mode: Sharing::Temporal, batching: SharedBatching::Uniform(Batching::full(8, 1.0)) };
+        let shared = ModeChoice::Shared {
+            mode: Sharing::Temporal,
+            batching: SharedBatching::Uniform(gpuslice_simulator::Batching::full(8, 1.0)),
+        };
         let mut policy = ModelBased::new(vec![context("a"), context("b")], DeviceModel::default());
         policy.offer_modes(&[Sharing::Temporal]);
         (policy.choice, policy.fallback, policy.decisions) = (ModeChoice::Slices(SliceGoal::Headroom), Some(shared), 1);

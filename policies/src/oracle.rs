@@ -178,7 +178,15 @@ fn model_table(
         let times = inputs.window_arrivals(m, w, window_s);
         let rate_per_ms = times.len() as f64 / (window_s * 1e3);
         let mut row: [(u64, Allocation); GPU_LEVELS] = std::array::from_fn(|level| {
-            (0, Allocation { gpu_pct: ((level + 1) * GPU_STEP) as f64, max_batch: 1, min_batch: 1, batch_timeout_ms: 0.0 })
+            (
+                0,
+                Allocation {
+                    gpu_pct: ((level + 1) * GPU_STEP) as f64,
+                    max_batch: 1,
+                    min_batch: 1,
+                    batch_timeout_ms: 0.0,
+                },
+            )
         });
         let mut all_served = false;
         let mut previous = row[0].1;

@@ -2,7 +2,9 @@
 //! the oracle replays the future of the trace, model-based the recent past (its mode trials).
 
 use crate::ModelContext;
-use gpuslice_simulator::{Allocation, Batching, ModelSetup, Report, ServiceModel, Sharing, SimConfig, SimError, Simulator};
+use gpuslice_simulator::{
+    Allocation, Batching, ModelSetup, Report, ServiceModel, Sharing, SimConfig, SimError, Simulator,
+};
 use gpuslice_traces::arrivals::Replay;
 use std::sync::Arc;
 

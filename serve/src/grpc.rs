@@ -37,7 +37,12 @@ impl From<LiveError> for Status {
 }
 
 fn to_proto(a: gpuslice_simulator::Allocation) -> crate::proto::Allocation {
-    crate::proto::Allocation { gpu_pct: a.gpu_pct, max_batch: a.max_batch, min_batch: a.min_batch, batch_timeout_ms: a.batch_timeout_ms }
+    crate::proto::Allocation {
+        gpu_pct: a.gpu_pct,
+        max_batch: a.max_batch,
+        min_batch: a.min_batch,
+        batch_timeout_ms: a.batch_timeout_ms,
+    }
 }
 
 fn metrics(model: String, s: &Summary) -> ModelMetrics {

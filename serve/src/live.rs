@@ -450,7 +450,12 @@ fn context_of(spec: &ModelSpec) -> ModelContext {
         slo_ms: spec.slo_ms,
         priority: spec.priority,
         latency: spec.latency.clone(),
-        configured: Allocation { gpu_pct: 1.0, max_batch: spec.max_batch, min_batch: spec.max_batch, batch_timeout_ms: 1.0 },
+        configured: Allocation {
+            gpu_pct: 1.0,
+            max_batch: spec.max_batch,
+            min_batch: spec.max_batch,
+            batch_timeout_ms: 1.0,
+        },
     }
 }
 

@@ -107,6 +107,13 @@ async fn errors_carry_the_right_codes() {
         release: false,
     };
     assert_eq!(code(client.override_allocation(too_big).await).code(), Code::InvalidArgument);
+    let sent_past_full = OverrideAllocationRequest {
+        name: "resnet50".into(),
+        allocation: Some(Allocation { gpu_pct: 50.0, max_batch: 8, min_batch: 9, batch_timeout_ms: 1.0 }),
+        release: false,
+    };
+    let e = code(client.override_allocation(sent_past_full).await);
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("min_batch"), "{}", e.message());
     running.stop().await.unwrap();
 }
 
@@ -115,13 +122,16 @@ async fn pins_policies_and_health() {
     let (running, mut client) = server(0.2).await;
     client.register_model(register("resnet50", 20.0)).await.unwrap();
     client.register_model(register("densenet121", 30.0)).await.unwrap();
-    let pin = Allocation { gpu_pct: 30.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 2.0 };
+    // min_batch unset (0): the batch waits to be full, as before the field existed.
+    let pin = Allocation { gpu_pct: 30.0, max_batch: 8, min_batch: 0, batch_timeout_ms: 2.0 };
     let request = OverrideAllocationRequest { name: "resnet50".into(), allocation: Some(pin), release: false };
     client.override_allocation(request).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let got = client.get_allocation(GetAllocationRequest { name: "resnet50".into() }).await.unwrap().into_inner();
     assert!(got.models[0].pinned);
-    assert_eq!(got.models[0].allocation.unwrap().gpu_pct, 30.0, "the policy leaves a pinned model alone");
+    let served = got.models[0].allocation.unwrap();
+    assert_eq!(served.gpu_pct, 30.0, "the policy leaves a pinned model alone");
+    assert_eq!(served.min_batch, 8, "unset: sent when full");
     let release = OverrideAllocationRequest { name: "resnet50".into(), allocation: None, release: true };
     client.override_allocation(release).await.unwrap();
 

@@ -43,7 +43,7 @@ struct Case {
     max_batch: u32,
     profile: Option<Profile>,
     profile_model: String,
-    pin: (f64, u32, f64),
+    pin: (f64, u32, u32, f64),
     payload: usize,
 }
 
@@ -54,7 +54,7 @@ fn case() -> impl Strategy<Value = Case> {
         any::<u32>(),
         profile(),
         prop::sample::select(vec!["", "resnet50", "resnet50", "nothere"]),
-        (number(), any::<u32>(), number()),
+        (number(), any::<u32>(), any::<u32>(), number()),
         // Mostly none (the server serves zeros), else a row of the wrong size.
         prop_oneof![3 => Just(0usize), 1 => 1usize..4096],
     )
@@ -95,10 +95,10 @@ fn hostile_requests_are_refused_or_served_never_an_internal_error() {
             };
             let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
             let registered = code(tokio::time::timeout(limit, client.register_model(register)).await.expect("register answers").map(drop));
-            let (gpu_pct, max_batch, batch_timeout_ms) = c.pin;
+            let (gpu_pct, max_batch, min_batch, batch_timeout_ms) = c.pin;
             let pin = OverrideAllocationRequest {
                 name: c.name.clone(),
-                allocation: Some(Allocation { gpu_pct, max_batch, min_batch: max_batch, batch_timeout_ms }),
+                allocation: Some(Allocation { gpu_pct, max_batch, min_batch, batch_timeout_ms }),
                 release: false,
             };
             let pinned = code(tokio::time::timeout(limit, client.override_allocation(pin)).await.expect("override answers").map(drop));

@@ -68,7 +68,12 @@ impl Batching {
 
     /// An allocation of `gpu_pct` with this batching.
     pub fn at(self, gpu_pct: f64) -> Allocation {
-        Allocation { gpu_pct, max_batch: self.max_batch, min_batch: self.min_batch, batch_timeout_ms: self.batch_timeout_ms }
+        Allocation {
+            gpu_pct,
+            max_batch: self.max_batch,
+            min_batch: self.min_batch,
+            batch_timeout_ms: self.batch_timeout_ms,
+        }
     }
 }
 

@@ -87,7 +87,13 @@ fn run(case: &Case) -> Simulator {
             name: MODELS[i].into(),
             slo_ms: 50.0,
             service: ServiceModel::Calibrated { latency: latency_models()[i].clone(), jitter: true },
-            allocation: Allocation { gpu_pct, max_batch, min_batch: max_batch, batch_timeout_ms: timeout },
+            // Every other model sends its batches half full.
+            allocation: Allocation {
+                gpu_pct,
+                max_batch,
+                min_batch: if i % 2 == 0 { max_batch } else { max_batch.div_ceil(2) },
+                batch_timeout_ms: timeout,
+            },
             arrivals: Box::new(
                 ModulatedRenewal::new(RateSchedule::constant(rate, Some(2.0)).unwrap(), cv, case.seed ^ i as u64)
                     .unwrap(),
@@ -101,6 +107,7 @@ fn run(case: &Case) -> Simulator {
             if at == interval as usize && model < case.models.len() {
                 let mut allocation = sim.allocation(model).unwrap();
                 (allocation.gpu_pct, allocation.max_batch) = (gpu_pct, max_batch);
+                allocation.min_batch = allocation.min_batch.min(max_batch);
                 sim.set_allocation(model, allocation).unwrap();
             }
         }

@@ -51,3 +51,38 @@ fn md1_mean_wait_matches_closed_form() {
         check(ServiceModel::Constant { ms: SERVICE_MS }, rho, rho / (2.0 * mu * (1.0 - rho)), arrivals);
     }
 }
+
+/// Mean wait (ms) and mean batch size of a model fed one request a millisecond, served in
+/// 0.5 ms a batch, batching up to 32 with a 100 ms wait, sent at `min_batch` queued.
+fn batching_at(min_batch: u32) -> (f64, f64) {
+    // 2048 requests: 64 full batches, none left to time out.
+    let times: std::sync::Arc<[f64]> = (1..=2048).map(|k| k as f64 * 1e-3).collect();
+    let process = gpuslice_traces::arrivals::Replay::new(times, 1.0, 1.0, None, 1);
+    let config = SimConfig { record_requests: true, ..SimConfig::default() };
+    let model = ModelSetup {
+        name: "batched".into(),
+        slo_ms: 1e6,
+        service: ServiceModel::Constant { ms: 0.5 },
+        allocation: Allocation { gpu_pct: 100.0, max_batch: 32, min_batch, batch_timeout_ms: 100.0 },
+        arrivals: Box::new(process),
+    };
+    let mut sim = Simulator::new(config, vec![model]).unwrap();
+    sim.finish();
+    let records = sim.take_finished().0;
+    assert_eq!(records.len(), 2048);
+    let n = records.len() as f64;
+    let wait_ms = records.iter().map(|r| (r.start_ns - r.arrival_ns) as f64).sum::<f64>() / n * 1e-6;
+    (wait_ms, records.iter().map(|r| r.batch_size as f64).sum::<f64>() / n)
+}
+
+#[test]
+fn a_batch_goes_once_min_batch_requests_are_queued() {
+    // Sent at 4: each batch leaves with the 4th request (waits 3, 2, 1, 0 ms); sent at 32
+    // (waiting to be full), each leaves with the 32nd (15.5 ms on average).
+    let (early_wait_ms, early_batch) = batching_at(4);
+    let (full_wait_ms, full_batch) = batching_at(32);
+    assert!((early_wait_ms - 1.5).abs() < 0.1, "sent at 4: mean wait {early_wait_ms} ms");
+    assert!((early_batch - 4.0).abs() < 0.1, "sent at 4: mean batch {early_batch}");
+    assert!((full_wait_ms - 15.5).abs() < 0.5, "full: mean wait {full_wait_ms} ms");
+    assert!((full_batch - 32.0).abs() < 0.5, "full: mean batch {full_batch}");
+}

@@ -130,7 +130,10 @@ fn model_based_plans_within_the_backends_largest_batch() {
     };
     // Unbounded, it plans batches above 32 on this scenario; told the backend stops at 32, never.
     assert!(largest(&gpuslice_control::SimBuilder) > 32);
-    let batches_up_to_32 = gpuslice_control::PooledSimBuilder { pool_levels: Vec::new(), batches: (1..=gpuslice_control::GPU_LARGEST_BATCH).collect() };
+    let batches_up_to_32 = gpuslice_control::PooledSimBuilder {
+        pool_levels: Vec::new(),
+        batches: (1..=gpuslice_control::GPU_LARGEST_BATCH).collect(),
+    };
     assert_eq!(largest(&batches_up_to_32), 32);
 }
 
@@ -193,7 +196,10 @@ fn the_shaped_simulator_runs_batches_padded_to_the_gpu_backends_graphs() {
         (run.report.total.mean_ms, run.report.total.completed)
     };
     let graphs = gpuslice_control::PooledSimBuilder::gpu_backend();
-    let any = gpuslice_control::PooledSimBuilder { batches: (1..=gpuslice_control::GPU_LARGEST_BATCH).collect(), ..graphs.clone() };
+    let any = gpuslice_control::PooledSimBuilder {
+        batches: (1..=gpuslice_control::GPU_LARGEST_BATCH).collect(),
+        ..graphs.clone()
+    };
     let ((padded_mean_ms, padded_done), (formed_mean_ms, formed_done)) = (mean_ms(&graphs), mean_ms(&any));
     assert_eq!(padded_done, formed_done);
     assert!(padded_mean_ms > formed_mean_ms, "padded {padded_mean_ms} ms, as formed {formed_mean_ms} ms");
