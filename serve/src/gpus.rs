@@ -127,7 +127,8 @@ pub fn start(controllers: Vec<(u32, Started)>, config: &LiveConfig) -> Started {
         stops.push((started.stop, started.task));
     }
     let (done, done_rx) = mpsc::unbounded_channel();
-    let rebalance = (config.rebalance_every_s > 0.0 && config.rebalance_every_s.is_finite()).then(|| Rebalance {
+    // In [0, a day]: each GPU's controller refused any other value (`live::start`).
+    let rebalance = (config.rebalance_every_s > 0.0).then(|| Rebalance {
         every: Duration::from_secs_f64(config.rebalance_every_s),
         contention: config.contention(),
         seen: HashMap::new(),

@@ -577,7 +577,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let mut controllers = Vec::new();
     for (i, device) in devices.iter().enumerate() {
         // Each simulated GPU draws its own service times.
-        let config = LiveConfig { seed: config.seed.wrapping_add(i as u64), ..config.clone() };
+        let gpu = device.unwrap_or(0);
+        let config = LiveConfig { seed: config.seed.wrapping_add(i as u64), gpu, ..config.clone() };
         let started = match &options.backend {
             ServeBackend::Simulated => live::simulated_backend(&config).and_then(|sim| live::start(config, sim)),
             ServeBackend::Gpu(serving) => {
@@ -590,7 +591,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             }
         };
         let started = started.map_err(|e| anyhow::anyhow!("controller: {e}"))?;
-        controllers.push((device.unwrap_or(0), started));
+        controllers.push((gpu, started));
     }
     let live::Started { handle: live, stop: stop_controller, task: controller_task } = match controllers.len() {
         1 => controllers.pop().expect("one controller").1,
@@ -664,13 +665,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .map_err(|s| anyhow::anyhow!("model {name}: {}", s.message()))?;
         live.ask(|reply| Command::Register(spec, reply)).await.map_err(|e| anyhow::anyhow!("model {name}: {e}"))?;
     }
-    // A node of one GPU has nowhere else to put a model: its own GPU is the only placement.
-    let only_gpu = (devices.len() == 1).then(|| devices[0].unwrap_or(0));
     for (name, gpus) in options.placements {
-        if let Some(gpu) = only_gpu {
-            anyhow::ensure!(gpus.iter().all(|g| *g == gpu), "model {name}: gpus: this node serves GPU {gpu} alone");
-            continue;
-        }
         let placed = live.ask(|reply| Command::Place(name.clone(), gpus, reply)).await;
         placed.map_err(|e| anyhow::anyhow!("model {name}: gpus: {e}"))?;
     }

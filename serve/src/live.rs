@@ -55,7 +55,14 @@ pub struct LiveConfig {
     /// On a node of several GPUs, seconds between two looks at each GPU's load to move a model
     /// off one that is too busy (`crate::gpus`); 0: models move only by PlaceModel.
     pub rebalance_every_s: f64,
+    /// The GPU this controller serves (its CUDA / NVML index), set by the node: on a node of one
+    /// GPU, the one placement PlaceModel accepts. Not read from the `[controller]` table.
+    #[serde(skip)]
+    pub gpu: u32,
 }
+
+/// The longest `LiveConfig::rebalance_every_s`: a day.
+pub const MAX_REBALANCE_EVERY_S: f64 = 86_400.0;
 
 impl Default for LiveConfig {
     fn default() -> Self {
@@ -70,6 +77,7 @@ impl Default for LiveConfig {
             max_queued_requests: 262_144,
             max_queued_input_mib: 2048.0,
             rebalance_every_s: 5.0,
+            gpu: 0,
         }
     }
 }
@@ -308,6 +316,8 @@ struct Live<B: LiveBackend> {
     /// Models starting up, by name.
     starting: std::collections::HashSet<String>,
     prepared: mpsc::UnboundedSender<Prepared<B::Prepared>>,
+    /// The GPU it serves (`LiveConfig::gpu`).
+    gpu: u32,
 }
 
 /// The registered models as the control step steers them: the policy's index is the entry's,
@@ -352,6 +362,14 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
             config.control_interval_s
         )));
     }
+    // 0 turns rebalancing off; a negative, NaN or absurd period is a mistake to name, not a
+    // silent off (or a panic converting it to a Duration).
+    if !(0.0..=MAX_REBALANCE_EVERY_S).contains(&config.rebalance_every_s) {
+        return Err(LiveError::InvalidArgument(format!(
+            "rebalance_every_s must be in [0, {MAX_REBALANCE_EVERY_S}] (0: off), got {}",
+            config.rebalance_every_s
+        )));
+    }
     if config.max_queued_requests == 0
         || !(config.max_queued_input_mib.is_finite() && config.max_queued_input_mib >= 1.0)
     {
@@ -386,6 +404,7 @@ pub fn start<B: LiveBackend>(config: LiveConfig, backend: B) -> Result<Started, 
         decisions: decisions.clone(),
         starting: Default::default(),
         prepared,
+        gpu: config.gpu,
     };
     let (stop, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -659,12 +678,17 @@ impl<B: LiveBackend> Live<B> {
             Command::Health(reply) => {
                 let _ = reply.send(Ok((self.backend.node_outage(), self.views())));
             }
-            Command::Place(_, _, reply) => {
-                let _ = reply.send(Err(LiveError::FailedPrecondition(
-                    "this node serves one GPU: placing a model needs a node of several (`gpus` in node.toml, \
-                     serve --gpus)"
-                        .into(),
-                )));
+            // A node of one GPU has nowhere else to put a model: its own GPU is the one placement.
+            Command::Place(name, devices, reply) => {
+                let gpu = self.gpu;
+                let placed = self.entry(&name).and_then(|_| match devices.iter().all(|&d| d == gpu) && !devices.is_empty() {
+                    true => Ok(vec![gpu]),
+                    false => Err(LiveError::FailedPrecondition(format!(
+                        "this node serves GPU {gpu} alone: placing a model elsewhere needs a node of several (`gpus` \
+                         in node.toml, serve --gpus)"
+                    ))),
+                });
+                let _ = reply.send(placed);
             }
             Command::Infer(name, input, reply) => match self.entry(&name) {
                 Ok(e) if input.as_ref().is_some_and(|i| i.len() != self.entries[e].source.io.input().bytes()) => {

@@ -214,9 +214,30 @@ async fn the_node_config_places_its_models() {
         format!("{refused:#}").contains("model resnet50: gpus: invalid argument: gpus: this node has no GPU 2"),
         "{refused:#}"
     );
-    // On a node of one GPU, that GPU is the one placement there is.
+    // On a node of one GPU, that GPU is the one placement there is, in the config and by RPC.
     let one = |gpus: Vec<u32>| ServeOptions { gpus: vec![0], ..options(gpus) };
-    grpc::start(one(vec![0])).await.unwrap().stop().await.unwrap();
+    let (running, mut client) = common::serve(one(vec![0])).await;
+    let placed = client.place_model(PlaceModelRequest { name: "resnet50".into(), gpus: vec![0] }).await;
+    assert_eq!(placed.unwrap().into_inner().gpus, [0]);
+    let elsewhere = client.place_model(PlaceModelRequest { name: "resnet50".into(), gpus: vec![1] }).await;
+    let status = elsewhere.unwrap_err();
+    assert!(status.code() == Code::FailedPrecondition && status.message().contains("serves GPU 0 alone"), "{status:?}");
+    let unknown = client.place_model(PlaceModelRequest { name: "nope".into(), gpus: vec![0] }).await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+    running.stop().await.unwrap();
     let refused = grpc::start(one(vec![0, 1])).await.err().expect("one GPU");
     assert!(format!("{refused:#}").contains("this node serves GPU 0 alone"), "{refused:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_period_that_is_not_one_is_refused_by_name() {
+    for every_s in [-1.0, f64::NAN, 1e300] {
+        let options = ServeOptions {
+            controller: LiveConfig { rebalance_every_s: every_s, ..LiveConfig::default() },
+            gpus: vec![0, 1],
+            ..ServeOptions::loopback(ServeBackend::Simulated)
+        };
+        let Err(e) = grpc::start(options).await else { panic!("rebalance_every_s = {every_s} must be refused") };
+        assert!(format!("{e:#}").contains("rebalance_every_s"), "{every_s}: {e:#}");
+    }
 }
