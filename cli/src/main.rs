@@ -140,7 +140,8 @@ enum Command {
         #[arg(long, default_value_t = 0.025, requires = "capacity")]
         precision: f64,
         /// --capacity: run temporal and default-mps with the scenario's batching only, instead
-        /// of at their best setting of a grid of max batch (1-64) and batch wait (0.5-8 ms).
+        /// of at their best setting of a grid of max batch (1-64) and batch wait (0.5-8 ms),
+        /// waits of 2 ms or more also with batches sent at 8 queued.
         #[arg(long, requires = "capacity")]
         untuned: bool,
         /// Simulate shaped like the GPU backend: slices on the shipped standby pool's levels

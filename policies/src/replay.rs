@@ -21,10 +21,11 @@ pub struct DeviceModel {
 
 /// Uniform batchings the shared modes are planned and tried with: those the tuned baselines chose
 /// on the shipped scenarios, small batches for tight SLOs, no wait at all (a batch takes what is
-/// queued when the GPU frees: the lowest latency at light load), and Triton's dynamic batching
-/// at its best on the H200's gpu-trio (batches up to 32 sent at 8 queued, else after 8 ms:
-/// bench/results/2026-12-03-h200-session22-graphs-64).
-pub const SHARED_BATCHINGS: [Batching; 8] = [
+/// queued when the GPU frees: the lowest latency at light load), and batches sent at 8 queued as
+/// Triton's preferred batch size: its best setting on the H200's gpu-trio (up to 32, else after
+/// 8 ms: bench/results/2026-12-03-h200-session22-graphs-64) and tuned default MPS's best on the
+/// mixed trio in the simulator (up to 64, else after 4 ms).
+pub const SHARED_BATCHINGS: [Batching; 9] = [
     Batching::full(8, 1.0),
     Batching::full(16, 1.0),
     Batching::full(32, 1.0),
@@ -33,6 +34,7 @@ pub const SHARED_BATCHINGS: [Batching; 8] = [
     Batching::full(64, 2.0),
     Batching::full(64, 0.0),
     Batching { max_batch: 32, min_batch: 8, batch_timeout_ms: 8.0 },
+    Batching { max_batch: 64, min_batch: 8, batch_timeout_ms: 4.0 },
 ];
 
 /// One replay: every model's arrival times (seconds from the replay's start, ascending), each
