@@ -149,12 +149,16 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 R=$(mktemp -d)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/device.txt"
-# Each argument "POLICY SCENARIO SCALE..." one gpu-capacity.sh step, in order, while the device
-# call's 600 s leave room to pack what came back.
+# Whether step $2 may start when a step needs about $1 s to be worth starting: the device call's
+# 600 s must leave room to pack what came back. Logs the start, or why it was skipped.
+starts_in_time() {
+  if [ "$SECONDS" -gt $((560 - $1)) ]; then echo "skipped $2: out of time" | tee -a "$R/steps.txt"; return 1; fi
+  date +%T | tee -a "$R/steps.txt"
+}
+# Each argument "POLICY SCENARIO SCALE..." one gpu-capacity.sh step, in order, each cut at 560 s.
 capacity_steps() {
   for step in "$@"; do
-    [ "$SECONDS" -gt 470 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
-    date +%T | tee -a "$R/steps.txt"
+    starts_in_time 90 "$step" || continue
     OUT=$R/${STEPS_DIR:-capacity} timeout $((560 - SECONDS)) bash scripts/gpu-capacity.sh $step
   done
   date +%T | tee -a "$R/steps.txt"
@@ -166,8 +170,8 @@ triton_steps() {
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-triton CUDA_MPS_LOG_DIRECTORY=/tmp/mps-triton-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d
   for step in "$@"; do
-    [ "$SECONDS" -gt 450 ] && { echo "skipped $step: out of time" | tee -a "$R/steps.txt"; continue; }
-    date +%T | tee -a "$R/steps.txt"
+    # Triton's start (20-50 s) comes first.
+    starts_in_time 110 "$step" || continue
     UNTIL_MISS=1 OUT=$R/triton timeout $((560 - SECONDS)) bash scripts/triton-peer.sh $step
     # A step cut by its timeout leaves its server behind, holding the ports.
     pkill -f bin/tritonserver && sleep 2
