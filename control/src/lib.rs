@@ -368,8 +368,7 @@ impl SimBackend {
     /// An allocation as served: its batches cut to `max_batch`, its slice on a pool level that
     /// fits beside the others' (`Backend::apply`).
     fn as_served(&self, model: usize, allocation: Allocation) -> Allocation {
-        let max_batch = self.max_batch.map_or(allocation.max_batch, |b| allocation.max_batch.min(b));
-        let allocation = Allocation { max_batch, min_batch: allocation.min_batch.min(max_batch), ..allocation };
+        let allocation = self.max_batch.map_or(allocation, |b| allocation.batching().capped(b).at(allocation.gpu_pct));
         if self.pool_levels.is_empty() || self.sim.sharing() != Sharing::Spatial {
             return allocation;
         }
@@ -517,8 +516,7 @@ impl BackendBuilder for PooledSimBuilder {
         let mut held = 0.0;
         for setup in &mut setups {
             let a = &mut setup.allocation;
-            a.max_batch = a.max_batch.min(self.largest_batch());
-            a.min_batch = a.min_batch.min(a.max_batch);
+            *a = a.batching().capped(self.largest_batch()).at(a.gpu_pct);
             if config.sharing == Sharing::Spatial && !self.pool_levels.is_empty() {
                 a.gpu_pct = pool_level(&self.pool_levels, starting_level(&self.pool_levels, a.gpu_pct), 100.0 - held);
                 held += a.gpu_pct;

@@ -12,7 +12,7 @@
 
 use anyhow::{Context, Result, bail};
 use comfy_table::Table;
-use gpuslice_simulator::{Allocation, ModelSetup, ServiceModel, Sharing, SimConfig, Simulator, secs_to_ns};
+use gpuslice_simulator::{Batching, ModelSetup, ServiceModel, Sharing, SimConfig, Simulator, secs_to_ns};
 use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
 use gpuslice_traces::colocation::ColocationRow;
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
@@ -345,12 +345,7 @@ pub fn simulate_closed_loop(
                 name: latency.model.clone(),
                 slo_ms: gpuslice_simulator::MAX_LATENCY_MS,
                 service: ServiceModel::Calibrated { latency: latency.clone(), jitter: true },
-                allocation: Allocation {
-                    gpu_pct: *gpu_pct,
-                    max_batch: *batch,
-                    min_batch: *batch,
-                    batch_timeout_ms: 0.0,
-                },
+                allocation: Batching::full(*batch, 0.0).at(*gpu_pct),
                 arrivals: Box::new(arrivals),
             })
         })

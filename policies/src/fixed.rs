@@ -4,7 +4,7 @@
 //! maximum queue delay, as Triton's dynamic batcher is usually configured).
 
 use crate::{Decision, ModelContext, Policy};
-use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+use gpuslice_simulator::{Allocation, Batching, ModelInterval, Sharing};
 
 /// Triton-like dynamic batching: preferred batch up to this size...
 const TRITON_MAX_BATCH: u32 = 32;
@@ -27,15 +27,8 @@ impl FixedPolicy {
 
     /// Default MPS with Triton's usual dynamic batching: batches up to 32, waiting at most 1 ms.
     pub fn triton_like(models: &[ModelContext]) -> FixedPolicy {
-        let allocations = models
-            .iter()
-            .map(|_| Allocation {
-                gpu_pct: 100.0,
-                max_batch: TRITON_MAX_BATCH,
-                min_batch: TRITON_MAX_BATCH,
-                batch_timeout_ms: TRITON_MAX_QUEUE_DELAY_MS,
-            })
-            .collect();
+        let allocations =
+            models.iter().map(|_| Batching::full(TRITON_MAX_BATCH, TRITON_MAX_QUEUE_DELAY_MS).at(100.0)).collect();
         FixedPolicy { name: "triton-like", sharing: Sharing::DefaultMps, allocations }
     }
 }

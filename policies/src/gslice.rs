@@ -31,7 +31,7 @@
 
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
-use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+use gpuslice_simulator::{Allocation, Batching, ModelInterval, Sharing};
 
 pub const MIN_GPU_PCT: f64 = 5.0;
 pub const MAX_GPU_PCT: f64 = 100.0;
@@ -217,7 +217,7 @@ impl Policy for Gslice {
                 reason += &format!(", needs add up to {total:.0}%: share {gpu_pct:.0}%");
                 Decision {
                     model,
-                    allocation: Allocation { gpu_pct, max_batch, min_batch: max_batch, ..obs.allocation },
+                    allocation: Batching::full(max_batch, obs.allocation.batch_timeout_ms).at(gpu_pct),
                     reason,
                 }
             })

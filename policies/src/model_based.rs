@@ -1006,11 +1006,7 @@ impl ModelBased {
                 };
                 match planned {
                     Some(plan) => (
-                        Allocation {
-                            gpu_pct: plan.gpu as f64,
-                            max_batch: BATCH_SIZES[plan.batch_index], min_batch: BATCH_SIZES[plan.batch_index],
-                            batch_timeout_ms: plan.timeout_ms,
-                        },
+                        Batching::full(BATCH_SIZES[plan.batch_index], plan.timeout_ms).at(plan.gpu as f64),
                         format!(
                             "rate {rate:.0}/s, queue {}: needs {}% for SLO {:.0} ms with {:.0}% margin, holds {}% at batch {} waiting at most {:.1} ms (predicted p99 {:.1} ms)",
                             observations[m].queue_len,
@@ -1032,7 +1028,7 @@ impl ModelBased {
                             .map_or(self.batch_sizes - 1, |(b, _)| b);
                         let formation = if load.rate > 0.0 { (BATCH_SIZES[b] as f64 - 1.0) / load.rate } else { 0.0 };
                         (
-                            Allocation { gpu_pct: gpu[m] as f64, max_batch: BATCH_SIZES[b], min_batch: BATCH_SIZES[b], batch_timeout_ms: formation },
+                            Batching::full(BATCH_SIZES[b], formation).at(gpu[m] as f64),
                             format!(
                                 "degraded (priority {}): rate {rate:.0}/s needs {} for SLO {:.0} ms, {}% left after higher-priority models",
                                 self.models[m].priority,

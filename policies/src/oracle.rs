@@ -6,7 +6,7 @@
 
 use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
 use crate::{Decision, Policy};
-use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
+use gpuslice_simulator::{Allocation, Batching, ModelInterval, Sharing};
 use std::sync::Arc;
 
 /// Allocations per window, computed offline.
@@ -177,17 +177,8 @@ fn model_table(
     for w in 0..windows {
         let times = inputs.window_arrivals(m, w, window_s);
         let rate_per_ms = times.len() as f64 / (window_s * 1e3);
-        let mut row: [(u64, Allocation); GPU_LEVELS] = std::array::from_fn(|level| {
-            (
-                0,
-                Allocation {
-                    gpu_pct: ((level + 1) * GPU_STEP) as f64,
-                    max_batch: 1,
-                    min_batch: 1,
-                    batch_timeout_ms: 0.0,
-                },
-            )
-        });
+        let mut row: [(u64, Allocation); GPU_LEVELS] =
+            std::array::from_fn(|level| (0, Batching::full(1, 0.0).at(((level + 1) * GPU_STEP) as f64)));
         let mut all_served = false;
         let mut previous = row[0].1;
         for (level, slot) in row.iter_mut().enumerate() {
@@ -204,7 +195,7 @@ fn model_table(
                 waits.into_iter().map(move |batch_timeout_ms| (max_batch, batch_timeout_ms))
             });
             for (max_batch, batch_timeout_ms) in batchings {
-                let allocation = Allocation { gpu_pct, max_batch, min_batch: max_batch, batch_timeout_ms };
+                let allocation = Batching::full(max_batch, batch_timeout_ms).at(gpu_pct);
                 let config = SimConfig {
                     sharing: Sharing::Spatial,
                     background_pct: 100.0 - gpu_pct,

@@ -11,7 +11,9 @@ use gpuslice_control::{
 };
 use gpuslice_eval::calibration::Contention;
 use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
-use gpuslice_simulator::{Allocation, ModelReport, ReallocationCost, Sharing, SimConfig, Simulator, Summary, Ticket};
+use gpuslice_simulator::{
+    Allocation, Batching, ModelReport, ReallocationCost, Sharing, SimConfig, Simulator, Summary, Ticket,
+};
 use gpuslice_traces::LatencyModel;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -469,12 +471,7 @@ fn context_of(spec: &ModelSpec) -> ModelContext {
         slo_ms: spec.slo_ms,
         priority: spec.priority,
         latency: spec.latency.clone(),
-        configured: Allocation {
-            gpu_pct: 1.0,
-            max_batch: spec.max_batch,
-            min_batch: spec.max_batch,
-            batch_timeout_ms: 1.0,
-        },
+        configured: Batching::full(spec.max_batch, 1.0).at(1.0),
     }
 }
 
@@ -681,12 +678,14 @@ impl<B: LiveBackend> Live<B> {
             // A node of one GPU has nowhere else to put a model: its own GPU is the one placement.
             Command::Place(name, devices, reply) => {
                 let gpu = self.gpu;
-                let placed = self.entry(&name).and_then(|_| match devices.iter().all(|&d| d == gpu) && !devices.is_empty() {
-                    true => Ok(vec![gpu]),
-                    false => Err(LiveError::FailedPrecondition(format!(
+                let placed = self.entry(&name).and_then(|_| {
+                    if !devices.is_empty() && devices.iter().all(|&d| d == gpu) {
+                        return Ok(vec![gpu]);
+                    }
+                    Err(LiveError::FailedPrecondition(format!(
                         "this node serves GPU {gpu} alone: placing a model elsewhere needs a node of several (`gpus` \
                          in node.toml, serve --gpus)"
-                    ))),
+                    )))
                 });
                 let _ = reply.send(placed);
             }

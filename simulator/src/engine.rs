@@ -735,8 +735,8 @@ impl Simulator {
             return false;
         };
         let deadline = head.saturating_add(secs_to_ns(state.allocation.batch_timeout_ms * 1e-3));
-        let enough = state.allocation.min_batch.min(state.allocation.max_batch) as usize;
-        if state.queue.len() >= enough || now >= deadline {
+        // `Allocation::problem` holds min_batch to at most max_batch.
+        if state.queue.len() >= state.allocation.min_batch as usize || now >= deadline {
             return true;
         }
         if state.timeout_at != Some(deadline) {
