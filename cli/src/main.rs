@@ -156,9 +156,19 @@ enum Command {
         gpus: usize,
         /// --capacity on several GPUs: how models are placed: ffd (first-fit decreasing by knee
         /// GPU%), interference (iGniter-style greedy), balanced (ours), replicas (every model on
-        /// every GPU, its requests split evenly over its replicas).
+        /// every GPU, its requests dealt in turn over its replicas), replicas-jsq (each request to
+        /// the replica with the fewest in flight, as the live router sends them).
         #[arg(long, default_value = "balanced", requires = "capacity")]
         placement: gpuslice_eval::cluster::Placement,
+        /// --capacity on several GPUs: every this many seconds, move a model off a GPU predicted
+        /// too busy to the least busy one, as the live router does [default: no moves; the
+        /// router's is 5].
+        #[arg(long, requires = "capacity")]
+        move_every_s: Option<f64>,
+        /// With --move-every-s: seconds from a move's decision until the model serves on its new
+        /// GPU (its worker's start there; measured on the H200: 10.6-27.2 s).
+        #[arg(long, default_value_t = gpuslice_eval::cluster::MOVE_READY_S, requires = "move_every_s")]
+        move_ready_s: f64,
         /// --capacity, then every model's SLO attainment and p50 at x0.25, x0.5, ... up to
         /// model-based's capacity, model-based against the best baseline at each load (each
         /// baseline at its reported batching); with --out, attainment-by-load.csv.
@@ -716,6 +726,8 @@ fn run(command: Command) -> Result<()> {
             like_gpu_backend,
             gpus,
             placement,
+            move_every_s,
+            move_ready_s,
             by_load,
             reference,
             out,
@@ -734,10 +746,21 @@ fn run(command: Command) -> Result<()> {
             let shaped = simulate::simulator(like_gpu_backend);
             let against = |lead: &str| reference_policy.map_or(String::new(), |r| format!("{lead}goodput / {r}'s"));
             if capacity_search {
-                let options =
-                    capacity::SearchOptions { threshold, precision, like_gpu_backend, placement, ..Default::default() };
+                let moves =
+                    move_every_s.map(|every_s| gpuslice_eval::cluster::Moves { every_s, ready_s: move_ready_s });
+                let options = capacity::SearchOptions {
+                    threshold,
+                    precision,
+                    like_gpu_backend,
+                    placement,
+                    moves,
+                    ..Default::default()
+                };
                 if gpus > 1 {
                     loaded = loaded.replicated(gpus)?;
+                }
+                if moves.is_some() && loaded.scenario.gpus < 2 {
+                    anyhow::bail!("--move-every-s moves models between GPUs: it needs a node of several (--gpus N)");
                 }
                 if loaded.scenario.gpus > 1 {
                     let at_x1 = gpuslice_eval::cluster::describe(&loaded, placement)?;

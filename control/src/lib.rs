@@ -10,8 +10,8 @@ pub mod tensors;
 
 use gpuslice_policies::{Decision, Policy};
 use gpuslice_simulator::{
-    Allocation, ModelInterval, ModelSetup, Report, RequestRecord, ServiceModel, Sharing, SimConfig, SimError,
-    Simulator, Ticket, secs_to_ns,
+    Allocation, ModelInterval, ModelReport, ModelSetup, Report, RequestRecord, ServiceModel, Sharing, SimConfig,
+    SimError, Simulator, Ticket, secs_to_ns,
 };
 use gpuslice_traces::{ArrivalProcess, LatencyModel};
 use input::RequestInput;
@@ -83,6 +83,46 @@ pub trait Backend {
     fn stage_times(&mut self) -> Vec<StageSummary> {
         Vec::new()
     }
+
+    /// Moves a model's arrivals off this GPU, for another GPU's backend to `take_in`
+    /// (`Simulator::hand_over`): it serves out what it has queued here. Backends that cannot
+    /// move a model refuse.
+    fn hand_over(&mut self, model: usize) -> Result<Box<dyn ArrivalProcess>, BackendError> {
+        Err(BackendError::Unsupported(format!("this backend cannot move model {model} to another GPU")))
+    }
+
+    /// Serves a model moved here (its arrivals from another backend's `hand_over`); returns
+    /// its index.
+    fn take_in(&mut self, setup: ModelSetup) -> Result<usize, BackendError> {
+        Err(BackendError::Unsupported(format!("this backend cannot take model {} from another GPU", setup.name)))
+    }
+
+    /// The whole-run figures of models moved off this GPU that have served out their queue
+    /// here, since the last call.
+    fn take_departed(&mut self) -> Vec<ModelReport> {
+        Vec::new()
+    }
+
+    /// Serves up to `until_s` seconds into the run, within the control interval, so that a
+    /// router in front of several GPUs can send each request as it arrives (`route`).
+    /// Backends that serve in real time ignore it.
+    fn advance_to(&mut self, _until_s: f64) {}
+
+    /// Takes one request for `model` now, sent by a router in front of several GPUs (a
+    /// replica's share of the model's requests). Backends that cannot take one refuse.
+    fn route(&mut self, model: usize) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!("this backend takes no routed request (model {model})")))
+    }
+
+    /// Requests of `model` queued or running: what a router sending each request to the
+    /// replica with the fewest in flight reads.
+    fn in_flight(&self, _model: usize) -> usize {
+        0
+    }
+
+    /// Whether a router may still send requests (`route`): while it may, the run does not end
+    /// when every request so far is served.
+    fn routed_to(&mut self, _open: bool) {}
 }
 
 /// A job that readies a model and measures its batch latency (`LiveBackend::measuring_preparer`).
@@ -182,14 +222,6 @@ pub struct LiveModel {
     pub source: ModelSource,
 }
 
-/// Registered models have no generated arrivals: every request comes through Infer.
-struct Submitted;
-impl ArrivalProcess for Submitted {
-    fn next_arrival(&mut self) -> Option<f64> {
-        None
-    }
-}
-
 /// The simulator, run in wall-clock time: a model's service is its profile's latency.
 impl LiveBackend for Simulator {
     type Prepared = ();
@@ -202,7 +234,8 @@ impl LiveBackend for Simulator {
             slo_ms: model.slo_ms,
             service: ServiceModel::Calibrated { latency: model.latency, jitter: true },
             allocation: model.allocation,
-            arrivals: Box::new(Submitted),
+            // No generated arrivals: every request comes through Infer.
+            arrivals: Box::new(gpuslice_traces::arrivals::NoArrivals),
         };
         Ok(Simulator::add_model(self, setup)?)
     }
@@ -356,44 +389,74 @@ pub struct SimBackend {
     pool_levels: Vec<f64>,
     /// Batches stop at this size, as the GPU backend's largest CUDA graph does.
     max_batch: Option<u32>,
+    /// A router may still send requests (`Backend::routed_to`).
+    routed_to: bool,
 }
 
 impl SimBackend {
     /// Serves `sim`'s models, `control_interval_s` of simulated time per interval.
     pub fn new(sim: Simulator, control_interval_s: f64) -> SimBackend {
         let interval_ns = secs_to_ns(control_interval_s).max(1);
-        SimBackend { sim, interval_ns, until: 0, pool_levels: Vec::new(), max_batch: None }
+        SimBackend { sim, interval_ns, until: 0, pool_levels: Vec::new(), max_batch: None, routed_to: false }
     }
 
     /// An allocation as served: its batches cut to `max_batch`, its slice on a pool level that
     /// fits beside the others' (`Backend::apply`).
-    fn as_served(&self, model: usize, allocation: Allocation) -> Allocation {
+    fn as_served(&self, model: Option<usize>, allocation: Allocation) -> Allocation {
         let allocation = self.max_batch.map_or(allocation, |b| allocation.batching().capped(b).at(allocation.gpu_pct));
         if self.pool_levels.is_empty() || self.sim.sharing() != Sharing::Spatial {
             return allocation;
         }
-        let held_by_others: f64 = (0..self.sim.model_count())
-            .filter(|&m| m != model)
-            .filter_map(|m| self.sim.allocation(m).ok())
-            .map(|a| a.gpu_pct)
-            .sum();
+        let held_by_others = self.sim.held_pct(model);
         Allocation { gpu_pct: pool_level(&self.pool_levels, allocation.gpu_pct, 100.0 - held_by_others), ..allocation }
     }
 }
 
 impl Backend for SimBackend {
     fn next_interval(&mut self) -> Option<Vec<ModelInterval>> {
-        if self.sim.is_drained() {
+        if self.sim.is_drained() && !self.routed_to {
             return None;
         }
         self.until += self.interval_ns;
         self.sim.run_until(self.until);
+        // Routed requests are counted in the model's figures; their records are not needed.
+        let _ = self.sim.take_finished();
         Some(self.sim.take_interval())
     }
 
     fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
-        let allocation = self.as_served(model, allocation);
+        let allocation = self.as_served(Some(model), allocation);
         Ok(self.sim.set_allocation(model, allocation)?)
+    }
+
+    fn hand_over(&mut self, model: usize) -> Result<Box<dyn ArrivalProcess>, BackendError> {
+        Ok(self.sim.hand_over(model)?)
+    }
+
+    fn take_in(&mut self, mut setup: ModelSetup) -> Result<usize, BackendError> {
+        setup.allocation = self.as_served(None, setup.allocation);
+        Ok(self.sim.add_model(setup)?)
+    }
+
+    fn take_departed(&mut self) -> Vec<ModelReport> {
+        self.sim.take_departed()
+    }
+
+    fn advance_to(&mut self, until_s: f64) {
+        self.sim.run_until(secs_to_ns(until_s).min(self.until + self.interval_ns));
+    }
+
+    fn route(&mut self, model: usize) -> Result<(), BackendError> {
+        self.sim.submit(model)?;
+        Ok(())
+    }
+
+    fn in_flight(&self, model: usize) -> usize {
+        self.sim.in_flight(model)
+    }
+
+    fn routed_to(&mut self, open: bool) {
+        self.routed_to = open;
     }
 
     fn report(&mut self) -> Report {

@@ -65,6 +65,8 @@ pub struct SearchOptions {
     pub like_gpu_backend: bool,
     /// How a node of several GPUs places its models (`cluster::Placement`).
     pub placement: crate::cluster::Placement,
+    /// Whether (and how) a node of several GPUs moves models between them as load shifts.
+    pub moves: Option<crate::cluster::Moves>,
 }
 
 impl Default for SearchOptions {
@@ -76,6 +78,7 @@ impl Default for SearchOptions {
             max_scale: 64.0,
             like_gpu_backend: false,
             placement: crate::cluster::Placement::default(),
+            moves: None,
         }
     }
 }
@@ -88,6 +91,9 @@ impl SearchOptions {
         }
         if !(self.precision >= 0.001 && self.precision <= 0.5) {
             bail!("--precision must be in [0.001, 0.5], got {}", self.precision);
+        }
+        if let Some(problem) = self.moves.and_then(|m| m.problem()) {
+            bail!("--move-every-s / --move-ready-s: {problem}");
         }
         Ok(())
     }
@@ -235,7 +241,7 @@ fn run_at(
     let choice = PolicyChoice::Named(policy.to_string());
     let on = simulate::simulator(options.like_gpu_backend);
     if scaled.scenario.gpus > 1 {
-        return Ok(crate::cluster::run(&scaled, options.placement, &choice, on.as_ref())?.models);
+        return Ok(crate::cluster::run(&scaled, options.placement, &choice, on.as_ref(), options.moves)?.models);
     }
     Ok(simulate::run_on(&scaled, &choice, on.as_ref(), false)?.report.models)
 }

@@ -1,7 +1,8 @@
 //! A node of several GPUs in simulation (a scenario's `gpus`): each model is placed on one GPU,
 //! co-runs only with the models placed there, and each GPU is shared by its own instance of the
-//! policy on its own simulator. The GPUs run in parallel; a model's arrivals are the same
-//! whichever GPU it lands on, so placements are compared on the same requests.
+//! policy on its own simulator. The GPUs run in parallel, or one control interval at a time side
+//! by side where requests are routed or models move between them; a model's arrivals are the
+//! same whichever GPU it lands on, so placements are compared on the same requests.
 //!
 //! Placements, each from the models' expected demand (its mean arrival rate at its configured
 //! batch on the whole GPU, from its latency model) and its calibrated interference:
@@ -14,19 +15,28 @@
 //!   time of its models, interference included. Models whose bursts come together (the same
 //!   trace replayed) are kept apart where the mean alone would not tell them apart; ties go to
 //!   the GPU with fewer models of a tighter SLO.
-//! - `replicas`: every model on every GPU, its requests split evenly over its replicas (a
-//!   router dealing them round-robin), for a node of N copies of a scenario (`--gpus N`): the
-//!   copies' arrivals merged and dealt, so a burst of one copy spreads over the node instead of
-//!   landing on one GPU. Round-robin rather than join-shortest-queue: the GPUs are simulated
-//!   apart, in parallel, so a split cannot look at the queues.
+//! - `replicas`: every model on every GPU, for a node of N copies of a scenario (`--gpus N`):
+//!   the copies' arrivals merged and dealt in turn over the replicas (a router splitting a
+//!   model's requests evenly), so a burst of one copy spreads over the node instead of landing
+//!   on one GPU.
+//! - `replicas-jsq`: the same replicas, each request sent as it arrives to the replica with the
+//!   fewest requests in flight, ties in turn (the live router's join-shortest-queue).
+//!
+//! Moves (`Moves`, `evaluate --move-every-s`): every so often the node reads each model's
+//! arrival rate since the last look and, where a GPU is predicted busier than `HOT_PCT`, moves
+//! the model whose move lowers the busier of the two GPUs the most (`choose_move`, the rule the
+//! live router follows). The model serves where it is while its worker starts on the other GPU
+//! (`Moves::ready_s`); then its arrivals go there, what it had queued is served out where it was,
+//! and each of the two GPUs' policies is rebuilt for the models it then serves.
 
 use crate::scenario::LoadedScenario;
-use crate::simulate::{self, PolicyChoice, SimRun};
+use crate::simulate::{ControlLoop, PolicyChoice, SimRun};
 use anyhow::{Context, Result, bail};
 use gpuslice_control::BackendBuilder;
-use gpuslice_simulator::{ModelReport, ModelSetup};
+use gpuslice_simulator::{ModelReport, ModelSetup, Summary};
 use gpuslice_traces::ArrivalProcess;
-use gpuslice_traces::arrivals::Dealt;
+use gpuslice_traces::arrivals::{Dealt, NoArrivals};
+use std::collections::HashMap;
 
 /// How models are placed on a node's GPUs (see the module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,17 +48,41 @@ pub enum Placement {
     /// Ours: the lowest resulting busy time.
     #[default]
     Balanced,
-    /// Every model replicated on every GPU, its requests dealt evenly over the replicas.
+    /// Every model replicated on every GPU, its requests dealt in turn over the replicas.
     Replicas,
+    /// Every model replicated on every GPU, each request sent to the replica with the fewest in
+    /// flight (the live router's rule).
+    ReplicasShortestQueue,
 }
 
 /// Every placement, by its name on the command line.
-pub const PLACEMENTS: [(&str, Placement); 4] = [
+pub const PLACEMENTS: [(&str, Placement); 5] = [
     ("ffd", Placement::FirstFitDecreasing),
     ("interference", Placement::InterferenceGreedy),
     ("balanced", Placement::Balanced),
     ("replicas", Placement::Replicas),
+    ("replicas-jsq", Placement::ReplicasShortestQueue),
 ];
+
+/// How the router in front of a node of replicas picks one for each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routing {
+    /// Each in turn: the merged arrivals dealt round-robin.
+    InTurn,
+    /// The one with the fewest requests in flight (queued or running), ties in turn.
+    FewestInFlight,
+}
+
+impl Placement {
+    /// The router's rule, for the placements that replicate every model.
+    fn routing(self) -> Option<Routing> {
+        match self {
+            Placement::Replicas => Some(Routing::InTurn),
+            Placement::ReplicasShortestQueue => Some(Routing::FewestInFlight),
+            _ => None,
+        }
+    }
+}
 
 impl std::str::FromStr for Placement {
     type Err = String;
@@ -144,6 +178,56 @@ pub fn busy_with_interference(demands: &[Demand], on: &[usize]) -> f64 {
         .sum()
 }
 
+/// A GPU predicted busier than this (GPU% of its time, interference included) sheds a model.
+pub const HOT_PCT: f64 = 85.0;
+
+/// A move is made only if the busier of the two GPUs ends at least this much less busy (GPU%):
+/// a move costs a worker start on the target, and a smaller gain is within the rates' noise.
+pub const MIN_GAIN_PCT: f64 = 10.0;
+
+/// A model to move off a GPU that is too busy (`choose_move`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Move {
+    /// The busy GPU (an index into `on`).
+    pub from: usize,
+    /// The model, an index into `on[from]`.
+    pub model: usize,
+    /// The least busy GPU, where it goes.
+    pub to: usize,
+    /// `from`'s predicted busy GPU% now.
+    pub from_busy_pct: f64,
+    /// `to`'s.
+    pub to_busy_pct: f64,
+    /// The busier of the two after the move.
+    pub busier_after_pct: f64,
+}
+
+/// The one move to make now, given the demands of the models on each GPU (`on[g]`, from their
+/// arrival rates since the last look), if any: where the busiest GPU is predicted busier than
+/// `HOT_PCT`, the model (of those `movable(g, i)` allows) whose move to the least busy GPU
+/// leaves the busier of the two least busy, if that gains at least `MIN_GAIN_PCT`.
+pub fn choose_move(on: &[Vec<Demand>], movable: &dyn Fn(usize, usize) -> bool) -> Option<Move> {
+    let busy = |demands: &[Demand]| busy_with_interference(demands, &(0..demands.len()).collect::<Vec<_>>());
+    let load: Vec<f64> = on.iter().map(|d| busy(d)).collect();
+    let by_load = |a: &usize, b: &usize| load[*a].total_cmp(&load[*b]);
+    let (hot, cool) = ((0..load.len()).max_by(by_load)?, (0..load.len()).min_by(by_load)?);
+    if load[hot] <= HOT_PCT || hot == cool {
+        return None;
+    }
+    let after = |m: usize| {
+        let mut from = on[hot].clone();
+        let moved = from.remove(m);
+        let to: Vec<Demand> = on[cool].iter().cloned().chain([moved]).collect();
+        busy(&from).max(busy(&to))
+    };
+    let (model, busier_after_pct) = (0..on[hot].len())
+        .filter(|&m| movable(hot, m))
+        .map(|m| (m, after(m)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|(_, worst)| *worst <= load[hot] - MIN_GAIN_PCT)?;
+    Some(Move { from: hot, model, to: cool, from_busy_pct: load[hot], to_busy_pct: load[cool], busier_after_pct })
+}
+
 /// The `PEAK_QUANTILE` over intervals of the busy GPU% of models `on` one GPU, each slowed by
 /// its interference with the others' mean busy share.
 fn peak_busy(demands: &[Demand], on: &[usize]) -> f64 {
@@ -165,13 +249,13 @@ fn peak_busy(demands: &[Demand], on: &[usize]) -> f64 {
 }
 
 /// The GPU of each model (by index) on `gpus` GPUs, for the placements that place by demand
-/// (`Placement::Replicas` places by copy, see `replica_ranks`; here it places like `Balanced`).
+/// (the replicas' placements place by copy, see `replica_ranks`; here they place like `Balanced`).
 pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize> {
     let gpus = gpus.max(1);
     let mut order: Vec<usize> = (0..demands.len()).collect();
     let key = |i: &usize| match placement {
         Placement::FirstFitDecreasing => demands[*i].knee_pct,
-        Placement::InterferenceGreedy | Placement::Balanced | Placement::Replicas => demands[*i].busy_pct,
+        _ => demands[*i].busy_pct,
     };
     order.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
     let mut on: Vec<Vec<usize>> = vec![Vec::new(); gpus];
@@ -184,7 +268,7 @@ pub fn place(demands: &[Demand], gpus: usize, placement: Placement) -> Vec<usize
                     .find(|&g| knees(g) + demands[m].knee_pct <= 100.0 + 1e-9)
                     .unwrap_or_else(|| (0..gpus).min_by(|&a, &b| knees(a).total_cmp(&knees(b))).expect("a GPU"))
             }
-            Placement::InterferenceGreedy | Placement::Balanced | Placement::Replicas => {
+            _ => {
                 let with_m = |g: usize| on[g].iter().copied().chain([m]).collect::<Vec<usize>>();
                 let cost = |g: usize| match placement {
                     Placement::InterferenceGreedy => {
@@ -238,32 +322,95 @@ pub fn replica_ranks(loaded: &LoadedScenario) -> Result<Vec<(usize, usize)>> {
 /// The GPU of each model of `loaded`'s node under `placement`.
 fn gpus_of(loaded: &LoadedScenario, placement: Placement) -> Result<Vec<usize>> {
     Ok(match placement {
-        Placement::Replicas => replica_ranks(loaded)?.into_iter().map(|(_, rank)| rank).collect(),
+        p if p.routing().is_some() => replica_ranks(loaded)?.into_iter().map(|(_, rank)| rank).collect(),
         _ => place(&demands(loaded)?, loaded.scenario.gpus, placement),
     })
 }
 
-/// Gives each replica (see `replica_ranks`) its share of its group's requests: the arrivals of
-/// all the group's copies merged, dealt round-robin over the group, each replica's sources
-/// drawn afresh (once more per rank, the traces read once) so that replicas do not share a
-/// stream.
-fn deal_replicas(loaded: &LoadedScenario, setups: &mut [ModelSetup], ranks: &[(usize, usize)]) -> Result<()> {
-    let gpus = loaded.scenario.gpus;
-    let mut library = loaded.trace_library();
-    for rank in 0..gpus {
-        let mut fresh: Vec<Option<Box<dyn ArrivalProcess>>> =
-            loaded.arrivals(&mut library)?.into_iter().map(Some).collect();
-        for (i, &(group, _)) in ranks.iter().enumerate().filter(|(_, (_, r))| *r == rank) {
-            let sources = (0..ranks.len())
-                .filter(|&j| ranks[j].0 == group)
-                .map(|j| fresh[j].take().context("a copy dealt twice"))
-                .collect::<Result<Vec<_>>>()?;
-            let dealt =
-                Dealt::new(sources, rank, gpus).map_err(|e| anyhow::anyhow!("scenario {}: {e}", loaded.origin))?;
-            setups[i].arrivals = Box::new(dealt);
+/// The router in front of a node of replicas (see the module): each model's copies' arrivals
+/// merged, each request sent as it arrives to a replica by `routing`.
+struct Router {
+    groups: Vec<Group>,
+    routing: Routing,
+}
+
+/// One model's replicas and its merged arrivals.
+struct Group {
+    /// Each replica: its GPU and its name there.
+    replicas: Vec<(usize, String)>,
+    arrivals: Dealt,
+    /// The next arrival, seconds (None: the group's arrivals have ended).
+    next: Option<f64>,
+    turn: usize,
+}
+
+impl Router {
+    /// Takes the arrivals of every replica in `setups` (leaving them none of their own) into
+    /// their groups (`replica_ranks`: a replica of rank r serves on GPU r).
+    fn new(
+        loaded: &LoadedScenario,
+        setups: &mut [ModelSetup],
+        ranks: &[(usize, usize)],
+        routing: Routing,
+    ) -> Result<Router> {
+        // Per group, each copy: its rank (its GPU), its name, its own arrivals.
+        type Copy = (usize, String, Box<dyn ArrivalProcess>);
+        let mut members: HashMap<usize, Vec<Copy>> = HashMap::new();
+        for (setup, &(group, rank)) in setups.iter_mut().zip(ranks) {
+            let arrivals = std::mem::replace(&mut setup.arrivals, Box::new(NoArrivals));
+            members.entry(group).or_default().push((rank, setup.name.clone(), arrivals));
+        }
+        let mut groups: Vec<(usize, Group)> = members
+            .into_iter()
+            .map(|(key, members)| {
+                let (replicas, sources): (Vec<_>, Vec<_>) =
+                    members.into_iter().map(|(gpu, name, arrivals)| ((gpu, name), arrivals)).unzip();
+                // One replica of one: every merged arrival.
+                let mut arrivals =
+                    Dealt::new(sources, 0, 1).map_err(|e| anyhow::anyhow!("scenario {}: {e}", loaded.origin))?;
+                let next = arrivals.next_arrival();
+                Ok((key, Group { replicas, arrivals, next, turn: 0 }))
+            })
+            .collect::<Result<_>>()?;
+        groups.sort_by_key(|(key, _)| *key);
+        Ok(Router { groups: groups.into_iter().map(|(_, g)| g).collect(), routing })
+    }
+
+    /// Whether any request is still to come.
+    fn open(&self) -> bool {
+        self.groups.iter().any(|g| g.next.is_some())
+    }
+
+    /// Sends every request arriving up to `until_s`, in time order, the GPUs served up to the
+    /// request's arrival before it is sent (and its replicas' requests in flight read).
+    fn send_until(&mut self, until_s: f64, loops: &mut [Option<ControlLoop>]) -> Result<()> {
+        loop {
+            let earliest = self
+                .groups
+                .iter_mut()
+                .filter_map(|g| g.next.filter(|t| *t <= until_s).map(|t| (t, g)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            let Some((t, group)) = earliest else { return Ok(()) };
+            let n = group.replicas.len();
+            group.turn = (group.turn + 1) % n;
+            let chosen = match self.routing {
+                Routing::InTurn => group.turn,
+                Routing::FewestInFlight => {
+                    let mut in_flight = Vec::with_capacity(n);
+                    for (gpu, name) in &group.replicas {
+                        let replica = loops[*gpu].as_mut().context("a replica's GPU")?;
+                        replica.advance_to(t);
+                        in_flight.push(replica.in_flight(name));
+                    }
+                    (0..n).map(|k| (group.turn + k) % n).min_by_key(|&r| in_flight[r]).context("a replica")?
+                }
+            };
+            let (gpu, name) = &group.replicas[chosen];
+            loops[*gpu].as_mut().context("a replica's GPU")?.advance_to(t);
+            loops[*gpu].as_mut().context("a replica's GPU")?.route(name)?;
+            group.next = group.arrivals.next_arrival();
         }
     }
-    Ok(())
 }
 
 /// Which models `placement` puts on each GPU of `loaded`'s node, in words ("GPU 0: a, b; ...").
@@ -275,69 +422,299 @@ pub fn describe(loaded: &LoadedScenario, placement: Placement) -> Result<String>
     Ok((0..loaded.scenario.gpus).map(|g| format!("GPU {g}: {}", names(g).join(", "))).collect::<Vec<_>>().join("; "))
 }
 
+/// How a node moves models between its GPUs as load shifts (see the module).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moves {
+    /// How often the node looks at its GPUs' load, seconds (the live router's
+    /// `rebalance_every_s`).
+    pub every_s: f64,
+    /// From a move's decision until the model serves on its new GPU: its worker's start there,
+    /// seconds.
+    pub ready_s: f64,
+}
+
+/// `Moves::every_s` by default: the live router's `rebalance_every_s`.
+pub const MOVE_EVERY_S: f64 = 5.0;
+
+/// `Moves::ready_s` by default: a GPU worker's start to its first slice on the H200, 10.6 s
+/// (vgg16) and 11.5 s (resnet50) to 27.2 s (mobilenet_v3_large, whose CUDA graphs take longest)
+/// (bench/results/2026-12-02-h200-worker-start-fast/).
+pub const MOVE_READY_S: f64 = 12.0;
+
+impl Moves {
+    /// Why these moves cannot run, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        let valid = |s: f64| s.is_finite() && (0.0..=86_400.0).contains(&s);
+        (!(valid(self.every_s) && self.every_s > 0.0 && valid(self.ready_s))).then(|| {
+            format!(
+                "moves: every_s must be in (0, 86400] and ready_s in [0, 86400] seconds, got {} and {}",
+                self.every_s, self.ready_s
+            )
+        })
+    }
+}
+
+/// A model moved between GPUs during a node's run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeMove {
+    /// When it was decided, seconds into the run.
+    pub decided_s: f64,
+    /// When its arrivals went to the new GPU.
+    pub moved_s: f64,
+    /// The model.
+    pub model: String,
+    /// From this GPU...
+    pub from: usize,
+    /// ...to this one.
+    pub to: usize,
+}
+
 /// A run of a node of several GPUs.
 pub struct NodeRun {
-    /// The GPU of each model.
+    /// The GPU of each model at the start.
     pub gpu_of: Vec<usize>,
-    /// Each GPU's run (of its models, in the scenario's order; empty GPUs have none).
+    /// Each GPU's run (of the models it served at the end; empty GPUs have none).
     pub runs: Vec<Option<SimRun>>,
-    /// Each model's report, in the scenario's order.
+    /// Each model's report, in the scenario's order (a model that moved: its figures on every
+    /// GPU it served on, combined by `Summary::combined`).
     pub models: Vec<ModelReport>,
+    /// The models moved, in order.
+    pub moves: Vec<NodeMove>,
 }
 
 /// Runs `loaded`'s node: its models placed by `placement` on its GPUs, each GPU under its own
-/// instance of `choice` on the backend `on` builds.
+/// instance of `choice` on the backend `on` builds, the GPUs stepped side by side; with
+/// `moves`, models move off GPUs that become too busy.
 pub fn run(
     loaded: &LoadedScenario,
     placement: Placement,
     choice: &PolicyChoice,
     on: &(dyn BackendBuilder + Sync),
+    moves: Option<Moves>,
 ) -> Result<NodeRun> {
     let gpus = loaded.scenario.gpus;
     if matches!(choice, PolicyChoice::Named(p) if p == "oracle") && gpus > 1 {
         bail!("scenario {}: the oracle plans one GPU; it cannot run a node of {gpus} GPUs", loaded.origin);
     }
+    if let Some(problem) = moves.and_then(|m| m.problem()) {
+        bail!("scenario {}: {problem}", loaded.origin);
+    }
+    if moves.is_some() && placement.routing().is_some() {
+        bail!(
+            "scenario {}: replicas are on every GPU already; moves are for placements that pin a model to one",
+            loaded.origin
+        );
+    }
     let gpu_of = gpus_of(loaded, placement)?;
     let (config, mut setups, contexts) = loaded.build()?;
-    if placement == Placement::Replicas {
-        deal_replicas(loaded, &mut setups, &replica_ranks(loaded)?)?;
-    }
-    let mut parts: Vec<(Vec<usize>, Vec<_>, Vec<_>)> = (0..gpus).map(|_| Default::default()).collect();
+    let router = match placement.routing() {
+        Some(routing) => Some(Router::new(loaded, &mut setups, &replica_ranks(loaded)?, routing)?),
+        None => None,
+    };
+    let weights = MoveWeights(
+        contexts
+            .iter()
+            .map(|c| {
+                let demand = Demand {
+                    busy_pct: 0.0,
+                    knee_pct: 0.0,
+                    interference: config.interference_of(&c.name),
+                    slo_ms: c.slo_ms,
+                    busy_by_interval: Vec::new(),
+                };
+                (c.name.clone(), (demand, c.latency.clone(), c.configured.max_batch))
+            })
+            .collect(),
+    );
+    let mut parts: Vec<(Vec<_>, Vec<_>)> = (0..gpus).map(|_| Default::default()).collect();
     for (i, (setup, context)) in setups.into_iter().zip(contexts).enumerate() {
-        let part = &mut parts[gpu_of[i]];
-        part.0.push(i);
-        part.1.push(setup);
-        part.2.push(context);
+        parts[gpu_of[i]].0.push(setup);
+        parts[gpu_of[i]].1.push(context);
     }
-    let runs: Vec<Result<Option<SimRun>>> = std::thread::scope(|scope| {
+    let parts: Vec<Option<Built>> = parts
+        .into_iter()
+        .map(|(setups, contexts)| (!setups.is_empty()).then(|| (config.clone(), setups, contexts)))
+        .collect();
+    let (finished, moved) = match (moves, router) {
+        (None, None) => (run_apart(loaded, parts, choice, on)?, Vec::new()),
+        (moves, router) => run_side_by_side(loaded, parts, choice, on, moves, router, &weights)?,
+    };
+    let mut reports: HashMap<String, Vec<ModelReport>> = HashMap::new();
+    let runs: Vec<Option<SimRun>> = finished
+        .into_iter()
+        .map(|gpu| {
+            gpu.map(|(run, departed)| {
+                for report in run.report.models.iter().cloned().chain(departed) {
+                    reports.entry(report.model.clone()).or_default().push(report);
+                }
+                run
+            })
+        })
+        .collect();
+    let models = loaded
+        .scenario
+        .models
+        .iter()
+        .map(|m| {
+            let parts =
+                reports.remove(&m.name).with_context(|| format!("model {} has no report from any GPU", m.name))?;
+            Ok(combined(parts))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(NodeRun { gpu_of, runs, models, moves: moved })
+}
+
+/// One GPU's part of a node, built (`LoadedScenario::build`'s parts of its models).
+type Built = (gpuslice_simulator::SimConfig, Vec<ModelSetup>, Vec<gpuslice_policies::ModelContext>);
+
+/// A GPU's finished run and the figures of the models that moved off it.
+type Finished = Option<(SimRun, Vec<ModelReport>)>;
+
+/// What a move weighs of each model, by name: its demand but for the busy share (its
+/// interference, its SLO), and its latency model and configured batch, which give the busy
+/// share of a rate.
+struct MoveWeights(HashMap<String, (Demand, std::sync::Arc<gpuslice_traces::LatencyModel>, u32)>);
+
+impl MoveWeights {
+    /// Model `name`'s demand at `rate` requests a second.
+    fn at(&self, name: &str, rate: f64) -> Option<Demand> {
+        let (base, latency, batch) = self.0.get(name)?;
+        Some(Demand { busy_pct: busy_pct(latency, *batch, rate), ..base.clone() })
+    }
+}
+
+/// Each GPU run to its end on its own thread: nothing moves between them.
+fn run_apart(
+    loaded: &LoadedScenario,
+    parts: Vec<Option<Built>>,
+    choice: &PolicyChoice,
+    on: &(dyn BackendBuilder + Sync),
+) -> Result<Vec<Finished>> {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
             .enumerate()
-            .map(|(g, (models, setups, contexts))| {
-                let config = config.clone();
-                scope.spawn(move || {
-                    if models.is_empty() {
-                        return Ok(None);
-                    }
-                    let run = simulate::run_built(loaded, (config, setups, contexts), choice, on, false)
-                        .with_context(|| format!("GPU {g}"))?;
-                    Ok(Some(run))
+            .map(|(g, built)| {
+                scope.spawn(move || -> Result<Finished> {
+                    let Some(built) = built else { return Ok(None) };
+                    let mut gpu =
+                        ControlLoop::start(loaded, built, choice, on, false).with_context(|| format!("GPU {g}"))?;
+                    while gpu.step().with_context(|| format!("GPU {g}"))? {}
+                    Ok(Some(gpu.finish()))
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("GPU run")).collect()
-    });
-    let runs: Vec<Option<SimRun>> = runs.into_iter().collect::<Result<_>>()?;
-    let mut models: Vec<Option<ModelReport>> = vec![None; gpu_of.len()];
-    for (g, run) in runs.iter().enumerate() {
-        let Some(run) = run else { continue };
-        let placed = (0..gpu_of.len()).filter(|&i| gpu_of[i] == g);
-        for (i, report) in placed.zip(&run.report.models) {
-            models[i] = Some(report.clone());
+        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("a GPU's run panicked"))?).collect()
+    })
+}
+
+/// The GPUs stepped one control interval at a time side by side: the router's requests sent
+/// as they arrive, models moving off a GPU that is too busy (see the module). Replicas stay
+/// where they are.
+fn run_side_by_side(
+    loaded: &LoadedScenario,
+    parts: Vec<Option<Built>>,
+    choice: &PolicyChoice,
+    on: &(dyn BackendBuilder + Sync),
+    moves: Option<Moves>,
+    mut router: Option<Router>,
+    weights: &MoveWeights,
+) -> Result<(Vec<Finished>, Vec<NodeMove>)> {
+    let gpus = parts.len();
+    let mut loops: Vec<Option<ControlLoop>> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(g, built)| match built {
+            None => Ok(None),
+            Some(built) => {
+                Ok(Some(ControlLoop::start(loaded, built, choice, on, false).with_context(|| format!("GPU {g}"))?))
+            }
+        })
+        .collect::<Result<_>>()?;
+    // Arrivals per (model, GPU) since the node last looked, and a move under way.
+    let (mut seen, mut looked_s) = (HashMap::<(String, usize), u64>::new(), 0.0);
+    let (mut under_way, mut moved): (Option<NodeMove>, Vec<NodeMove>) = (None, Vec::new());
+    let mut now = 0.0;
+    for gpu in loops.iter_mut().flatten() {
+        gpu.routed_to(router.as_ref().is_some_and(Router::open));
+    }
+    loop {
+        if let Some(r) = router.as_mut() {
+            r.send_until(now + loaded.scenario.control_interval_s, &mut loops)?;
+            if !r.open() {
+                loops.iter_mut().flatten().for_each(|gpu| gpu.routed_to(false));
+            }
+        }
+        let mut stepped = false;
+        for (g, gpu) in loops.iter_mut().enumerate() {
+            let Some(gpu) = gpu else { continue };
+            if gpu.step().with_context(|| format!("GPU {g}"))? {
+                stepped = true;
+                for (name, n) in gpu.arrivals() {
+                    *seen.entry((name.to_string(), g)).or_default() += n;
+                }
+            }
+        }
+        if !stepped {
+            break;
+        }
+        now = loops.iter().flatten().map(ControlLoop::now_s).fold(0.0, f64::max);
+        let Some(moves) = moves else { continue };
+        let serving: Vec<bool> = loops.iter().map(|l| l.as_ref().is_some_and(|l| !l.finished())).collect();
+        // A move under way goes through once its worker is ready on the new GPU (`moved_s`).
+        if let Some(mut m) = under_way.take() {
+            if now < m.moved_s {
+                under_way = Some(m);
+            } else if serving[m.from] && serving[m.to] {
+                let moving = loops[m.from].as_mut().context("a GPU")?.hand_over(&m.model)?;
+                loops[m.to].as_mut().context("a GPU")?.take_in(moving)?;
+                m.moved_s = now;
+                tracing::debug!(model = %m.model, from = m.from, to = m.to, decided_s = m.decided_s, moved_s = now, "moved between GPUs");
+                moved.push(m);
+            }
+        }
+        if under_way.is_some() || now - looked_s < moves.every_s {
+            continue;
+        }
+        // Each GPU's models and their demand at the rates since the last look.
+        let span = (now - looked_s).max(1e-3);
+        let (mut names, mut on): (Vec<Vec<String>>, Vec<Vec<Demand>>) =
+            (vec![Vec::new(); gpus], vec![Vec::new(); gpus]);
+        for ((name, g), n) in seen.drain() {
+            let still_here = loops[g].as_ref().is_some_and(|l| l.serves(&name));
+            if let (true, Some(demand)) = (still_here, weights.at(&name, n as f64 / span)) {
+                on[g].push(demand);
+                names[g].push(name);
+            }
+        }
+        looked_s = now;
+        // Only GPUs still serving take part.
+        let movable = |g: usize, _: usize| serving[g];
+        if let Some(m) = choose_move(&on, &movable).filter(|m| serving[m.to]) {
+            let name = names[m.from][m.model].clone();
+            tracing::debug!(model = %name, from = m.from, to = m.to, from_busy_pct = m.from_busy_pct, to_busy_pct = m.to_busy_pct, "a GPU is too busy: moving a model off it");
+            under_way =
+                Some(NodeMove { decided_s: now, moved_s: now + moves.ready_s, model: name, from: m.from, to: m.to });
         }
     }
-    let models = models.into_iter().collect::<Option<Vec<_>>>().context("a model's GPU run reported no model")?;
-    Ok(NodeRun { gpu_of, runs, models })
+    Ok((loops.into_iter().map(|gpu| gpu.map(ControlLoop::finish)).collect(), moved))
+}
+
+/// One model's reports from the GPUs it served on as one (the last one's allocation).
+fn combined(mut parts: Vec<ModelReport>) -> ModelReport {
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    let summaries: Vec<Summary> = parts.iter().map(|p| p.summary.clone()).collect();
+    let last = parts.last().expect("parts");
+    ModelReport {
+        model: last.model.clone(),
+        slo_ms: last.slo_ms,
+        allocation: last.allocation,
+        reallocations: parts.iter().map(|p| p.reallocations).sum(),
+        worker_failures: parts.iter().map(|p| p.worker_failures).sum(),
+        summary: Summary::combined(&summaries),
+    }
 }
 
 #[cfg(test)]
@@ -352,9 +729,9 @@ mod tests {
         // front, densenet121, front.2, densenet121.2: each model's copies form a group.
         assert_eq!(replica_ranks(&loaded).unwrap(), vec![(0, 0), (1, 0), (0, 1), (1, 1)]);
         let choice = PolicyChoice::Named("static".to_string());
-        let on = simulate::simulator(false);
+        let on = crate::simulate::simulator(false);
         let arrivals = |placement| -> Vec<u64> {
-            let node = run(&loaded, placement, &choice, on.as_ref()).unwrap();
+            let node = run(&loaded, placement, &choice, on.as_ref(), None).unwrap();
             node.models.iter().map(|m| m.summary.arrivals).collect()
         };
         let (pinned, replicas) = (arrivals(Placement::Balanced), arrivals(Placement::Replicas));

@@ -2,12 +2,16 @@
 //! interval at a time, with a progress bar.
 
 use crate::scenario::LoadedScenario;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gpuslice_control::{
-    BackendBuilder, Change, DeviceSample, PooledSimBuilder, SimBuilder, StageSummary, control_step,
+    Backend, BackendBuilder, BackendError, Change, DeviceSample, PooledSimBuilder, SimBuilder, StageSummary, Steered,
+    StepOutcome, apply_shrinking_first, control_step,
 };
-use gpuslice_policies::{DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
-use gpuslice_simulator::{ModelInterval, ModelSetup, Report, Sharing, SimConfig};
+use gpuslice_policies::{Decision, DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
+use gpuslice_simulator::{
+    Allocation, ModelInterval, ModelReport, ModelSetup, Report, ServiceModel, Sharing, SimConfig, SimError,
+};
+use gpuslice_traces::ArrivalProcess;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -101,20 +105,26 @@ impl LateProgress {
     }
 }
 
-fn policy_for(
+/// The policy `choice` names for `contexts`, told what the backend `on` offers.
+fn built_policy(
     choice: &PolicyChoice,
     loaded: &LoadedScenario,
     contexts: &[ModelContext],
     device: &DeviceModel,
+    on: &dyn BackendBuilder,
 ) -> Result<Box<dyn Policy>> {
-    match choice {
-        PolicyChoice::Scenario(sharing) => Ok(Box::new(FixedPolicy::configured("scenario", *sharing, contexts))),
+    let mut policy: Box<dyn Policy> = match choice {
+        PolicyChoice::Scenario(sharing) => Box::new(FixedPolicy::configured("scenario", *sharing, contexts)),
         PolicyChoice::Named(name) => {
             let plan: Option<OraclePlan> =
                 if name == "oracle" { Some(crate::oracle::plan(loaded, contexts)?) } else { None };
-            Ok(gpuslice_policies::build(name, contexts, device, plan)?)
+            gpuslice_policies::build(name, contexts, device, plan)?
         }
-    }
+    };
+    policy.offer_modes(on.modes());
+    policy.plan_on_levels(on.slice_levels());
+    policy.serve_batches(on.served_batches());
+    Ok(policy)
 }
 
 /// Runs `loaded` under `choice` to the end of its arrivals (and until every request is served
@@ -159,39 +169,272 @@ pub fn run_built(
     on: &dyn BackendBuilder,
     show_progress: bool,
 ) -> Result<SimRun> {
-    let (mut config, mut setups, contexts) = built;
-    let device = DeviceModel { config: config.clone(), service_jitter: loaded.scenario.service_jitter };
-    let mut policy = policy_for(choice, loaded, &contexts, &device)?;
-    policy.offer_modes(on.modes());
-    policy.plan_on_levels(on.slice_levels());
-    policy.serve_batches(on.served_batches());
-    for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
-        setup.allocation = allocation;
+    let mut run = ControlLoop::start(loaded, built, choice, on, show_progress)?;
+    while run.step()? {}
+    Ok(run.finish().0)
+}
+
+/// A model one GPU's policy steers.
+struct Member {
+    context: ModelContext,
+    /// How long its batches take (what the backend needs to take it in again elsewhere).
+    service: ServiceModel,
+    /// Its index in the backend.
+    index: usize,
+    /// Its arrivals in the last interval.
+    arrivals: u64,
+    /// Its GPU% at the end of the last interval.
+    gpu_pct: f64,
+}
+
+/// A model moving between GPUs (`ControlLoop::hand_over`, `ControlLoop::take_in`).
+pub struct Moving {
+    context: ModelContext,
+    service: ServiceModel,
+    arrivals: Box<dyn ArrivalProcess>,
+}
+
+impl Moving {
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.context.name
     }
-    // After `initial`: it may choose the mode to start in.
-    config.sharing = policy.sharing();
-    let names: Vec<String> = contexts.iter().map(|c| c.name.clone()).collect();
-    let mode = config.sharing;
-    let mut backend = on.build(config, setups, loaded.scenario.control_interval_s, policy.switches_modes())?;
-    let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());
-    let mut progress = LateProgress::new(loaded.scenario.duration_s, on.progress_unit(), &what, show_progress);
-    let started = Instant::now();
-    let mut sharing_now = mode;
-    let (mut intervals, mut decisions, mut refused, mut device) = (Vec::new(), Vec::new(), 0, Vec::new());
-    while let Some(observed) = backend.next_interval() {
-        device.extend(backend.device());
-        let now = observed.first().map_or(0.0, |o| o.end_s);
-        let step = control_step(policy.as_mut(), &observed, &|_| false, &mut sharing_now, &mut backend);
-        for (change, e) in &step.refused {
-            tracing::warn!(time_s = now, change = %describe(change, &names), error = %e, "decision refused");
+}
+
+/// One GPU's control loop: its policy steering its backend once per control interval. A run
+/// of one GPU is one loop stepped to its end (`run_built`); a node steps one loop per GPU side
+/// by side and moves models between them (`cluster::run`). A loop whose models change rebuilds
+/// its policy for the models it now serves, as the live controller does.
+pub struct ControlLoop<'a> {
+    loaded: &'a LoadedScenario,
+    choice: &'a PolicyChoice,
+    on: &'a dyn BackendBuilder,
+    device_model: DeviceModel,
+    policy: Box<dyn Policy>,
+    backend: Box<dyn Backend>,
+    members: Vec<Member>,
+    sharing_now: Sharing,
+    now_s: f64,
+    finished: bool,
+    intervals: Vec<ModelInterval>,
+    decisions: Vec<TimedDecision>,
+    refused: usize,
+    device: Vec<DeviceSample>,
+    departed: Vec<ModelReport>,
+    progress: LateProgress,
+    started: Instant,
+}
+
+impl<'a> ControlLoop<'a> {
+    /// Builds the policy and the backend for `built` and applies the policy's first allocations.
+    pub fn start(
+        loaded: &'a LoadedScenario,
+        built: (SimConfig, Vec<ModelSetup>, Vec<ModelContext>),
+        choice: &'a PolicyChoice,
+        on: &'a dyn BackendBuilder,
+        show_progress: bool,
+    ) -> Result<ControlLoop<'a>> {
+        let (mut config, mut setups, contexts) = built;
+        let device_model = DeviceModel { config: config.clone(), service_jitter: loaded.scenario.service_jitter };
+        let mut policy = built_policy(choice, loaded, &contexts, &device_model, on)?;
+        for (setup, allocation) in setups.iter_mut().zip(policy.initial()) {
+            setup.allocation = allocation;
         }
-        refused += step.refused.len();
+        // After `initial`: it may choose the mode to start in.
+        config.sharing = policy.sharing();
+        let mode = config.sharing;
+        let members = setups
+            .iter()
+            .zip(contexts)
+            .enumerate()
+            .map(|(index, (setup, context))| Member {
+                context,
+                service: setup.service.clone(),
+                index,
+                arrivals: 0,
+                gpu_pct: setup.allocation.gpu_pct,
+            })
+            .collect();
+        let backend = on.build(config, setups, loaded.scenario.control_interval_s, policy.switches_modes())?;
+        let what = format!("{} ({}, {mode})", loaded.scenario.name, policy.name());
+        Ok(ControlLoop {
+            progress: LateProgress::new(loaded.scenario.duration_s, on.progress_unit(), &what, show_progress),
+            loaded,
+            choice,
+            on,
+            device_model,
+            policy,
+            backend,
+            members,
+            sharing_now: mode,
+            now_s: 0.0,
+            finished: false,
+            intervals: Vec::new(),
+            decisions: Vec::new(),
+            refused: 0,
+            device: Vec::new(),
+            departed: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Serves one control interval and lets the policy decide; false once the run has ended
+    /// (every arrival served or dropped).
+    pub fn step(&mut self) -> Result<bool> {
+        if self.finished {
+            return Ok(false);
+        }
+        let Some(observed) = self.backend.next_interval() else {
+            self.finished = true;
+            return Ok(false);
+        };
+        self.device.extend(self.backend.device());
+        self.departed.extend(self.backend.take_departed());
+        // The backend reports every model it was given (moved-off ones too); the policy steers
+        // its members, in its order.
+        let mut by_index: Vec<Option<ModelInterval>> = observed.into_iter().map(Some).collect();
+        let observed = self
+            .members
+            .iter()
+            .map(|m| by_index.get_mut(m.index).and_then(Option::take))
+            .collect::<Option<Vec<ModelInterval>>>()
+            .context("the backend reported no interval for a model it serves")?;
+        self.now_s = observed.first().map_or(self.now_s, |o| o.end_s);
+        for (member, o) in self.members.iter_mut().zip(&observed) {
+            (member.arrivals, member.gpu_pct) = (o.summary.arrivals, o.allocation.gpu_pct);
+        }
+        let mut steered = Steering { backend: &mut self.backend, members: &self.members };
+        let step = control_step(self.policy.as_mut(), &observed, &|_| false, &mut self.sharing_now, &mut steered);
+        self.record(step);
+        self.intervals.extend(observed.into_iter().map(|i| ModelInterval {
+            batches: Vec::new(),
+            arrivals_s: Vec::new(),
+            ..i
+        }));
+        self.progress.set(self.now_s);
+        Ok(true)
+    }
+
+    /// Seconds into the run at the end of the last interval served.
+    pub fn now_s(&self) -> f64 {
+        self.now_s
+    }
+
+    /// Whether the run has ended.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Whether model `name` is served here (takes its requests here).
+    pub fn serves(&self, name: &str) -> bool {
+        self.members.iter().any(|m| m.context.name == name)
+    }
+
+    /// Each model served here and its arrivals in the last interval.
+    pub fn arrivals(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.members.iter().map(|m| (m.context.name.as_str(), m.arrivals))
+    }
+
+    /// Serves up to `until_s` seconds into the run, within the control interval
+    /// (`Backend::advance_to`): a node's router sends a request at its arrival.
+    pub fn advance_to(&mut self, until_s: f64) {
+        self.backend.advance_to(until_s);
+    }
+
+    /// Takes one request for model `name` now, sent by the node's router.
+    pub fn route(&mut self, name: &str) -> Result<()> {
+        let member = self.members.iter().find(|m| m.context.name == name).context("a model served here")?;
+        Ok(self.backend.route(member.index)?)
+    }
+
+    /// Requests of model `name` queued or running here (0 if it is not served here).
+    pub fn in_flight(&self, name: &str) -> usize {
+        self.members.iter().find(|m| m.context.name == name).map_or(0, |m| self.backend.in_flight(m.index))
+    }
+
+    /// Whether the node's router may still send requests here (`Backend::routed_to`).
+    pub fn routed_to(&mut self, open: bool) {
+        self.backend.routed_to(open);
+    }
+
+    /// Takes model `name` off this GPU (it serves out its queue here) for another loop's
+    /// `take_in`; the policy is rebuilt for the models left.
+    pub fn hand_over(&mut self, name: &str) -> Result<Moving> {
+        let at = self.members.iter().position(|m| m.context.name == name).context("a model served here")?;
+        let arrivals = self.backend.hand_over(self.members[at].index)?;
+        let Member { context, service, .. } = self.members.remove(at);
+        self.rebuild_policy(None, &format!("{name} moved to another GPU"))?;
+        Ok(Moving { context, service, arrivals })
+    }
+
+    /// Serves a model moved here, at the slice the policy rebuilt for the models now here gives
+    /// it, once the others have theirs (so the GPU is never oversubscribed).
+    pub fn take_in(&mut self, moving: Moving) -> Result<()> {
+        let name = moving.context.name.clone();
+        self.rebuild_policy(Some(moving), &format!("{name} moved here from another GPU"))
+    }
+
+    /// Rebuilds the policy for the models served now and `joining`, applies its first
+    /// allocations to those here, then takes `joining` in at its own.
+    fn rebuild_policy(&mut self, joining: Option<Moving>, reason: &str) -> Result<()> {
+        let mut contexts: Vec<ModelContext> = self.members.iter().map(|m| m.context.clone()).collect();
+        contexts.extend(joining.as_ref().map(|j| j.context.clone()));
+        self.policy = built_policy(self.choice, self.loaded, &contexts, &self.device_model, self.on)?;
+        let mut initial = self.policy.initial();
+        let joining = match joining {
+            Some(j) => Some((j, initial.pop().context("the policy's allocation of the model moved in")?)),
+            None => None,
+        };
+        let decisions = initial.into_iter().enumerate().map(|(model, allocation)| Decision {
+            model,
+            allocation,
+            reason: reason.into(),
+        });
+        let now: Vec<f64> = self.members.iter().map(|m| m.gpu_pct).collect();
+        let mut steered = Steering { backend: &mut self.backend, members: &self.members };
+        let mut outcome = apply_shrinking_first(decisions.collect(), &|m| now[m], &mut steered);
+        if let Some((Moving { context, service, arrivals }, allocation)) = joining {
+            let name = context.name.clone();
+            let setup = ModelSetup {
+                name: name.clone(),
+                slo_ms: context.slo_ms,
+                service: service.clone(),
+                allocation,
+                arrivals,
+            };
+            let index = self.backend.take_in(setup).with_context(|| format!("taking {name} in"))?;
+            self.members.push(Member { context, service, index, arrivals: 0, gpu_pct: allocation.gpu_pct });
+            let model = self.members.len() - 1;
+            outcome.applied.push(Change::Allocation { model, allocation, reason: reason.into() });
+        }
+        let wanted = self.policy.sharing();
+        if wanted != self.sharing_now {
+            let change = Change::Sharing { from: self.sharing_now, to: wanted };
+            match self.backend.set_sharing(wanted) {
+                Ok(()) => {
+                    self.sharing_now = wanted;
+                    outcome.applied.push(change);
+                }
+                Err(e) => outcome.refused.push((change, e)),
+            }
+        }
+        self.record(outcome);
+        Ok(())
+    }
+
+    /// Logs and keeps what a step applied and what the backend refused.
+    fn record(&mut self, step: StepOutcome) {
+        let (now, name) = (self.now_s, |model: usize| self.members[model].context.name.clone());
+        for (change, e) in &step.refused {
+            tracing::warn!(time_s = now, change = %describe(change, &name), error = %e, "decision refused");
+        }
+        self.refused += step.refused.len();
         for change in step.applied {
-            tracing::debug!(time_s = now, change = %describe(&change, &names), "applied");
-            decisions.push(match change {
+            tracing::debug!(time_s = now, change = %describe(&change, &name), "applied");
+            self.decisions.push(match change {
                 Change::Allocation { model, allocation, reason } => TimedDecision {
                     time_s: now,
-                    model: names[model].clone(),
+                    model: name(model),
                     gpu_pct: allocation.gpu_pct,
                     max_batch: allocation.max_batch,
                     min_batch: allocation.min_batch,
@@ -209,36 +452,63 @@ pub fn run_built(
                 },
             });
         }
-        intervals.extend(observed.into_iter().map(|i| ModelInterval {
-            batches: Vec::new(),
-            arrivals_s: Vec::new(),
-            ..i
-        }));
-        progress.set(now);
     }
-    progress.finish();
-    let wall = started.elapsed();
-    let report = backend.report();
-    let stages = backend.stage_times();
-    tracing::debug!(
-        scenario = %loaded.scenario.name,
-        policy = policy.name(),
-        sharing = %mode,
-        simulated_s = report.elapsed_s,
-        events = report.events,
-        reallocations = decisions.len(),
-        refused,
-        wall_s = wall.as_secs_f64(),
-        "run finished"
-    );
-    Ok(SimRun { policy: policy.name().to_string(), report, intervals, decisions, refused, device, stages, wall })
+
+    /// The run so far as a finished one, and the whole-run figures of the models moved off
+    /// this GPU.
+    pub fn finish(mut self) -> (SimRun, Vec<ModelReport>) {
+        self.progress.finish();
+        let wall = self.started.elapsed();
+        let report = self.backend.report();
+        self.departed.extend(self.backend.take_departed());
+        let stages = self.backend.stage_times();
+        tracing::debug!(
+            scenario = %self.loaded.scenario.name,
+            policy = self.policy.name(),
+            sharing = %report.sharing,
+            simulated_s = report.elapsed_s,
+            events = report.events,
+            reallocations = self.decisions.len(),
+            refused = self.refused,
+            wall_s = wall.as_secs_f64(),
+            "run finished"
+        );
+        let run = SimRun {
+            policy: self.policy.name().to_string(),
+            report,
+            intervals: self.intervals,
+            decisions: self.decisions,
+            refused: self.refused,
+            device: self.device,
+            stages,
+            wall,
+        };
+        (run, self.departed)
+    }
+}
+
+/// A loop's backend steered by its policy's model indices.
+struct Steering<'b> {
+    backend: &'b mut Box<dyn Backend>,
+    members: &'b [Member],
+}
+
+impl Steered for Steering<'_> {
+    fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
+        let index = self.members.get(model).map(|m| m.index).ok_or(SimError::UnknownModel(model))?;
+        self.backend.apply(index, allocation)
+    }
+
+    fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {
+        self.backend.set_sharing(sharing)
+    }
 }
 
 /// A change in words, for logs.
-fn describe(change: &Change, names: &[String]) -> String {
+fn describe(change: &Change, name: &dyn Fn(usize) -> String) -> String {
     match change {
         Change::Allocation { model, allocation, reason } => {
-            format!("{}: GPU% {}, {} ({reason})", names[*model], allocation.gpu_pct, allocation.batching())
+            format!("{}: GPU% {}, {} ({reason})", name(*model), allocation.gpu_pct, allocation.batching())
         }
         Change::Sharing { from, to } => format!("sharing {from} -> {to}"),
     }

@@ -12,9 +12,10 @@
 //!   answers what it accepted before it is retired. No request is lost or refused on the way.
 //! - Load shifts: every `rebalance_every_s` the router reads each model's arrival rate since the
 //!   last look and predicts each GPU's busy share (`gpuslice_eval::cluster::busy_with_interference`,
-//!   the simulator's placement model). Where one GPU passes `HOT_PCT`, the model whose move to the
-//!   least busy GPU lowers the busier of the two the most is moved there, as PlaceModel does, if
-//!   that gains at least `MIN_GAIN_PCT`; one move at a time, replicas left where they are.
+//!   the simulator's placement model). Where one GPU passes `cluster::HOT_PCT`, the model whose
+//!   move to the least busy GPU lowers the busier of the two the most is moved there, as
+//!   PlaceModel does, if that gains at least `cluster::MIN_GAIN_PCT` (`cluster::choose_move`,
+//!   the rule a simulated node follows); one move at a time, replicas left where they are.
 
 use crate::live::{
     COMMAND_QUEUE, Command, DECISION_BACKLOG, DecisionEvent, LiveConfig, LiveError, LiveHandle, ModelSpec, ModelView,
@@ -31,13 +32,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most GPUs one node serves.
 pub const MAX_GPUS: usize = 16;
-
-/// A GPU predicted busier than this (GPU% of its time, interference included) sheds a model.
-pub const HOT_PCT: f64 = 85.0;
-
-/// A move is made only if the busier of the two GPUs ends at least this much less busy (GPU%):
-/// a move costs a worker start on the target, and a smaller gain is within the rates' noise.
-pub const MIN_GAIN_PCT: f64 = 10.0;
 
 /// The GPUs a node serves (`gpus` in node.toml, `serve --gpus`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -564,41 +558,21 @@ impl Router {
             })
         };
         let movable = |name: &str| self.models.get(name).is_some_and(|p| p.replicas.len() == 1);
-        let mut on: Vec<Vec<(String, Demand)>> = (0..self.gpus.len()).map(|_| Vec::new()).collect();
+        let (mut names, mut on): (Vec<Vec<String>>, Vec<Vec<Demand>>) =
+            (vec![Vec::new(); self.gpus.len()], vec![Vec::new(); self.gpus.len()]);
         for (name, g, rate) in rates {
             if let Some(d) = demand(&name, rate) {
-                on[g].push((name, d));
+                on[g].push(d);
+                names[g].push(name);
             }
         }
-        let busy = |models: &[(String, Demand)]| {
-            let demands: Vec<Demand> = models.iter().map(|(_, d)| d.clone()).collect();
-            cluster::busy_with_interference(&demands, &(0..demands.len()).collect::<Vec<_>>())
-        };
-        let load: Vec<f64> = on.iter().map(|m| busy(m)).collect();
-        let by_load = |a: &usize, b: &usize| load[*a].total_cmp(&load[*b]);
-        let (Some(hot), Some(cool)) = ((0..load.len()).max_by(by_load), (0..load.len()).min_by(by_load)) else {
-            return;
-        };
-        if load[hot] <= HOT_PCT || hot == cool {
-            return;
-        }
-        // The move that leaves the busier of the two GPUs least busy.
-        let after = |m: usize| {
-            let mut from = on[hot].clone();
-            let moved = from.remove(m);
-            let to: Vec<(String, Demand)> = on[cool].iter().cloned().chain([moved]).collect();
-            busy(&from).max(busy(&to))
-        };
-        let best = (0..on[hot].len())
-            .filter(|&m| movable(&on[hot][m].0))
-            .map(|m| (m, after(m)))
-            .min_by(|a, b| a.1.total_cmp(&b.1));
-        let Some((m, worst_after)) = best.filter(|(_, worst)| *worst <= load[hot] - MIN_GAIN_PCT) else { return };
-        let name = on[hot][m].0.clone();
-        let (from, to) = (self.gpus[hot].device, self.gpus[cool].device);
+        let Some(chosen) = cluster::choose_move(&on, &|g, m| movable(&names[g][m])) else { return };
+        let name = names[chosen.from][chosen.model].clone();
+        let (from, to) = (self.gpus[chosen.from].device, self.gpus[chosen.to].device);
         tracing::info!(
             model = %name, from, to,
-            from_busy_pct = load[hot], to_busy_pct = load[cool], busier_after_pct = worst_after,
+            from_busy_pct = chosen.from_busy_pct, to_busy_pct = chosen.to_busy_pct,
+            busier_after_pct = chosen.busier_after_pct,
             "a GPU is too busy: moving a model off it"
         );
         let (reply, answer) = oneshot::channel();

@@ -23,6 +23,7 @@ use crate::metrics::{Counters, IntervalRing, Summary};
 use crate::service::ServiceSampler;
 use crate::{Nanos, secs_to_ns};
 use gpuslice_traces::ArrivalProcess;
+use gpuslice_traces::arrivals::NoArrivals;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
@@ -232,6 +233,11 @@ struct ModelState {
     released: bool,
     /// An arrival event of this model is in the event queue.
     arrival_pending: bool,
+    /// When that arrival is, seconds (as its process gave it).
+    pending_arrival_s: f64,
+    /// Handed over to another GPU (`Simulator::hand_over`): its figures go to `departed` once
+    /// its queue is served out, not into the run's total alone.
+    handed_over: bool,
     arrivals: Box<dyn ArrivalProcess>,
     total: Counters,
     interval: Counters,
@@ -241,12 +247,37 @@ struct ModelState {
 }
 
 impl ModelState {
+    /// Its whole-run figures at `now`, rates over `span`.
+    fn whole_run(&self, now: Nanos, span: Nanos) -> ModelReport {
+        ModelReport {
+            model: self.name.clone(),
+            slo_ms: self.slo_ns as f64 * 1e-6,
+            allocation: self.pending.unwrap_or(self.allocation),
+            reallocations: self.reallocations,
+            worker_failures: 0,
+            summary: self.total.summary(now, span),
+        }
+    }
+
     /// Accounts queue length x time up to `now`; call before the queue changes.
     fn touch_queue(&mut self, now: Nanos) {
         let area = self.queue.len() as f64 * (now - self.queue_changed_at) as f64;
         self.total.queue_area += area;
         self.interval.queue_area += area;
         self.queue_changed_at = now;
+    }
+}
+
+/// The stream of a model handed over (`Simulator::hand_over`): the arrival already drawn, then
+/// the rest of its process.
+struct Resumed {
+    drawn: Option<f64>,
+    rest: Box<dyn ArrivalProcess>,
+}
+
+impl ArrivalProcess for Resumed {
+    fn next_arrival(&mut self) -> Option<f64> {
+        self.drawn.take().or_else(|| self.rest.next_arrival())
     }
 }
 
@@ -276,6 +307,8 @@ pub struct Simulator {
     retired_total: Counters,
     /// Temporal sharing: the model whose batch the GPU ran last.
     last_temporal_model: Option<usize>,
+    /// Handed-over models served out here, not yet taken (`take_departed`).
+    departed: Vec<ModelReport>,
 }
 
 impl Simulator {
@@ -306,6 +339,7 @@ impl Simulator {
             dropped_tickets: Vec::new(),
             next_ticket: NO_TICKET + 1,
             retired_total: Counters::new(),
+            departed: Vec::new(),
         };
         sim.check_capacity()?;
         for m in 0..sim.models.len() {
@@ -353,6 +387,8 @@ impl Simulator {
             retired: false,
             released: false,
             arrival_pending: false,
+            pending_arrival_s: 0.0,
+            handed_over: false,
             arrivals: setup.arrivals,
             total: Counters::new(),
             interval: Counters::new(),
@@ -403,6 +439,36 @@ impl Simulator {
         let state = self.models.get_mut(model).ok_or(SimError::UnknownModel(model))?;
         state.retired = true;
         Ok(())
+    }
+
+    /// Moves a model's arrivals off this GPU to another's simulator (`add_model` there with
+    /// the stream returned, which starts at its next arrival): here it takes no more requests,
+    /// serves out what it has queued (as a replica being retired does on the GPU backend), and
+    /// its whole-run figures then come out of `take_departed`. Its slice no longer counts
+    /// against this GPU.
+    pub fn hand_over(&mut self, model: usize) -> Result<Box<dyn ArrivalProcess>, SimError> {
+        let state = self.models.get_mut(model).ok_or(SimError::UnknownModel(model))?;
+        if state.retired {
+            return Err(SimError::Retired(state.name.clone()));
+        }
+        state.retired = true;
+        state.handed_over = true;
+        let rest = std::mem::replace(&mut state.arrivals, Box::new(NoArrivals));
+        // The arrival already drawn goes with the stream: its event here finds the model retired.
+        let drawn = state.arrival_pending.then_some(state.pending_arrival_s);
+        Ok(Box::new(Resumed { drawn, rest }))
+    }
+
+    /// Requests of `model` queued or in a running batch (0 for an unknown model).
+    pub fn in_flight(&self, model: usize) -> usize {
+        let queued = self.models.get(model).map_or(0, |m| m.queue.len());
+        queued + self.running.iter().filter(|b| b.model == model).map(|b| b.requests.len()).sum::<usize>()
+    }
+
+    /// The whole-run figures of models handed over (`hand_over`) that have served out their
+    /// queue here, since the last call.
+    pub fn take_departed(&mut self) -> Vec<ModelReport> {
+        std::mem::take(&mut self.departed)
     }
 
     /// Enqueues a request for `model` now; its record comes out of `take_finished` with the
@@ -573,7 +639,11 @@ impl Simulator {
         let served_out = |(i, m): &(usize, &mut ModelState)| {
             m.retired && !m.released && m.queue.is_empty() && !m.worker_busy && !running.contains(i)
         };
+        let span = self.rate_span();
         for (_, m) in self.models.iter_mut().enumerate().filter(served_out) {
+            if m.handed_over {
+                self.departed.push(m.whole_run(now, span));
+            }
             self.retired_total.merge(&m.total);
             m.total = Counters::released();
             m.interval = Counters::released();
@@ -590,7 +660,7 @@ impl Simulator {
     pub fn report(&mut self) -> Report {
         self.advance_running();
         let now = self.now;
-        let span = if self.last_arrival > 0 { self.last_arrival } else { now };
+        let span = self.rate_span();
         let mut total = Counters::new();
         total.merge(&self.retired_total);
         let models = self
@@ -601,14 +671,7 @@ impl Simulator {
                 m.touch_queue(now);
                 total.merge(&m.total);
                 // Retired models count in the total, not as models of the run.
-                (!m.retired).then(|| ModelReport {
-                    model: m.name.clone(),
-                    slo_ms: m.slo_ns as f64 * 1e-6,
-                    allocation: m.pending.unwrap_or(m.allocation),
-                    reallocations: m.reallocations,
-                    worker_failures: 0,
-                    summary: m.total.summary(now, span),
-                })
+                (!m.retired).then(|| m.whole_run(now, span))
             })
             .collect();
         Report {
@@ -620,12 +683,23 @@ impl Simulator {
         }
     }
 
+    /// The span whole-run rates are taken over: to the latest arrival (now, before any).
+    fn rate_span(&self) -> Nanos {
+        if self.last_arrival > 0 { self.last_arrival } else { self.now }
+    }
+
+    /// GPU% held by the models that take requests, `except` one (the slices they are heading
+    /// to during a reallocation pause).
+    pub fn held_pct(&self, except: Option<usize>) -> f64 {
+        let counted = |(i, m): &(usize, &ModelState)| !m.retired && Some(*i) != except;
+        self.models.iter().enumerate().filter(counted).map(|(_, m)| m.pending.unwrap_or(m.allocation).gpu_pct).sum()
+    }
+
     fn check_capacity(&self) -> Result<(), SimError> {
         if self.config.sharing != Sharing::Spatial {
             return Ok(());
         }
-        let total_pct: f64 =
-            self.models.iter().filter(|m| !m.retired).map(|m| m.pending.unwrap_or(m.allocation).gpu_pct).sum();
+        let total_pct = self.held_pct(None);
         if total_pct > 100.0 + 1e-9 { Err(SimError::OverSubscribed { total_pct }) } else { Ok(()) }
     }
 
@@ -652,6 +726,7 @@ impl Simulator {
             let at = secs_to_ns(t).max(self.now);
             self.push(at, model, EventKind::Arrival);
             self.models[model].arrival_pending = true;
+            self.models[model].pending_arrival_s = t;
         }
     }
 

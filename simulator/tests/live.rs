@@ -1,15 +1,7 @@
 //! Driving the simulator from outside: submitted requests, models added and retired while it runs.
 
 use gpuslice_simulator::{Allocation, ModelSetup, ServiceModel, SimConfig, SimError, Simulator};
-use gpuslice_traces::ArrivalProcess;
-
-/// No generated arrivals: every request is submitted.
-struct NoArrivals;
-impl ArrivalProcess for NoArrivals {
-    fn next_arrival(&mut self) -> Option<f64> {
-        None
-    }
-}
+use gpuslice_traces::arrivals::NoArrivals;
 
 fn setup(name: &str, gpu_pct: f64) -> ModelSetup {
     ModelSetup {
@@ -92,4 +84,42 @@ fn a_served_out_model_gives_its_slot_and_memory_back_and_stays_in_the_total() {
     let names: Vec<_> = report.models.iter().map(|m| m.model.as_str()).collect();
     assert_eq!(names, ["a", "d", "c"], "retired models leave the per-model figures");
     assert_eq!(report.total.completed, 3, "and stay in the total");
+}
+
+/// Model "m", 2 ms a batch of up to 4, Poisson arrivals at 400/s for 4 s (seed `seed`).
+fn poisson_model(gpu_pct: f64) -> ModelSetup {
+    use gpuslice_traces::arrivals::{ModulatedRenewal, RateSchedule};
+    let arrivals = ModulatedRenewal::new(RateSchedule::constant(400.0, Some(4.0)).unwrap(), 1.0, 7).unwrap();
+    ModelSetup { name: "m".into(), arrivals: Box::new(arrivals), ..setup("m", gpu_pct) }
+}
+
+#[test]
+fn a_model_handed_over_to_another_gpu_keeps_every_arrival_and_serves_out_its_queue() {
+    // The same model served on one GPU throughout, and moved from A to B at 1.5 s.
+    let mut alone = Simulator::new(SimConfig::default(), vec![poisson_model(50.0)]).unwrap();
+    alone.finish();
+    let whole = alone.report().models[0].summary.clone();
+    let mut a = Simulator::new(SimConfig::default(), vec![poisson_model(50.0), setup("a", 50.0)]).unwrap();
+    let mut b = Simulator::new(SimConfig::default(), vec![setup("b", 50.0)]).unwrap();
+    let at = gpuslice_simulator::secs_to_ns(1.5);
+    a.run_until(at);
+    b.run_until(at);
+    let stream = a.hand_over(0).unwrap();
+    assert!(matches!(a.hand_over(0), Err(SimError::Retired(_))), "handed over once");
+    assert!(a.held_pct(None) < 50.1, "its slice no longer counts on A: {}", a.held_pct(None));
+    let on_b = b.add_model(ModelSetup { arrivals: stream, ..setup("m", 50.0) }).unwrap();
+    a.finish();
+    b.finish();
+    // A serves out what it had queued, then reports the model as departed, once.
+    let _ = a.take_interval();
+    let departed = a.take_departed();
+    assert_eq!(departed.len(), 1);
+    assert!(a.take_departed().is_empty());
+    assert!(a.report().models.iter().all(|m| m.model != "m"), "no longer one of A's models");
+    let (before, after) = (&departed[0].summary, &b.report().models[on_b].summary);
+    assert!(before.arrivals > 400 && after.arrivals > 800, "{before:?} {after:?}");
+    assert_eq!(before.arrivals + after.arrivals, whole.arrivals, "every arrival, on one GPU or the other");
+    for s in [before, after] {
+        assert_eq!(s.completed + s.dropped, s.arrivals, "nothing lost: {s:?}");
+    }
 }

@@ -222,6 +222,16 @@ impl ArrivalProcess for Replay {
     }
 }
 
+/// A stream without arrivals: a model whose requests come from elsewhere (submitted one by one,
+/// routed to it by a node, or moved to another GPU).
+pub struct NoArrivals;
+
+impl ArrivalProcess for NoArrivals {
+    fn next_arrival(&mut self) -> Option<f64> {
+        None
+    }
+}
+
 /// One replica's share of several streams merged: the merged arrivals in time order are dealt
 /// round-robin to `of` replicas and this one takes those at `share`, `share + of`, ... (what a
 /// router that splits a model's requests evenly over identical replicas sends each).
