@@ -1,6 +1,6 @@
 #!/bin/bash
 # Multi-GPU capacity, model-based, first seed.
-cd /work/main
+cd "$(dirname "$0")/../../.."
 G=${GPUSLICE:-target/release/gpuslice}
 O=${OUT:-bench/results/2026-12-03-sim-multi-gpu-moves}
 run() { local label=$1; shift; echo "== $label: $*" >> $O/runs.txt; ( time $G evaluate --capacity --policies model-based --seeds 1 --quiet "$@" ) > $O/$label.txt 2>&1; grep -E "│ model-based" $O/$label.txt | cut -c1-60 >> $O/runs.txt; }
