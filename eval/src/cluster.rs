@@ -64,12 +64,16 @@ pub const PLACEMENTS: [(&str, Placement); 5] = [
     ("replicas-jsq", Placement::ReplicasShortestQueue),
 ];
 
-/// How the router in front of a node of replicas picks one for each request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Routing {
-    /// Each in turn: the merged arrivals dealt round-robin.
+/// How a router in front of a model's replicas picks one for each request (the simulated
+/// node's replicas placements, the live router's `replica_routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// Each in turn: a model's requests dealt round-robin.
     InTurn,
-    /// The one with the fewest requests in flight (queued or running), ties in turn.
+    /// The one with the fewest requests in flight (queued or running), ties in turn
+    /// (join-shortest-queue).
+    #[default]
     FewestInFlight,
 }
 

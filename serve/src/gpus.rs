@@ -6,7 +6,8 @@
 //! - Placement: a model registered goes to the GPU serving the fewest models (then the lowest
 //!   index); `Command::Place` (the PlaceModel RPC) puts it on any set of the node's GPUs.
 //! - Replicas: a model on several GPUs has each request sent to the replica with the fewest
-//!   requests in flight (join-shortest-queue), ties taken in turn.
+//!   requests in flight (join-shortest-queue), ties taken in turn; or to each in turn
+//!   (`replica_routing = "in-turn"`).
 //! - Moving (a new set of GPUs): the model starts on the GPUs it is not on yet, its workers ready
 //!   before any request goes there; requests then go to the new set, and each replica left
 //!   answers what it accepted before it is retired. No request is lost or refused on the way.
@@ -22,7 +23,7 @@ use crate::live::{
     Started, already_registered, controller_gone, not_found, still_starting,
 };
 use gpuslice_eval::calibration::Contention;
-use gpuslice_eval::cluster::{self, Demand};
+use gpuslice_eval::cluster::{self, Demand, Routing};
 use gpuslice_simulator::{Allocation, ModelReport, Summary};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -127,7 +128,15 @@ pub fn start(controllers: Vec<(u32, Started)>, config: &LiveConfig) -> Started {
         contention: config.contention(),
         seen: HashMap::new(),
     });
-    let router = Router { gpus, models: BTreeMap::new(), busy: HashSet::new(), done, turn: 0, rebalance };
+    let router = Router {
+        gpus,
+        models: BTreeMap::new(),
+        busy: HashSet::new(),
+        done,
+        turn: 0,
+        routing: config.replica_routing,
+        rebalance,
+    };
     let (stop, stop_rx) = oneshot::channel();
     let task = tokio::spawn(router.run(rx, done_rx, stop_rx, stops));
     Started { handle: LiveHandle { commands, decisions }, stop, task }
@@ -211,8 +220,10 @@ struct Router {
     /// Models being registered, moved or unregistered: another such change waits.
     busy: HashSet<String>,
     done: mpsc::UnboundedSender<Done>,
-    /// Ties between replicas are taken in turn.
+    /// Replicas taken in turn (all, or those tied for the fewest in flight).
     turn: usize,
+    /// How a model's requests are split over its replicas.
+    routing: Routing,
     /// Moving models off busy GPUs, unless turned off.
     rebalance: Option<Rebalance>,
 }
@@ -257,7 +268,7 @@ impl Router {
                     let _ = reply.send(Err(self.absent(&name)));
                     return;
                 };
-                let replica = pick(&placed.replicas, &mut self.turn);
+                let replica = pick(&placed.replicas, &mut self.turn, self.routing);
                 replica.in_flight.fetch_add(1, Ordering::Relaxed);
                 replica.routed.fetch_add(1, Ordering::Relaxed);
                 let in_flight = replica.in_flight.clone();
@@ -608,9 +619,13 @@ impl Router {
     }
 }
 
-/// The replica with the fewest requests in flight; among equals, the next in turn.
-fn pick<'a>(replicas: &'a [Replica], turn: &mut usize) -> &'a Replica {
+/// The replica a request goes to by `routing`: the next in turn, or the one with the fewest
+/// requests in flight (among equals, the next in turn).
+fn pick<'a>(replicas: &'a [Replica], turn: &mut usize, routing: Routing) -> &'a Replica {
     *turn = turn.wrapping_add(1);
+    if routing == Routing::InTurn {
+        return &replicas[*turn % replicas.len()];
+    }
     let fewest = replicas.iter().map(|r| r.in_flight.load(Ordering::Relaxed)).min().expect("a replica");
     let tied: Vec<&Replica> = replicas.iter().filter(|r| r.in_flight.load(Ordering::Relaxed) == fewest).collect();
     tied[*turn % tied.len()]

@@ -10,6 +10,7 @@ use gpuslice_control::{
     apply_shrinking_first, control_step,
 };
 use gpuslice_eval::calibration::Contention;
+use gpuslice_eval::cluster::Routing;
 use gpuslice_policies::{Decision, DeviceModel, ModelContext, Policy};
 use gpuslice_simulator::{
     Allocation, Batching, ModelReport, ReallocationCost, Sharing, SimConfig, Simulator, Summary, Ticket,
@@ -57,6 +58,10 @@ pub struct LiveConfig {
     /// On a node of several GPUs, seconds between two looks at each GPU's load to move a model
     /// off one that is too busy (`crate::gpus`); 0: models move only by PlaceModel.
     pub rebalance_every_s: f64,
+    /// On a node of several GPUs, how a model's requests are split over its replicas:
+    /// `fewest-in-flight` (join-shortest-queue) or `in-turn` (round-robin, which held 2-10% more
+    /// load under model-based in simulation: bench/results/2026-12-03-sim-multi-gpu-moves/).
+    pub replica_routing: Routing,
     /// The GPU this controller serves (its CUDA / NVML index), set by the node: on a node of one
     /// GPU, the one placement PlaceModel accepts. Not read from the `[controller]` table.
     #[serde(skip)]
@@ -79,6 +84,7 @@ impl Default for LiveConfig {
             max_queued_requests: 262_144,
             max_queued_input_mib: 2048.0,
             rebalance_every_s: 5.0,
+            replica_routing: Routing::default(),
             gpu: 0,
         }
     }

@@ -146,6 +146,27 @@ async fn a_model_replicated_then_moved_under_load_loses_no_request() {
     running.stop().await.unwrap();
 }
 
+/// `replica_routing = "in-turn"`: a replicated model's requests alternate between its replicas
+/// whatever each has in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_routed_in_turn_take_every_other_request() {
+    let controller: LiveConfig = toml::from_str("control_interval_s = 0.1\nreplica_routing = \"in-turn\"").unwrap();
+    let (running, mut client) =
+        common::serve(ServeOptions { controller, gpus: vec![0, 1], ..ServeOptions::loopback(ServeBackend::Simulated) })
+            .await;
+    client.register_model(register("resnet50", 50.0)).await.unwrap();
+    client.place_model(PlaceModelRequest { name: "resnet50".into(), gpus: vec![0, 1] }).await.unwrap();
+    let calls: Vec<_> = (0..200).map(|_| infer(&client, "resnet50")).collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let (_, _, sent) = placement(&mut client).await.remove(0);
+    assert_eq!(sent, vec![100, 100]);
+    running.stop().await.unwrap();
+    let refused = toml::from_str::<LiveConfig>("replica_routing = \"fastest\"").unwrap_err().to_string();
+    assert!(refused.contains("replica_routing") && refused.contains("in-turn"), "{refused}");
+}
+
 /// Two busy models on one GPU and an idle one on the other: the router moves a busy one over
 /// while requests keep coming, and every request is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
