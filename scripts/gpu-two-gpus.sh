@@ -9,6 +9,9 @@
 #
 #   bash scripts/gpu-two-gpus.sh "1.0 1.1 1.2" "2.0 2.2 2.4"
 # FAKE_MS=2 runs it on GPU-less workers (2 ms a batch), to try the script anywhere.
+# ROUTING=in-turn deals each model's requests over its replicas round-robin instead
+# ([controller] replica_routing; the simulator found it holds more load under model-based:
+# bench/results/2026-12-03-sim-multi-gpu-moves/), e.g. with OUT=gpu-results-in-turn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/held.sh
@@ -28,6 +31,7 @@ for m in tomllib.load(open(sys.argv[1], "rb"))["models"]:
     print(f'[[models]]\nname = "{m["name"]}"\nslo_ms = {m["slo_ms"]}\nmax_batch = 32\n'
           f'profile = "builtin:h200-grid"\ngpus = [{sys.argv[2]}]')
 PY
+  [ -n "${ROUTING:-}" ] && printf '[controller]\nreplica_routing = "%s"\n' "$ROUTING" >> "$conf"
   ./out/gpuslice --log info serve --config "$conf" ${FAKE_MS:+--fake-ms $FAKE_MS} > "$log" 2>&1 &
   server=$!
   until grep -q "serving gpuslice.v1" "$log"; do
