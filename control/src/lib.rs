@@ -654,18 +654,24 @@ pub fn control_step(
     let decisions: Vec<Decision> = policy.decide(observed).into_iter().filter(|d| !held(d.model)).collect();
     let now = |m: usize| observed.get(m).map_or(0.0, |o| o.allocation.gpu_pct);
     let mut outcome = apply_shrinking_first(decisions, &now, target);
-    let wanted = policy.sharing();
-    if wanted != *sharing {
-        let change = Change::Sharing { from: *sharing, to: wanted };
-        match target.set_sharing(wanted) {
-            Ok(()) => {
-                *sharing = wanted;
-                outcome.applied.push(change);
-            }
-            Err(e) => outcome.refused.push((change, e)),
-        }
-    }
+    follow_sharing(policy.sharing(), sharing, target, &mut outcome);
     outcome
+}
+
+/// Switches `target` from `sharing` to the mode a policy `wanted`, if they differ, and records
+/// the switch in `outcome` (applied, or refused with why).
+pub fn follow_sharing(wanted: Sharing, sharing: &mut Sharing, target: &mut dyn Steered, outcome: &mut StepOutcome) {
+    if wanted == *sharing {
+        return;
+    }
+    let change = Change::Sharing { from: *sharing, to: wanted };
+    match target.set_sharing(wanted) {
+        Ok(()) => {
+            *sharing = wanted;
+            outcome.applied.push(change);
+        }
+        Err(e) => outcome.refused.push((change, e)),
+    }
 }
 
 /// Applies `decisions` with the slices that shrink (against each model's GPU% `now`) before

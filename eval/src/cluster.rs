@@ -33,6 +33,7 @@ use crate::scenario::LoadedScenario;
 use crate::simulate::{ControlLoop, PolicyChoice, SimRun};
 use anyhow::{Context, Result, bail};
 use gpuslice_control::BackendBuilder;
+use gpuslice_policies::ModelContext;
 use gpuslice_simulator::{ModelReport, ModelSetup, Summary};
 use gpuslice_traces::ArrivalProcess;
 use gpuslice_traces::arrivals::{Dealt, NoArrivals};
@@ -118,6 +119,26 @@ pub struct Demand {
     pub slo_ms: f64,
     /// GPU% busy in each control interval of the run (its arrivals in it, as `busy_pct`).
     pub busy_by_interval: Vec<f64>,
+}
+
+impl Demand {
+    /// A model's demand at `rate` requests a second, served in batches of `max_batch` (no knee,
+    /// no series over intervals): what a node weighs a move between GPUs by.
+    pub fn at_rate(
+        latency: &gpuslice_traces::LatencyModel,
+        max_batch: u32,
+        rate: f64,
+        interference: f64,
+        slo_ms: f64,
+    ) -> Demand {
+        Demand {
+            busy_pct: busy_pct(latency, max_batch, rate),
+            knee_pct: 0.0,
+            interference,
+            slo_ms,
+            busy_by_interval: Vec::new(),
+        }
+    }
 }
 
 /// Arrivals counted per model to estimate its mean rate, at most (a bound on the time taken).
@@ -437,8 +458,12 @@ pub struct Moves {
     pub ready_s: f64,
 }
 
-/// `Moves::every_s` by default: the live router's `rebalance_every_s`.
+/// How often a node looks at its GPUs' load by default: the live router's `rebalance_every_s`
+/// (a simulated node moves models only when asked, `evaluate --move-every-s`).
 pub const MOVE_EVERY_S: f64 = 5.0;
+
+/// The longest period between two looks at the load, and the longest worker start: a day.
+pub const MAX_MOVE_PERIOD_S: f64 = 86_400.0;
 
 /// `Moves::ready_s` by default: a GPU worker's start to its first slice on the H200, 10.6 s
 /// (vgg16) and 11.5 s (resnet50) to 27.2 s (mobilenet_v3_large, whose CUDA graphs take longest)
@@ -448,10 +473,10 @@ pub const MOVE_READY_S: f64 = 12.0;
 impl Moves {
     /// Why these moves cannot run, if they cannot.
     pub fn problem(&self) -> Option<String> {
-        let valid = |s: f64| s.is_finite() && (0.0..=86_400.0).contains(&s);
+        let valid = |s: f64| s.is_finite() && (0.0..=MAX_MOVE_PERIOD_S).contains(&s);
         (!(valid(self.every_s) && self.every_s > 0.0 && valid(self.ready_s))).then(|| {
             format!(
-                "moves: every_s must be in (0, 86400] and ready_s in [0, 86400] seconds, got {} and {}",
+                "moves: every_s must be in (0, {MAX_MOVE_PERIOD_S}] and ready_s in [0, {MAX_MOVE_PERIOD_S}] seconds, got {} and {}",
                 self.every_s, self.ready_s
             )
         })
@@ -515,21 +540,8 @@ pub fn run(
         Some(routing) => Some(Router::new(loaded, &mut setups, &replica_ranks(loaded)?, routing)?),
         None => None,
     };
-    let weights = MoveWeights(
-        contexts
-            .iter()
-            .map(|c| {
-                let demand = Demand {
-                    busy_pct: 0.0,
-                    knee_pct: 0.0,
-                    interference: config.interference_of(&c.name),
-                    slo_ms: c.slo_ms,
-                    busy_by_interval: Vec::new(),
-                };
-                (c.name.clone(), (demand, c.latency.clone(), c.configured.max_batch))
-            })
-            .collect(),
-    );
+    let weights =
+        MoveWeights(contexts.iter().map(|c| (c.name.clone(), (c.clone(), config.interference_of(&c.name)))).collect());
     let mut parts: Vec<(Vec<_>, Vec<_>)> = (0..gpus).map(|_| Default::default()).collect();
     for (i, (setup, context)) in setups.into_iter().zip(contexts).enumerate() {
         parts[gpu_of[i]].0.push(setup);
@@ -569,22 +581,33 @@ pub fn run(
 }
 
 /// One GPU's part of a node, built (`LoadedScenario::build`'s parts of its models).
-type Built = (gpuslice_simulator::SimConfig, Vec<ModelSetup>, Vec<gpuslice_policies::ModelContext>);
+type Built = (gpuslice_simulator::SimConfig, Vec<ModelSetup>, Vec<ModelContext>);
 
 /// A GPU's finished run and the figures of the models that moved off it.
 type Finished = Option<(SimRun, Vec<ModelReport>)>;
 
-/// What a move weighs of each model, by name: its demand but for the busy share (its
-/// interference, its SLO), and its latency model and configured batch, which give the busy
-/// share of a rate.
-struct MoveWeights(HashMap<String, (Demand, std::sync::Arc<gpuslice_traces::LatencyModel>, u32)>);
+/// What a move weighs of each model, by name: its context (latency, configured batch, SLO) and
+/// its interference.
+struct MoveWeights(HashMap<String, (ModelContext, f64)>);
 
 impl MoveWeights {
     /// Model `name`'s demand at `rate` requests a second.
     fn at(&self, name: &str, rate: f64) -> Option<Demand> {
-        let (base, latency, batch) = self.0.get(name)?;
-        Some(Demand { busy_pct: busy_pct(latency, *batch, rate), ..base.clone() })
+        let (c, interference) = self.0.get(name)?;
+        Some(Demand::at_rate(&c.latency, c.configured.max_batch, rate, *interference, c.slo_ms))
     }
+}
+
+/// GPU `g`'s control loop over its part of the node (none for a GPU without models).
+fn start_gpu<'a>(
+    g: usize,
+    built: Option<Built>,
+    loaded: &'a LoadedScenario,
+    choice: &'a PolicyChoice,
+    on: &'a (dyn BackendBuilder + Sync),
+) -> Result<Option<ControlLoop<'a>>> {
+    let Some(built) = built else { return Ok(None) };
+    Ok(Some(ControlLoop::start(loaded, built, choice, on, false).with_context(|| format!("GPU {g}"))?))
 }
 
 /// Each GPU run to its end on its own thread: nothing moves between them.
@@ -600,9 +623,7 @@ fn run_apart(
             .enumerate()
             .map(|(g, built)| {
                 scope.spawn(move || -> Result<Finished> {
-                    let Some(built) = built else { return Ok(None) };
-                    let mut gpu =
-                        ControlLoop::start(loaded, built, choice, on, false).with_context(|| format!("GPU {g}"))?;
+                    let Some(mut gpu) = start_gpu(g, built, loaded, choice, on)? else { return Ok(None) };
                     while gpu.step().with_context(|| format!("GPU {g}"))? {}
                     Ok(Some(gpu.finish()))
                 })
@@ -628,12 +649,7 @@ fn run_side_by_side(
     let mut loops: Vec<Option<ControlLoop>> = parts
         .into_iter()
         .enumerate()
-        .map(|(g, built)| match built {
-            None => Ok(None),
-            Some(built) => {
-                Ok(Some(ControlLoop::start(loaded, built, choice, on, false).with_context(|| format!("GPU {g}"))?))
-            }
-        })
+        .map(|(g, built)| start_gpu(g, built, loaded, choice, on))
         .collect::<Result<_>>()?;
     // Arrivals per (model, GPU) since the node last looked, and a move under way.
     let (mut seen, mut looked_s) = (HashMap::<(String, usize), u64>::new(), 0.0);

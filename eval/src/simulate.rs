@@ -5,7 +5,7 @@ use crate::scenario::LoadedScenario;
 use anyhow::{Context, Result};
 use gpuslice_control::{
     Backend, BackendBuilder, BackendError, Change, DeviceSample, PooledSimBuilder, SimBuilder, StageSummary, Steered,
-    StepOutcome, apply_shrinking_first, control_step,
+    StepOutcome, apply_shrinking_first, control_step, follow_sharing,
 };
 use gpuslice_policies::{Decision, DeviceModel, FixedPolicy, ModelContext, OraclePlan, Policy};
 use gpuslice_simulator::{
@@ -194,13 +194,6 @@ pub struct Moving {
     arrivals: Box<dyn ArrivalProcess>,
 }
 
-impl Moving {
-    /// The model's name.
-    pub fn name(&self) -> &str {
-        &self.context.name
-    }
-}
-
 /// One GPU's control loop: its policy steering its backend once per control interval. A run
 /// of one GPU is one loop stepped to its end (`run_built`); a node steps one loop per GPU side
 /// by side and moves models between them (`cluster::run`). A loop whose models change rebuilds
@@ -325,9 +318,14 @@ impl<'a> ControlLoop<'a> {
         self.finished
     }
 
+    /// The position of model `name` among the models served here, if it is one.
+    fn member(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.context.name == name)
+    }
+
     /// Whether model `name` is served here (takes its requests here).
     pub fn serves(&self, name: &str) -> bool {
-        self.members.iter().any(|m| m.context.name == name)
+        self.member(name).is_some()
     }
 
     /// Each model served here and its arrivals in the last interval.
@@ -343,13 +341,13 @@ impl<'a> ControlLoop<'a> {
 
     /// Takes one request for model `name` now, sent by the node's router.
     pub fn route(&mut self, name: &str) -> Result<()> {
-        let member = self.members.iter().find(|m| m.context.name == name).context("a model served here")?;
-        Ok(self.backend.route(member.index)?)
+        let at = self.member(name).context("a model served here")?;
+        Ok(self.backend.route(self.members[at].index)?)
     }
 
     /// Requests of model `name` queued or running here (0 if it is not served here).
     pub fn in_flight(&self, name: &str) -> usize {
-        self.members.iter().find(|m| m.context.name == name).map_or(0, |m| self.backend.in_flight(m.index))
+        self.member(name).map_or(0, |at| self.backend.in_flight(self.members[at].index))
     }
 
     /// Whether the node's router may still send requests here (`Backend::routed_to`).
@@ -360,7 +358,7 @@ impl<'a> ControlLoop<'a> {
     /// Takes model `name` off this GPU (it serves out its queue here) for another loop's
     /// `take_in`; the policy is rebuilt for the models left.
     pub fn hand_over(&mut self, name: &str) -> Result<Moving> {
-        let at = self.members.iter().position(|m| m.context.name == name).context("a model served here")?;
+        let at = self.member(name).context("a model served here")?;
         let arrivals = self.backend.hand_over(self.members[at].index)?;
         let Member { context, service, .. } = self.members.remove(at);
         self.rebuild_policy(None, &format!("{name} moved to another GPU"))?;
@@ -407,17 +405,8 @@ impl<'a> ControlLoop<'a> {
             let model = self.members.len() - 1;
             outcome.applied.push(Change::Allocation { model, allocation, reason: reason.into() });
         }
-        let wanted = self.policy.sharing();
-        if wanted != self.sharing_now {
-            let change = Change::Sharing { from: self.sharing_now, to: wanted };
-            match self.backend.set_sharing(wanted) {
-                Ok(()) => {
-                    self.sharing_now = wanted;
-                    outcome.applied.push(change);
-                }
-                Err(e) => outcome.refused.push((change, e)),
-            }
-        }
+        let mut steered = Steering { backend: &mut self.backend, members: &self.members };
+        follow_sharing(self.policy.sharing(), &mut self.sharing_now, &mut steered, &mut outcome);
         self.record(outcome);
         Ok(())
     }

@@ -560,13 +560,8 @@ impl Router {
         let demand = |name: &str, rate: f64| -> Option<Demand> {
             let spec = &self.models.get(name)?.spec;
             let contention = &self.rebalance.as_ref()?.contention;
-            Some(Demand {
-                busy_pct: cluster::busy_pct(&spec.latency, spec.max_batch, rate),
-                knee_pct: 0.0,
-                interference: contention.interference_of(&spec.profile_model),
-                slo_ms: spec.slo_ms,
-                busy_by_interval: Vec::new(),
-            })
+            let interference = contention.interference_of(&spec.profile_model);
+            Some(Demand::at_rate(&spec.latency, spec.max_batch, rate, interference, spec.slo_ms))
         };
         let movable = |name: &str| self.models.get(name).is_some_and(|p| p.replicas.len() == 1);
         let (mut names, mut on): (Vec<Vec<String>>, Vec<Vec<Demand>>) =

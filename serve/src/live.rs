@@ -68,8 +68,8 @@ pub struct LiveConfig {
     pub gpu: u32,
 }
 
-/// The longest `LiveConfig::rebalance_every_s`: a day.
-pub const MAX_REBALANCE_EVERY_S: f64 = 86_400.0;
+/// The longest `LiveConfig::rebalance_every_s`: a day, as for a simulated node's moves.
+pub const MAX_REBALANCE_EVERY_S: f64 = gpuslice_eval::cluster::MAX_MOVE_PERIOD_S;
 
 impl Default for LiveConfig {
     fn default() -> Self {
@@ -83,7 +83,7 @@ impl Default for LiveConfig {
             seed: 1,
             max_queued_requests: 262_144,
             max_queued_input_mib: 2048.0,
-            rebalance_every_s: 5.0,
+            rebalance_every_s: gpuslice_eval::cluster::MOVE_EVERY_S,
             replica_routing: Routing::default(),
             gpu: 0,
         }
