@@ -143,6 +143,12 @@
 # sends a batch once 8 are queued.) Then with batches sent at `min_batch` queued (Triton's
 # smallest preferred size), and model-based trying 32 / 8 ms sent at 8:
 #   bash scripts/gpu-session.sh min-batch
+# 2026-12-03 (twenty-fourth session): the H200 levels GPU% 25 and 35 (validate's held-out 30%
+# between near neighbours) and controlled groups at the batches served live (gslice's gap), then
+# model-based on gpu-trio at Triton's x1.2 with the candidates of 308f890 (never run live),
+# batches sent at min_batch cut to a graph's size (no padding, as Triton's preferred sizes) and
+# each graph launched once at the worker's start (its upload off the first request):
+#   bash scripts/gpu-session.sh levels
 # (The cases before the twenty-first session are in this file's history.)
 cd "$(dirname "$0")/.."
 [ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
@@ -184,6 +190,11 @@ traced_steps() {
   LOG=warn,gpuslice_policies=debug capacity_steps "$@"
 }
 case "${1:-graphs-64}" in
+  levels)
+    starts_in_time 200 levels && OUT=$R/profile bash scripts/gpu-profile-h200.sh levels
+    starts_in_time 120 spatial-served && OUT=$R/profile bash scripts/gpu-profile-h200.sh spatial-served
+    traced_steps "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/gpu-trio.toml 1.2"
+    ;;
   graphs-64)
     triton_steps "scenarios/gpu-trio.toml 64 8000 1.25 1.3 1.4"
     UNTIL_MISS=1 STEPS_DIR=capacity-64-8ms capacity_steps "default-mps scenarios/gpu-trio.toml 1.1 1.2 1.3 -- --max-batch 64 --batch-wait-ms 8"

@@ -13,7 +13,7 @@ use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_control::{Computed, ModelSource};
 use gpuslice_simulator::{
     ARRIVAL_TIMES_PER_INTERVAL, Allocation, BATCH_SAMPLES_PER_INTERVAL, BatchSample, Counters, IntervalRing,
-    ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket,
+    ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket, batch_cut,
 };
 use gpuslice_traces::ArrivalProcess;
 use hdrhistogram::Histogram;
@@ -799,7 +799,12 @@ impl Dispatcher {
                     continue;
                 }
             }
-            let n = s.queue.len().min(max);
+            let mut n = s.queue.len().min(max);
+            // Sent because `min_batch` are queued, before the oldest's timeout: a batch takes a
+            // size its worker has a graph of, as the simulator's batches do (`batch_cut`).
+            if now < head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) {
+                n = batch_cut(&GRAPH_BATCHES, n as u32, a.min_batch) as usize;
+            }
             let mut requests: Vec<Queued> = s.queue.drain(..n).collect();
             s.in_flight += 1;
             drop(s);

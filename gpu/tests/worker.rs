@@ -236,6 +236,34 @@ fn the_gpu_backend_serves_and_reallocates_without_losing_requests() {
     assert_eq!(report.models[0].allocation.gpu_pct, 55.0);
 }
 
+/// Batches sent at `min_batch` queued take a size the worker has a graph of (as Triton sends its
+/// largest preferred size), so the GPU time goes to requests, not padding: the graphs run hold
+/// as many rows as the requests served.
+#[test]
+fn batches_sent_early_are_cut_to_a_graphs_size() {
+    use gpuslice_control::Backend;
+    use gpuslice_simulator::Allocation;
+    // 3 requests a millisecond against 2 ms a batch: 4-12 queued when the worker frees.
+    let mut setup = loaded("a", 40.0, 3000.0, 1.0, 6);
+    setup.allocation = Allocation { gpu_pct: 40.0, max_batch: 32, min_batch: 4, batch_timeout_ms: 50.0 };
+    let mut backend = fake_backend(vec![setup], Vec::new(), 100);
+    let (mut graph_rows, mut batches) = (0u64, 0u64);
+    while let Some(observed) = backend.next_interval() {
+        graph_rows += observed[0].batches.iter().map(|b| u64::from(b.size)).sum::<u64>();
+        batches += observed[0].batches.len() as u64;
+    }
+    let s = &backend.report().models[0].summary;
+    assert_eq!(s.completed, s.arrivals, "every request served");
+    let requests_per_batch = s.mean_batch;
+    let graph_per_batch = graph_rows as f64 / batches as f64;
+    assert!(requests_per_batch > 4.5, "batches took more than min_batch: {requests_per_batch}");
+    // Only a batch that timed out (none at this rate) or the run's last may be padded.
+    assert!(
+        graph_per_batch - requests_per_batch < 0.05,
+        "graphs of {graph_per_batch} rows a batch for {requests_per_batch} requests"
+    );
+}
+
 /// With a standby pool, a reallocation switches at once to the worker at the level above the
 /// asked GPU% when the GPU has room for it, else to the one below.
 #[test]

@@ -295,6 +295,15 @@ impl SimConfig {
     }
 }
 
+/// How many of `queued` requests a batch sent before its timeout takes: the largest of `served`
+/// (the sizes a worker runs without padding) that is at least `min_batch` and at most `queued`,
+/// so that no GPU time goes to padding and the rest go with the next batch, as Triton's dynamic
+/// batcher sends its largest preferred size. `queued` itself where no such size exists (no
+/// served sizes, or a batch that waits to be full).
+pub fn batch_cut(served: &[u32], queued: u32, min_batch: u32) -> u32 {
+    served.iter().copied().rev().find(|&b| b <= queued && b >= min_batch).unwrap_or(queued)
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
@@ -343,5 +352,14 @@ mod tests {
         assert!(unsorted.problem().unwrap().contains("served_batches"));
         let zero = SimConfig { served_batches: vec![0, 2], ..SimConfig::default() };
         assert!(zero.problem().is_some());
+    }
+
+    #[test]
+    fn a_batch_sent_early_is_cut_to_a_served_size_no_smaller_than_min_batch() {
+        let graphs = [1, 2, 4, 6, 8, 12, 16, 24, 32];
+        assert_eq!([8, 10, 20, 31, 32].map(|n| batch_cut(&graphs, n, 8)), [8, 8, 16, 24, 32]);
+        // A batch that waits to be full (min = max = 22) is never cut below it.
+        assert_eq!(batch_cut(&graphs, 22, 22), 22);
+        assert_eq!(batch_cut(&[], 10, 8), 10, "no served sizes: as queued");
     }
 }

@@ -18,7 +18,7 @@
 //!   Latency thus depends on who else runs, and latency-bound models suffer most, as measured
 //!   on the H100.
 
-use crate::config::{Allocation, MAX_LATENCY_MS, ModelSetup, ServiceModel, Sharing, SimConfig};
+use crate::config::{Allocation, MAX_LATENCY_MS, ModelSetup, ServiceModel, Sharing, SimConfig, batch_cut};
 use crate::metrics::{Counters, IntervalRing, Summary};
 use crate::service::ServiceSampler;
 use crate::{Nanos, secs_to_ns};
@@ -829,7 +829,16 @@ impl Simulator {
         let mut requests = self.spare_vecs.pop().unwrap_or_default();
         let state = &mut self.models[model];
         state.touch_queue(now);
-        let size = state.queue.len().min(state.allocation.max_batch as usize);
+        let mut size = state.queue.len().min(state.allocation.max_batch as usize);
+        // Before the oldest request's timeout the batch goes because `min_batch` are queued: it
+        // takes a size the worker runs without padding (`batch_cut`).
+        let timed_out = state
+            .queue
+            .front()
+            .is_some_and(|q| now >= q.arrival.saturating_add(secs_to_ns(state.allocation.batch_timeout_ms * 1e-3)));
+        if !timed_out {
+            size = batch_cut(&self.config.served_batches, size as u32, state.allocation.min_batch) as usize;
+        }
         requests.extend(state.queue.drain(..size));
         state.worker_busy = true;
         state.timeout_at = None;

@@ -12,7 +12,7 @@ mod service;
 pub use config::{
     Allocation, Batching, H100_INTERFERENCE, H100_MPS_LAUNCH_CONTENTION, H100_MPS_SHARE_EXPONENT, MAX_BATCH,
     MAX_BATCH_TIMEOUT_MS, MAX_LATENCY_MS, MAX_PAUSE_S, MAX_TEMPORAL_SWITCH_MS, ModelSetup, ReallocationCost,
-    ServiceModel, Sharing, SimConfig,
+    ServiceModel, Sharing, SimConfig, batch_cut,
 };
 pub use engine::{
     ARRIVAL_TIMES_PER_INTERVAL, BATCH_SAMPLES_PER_INTERVAL, BatchSample, ModelInterval, ModelReport, Report,

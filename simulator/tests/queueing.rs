@@ -86,3 +86,38 @@ fn a_batch_goes_once_min_batch_requests_are_queued() {
     assert!((full_wait_ms - 15.5).abs() < 0.5, "full: mean wait {full_wait_ms} ms");
     assert!((full_batch - 32.0).abs() < 0.5, "full: mean batch {full_batch}");
 }
+
+/// Batch sizes of a model fed one request a millisecond, served in 10 ms a batch (slower than
+/// the arrivals at a batch of 8), batching up to 32 with a 100 ms wait, sent at 8 queued, on a
+/// worker that runs the sizes in `served` (the rest padded up).
+fn batch_sizes_served_as(served: &[u32]) -> Vec<u32> {
+    let times: std::sync::Arc<[f64]> = (1..=1000).map(|k| k as f64 * 1e-3).collect();
+    let process = gpuslice_traces::arrivals::Replay::new(times, 1.0, 1.0, None, 1);
+    let config = SimConfig { record_requests: true, served_batches: served.to_vec(), ..SimConfig::default() };
+    let model = ModelSetup {
+        name: "batched".into(),
+        slo_ms: 1e6,
+        service: ServiceModel::Constant { ms: 10.0 },
+        allocation: Allocation { gpu_pct: 100.0, max_batch: 32, min_batch: 8, batch_timeout_ms: 100.0 },
+        arrivals: Box::new(process),
+    };
+    let mut sim = Simulator::new(config, vec![model]).unwrap();
+    sim.finish();
+    let records = sim.take_finished().0;
+    assert_eq!(records.len(), 1000, "every request served once");
+    records.iter().map(|r| r.batch_size).collect()
+}
+
+#[test]
+fn a_batch_sent_at_min_batch_takes_a_size_its_worker_runs_unpadded() {
+    let graphs = [1, 2, 4, 6, 8, 12, 16, 24, 32];
+    // Without served sizes (nothing is padded) each batch takes the 10 queued when the one
+    // before it ends, which a worker with these graphs would pad to 12.
+    let any = batch_sizes_served_as(&[]);
+    assert!(any.iter().filter(|&&b| b == 10).count() > 900, "sizes {any:?}");
+    // With them, batches of 8 and 12 take turns (the two left over from a cut go with the next),
+    // and only the last, timed out with what was left, is smaller than 8.
+    let cut = batch_sizes_served_as(&graphs);
+    assert!(cut.iter().all(|b| graphs.contains(b)), "sizes {cut:?}");
+    assert!(cut.iter().filter(|&&b| b < 8).count() < 8, "sizes {cut:?}");
+}
