@@ -149,6 +149,10 @@
 # batches sent at min_batch cut to a graph's size (no padding, as Triton's preferred sizes) and
 # each graph launched once at the worker's start (its upload off the first request):
 #   bash scripts/gpu-session.sh levels
+# then (carrying the Triton package's last part) Triton copying its input at its best gpu-trio
+# setting, model-based up to its first miss, default MPS at that setting with batches cut to a
+# graph's size, and gslice on the mixed trio with each graph launched at the worker's start:
+#   bash scripts/gpu-session.sh triton-beside
 # (The cases before the twenty-first session are in this file's history.)
 cd "$(dirname "$0")/.."
 [ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
@@ -194,6 +198,13 @@ case "${1:-graphs-64}" in
     starts_in_time 200 levels && OUT=$R/profile bash scripts/gpu-profile-h200.sh levels
     starts_in_time 120 spatial-served && OUT=$R/profile bash scripts/gpu-profile-h200.sh spatial-served
     traced_steps "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/gpu-trio.toml 1.2"
+    ;;
+  triton-beside)
+    INPUT_COPY=1 triton_steps "scenarios/gpu-trio.toml 32 8000 1.2 1.25"
+    UNTIL_MISS=1 traced_steps "model-based scenarios/gpu-trio.toml 1.2 1.25"
+    UNTIL_MISS=1 STEPS_DIR=capacity-32-8ms-min8 capacity_steps \
+      "default-mps scenarios/gpu-trio.toml 1.2 1.25 -- --max-batch 32 --batch-wait-ms 8 --min-batch 8"
+    UNTIL_MISS=1 capacity_steps "gslice scenarios/mixed-slo-trio.toml 0.8 0.9 1.0"
     ;;
   graphs-64)
     triton_steps "scenarios/gpu-trio.toml 64 8000 1.25 1.3 1.4"
