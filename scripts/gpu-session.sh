@@ -153,6 +153,15 @@
 # setting, model-based up to its first miss, default MPS at that setting with batches cut to a
 # graph's size, and gslice on the mixed trio with each graph launched at the worker's start:
 #   bash scripts/gpu-session.sh triton-beside
+# then model-based and default MPS (32 / 8 ms sent at 8) above where they held, and model-based
+# on the mixed trio with the batches cut:
+#   bash scripts/gpu-session.sh edges-cut
+# and both at x1.25 again, and gslice on gpu-trio with each graph launched at the worker's start:
+#   bash scripts/gpu-session.sh repeat-cut
+# (gslice's first interval on the mixed trio still ended at p99 8.7-9.8 ms for mobilenet, against
+# 3.0 simulated.) Then with one batch of each size through a worker's whole serving path at its
+# start (copies, cast, graph), each worker's start phases logged:
+#   bash scripts/gpu-session.sh warm-up
 # (The cases before the twenty-first session are in this file's history.)
 cd "$(dirname "$0")/.."
 [ -x out/gpuslice ] || { [ -f .trt-bin/gpuslice.xz ] && mkdir -p out && xz -dc .trt-bin/gpuslice.xz > out/gpuslice && chmod +x out/gpuslice; }
@@ -198,6 +207,22 @@ case "${1:-graphs-64}" in
     starts_in_time 200 levels && OUT=$R/profile bash scripts/gpu-profile-h200.sh levels
     starts_in_time 120 spatial-served && OUT=$R/profile bash scripts/gpu-profile-h200.sh spatial-served
     traced_steps "model-based scenarios/gpu-trio.toml 1.2" "model-based scenarios/gpu-trio.toml 1.2"
+    ;;
+  edges-cut)
+    traced_steps "model-based scenarios/gpu-trio.toml 1.25"
+    UNTIL_MISS=1 STEPS_DIR=capacity-32-8ms-min8 capacity_steps \
+      "default-mps scenarios/gpu-trio.toml 1.3 1.35 -- --max-batch 32 --batch-wait-ms 8 --min-batch 8"
+    UNTIL_MISS=1 traced_steps "model-based scenarios/mixed-slo-trio.toml 1.4 1.45 1.5" "model-based scenarios/gpu-trio.toml 1.25"
+    ;;
+  warm-up)
+    LOG=warn,gpuslice_gpu::worker=info capacity_steps "gslice scenarios/mixed-slo-trio.toml 0.8"
+    LOG=warn,gpuslice_gpu::worker=info,gpuslice_policies=debug capacity_steps "model-based scenarios/gpu-trio.toml 1.25"
+    ;;
+  repeat-cut)
+    STEPS_DIR=capacity-32-8ms-min8 capacity_steps \
+      "default-mps scenarios/gpu-trio.toml 1.25 -- --max-batch 32 --batch-wait-ms 8 --min-batch 8"
+    traced_steps "model-based scenarios/gpu-trio.toml 1.25"
+    UNTIL_MISS=1 capacity_steps "gslice scenarios/gpu-trio.toml 0.9 1.0 1.1"
     ;;
   triton-beside)
     INPUT_COPY=1 triton_steps "scenarios/gpu-trio.toml 32 8000 1.2 1.25"
