@@ -9,9 +9,10 @@ lowest load above it at which a run missed. Simulated: the folders `gpuslice eva
 mean over seeds). A scenario is told by its models (both files name them).
 
 Usage:
-  sim-vs-live.py --live [LABEL=]PATH ... --sim [LABEL=]DIR ... [--markdown]
+  sim-vs-live.py --live [LABEL=]PATH[@POLICY,...] ... --sim [LABEL=]DIR ...
 PATH is a capacity.csv or a folder searched for them; LABEL= names every policy of that source
-(e.g. `--live "default-mps 32/8 ms sent at 8=bench/.../capacity-32-8ms-min8"`).
+(e.g. `--live "default-mps 32/8 ms sent at 8=bench/.../capacity-32-8ms-min8"`); @POLICY,...
+reads only those policies' runs from it (runs of other builds can then be left out).
 """
 import argparse
 import csv
@@ -27,8 +28,10 @@ SCENARIOS = {
 
 
 def labelled(arg):
+    """(label or None, path, the policies to read or None for all) of one source argument."""
     label, _, path = arg.rpartition("=")
-    return (label or None), pathlib.Path(path)
+    path, _, only = path.partition("@")
+    return (label or None), pathlib.Path(path), (set(only.split(",")) if only else None)
 
 
 def scenario_of(models):
@@ -36,7 +39,7 @@ def scenario_of(models):
     return SCENARIOS.get(frozenset(models), "+".join(sorted(models)))
 
 
-def live_runs(label, path):
+def live_runs(label, path, only):
     """(scenario, policy, load, held) per run, from one capacity.csv or every one under a folder."""
     files = [path] if path.is_file() else sorted(path.rglob("capacity.csv"))
     if not files:
@@ -53,18 +56,21 @@ def live_runs(label, path):
             names = {r["model"] for r in run}
             if run and (k != key or row["model"] in names or frozenset(names) in SCENARIOS):
                 held = all(float(r["slo_attainment"]) >= SLO_SHARE for r in run)
-                yield scenario_of(r["model"] for r in run), label or key[0], float(key[1]), held
+                if only is None or key[0] in only:
+                    yield scenario_of(r["model"] for r in run), label or key[0], float(key[1]), held
                 run = []
             if row:
                 run.append(row)
                 key = k
 
 
-def simulated(label, folder):
+def simulated(label, folder, only):
     """(scenario, policy) -> mean capacity over seeds, from an `evaluate --capacity` folder."""
     models = {r["model"] for r in csv.DictReader(open(folder / "probes.csv"))}
     by_policy = {}
     for r in csv.DictReader(open(folder / "capacity.csv")):
+        if only is not None and r["policy"] not in only:
+            continue
         by_policy.setdefault(label or r["policy"], []).append(float(r["capacity"]))
     return {(scenario_of(models), p): statistics.mean(c) for p, c in by_policy.items()}
 
@@ -84,8 +90,8 @@ def bracket(runs):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--live", nargs="+", default=[], help="[LABEL=]capacity.csv or folder of live runs")
-    p.add_argument("--sim", nargs="*", default=[], help="[LABEL=]folder of `evaluate --capacity` output")
+    p.add_argument("--live", nargs="+", default=[], help="[LABEL=]capacity.csv or folder of live runs[@POLICY,...]")
+    p.add_argument("--sim", nargs="*", default=[], help="[LABEL=]folder of `evaluate --capacity` output[@POLICY,...]")
     a = p.parse_args()
     runs = {}
     for arg in a.live:

@@ -37,7 +37,8 @@ pub struct Allocation {
     pub max_batch: u32,
     /// A batch goes as soon as this many requests are queued (and the model's worker is free),
     /// taking up to `max_batch`; fewer wait for more up to `batch_timeout_ms`. Triton's smallest
-    /// preferred batch size; equal to `max_batch`, a batch waits to be full.
+    /// preferred batch size; equal to `max_batch`, a batch waits to be full. Where the backend
+    /// serves fixed sizes (`SimConfig::served_batches`) such a batch is cut to one (`batch_cut`).
     pub min_batch: u32,
     /// How long the oldest queued request may wait for a fuller batch.
     pub batch_timeout_ms: f64,
