@@ -266,6 +266,12 @@ impl ModelState {
         self.interval.queue_area += area;
         self.queue_changed_at = now;
     }
+
+    /// When the oldest queued request has waited the batch timeout (None with an empty queue).
+    fn batch_deadline(&self) -> Option<Nanos> {
+        let head = self.queue.front()?.arrival;
+        Some(head.saturating_add(secs_to_ns(self.allocation.batch_timeout_ms * 1e-3)))
+    }
 }
 
 /// The stream of a model handed over (`Simulator::hand_over`): the arrival already drawn, then
@@ -806,10 +812,9 @@ impl Simulator {
                 state.interval.dropped += expired as u64;
             }
         }
-        let Some(head) = state.queue.front().map(|q| q.arrival) else {
+        let Some(deadline) = state.batch_deadline() else {
             return false;
         };
-        let deadline = head.saturating_add(secs_to_ns(state.allocation.batch_timeout_ms * 1e-3));
         // `Allocation::problem` holds min_batch to at most max_batch.
         if state.queue.len() >= state.allocation.min_batch as usize || now >= deadline {
             return true;
@@ -832,11 +837,7 @@ impl Simulator {
         let mut size = state.queue.len().min(state.allocation.max_batch as usize);
         // Before the oldest request's timeout the batch goes because `min_batch` are queued: it
         // takes a size the worker runs without padding (`batch_cut`).
-        let timed_out = state
-            .queue
-            .front()
-            .is_some_and(|q| now >= q.arrival.saturating_add(secs_to_ns(state.allocation.batch_timeout_ms * 1e-3)));
-        if !timed_out {
+        if state.batch_deadline().is_some_and(|deadline| now < deadline) {
             size = batch_cut(&self.config.served_batches, size as u32, state.allocation.min_batch) as usize;
         }
         requests.extend(state.queue.drain(..size));
