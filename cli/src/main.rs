@@ -88,6 +88,15 @@ enum Command {
         /// this much faster).
         #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         load_scale: f64,
+        /// Simulate shaped like the GPU backend: slices on the shipped standby pool's levels,
+        /// batches run as its CUDA graphs' sizes (as `evaluate --like-gpu-backend`).
+        #[arg(long)]
+        like_gpu_backend: bool,
+        /// Also where each model's requests spent their time (queue, GPU, arrival to result;
+        /// `gpu-run`'s stage table, to set beside its stages.csv), kept from every request's
+        /// record: slower, and stages.csv with --out.
+        #[arg(long)]
+        stages: bool,
         /// Write summary.csv, intervals.csv, latency.svg (p99), gpu.svg (GPU%) and slo.svg (SLO attainment) into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -681,7 +690,18 @@ fn live_calibration(flag: &str, serving_gpu: Option<u32>) -> Result<Option<Strin
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Simulate { config, sharing, policy, calibration, seed, load_scale, out, quiet } => {
+        Command::Simulate {
+            config,
+            sharing,
+            policy,
+            calibration,
+            seed,
+            load_scale,
+            like_gpu_backend,
+            stages,
+            out,
+            quiet,
+        } => {
             output::check_out_dir(out.as_deref())?;
             let mut loaded = scenario::LoadedScenario::load_calibrated(config.as_deref(), calibration.as_deref())?;
             loaded.scale_load(load_scale)?;
@@ -692,7 +712,10 @@ fn run(command: Command) -> Result<()> {
                 Some(name) => PolicyChoice::Named(name),
                 None => PolicyChoice::Scenario(sharing.map_or(loaded.scenario.sharing, Sharing::from)),
             };
-            let run = simulate::run(&loaded, &choice, !quiet)?;
+            let (mut config, setups, contexts) = simulate::one_gpu(&loaded)?;
+            config.record_requests = stages;
+            let on = simulate::simulator(like_gpu_backend);
+            let run = simulate::run_built(&loaded, (config, setups, contexts), &choice, on.as_ref(), !quiet)?;
             let steered = match &choice {
                 PolicyChoice::Scenario(_) => "the scenario's fixed allocations".to_string(),
                 PolicyChoice::Named(_) => format!("policy {}", run.policy),
@@ -706,8 +729,15 @@ fn run(command: Command) -> Result<()> {
                 run.decisions.len()
             );
             println!("{}", output::summary_table(&run.report, !run.decisions.is_empty()));
+            if stages {
+                println!("{}", output::stage_table(&run.stages));
+            }
             if let Some(dir) = out {
-                let files = output::write_run(&dir, &run.report, &run.intervals)?;
+                let mut files = output::write_run(&dir, &run.report, &run.intervals)?;
+                if stages {
+                    files.push(dir.join("stages.csv"));
+                    output::write_csv(&dir.join("stages.csv"), &run.stages)?;
+                }
                 tracing::info!(files = ?files, "results written");
             }
             Ok(())

@@ -257,6 +257,42 @@ fn profile_measures_a_repository_model_from_its_file() {
     assert_eq!(dtype("vgg16"), ["fp16"; 4]);
 }
 
+/// `simulate --stages` (shaped like the GPU backend) reports where each model's requests spent
+/// their time, as `gpu-run` does: every request counted once, the queue within the result, the
+/// batches run as the CUDA graphs' sizes.
+#[test]
+fn simulate_reports_each_models_stage_times_like_gpu_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gpuslice(&[
+        "--log",
+        "warn",
+        "simulate",
+        "--quiet",
+        "--config",
+        &format!("{}/../scenarios/gpu-trio.toml", env!("CARGO_MANIFEST_DIR")),
+        "--like-gpu-backend",
+        "--stages",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("queue p99 ms"), "the stage table is printed");
+    let summary = csv_rows(&dir.path().join("summary.csv"));
+    let stages = csv_rows(&dir.path().join("stages.csv"));
+    assert_eq!(stages.len(), 3, "one row per model");
+    for (model, row) in summary.iter().zip(&stages) {
+        assert_eq!(row["model"], model["model"]);
+        assert_eq!(row["requests"], model["completed"], "{}: each served request once", row["model"]);
+        let f = |k: &str| row[k].parse::<f64>().unwrap();
+        assert!(f("queue_p50_ms") < f("total_p50_ms") && f("queue_p99_ms") < f("total_p99_ms"), "{row:?}");
+        assert!(f("infer_mean_ms") > 0.0 && f("graph_batch_mean") >= 1.0, "{row:?}");
+        // The model's whole-run p50 is the summary's (the same requests, hand-off included).
+        let p50 = model["p50_ms"].parse::<f64>().unwrap();
+        assert!((f("total_p50_ms") - p50).abs() <= 0.01 * p50 + 0.01, "{} against {p50}", f("total_p50_ms"));
+        assert!(f("graph_batch_mean") <= 32.0, "the largest graph: {row:?}");
+    }
+}
+
 /// The shipped H100 measurements (profiles/h100).
 fn shipped(file: &str) -> String {
     format!("{}/../profiles/h100/{file}", env!("CARGO_MANIFEST_DIR"))

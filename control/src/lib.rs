@@ -6,6 +6,7 @@
 //! interval: the policy decides on what was observed, and its changes are applied.
 
 pub mod input;
+pub mod stages;
 pub mod tensors;
 
 use gpuslice_policies::{Decision, Policy};
@@ -391,13 +392,43 @@ pub struct SimBackend {
     max_batch: Option<u32>,
     /// A router may still send requests (`Backend::routed_to`).
     routed_to: bool,
+    /// Each model's stage times (by index) and name, kept where the simulator records every
+    /// request (`SimConfig::record_requests`): what `Backend::stage_times` reports live.
+    stages: Vec<(String, stages::StageRecorder)>,
 }
 
 impl SimBackend {
     /// Serves `sim`'s models, `control_interval_s` of simulated time per interval.
     pub fn new(sim: Simulator, control_interval_s: f64) -> SimBackend {
         let interval_ns = secs_to_ns(control_interval_s).max(1);
-        SimBackend { sim, interval_ns, until: 0, pool_levels: Vec::new(), max_batch: None, routed_to: false }
+        SimBackend {
+            sim,
+            interval_ns,
+            until: 0,
+            pool_levels: Vec::new(),
+            max_batch: None,
+            routed_to: false,
+            stages: Vec::new(),
+        }
+    }
+
+    /// Adds the requests served since the last call to their models' stage times: a batch's
+    /// requests are recorded one after another, with its start and end.
+    fn record_stages(&mut self, records: &[RequestRecord], intervals: &[ModelInterval]) {
+        let hand_off = Duration::from_secs_f64(self.sim.config().hand_off_ms * 1e-3);
+        for batch in records.chunk_by(|a, b| (a.model, a.start_ns, a.end_ns) == (b.model, b.start_ns, b.end_ns)) {
+            let first = batch[0];
+            while self.stages.len() <= first.model {
+                let name = intervals.get(self.stages.len()).map_or_else(String::new, |i| i.model.clone());
+                self.stages.push((name, stages::StageRecorder::default()));
+            }
+            let ns = |ns: u64| Duration::from_nanos(ns);
+            let waits = batch.iter().map(|r| (ns(r.start_ns - r.arrival_ns), ns(r.end_ns - r.arrival_ns) + hand_off));
+            let graph = self.sim.config().served_size(first.batch_size);
+            let device =
+                stages::DeviceTimes { infer_ms: (first.end_ns - first.start_ns) as f64 * 1e-6, ..Default::default() };
+            self.stages[first.model].1.record(waits, graph, device, (Duration::ZERO, Duration::ZERO));
+        }
     }
 
     /// An allocation as served: its batches cut to `max_batch`, its slice on a pool level that
@@ -419,9 +450,14 @@ impl Backend for SimBackend {
         }
         self.until += self.interval_ns;
         self.sim.run_until(self.until);
-        // Routed requests are counted in the model's figures; their records are not needed.
-        let _ = self.sim.take_finished();
-        Some(self.sim.take_interval())
+        // Routed requests are counted in the model's figures; their records serve the stage
+        // times only, where every request is recorded.
+        let (records, _) = self.sim.take_finished();
+        let intervals = self.sim.take_interval();
+        if self.sim.config().record_requests {
+            self.record_stages(&records, &intervals);
+        }
+        Some(intervals)
     }
 
     fn apply(&mut self, model: usize, allocation: Allocation) -> Result<(), BackendError> {
@@ -461,6 +497,10 @@ impl Backend for SimBackend {
 
     fn report(&mut self) -> Report {
         self.sim.report()
+    }
+
+    fn stage_times(&mut self) -> Vec<StageSummary> {
+        self.stages.iter().map(|(name, stages)| stages.summary(name)).collect()
     }
 
     fn set_sharing(&mut self, sharing: Sharing) -> Result<(), BackendError> {

@@ -149,6 +149,12 @@ pub fn run_on(
     on: &dyn BackendBuilder,
     show_progress: bool,
 ) -> Result<SimRun> {
+    run_built(loaded, one_gpu(loaded)?, choice, on, show_progress)
+}
+
+/// `loaded` built for a run on one GPU (`LoadedScenario::build`); a node of several GPUs is
+/// refused, since `evaluate --capacity` places its models.
+pub fn one_gpu(loaded: &LoadedScenario) -> Result<(SimConfig, Vec<ModelSetup>, Vec<ModelContext>)> {
     if loaded.scenario.gpus > 1 {
         anyhow::bail!(
             "scenario {} is a node of {} GPUs: `evaluate --capacity` runs it (its models placed on the GPUs); this runs one GPU",
@@ -156,8 +162,7 @@ pub fn run_on(
             loaded.scenario.gpus
         );
     }
-    let (config, setups, contexts) = loaded.build()?;
-    run_built(loaded, (config, setups, contexts), choice, on, show_progress)
+    loaded.build()
 }
 
 /// Runs models already built from `loaded` (`LoadedScenario::build`, or a part of it: one GPU's

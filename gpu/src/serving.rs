@@ -7,8 +7,9 @@
 
 use crate::mps::MpsDaemon;
 use crate::telemetry::Telemetry;
-use crate::worker::{Completion, SLOTS, StageTimes, Worker, WorkerError, WorkerSpec};
+use crate::worker::{Completion, SLOTS, Worker, WorkerError, WorkerSpec};
 use gpuslice_control::input::{PacketLayout, RequestInput};
+use gpuslice_control::stages::{DeviceTimes, StageRecorder};
 use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_control::{Computed, ModelSource};
 use gpuslice_simulator::{
@@ -16,7 +17,6 @@ use gpuslice_simulator::{
     ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket, batch_cut,
 };
 use gpuslice_traces::ArrivalProcess;
-use hdrhistogram::Histogram;
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -106,90 +106,6 @@ const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 const MPS_OUTAGE_RESTART: Duration = Duration::from_millis(500);
 /// ...and the n-th of a model's workers lost to one outage n times this later (see `worker_lost`).
 const MPS_OUTAGE_STAGGER: Duration = Duration::from_secs(5);
-
-/// Per-request stage times of one model, in microseconds.
-struct StageRecorder {
-    queue: Histogram<u64>,
-    h2d: Histogram<u64>,
-    infer: Histogram<u64>,
-    d2h: Histogram<u64>,
-    total: Histogram<u64>,
-    /// Batches, the sum of their graph sizes and of their inference times (ms).
-    batches: u64,
-    graph_sum: u64,
-    infer_sum_ms: f64,
-    /// The host's copies per batch, summed: the requests' inputs into the worker's shared
-    /// memory, and their output rows out of it (ms).
-    copy_in_sum_ms: f64,
-    copy_out_sum_ms: f64,
-}
-
-impl StageRecorder {
-    fn new() -> StageRecorder {
-        let new = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
-        StageRecorder {
-            queue: new(),
-            h2d: new(),
-            infer: new(),
-            d2h: new(),
-            total: new(),
-            batches: 0,
-            graph_sum: 0,
-            infer_sum_ms: 0.0,
-            copy_in_sum_ms: 0.0,
-            copy_out_sum_ms: 0.0,
-        }
-    }
-
-    /// One batch of requests (their arrival times), run on the graph of `graph`, that started at
-    /// `started` and ended at `done`; the host copied its inputs in `copies.0` and its outputs in
-    /// `copies.1`.
-    fn record(
-        &mut self,
-        arrivals: &[Instant],
-        graph: u32,
-        (started, done): (Instant, Instant),
-        times: &StageTimes,
-        copies: (Duration, Duration),
-    ) {
-        let us = |d: Duration| d.as_micros() as u64 + 1;
-        let ms_us = |ms: f64| (ms * 1000.0) as u64 + 1;
-        let n = arrivals.len() as u64;
-        for &arrival in arrivals {
-            let _ = self.queue.record(us(started.saturating_duration_since(arrival)));
-            let _ = self.total.record(us(done.saturating_duration_since(arrival)));
-        }
-        let _ = self.h2d.record_n(ms_us(times.h2d_ms), n);
-        let _ = self.infer.record_n(ms_us(times.infer_ms), n);
-        let _ = self.d2h.record_n(ms_us(times.d2h_ms), n);
-        self.batches += 1;
-        self.graph_sum += u64::from(graph);
-        self.infer_sum_ms += times.infer_ms;
-        self.copy_in_sum_ms += copies.0.as_secs_f64() * 1e3;
-        self.copy_out_sum_ms += copies.1.as_secs_f64() * 1e3;
-    }
-
-    fn summary(&self, model: &str) -> StageSummary {
-        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        let per_batch = |sum: f64| sum / self.batches.max(1) as f64;
-        StageSummary {
-            model: model.to_string(),
-            requests: self.total.len(),
-            queue_p50_ms: q(&self.queue, 0.5),
-            queue_p99_ms: q(&self.queue, 0.99),
-            h2d_mean_ms: self.h2d.mean() / 1000.0,
-            infer_mean_ms: self.infer.mean() / 1000.0,
-            infer_p99_ms: q(&self.infer, 0.99),
-            infer_batch_mean_ms: per_batch(self.infer_sum_ms),
-            graph_batch_mean: per_batch(self.graph_sum as f64),
-            copy_in_batch_mean_ms: per_batch(self.copy_in_sum_ms),
-            copy_out_batch_mean_ms: per_batch(self.copy_out_sum_ms),
-            d2h_mean_ms: self.d2h.mean() / 1000.0,
-            total_p50_ms: q(&self.total, 0.5),
-            total_p99_ms: q(&self.total, 0.99),
-        }
-    }
-}
 
 /// A request waiting in a model's queue; submitted ones carry their ticket (generated arrivals 0)
 /// and their input row (generated ones are served zeros).
@@ -988,7 +904,9 @@ impl Dispatcher {
                 s.finished.push(Answered { record, computed: Computed { output, h2d_ms, d2h_ms } });
             }
         }
-        s.stages.record(&arrivals, graph, (began, c.done), &c.times, (copy_in, copying_out.elapsed()));
+        let waits = arrivals.iter().map(|&a| (began.saturating_duration_since(a), c.done.saturating_duration_since(a)));
+        let device = DeviceTimes { h2d_ms: c.times.h2d_ms, infer_ms: c.times.infer_ms, d2h_ms: c.times.d2h_ms };
+        s.stages.record(waits, graph, device, (copy_in, copying_out.elapsed()));
     }
 
     /// Nothing accepted is lost silently: the batches in flight and the queue are dropped and
@@ -1133,7 +1051,7 @@ impl GpuBackend {
                 queue: VecDeque::new(),
                 finished: Vec::new(),
                 dropped_tickets: Vec::new(),
-                stages: StageRecorder::new(),
+                stages: StageRecorder::default(),
                 allocation: setup.allocation,
                 total: Counters::new(),
                 interval: Counters::new(),
@@ -1483,7 +1401,8 @@ impl Drop for GpuBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{Completion, Pace, StageTimes, WorkerTemplate};
+    use super::{Completion, Pace, WorkerTemplate};
+    use crate::worker::StageTimes;
     use std::time::{Duration, Instant};
 
     fn completion(submitted: Instant, done: Instant, gpu_ms: f64) -> Completion {

@@ -497,6 +497,11 @@ impl Simulator {
         (std::mem::take(&mut self.requests), std::mem::take(&mut self.dropped_tickets))
     }
 
+    /// The configuration it runs under.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
     /// Simulated time now, in ns.
     pub fn now(&self) -> Nanos {
         self.now
