@@ -25,19 +25,17 @@ fn simulate_without_arguments_prints_the_default_table() {
     assert!(text.contains("p99 ms") && text.contains("SLO met") && text.contains("goodput/s"));
 }
 
+/// `simulate --quiet` with `args`, writing its files into `dir`.
+fn simulate_into(dir: &std::path::Path, args: &[&str]) -> Output {
+    let mut all = vec!["--log", "warn", "simulate", "--quiet", "--out", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    gpuslice(&all)
+}
+
 #[test]
 fn simulate_writes_csv_and_svg() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gpuslice(&[
-        "--log",
-        "warn",
-        "simulate",
-        "--quiet",
-        "--sharing",
-        "temporal",
-        "--out",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = simulate_into(dir.path(), &["--sharing", "temporal"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
     assert!(summary.starts_with(
@@ -263,18 +261,8 @@ fn profile_measures_a_repository_model_from_its_file() {
 #[test]
 fn simulate_reports_each_models_stage_times_like_gpu_run() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gpuslice(&[
-        "--log",
-        "warn",
-        "simulate",
-        "--quiet",
-        "--config",
-        &format!("{}/../scenarios/gpu-trio.toml", env!("CARGO_MANIFEST_DIR")),
-        "--like-gpu-backend",
-        "--stages",
-        "--out",
-        dir.path().to_str().unwrap(),
-    ]);
+    let scenario = format!("{}/../scenarios/gpu-trio.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = simulate_into(dir.path(), &["--config", &scenario, "--like-gpu-backend", "--stages"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("queue p99 ms"), "the stage table is printed");
     let summary = csv_rows(&dir.path().join("summary.csv"));
