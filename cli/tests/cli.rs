@@ -185,6 +185,9 @@ fn gpu_run_serves_a_scenario_on_workers_and_loses_nothing() {
         let graph = field("graph_batch_mean");
         assert!(graph >= mean_batch - 1e-9 && graph <= 32.0, "graph {graph}, requests per batch {mean_batch}: {s:?}");
         assert!(field("total_p50_ms") >= field("queue_p50_ms") + 3.0 - 0.05, "{s:?}");
+        // A batch is handed to its worker before it starts there.
+        assert!(field("handed_p50_ms") <= field("queue_p50_ms") + 0.01, "{s:?}");
+        assert!(field("handed_p99_ms") <= field("queue_p99_ms") + 0.01, "{s:?}");
     }
 }
 
@@ -274,6 +277,8 @@ fn simulate_reports_each_models_stage_times_like_gpu_run() {
         let f = |k: &str| row[k].parse::<f64>().unwrap();
         assert!(f("queue_p50_ms") < f("total_p50_ms") && f("queue_p99_ms") < f("total_p99_ms"), "{row:?}");
         assert!(f("infer_mean_ms") > 0.0 && f("graph_batch_mean") >= 1.0, "{row:?}");
+        // A simulated batch starts as it is handed to its worker.
+        assert_eq!((f("handed_p50_ms"), f("handed_p99_ms")), (f("queue_p50_ms"), f("queue_p99_ms")));
         // The model's whole-run p50 is the summary's (the same requests, hand-off included).
         let p50 = model["p50_ms"].parse::<f64>().unwrap();
         assert!((f("total_p50_ms") - p50).abs() <= 0.01 * p50 + 0.01, "{} against {p50}", f("total_p50_ms"));

@@ -309,6 +309,11 @@ pub struct StageSummary {
     pub queue_p50_ms: f64,
     /// ...and 99th percentile.
     pub queue_p99_ms: f64,
+    /// The part of the queue time until the batch was handed to its worker (formed, then paced
+    /// to the worker's batch ahead); the rest it waited on the worker behind that batch. Median...
+    pub handed_p50_ms: f64,
+    /// ...and 99th percentile.
+    pub handed_p99_ms: f64,
     /// Host-to-device copy of the batch, mean.
     pub h2d_mean_ms: f64,
     /// Inference on the GPU, mean over requests (a large batch counts once per request)...
@@ -423,7 +428,12 @@ impl SimBackend {
                 self.stages.push((name, stages::StageRecorder::default()));
             }
             let ns = |ns: u64| Duration::from_nanos(ns);
-            let waits = batch.iter().map(|r| (ns(r.start_ns - r.arrival_ns), ns(r.end_ns - r.arrival_ns) + hand_off));
+            // A simulated batch starts as it is handed to its worker.
+            let waits = batch.iter().map(|r| stages::RequestWaits {
+                handed: ns(r.start_ns - r.arrival_ns),
+                started: ns(r.start_ns - r.arrival_ns),
+                answered: ns(r.end_ns - r.arrival_ns) + hand_off,
+            });
             let graph = self.sim.config().served_size(first.batch_size);
             let device =
                 stages::DeviceTimes { infer_ms: (first.end_ns - first.start_ns) as f64 * 1e-6, ..Default::default() };

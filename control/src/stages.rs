@@ -17,8 +17,21 @@ pub struct DeviceTimes {
     pub d2h_ms: f64,
 }
 
+/// One request's waits from its arrival: until its batch was handed to the worker, until the
+/// batch started on it, and until its result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestWaits {
+    /// Arrival to hand-off (the batch formed and paced to the worker's batch ahead).
+    pub handed: Duration,
+    /// Arrival to the batch's start on the worker.
+    pub started: Duration,
+    /// Arrival to its result.
+    pub answered: Duration,
+}
+
 /// Per-request stage times of one model, in microseconds.
 pub struct StageRecorder {
+    handed: Histogram<u64>,
     queue: Histogram<u64>,
     h2d: Histogram<u64>,
     infer: Histogram<u64>,
@@ -38,6 +51,7 @@ impl Default for StageRecorder {
     fn default() -> Self {
         let new = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
         StageRecorder {
+            handed: new(),
             queue: new(),
             h2d: new(),
             infer: new(),
@@ -53,12 +67,11 @@ impl Default for StageRecorder {
 }
 
 impl StageRecorder {
-    /// One batch run as `graph` (its size, padding included): each request's wait from its
-    /// arrival to the batch's start and to its result, the batch's device times, and the host's
-    /// copies of its inputs in and outputs out.
+    /// One batch run as `graph` (its size, padding included): each request's waits, the batch's
+    /// device times, and the host's copies of its inputs in and outputs out.
     pub fn record(
         &mut self,
-        waits: impl ExactSizeIterator<Item = (Duration, Duration)>,
+        waits: impl ExactSizeIterator<Item = RequestWaits>,
         graph: u32,
         device: DeviceTimes,
         copies: (Duration, Duration),
@@ -66,9 +79,10 @@ impl StageRecorder {
         let us = |d: Duration| d.as_micros() as u64 + 1;
         let ms_us = |ms: f64| (ms * 1000.0) as u64 + 1;
         let n = waits.len() as u64;
-        for (queued, answered) in waits {
-            let _ = self.queue.record(us(queued));
-            let _ = self.total.record(us(answered));
+        for w in waits {
+            let _ = self.handed.record(us(w.handed));
+            let _ = self.queue.record(us(w.started));
+            let _ = self.total.record(us(w.answered));
         }
         let _ = self.h2d.record_n(ms_us(device.h2d_ms), n);
         let _ = self.infer.record_n(ms_us(device.infer_ms), n);
@@ -89,6 +103,8 @@ impl StageRecorder {
             requests: self.total.len(),
             queue_p50_ms: q(&self.queue, 0.5),
             queue_p99_ms: q(&self.queue, 0.99),
+            handed_p50_ms: q(&self.handed, 0.5),
+            handed_p99_ms: q(&self.handed, 0.99),
             h2d_mean_ms: self.h2d.mean() / 1000.0,
             infer_mean_ms: self.infer.mean() / 1000.0,
             infer_p99_ms: q(&self.infer, 0.99),

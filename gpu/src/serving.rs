@@ -9,7 +9,7 @@ use crate::mps::MpsDaemon;
 use crate::telemetry::Telemetry;
 use crate::worker::{Completion, SLOTS, Worker, WorkerError, WorkerSpec};
 use gpuslice_control::input::{PacketLayout, RequestInput};
-use gpuslice_control::stages::{DeviceTimes, StageRecorder};
+use gpuslice_control::stages::{DeviceTimes, RequestWaits, StageRecorder};
 use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_control::{Computed, ModelSource};
 use gpuslice_simulator::{
@@ -904,7 +904,11 @@ impl Dispatcher {
                 s.finished.push(Answered { record, computed: Computed { output, h2d_ms, d2h_ms } });
             }
         }
-        let waits = arrivals.iter().map(|&a| (began.saturating_duration_since(a), c.done.saturating_duration_since(a)));
+        let waits = arrivals.iter().map(|&a| RequestWaits {
+            handed: c.submitted.saturating_duration_since(a),
+            started: began.saturating_duration_since(a),
+            answered: c.done.saturating_duration_since(a),
+        });
         let device = DeviceTimes { h2d_ms: c.times.h2d_ms, infer_ms: c.times.infer_ms, d2h_ms: c.times.d2h_ms };
         s.stages.record(waits, graph, device, (copy_in, copying_out.elapsed()));
     }
