@@ -696,8 +696,8 @@ impl Dispatcher {
             // batch timeout, and goes when its worker is ready for it (none while every worker is
             // being replaced).
             let enough = s.queue.len() >= (a.min_batch as usize).min(max);
-            let formed_at =
-                if enough || s.arrivals_done { now } else { head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) };
+            let deadline = head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3);
+            let formed_at = if enough || s.arrivals_done { now } else { deadline };
             let active = crew.active;
             let held = crew.running.iter().filter(|r| r.worker == active).count();
             let worker_ready_at = match crew.running.iter().rfind(|r| r.worker == active) {
@@ -718,7 +718,7 @@ impl Dispatcher {
             let mut n = s.queue.len().min(max);
             // Sent because `min_batch` are queued, before the oldest's timeout: a batch takes a
             // size its worker has a graph of, as the simulator's batches do (`batch_cut`).
-            if now < head + Duration::from_secs_f64(a.batch_timeout_ms * 1e-3) {
+            if now < deadline {
                 n = batch_cut(&GRAPH_BATCHES, n as u32, a.min_batch) as usize;
             }
             let mut requests: Vec<Queued> = s.queue.drain(..n).collect();
