@@ -627,3 +627,21 @@ fn tls_needs_a_readable_certificate_and_its_key() {
     std::fs::write(&key, "not a key").unwrap();
     assert!(serve(&[&cert, &key]).contains("cert.pem"), "files that are not PEM are named");
 }
+
+#[test]
+fn the_gpu_backend_without_a_gpu_says_to_use_fake_ms() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gpuslice"))
+        .args(["--log", "warn", "serve", "--backend", "gpu", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Some(status) = exits_within(&mut server, std::time::Duration::from_secs(30)) else {
+        eprintln!("skipped: this machine has a GPU (serve --backend gpu kept serving)");
+        return;
+    };
+    let mut message = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut message).unwrap();
+    assert!(!status.success(), "{message}");
+    assert!(message.contains("--fake-ms MS") && message.contains("NVML"), "{message}");
+}

@@ -24,7 +24,7 @@ fn processes_with(needle: &str) -> Vec<u32> {
 #[test]
 fn killing_every_worker_of_a_model_under_load_loses_no_call() {
     let Some((server, address)) = common::serve_examples_for_tritonclient() else { return };
-    let load = Command::new("python3")
+    let load = Command::new(common::python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/fault_load.py"))
         .args([&address, "tiny_mlp", "6"])
         .stdout(std::process::Stdio::piped())

@@ -15,7 +15,7 @@ fn python_grpcio_client_with_reflection_and_health() {
         return;
     }
     let (server, address) = common::serve(&[]);
-    let client = Command::new("python3")
+    let client = Command::new(common::python())
         .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/grpc_client.py"), &address])
         .output()
         .unwrap();

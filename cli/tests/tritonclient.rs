@@ -12,7 +12,7 @@ use std::process::Command;
 fn tritonclient_infers_through_gpuslice_and_each_caller_gets_its_own_answer() {
     let Some((server, address)) = common::serve_examples_for_tritonclient() else { return };
     let check = |model: &str, extra: &[&str]| {
-        Command::new("python3")
+        Command::new(common::python())
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tritonclient_check.py"))
             .args([&address, model, "--expect", "sums"])
             .args(extra)

@@ -29,9 +29,11 @@ order, ceil(row bytes / PAYLOAD) each) back to back. The worker copies the other
 and gathers those rows' payloads from the pool on the GPU (one index_select over the page-locked
 pool, read through unified addressing: the GPU gather); without a GPU (--fake-ms) it gathers them
 on the CPU. The "ready" line says which ("packet_gather": "gpu" or "cpu").
-With --fake-ms the worker needs no GPU: it sleeps that long per batch and writes, for each row,
-every output element = the sum of that row's input elements (as float32, cast to the output's
-datatype): a checkable answer per request, for tests.
+With --fake-ms the worker needs no GPU and no package beyond Python's own (numpy, where installed,
+only sums faster): it sleeps that long per batch and writes, for each row, every output element =
+the sum of that row's input elements (accumulated in double precision; cast to a float output's
+datatype, truncated toward zero and clamped to an integer output's range, nonzero for BOOL): a
+checkable answer per request, for tests.
 With --quick-start the worker chooses cuDNN's algorithms the legacy way: it is ready several times
 sooner for a model with many convolution shapes and runs somewhat slower, until a full worker
 takes its place.
@@ -40,12 +42,15 @@ takes 80-160 ms, so never on the critical path) and captures every batch's graph
 each: one process and one copy of the model serve at several SM partitions, and a batch names the
 partition it runs on (a reallocation without a standby process).
 """
-import argparse, collections, contextlib, json, mmap, os, select, sys, time
+import argparse, collections, contextlib, json, mmap, os, select, struct, sys, time
 
 # Open Inference Protocol datatypes: (numpy type code, torch dtype name)
 DATATYPES = {"BOOL": ("?", "bool"), "UINT8": ("u1", "uint8"), "INT8": ("i1", "int8"), "INT16": ("<i2", "int16"),
              "INT32": ("<i4", "int32"), "INT64": ("<i8", "int64"), "FP16": ("<f2", "float16"),
              "FP32": ("<f4", "float32"), "FP64": ("<f8", "float64")}
+# The same datatypes as `struct` format characters (little-endian), for the GPU-less worker.
+STRUCT_CODES = {"BOOL": "?", "UINT8": "B", "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "FP16": "e",
+                "FP32": "f", "FP64": "d"}
 SIZES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8}
 
 
@@ -135,36 +140,86 @@ def map_packet_pool(path, layout):
     return pool, (slot_bytes, header, payload)
 
 
-def packet_slots(words, count, slots):
-    """A gathered batch's packet slots (`count` words of `words`), checked against the pool: a
-    slot past its end would read out of bounds (on the GPU: a fault that ends the process)."""
-    got = words[:count]
-    if count and (int(got.max()) >= slots or int(got.min()) < 0):
+def check_packet_slots(lowest, highest, slots):
+    """A gather's packet slots checked against the pool's `slots`: a slot past its end would read
+    out of bounds (on the GPU: a fault that ends the process)."""
+    if lowest < 0 or highest >= slots:
         sys.exit(f"packet slot out of the pool's {slots}: a bad gather command")
+
+
+def packet_slots(words, count, slots):
+    """A gathered batch's packet slots (`count` words of the tensor `words`), checked."""
+    got = words[:count]
+    if count:
+        check_packet_slots(int(got.min()), int(got.max()), slots)
     return got
 
 
-def gather_on_cpu(np, shared, start, rows, pool, layout, row_in):
+def gather_on_cpu(shared, start, rows, pool, layout, row_in):
     """Without a GPU: rows LO..HI of the slot at `start` from their packets in `pool`."""
     (lo, hi), (slot_bytes, header, payload) = rows, layout
     per_row = -(-row_in // payload)
-    count = (hi - lo) * per_row
-    words = np.frombuffer(shared, dtype="<u4", count=count, offset=start + lo * row_in).astype(np.int64)
-    slots = packet_slots(words, count, len(pool) // slot_bytes)
-    packets = np.frombuffer(pool, dtype=np.uint8).reshape(-1, slot_bytes)[slots, header:header + payload]
-    rows_in = packets.reshape(hi - lo, per_row * payload)[:, :row_in]
-    shared[start + lo * row_in:start + hi * row_in] = rows_in.tobytes()
+    first = start + lo * row_in
+    with memoryview(shared)[first:first + 4 * (hi - lo) * per_row] as words:
+        slots = struct.unpack(f"<{len(words) // 4}I", words)
+    if slots:
+        check_packet_slots(min(slots), max(slots), len(pool) // slot_bytes)
+    gathered = bytearray()
+    for r in range(hi - lo):
+        row = b"".join(pool[k * slot_bytes + header:k * slot_bytes + header + payload]
+                       for k in slots[r * per_row:(r + 1) * per_row])
+        gathered += row[:row_in]
+    shared[first:first + len(gathered)] = gathered
 
 
-def fake_answer(np, shared, start, batch, io, input_bytes):
-    """Each row's outputs: the sum of its inputs (float32), in the output's datatype."""
+def row_sums(numpy, shared, start, batch, t_in):
+    """Each of the batch's input rows summed in double precision: by numpy where it is installed
+    (`numpy` the module, else None), else by Python alone (the same sums, ~2 ms a 3x224x224 row)."""
+    kind, n = t_in["datatype"], row_bytes(t_in) // SIZES[t_in["datatype"]]
+    if numpy is not None:
+        rows = numpy.frombuffer(shared, dtype=DATATYPES[kind][0], count=batch * n, offset=start).reshape(batch, n)
+        return rows.sum(axis=1, dtype=numpy.float64).tolist()
+    code, size = STRUCT_CODES[kind], n * SIZES[kind]
+    if code == "e" or sys.byteorder != "little":  # no native view of these: unpacked (3x slower)
+        row = struct.Struct(f"<{n}{code}")
+        return [float(sum(row.unpack_from(shared, start + r * size))) for r in range(batch)]
+    # Rows of zeros (load tests send no payload) are told by a byte compare, 20x faster.
+    zeros, sums = bytes(size), []
+    with memoryview(shared) as whole:
+        for r in range(batch):
+            row = whole[start + r * size:start + (r + 1) * size]
+            sums.append(0.0 if bytes(row) == zeros else float(sum(row.cast(code))))
+    return sums
+
+
+def as_datatype(value, kind):
+    """A sum as an element of datatype `kind`: floats as they are, integers truncated toward zero
+    and clamped to the type's range, BOOL nonzero."""
+    if kind == "BOOL":
+        return value != 0
+    if kind.startswith("FP"):
+        return value
+    bits = 8 * SIZES[kind]
+    low, high = (0, 2 ** bits - 1) if kind.startswith("UINT") else (-2 ** (bits - 1), 2 ** (bits - 1) - 1)
+    return min(max(int(value), low), high)
+
+
+def fake_answer(numpy, shared, start, batch, io, input_bytes):
+    """Each row's outputs: every element the sum of the row's inputs, in the output's datatype."""
     t_in, t_out = io["inputs"][0], io["outputs"][0]
-    rows_in = np.frombuffer(shared, dtype=DATATYPES[t_in["datatype"]][0], count=batch * row_bytes(t_in) // SIZES[t_in["datatype"]],
-                            offset=start).reshape(batch, -1)
-    sums = rows_in.astype(np.float32).sum(axis=1, dtype=np.float32)
-    per_row = row_bytes(t_out) // SIZES[t_out["datatype"]]
-    out = np.repeat(sums[:, None], per_row, axis=1).astype(DATATYPES[t_out["datatype"]][0])
-    shared[start + input_bytes:start + input_bytes + out.nbytes] = out.tobytes()
+    kind, per_row = t_out["datatype"], row_bytes(t_out) // SIZES[t_out["datatype"]]
+    out = b"".join(struct.pack(f"<{per_row}{STRUCT_CODES[kind]}", *[as_datatype(s, kind)] * per_row)
+                   for s in row_sums(numpy, shared, start, batch, t_in))
+    shared[start + input_bytes:start + input_bytes + len(out)] = out
+
+
+def optional_numpy():
+    """numpy if installed (the GPU-less worker sums rows faster with it), else None."""
+    try:
+        import numpy
+        return numpy
+    except ImportError:
+        return None
 
 
 def main():
@@ -207,14 +262,14 @@ def main():
     gathers = {"packet_gather": "cpu"} if pool is not None else {}
 
     if args.fake_ms is not None:
-        import numpy  # before "ready": an import on the first batch would stall it
+        numpy = optional_numpy()  # before "ready": an import on the first batch would stall it
         reply({"ready": True, "batches": batches, "input_bytes": input_bytes, "output_bytes": output_bytes,
                "engine": "fake", "sms": 0, "green_sms": green_sms, **gathers})
         while (msg := commands.next()) is not None and not msg.get("quit"):
             time.sleep(args.fake_ms / 1000)
             start = msg.get("slot", 0) * slot_bytes
             if "gather" in msg:
-                gather_on_cpu(numpy, shared, start, msg["gather"], pool, layout, row_bytes(t_in))
+                gather_on_cpu(shared, start, msg["gather"], pool, layout, row_bytes(t_in))
             fake_answer(numpy, shared, start, msg["batch"], io, input_bytes)
             reply({"done": msg["run"], "h2d_ms": 0.0, "infer_ms": args.fake_ms, "d2h_ms": 0.0})
         return
@@ -283,9 +338,6 @@ def main():
                       for k in range(args.slots)]
         staging_rows = staging_in.view(largest, -1).view(torch.uint8)
         gathers = {"packet_gather": "gpu"}
-
-    elif pool is not None:
-        import numpy
 
     def gather_rows(slot, b, lo, hi):
         """Rows lo..hi of the batch from their packets (the GPU gather), the others from the slot."""
@@ -386,7 +438,7 @@ def main():
                 gather_rows(slot, b, *msg["gather"])
             else:
                 if "gather" in msg:
-                    gather_on_cpu(numpy, shared, slot * slot_bytes, msg["gather"], pool, layout, row_bytes(t_in))
+                    gather_on_cpu(shared, slot * slot_bytes, msg["gather"], pool, layout, row_bytes(t_in))
                 staging_in[:b].copy_(source_in[slot][:b], non_blocking=True)
             if staging_in is not static_in:
                 static_in[:b].copy_(staging_in[:b])

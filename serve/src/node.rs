@@ -161,6 +161,13 @@ impl NodeConfig {
         let kind = overrides.backend.or(self.backend).unwrap_or_default();
         let spec = overrides.calibration.or(self.calibration).unwrap_or_else(|| DEVICE_CALIBRATION.into());
         let on_gpus = kind == BackendKind::Gpu && gpu.fake_ms.is_none();
+        if on_gpus {
+            // One clear error up front, not three from NVML's later readers.
+            gpuslice_gpu::telemetry::device_count().context(
+                "the GPU backend needs an NVIDIA GPU and its driver, and NVML could not be read; \
+                 without a GPU, add --fake-ms MS (GPU-less workers that answer each row with its sum)",
+            )?;
+        }
         let gpus = overrides.gpus.unwrap_or(self.gpus).resolve(|| {
             anyhow::ensure!(
                 on_gpus,

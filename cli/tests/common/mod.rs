@@ -1,17 +1,34 @@
 //! What the tests that drive the `gpuslice serve` binary from Python share.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-/// Whether python3 can import every module of `imports` (a comma-separated list): in CI it
-/// must (`.ci/run` installs the packages); elsewhere a test without them is skipped, saying
-/// which (`packages`, as pip names them).
+/// The Python that runs the tests' clients: `$GPUSLICE_TEST_PYTHON`, else the virtual
+/// environment `scripts/python-env.sh` makes in the target folder (its pinned packages), else
+/// the system's `python3`.
+pub fn python() -> PathBuf {
+    if let Some(chosen) = std::env::var_os("GPUSLICE_TEST_PYTHON") {
+        return chosen.into();
+    }
+    // CARGO_TARGET_TMPDIR is TARGET/tmp, wherever the target folder is.
+    let made = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../python-env/bin/python3");
+    if made.is_file() { made } else { "python3".into() }
+}
+
+/// Whether `python()` can import every module of `imports` (a comma-separated list): in CI it
+/// must (`.ci/run` makes the environment); elsewhere a test without them is skipped, saying
+/// which (`packages`, as pip names them) and how to get them.
 pub fn python_or_skip(imports: &str, packages: &str) -> bool {
-    if Command::new("python3").args(["-c", &format!("import {imports}")]).status().is_ok_and(|s| s.success()) {
+    let python = python();
+    if Command::new(&python).args(["-c", &format!("import {imports}")]).status().is_ok_and(|s| s.success()) {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "CI must have {packages}: .ci/run installs them");
-    eprintln!("skipped: python3 with {packages} is not installed");
+    assert!(std::env::var_os("CI").is_none(), "CI must have {packages} for {}: .ci/run makes them", python.display());
+    eprintln!(
+        "skipped: {} lacks {packages}; scripts/python-env.sh installs them (pinned) into target/python-env",
+        python.display()
+    );
     false
 }
 

@@ -72,7 +72,7 @@ def main():
     if args.expect == "sums":
         for k, got in enumerate(results):
             assert got.shape == (inputs[k].shape[0], *out.shape[1:]), (k, got.shape)
-            sums = inputs[k].reshape(inputs[k].shape[0], -1).astype(np.float32).sum(axis=1, dtype=np.float32)
+            sums = inputs[k].reshape(inputs[k].shape[0], -1).sum(axis=1, dtype=np.float64)
             want = np.broadcast_to(sums.reshape(-1, *[1] * (got.ndim - 1)), got.shape)
             worst = max(worst, float(np.max(np.abs(got - want))))
             assert np.allclose(got, want, rtol=1e-4, atol=1e-3), f"caller {k} got another's answer or none"
