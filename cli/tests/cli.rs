@@ -645,3 +645,44 @@ fn the_gpu_backend_without_a_gpu_says_to_use_fake_ms() {
     assert!(!status.success(), "{message}");
     assert!(message.contains("--fake-ms MS") && message.contains("NVML"), "{message}");
 }
+
+/// Scenarios that pass validation at the edges of what it allows run to their end in bounded
+/// time (run, not only loaded): each in its own process, killed if it outlives a minute.
+#[test]
+fn scenarios_at_the_edges_of_validation_run_to_their_duration() {
+    let cases = [
+        ("a step after the end", "{ kind = \"steps\", steps = [[0, 200], [1e12, 5]] }"),
+        ("the largest cv", "{ kind = \"gamma\", rate = 500, cv = 20 }"),
+        (
+            "a diurnal at the largest cv",
+            "{ kind = \"diurnal\", mean_rate = 300, amplitude = 1, period_s = 2, step_s = 0.01, cv = 20 }",
+        ),
+        (
+            "a replayed trace sped up",
+            "{ kind = \"replay\", trace = \"builtin:azure-llm-conv\", speedup = 1000, scale = 2 }",
+        ),
+    ];
+    for (what, arrivals) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = dir.path().join("edge.toml");
+        std::fs::write(
+            &scenario,
+            format!(
+                "name = \"edge\"\nsharing = \"spatial\"\nduration_s = 2\ndrop_after_ms = 500\n[[models]]\nname = \"resnet50\"\nslo_ms = 30\ngpu_pct = 50\nmax_batch = 8\nbatch_timeout_ms = 2\narrivals = {arrivals}\n"
+            ),
+        )
+        .unwrap();
+        let mut run = Command::new(env!("CARGO_BIN_EXE_gpuslice"))
+            .args(["--log", "warn", "simulate", "--quiet", "--config", scenario.to_str().unwrap(), "--out"])
+            .arg(dir.path().join("out"))
+            .spawn()
+            .unwrap();
+        let status = exits_within(&mut run, std::time::Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{what}: still running after 60 s"));
+        assert!(status.success(), "{what}: {status}");
+        let intervals = std::fs::read_to_string(dir.path().join("out/intervals.csv")).unwrap();
+        let end =
+            intervals.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse::<f64>().unwrap()).fold(0.0, f64::max);
+        assert!(end <= 3.0, "{what}: simulated to {end} s where duration_s is 2 (drops after 0.5 s)");
+    }
+}

@@ -120,9 +120,10 @@ pub const MAX_GPUS: usize = 64;
 pub const MAX_DURATION_S: f64 = 30.0 * 86_400.0;
 /// The shortest `control_interval_s`.
 pub const MIN_CONTROL_INTERVAL_S: f64 = 1e-3;
-/// The most arrivals the rates of a scenario may ask for over its duration (at their peaks):
-/// minutes of simulation.
-pub const MAX_EXPECTED_ARRIVALS: f64 = 2e9;
+/// The most arrivals a scenario may bring over its duration (rates at their peaks, recorded
+/// traces counted): about 20 s of simulation, and, overloaded with nothing dropped, a queue of
+/// under a gigabyte.
+pub const MAX_EXPECTED_ARRIVALS: f64 = 2e8;
 
 /// A scenario together with the folder its relative paths are taken from, and its calibration
 /// resolved.
@@ -313,6 +314,12 @@ impl LoadedScenario {
                     m.slo_ms
                 );
             }
+            if m.arrivals.peak_rate().is_some() && s.duration_s.is_none() {
+                bail!(
+                    "scenario {origin}: models[{i}] ({}): rate-driven arrivals never end by themselves: set duration_s",
+                    m.name
+                );
+            }
             expected += m.arrivals.peak_rate().unwrap_or(0.0) * s.duration_s.unwrap_or(0.0);
         }
         // What a run costs: the simulator does about 10 M events a second.
@@ -389,6 +396,17 @@ impl LoadedScenario {
     /// replicated node draws them once more per replica without reading its traces again.
     pub fn arrivals(&self, library: &mut TraceLibrary) -> Result<Vec<Box<dyn ArrivalProcess>>> {
         let s = &self.scenario;
+        // Recorded traces are counted here, where they are read (rates were checked at load).
+        let mut expected = 0.0;
+        for m in &s.models {
+            expected += library.expected_arrivals(&m.arrivals, s.duration_s)?;
+        }
+        if expected > MAX_EXPECTED_ARRIVALS {
+            bail!(
+                "scenario {}: its arrivals over duration_s come to {expected:.3e}, more than {MAX_EXPECTED_ARRIVALS:.0e}: lower the rates, scales, speedups or the duration",
+                self.origin
+            );
+        }
         (s.models.iter().enumerate())
             .map(|(i, m)| {
                 let what = format!("scenario {}: models[{i}] ({}).arrivals", self.origin, m.name);
@@ -439,6 +457,7 @@ impl LoadedScenario {
 pub(crate) const TWO_MODELS: &str = r#"
 name = "two"
 sharing = "spatial"
+duration_s = 10
 calibration = "builtin:h100-calibration"
 [[models]]
 name = "front"
@@ -559,6 +578,31 @@ mod tests {
             (hostile("", "max_batch = 8\nbatch_timeout_ms = 4294967296", poisson), "batch_timeout_ms"),
             (hostile("", "max_batch = 100000\nbatch_timeout_ms = 2", poisson), "max_batch"),
             (hostile("", base_model, poisson).replace("slo_ms = 30", "slo_ms = -20"), "slo_ms must be in"),
+            (hostile("", base_model, "{ kind = \"steps\", steps = [[0, 10], [nan, 20]] }"), "finite"),
+            (hostile("", base_model, "{ kind = \"steps\", steps = [[0, 10], [inf, 20]] }"), "finite"),
+            (hostile("", base_model, "{ kind = \"gamma\", rate = 10, cv = 4294967296 }"), "cv must be in"),
+            (
+                hostile(
+                    "",
+                    base_model,
+                    "{ kind = \"diurnal\", mean_rate = 10, amplitude = 0.5, period_s = 60, cv = 1e10 }",
+                ),
+                "cv",
+            ),
+            (hostile("", base_model, poisson).replace("duration_s = 10", ""), "set duration_s"),
+            (
+                hostile("", base_model, "{ kind = \"poisson\", rate = 1e6 }")
+                    .replace("duration_s = 10", "duration_s = 2000"),
+                "more than 2e8",
+            ),
+            (
+                hostile(
+                    "",
+                    base_model,
+                    "{ kind = \"replay\", trace = \"builtin:azure-llm-conv\", speedup = 1e6, scale = 1e6 }",
+                ),
+                "more than 2e8",
+            ),
         ];
         for (text, field) in cases {
             let err = LoadedScenario::from_text(&text, "hostile.toml", ".".into()).and_then(|l| l.build().map(drop));

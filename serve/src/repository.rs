@@ -27,16 +27,21 @@
 //! values for some batch sizes (30-80% in gpuslice, 20% and 45% in scripts/lab/graph_check.sh),
 //! where fp32, and fp16 at 100% or without MPS, matched eager PyTorch exactly.
 //!
-//! Names are confined to a fixed charset and files to the model's own folder.
+//! Names are confined to a fixed charset, and every file a model names (its config, profile and
+//! program) to the repository: a regular file whose real path lies under the repository's.
 
 use crate::live::ModelSpec;
 use gpuslice_control::ModelSource;
 use gpuslice_control::tensors::{ModelIo, TensorSpec, plain_name};
 use gpuslice_eval::calibration::Calibration;
+use gpuslice_traces::source::MAX_CONFINED_BYTES;
 use gpuslice_traces::{LatencyModel, ProfileSet, Source};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The largest `config.toml` read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Largest batch when a model's config does not say.
 const DEFAULT_MAX_BATCH: u32 = 32;
@@ -94,8 +99,15 @@ impl Repository {
         }
         let folder = self.root.join(name);
         let path = folder.join("config.toml");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("no model {name:?} in the repository ({}: {e})", path.display()))?;
+        // Every file of a model is read confined to the repository: a regular file under its
+        // folder (a FIFO, a device, or a link out of the repository is refused, naming the file).
+        let config_file = Path::new(name).join("config.toml");
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(format!("no model {name:?} in the repository ({} does not exist)", path.display()));
+        }
+        let text = Source::read_confined(&self.root, &config_file, MAX_CONFIG_BYTES)
+            .map_err(|e| format!("model {name:?}: {e}"))?
+            .text;
         let config: ModelConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let bad = |what: String| format!("{}: {what}", path.display());
         if !(config.slo_ms.is_finite() && config.slo_ms > 0.0 && config.slo_ms <= gpuslice_simulator::MAX_LATENCY_MS) {
@@ -123,10 +135,12 @@ impl Repository {
                     )));
                 }
                 let program = folder.join(file);
-                if !program.is_file() {
-                    return Err(bad(format!("source {} does not exist", program.display())));
+                let real = gpuslice_traces::source::confined_path(&self.root, &Path::new(name).join(file))
+                    .map_err(|problem| bad(format!("source {}: {problem}", program.display())))?;
+                if !real.is_file() {
+                    return Err(bad(format!("source {} is not a regular file", program.display())));
                 }
-                program.display().to_string()
+                real.display().to_string()
             }
         };
         let named = config.profile_model.or_else(|| config.source.strip_prefix("torchvision:").map(str::to_string));
@@ -134,7 +148,11 @@ impl Repository {
         // (planning its first share) it stands in as the profile's first model.
         let measure = named.is_none() && config.profile.is_none();
         let profile_source = match &config.profile {
-            Some(profile) => Source::load(profile, &folder).map_err(|e| bad(format!("profile: {e}")))?,
+            Some(profile) if profile.starts_with(gpuslice_traces::source::BUILTIN_PREFIX) => {
+                Source::load(profile, &folder).map_err(|e| bad(format!("profile: {e}")))?
+            }
+            Some(profile) => Source::read_confined(&self.root, &Path::new(name).join(profile), MAX_CONFINED_BYTES)
+                .map_err(|e| bad(format!("profile: {e}")))?,
             None => self.default_profile.clone(),
         };
         let wanted = match named {
@@ -229,5 +247,51 @@ dims = [1000]
         assert!(err.contains("c/config.toml") && err.contains("at least 1"), "{err}");
         assert!(repository.spec("../a").err().unwrap().contains("model name"));
         assert!(repository.spec("nothere").err().unwrap().contains("no model \"nothere\""));
+    }
+
+    /// Files that would hang, flood or leak a load: each refused at once, naming the file.
+    #[test]
+    fn fifos_devices_big_files_and_links_out_of_the_repository_are_refused() {
+        let with = |key: &str, value: &str| CONFIG.replace("slo_ms = 25", &format!("slo_ms = 25\n{key} = {value:?}"));
+        let file_model = CONFIG.replace("torchvision:resnet50", "model.pt");
+        let (dir, repository) = repository(&[
+            ("fifo", ""),
+            ("zero", ""),
+            ("passwd", &with("profile", "/etc/passwd")),
+            ("up", &with("profile", "../../outside.csv")),
+            ("big", &with("profile", "big.csv")),
+            ("program", &file_model),
+        ]);
+        let root = dir.path();
+        std::fs::remove_file(root.join("fifo/config.toml")).unwrap();
+        nix::unistd::mkfifo(&root.join("fifo/config.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::remove_file(root.join("zero/config.toml")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero/config.toml")).unwrap();
+        std::fs::write(root.join("big/big.csv"), vec![b'#'; (MAX_CONFINED_BYTES + 1) as usize]).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("program/model.pt")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("linked")).unwrap();
+        std::fs::write(outside.path().join("linked/config.toml"), CONFIG).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("linked"), root.join("linked")).unwrap();
+        let cases = [
+            ("fifo", "not a regular file"),
+            ("zero", "outside"),
+            ("passwd", "outside"),
+            ("up", "does not exist"),
+            ("big", "larger than"),
+            ("program", "outside"),
+            ("linked", "outside"),
+        ];
+        for (name, problem) in cases {
+            let began = std::time::Instant::now();
+            let err = repository.spec(name).err().unwrap_or_else(|| panic!("{name} was loaded"));
+            assert!(err.contains(problem) && err.contains(name), "{name}: {err}");
+            assert!(began.elapsed() < std::time::Duration::from_secs(5), "{name} took {:?}", began.elapsed());
+        }
+        // A FIFO inside the repository named as a profile is refused the same way.
+        std::fs::write(root.join("passwd/config.toml"), with("profile", "pipe.csv")).unwrap();
+        nix::unistd::mkfifo(&root.join("passwd/pipe.csv"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = repository.spec("passwd").err().unwrap();
+        assert!(err.contains("pipe.csv") && err.contains("not a regular file"), "{err}");
     }
 }

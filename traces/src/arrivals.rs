@@ -35,6 +35,10 @@ pub struct RateSchedule {
 /// The highest arrival rate a process takes, requests/s per model (a GPU serves tens of
 /// thousands of these models' requests a second at best).
 pub const MAX_RATE: f64 = 1e6;
+/// The largest coefficient of variation of renewal intervals. Recorded serving traces show 1 to
+/// 13; far above, the Gamma intervals (shape 1/cv²) underflow to zero, and a process would
+/// put all of its arrivals at one instant.
+pub const MAX_CV: f64 = 20.0;
 /// The most steps a rate schedule holds (a diurnal day in 10 ms steps).
 pub const MAX_STEPS: usize = 10_000_000;
 /// The most requests one bin of recorded counts (e.g. a minute of a trace) expands to, after
@@ -47,6 +51,9 @@ impl RateSchedule {
     pub fn steps(steps: &[(f64, f64)], end: Option<f64>) -> Result<RateSchedule, ArrivalError> {
         if steps.is_empty() || steps[0].0 != 0.0 {
             return Err(ArrivalError("a rate schedule must start with a step at time 0".into()));
+        }
+        if let Some((i, (start, _))) = steps.iter().enumerate().find(|(_, (t, _))| !t.is_finite()) {
+            return Err(ArrivalError(format!("step {i} starts at {start} s; starts must be finite")));
         }
         for (i, w) in steps.windows(2).enumerate() {
             if w[1].0 <= w[0].0 {
@@ -135,10 +142,10 @@ pub struct ModulatedRenewal {
 }
 
 impl ModulatedRenewal {
-    /// `cv` is the coefficient of variation of the intervals: 1 is Poisson.
+    /// `cv` is the coefficient of variation of the intervals: 1 is Poisson; at most `MAX_CV`.
     pub fn new(schedule: RateSchedule, cv: f64, seed: u64) -> Result<ModulatedRenewal, ArrivalError> {
-        if !(cv.is_finite() && cv > 0.0) {
-            return Err(ArrivalError(format!("cv must be a finite number > 0, got {cv}")));
+        if !(cv.is_finite() && cv > 0.0 && cv <= MAX_CV) {
+            return Err(ArrivalError(format!("cv must be in (0, {MAX_CV}], got {cv}")));
         }
         let interval = if (cv - 1.0).abs() < 1e-12 {
             Interval::Exponential(Exp::new(1.0).map_err(|e| ArrivalError(e.to_string()))?)
@@ -168,11 +175,15 @@ impl ArrivalProcess for ModulatedRenewal {
         let s = &self.schedule;
         loop {
             let rate = s.rates[self.segment];
-            let next_start = s.starts.get(self.segment + 1).copied().or(s.end);
+            // A step that starts after the end does not stretch the schedule past it.
+            let next_start = match (s.starts.get(self.segment + 1).copied(), s.end) {
+                (Some(start), Some(end)) => Some(start.min(end)),
+                (start, end) => start.or(end),
+            };
             let t = if rate > 0.0 { self.segment_wall + (self.op - self.segment_op) / rate } else { f64::INFINITY };
             match next_start {
                 Some(limit) if t >= limit => {
-                    if self.segment + 1 >= s.rates.len() {
+                    if self.segment + 1 >= s.rates.len() || s.end.is_some_and(|end| limit >= end) {
                         return None;
                     }
                     self.segment_op += rate * (limit - self.segment_wall);
@@ -355,6 +366,30 @@ mod tests {
         let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
         (mean, var.sqrt() / mean)
+    }
+
+    #[test]
+    fn a_step_after_the_end_does_not_stretch_the_schedule_and_unbounded_numbers_are_refused() {
+        let late = RateSchedule::steps(&[(0.0, 100.0), (1e12, 5.0)], Some(2.0)).unwrap();
+        let times = collect(ModulatedRenewal::new(late, 1.0, 3).unwrap(), 10_000);
+        assert!(
+            times.len() < 300 && times.iter().all(|t| *t < 2.0),
+            "{} arrivals, last {:?}",
+            times.len(),
+            times.last()
+        );
+        for start in [f64::NAN, f64::INFINITY] {
+            let err = RateSchedule::steps(&[(0.0, 1.0), (start, 1.0)], Some(2.0)).unwrap_err();
+            assert!(err.0.contains("finite"), "{err}");
+        }
+        for cv in [MAX_CV * 1.01, 1e10, 4_294_967_296.0, f64::NAN] {
+            let err = ModulatedRenewal::new(RateSchedule::constant(1.0, None).unwrap(), cv, 0).err().unwrap();
+            assert!(err.0.contains("cv must be in"), "{err}");
+        }
+        // At the largest cv the intervals keep their mean: the arrivals do not pile up at one instant.
+        let bursty = ModulatedRenewal::new(RateSchedule::constant(100.0, Some(100.0)).unwrap(), MAX_CV, 5).unwrap();
+        let n = collect(bursty, 1_000_000).len();
+        assert!((1_000..100_000).contains(&n), "{n} arrivals where 10,000 were asked for");
     }
 
     #[test]

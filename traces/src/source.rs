@@ -87,15 +87,22 @@ impl Source {
         Source::read_file(&base_dir.join(spec))
     }
 
-    /// Reads the file at `path`, which must be a regular file: a FIFO would block the read for
-    /// ever and a device could be endless.
+    /// Reads the file at `path` (an operator's own: a scenario, a node config, a trace), which
+    /// must be a regular file of at most `MAX_FILE_BYTES` (see `read_regular`).
     pub fn read_file(path: &Path) -> Result<Source> {
         let name = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|cause| DataError::io(&name, cause))?;
-        if !meta.is_file() {
-            return Err(DataError::malformed(&name, None, None, "not a regular file"));
-        }
-        let text = std::fs::read_to_string(path).map_err(|cause| DataError::io(&name, cause))?;
+        let text = read_regular(path, MAX_FILE_BYTES).map_err(|refusal| refusal.into_error(&name))?;
+        Ok(Source { name, text: text.into() })
+    }
+
+    /// Reads `relative` under the folder `root`: a regular file of at most `max_bytes` whose
+    /// real path (symbolic links and `..` resolved) lies under `root`'s. Errors name the file
+    /// and say what is wrong with it (for files an operator placed, such as a model
+    /// repository's; a request from outside gets `load_confined`'s single answer instead).
+    pub fn read_confined(root: &Path, relative: &Path, max_bytes: u64) -> Result<Source> {
+        let name = root.join(relative).display().to_string();
+        let path = confined_path(root, relative).map_err(|problem| DataError::malformed(&name, None, None, problem))?;
+        let text = read_regular(&path, max_bytes).map_err(|refusal| refusal.into_error(&name))?;
         Ok(Source { name, text: text.into() })
     }
 
@@ -125,23 +132,77 @@ impl Source {
             return Source::load(spec, Path::new("."));
         }
         let not_allowed = || DataError::NotAllowed(format!("{spec:?}"));
-        let allowed = roots.iter().filter_map(|root| {
-            let root = root.canonicalize().ok()?;
-            let path = root.join(spec).canonicalize().ok()?;
-            let meta = std::fs::metadata(&path).ok()?;
-            (path.starts_with(&root) && meta.is_file() && meta.len() <= MAX_CONFINED_BYTES).then_some(path)
-        });
-        let path = allowed.into_iter().next().ok_or_else(not_allowed)?;
-        let mut text = String::new();
-        use std::io::Read;
-        std::fs::File::open(&path)
-            .and_then(|f| f.take(MAX_CONFINED_BYTES + 1).read_to_string(&mut text))
-            .map_err(|_| not_allowed())?;
-        if text.len() as u64 > MAX_CONFINED_BYTES {
-            return Err(not_allowed());
-        }
+        let text = roots
+            .iter()
+            .find_map(|root| read_regular(&confined_path(root, Path::new(spec)).ok()?, MAX_CONFINED_BYTES).ok())
+            .ok_or_else(not_allowed)?;
         Ok(Source { name: spec.to_string(), text: text.into() })
     }
+}
+
+/// The largest file `Source::read_file` reads: a day of a trace is tens of megabytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Why a file was not read (`read_regular`).
+#[derive(Debug)]
+pub enum ReadRefusal {
+    /// It could not be opened or read.
+    Io(std::io::Error),
+    /// It is not a regular file (a FIFO, a device, a folder, a socket).
+    NotRegular,
+    /// It holds more than the cap, in bytes.
+    TooLarge(u64),
+    /// It is not UTF-8 text.
+    NotText,
+}
+
+impl ReadRefusal {
+    fn into_error(self, name: &str) -> DataError {
+        match self {
+            ReadRefusal::Io(cause) => DataError::io(name, cause),
+            ReadRefusal::NotRegular => DataError::malformed(name, None, None, "not a regular file"),
+            ReadRefusal::TooLarge(cap) => DataError::malformed(name, None, None, format!("larger than {cap} bytes")),
+            ReadRefusal::NotText => DataError::malformed(name, None, None, "not UTF-8 text"),
+        }
+    }
+}
+
+/// The text of `path` if it is a regular file of at most `max_bytes`. The file is opened
+/// without blocking (opening a FIFO would otherwise wait for a writer for ever) and checked
+/// once open (so that a file swapped after a check cannot pass), and never read past the cap
+/// (a device such as /dev/zero is endless).
+pub fn read_regular(path: &Path, max_bytes: u64) -> std::result::Result<String, ReadRefusal> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(ReadRefusal::Io)?;
+    let meta = file.metadata().map_err(ReadRefusal::Io)?;
+    if !meta.is_file() {
+        return Err(ReadRefusal::NotRegular);
+    }
+    if meta.len() > max_bytes {
+        return Err(ReadRefusal::TooLarge(max_bytes));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(ReadRefusal::Io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ReadRefusal::TooLarge(max_bytes));
+    }
+    String::from_utf8(bytes).map_err(|_| ReadRefusal::NotText)
+}
+
+/// `relative` under `root` with every symbolic link and `..` resolved, if that lies under
+/// `root`'s own real path; else what is wrong, without saying where the path leads.
+pub fn confined_path(root: &Path, relative: &Path) -> std::result::Result<std::path::PathBuf, String> {
+    let root = root.canonicalize().map_err(|e| format!("its folder cannot be resolved: {e}"))?;
+    let path = root.join(relative).canonicalize().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => format!("cannot be resolved: {e}"),
+    })?;
+    if !path.starts_with(&root) {
+        return Err(format!("lies outside {} (through an absolute path, .. or a symbolic link)", root.display()));
+    }
+    Ok(path)
 }
 
 /// A CSV table with a header row, giving typed fields with errors that name file, line and column.

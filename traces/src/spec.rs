@@ -155,6 +155,28 @@ impl TraceLibrary {
         Ok(counts)
     }
 
+    /// How many arrivals `spec` brings before `horizon_s` (None: until it ends by itself): a
+    /// rate-driven process at its peak rate (infinite without a horizon), a recorded trace
+    /// counted, times its scale. What a run will cost, known before it starts.
+    pub fn expected_arrivals(&mut self, spec: &ArrivalSpec, horizon_s: Option<f64>) -> Result<f64> {
+        let before = |t: f64| horizon_s.is_none_or(|h| t < h);
+        Ok(match spec {
+            ArrivalSpec::Replay { trace, speedup, scale, start_s } => {
+                let times = self.timestamps(trace)?;
+                let kept = times.iter().filter(|t| **t >= *start_s && before((*t - start_s) / speedup)).count();
+                kept as f64 * scale
+            }
+            ArrivalSpec::PerMinuteCounts { trace, functions, scale, start_minute, minute_s } => {
+                let sums = self.function_counts(trace)?.select(functions, "expected arrivals")?;
+                let window = sums.get(*start_minute..).unwrap_or_default();
+                let kept: u64 =
+                    window.iter().enumerate().filter(|(i, _)| before(*i as f64 * minute_s)).map(|(_, c)| c).sum();
+                kept as f64 * scale
+            }
+            rate_driven => rate_driven.peak_rate().unwrap_or(0.0) * horizon_s.unwrap_or(f64::INFINITY),
+        })
+    }
+
     /// A process for `spec`, seeded with `seed`, ending at `horizon_s` if given.
     /// `what` names the spec in errors (e.g. `models[2].arrivals`).
     pub fn build(
