@@ -966,9 +966,12 @@ impl<B: LiveBackend> Live<B> {
         let models = report
             .models
             .into_iter()
+            .enumerate()
+            // Unregistered models count in the total only: no stale series in /metrics, and a
+            // name registered again is one series (the backend keeps one report per index).
+            .filter(|(index, _)| self.entries.iter().any(|e| e.index == *index))
+            .map(|(_, m)| m)
             .filter(|m| name.is_none_or(|n| n == m.model))
-            // Unregistered models count in the total only: no stale series in /metrics.
-            .filter(|m| self.entries.iter().any(|e| e.context.name == m.model))
             .collect();
         Ok((models, report.total))
     }

@@ -654,3 +654,46 @@ async fn over_tls_with_a_token_only_authenticated_tls_calls_are_served() {
     assert!(!status.contains("200"), "plain HTTP: {status}");
     running.stop().await.unwrap();
 }
+
+/// A name registered again on the GPU backend is one series: the retired registrations under the
+/// same name count in the total only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_registered_again_is_one_series_in_the_metrics() {
+    let serving = gpuslice_serve::live_gpu::GpuServing {
+        pool_levels: vec![20.0, 40.0],
+        fake_ms: Some(1.0),
+        worker_script: None,
+        device: None,
+    };
+    let running = grpc::start(ServeOptions {
+        controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
+        ..ServeOptions::loopback(grpc::ServeBackend::Gpu(serving))
+    })
+    .await
+    .unwrap();
+    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    for round in 0..4 {
+        let request = RegisterModelRequest { profile_model: "resnet50".into(), ..register("again", 40.0) };
+        client.register_model(request).await.unwrap();
+        let answered = loop {
+            match client.infer(InferRequest { model: "again".into(), payload: Vec::new() }).await {
+                Ok(reply) => break reply,
+                // Its workers start off the control loop: "still starting" until then.
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(status) => panic!("round {round}: {status}"),
+            }
+        };
+        drop(answered);
+        if round < 3 {
+            client.unregister_model(UnregisterModelRequest { name: "again".into() }).await.unwrap();
+        }
+    }
+    let metrics = client.get_metrics(GetMetricsRequest { name: String::new() }).await.unwrap().into_inner();
+    let names: Vec<&str> = metrics.models.iter().map(|m| m.model.as_str()).collect();
+    assert_eq!(names, ["again"], "one series for the name registered now");
+    assert_eq!(metrics.models[0].completed, 1, "its own requests only");
+    assert_eq!(metrics.total.unwrap().completed, 4, "the retired ones in the total");
+    running.stop().await.unwrap();
+}
