@@ -23,30 +23,12 @@ pub const BASELINES: [&str; 4] = ["temporal", "default-mps", "triton-like", "gsl
 /// a Triton dynamic batcher), and reported at the setting with the highest mean capacity.
 /// Triton-like keeps Triton's usual 32 / 1 ms: tuned, it is default MPS at its best setting.
 pub const TUNED_BASELINES: [&str; 2] = ["temporal", "default-mps"];
-/// The grid's max batch sizes...
-pub const TUNING_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
-/// ...and batch waits (ms).
-pub const TUNING_WAITS_MS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
-/// Batches that wait 2 ms or more are also tried sent at this many queued (`Batching::min_batch`,
-/// Triton's smallest preferred batch size), where the max batch is larger: what a Triton user
-/// sets beside the queue delay (on the H200's gpu-trio, 32 / 8 ms sent at 8 held x1.15 live where
-/// waiting to be full held x1.1: bench/results/2026-12-03-h200-session22-graphs-64).
-pub const TUNING_SENT_AT: u32 = 8;
+/// The grid every tuned baseline is searched at: defined beside the policies, since model-based
+/// weighs the same settings online (its floor).
+pub use gpuslice_policies::{TUNING_BATCHES, TUNING_SENT_AT, TUNING_WAITS_MS, tuning_grid};
 
 /// A uniform batching setting of a tuned baseline.
 pub use gpuslice_simulator::Batching;
-
-/// Every setting a tuned baseline is searched at.
-pub fn tuning_grid() -> Vec<Batching> {
-    let full = TUNING_BATCHES.iter().flat_map(|&max_batch| {
-        TUNING_WAITS_MS.iter().map(move |&batch_timeout_ms| Batching::full(max_batch, batch_timeout_ms))
-    });
-    let sent_early = full
-        .clone()
-        .filter(|b| b.max_batch > TUNING_SENT_AT && b.batch_timeout_ms >= 2.0)
-        .map(|b| Batching { min_batch: TUNING_SENT_AT, ..b });
-    full.chain(sent_early).collect()
-}
 
 /// How the search runs.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +113,9 @@ pub struct Capacity {
     pub seed: u64,
     /// The batching every model ran with, for a tuned baseline (else the policy's own).
     pub batching: Option<Batching>,
+    /// For the oracle, the plan it was reported at where another than its own windowed plan
+    /// held more (see `oracle_in_hindsight`): a policy's whole run, or a tuned setting's.
+    pub plan: Option<String>,
     /// The highest scale served (0 when not even `min_scale` is).
     pub capacity: f64,
     /// The lowest scale found not served (`None` when `max_scale` is served).
@@ -186,7 +171,15 @@ pub fn search(
         }
         hi = Some(h);
     }
-    Ok(Capacity { policy: policy.to_string(), seed, batching: None, capacity: lo, first_missed: hi, probes })
+    Ok(Capacity {
+        policy: policy.to_string(),
+        seed,
+        batching: None,
+        plan: None,
+        capacity: lo,
+        first_missed: hi,
+        probes,
+    })
 }
 
 /// Searches every policy on every seed (`seed`, `seed + 1`, ...) of `loaded`, the runs spread
@@ -218,7 +211,36 @@ pub fn run(
         let found = search(policy, *seed, options, |scale| run_at(loaded, policy, *batching, *seed, scale, options))?;
         Ok(Capacity { batching: *batching, ..found })
     })?;
-    Ok(keep_best_settings(all))
+    let (mut reported, tuned) = keep_best_settings(all);
+    oracle_in_hindsight(&mut reported, &tuned);
+    Ok((reported, tuned))
+}
+
+/// The name of the policy that knows every arrival in advance.
+pub const ORACLE: &str = "oracle";
+
+/// The oracle knows every arrival, so its plan space holds every other plan of the same run:
+/// each tuned baseline's static configuration at every setting searched, and every other
+/// policy's whole run of decisions (all deterministic given the arrivals: the oracle could
+/// replay any of them). Per seed, the oracle is reported at the best of its own windowed plan
+/// (`OraclePlan`: per window, from empty queues) and those, naming the plan that won, so that
+/// it bounds every policy run beside it.
+fn oracle_in_hindsight(reported: &mut [Capacity], tuned: &[Capacity]) {
+    let others: Vec<Capacity> = reported.iter().chain(tuned).filter(|c| c.policy != ORACLE).cloned().collect();
+    for oracle in reported.iter_mut().filter(|c| c.policy == ORACLE) {
+        let Some(best) =
+            others.iter().filter(|c| c.seed == oracle.seed).max_by(|a, b| a.capacity.total_cmp(&b.capacity))
+        else {
+            continue;
+        };
+        if best.capacity > oracle.capacity {
+            let plan = match best.batching {
+                Some(b) => format!("{} at {b}", best.policy),
+                None => format!("{}'s run", best.policy),
+            };
+            *oracle = Capacity { policy: ORACLE.into(), plan: Some(plan), ..best.clone() };
+        }
+    }
 }
 
 /// `loaded` under `policy` at `scale` times its load on seed `seed`, every model at `batching`
@@ -444,7 +466,10 @@ pub fn table(results: &[Capacity], policies: &[String], threshold: f64) -> Table
         let spread = crate::output::with_spread(format!("x{mean:.3}"), format!("{sd:.3}"), seeds);
         let ratio = best.filter(|(_, c)| *c > 0.0).map_or("-".into(), |(_, c)| format!("{:.2}x", mean / c));
         let search = results.iter().find(|r| &r.policy == policy);
-        let batching = search.and_then(|r| r.batching).map_or("its own".into(), |b| format!("tuned: {b}"));
+        let batching = match search {
+            Some(Capacity { plan: Some(plan), .. }) => format!("in hindsight: {plan}"),
+            _ => search.and_then(|r| r.batching).map_or("its own".into(), |b| format!("tuned: {b}")),
+        };
         let mut row = vec![policy.clone(), spread, ratio, batching];
         let first = search.and_then(Capacity::at_capacity);
         for i in 0..models.len() {
@@ -467,6 +492,8 @@ struct CapacityRow<'a> {
     max_batch: Option<u32>,
     min_batch: Option<u32>,
     batch_timeout_ms: Option<f64>,
+    /// The oracle's winning plan, where not its own (see `oracle_in_hindsight`).
+    plan: Option<&'a str>,
     capacity: f64,
     first_missed: Option<f64>,
     vs_best_baseline: Option<f64>,
@@ -480,6 +507,7 @@ fn capacity_rows(searches: &[Capacity], best_baseline: Option<f64>) -> impl Iter
         max_batch: r.batching.map(|b| b.max_batch),
         min_batch: r.batching.map(|b| b.min_batch),
         batch_timeout_ms: r.batching.map(|b| b.batch_timeout_ms),
+        plan: r.plan.as_deref(),
         capacity: r.capacity,
         first_missed: r.first_missed,
         vs_best_baseline: best_baseline.map(|b| r.capacity / b),
@@ -627,6 +655,7 @@ mod tests {
             policy: policy.into(),
             seed,
             batching,
+            plan: None,
             capacity,
             first_missed: None,
             probes: Vec::new(),
@@ -644,6 +673,37 @@ mod tests {
         assert_eq!(tuning.len(), 4);
         let kept: Vec<(&str, Option<Batching>)> = reported.iter().map(|c| (c.policy.as_str(), c.batching)).collect();
         assert_eq!(kept, [("model-based", None), ("temporal", Some(large)), ("temporal", Some(large))]);
+    }
+
+    #[test]
+    fn the_oracle_is_reported_at_the_best_plan_of_its_seed_its_own_where_it_wins() {
+        let search = |policy: &str, seed, batching, capacity| Capacity {
+            policy: policy.into(),
+            seed,
+            batching,
+            plan: None,
+            capacity,
+            first_missed: None,
+            probes: Vec::new(),
+        };
+        let (small, large) = (Batching::full(4, 1.0), Batching::full(32, 1.0));
+        let mut reported = vec![
+            search(ORACLE, 1, None, 1.0),
+            search(ORACLE, 2, None, 1.0),
+            search("model-based", 1, None, 0.9),
+            search("model-based", 2, None, 1.05),
+            search("temporal", 1, Some(large), 0.8),
+            search("temporal", 2, Some(large), 0.8),
+        ];
+        // A setting not reported (not the best mean) still holds seed 1 best.
+        let tuned = vec![search("temporal", 1, Some(small), 1.2), search("temporal", 2, Some(small), 0.1)];
+        oracle_in_hindsight(&mut reported, &tuned);
+        assert_eq!((reported[0].capacity, reported[0].plan.as_deref()), (1.2, Some("temporal at batch 4, wait 1 ms")));
+        assert_eq!((reported[1].capacity, reported[1].plan.as_deref()), (1.05, Some("model-based's run")));
+        assert_eq!((reported[0].policy.as_str(), reported[0].batching), (ORACLE, Some(small)));
+        let mut alone = vec![search(ORACLE, 1, None, 1.0), search("model-based", 1, None, 0.9)];
+        oracle_in_hindsight(&mut alone, &[]);
+        assert_eq!((alone[0].capacity, alone[0].plan.as_deref()), (1.0, None));
     }
 
     #[test]

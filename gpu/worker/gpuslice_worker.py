@@ -283,9 +283,10 @@ def main():
     mark = phase("import_torch", mark)
     # cuDNN's default algorithm choice, not its autotuner: on the H200 the autotuner's graphs ran
     # within -3%..+7% of the default's, but tuning every batch size took 1.2-3.6 s a size and
-    # model, a third of a worker's start (bench/results/2026-12-02-h200-worker-start-fast). (fp16
-    # graphs under MPS slices below 100% computed wrong values on the H200 with either choice:
-    # scripts/lab/graph_check.sh; repository models therefore compute in fp32 unless told.)
+    # model, a third of a worker's start (bench/results/2026-12-02-h200-worker-start-fast). (Half
+    # precision under MPS percentages of 30-60% computes wrong values on Hopper with either
+    # choice, and without cuDNN, where green contexts are exact:
+    # bench/results/2026-12-08-h100-fp16-slices; repository models compute in fp32 unless told.)
     torch.backends.cudnn.benchmark = False
     wire_in, wire_out = (getattr(torch, DATATYPES[t["datatype"]][1]) for t in (t_in, t_out))
     model = load_model(args.model, torch)

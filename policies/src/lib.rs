@@ -14,7 +14,9 @@ pub use fixed::FixedPolicy;
 pub use gslice::Gslice;
 pub use model_based::{BATCH_SIZES, ModelBased, TRIAL_EVERY};
 pub use oracle::{Oracle, OraclePlan, PlanInputs, WindowPlan};
-pub use replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
+pub use replay::{
+    DeviceModel, ReplayRun, SHARED_BATCHINGS, TUNING_BATCHES, TUNING_SENT_AT, TUNING_WAITS_MS, tuning_grid,
+};
 
 use gpuslice_simulator::{Allocation, ModelInterval, Sharing};
 use gpuslice_traces::LatencyModel;

@@ -37,7 +37,7 @@
 //! where no shared mode held it, keeps the slices through one such miss unless the model
 //! degraded ranks below the one that missed (a second miss in a row re-plans).
 
-use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS};
+use crate::replay::{DeviceModel, ReplayRun, SHARED_BATCHINGS, tuning_grid};
 use crate::shares::max_min;
 use crate::{Decision, ModelContext, Policy};
 use gpuslice_simulator::{Allocation, Batching, ModelInterval, Report, Sharing};
@@ -180,6 +180,19 @@ pub const LOAD_SHIFT_LASTED_S: f64 = 1.0;
 /// second is not one either (without it scenarios/default.toml's seed 1 fell from x1.172 to
 /// x1.141).
 pub const LOAD_SHIFT_MIN_BEFORE: f64 = 200.0;
+/// The floor: beside `SHARED_BATCHINGS`, every setting of the static grid that the baselines
+/// are tuned over (`tuning_grid`) is a candidate in each shared mode, so that the mode in force
+/// is never one the trials rank below a static configuration a user could have tuned. Replaying
+/// all of them every trial would cost several times the trials' CPU: each trial replays this
+/// many in turn...
+pub const GRID_PER_TRIAL: usize = 8;
+/// ...and the this many others best on their record (the contenders stay fresh).
+pub const GRID_BEST_KEPT: usize = 2;
+/// ...A setting of the grid replaced the mode in force only once its record holds this many
+/// trials' worth of replays (about the last 9 trials in a row, at `TRIAL_MEMORY`): replayed in
+/// turn, a setting judged on a few calm windows looks better than those judged on every window,
+/// bursts included (azure-llm, seed 2, fell from x0.883 to x0.49 when any setting could win).
+pub const GRID_MIN_RECORD: f64 = 6.0;
 /// Share of each model's requests within its SLO that a trial asks for.
 pub const TRIAL_TARGET: f64 = 0.99;
 /// Candidates are scored on their record over the trials so far, each trial's replays
@@ -218,7 +231,6 @@ struct MissCorrection {
 }
 
 impl MissCorrection {
-    #[cfg(test)]
     /// None: taken as replayed.
     const NONE: MissCorrection = MissCorrection { factor: 1.0, excess: 0.0 };
 
@@ -589,6 +601,15 @@ impl ModelBased {
                 candidates.push((ModeChoice::Shared { mode, batching }, allocations));
             }
         }
+        // The static grid beyond them, the floor: a few in turn each trial, and the best so far.
+        let core = candidates.len();
+        for &mode in &self.shared_modes {
+            for batching in self.grid_beyond_shared() {
+                candidates.push((ModeChoice::Shared { mode, batching: SharedBatching::Uniform(batching) }, {
+                    vec![batching.at(100.0); self.models.len()]
+                }));
+            }
+        }
         let n = self.models.len();
         // A record built on a load that has gone says little of the one that came: at a shift
         // the candidates start afresh. Weighed beside eight trials of the load before gpu-step's
@@ -602,7 +623,10 @@ impl ModelBased {
         self.tallies.resize_with(candidates.len(), || Tally::new(n));
         let served = std::mem::replace(&mut self.served, vec![(0.0, 0.0); n]);
         let choices: Vec<ModeChoice> = candidates.iter().map(|(choice, _)| *choice).collect();
-        for ((choice, allocations), tally) in candidates.into_iter().zip(&mut self.tallies) {
+        let replayed = self.replayed_this_trial(core, &choices);
+        for (((choice, allocations), tally), _) in
+            candidates.into_iter().zip(&mut self.tallies).zip(&replayed).filter(|(_, now)| **now)
+        {
             tally.age();
             // What the replay at the load that came adds, beside what the mode in force served.
             let in_force = choice == self.choice;
@@ -658,7 +682,11 @@ impl ModelBased {
         let mut best: Option<(ModeChoice, TrialScore)> = None;
         let mut incumbent: Option<TrialScore> = None;
         let mut best_shared: Option<(ModeChoice, TrialScore)> = None;
-        for (&choice, tally) in choices.iter().zip(&self.tallies) {
+        for (i, (&choice, tally)) in choices.iter().zip(&self.tallies).enumerate().filter(|(i, _)| replayed[*i]) {
+            if choice != self.choice && i >= core && tally.replays[0] < GRID_MIN_RECORD {
+                // Judged on too few windows to be trusted over the core (see `GRID_MIN_RECORD`).
+                continue;
+            }
             let mode = &by_mode.iter().find(|(s, _)| *s == choice.sharing()).expect("pooled above").1;
             let score = tally.score(&tally.miss_corrections(mode));
             // Every candidate's standing, for whoever tunes the trials (`--log gpuslice_policies=debug`).
@@ -695,6 +723,46 @@ impl ModelBased {
                 score.headroom
             );
         }
+    }
+
+    /// The static grid's settings (`tuning_grid`, what the baselines are tuned over) that
+    /// `shared_batchings` leaves out, capped at the backend's largest batch (once each).
+    fn grid_beyond_shared(&self) -> Vec<Batching> {
+        let shared = self.shared_batchings();
+        let mut beyond: Vec<Batching> = Vec::new();
+        for batching in tuning_grid().into_iter().map(|b| b.capped(self.largest_batch())) {
+            if !shared.contains(&batching) && !beyond.contains(&batching) {
+                beyond.push(batching);
+            }
+        }
+        beyond
+    }
+
+    /// Which of the trial's candidates (`choices`, the first `core` of them replayed at every
+    /// trial) are replayed this trial: the core, the mode in force, the `GRID_BEST_KEPT` others
+    /// best on their record, and `GRID_PER_TRIAL` more in turn, so that every setting of the grid
+    /// is weighed every few trials at the cost of a few replays each.
+    fn replayed_this_trial(&self, core: usize, choices: &[ModeChoice]) -> Vec<bool> {
+        let extra = choices.len() - core;
+        let mut now: Vec<bool> = (0..choices.len()).map(|i| i < core || choices[i] == self.choice).collect();
+        if extra == 0 {
+            return now;
+        }
+        let start = (self.decisions / TRIAL_EVERY * GRID_PER_TRIAL) % extra;
+        for k in 0..GRID_PER_TRIAL.min(extra) {
+            now[core + (start + k) % extra] = true;
+        }
+        let taken_as_replayed = vec![MissCorrection::NONE; self.models.len()];
+        let mut known: Vec<(usize, TrialScore)> = (core..choices.len())
+            .filter(|&i| self.tallies[i].replays[0] > 0.0)
+            .map(|i| (i, self.tallies[i].score(&taken_as_replayed)))
+            .collect();
+        // Best first, as `TrialScore::better_than` ranks them.
+        known.sort_by(|a, b| b.1.headroom.total_cmp(&a.1.headroom).then(a.1.latency.total_cmp(&b.1.latency)));
+        for (i, _) in known.into_iter().take(GRID_BEST_KEPT) {
+            now[i] = true;
+        }
+        now
     }
 
     /// The latest start of an interval in the trial window (`cut`..`end`, seconds into the run)
@@ -1513,6 +1581,54 @@ mod tests {
         // vgg16's batch of 64 runs ~11 ms on the whole GPU: an 8 ms SLO cannot wait behind it.
         assert_eq!(start(vec![context("mobilenet_v3_large", 8.0), context("vgg16", 40.0)]), Sharing::DefaultMps);
         assert_eq!(start(vec![context("resnet50", 20.0), context("densenet121", 25.0)]), Sharing::Temporal);
+    }
+
+    /// The floor: every setting of the static grid beyond the core is replayed within a few
+    /// trials, each trial replays a bounded number of them, and one replaces the mode in force
+    /// only with a record of `GRID_MIN_RECORD`.
+    #[test]
+    fn every_grid_setting_is_replayed_in_turn_and_the_best_are_kept_fresh() {
+        use super::{GRID_BEST_KEPT, GRID_PER_TRIAL, ModeChoice, SharedBatching, TRIAL_EVERY, Tally};
+        let mut fitted = h100_fits();
+        let context = ModelContext {
+            name: "resnet50".into(),
+            slo_ms: 20.0,
+            priority: 0,
+            latency: Arc::new(fitted.remove("resnet50").unwrap()),
+            configured: Allocation { gpu_pct: 50.0, max_batch: 8, min_batch: 8, batch_timeout_ms: 1.0 },
+        };
+        let mut policy = ModelBased::new(vec![context], DeviceModel::default());
+        policy.offer_modes(&[Sharing::Temporal]);
+        let beyond = policy.grid_beyond_shared();
+        let shared = policy.shared_batchings();
+        assert!(beyond.iter().all(|b| !shared.contains(b)));
+        assert_eq!(
+            beyond.len() + shared.iter().filter(|b| crate::replay::tuning_grid().contains(b)).count(),
+            crate::replay::tuning_grid().len()
+        );
+        let core = 3;
+        let shared_in = |b: gpuslice_simulator::Batching| ModeChoice::Shared {
+            mode: Sharing::Temporal,
+            batching: SharedBatching::Uniform(b),
+        };
+        let choices: Vec<ModeChoice> =
+            shared[..core].iter().copied().map(shared_in).chain(beyond.iter().copied().map(shared_in)).collect();
+        policy.tallies = vec![Tally::new(1); choices.len()];
+        let mut seen = vec![false; choices.len()];
+        let trials = beyond.len().div_ceil(GRID_PER_TRIAL);
+        for t in 0..trials {
+            policy.decisions = t * TRIAL_EVERY;
+            let now = policy.replayed_this_trial(core, &choices);
+            assert!(now[..core].iter().all(|r| *r), "the core every trial");
+            assert!(now.iter().filter(|r| **r).count() <= core + GRID_PER_TRIAL + GRID_BEST_KEPT + 1);
+            seen.iter_mut().zip(&now).for_each(|(s, n)| *s |= *n);
+        }
+        assert!(seen.iter().all(|s| *s), "every setting within {trials} trials");
+        // A setting with a record is kept fresh beside the turn.
+        let star = core + beyond.len() - 1;
+        policy.tallies[star].replays[0] = 1.0;
+        policy.decisions = 0;
+        assert!(policy.replayed_this_trial(core, &choices)[star]);
     }
 
     /// Two resnet50s at 20,000 requests/s each: no slice plan holds both, so a re-plan degrades

@@ -37,6 +37,30 @@ pub const SHARED_BATCHINGS: [Batching; 9] = [
     Batching { max_batch: 64, min_batch: 8, batch_timeout_ms: 4.0 },
 ];
 
+/// The max batch sizes of the static grid: what `evaluate --capacity` tunes the temporal and
+/// default-MPS baselines over, and what model-based weighs online (its floor)...
+pub const TUNING_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// ...and batch waits (ms).
+pub const TUNING_WAITS_MS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
+/// Batches that wait 2 ms or more are also tried sent at this many queued (`Batching::min_batch`,
+/// Triton's smallest preferred batch size), where the max batch is larger: what a Triton user
+/// sets beside the queue delay (on the H200's gpu-trio, 32 / 8 ms sent at 8 held x1.15 live where
+/// waiting to be full held x1.1: bench/results/2026-12-03-h200-session22-graphs-64).
+pub const TUNING_SENT_AT: u32 = 8;
+
+/// Every setting of the static grid: each max batch at each wait, and the larger batches that
+/// wait 2 ms or more also sent at `TUNING_SENT_AT` queued.
+pub fn tuning_grid() -> Vec<Batching> {
+    let full = TUNING_BATCHES.iter().flat_map(|&max_batch| {
+        TUNING_WAITS_MS.iter().map(move |&batch_timeout_ms| Batching::full(max_batch, batch_timeout_ms))
+    });
+    let sent_early = full
+        .clone()
+        .filter(|b| b.max_batch > TUNING_SENT_AT && b.batch_timeout_ms >= 2.0)
+        .map(|b| Batching { min_batch: TUNING_SENT_AT, ..b });
+    full.chain(sent_early).collect()
+}
+
 /// One replay: every model's arrival times (seconds from the replay's start, ascending), each
 /// played `scale` times over (see `Replay::new`), at its allocation, under `sharing`.
 pub struct ReplayRun<'a> {

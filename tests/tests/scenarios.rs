@@ -77,12 +77,26 @@ fn model_based_holds_the_step_within_slo_as_well_as_the_best_tuned_baseline() {
     // temporal sharing (batch 64, 1 ms) holds x1.008 here, model-based x0.977 (untuned, the best
     // baseline held x0.637).
     let loaded = LoadedScenario::load(Some(&scenarios_dir().join("step-4x.toml"))).unwrap();
-    let policies: Vec<String> =
-        ["temporal", "default-mps", "triton-like", "gslice", "model-based"].iter().map(|p| p.to_string()).collect();
-    let (results, _) = gpuslice_eval::capacity::run(&loaded, &policies, 1, &Default::default(), true, false).unwrap();
+    let policies: Vec<String> = ["temporal", "default-mps", "triton-like", "gslice", "model-based", "oracle"]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let (results, tuning) =
+        gpuslice_eval::capacity::run(&loaded, &policies, 1, &Default::default(), true, false).unwrap();
     let ours = gpuslice_eval::capacity::policy_capacity(&results, "model-based").unwrap().0;
     let (best, theirs) = gpuslice_eval::capacity::best_baseline(&results).unwrap();
     assert!(ours >= 0.95 * theirs, "model-based x{ours:.3}, best tuned baseline {best} x{theirs:.3}");
+    // The oracle's plan space holds every other plan: it bounds every policy and every setting.
+    let oracle = gpuslice_eval::capacity::policy_capacity(&results, "oracle").unwrap().0;
+    for other in results.iter().chain(&tuning).filter(|c| c.policy != "oracle") {
+        assert!(
+            oracle >= other.capacity,
+            "oracle x{oracle:.3} under {} {:?} x{:.3}",
+            other.policy,
+            other.batching,
+            other.capacity
+        );
+    }
     let untuned = ["triton-like", "gslice"].map(|p| gpuslice_eval::capacity::policy_capacity(&results, p).unwrap().0);
     assert!(untuned.iter().all(|c| ours >= 1.2 * c), "model-based x{ours:.3}, untuned baselines {untuned:?}");
 }
