@@ -52,6 +52,28 @@ fn batched(rows: i64, dims: &[i64]) -> Vec<i64> {
     std::iter::once(rows).chain(dims.iter().copied()).collect()
 }
 
+/// The longest piece of a client's text (a name, a datatype) an error quotes.
+const ECHO_CHARS: usize = 64;
+/// The most dimensions of a client's shape an error quotes.
+const ECHO_DIMS: usize = 8;
+
+/// Client text as an error quotes it: whole if short, else its start and its length, so that a
+/// megabyte name cannot swell the reply past the client's metadata limit.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(ECHO_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
+/// A client's shape as an error quotes it (its first `ECHO_DIMS` dimensions and how many).
+fn quoted_shape(shape: &[i64]) -> String {
+    match shape.len() > ECHO_DIMS {
+        false => format!("{shape:?}"),
+        true => format!("{:?}... ({} dimensions)", &shape[..ECHO_DIMS], shape.len()),
+    }
+}
+
 /// The input's elements as little-endian bytes, from `raw` or from the typed contents.
 fn input_bytes(input: &InferInputTensor, raw: Option<Bytes>, datatype: DataType) -> Result<Bytes, Status> {
     if let Some(raw) = raw {
@@ -59,8 +81,8 @@ fn input_bytes(input: &InferInputTensor, raw: Option<Bytes>, datatype: DataType)
     }
     let Some(c) = &input.contents else {
         return Err(Status::invalid_argument(format!(
-            "input {:?} has no data: neither raw_input_contents nor contents",
-            input.name
+            "input {} has no data: neither raw_input_contents nor contents",
+            quoted(&input.name)
         )));
     };
     let le = |v: &mut Vec<u8>, b: &[u8]| v.extend_from_slice(b);
@@ -76,8 +98,8 @@ fn input_bytes(input: &InferInputTensor, raw: Option<Bytes>, datatype: DataType)
         DataType::Fp64 => c.fp64_contents.iter().for_each(|x| le(&mut out, &x.to_le_bytes())),
         DataType::Fp16 => {
             return Err(Status::invalid_argument(format!(
-                "input {:?}: FP16 has no typed contents in the protocol; send raw_input_contents",
-                input.name
+                "input {}: FP16 has no typed contents in the protocol; send raw_input_contents",
+                quoted(&input.name)
             )));
         }
     }
@@ -97,27 +119,39 @@ fn rows(request: &mut ModelInferRequest, spec: &TensorSpec) -> Result<Vec<Bytes>
     let input = &request.inputs[0];
     if input.name != spec.name {
         return Err(Status::invalid_argument(format!(
-            "model {} has no input {:?}; its input is {:?}",
-            request.model_name, input.name, spec.name
+            "model {} has no input {}; its input is {:?}",
+            request.model_name,
+            quoted(&input.name),
+            spec.name
         )));
     }
     let datatype = DataType::parse(&input.datatype);
     if datatype != Some(spec.datatype) {
         return Err(Status::invalid_argument(format!(
-            "input {:?}: datatype {} expected, {:?} given",
+            "input {:?}: datatype {} expected, {} given",
             spec.name,
             spec.datatype.name(),
-            input.datatype
+            quoted(&input.datatype)
         )));
     }
     let rows = input.shape.first().copied().unwrap_or(0);
     let expected = batched(rows, &spec.dims);
     if input.shape != expected || rows < 1 || rows as usize > MAX_ROWS {
         return Err(Status::invalid_argument(format!(
-            "input {:?}: shape [N, {}] with 1 <= N <= {MAX_ROWS} expected, {:?} given",
+            "input {:?}: shape [N, {}] with 1 <= N <= {MAX_ROWS} expected, {} given",
             spec.name,
             spec.dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", "),
-            input.shape
+            quoted_shape(&input.shape)
+        )));
+    }
+    // One input: at most one raw buffer, and not beside typed contents (the protocol allows
+    // one or the other); an extra one would be dropped unread.
+    if request.raw_input_contents.len() > 1 || (!request.raw_input_contents.is_empty() && input.contents.is_some()) {
+        return Err(Status::invalid_argument(format!(
+            "input {:?}: {} raw_input_contents{} for 1 input; send one raw buffer or typed contents",
+            spec.name,
+            request.raw_input_contents.len(),
+            if input.contents.is_some() { " beside typed contents" } else { "" }
         )));
     }
     // Taken, not copied: each row is a slice of the received message, copied once on the
@@ -284,5 +318,62 @@ impl GrpcInferenceService for InferenceService {
         let name = request.into_inner().model_name;
         self.live.ask(|reply| Command::Unregister(name, reply)).await?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TensorSpec {
+        TensorSpec { name: "x".into(), datatype: DataType::Fp32, dims: vec![2] }
+    }
+
+    fn request(name: &str, datatype: &str, shape: Vec<i64>, raw: Vec<Bytes>) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: name.into(),
+                datatype: datatype.into(),
+                shape,
+                ..Default::default()
+            }],
+            raw_input_contents: raw,
+            ..Default::default()
+        }
+    }
+
+    /// A hostile name, datatype or shape is refused naming what was wrong, quoted short: the
+    /// error stays far under a client's metadata limit (gRPC's default: 8 KiB).
+    #[test]
+    fn huge_names_datatypes_and_shapes_are_quoted_short() {
+        let huge = "n".repeat(1 << 20);
+        let row = || vec![Bytes::from(vec![0u8; 8])];
+        let cases = [
+            request(&huge, "FP32", vec![1, 2], row()),
+            request("x", &huge, vec![1, 2], row()),
+            request("x", "FP32", vec![1; 10_000], row()),
+        ];
+        for (mut case, what) in cases.into_iter().zip(["no input", "datatype", "shape"]) {
+            let status = rows(&mut case, &spec()).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains(what) && status.message().len() < 400,
+                "{}",
+                &status.message()[..400.min(status.message().len())]
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_raw_buffer_or_raw_beside_typed_contents_is_refused() {
+        let row = || Bytes::from(vec![0u8; 8]);
+        let mut two = request("x", "FP32", vec![1, 2], vec![row(), row()]);
+        assert!(rows(&mut two, &spec()).unwrap_err().message().contains("2 raw_input_contents"));
+        let mut both = request("x", "FP32", vec![1, 2], vec![row()]);
+        both.inputs[0].contents = Some(InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() });
+        assert!(rows(&mut both, &spec()).unwrap_err().message().contains("beside typed contents"));
+        let mut one = request("x", "FP32", vec![1, 2], vec![row()]);
+        assert_eq!(rows(&mut one, &spec()).unwrap().len(), 1);
     }
 }

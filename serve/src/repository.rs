@@ -22,10 +22,10 @@
 //! dims = [1000]
 //! ```
 //!
-//! Models compute in their file's precision unless `fp16 = true`: on the H200 (driver 580), a
-//! fp16 ResNet-50 replayed as CUDA graphs under an MPS slice below 100% returned NaN or wrong
-//! values for some batch sizes (30-80% in gpuslice, 20% and 45% in scripts/lab/graph_check.sh),
-//! where fp32, and fp16 at 100% or without MPS, matched eager PyTorch exactly.
+//! Models compute in their file's precision unless `fp16 = true`: half precision under an MPS
+//! active-thread percentage between the extremes (30-60% measured) computes wrong values on
+//! Hopper (driver 580), eager or graphed, with or without cuDNN, where fp32 is exact and green
+//! contexts are exact in fp16 (bench/results/2026-12-08-h100-fp16-slices).
 //!
 //! Names are confined to a fixed charset, and every file a model names (its config, profile and
 //! program) to the repository: a regular file whose real path lies under the repository's.
