@@ -22,6 +22,8 @@ use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 impl From<LiveError> for Status {
     fn from(e: LiveError) -> Status {
@@ -519,6 +521,41 @@ impl BearerToken {
     }
 }
 
+/// The standard health service, open without the token for the node as a whole (service "":
+/// what load balancers and Kubernetes probe) and behind it for a named service: answered
+/// SERVING or NOT_FOUND by name, it would tell anyone which models a node serves.
+struct GuardedHealth {
+    inner: tonic_health::server::HealthService,
+    token: BearerToken,
+}
+
+impl GuardedHealth {
+    fn admit(&self, request: &Request<HealthCheckRequest>) -> Result<(), Status> {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        match request.get_ref().service.is_empty() || self.token.admits(header) {
+            true => Ok(()),
+            false => Err(Status::unauthenticated(
+                "a named service's health needs the header authorization: Bearer <token> (the node's, \"\", does not)",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for GuardedHealth {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        self.admit(&request)?;
+        self.inner.check(request).await
+    }
+
+    type WatchStream = tonic_health::server::WatchStream;
+
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        self.admit(&request)?;
+        self.inner.watch(request).await
+    }
+}
+
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         if self.admits(request.metadata().get("authorization").and_then(|v| v.to_str().ok())) {
@@ -649,7 +686,11 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         }
         None => None,
     };
-    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let health_reporter = tonic_health::server::HealthReporter::new();
+    let health = HealthServer::new(GuardedHealth {
+        inner: tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
+        token: token.clone(),
+    });
     health_reporter.set_serving::<ControllerServer<Service>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -705,8 +746,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let service = ControllerServer::new(Service { live, stopping, data_roots: options.data_roots.into() })
         .max_decoding_message_size(gpuslice_traces::source::MAX_CONFINED_BYTES as usize + (1 << 20));
     let service = InterceptedService::new(service, token.clone());
-    // Health stays open (load balancers probe it without credentials); reflection, when
-    // served, needs the token like the rest.
+    // The node's health stays open (load balancers probe it without credentials), a named
+    // service's needs the token (`GuardedHealth`); reflection, when served, needs it like the rest.
     let (reflection_v1, reflection_v1alpha) = match options.reflection {
         true => (
             Some(InterceptedService::new(reflection_v1, token.clone())),

@@ -522,9 +522,19 @@ async fn with_a_token_calls_without_it_are_refused_and_reflection_can_be_off() {
         gpuslice_serve::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel.clone());
     let e = code(kserve.server_live(gpuslice_serve::inference::ServerLiveRequest {}).await);
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    // Health stays open to probes.
+    // The node's health stays open to probes; a model's, which would tell who is served, and
+    // an unknown name's alike, need the token.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    for name in ["resnet50", "nothere"] {
+        let asked = health.check(tonic_health::pb::HealthCheckRequest { service: name.into() }).await;
+        assert_eq!(code(asked).code(), Code::Unauthenticated, "{name}");
+        let watched = health.watch(tonic_health::pb::HealthCheckRequest { service: name.into() }).await;
+        assert_eq!(watched.err().map(|e| e.code()), Some(Code::Unauthenticated), "{name}");
+    }
+    let mut health_with = tonic_health::pb::health_client::HealthClient::with_interceptor(channel.clone(), with(TOKEN));
+    let resnet = health_with.check(tonic_health::pb::HealthCheckRequest { service: "resnet50".into() }).await;
+    assert!(resnet.is_ok() || code(resnet).code() == Code::NotFound, "answered by name with the token");
     // Reflection is off.
     let request = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
