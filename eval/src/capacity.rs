@@ -649,25 +649,21 @@ mod tests {
         assert_eq!((all.capacity, all.first_missed), (options.max_scale, None));
     }
 
+    /// A finished search of `policy` on `seed` at `batching`, without its runs.
+    fn found(policy: &str, seed: u64, batching: Option<Batching>, capacity: f64) -> Capacity {
+        Capacity { policy: policy.into(), seed, batching, plan: None, capacity, first_missed: None, probes: Vec::new() }
+    }
+
     #[test]
     fn a_tuned_baseline_is_reported_at_its_best_mean_setting() {
-        let search = |policy: &str, seed, batching, capacity| Capacity {
-            policy: policy.into(),
-            seed,
-            batching,
-            plan: None,
-            capacity,
-            first_missed: None,
-            probes: Vec::new(),
-        };
         let (small, large) = (Batching::full(4, 1.0), Batching::full(32, 1.0));
         // The small batch wins one seed, the large batch the mean.
         let all = vec![
-            search("temporal", 1, Some(small), 1.0),
-            search("temporal", 2, Some(small), 0.5),
-            search("temporal", 1, Some(large), 0.9),
-            search("temporal", 2, Some(large), 0.9),
-            search("model-based", 1, None, 1.1),
+            found("temporal", 1, Some(small), 1.0),
+            found("temporal", 2, Some(small), 0.5),
+            found("temporal", 1, Some(large), 0.9),
+            found("temporal", 2, Some(large), 0.9),
+            found("model-based", 1, None, 1.1),
         ];
         let (reported, tuning) = keep_best_settings(all);
         assert_eq!(tuning.len(), 4);
@@ -677,31 +673,22 @@ mod tests {
 
     #[test]
     fn the_oracle_is_reported_at_the_best_plan_of_its_seed_its_own_where_it_wins() {
-        let search = |policy: &str, seed, batching, capacity| Capacity {
-            policy: policy.into(),
-            seed,
-            batching,
-            plan: None,
-            capacity,
-            first_missed: None,
-            probes: Vec::new(),
-        };
         let (small, large) = (Batching::full(4, 1.0), Batching::full(32, 1.0));
         let mut reported = vec![
-            search(ORACLE, 1, None, 1.0),
-            search(ORACLE, 2, None, 1.0),
-            search("model-based", 1, None, 0.9),
-            search("model-based", 2, None, 1.05),
-            search("temporal", 1, Some(large), 0.8),
-            search("temporal", 2, Some(large), 0.8),
+            found(ORACLE, 1, None, 1.0),
+            found(ORACLE, 2, None, 1.0),
+            found("model-based", 1, None, 0.9),
+            found("model-based", 2, None, 1.05),
+            found("temporal", 1, Some(large), 0.8),
+            found("temporal", 2, Some(large), 0.8),
         ];
         // A setting not reported (not the best mean) still holds seed 1 best.
-        let tuned = vec![search("temporal", 1, Some(small), 1.2), search("temporal", 2, Some(small), 0.1)];
+        let tuned = vec![found("temporal", 1, Some(small), 1.2), found("temporal", 2, Some(small), 0.1)];
         oracle_in_hindsight(&mut reported, &tuned);
         assert_eq!((reported[0].capacity, reported[0].plan.as_deref()), (1.2, Some("temporal at batch 4, wait 1 ms")));
         assert_eq!((reported[1].capacity, reported[1].plan.as_deref()), (1.05, Some("model-based's run")));
         assert_eq!((reported[0].policy.as_str(), reported[0].batching), (ORACLE, Some(small)));
-        let mut alone = vec![search(ORACLE, 1, None, 1.0), search("model-based", 1, None, 0.9)];
+        let mut alone = vec![found(ORACLE, 1, None, 1.0), found("model-based", 1, None, 0.9)];
         oracle_in_hindsight(&mut alone, &[]);
         assert_eq!((alone[0].capacity, alone[0].plan.as_deref()), (1.0, None));
     }
