@@ -14,7 +14,7 @@ use gpuslice_control::{Backend, BackendError, DeviceSample, StageSummary};
 use gpuslice_control::{Computed, ModelSource};
 use gpuslice_simulator::{
     ARRIVAL_TIMES_PER_INTERVAL, Allocation, BATCH_SAMPLES_PER_INTERVAL, BatchSample, Counters, IntervalRing,
-    ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Ticket, batch_cut,
+    ModelInterval, ModelReport, Report, RequestRecord, Sharing, SimError, Summary, Ticket, batch_cut,
 };
 use gpuslice_traces::ArrivalProcess;
 use std::collections::{HashMap, VecDeque};
@@ -173,6 +173,9 @@ struct ModelHandle {
     reallocations: u64,
     /// Retired: takes no requests and holds no GPU share; serves what it had accepted.
     retired: bool,
+    /// Once retired and served out: its whole-run figures, its counters given back
+    /// (`GpuBackend::release_served_out`).
+    released: Option<Summary>,
     /// Its slice under spatial sharing; under default MPS it serves on the whole GPU and keeps
     /// the slice its policy asked for, for a switch back.
     slice_pct: f64,
@@ -181,6 +184,8 @@ struct ModelHandle {
 /// Models served on the GPU by worker processes, behind the `Backend` trait: one dispatcher per model forms batches, the standby pool switches slices at once.
 pub struct GpuBackend {
     models: Vec<ModelHandle>,
+    /// The counters of retired models that have served out (`release_served_out`).
+    retired_total: Counters,
     threads: Vec<std::thread::JoinHandle<()>>,
     started: Instant,
     interval: Duration,
@@ -964,6 +969,7 @@ impl GpuBackend {
         let started = Instant::now();
         let mut backend = GpuBackend {
             models: Vec::new(),
+            retired_total: Counters::new(),
             threads: Vec::new(),
             started,
             interval: control_interval,
@@ -1109,6 +1115,7 @@ impl GpuBackend {
             standby_starting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             reallocations: 0,
             retired: false,
+            released: None,
             slice_pct,
         });
         Ok(index)
@@ -1201,6 +1208,7 @@ impl GpuBackend {
         let (start, end) = (self.interval_start, Instant::now());
         self.interval_start = end;
         let span = (end - start).as_nanos() as u64;
+        self.release_served_out();
         self.models
             .iter()
             .map(|m| {
@@ -1224,6 +1232,23 @@ impl GpuBackend {
                 }
             })
             .collect()
+    }
+
+    /// A retired model that has served what it accepted hands its counters to `retired_total`
+    /// and gives back their memory (eight histograms, about 1.4 MB), keeping its whole-run
+    /// summary: a node that registers and unregisters models for weeks stays flat. Its index
+    /// stays, as every index does.
+    fn release_served_out(&mut self) {
+        let span = (Instant::now() - self.started).as_nanos() as u64;
+        for handle in self.models.iter_mut().filter(|m| m.retired && m.released.is_none()) {
+            let mut s = handle.shared.0.lock().expect("model state");
+            if !(s.arrivals_done && s.queue.is_empty() && s.in_flight == 0) {
+                continue;
+            }
+            self.retired_total.merge(&s.total);
+            handle.released = Some(s.total.summary(span, span));
+            (s.total, s.interval, s.stages) = (Counters::released(), Counters::released(), StageRecorder::released());
+        }
     }
 
     /// True once every model's arrivals have ended and its queue is served.
@@ -1328,6 +1353,7 @@ impl Backend for GpuBackend {
         let end = Instant::now();
         let span = (end - self.started).as_nanos() as u64;
         let mut total = Counters::new();
+        total.merge(&self.retired_total);
         let models = self
             .models
             .iter()
@@ -1340,7 +1366,7 @@ impl Backend for GpuBackend {
                     allocation: s.allocation,
                     reallocations: m.reallocations,
                     worker_failures: s.worker_failures,
-                    summary: s.total.summary(span, span),
+                    summary: m.released.clone().unwrap_or_else(|| s.total.summary(span, span)),
                 }
             })
             .collect();

@@ -670,9 +670,10 @@ impl<B: LiveBackend> Live<B> {
                 let _ = reply.send(self.metrics(name.as_deref()));
             }
             Command::Stages(reply) => {
-                let stages = self.backend.stage_times();
-                let registered = |s: &StageSummary| self.entries.iter().any(|e| e.context.name == s.model);
-                let _ = reply.send(Ok(stages.into_iter().filter(registered).collect()));
+                // By index, as the metrics: a name registered again is one series.
+                let stages = self.backend.stage_times().into_iter().enumerate();
+                let registered = |(index, _): &(usize, StageSummary)| self.entries.iter().any(|e| e.index == *index);
+                let _ = reply.send(Ok(stages.filter(registered).map(|(_, s)| s).collect()));
             }
             Command::Describe(name, reply) => {
                 let view = self.entry(&name).map(|e| self.view(e));
