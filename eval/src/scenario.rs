@@ -320,14 +320,9 @@ impl LoadedScenario {
                     m.name
                 );
             }
-            expected += m.arrivals.peak_rate().unwrap_or(0.0) * s.duration_s.unwrap_or(0.0);
+            expected += m.arrivals.expected_at_rate(s.duration_s).unwrap_or(0.0);
         }
-        // What a run costs: the simulator does about 10 M events a second.
-        if expected > MAX_EXPECTED_ARRIVALS {
-            bail!(
-                "scenario {origin}: its rates over duration_s ask for up to {expected:.3e} arrivals, more than {MAX_EXPECTED_ARRIVALS:.0e}: lower the rates or the duration"
-            );
-        }
+        self.within_work_bound(expected)?;
         let c = &self.contention;
         if !(c.interference.is_finite() && c.interference >= 0.0) {
             bail!("scenario {origin}: interference must be >= 0, got {}", c.interference);
@@ -392,21 +387,28 @@ impl LoadedScenario {
         TraceLibrary::new(&self.base_dir)
     }
 
+    /// Refuses a run of `expected` arrivals in all above `MAX_EXPECTED_ARRIVALS`, with the figure
+    /// (what a run costs: the simulator does about 10 M events a second).
+    fn within_work_bound(&self, expected: f64) -> Result<()> {
+        if expected > MAX_EXPECTED_ARRIVALS {
+            bail!(
+                "scenario {}: its arrivals over duration_s come to up to {expected:.3e}, more than {MAX_EXPECTED_ARRIVALS:.0e}: lower the rates, scales, speedups or the duration",
+                self.origin
+            );
+        }
+        Ok(())
+    }
+
     /// Every model's arrivals, drawn as `build` draws them, from traces in `library`: a
     /// replicated node draws them once more per replica without reading its traces again.
     pub fn arrivals(&self, library: &mut TraceLibrary) -> Result<Vec<Box<dyn ArrivalProcess>>> {
         let s = &self.scenario;
-        // Recorded traces are counted here, where they are read (rates were checked at load).
+        // Recorded traces are counted here, where they are read (rates alone were checked at load).
         let mut expected = 0.0;
         for m in &s.models {
             expected += library.expected_arrivals(&m.arrivals, s.duration_s)?;
         }
-        if expected > MAX_EXPECTED_ARRIVALS {
-            bail!(
-                "scenario {}: its arrivals over duration_s come to {expected:.3e}, more than {MAX_EXPECTED_ARRIVALS:.0e}: lower the rates, scales, speedups or the duration",
-                self.origin
-            );
-        }
+        self.within_work_bound(expected)?;
         (s.models.iter().enumerate())
             .map(|(i, m)| {
                 let what = format!("scenario {}: models[{i}] ({}).arrivals", self.origin, m.name);

@@ -350,6 +350,11 @@ impl ModelWorkers {
 }
 
 impl Shared {
+    /// No request will come and every one it had is answered or dropped.
+    fn served_out(&self) -> bool {
+        self.arrivals_done && self.queue.is_empty() && self.in_flight == 0
+    }
+
     /// Queues a request, counting it as an arrival.
     fn push(&mut self, request: Queued) {
         self.interval_arrivals.push(request.arrival);
@@ -1242,7 +1247,7 @@ impl GpuBackend {
         let span = (Instant::now() - self.started).as_nanos() as u64;
         for handle in self.models.iter_mut().filter(|m| m.retired && m.released.is_none()) {
             let mut s = handle.shared.0.lock().expect("model state");
-            if !(s.arrivals_done && s.queue.is_empty() && s.in_flight == 0) {
+            if !s.served_out() {
                 continue;
             }
             self.retired_total.merge(&s.total);
@@ -1255,7 +1260,7 @@ impl GpuBackend {
     fn drained(&self) -> bool {
         self.models.iter().all(|m| {
             let s = m.shared.0.lock().expect("model state");
-            (s.arrivals_done && s.queue.is_empty() && s.in_flight == 0) || s.stop
+            s.served_out() || s.stop
         })
     }
 }

@@ -386,8 +386,13 @@ struct TrialScore {
 }
 
 impl TrialScore {
+    /// More headroom first, then lower latency: `Greater` is better.
+    fn rank(&self, other: &TrialScore) -> std::cmp::Ordering {
+        self.headroom.total_cmp(&other.headroom).then(other.latency.total_cmp(&self.latency))
+    }
+
     fn better_than(&self, other: &TrialScore) -> bool {
-        self.headroom.total_cmp(&other.headroom).then(other.latency.total_cmp(&self.latency)).is_gt()
+        self.rank(other).is_gt()
     }
 
     /// Better by enough to leave `incumbent` for it (see `TRIAL_HEADROOM_GAIN`).
@@ -603,11 +608,12 @@ impl ModelBased {
         }
         // The static grid beyond them, the floor: a few in turn each trial, and the best so far.
         let core = candidates.len();
+        let beyond = self.grid_beyond_shared();
         for &mode in &self.shared_modes {
-            for batching in self.grid_beyond_shared() {
-                candidates.push((ModeChoice::Shared { mode, batching: SharedBatching::Uniform(batching) }, {
-                    vec![batching.at(100.0); self.models.len()]
-                }));
+            for &batching in &beyond {
+                let allocations = vec![batching.at(100.0); self.models.len()];
+                candidates
+                    .push((ModeChoice::Shared { mode, batching: SharedBatching::Uniform(batching) }, allocations));
             }
         }
         let n = self.models.len();
@@ -757,8 +763,7 @@ impl ModelBased {
             .filter(|&i| self.tallies[i].replays[0] > 0.0)
             .map(|i| (i, self.tallies[i].score(&taken_as_replayed)))
             .collect();
-        // Best first, as `TrialScore::better_than` ranks them.
-        known.sort_by(|a, b| b.1.headroom.total_cmp(&a.1.headroom).then(a.1.latency.total_cmp(&b.1.latency)));
+        known.sort_by(|a, b| b.1.rank(&a.1)); // best first
         for (i, _) in known.into_iter().take(GRID_BEST_KEPT) {
             now[i] = true;
         }

@@ -519,6 +519,11 @@ impl BearerToken {
         let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else { return false };
         given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
     }
+
+    /// Whether a gRPC call's metadata carries the token.
+    fn admits_call(&self, metadata: &tonic::metadata::MetadataMap) -> bool {
+        self.admits(metadata.get("authorization").and_then(|v| v.to_str().ok()))
+    }
 }
 
 /// The standard health service, open without the token for the node as a whole (service "":
@@ -531,8 +536,7 @@ struct GuardedHealth {
 
 impl GuardedHealth {
     fn admit(&self, request: &Request<HealthCheckRequest>) -> Result<(), Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        match request.get_ref().service.is_empty() || self.token.admits(header) {
+        match request.get_ref().service.is_empty() || self.token.admits_call(request.metadata()) {
             true => Ok(()),
             false => Err(Status::unauthenticated(
                 "a named service's health needs the header authorization: Bearer <token> (the node's, \"\", does not)",
@@ -558,7 +562,7 @@ impl Health for GuardedHealth {
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        if self.admits(request.metadata().get("authorization").and_then(|v| v.to_str().ok())) {
+        if self.admits_call(request.metadata()) {
             Ok(request)
         } else {
             Err(Status::unauthenticated("this server needs the header authorization: Bearer <token>"))

@@ -665,37 +665,48 @@ async fn over_tls_with_a_token_only_authenticated_tls_calls_are_served() {
     running.stop().await.unwrap();
 }
 
-/// A name registered again on the GPU backend is one series: the retired registrations under the
-/// same name count in the total only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_registered_again_is_one_series_in_the_metrics() {
-    let serving = gpuslice_serve::live_gpu::GpuServing {
-        pool_levels: vec![20.0, 40.0],
-        fake_ms: Some(1.0),
-        worker_script: None,
-        device: None,
-    };
+/// A server on the GPU backend with GPU-less workers at `pool_levels`, no model registered,
+/// and a client to it.
+async fn gpu_server(
+    pool_levels: Vec<f64>,
+    fake_ms: f64,
+    control_interval_s: f64,
+) -> (Running, ControllerClient<Channel>) {
+    let serving =
+        gpuslice_serve::live_gpu::GpuServing { pool_levels, fake_ms: Some(fake_ms), worker_script: None, device: None };
     let running = grpc::start(ServeOptions {
-        controller: LiveConfig { control_interval_s: 0.1, ..LiveConfig::default() },
+        controller: LiveConfig { control_interval_s, ..LiveConfig::default() },
         ..ServeOptions::loopback(grpc::ServeBackend::Gpu(serving))
     })
     .await
     .unwrap();
-    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
-    for round in 0..4 {
-        let request = RegisterModelRequest { profile_model: "resnet50".into(), ..register("again", 40.0) };
-        client.register_model(request).await.unwrap();
-        let answered = loop {
-            match client.infer(InferRequest { model: "again".into(), payload: Vec::new() }).await {
-                Ok(reply) => break reply,
-                // Its workers start off the control loop: "still starting" until then.
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                }
-                Err(status) => panic!("round {round}: {status}"),
+    let client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    (running, client)
+}
+
+/// Registers `name` (profiled as resnet50) and sends it one request, asking again while its
+/// workers start (they start off the control loop: "still starting", UNAVAILABLE, until then).
+async fn register_and_infer_once(client: &mut ControllerClient<Channel>, name: &str) {
+    let request = RegisterModelRequest { profile_model: "resnet50".into(), ..register(name, 200.0) };
+    client.register_model(request).await.unwrap();
+    loop {
+        match client.infer(InferRequest { model: name.into(), payload: Vec::new() }).await {
+            Ok(_) => return,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
             }
-        };
-        drop(answered);
+            Err(status) => panic!("{name}: {status}"),
+        }
+    }
+}
+
+/// A name registered again on the GPU backend is one series: the retired registrations under the
+/// same name count in the total only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_registered_again_is_one_series_in_the_metrics() {
+    let (running, mut client) = gpu_server(vec![20.0, 40.0], 1.0, 0.1).await;
+    for round in 0..4 {
+        register_and_infer_once(&mut client, "again").await;
         if round < 3 {
             client.unregister_model(UnregisterModelRequest { name: "again".into() }).await.unwrap();
         }
@@ -712,32 +723,10 @@ async fn a_name_registered_again_is_one_series_in_the_metrics() {
 /// gives its memory back once it has served out (its histograms were 1.4 MB a cycle).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gpu_backend_gives_back_what_an_unregistered_model_held() {
-    let serving = gpuslice_serve::live_gpu::GpuServing {
-        pool_levels: vec![40.0],
-        fake_ms: Some(0.5),
-        worker_script: None,
-        device: None,
-    };
-    let running = grpc::start(ServeOptions {
-        controller: LiveConfig { control_interval_s: 0.02, ..LiveConfig::default() },
-        ..ServeOptions::loopback(grpc::ServeBackend::Gpu(serving))
-    })
-    .await
-    .unwrap();
-    let mut client = ControllerClient::connect(format!("http://{}", running.grpc)).await.unwrap();
+    let (running, mut client) = gpu_server(vec![40.0], 0.5, 0.02).await;
     let mut cycle = async |i: usize| {
         let name = format!("churn{i}");
-        let request = RegisterModelRequest { profile_model: "resnet50".into(), ..register(&name, 200.0) };
-        client.register_model(request).await.unwrap();
-        loop {
-            match client.infer(InferRequest { model: name.clone(), payload: Vec::new() }).await {
-                Ok(_) => break,
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(status) => panic!("{name}: {status}"),
-            }
-        }
+        register_and_infer_once(&mut client, &name).await;
         client.unregister_model(UnregisterModelRequest { name }).await.unwrap();
     };
     for i in 0..20 {

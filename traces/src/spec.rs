@@ -109,6 +109,13 @@ impl ArrivalSpec {
         }
     }
 
+    /// How many arrivals a rate-driven process brings before `horizon_s` at its peak rate
+    /// (infinite without a horizon: it never ends by itself); None for a recorded trace, whose
+    /// arrivals are counted where it is read (`TraceLibrary::expected_arrivals`).
+    pub fn expected_at_rate(&self, horizon_s: Option<f64>) -> Option<f64> {
+        Some(self.peak_rate()? * horizon_s.unwrap_or(f64::INFINITY))
+    }
+
     /// The same arrivals with `factor` times the load, on the same timeline: rates, counts and
     /// a replayed trace's arrivals are multiplied.
     pub fn scaled(&self, factor: f64) -> ArrivalSpec {
@@ -173,7 +180,7 @@ impl TraceLibrary {
                     window.iter().enumerate().filter(|(i, _)| before(*i as f64 * minute_s)).map(|(_, c)| c).sum();
                 kept as f64 * scale
             }
-            rate_driven => rate_driven.peak_rate().unwrap_or(0.0) * horizon_s.unwrap_or(f64::INFINITY),
+            rate_driven => rate_driven.expected_at_rate(horizon_s).unwrap_or(0.0),
         })
     }
 
